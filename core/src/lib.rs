@@ -1,0 +1,65 @@
+//! The protocol of PyTorch's shared-memory manager (`libshm`), with no IO.
+//!
+//! Everything a reader needs to understand the protocol is here: the 68-byte
+//! [`frame::AllocInfo`] frame, [`name::SegmentName`] validation, ATen's
+//! [`flags::MapFlags`], the 64-byte [`header`] with its shared refcount, the
+//! manager's [`handshake`] line and [`ack`] reply, and the two state machines,
+//! [`client::ClientSession`] and [`manager::Manager`]. They are deterministic:
+//! bytes, connection events and `now` go in, and what to send, close or unlink
+//! comes out. They never read a clock or call the OS, which is what lets them
+//! run under Miri, in a fuzzer and in a `no_std` runtime.
+//!
+//! What it deliberately does not do: open sockets, map memory, spawn processes
+//! or read `/dev/shm`. The [`transport::Transport`] trait is the seam for
+//! bytes; [`namespace::Namespace`] is the seam for unlinking. `libshm-unix` and
+//! `libshm-pipe` implement the transports, and `libshm` is the crate
+//! applications use.
+//!
+//! No heap is needed. Capacities are const generics; a full table is a typed
+//! refusal, never a panic. The `alloc` feature adds [`storage::Growable`] for
+//! managers whose memory should follow their live registrations.
+//!
+//! # Example
+//! A client registering, creating and releasing a segment through an
+//! in-process manager:
+//! ```
+//! use libshm_core::client::{AckMode, Client};
+//! use libshm_core::loopback::Loopback;
+//! use libshm_core::manager::{ManagerConfig, NameState};
+//! use libshm_core::name::{NamePrefix, SegmentName};
+//! use libshm_core::storage::Fixed;
+//!
+//! let wire: Loopback<Fixed<16, 4>> = Loopback::new(ManagerConfig::default());
+//! let mut client: Client<_, 8> = Client::new(wire, AckMode::Strict);
+//! let name = SegmentName::generate(&NamePrefix::torch(), 4242, 7, 0)?;
+//!
+//! client.register(4242, name)?; // returns once the manager said "OK"
+//! assert_eq!(
+//!     client.transport().manager().name_state(&name),
+//!     Some(NameState::Held { holders: 1 })
+//! );
+//! client.release(4242, name, false)?;
+//! assert_eq!(client.transport().manager().name_count(), 0); // it never existed
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![no_std]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod ack;
+pub mod client;
+pub mod fault;
+pub mod flags;
+pub mod frame;
+pub mod handshake;
+pub mod header;
+pub mod loopback;
+pub mod manager;
+pub mod name;
+pub mod namespace;
+pub mod storage;
+pub mod time;
+pub mod transport;
