@@ -1,0 +1,305 @@
+//! The manager daemon's event loop: one thread, `poll`, every socket non-blocking.
+//!
+//! It owns the file descriptors and nothing else; every decision is the core
+//! [`Manager`]'s. Each connection has its own reassembly buffer (in the
+//! manager) and reply backlog (here), so a client that sends half a frame or
+//! stops reading its replies delays nobody else.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use libshm_core::manager::{
+    CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer, Stats, Status, UnlinkReason,
+};
+use libshm_core::name::SegmentName;
+use libshm_core::namespace::{Namespace, Unlinked};
+use libshm_core::storage::Growable;
+use libshm_core::time::Timestamp;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
+
+use crate::listener::Listener;
+
+/// Replies queued for a client that does not read them, before it is cut off.
+const MAX_REPLY_BACKLOG: usize = 1 << 20;
+/// Reads per client per poll round, so one busy client cannot starve the rest.
+const READS_PER_ROUND: usize = 4;
+/// Accepts per poll round.
+const ACCEPTS_PER_ROUND: usize = 64;
+/// How long to stop accepting when out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the loop did, for the exit log.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    /// The manager's counters at exit.
+    pub stats: Stats,
+}
+
+/// Runs a manager on `listener` until it has had no client for the shutdown
+/// timeout. Then every name it still knows has been unlinked, and the socket
+/// and its directory are removed.
+pub fn serve<N: Namespace>(
+    listener: Listener,
+    config: ManagerConfig,
+    namespace: &mut N,
+) -> Summary {
+    let clock = Clock::start();
+    let mut manager: Manager<Growable> = Manager::new(config, clock.now());
+    let mut driver = Driver {
+        clients: HashMap::new(),
+        namespace,
+        closing: Vec::new(),
+        dirty: Vec::new(),
+    };
+    let mut order: Vec<ConnId> = Vec::new();
+    let mut revents: Vec<PollFlags> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut accept_paused_until: Option<Instant> = None;
+
+    loop {
+        let now = clock.now();
+        if manager.next_wakeup().is_some_and(|at| at <= now) {
+            let status = manager.tick(now, &mut driver);
+            driver.settle(&mut manager, now);
+            if status == Status::Finished {
+                break;
+            }
+        }
+
+        if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
+            accept_paused_until = None;
+        }
+        let mut timeout = manager.next_wakeup().map(|at| now.until(at));
+        if let Some(until) = accept_paused_until {
+            let pause = until.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(pause, |t| t.min(pause)));
+        }
+
+        order.clear();
+        order.extend(driver.clients.keys().copied());
+        {
+            let mut fds = Vec::with_capacity(order.len() + 1);
+            let listen_events = if accept_paused_until.is_none() {
+                PollFlags::IN
+            } else {
+                PollFlags::empty()
+            };
+            fds.push(PollFd::new(&listener, listen_events));
+            for id in &order {
+                let client = &driver.clients[id];
+                let mut events = PollFlags::IN;
+                if !client.backlog.is_empty() {
+                    events |= PollFlags::OUT;
+                }
+                fds.push(PollFd::new(&client.fd, events));
+            }
+            let timespec = timeout.map(|t| {
+                Timespec::try_from(t).unwrap_or(Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
+            match rustix::event::poll(&mut fds, timespec.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(errno) => {
+                    tracing::error!("poll failed: {errno}; shutting down");
+                    break;
+                }
+            }
+            revents.clear();
+            revents.extend(fds.iter().map(PollFd::revents));
+        }
+        let now = clock.now();
+
+        if revents[0].contains(PollFlags::IN) {
+            for _ in 0..ACCEPTS_PER_ROUND {
+                match listener.accept() {
+                    Ok(Some(accepted)) => match manager.connect(accepted.peer, now) {
+                        Ok(id) => {
+                            tracing::debug!(conn = %id, pid = ?accepted.peer.pid, "client connected");
+                            driver
+                                .clients
+                                .insert(id, Client::new(accepted.fd, accepted.peer));
+                        }
+                        Err(err) => {
+                            tracing::warn!(pid = ?accepted.peer.pid, "refused a connection: {err}");
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                        tracing::warn!("out of file descriptors; pausing accepts");
+                        accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        break;
+                    }
+                    Err(errno) => {
+                        tracing::warn!("accept failed: {errno}");
+                        break;
+                    }
+                }
+            }
+        }
+
+        for (id, events) in order.iter().zip(&revents[1..]) {
+            if events.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+                driver.read_from(*id, &mut manager, &mut buf, now);
+            }
+            if events.contains(PollFlags::OUT) {
+                driver.dirty.push(*id);
+            }
+        }
+        driver.settle(&mut manager, now);
+    }
+
+    for (id, client) in &driver.clients {
+        tracing::debug!(conn = %id, pid = ?client.peer.pid, "closing at shutdown");
+    }
+    let stats = manager.stats();
+    tracing::info!(?stats, "manager finished");
+    drop(listener);
+    Summary { stats }
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+struct Client {
+    fd: OwnedFd,
+    peer: Peer,
+    backlog: Vec<u8>,
+}
+
+impl Client {
+    fn new(fd: OwnedFd, peer: Peer) -> Self {
+        Self {
+            fd,
+            peer,
+            backlog: Vec::new(),
+        }
+    }
+}
+
+/// Carries out the manager's effects on real sockets and the real namespace.
+struct Driver<'n, N> {
+    clients: HashMap<ConnId, Client>,
+    namespace: &'n mut N,
+    closing: Vec<ConnId>,
+    dirty: Vec<ConnId>,
+}
+
+impl<N: Namespace> Driver<'_, N> {
+    fn read_from(
+        &mut self,
+        id: ConnId,
+        manager: &mut Manager<Growable>,
+        buf: &mut [u8],
+        now: Timestamp,
+    ) {
+        for _ in 0..READS_PER_ROUND {
+            let Some(client) = self.clients.get(&id) else {
+                return;
+            };
+            match rustix::net::recv(&client.fd, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    tracing::debug!(conn = %id, "client disconnected");
+                    manager.disconnect(id, now);
+                    self.closing.push(id);
+                    return;
+                }
+                Ok((n, _)) => {
+                    manager.receive(id, &buf[..n], now, self);
+                    if n < buf.len() || self.closing.contains(&id) {
+                        return;
+                    }
+                }
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => continue,
+                Err(errno) => {
+                    tracing::debug!(conn = %id, "client connection failed: {errno}");
+                    manager.disconnect(id, now);
+                    self.closing.push(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes queued replies and closes what the manager (or an error) closed.
+    fn settle(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(client) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            while !client.backlog.is_empty() {
+                let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+                match rustix::net::send(&client.fd, &client.backlog, flags) {
+                    Ok(n) => {
+                        client.backlog.drain(..n);
+                    }
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::AGAIN) => break,
+                    Err(errno) => {
+                        tracing::debug!(conn = %id, "reply failed: {errno}");
+                        manager.disconnect(id, now);
+                        self.closing.push(id);
+                        break;
+                    }
+                }
+            }
+            if client.backlog.len() > MAX_REPLY_BACKLOG {
+                tracing::warn!(conn = %id, pid = ?client.peer.pid, "client does not read its replies; closing it");
+                manager.disconnect(id, now);
+                self.closing.push(id);
+            }
+        }
+        for id in self.closing.drain(..) {
+            self.clients.remove(&id);
+        }
+    }
+}
+
+impl<N: Namespace> Effects for Driver<'_, N> {
+    fn reply(&mut self, conn: ConnId, reply: [u8; 2]) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            if client.backlog.is_empty() {
+                self.dirty.push(conn);
+            }
+            client.backlog.extend_from_slice(&reply);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        let pid = self.clients.get(&conn).and_then(|c| c.peer.pid);
+        tracing::warn!(conn = %conn, ?pid, "closing connection: {reason}");
+        self.closing.push(conn);
+    }
+
+    fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
+        match self.namespace.unlink(name) {
+            Ok(Unlinked::Removed) => match reason {
+                UnlinkReason::Orphaned => tracing::info!("reaped orphaned segment {name}"),
+                UnlinkReason::Shutdown => tracing::debug!("unlinked {name} at shutdown"),
+            },
+            Ok(Unlinked::Absent) => tracing::trace!("{name} was already gone"),
+            Ok(Unlinked::Foreign) => tracing::warn!("left {name} alone: another user owns it"),
+            Err(err) => tracing::warn!("could not unlink {name}: {err}"),
+        }
+    }
+
+    fn exists(&mut self, name: &SegmentName) -> bool {
+        self.namespace.exists(name).unwrap_or_else(|err| {
+            tracing::warn!("could not check {name}: {err}");
+            true
+        })
+    }
+}

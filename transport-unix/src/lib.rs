@@ -1,0 +1,54 @@
+//! Unix-socket transport for libshm-rs: PyTorch's wire, and the manager's OS side.
+//!
+//! - [`UnixTransport`]: a client's connection to a manager handle, implementing
+//!   the core's [`Transport`](libshm_core::transport::Transport).
+//! - [`RunDir`] and [`Listener`]: the manager's private `0700` directory
+//!   `torch-shm-dir-XXXXXX` with `manager.sock`, and who connects to it
+//!   (`SO_PEERCRED`).
+//! - [`serve`]: the manager daemon's `poll` loop around the core's
+//!   [`Manager`](libshm_core::manager::Manager).
+//! - [`Launcher`]: fork/exec a manager and read its handle line.
+//!
+//! What it does not do: decide anything (the core does) or touch `/dev/shm`
+//! (the loop unlinks through a [`Namespace`](libshm_core::namespace::Namespace)
+//! it is given; the `libshm` crate supplies the real one).
+//!
+//! # Example
+//! A manager in a thread, and a client registering with it:
+//! ```
+//! use libshm_core::client::{AckMode, Client};
+//! use libshm_core::manager::ManagerConfig;
+//! use libshm_core::name::SegmentName;
+//! use libshm_core::namespace::{Namespace, Unlinked};
+//! use libshm_unix::{Listener, RunDir, UnixTransport, serve};
+//!
+//! struct NothingExists;
+//! impl Namespace for NothingExists {
+//!     type Error = std::convert::Infallible;
+//!     fn exists(&mut self, _: &SegmentName) -> Result<bool, Self::Error> { Ok(false) }
+//!     fn unlink(&mut self, _: &SegmentName) -> Result<Unlinked, Self::Error> { Ok(Unlinked::Absent) }
+//! }
+//!
+//! let listener = Listener::bind(RunDir::create(&std::env::temp_dir())?)?;
+//! let handle = *listener.handle();
+//! let manager = std::thread::spawn(move || serve(listener, ManagerConfig::default(), &mut NothingExists));
+//!
+//! let socket = UnixTransport::connect(&handle, None)?;
+//! let mut client: Client<_> = Client::new(socket, AckMode::Strict);
+//! client.register(1, SegmentName::new(b"/torch_1_2_3")?)?;
+//! drop(client); // after 2 s without clients the manager exits
+//! assert_eq!(manager.join().unwrap().stats.registrations, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod event_loop;
+mod launcher;
+mod listener;
+mod rundir;
+mod socket;
+
+pub use event_loop::{Summary, serve};
+pub use launcher::{LaunchError, Launched, Launcher};
+pub use listener::{Accepted, Listener};
+pub use rundir::{DIR_PREFIX, RunDir, SOCKET_NAME};
+pub use socket::{SocketError, UnixTransport};

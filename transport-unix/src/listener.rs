@@ -1,0 +1,87 @@
+//! The manager's listening socket, and who is on the other end of each accept.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use libshm_core::handshake::ManagerHandle;
+use libshm_core::manager::Peer;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+
+use crate::rundir::RunDir;
+
+/// Room for a burst of clients (PyTorch's manager allows 10 pending).
+const BACKLOG: i32 = 512;
+
+/// A non-blocking listening socket in its private directory.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    handle: ManagerHandle,
+    // Dropped after `fd`: removes the socket file and the directory.
+    dir: RunDir,
+}
+
+/// An accepted connection and the peer credentials the kernel recorded for it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The connection, non-blocking and close-on-exec.
+    pub fd: OwnedFd,
+    /// Who connected, from `SO_PEERCRED`.
+    pub peer: Peer,
+}
+
+impl Listener {
+    /// Binds `manager.sock` inside `dir` and listens.
+    pub fn bind(dir: RunDir) -> io::Result<Self> {
+        let path = dir.socket_path();
+        let handle = ManagerHandle::new(path.as_os_str().as_bytes())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        rustix::net::bind(&fd, &SocketAddrUnix::new(&path)?)?;
+        rustix::net::listen(&fd, BACKLOG)?;
+        Ok(Self { fd, handle, dir })
+    }
+
+    /// The handle clients connect to (the socket path).
+    pub fn handle(&self) -> &ManagerHandle {
+        &self.handle
+    }
+
+    /// The private directory.
+    pub fn dir(&self) -> &RunDir {
+        &self.dir
+    }
+
+    /// Accepts one pending connection; `Ok(None)` when none is pending.
+    pub fn accept(&self) -> Result<Option<Accepted>, Errno> {
+        let fd = loop {
+            match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(fd) => break fd,
+                Err(Errno::INTR | Errno::CONNABORTED) => continue,
+                Err(Errno::AGAIN) => return Ok(None),
+                Err(errno) => return Err(errno),
+            }
+        };
+        let peer = match sockopt::socket_peercred(&fd) {
+            Ok(cred) => Peer {
+                pid: Some(cred.pid.as_raw_nonzero().get()),
+                uid: Some(cred.uid.as_raw()),
+            },
+            Err(_) => Peer::default(),
+        };
+        Ok(Some(Accepted { fd, peer }))
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,124 @@
+//! The client's end: a Unix stream socket connected to a manager's handle.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use libshm_core::handshake::ManagerHandle;
+use libshm_core::transport::{ErrorKind, Transport, TransportError};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType, sockopt,
+};
+
+/// A failed socket call: which one, and the OS's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketError {
+    /// The call that failed (`connect`, `send`, ...).
+    pub op: &'static str,
+    /// The OS error.
+    pub errno: Errno,
+}
+
+impl SocketError {
+    pub(crate) fn new(op: &'static str) -> impl FnOnce(Errno) -> Self {
+        move |errno| Self { op, errno }
+    }
+}
+
+impl fmt::Display for SocketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, std::io::Error::from(self.errno))
+    }
+}
+
+impl std::error::Error for SocketError {}
+
+impl TransportError for SocketError {
+    fn kind(&self) -> ErrorKind {
+        match self.errno {
+            Errno::INTR => ErrorKind::Interrupted,
+            Errno::AGAIN | Errno::TIMEDOUT => ErrorKind::TimedOut,
+            Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN | Errno::CONNREFUSED | Errno::NOENT => {
+                ErrorKind::Closed
+            }
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// A connection to a manager over its Unix socket.
+#[derive(Debug)]
+pub struct UnixTransport {
+    fd: OwnedFd,
+}
+
+impl UnixTransport {
+    /// Connects to the manager at `handle`. The socket is close-on-exec, so
+    /// exec'd children never inherit it. `reply_timeout` bounds how long a
+    /// blocking receive waits for the manager (PyTorch's client waits 1 s).
+    pub fn connect(
+        handle: &ManagerHandle,
+        reply_timeout: Option<Duration>,
+    ) -> Result<Self, SocketError> {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(SocketError::new("socket"))?;
+        let address =
+            SocketAddrUnix::new(handle.as_bytes()).map_err(SocketError::new("address"))?;
+        loop {
+            match rustix::net::connect(&fd, &address) {
+                Err(Errno::INTR) => continue,
+                other => break other.map_err(SocketError::new("connect"))?,
+            }
+        }
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, reply_timeout)
+            .map_err(SocketError::new("setsockopt"))?;
+        Ok(Self { fd })
+    }
+
+    /// Wraps a connected stream socket (one end of a `socketpair`, say).
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+}
+
+impl AsFd for UnixTransport {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Transport for UnixTransport {
+    type Error = SocketError;
+
+    fn send_all(&mut self, mut bytes: &[u8]) -> Result<(), SocketError> {
+        while !bytes.is_empty() {
+            // NOSIGNAL: a dead manager is an error to report, not a SIGPIPE.
+            match rustix::net::send(&self.fd, bytes, SendFlags::NOSIGNAL) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(Errno::INTR) => continue,
+                Err(errno) => return Err(SocketError { op: "send", errno }),
+            }
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
+        rustix::net::recv(&self.fd, buf, RecvFlags::empty())
+            .map(|(n, _)| n)
+            .map_err(SocketError::new("recv"))
+    }
+
+    fn try_receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>, SocketError> {
+        match rustix::net::recv(&self.fd, buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => Ok(Some(n)),
+            Err(Errno::AGAIN) => Ok(None),
+            Err(errno) => Err(SocketError { op: "recv", errno }),
+        }
+    }
+}
