@@ -14,7 +14,7 @@ pub const HANDLE_MAX: usize = 107;
 pub const LINE_MAX: usize = 1024;
 
 /// A manager handle: where clients connect.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ManagerHandle {
     len: u8,
     bytes: [u8; HANDLE_MAX],

@@ -43,6 +43,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![no_std]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

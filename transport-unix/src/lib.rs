@@ -41,6 +41,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 mod event_loop;
 mod launcher;
 mod listener;

@@ -1,0 +1,182 @@
+//! `shm-manager`: a drop-in replacement for PyTorch's `torch_shm_manager`.
+//!
+//! Run with no arguments it does what the original does: `setsid`, create a
+//! private `torch-shm-dir-XXXXXX` directory with `manager.sock`, print the
+//! socket path and a newline on stdout (or `ERROR: <why>` and exit 1), answer
+//! every registration with `OK`, and once no client has been connected for
+//! 2 s unlink every name still registered, remove the socket and exit.
+//!
+//! Unlike the original it never blocks on one client, reaps segments whose
+//! holders died while others go on, refuses other users' connections, and
+//! only unlinks segments its own user owns.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use libshm::ShmNamespace;
+use libshm::core::manager::ManagerConfig;
+use libshm::core::name::NamePrefix;
+use libshm::units::{parse_duration, parse_optional_duration};
+use libshm_unix::{Listener, RunDir, serve};
+
+/// Environment variable for the log level when no flag is given (error, warn,
+/// info, debug, trace). PyTorch starts the manager without arguments, so this
+/// is how to get its logs there.
+const ENV_LOG: &str = "SHM_MANAGER_LOG";
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Shared-memory manager daemon, compatible with PyTorch's torch_shm_manager"
+)]
+struct Args {
+    /// Exit after this long with no client connected.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// Unlink a segment this long after its last holder died without
+    /// releasing it; `off` keeps it until shutdown, as PyTorch does.
+    #[arg(long, default_value = "2s", value_parser = optional_duration)]
+    reap_grace: Switchable,
+
+    /// Close a client that leaves half a frame unsent this long; `off` never does.
+    #[arg(long, default_value = "5s", value_parser = optional_duration)]
+    frame_timeout: Switchable,
+
+    /// Accept only segment names starting with this prefix (for example `/torch_`).
+    #[arg(long)]
+    name_prefix: Option<String>,
+
+    /// Where to create the private socket directory [default: $TMPDIR or /tmp].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+
+    /// Refuse more than this many simultaneous clients.
+    #[arg(long, default_value_t = 65_536)]
+    max_clients: usize,
+
+    /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warnings).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Log errors only.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    // Leave the launching process's session, so its terminal's signals do not
+    // reach us. Fails harmlessly if we already lead a process group.
+    let _ = rustix::process::setsid();
+    let args = Args::parse();
+    init_logging(&args);
+    raise_fd_limit();
+
+    let config = match manager_config(&args) {
+        Ok(config) => config,
+        Err(message) => return fail(&message),
+    };
+    let base = args.run_dir.clone().unwrap_or_else(RunDir::default_base);
+    let listener = match RunDir::create(&base).and_then(Listener::bind) {
+        Ok(listener) => listener,
+        Err(err) => {
+            return fail(&format!(
+                "could not create the manager socket under {}: {err}",
+                base.display()
+            ));
+        }
+    };
+    if let Err(err) = handshake(&format!("{}\n", listener.handle())) {
+        tracing::error!("could not print the handle: {err}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(handle = %listener.handle(), "serving");
+    let summary = serve(listener, config, &mut ShmNamespace::for_current_user());
+    tracing::debug!(?summary, "exiting");
+    ExitCode::SUCCESS
+}
+
+/// A duration that `off` disables (clap reads `Option` as "may be omitted").
+#[derive(Clone, Copy, Debug)]
+struct Switchable(Option<Duration>);
+
+fn optional_duration(text: &str) -> Result<Switchable, String> {
+    parse_optional_duration(text).map(Switchable)
+}
+
+fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
+    let name_prefix = match &args.name_prefix {
+        Some(prefix) => Some(
+            NamePrefix::new(prefix.as_bytes()).map_err(|err| format!("--name-prefix: {err}"))?,
+        ),
+        None => None,
+    };
+    Ok(ManagerConfig {
+        shutdown_after: args.shutdown_timeout,
+        reap_grace: args.reap_grace.0,
+        frame_timeout: args.frame_timeout.0,
+        name_prefix,
+        owner_uid: Some(rustix::process::geteuid().as_raw()),
+        max_connections: args.max_clients,
+        ..ManagerConfig::default()
+    })
+}
+
+/// Prints the handshake line, then points stdout at /dev/null so whoever
+/// reads our output sees end of file and nothing we do later can SIGPIPE.
+fn handshake(line: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(line.as_bytes())?;
+    stdout.flush()?;
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::stdio::dup2_stdout(&null)?;
+    Ok(())
+}
+
+fn fail(message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    let _ = handshake(&format!("ERROR: {message}\n"));
+    ExitCode::FAILURE
+}
+
+fn init_logging(args: &Args) {
+    use tracing::Level;
+    let from_env = std::env::var(ENV_LOG)
+        .ok()
+        .and_then(|level| level.parse::<Level>().ok());
+    let level = match (args.quiet, args.verbose) {
+        (true, _) => Level::ERROR,
+        (false, 0) => from_env.unwrap_or(Level::WARN),
+        (false, 1) => Level::INFO,
+        (false, 2) => Level::DEBUG,
+        (false, _) => Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// Lifts the soft descriptor limit to the hard one: each client costs one.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("could not raise the descriptor limit: {err}");
+        }
+    }
+}

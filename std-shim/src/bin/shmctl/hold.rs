@@ -1,0 +1,168 @@
+//! `shmctl create` and `shmctl open`: segments held by a process you control.
+//!
+//! With `--hold` the command keeps its segments until stdin closes, and answers
+//! one line per command read from stdin: `check <byte>` (are all data bytes
+//! this value?), `fill <byte>`, `refcount`, `exit`. Tests and the PyTorch
+//! interop scripts drive it that way; kill it with SIGKILL to play a crash.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use libshm::units::parse_size;
+use libshm::{Manager, SharedSegment};
+
+use crate::Outcome;
+
+/// Arguments of `shmctl create`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct CreateArgs {
+    /// Data bytes per segment (`4096`, `4KiB`, `1M`).
+    #[arg(long, value_parser = parse_size, default_value = "4096")]
+    size: usize,
+    /// How many segments.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Fill the data with this byte.
+    #[arg(long)]
+    fill: Option<u8>,
+    /// Register with the manager at this handle instead of starting one.
+    #[arg(long)]
+    manager: Option<String>,
+    /// Keep the segments until stdin closes, answering commands.
+    #[arg(long)]
+    hold: bool,
+}
+
+/// Arguments of `shmctl open`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct OpenArgs {
+    /// The manager handle the segment was shared with.
+    #[arg(long)]
+    manager: String,
+    /// The segment name.
+    #[arg(long)]
+    name: String,
+    /// Data bytes to map; the whole segment if omitted.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<usize>,
+    /// Fail unless every data byte has this value.
+    #[arg(long)]
+    expect: Option<u8>,
+    /// Then fill the data with this byte.
+    #[arg(long)]
+    fill: Option<u8>,
+    /// Keep the segment until stdin closes, answering commands.
+    #[arg(long)]
+    hold: bool,
+}
+
+pub(crate) fn create(args: &CreateArgs) -> Outcome {
+    let manager = match &args.manager {
+        Some(handle) => Manager::connect(handle)?,
+        None => Manager::default_for_process()?,
+    };
+    let mut segments = Vec::with_capacity(args.count);
+    for _ in 0..args.count {
+        let segment = manager.create(args.size)?;
+        if let Some(byte) = args.fill {
+            segment.fill(byte);
+        }
+        segments.push(segment);
+    }
+    manager.settle()?;
+    report(&segments)?;
+    if args.hold {
+        serve_commands(&segments)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn open(args: &OpenArgs) -> Outcome {
+    let manager = Manager::connect(&args.manager)?;
+    let segment = match args.size {
+        Some(size) => manager.open(&args.name, size)?,
+        None => manager.open_whole(&args.name)?,
+    };
+    manager.settle()?;
+    if let Some(byte) = args.expect
+        && !all_bytes_are(&segment, byte)
+    {
+        return Err(format!("{}: data is not all {byte}", segment.name()).into());
+    }
+    if let Some(byte) = args.fill {
+        segment.fill(byte);
+    }
+    let segments = [segment];
+    report(&segments)?;
+    if args.hold {
+        serve_commands(&segments)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(segments: &[SharedSegment]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for segment in segments {
+        writeln!(
+            out,
+            "handle={} name={} size={} refcount={}",
+            segment.manager_handle(),
+            segment.name(),
+            segment.len(),
+            segment.refcount_now()
+        )?;
+    }
+    out.flush()
+}
+
+fn all_bytes_are(segment: &SharedSegment, byte: u8) -> bool {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut offset = 0;
+    while offset < segment.len() {
+        let n = chunk.len().min(segment.len() - offset);
+        if segment.read_at(offset, &mut chunk[..n]).is_err()
+            || chunk[..n].iter().any(|&b| b != byte)
+        {
+            return false;
+        }
+        offset += n;
+    }
+    true
+}
+
+fn serve_commands(segments: &[SharedSegment]) -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        let reply = match (words.next(), words.next().map(str::parse::<u8>)) {
+            (Some("check"), Some(Ok(byte))) => {
+                let ok = segments.iter().all(|s| all_bytes_are(s, byte));
+                format!(
+                    "{} refcount={}",
+                    if ok { "ok" } else { "mismatch" },
+                    refcounts(segments)
+                )
+            }
+            (Some("fill"), Some(Ok(byte))) => {
+                segments.iter().for_each(|s| s.fill(byte));
+                "ok".to_owned()
+            }
+            (Some("refcount"), None) => format!("refcount={}", refcounts(segments)),
+            (Some("exit"), None) => break,
+            _ => format!("error: unknown command {line:?}"),
+        };
+        writeln!(out, "{reply}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn refcounts(segments: &[SharedSegment]) -> String {
+    let counts: Vec<String> = segments
+        .iter()
+        .map(|s| s.refcount_now().to_string())
+        .collect();
+    counts.join(",")
+}

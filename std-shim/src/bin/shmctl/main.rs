@@ -1,0 +1,77 @@
+//! `shmctl`: the libshm-rs command line.
+//!
+//! - `demo`: the end-to-end tour (manager, segments, workers, a SIGKILL, the cleanup).
+//! - `create` / `open`: make or open segments and hold them, for debugging,
+//!   scripting and interop with PyTorch.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod hold;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Shared-memory segments and managers, PyTorch-compatible"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// More logging on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the demo: a manager, shared segments, worker processes, one of
+    /// them killed mid-work, and proof that nothing is left behind.
+    Demo(demo::Args),
+    /// Create segments and print `handle=… name=… size=… refcount=…` per segment.
+    Create(hold::CreateArgs),
+    /// Open a segment another process shared and print what it holds.
+    Open(hold::OpenArgs),
+    /// One of the demo's worker processes.
+    #[command(hide = true)]
+    DemoWorker(demo::WorkerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Create(args) => hold::create(&args),
+        Command::Open(args) => hold::open(&args),
+        Command::DemoWorker(args) => demo::worker(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("shmctl: {err}");
+            let mut source = std::error::Error::source(err.as_ref());
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a subcommand returns.
+type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;

@@ -1,0 +1,197 @@
+//! Process-wide settings: which manager to start, how to name segments, how
+//! strictly to wait for the manager. Read from the environment on first use,
+//! or set once with [`Config::install`] (PyTorch's `libshm_init`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libshm_core::client::AckMode;
+use libshm_core::name::NamePrefix;
+use libshm_unix::Launcher;
+
+use crate::error::Error;
+
+/// Path of the manager executable to start.
+pub const ENV_MANAGER: &str = "LIBSHM_MANAGER";
+/// `strict`, `pipelined` or `pipelined:<window>`.
+pub const ENV_ACK: &str = "LIBSHM_ACK";
+/// Prefix for generated segment names (default `/torch_`).
+pub const ENV_PREFIX: &str = "LIBSHM_NAME_PREFIX";
+
+/// Our manager's file name, looked for next to the running executable and on `PATH`.
+pub const MANAGER_BIN: &str = "shm-manager";
+
+/// How this process uses managers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    manager_executable: Option<PathBuf>,
+    manager_args: Vec<OsString>,
+    ack_mode: AckMode,
+    name_prefix: NamePrefix,
+    reply_timeout: Option<Duration>,
+    quiet_manager: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            manager_executable: None,
+            manager_args: Vec::new(),
+            ack_mode: AckMode::default(),
+            name_prefix: NamePrefix::torch(),
+            reply_timeout: Some(Duration::from_secs(10)),
+            quiet_manager: false,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults overridden by `LIBSHM_MANAGER`, `LIBSHM_ACK` and `LIBSHM_NAME_PREFIX`.
+    pub fn from_env() -> Result<Self, Error> {
+        let mut config = Self::default();
+        if let Some(path) = std::env::var_os(ENV_MANAGER).filter(|p| !p.is_empty()) {
+            config.manager_executable = Some(path.into());
+        }
+        if let Some(mode) = env_str(ENV_ACK)? {
+            config.ack_mode = parse_ack_mode(&mode).ok_or_else(|| Error::Env {
+                var: ENV_ACK,
+                why: format!("{mode:?} is not strict, pipelined or pipelined:<window>"),
+            })?;
+        }
+        if let Some(prefix) = env_str(ENV_PREFIX)? {
+            config.name_prefix = NamePrefix::new(prefix.as_bytes()).map_err(|err| Error::Env {
+                var: ENV_PREFIX,
+                why: err.to_string(),
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// The manager executable to start (PyTorch's `torch_shm_manager` works too).
+    pub fn manager_executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.manager_executable = Some(path.into());
+        self
+    }
+
+    /// Arguments for the manager (ours only; PyTorch's takes none).
+    pub fn manager_args(mut self, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+        self.manager_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Strict (wait for `OK` each time) or pipelined registration.
+    pub fn ack_mode(mut self, mode: AckMode) -> Self {
+        self.ack_mode = mode;
+        self
+    }
+
+    /// Prefix for generated names.
+    pub fn name_prefix(mut self, prefix: NamePrefix) -> Self {
+        self.name_prefix = prefix;
+        self
+    }
+
+    /// How long to wait for a manager's reply before calling it dead.
+    pub fn reply_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.reply_timeout = timeout;
+        self
+    }
+
+    /// Silence started managers' stderr.
+    pub fn quiet_manager(mut self, quiet: bool) -> Self {
+        self.quiet_manager = quiet;
+        self
+    }
+
+    /// Makes this the process-wide configuration for managers started and
+    /// segments named from now on.
+    pub fn install(self) {
+        crate::registry::install(self);
+    }
+
+    /// The configured mode.
+    pub fn ack(&self) -> AckMode {
+        self.ack_mode
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &NamePrefix {
+        &self.name_prefix
+    }
+
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.reply_timeout
+    }
+
+    /// The launcher for this configuration's manager.
+    pub fn launcher(&self) -> Result<Launcher, Error> {
+        let executable = match &self.manager_executable {
+            Some(path) => path.clone(),
+            None => find_manager().ok_or(Error::NoManagerExecutable)?,
+        };
+        Ok(Launcher::new(executable)
+            .args(self.manager_args.iter())
+            .quiet(self.quiet_manager))
+    }
+}
+
+fn env_str(var: &'static str) -> Result<Option<String>, Error> {
+    match std::env::var(var) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::Env {
+            var,
+            why: "not valid UTF-8".into(),
+        }),
+    }
+}
+
+/// Parses `strict`, `pipelined` or `pipelined:<window>`.
+pub fn parse_ack_mode(text: &str) -> Option<AckMode> {
+    match text.split_once(':') {
+        None if text == "strict" => Some(AckMode::Strict),
+        None if text == "pipelined" => Some(AckMode::default()),
+        Some(("pipelined", window)) => {
+            let max_in_flight = window.parse().ok().filter(|&w: &u16| w > 0)?;
+            Some(AckMode::Pipelined { max_in_flight })
+        }
+        _ => None,
+    }
+}
+
+/// `shm-manager` next to the running executable (or one directory up, where
+/// cargo puts binaries relative to test executables), else on `PATH`.
+fn find_manager() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let beside = exe
+        .parent()
+        .into_iter()
+        .chain(exe.parent().and_then(Path::parent));
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    beside
+        .map(Path::to_path_buf)
+        .chain(on_path)
+        .map(|dir| dir.join(MANAGER_BIN))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_modes_parse() {
+        assert_eq!(parse_ack_mode("strict"), Some(AckMode::Strict));
+        assert_eq!(parse_ack_mode("pipelined"), Some(AckMode::default()));
+        assert_eq!(
+            parse_ack_mode("pipelined:8"),
+            Some(AckMode::Pipelined { max_in_flight: 8 })
+        );
+        assert_eq!(parse_ack_mode("pipelined:0"), None);
+        assert_eq!(parse_ack_mode("lazy"), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! One process's relationship with one manager: the connection, the names it
+//! holds through it, and recovery when the manager dies.
+//!
+//! Recovery: a failed call (the manager was killed, say) drops the connection,
+//! finds a live manager (a new one started by us if the dead one was ours,
+//! else this process's default manager), re-registers every name still held,
+//! and carries on. After a `fork` the child never touches the parent's
+//! connection: the first call in the child notices the new pid and connects
+//! afresh, holding nothing.
+//!
+//! Lock order: a link's lock may be held while taking the registry's lock or
+//! the default link's lock; the registry never holds its lock while taking a
+//! link's.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use libshm_core::client::{AckMode, Client, ClientError, ClientFault};
+use libshm_core::handshake::ManagerHandle;
+use libshm_core::name::SegmentName;
+use libshm_unix::{SocketError, UnixTransport};
+
+use crate::error::Error;
+use crate::naming::current_pid;
+use crate::registry;
+
+/// Frames one connection queues (deferred releases) and leaves unanswered at most.
+const WINDOW: usize = 64;
+
+type UnixClient = Client<UnixTransport, WINDOW>;
+
+/// Where a link's manager came from, which decides how to replace it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Started by this process: start another.
+    Launched,
+    /// Given to us by handle: fall back to this process's default manager.
+    Given,
+}
+
+/// A shared, lockable link to one manager.
+#[derive(Debug)]
+pub(crate) struct Link {
+    state: Mutex<LinkState>,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    handle: ManagerHandle,
+    origin: Origin,
+    mode: AckMode,
+    timeout: Option<Duration>,
+    /// The process `client` and `held` belong to.
+    pid: u32,
+    client: Option<UnixClient>,
+    held: HashMap<SegmentName, u32>,
+}
+
+impl Link {
+    pub(crate) fn new(
+        handle: ManagerHandle,
+        origin: Origin,
+        mode: AckMode,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let state = LinkState {
+            handle,
+            origin,
+            mode,
+            timeout,
+            pid: current_pid(),
+            client: None,
+            held: HashMap::new(),
+        };
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The manager's current handle (it changes when a dead manager is replaced).
+    pub(crate) fn handle(&self) -> ManagerHandle {
+        self.lock().handle
+    }
+
+    /// Names this process holds through the link, counting repeats.
+    pub(crate) fn held(&self) -> usize {
+        let mut state = self.lock();
+        state.adopt_after_fork();
+        state.held.values().map(|&n| n as usize).sum()
+    }
+
+    /// Registers `name` before it is created or opened.
+    pub(crate) fn register(&self, name: SegmentName) -> Result<(), Error> {
+        let mut state = self.lock();
+        state.adopt_after_fork();
+        let pid = state.pid as i32;
+        let mut recovered = false;
+        loop {
+            let result = state
+                .connected()
+                .and_then(|client| client.register(pid, name).map_err(RegisterError::Client));
+            match result {
+                Ok(()) => break,
+                Err(RegisterError::Client(ClientError::Fault(ClientFault::Refused(refused)))) => {
+                    state.forget(&refused);
+                    if refused == name {
+                        return Err(Error::Refused {
+                            handle: state.handle.to_string(),
+                            name,
+                        });
+                    }
+                    tracing::warn!(
+                        "manager {} refused {refused}; it is not protected against crashes",
+                        state.handle
+                    );
+                    break;
+                }
+                Err(err) => {
+                    state.client = None;
+                    if recovered {
+                        return Err(err.into_error(state.handle));
+                    }
+                    tracing::warn!(
+                        "manager {} failed: {}; recovering",
+                        state.handle,
+                        err.display()
+                    );
+                    state.recover()?;
+                    recovered = true;
+                }
+            }
+        }
+        *state.held.entry(name).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Tells the manager this process no longer uses `name`. Never fails: a
+    /// manager that cannot be told is replaced, and the replacement is told
+    /// only about names still held.
+    pub(crate) fn release(&self, name: SegmentName, deferrable: bool) {
+        let mut state = self.lock();
+        if state.pid != current_pid() {
+            // A forked child dropping its parent's segment: not ours to release.
+            return;
+        }
+        if !state.forget(&name) {
+            return;
+        }
+        let pid = state.pid as i32;
+        let Some(client) = state.client.as_mut() else {
+            return;
+        };
+        if let Err(err) = client.release(pid, name, deferrable) {
+            tracing::warn!(
+                "manager {} failed during a release: {err}; recovering",
+                state.handle
+            );
+            state.client = None;
+            if let Err(err) = state.recover() {
+                tracing::warn!("could not recover a manager: {err}");
+            }
+        }
+    }
+
+    /// Writes deferred releases and waits for every outstanding reply.
+    pub(crate) fn settle(&self) -> Result<(), Error> {
+        let mut state = self.lock();
+        state.adopt_after_fork();
+        let handle = state.handle;
+        match state.client.as_mut() {
+            Some(client) => client.settle().map_err(|source| Error::Manager {
+                handle: handle.to_string(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+enum RegisterError {
+    Connect(Error),
+    Client(ClientError<SocketError>),
+}
+
+impl RegisterError {
+    fn into_error(self, handle: ManagerHandle) -> Error {
+        match self {
+            Self::Connect(err) => err,
+            Self::Client(source) => Error::Manager {
+                handle: handle.to_string(),
+                source,
+            },
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Self::Connect(err) => err.to_string(),
+            Self::Client(err) => err.to_string(),
+        }
+    }
+}
+
+impl LinkState {
+    fn adopt_after_fork(&mut self) {
+        let pid = current_pid();
+        if pid != self.pid {
+            // Closing our copy of the parent's socket leaves the parent's intact.
+            self.pid = pid;
+            self.client = None;
+            self.held.clear();
+        }
+    }
+
+    /// Removes one hold of `name`; false if it was not held.
+    fn forget(&mut self, name: &SegmentName) -> bool {
+        match self.held.get_mut(name) {
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                self.held.remove(name);
+            }
+            None => return false,
+        }
+        true
+    }
+
+    fn connected(&mut self) -> Result<&mut UnixClient, RegisterError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => {
+                let transport =
+                    UnixTransport::connect(&self.handle, self.timeout).map_err(|source| {
+                        RegisterError::Connect(Error::Connect {
+                            handle: self.handle.to_string(),
+                            source,
+                        })
+                    })?;
+                Client::new(transport, self.mode)
+            }
+        };
+        Ok(self.client.insert(client))
+    }
+
+    /// Finds a live manager and registers everything still held with it.
+    fn recover(&mut self) -> Result<(), Error> {
+        let old = self.handle;
+        self.client = None;
+        let new = match self.origin {
+            Origin::Launched => registry::config()?.launcher()?.launch()?.handle,
+            Origin::Given => match UnixTransport::connect(&old, self.timeout) {
+                Ok(_) => old,
+                Err(_) => registry::default_link()?.handle(),
+            },
+        };
+        self.handle = new;
+        let transport =
+            UnixTransport::connect(&new, self.timeout).map_err(|source| Error::Connect {
+                handle: new.to_string(),
+                source,
+            })?;
+        let mut client = UnixClient::new(transport, self.mode);
+        let pid = self.pid as i32;
+        let manager_error = |source| Error::Manager {
+            handle: new.to_string(),
+            source,
+        };
+        for (name, count) in &self.held {
+            for _ in 0..*count {
+                client.register(pid, *name).map_err(manager_error)?;
+            }
+        }
+        client.settle().map_err(manager_error)?;
+        tracing::info!(
+            "manager {old} is gone; {} held segment(s) re-registered with {new}",
+            self.held.len()
+        );
+        self.client = Some(client);
+        Ok(())
+    }
+}

@@ -1,0 +1,97 @@
+//! A handle on a manager daemon, from the client's side.
+
+use std::sync::Arc;
+
+use libshm_core::flags::{MapFlags, OpenMode};
+use libshm_core::handshake::ManagerHandle;
+use libshm_core::name::SegmentName;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::link::Link;
+use crate::registry;
+use crate::segment::SharedSegment;
+
+/// A manager this process registers segments with. Cheap to clone; every
+/// clone (and every `Manager` obtained for the same handle) shares one
+/// connection.
+#[derive(Clone, Debug)]
+pub struct Manager {
+    link: Arc<Link>,
+}
+
+impl Manager {
+    /// This process's default manager, started on first use with the
+    /// process-wide [`Config`] (PyTorch's behaviour).
+    pub fn default_for_process() -> Result<Self, Error> {
+        registry::default_link().map(|link| Self { link })
+    }
+
+    /// The manager at `handle`, as printed by a manager or shared by another
+    /// process. Connects on first use; if that manager has died by then, this
+    /// process's default manager takes over.
+    pub fn connect(handle: &str) -> Result<Self, Error> {
+        let handle = ManagerHandle::new(handle.as_bytes())?;
+        registry::link_for(handle).map(|link| Self { link })
+    }
+
+    /// Starts a manager of its own with `config` (not the process default).
+    pub fn launch(config: &Config) -> Result<Self, Error> {
+        registry::launched_link(config).map(|link| Self { link })
+    }
+
+    /// The handle other processes use to reach this manager.
+    pub fn handle(&self) -> ManagerHandle {
+        self.link.handle()
+    }
+
+    /// Creates a segment with a fresh name and `size` bytes of user data.
+    pub fn create(&self, size: usize) -> Result<SharedSegment, Error> {
+        let name = crate::naming::next_name(registry::config()?.prefix())?;
+        SharedSegment::create_with(Arc::clone(&self.link), name, size)
+    }
+
+    /// Creates a segment named `name` (it must not exist yet).
+    pub fn create_named(&self, name: &str, size: usize) -> Result<SharedSegment, Error> {
+        let name = SegmentName::new(name.as_bytes())?;
+        SharedSegment::create_with(Arc::clone(&self.link), name, size)
+    }
+
+    /// Opens an existing segment and maps its header plus `size` bytes.
+    pub fn open(&self, name: &str, size: usize) -> Result<SharedSegment, Error> {
+        let name = SegmentName::new(name.as_bytes())?;
+        SharedSegment::open_with(Arc::clone(&self.link), name, Some(size))
+    }
+
+    /// Opens an existing segment and maps all of it.
+    pub fn open_whole(&self, name: &str) -> Result<SharedSegment, Error> {
+        let name = SegmentName::new(name.as_bytes())?;
+        SharedSegment::open_with(Arc::clone(&self.link), name, None)
+    }
+
+    /// Creates or opens by ATen flags: `SHAREDMEM|EXCLUSIVE` creates,
+    /// `SHAREDMEM|NOCREATE` opens; anything ATen's refcounted allocator refuses
+    /// is refused here too.
+    pub fn map_with_flags(
+        &self,
+        name: &str,
+        flags: MapFlags,
+        size: usize,
+    ) -> Result<SharedSegment, Error> {
+        match flags.refcounted_mode()? {
+            OpenMode::CreateExclusive => self.create_named(name, size),
+            OpenMode::OpenExisting => self.open(name, size),
+        }
+    }
+
+    /// Writes deferred releases and waits until the manager has answered every
+    /// registration (pipelined mode otherwise collects answers lazily).
+    pub fn settle(&self) -> Result<(), Error> {
+        self.link.settle()
+    }
+
+    /// Segments this process holds through this manager.
+    pub fn held(&self) -> usize {
+        self.link.held()
+    }
+}

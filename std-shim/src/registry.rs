@@ -1,0 +1,103 @@
+//! The process-wide table of managers, like PyTorch's `managers` map: the
+//! default manager (started on first use) and every manager reached by handle.
+//!
+//! The registry's lock is a leaf: nothing else is locked while it is held.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use libshm_core::handshake::ManagerHandle;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::link::{Link, Origin};
+
+struct Registry {
+    config: Option<Config>,
+    default: Option<(ManagerHandle, Arc<Link>)>,
+    by_handle: BTreeMap<ManagerHandle, Arc<Link>>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    config: None,
+    default: None,
+    by_handle: BTreeMap::new(),
+});
+
+fn lock() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    fn config(&mut self) -> Result<&Config, Error> {
+        if self.config.is_none() {
+            self.config = Some(Config::from_env()?);
+        }
+        self.config.as_ref().ok_or(Error::NoManagerExecutable)
+    }
+}
+
+/// Replaces the process-wide configuration.
+pub(crate) fn install(config: Config) {
+    lock().config = Some(config);
+}
+
+/// The process-wide configuration (from the environment unless installed).
+pub(crate) fn config() -> Result<Config, Error> {
+    lock().config().cloned()
+}
+
+/// This process's default manager, started on first use.
+pub(crate) fn default_link() -> Result<Arc<Link>, Error> {
+    let mut registry = lock();
+    if let Some((_, link)) = &registry.default {
+        return Ok(Arc::clone(link));
+    }
+    let config = registry.config()?.clone();
+    let launched = config.launcher()?.launch()?;
+    tracing::debug!(handle = %launched.handle, pid = launched.pid, "started manager");
+    let link = Arc::new(Link::new(
+        launched.handle,
+        Origin::Launched,
+        config.ack(),
+        config.timeout(),
+    ));
+    registry.default = Some((launched.handle, Arc::clone(&link)));
+    Ok(link)
+}
+
+/// The link to the manager at `handle`, shared by everyone in this process
+/// who uses that handle. Connects lazily.
+pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
+    let mut registry = lock();
+    if let Some((default_handle, link)) = &registry.default
+        && *default_handle == handle
+    {
+        return Ok(Arc::clone(link));
+    }
+    if let Some(link) = registry.by_handle.get(&handle) {
+        return Ok(Arc::clone(link));
+    }
+    let config = registry.config()?.clone();
+    let link = Arc::new(Link::new(
+        handle,
+        Origin::Given,
+        config.ack(),
+        config.timeout(),
+    ));
+    registry.by_handle.insert(handle, Arc::clone(&link));
+    Ok(link)
+}
+
+/// A link to a manager started for the caller alone (not the default).
+pub(crate) fn launched_link(config: &Config) -> Result<Arc<Link>, Error> {
+    let launched = config.launcher()?.launch()?;
+    let link = Arc::new(Link::new(
+        launched.handle,
+        Origin::Launched,
+        config.ack(),
+        config.timeout(),
+    ));
+    lock().by_handle.insert(launched.handle, Arc::clone(&link));
+    Ok(link)
+}

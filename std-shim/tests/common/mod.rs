@@ -1,0 +1,263 @@
+//! Real processes for the integration tests: manager daemons, processes that
+//! hold segments, and raw PyTorch-style clients speaking bytes on the socket.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SHM_MANAGER: &str = env!("CARGO_BIN_EXE_shm-manager");
+pub const SHMCTL: &str = env!("CARGO_BIN_EXE_shmctl");
+
+/// Polls `done` every 10 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a segment exists in /dev/shm.
+pub fn shm_exists(name: &str) -> bool {
+    Path::new("/dev/shm")
+        .join(name.trim_start_matches('/'))
+        .exists()
+}
+
+/// A name no other test (or run) uses.
+pub fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "/libshm_test_{tag}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a plain shared-memory object, as any process could.
+pub fn create_object(name: &str) {
+    std::fs::write(
+        Path::new("/dev/shm").join(name.trim_start_matches('/')),
+        [0u8; 64],
+    )
+    .unwrap();
+}
+
+/// A `shm-manager` process started by the test, with its handshake read.
+pub struct Daemon {
+    pub child: Child,
+    pub handle: String,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(SHM_MANAGER)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shm-manager");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.ends_with('\n'), "handshake line {line:?}");
+        Self {
+            child,
+            handle: line.trim_end().to_owned(),
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn connect(&self) -> RawClient {
+        RawClient::connect(&self.handle)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// PyTorch's `AllocInfo` built by hand: pid i32 at 0, free at 4, the name at
+/// 5..65 NUL-terminated, 3 padding bytes. Deliberately not the crate's encoder.
+pub fn frame(free: u8, name: &str) -> [u8; 68] {
+    let mut bytes = [0u8; 68];
+    bytes[..4].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+    bytes[4] = free;
+    bytes[5..5 + name.len()].copy_from_slice(name.as_bytes());
+    bytes
+}
+
+/// A client speaking raw bytes.
+pub struct RawClient {
+    pub stream: UnixStream,
+}
+
+impl RawClient {
+    pub fn connect(handle: &str) -> Self {
+        let stream = UnixStream::connect(handle).expect("connect to manager");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Self { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn register(&mut self, name: &str) {
+        self.send(&frame(0, name));
+        assert_eq!(self.reply(), Some(*b"OK"), "registration of {name}");
+    }
+
+    pub fn release(&mut self, name: &str) {
+        self.send(&frame(1, name));
+    }
+
+    /// The next two reply bytes, or None at end of file.
+    pub fn reply(&mut self) -> Option<[u8; 2]> {
+        let mut reply = [0u8; 2];
+        match self.stream.read_exact(&mut reply) {
+            Ok(()) => Some(reply),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(err) => panic!("reading a reply: {err}"),
+        }
+    }
+
+    /// Whether the manager closed this connection (end of file within `timeout`).
+    pub fn is_closed_by_peer(&mut self, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0))
+            || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// What `shmctl create`/`open` print per segment.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub handle: String,
+    pub name: String,
+    pub size: usize,
+    pub refcount: i32,
+}
+
+impl Report {
+    fn parse(line: &str) -> Self {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .to_owned()
+        };
+        Self {
+            handle: field("handle"),
+            name: field("name"),
+            size: field("size").parse().unwrap(),
+            refcount: field("refcount").parse().unwrap(),
+        }
+    }
+}
+
+/// A `shmctl create|open --hold` process: it keeps its segments until told.
+pub struct Holder {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub segments: Vec<Report>,
+}
+
+impl Holder {
+    /// `shmctl <args> --hold`, reading `count` segment lines.
+    pub fn spawn(args: &[&str], count: usize, envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(SHMCTL)
+            .args(args)
+            .arg("--hold")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shmctl");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut segments = Vec::new();
+        for _ in 0..count {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            assert!(!line.is_empty(), "shmctl {args:?} exited early");
+            segments.push(Report::parse(&line));
+        }
+        Self {
+            child,
+            stdin,
+            stdout,
+            segments,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one command line and returns the reply line.
+    pub fn ask(&mut self, command: &str) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    }
+
+    /// Closes stdin so it drops its segments and exits cleanly.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: a crash with segments held.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.segments.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

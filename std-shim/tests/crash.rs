@@ -1,0 +1,96 @@
+//! Processes that die holding segments, and the manager cleaning up after them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Holder, shm_exists, wait_until};
+
+#[test]
+fn a_sigkilled_holder_leaks_nothing_once_every_client_is_gone() {
+    // PyTorch's behaviour (no reaping): everything goes at shutdown.
+    let mut daemon = Daemon::start(&["--reap-grace", "off"]);
+    let holder = Holder::spawn(
+        &[
+            "create",
+            "--manager",
+            &daemon.handle,
+            "--count",
+            "5",
+            "--size",
+            "64K",
+        ],
+        5,
+        &[],
+    );
+    let names = holder.names();
+    assert!(names.iter().all(|n| shm_exists(n)));
+    holder.kill();
+    let killed = Instant::now();
+    assert!(daemon.wait_exit(Duration::from_secs(4)).is_some());
+    assert!(
+        names.iter().all(|n| !shm_exists(n)),
+        "all unlinked at shutdown"
+    );
+    assert!(
+        killed.elapsed() <= Duration::from_secs(3),
+        "within the 2 s shutdown timeout plus 1 s"
+    );
+}
+
+#[test]
+fn a_sigkilled_holder_is_reaped_while_other_clients_go_on() {
+    let mut daemon = Daemon::start(&["--reap-grace", "1s"]);
+    let mut bystander = daemon.connect();
+    let holder = Holder::spawn(
+        &["create", "--manager", &daemon.handle, "--count", "5"],
+        5,
+        &[],
+    );
+    let names = holder.names();
+    holder.kill();
+    let killed = Instant::now();
+    assert!(wait_until(Duration::from_secs(3), || names
+        .iter()
+        .all(|n| !shm_exists(n))));
+    assert!(
+        killed.elapsed() <= Duration::from_secs(2),
+        "within the grace period plus 1 s"
+    );
+    assert!(daemon.is_running());
+    bystander.register(&common::unique_name("bystander"));
+}
+
+#[test]
+fn a_segment_the_dead_process_opened_is_reaped_after_the_live_holder_lets_go() {
+    let daemon = Daemon::start(&["--reap-grace", "1s"]);
+    let mut owner = Holder::spawn(
+        &["create", "--manager", &daemon.handle, "--size", "4096"],
+        1,
+        &[],
+    );
+    let name = owner.segments[0].name.clone();
+    let opener = Holder::spawn(
+        &[
+            "open",
+            "--manager",
+            &daemon.handle,
+            "--name",
+            &name,
+            "--size",
+            "4096",
+        ],
+        1,
+        &[],
+    );
+    opener.kill(); // its reference in the header can never be dropped now
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(shm_exists(&name), "the owner still holds it");
+    assert_eq!(owner.ask("refcount"), "refcount=2");
+    assert!(owner.finish().success());
+    assert!(shm_exists(&name), "refcount stuck at 1 by the dead opener");
+    assert!(
+        wait_until(Duration::from_secs(3), || !shm_exists(&name)),
+        "reaped"
+    );
+}
