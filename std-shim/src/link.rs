@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use libshm_core::client::{AckMode, Client, ClientError, ClientFault};
 use libshm_core::handshake::ManagerHandle;
-use libshm_core::name::SegmentName;
+use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_unix::{SocketError, UnixTransport};
 
+use crate::config::Config;
 use crate::error::Error;
 use crate::naming::current_pid;
 use crate::registry;
@@ -42,6 +43,9 @@ pub(crate) enum Origin {
 /// A shared, lockable link to one manager.
 #[derive(Debug)]
 pub(crate) struct Link {
+    /// Prefix of names created through this link, fixed when it was made so
+    /// the allocation path never consults the process-wide configuration.
+    prefix: NamePrefix,
     state: Mutex<LinkState>,
 }
 
@@ -58,28 +62,29 @@ struct LinkState {
 }
 
 impl Link {
-    pub(crate) fn new(
-        handle: ManagerHandle,
-        origin: Origin,
-        mode: AckMode,
-        timeout: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(handle: ManagerHandle, origin: Origin, config: &Config) -> Self {
         let state = LinkState {
             handle,
             origin,
-            mode,
-            timeout,
+            mode: config.ack(),
+            timeout: config.timeout(),
             pid: current_pid(),
             client: None,
             held: HashMap::new(),
         };
         Self {
+            prefix: *config.prefix(),
             state: Mutex::new(state),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The prefix for names created through this link.
+    pub(crate) fn prefix(&self) -> &NamePrefix {
+        &self.prefix
     }
 
     /// The manager's current handle (it changes when a dead manager is replaced).

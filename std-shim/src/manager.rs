@@ -47,7 +47,7 @@ impl Manager {
 
     /// Creates a segment with a fresh name and `size` bytes of user data.
     pub fn create(&self, size: usize) -> Result<SharedSegment, Error> {
-        let name = crate::naming::next_name(registry::config()?.prefix())?;
+        let name = crate::naming::next_name(self.link.prefix())?;
         SharedSegment::create_with(Arc::clone(&self.link), name, size)
     }
 

@@ -56,12 +56,7 @@ pub(crate) fn default_link() -> Result<Arc<Link>, Error> {
     let config = registry.config()?.clone();
     let launched = config.launcher()?.launch()?;
     tracing::debug!(handle = %launched.handle, pid = launched.pid, "started manager");
-    let link = Arc::new(Link::new(
-        launched.handle,
-        Origin::Launched,
-        config.ack(),
-        config.timeout(),
-    ));
+    let link = Arc::new(Link::new(launched.handle, Origin::Launched, &config));
     registry.default = Some((launched.handle, Arc::clone(&link)));
     Ok(link)
 }
@@ -79,12 +74,7 @@ pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
         return Ok(Arc::clone(link));
     }
     let config = registry.config()?.clone();
-    let link = Arc::new(Link::new(
-        handle,
-        Origin::Given,
-        config.ack(),
-        config.timeout(),
-    ));
+    let link = Arc::new(Link::new(handle, Origin::Given, &config));
     registry.by_handle.insert(handle, Arc::clone(&link));
     Ok(link)
 }
@@ -92,12 +82,7 @@ pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
 /// A link to a manager started for the caller alone (not the default).
 pub(crate) fn launched_link(config: &Config) -> Result<Arc<Link>, Error> {
     let launched = config.launcher()?.launch()?;
-    let link = Arc::new(Link::new(
-        launched.handle,
-        Origin::Launched,
-        config.ack(),
-        config.timeout(),
-    ));
+    let link = Arc::new(Link::new(launched.handle, Origin::Launched, config));
     lock().by_handle.insert(launched.handle, Arc::clone(&link));
     Ok(link)
 }
