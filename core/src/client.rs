@@ -270,6 +270,11 @@ impl<T: Transport, const N: usize> Client<T, N> {
         &self.transport
     }
 
+    /// The transport, mutably (to drive a loopback manager's clock, say).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
     /// Whether an earlier error made the connection unusable.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned

@@ -39,7 +39,10 @@
 //!     Some(NameState::Held { holders: 1 })
 //! );
 //! client.release(4242, name, false)?;
-//! assert_eq!(client.transport().manager().name_count(), 0); // it never existed
+//! assert_eq!(
+//!     client.transport().manager().name_state(&name),
+//!     Some(NameState::Released) // forgotten by the next sweep, as it no longer exists
+//! );
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![no_std]

@@ -557,13 +557,10 @@ impl<S: Storage> Manager<S> {
         if record.live > 0 {
             return;
         }
-        // Its last holder let go. A client of ours unlinks before releasing, so
-        // usually the name is gone already and can be forgotten right away.
-        if !fx.exists(&name) {
-            self.names.remove(&name);
-            self.stats.forgotten += 1;
-            return;
-        }
+        // Its last holder let go. Whether the name still exists is asked later,
+        // in the once-a-second sweep: asking now would cost a lookup in the
+        // shared-memory directory per release, contending with the very
+        // clients that are creating segments there.
         let wake = if record.died_holding {
             self.config
                 .reap_grace

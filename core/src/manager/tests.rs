@@ -82,11 +82,15 @@ fn answers_every_registration_in_order_and_forgets_released_gone_names() {
         Some(NameState::Held { holders: 1 })
     );
 
-    // Our client unlinks before it releases: the name is forgotten at once.
+    // Our client unlinks before it releases: the next sweep forgets the name,
+    // without a lookup per release.
     fx.existing.remove(&name("/a"));
     m.receive(c, &rel("/a"), at(2), &mut fx);
-    assert_eq!(m.name_state(&name("/a")), None);
+    assert_eq!(m.name_state(&name("/a")), Some(NameState::Released));
     assert_eq!(fx.replies.len(), 3, "releases are not answered");
+    assert!(m.next_wakeup().is_some_and(|t| t <= at(2_000)));
+    run_until(&mut m, &mut fx, 100, 2_000);
+    assert_eq!(m.name_state(&name("/a")), None);
     assert_eq!(m.stats().forgotten, 1);
 }
 
@@ -298,6 +302,7 @@ fn names_in_transit_survive_however_long_they_wait() {
     m.receive(idle_client, &reg("/in_transit"), at(t), &mut fx);
     fx.existing.remove(&name("/in_transit"));
     m.receive(idle_client, &rel("/in_transit"), at(t), &mut fx);
+    run_until(&mut m, &mut fx, t, t + 2_000);
     assert_eq!(m.name_count(), 0);
 }
 
