@@ -37,9 +37,11 @@
 
 mod config;
 mod error;
+pub mod floor;
 mod link;
 mod manager;
 mod naming;
+mod process;
 mod registry;
 mod segment;
 mod shm;

@@ -11,13 +11,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// `pid << 32 | random`, for the process that drew it.
 static PROCESS_RANDOM: AtomicU64 = AtomicU64::new(0);
 
-/// This process's pid.
-pub(crate) fn current_pid() -> u32 {
-    rustix::process::getpid()
-        .as_raw_nonzero()
-        .get()
-        .unsigned_abs()
-}
+pub(crate) use crate::process::current_pid;
 
 /// The next unused name with `prefix`.
 pub(crate) fn next_name(prefix: &NamePrefix) -> Result<SegmentName, NameError> {
