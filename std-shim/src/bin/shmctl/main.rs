@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod hold;
 
@@ -31,6 +32,8 @@ enum Command {
     /// Run the demo: a manager, shared segments, worker processes, one of
     /// them killed mid-work, and proof that nothing is left behind.
     Demo(demo::Args),
+    /// Measure the allocation hot path against the raw syscall floor.
+    Bench(bench::Args),
     /// Create segments and print `handle=… name=… size=… refcount=…` per segment.
     Create(hold::CreateArgs),
     /// Open a segment another process shared and print what it holds.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Create(args) => hold::create(&args),
         Command::Open(args) => hold::open(&args),
         Command::DemoWorker(args) => demo::worker(&args),
