@@ -3,7 +3,9 @@
 //! PyTorch's manager answers every registration with `OK` and its client treats
 //! anything else as failure. Ours answers `NO` when it refuses a registration
 //! (its registry is full): PyTorch's client reports that as an error, ours as
-//! [`Reply::Refused`]. Replies may arrive split across reads.
+//! [`Reply::Refused`]. Ours also answers `JR` to the journal offer (see
+//! [`crate::journal`]), which only our client ever sends. Replies may arrive
+//! split across reads.
 
 use core::fmt;
 
@@ -13,6 +15,9 @@ pub const ACK: [u8; 2] = *b"OK";
 /// The reply to a refused registration.
 pub const REFUSAL: [u8; 2] = *b"NO";
 
+/// The reply to an accepted journal offer.
+pub const JOURNAL_READY: [u8; 2] = *b"JR";
+
 /// One decoded reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -20,6 +25,8 @@ pub enum Reply {
     Accepted,
     /// `NO`.
     Refused,
+    /// `JR`.
+    JournalReady,
 }
 
 /// Two bytes that are not a reply.
@@ -52,6 +59,7 @@ impl ReplyReader {
             on_reply(match [first, byte] {
                 ACK => Reply::Accepted,
                 REFUSAL => Reply::Refused,
+                JOURNAL_READY => Reply::JournalReady,
                 other => return Err(BadReply(other)),
             });
         }

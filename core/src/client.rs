@@ -11,6 +11,12 @@
 //!   collected later, in batches, and checked just as strictly; at most
 //!   `max_in_flight` may be outstanding.
 //!
+//! Against our manager a client can go further and hand its frames over in a
+//! shared-memory [journal](crate::journal) ([`Client::attach_journal`]): no
+//! system call and no wake-up per frame, the same crash safety, and the socket
+//! carries only a doorbell now and then. PyTorch's manager declines the offer
+//! and the socket path goes on as before.
+//!
 //! Releases of names the caller has already unlinked itself are *deferrable*:
 //! they ride along with the next registration's write instead of costing a
 //! write of their own. Nothing depends on them arriving promptly, because the
@@ -20,8 +26,9 @@
 
 use core::fmt;
 
-use crate::ack::{BadReply, Reply, ReplyReader};
+use crate::ack::{BadReply, JOURNAL_READY, Reply, ReplyReader};
 use crate::frame::{AllocInfo, Frame};
+use crate::journal::{self, Journal};
 use crate::name::SegmentName;
 use crate::transport::{ErrorKind, Transport, TransportError};
 
@@ -57,6 +64,8 @@ pub enum ClientFault {
     },
     /// The manager refused this registration (its registry is full).
     Refused(SegmentName),
+    /// The journal's counters say the manager read more than was written.
+    JournalCorrupt,
 }
 
 impl fmt::Display for ClientFault {
@@ -70,6 +79,7 @@ impl fmt::Display for ClientFault {
                 "manager closed the connection with {unanswered} registration(s) unanswered"
             ),
             Self::Refused(name) => write!(f, "manager refused to register {name}"),
+            Self::JournalCorrupt => f.write_str("the registration journal's counters are corrupt"),
         }
     }
 }
@@ -85,6 +95,10 @@ pub struct ClientSession<const N: usize> {
     awaiting: heapless::Deque<SegmentName, N>,
     refused: Option<SegmentName>,
     replies: ReplyReader,
+    journal: Option<Journal<'static>>,
+    doorbell_in_flight: bool,
+    /// The answer to a journal offer: accepted, declined, or not yet known.
+    offer: Option<bool>,
 }
 
 impl<const N: usize> ClientSession<N> {
@@ -103,7 +117,15 @@ impl<const N: usize> ClientSession<N> {
             awaiting: heapless::Deque::new(),
             refused: None,
             replies: ReplyReader::default(),
+            journal: None,
+            doorbell_in_flight: false,
+            offer: None,
         }
+    }
+
+    /// The journal frames go through, once the manager accepted it.
+    pub fn journal(&self) -> Option<Journal<'static>> {
+        self.journal
     }
 
     /// The mode.
@@ -190,9 +212,19 @@ impl<const N: usize> ClientSession<N> {
         let mut fault = None;
         let awaiting = &mut self.awaiting;
         let refused = &mut self.refused;
+        let doorbell_in_flight = &mut self.doorbell_in_flight;
+        let offer = &mut self.offer;
         self.replies
             .push(bytes, |reply| match (awaiting.pop_front(), reply) {
                 (None, _) => fault = fault.or(Some(ClientFault::UnsolicitedReply)),
+                (Some(name), Reply::JournalReady) if name == journal::SETUP => *offer = Some(true),
+                (Some(_), Reply::JournalReady) => {
+                    fault = fault.or(Some(ClientFault::BadReply(BadReply(JOURNAL_READY))));
+                }
+                (Some(name), _) if name == journal::SETUP => *offer = Some(false),
+                (Some(name), Reply::Accepted) if name == journal::DOORBELL => {
+                    *doorbell_in_flight = false;
+                }
                 (Some(_), Reply::Accepted) => {}
                 (Some(name), Reply::Refused) => *refused = refused.or(Some(name)),
             })
@@ -285,6 +317,12 @@ impl<T: Transport, const N: usize> Client<T, N> {
     /// written. Errors seen in earlier replies are reported here too.
     pub fn register(&mut self, pid: i32, name: SegmentName) -> Result<(), ClientError<T::Error>> {
         self.guard(|this| {
+            if let Some(journal) = this.session.journal {
+                // The one system call per registration: a non-blocking read
+                // that notices a dead manager before we create anything.
+                this.collect_ready()?;
+                return this.append(journal, Frame::register(pid, name));
+            }
             if this.session.should_collect() {
                 this.collect_ready()?;
             }
@@ -313,6 +351,9 @@ impl<T: Transport, const N: usize> Client<T, N> {
         deferrable: bool,
     ) -> Result<(), ClientError<T::Error>> {
         self.guard(|this| {
+            if let Some(journal) = this.session.journal {
+                return this.append(journal, Frame::release(pid, name));
+            }
             if let Some(bytes) = this.session.release(Frame::release(pid, name), deferrable) {
                 this.transport
                     .send_all(bytes)
@@ -336,15 +377,59 @@ impl<T: Transport, const N: usize> Client<T, N> {
         })
     }
 
-    /// Flushes and waits until every registration has been answered.
+    /// Flushes and waits until every registration has been answered (with a
+    /// journal: until the manager has read every frame in it).
     pub fn settle(&mut self) -> Result<(), ClientError<T::Error>> {
         self.flush()?;
         self.guard(|this| {
+            if this.session.journal.is_some() {
+                while this.session.awaiting() > 0 {
+                    this.wait_for_reply()?;
+                }
+                this.ring_doorbell(0)?;
+            }
             while this.session.awaiting() > 0 {
                 this.wait_for_reply()?;
             }
             this.check_refusal()
         })
+    }
+
+    /// Offers `journal` to the manager; `offer` writes the given frame with
+    /// the journal's memory attached (a file descriptor, for the Unix
+    /// transport). Returns whether frames now go through the journal. A
+    /// manager that does not know journals answers `OK`; the offer is then
+    /// taken back with a release so its table forgets the reserved name.
+    pub fn attach_journal(
+        &mut self,
+        pid: i32,
+        journal: Journal<'static>,
+        offer: impl FnOnce(&mut T, &[u8]) -> Result<(), T::Error>,
+    ) -> Result<bool, ClientError<T::Error>> {
+        self.settle()?;
+        journal.initialize();
+        self.guard(|this| {
+            this.session.offer = None;
+            offer(
+                &mut this.transport,
+                &Frame::register(pid, journal::SETUP).encode(),
+            )
+            .map_err(ClientError::Transport)?;
+            let _ = this.session.awaiting.push_back(journal::SETUP);
+            while this.session.offer.is_none() {
+                this.wait_for_reply()?;
+            }
+            if this.session.offer == Some(true) {
+                this.session.journal = Some(journal);
+            } else {
+                let take_back = Frame::release(pid, journal::SETUP).encode();
+                this.transport
+                    .send_all(&take_back)
+                    .map_err(ClientError::Transport)?;
+            }
+            Ok(())
+        })?;
+        Ok(self.session.journal.is_some())
     }
 
     /// Collects replies that have already arrived, without waiting, and
@@ -368,6 +453,40 @@ impl<T: Transport, const N: usize> Client<T, N> {
             self.poisoned |= err.is_fatal();
         }
         result
+    }
+
+    /// Commits a frame to the journal, making room by ringing the doorbell
+    /// and waiting when it is full, and ringing ahead when it is half full.
+    fn append(
+        &mut self,
+        journal: Journal<'static>,
+        frame: Frame,
+    ) -> Result<(), ClientError<T::Error>> {
+        let raw = frame.to_raw();
+        while journal.append(&raw).is_err() {
+            self.ring_doorbell(frame.pid)?;
+            self.wait_for_reply()?;
+        }
+        let unread = journal
+            .unread()
+            .map_err(|_| ClientError::Fault(ClientFault::JournalCorrupt))?;
+        if unread * 2 >= journal.capacity() {
+            self.ring_doorbell(frame.pid)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the manager to read the journal now, unless it is being asked already.
+    fn ring_doorbell(&mut self, pid: i32) -> Result<(), ClientError<T::Error>> {
+        if self.session.doorbell_in_flight {
+            return Ok(());
+        }
+        self.transport
+            .send_all(&Frame::register(pid, journal::DOORBELL).encode())
+            .map_err(ClientError::Transport)?;
+        let _ = self.session.awaiting.push_back(journal::DOORBELL);
+        self.session.doorbell_in_flight = true;
+        Ok(())
     }
 
     fn check_refusal(&mut self) -> Result<(), ClientError<T::Error>> {

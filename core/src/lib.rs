@@ -60,6 +60,7 @@ pub mod flags;
 pub mod frame;
 pub mod handshake;
 pub mod header;
+pub mod journal;
 pub mod loopback;
 pub mod manager;
 pub mod name;

@@ -6,6 +6,7 @@
 
 use core::fmt;
 
+use crate::journal::Journal;
 use crate::manager::{CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer, UnlinkReason};
 use crate::name::SegmentName;
 use crate::storage::Storage;
@@ -27,6 +28,9 @@ pub struct Loopback<S: Storage> {
     namespace: heapless::index_set::FnvIndexSet<SegmentName, NAMESPACE_LEN>,
     closed_for: Option<CloseReason>,
     unlinked: usize,
+    journal: Option<Journal<'static>>,
+    journal_attached: bool,
+    writes: usize,
 }
 
 /// Loopback failures.
@@ -61,6 +65,9 @@ struct Wire<'a> {
     namespace: &'a mut heapless::index_set::FnvIndexSet<SegmentName, NAMESPACE_LEN>,
     closed_for: &'a mut Option<CloseReason>,
     unlinked: &'a mut usize,
+    journal_offered: bool,
+    journal_attached: &'a mut bool,
+    drain_requested: bool,
 }
 
 impl Effects for Wire<'_> {
@@ -82,6 +89,13 @@ impl Effects for Wire<'_> {
     fn exists(&mut self, name: &SegmentName) -> bool {
         self.namespace.contains(name)
     }
+    fn attach_journal(&mut self, _conn: ConnId) -> bool {
+        *self.journal_attached = self.journal_offered;
+        self.journal_offered
+    }
+    fn drain_journal(&mut self, _conn: ConnId) {
+        self.drain_requested = true;
+    }
 }
 
 impl<S: Storage> Loopback<S> {
@@ -97,6 +111,48 @@ impl<S: Storage> Loopback<S> {
             namespace: heapless::index_set::FnvIndexSet::new(),
             closed_for: conn.is_none().then_some(CloseReason::StalledFrame),
             unlinked: 0,
+            journal: None,
+            journal_attached: false,
+            writes: 0,
+        }
+    }
+
+    /// Like [`Loopback::new`], with a manager that accepts a journal offer
+    /// and reads `journal` (the same memory the client writes).
+    pub fn with_journal(config: ManagerConfig, journal: Journal<'static>) -> Self {
+        Self {
+            journal: Some(journal),
+            ..Self::new(config)
+        }
+    }
+
+    /// Calls to `send_all` so far: one per system call a real transport makes.
+    pub fn writes(&self) -> usize {
+        self.writes
+    }
+
+    /// Reads the journal into the manager, as a driver does on a doorbell,
+    /// at end of file and before each tick.
+    fn drain_journal(&mut self) {
+        let (Some(journal), Some(conn), true) = (self.journal, self.conn, self.journal_attached)
+        else {
+            return;
+        };
+        let now = self.now;
+        let result = journal.drain(|frame| {
+            let mut wire = Wire {
+                inbox: &mut self.inbox,
+                namespace: &mut self.namespace,
+                closed_for: &mut self.closed_for,
+                unlinked: &mut self.unlinked,
+                journal_offered: false,
+                journal_attached: &mut self.journal_attached,
+                drain_requested: false,
+            };
+            self.manager.receive_journaled(conn, &frame, now, &mut wire);
+        });
+        if result.is_err() {
+            self.closed_for = Some(CloseReason::JournalMisuse);
         }
     }
 
@@ -130,8 +186,10 @@ impl<S: Storage> Loopback<S> {
         self.closed_for
     }
 
-    /// Drops the client's connection, as a crash would.
+    /// Drops the client's connection, as a crash would. Frames already
+    /// committed to the journal are read first, as a real driver does.
     pub fn disconnect(&mut self) {
+        self.drain_journal();
         if let Some(conn) = self.conn.take() {
             self.manager.disconnect(conn, self.now);
         }
@@ -140,11 +198,15 @@ impl<S: Storage> Loopback<S> {
     /// Advances the clock and lets the manager act on it.
     pub fn advance_to(&mut self, now: Timestamp) -> crate::manager::Status {
         self.now = now;
+        self.drain_journal();
         let mut wire = Wire {
             inbox: &mut self.inbox,
             namespace: &mut self.namespace,
             closed_for: &mut self.closed_for,
             unlinked: &mut self.unlinked,
+            journal_offered: false,
+            journal_attached: &mut self.journal_attached,
+            drain_requested: false,
         };
         self.manager.tick(now, &mut wire)
     }
@@ -157,13 +219,20 @@ impl<S: Storage> Transport for Loopback<S> {
         let Some(conn) = self.conn.filter(|_| self.closed_for.is_none()) else {
             return Err(LoopbackError::Closed);
         };
+        self.writes += 1;
         let mut wire = Wire {
             inbox: &mut self.inbox,
             namespace: &mut self.namespace,
             closed_for: &mut self.closed_for,
             unlinked: &mut self.unlinked,
+            journal_offered: self.journal.is_some(),
+            journal_attached: &mut self.journal_attached,
+            drain_requested: false,
         };
         self.manager.receive(conn, bytes, self.now, &mut wire);
+        if wire.drain_requested {
+            self.drain_journal();
+        }
         Ok(())
     }
 

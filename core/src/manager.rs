@@ -29,8 +29,9 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::ack::{ACK, REFUSAL};
+use crate::ack::{ACK, JOURNAL_READY, REFUSAL};
 use crate::frame::{FRAME_LEN, Frame, FrameError, FrameKind};
+use crate::journal;
 use crate::name::{NamePrefix, SegmentName};
 use crate::storage::{Storage, Table};
 use crate::time::Timestamp;
@@ -102,6 +103,12 @@ pub enum CloseReason {
     StalledFrame,
     /// One name registered over four billion times on one connection.
     HoldOverflow,
+    /// A journaled registration that did not fit the registry (it cannot be
+    /// refused: the segment may exist already).
+    RegistryFull,
+    /// A journal frame the journal may not carry, or a journal whose counters
+    /// are out of range.
+    JournalMisuse,
 }
 
 impl fmt::Display for CloseReason {
@@ -114,6 +121,8 @@ impl fmt::Display for CloseReason {
                 f.write_str("half a frame left unfinished past the frame timeout")
             }
             Self::HoldOverflow => f.write_str("registration count overflow"),
+            Self::RegistryFull => f.write_str("a journaled registration did not fit the registry"),
+            Self::JournalMisuse => f.write_str("its registration journal is corrupt or misused"),
         }
     }
 }
@@ -163,6 +172,15 @@ pub trait Effects {
     /// Whether `name` exists right now. When unsure, say `true`: the name is
     /// then kept and asked about again later.
     fn exists(&mut self, name: &SegmentName) -> bool;
+    /// `conn` offers a registration journal (the memory travelled with the
+    /// offer). Return whether it is now attached; drivers without journal
+    /// support keep the default.
+    fn attach_journal(&mut self, _conn: ConnId) -> bool {
+        false
+    }
+    /// `conn` rang the doorbell: feed its journal's unread frames to
+    /// [`Manager::receive_journaled`] before the `OK` this call queues is sent.
+    fn drain_journal(&mut self, _conn: ConnId) {}
 }
 
 /// Whether the manager has work left.
@@ -254,6 +272,15 @@ pub struct Manager<S: Storage> {
     idle_since: Option<Timestamp>,
     wake: Option<Timestamp>,
     stats: Stats,
+}
+
+/// Whether a registration is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// It came on the socket: the client waits for (or collects) a reply.
+    Reply,
+    /// It came through the journal: nobody waits.
+    Silent,
 }
 
 /// Orphan deadlines are rounded to this many ms so close deadlines share a wake-up.
@@ -398,6 +425,41 @@ impl<S: Storage> Manager<S> {
         }
     }
 
+    /// A frame read from `conn`'s journal. Processed like a frame from the
+    /// socket, except that nothing is answered: nobody waits for it.
+    pub fn receive_journaled(
+        &mut self,
+        conn: ConnId,
+        frame: &[u8; FRAME_LEN],
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        if self.conns.get(&conn).is_none() {
+            return;
+        }
+        match Frame::parse(frame) {
+            Ok(frame) if journal::is_reserved(&frame.name) => {
+                self.close(conn, CloseReason::JournalMisuse, now, fx);
+            }
+            Ok(frame) => match frame.kind {
+                FrameKind::Register => self.register(conn, frame.name, Answer::Silent, now, fx),
+                FrameKind::Release => self.release(conn, frame.name, now, fx),
+            },
+            Err(err) => self.close(conn, CloseReason::Malformed(err), now, fx),
+        }
+    }
+
+    /// Closes `conn` for a reason the driver found (a corrupt journal, say).
+    pub fn evict(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        self.close(conn, reason, now, fx);
+    }
+
     /// `conn` reached end of file or failed. What it still held is orphaned.
     pub fn disconnect(&mut self, conn: ConnId, now: Timestamp) {
         let Some(c) = self.conns.remove(&conn) else {
@@ -488,13 +550,36 @@ impl<S: Storage> Manager<S> {
     }
 
     fn handle(&mut self, conn: ConnId, frame: Frame, now: Timestamp, fx: &mut impl Effects) {
-        match frame.kind {
-            FrameKind::Register => self.register(conn, frame.name, now, fx),
-            FrameKind::Release => self.release(conn, frame.name, now, fx),
+        let reserved = journal::is_reserved(&frame.name);
+        match (frame.kind, reserved) {
+            (FrameKind::Register, false) => self.register(conn, frame.name, Answer::Reply, now, fx),
+            (FrameKind::Release, false) => self.release(conn, frame.name, now, fx),
+            (FrameKind::Register, true) if frame.name.as_str() == journal::SETUP_NAME => {
+                let reply = if fx.attach_journal(conn) {
+                    JOURNAL_READY
+                } else {
+                    REFUSAL
+                };
+                fx.reply(conn, reply);
+            }
+            (FrameKind::Register, true) => {
+                fx.drain_journal(conn);
+                fx.reply(conn, ACK);
+            }
+            // A client that got `OK` for its journal offer from a manager that
+            // does not know journals takes it back; nothing to do here.
+            (FrameKind::Release, true) => {}
         }
     }
 
-    fn register(&mut self, conn: ConnId, name: SegmentName, now: Timestamp, fx: &mut impl Effects) {
+    fn register(
+        &mut self,
+        conn: ConnId,
+        name: SegmentName,
+        answer: Answer,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
         if let Some(prefix) = &self.config.name_prefix
             && !name.has_prefix(prefix)
         {
@@ -507,7 +592,7 @@ impl<S: Storage> Manager<S> {
             };
             *count = next;
             self.stats.registrations += 1;
-            return fx.reply(conn, ACK);
+            return self.answer(conn, answer, ACK, now, fx);
         }
         let is_new_name = self.names.get(&name).is_none();
         if is_new_name
@@ -515,14 +600,14 @@ impl<S: Storage> Manager<S> {
                 || self.names.insert(name, NameRecord::default()).is_err())
         {
             self.stats.refused += 1;
-            return fx.reply(conn, REFUSAL);
+            return self.answer(conn, answer, REFUSAL, now, fx);
         }
         if self.holds.insert(hold, 1).is_err() {
             if is_new_name {
                 self.names.remove(&name);
             }
             self.stats.refused += 1;
-            return fx.reply(conn, REFUSAL);
+            return self.answer(conn, answer, REFUSAL, now, fx);
         }
         if let Some(record) = self.names.get_mut(&name) {
             record.live += 1;
@@ -533,7 +618,25 @@ impl<S: Storage> Manager<S> {
             c.held += 1;
         }
         self.stats.registrations += 1;
-        fx.reply(conn, ACK);
+        self.answer(conn, answer, ACK, now, fx);
+    }
+
+    /// Replies to a registration from the socket. A journaled one gets no
+    /// reply, and a journaled one that cannot be stored closes the connection,
+    /// since its segment may exist already and cannot be refused.
+    fn answer(
+        &mut self,
+        conn: ConnId,
+        answer: Answer,
+        reply: [u8; 2],
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        match (answer, reply) {
+            (Answer::Reply, reply) => fx.reply(conn, reply),
+            (Answer::Silent, REFUSAL) => self.close(conn, CloseReason::RegistryFull, now, fx),
+            (Answer::Silent, _) => {}
+        }
     }
 
     fn release(&mut self, conn: ConnId, name: SegmentName, now: Timestamp, fx: &mut impl Effects) {

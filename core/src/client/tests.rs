@@ -244,3 +244,114 @@ fn a_crashed_pipelined_client_s_registrations_are_reaped() {
     assert_eq!(wire.unlinked(), 3);
     assert!((0..3).all(|i| !wire.exists(&name(i))));
 }
+
+/// Journal memory that lives as long as the test binary, without leaking:
+/// each call takes a fresh slot of a static pool.
+fn leaked_journal(capacity: usize) -> crate::journal::Journal<'static> {
+    use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+    const WORDS: usize = crate::journal::journal_len(64) / 4;
+    const SLOTS: usize = 16;
+    static POOL: [[AtomicU32; WORDS]; SLOTS] =
+        [const { [const { AtomicU32::new(0) }; WORDS] }; SLOTS];
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    assert!(capacity <= 64);
+    let slot = &POOL[NEXT.fetch_add(1, Ordering::Relaxed)];
+    crate::journal::Journal::from_words(&slot[..crate::journal::journal_len(capacity) / 4]).unwrap()
+}
+
+fn journaled(capacity: usize) -> Client<Wire, 8> {
+    let journal = leaked_journal(capacity);
+    let wire = Loopback::with_journal(ManagerConfig::default(), journal);
+    let mut client: Client<Wire, 8> = Client::new(wire, AckMode::default());
+    let accepted = client
+        .attach_journal(7, journal, |t, bytes| t.send_all(bytes))
+        .unwrap();
+    assert!(accepted);
+    client
+}
+
+#[test]
+fn with_a_journal_registrations_cost_no_write() {
+    let mut client = journaled(64);
+    let writes_before = client.transport().writes();
+    for i in 0..20 {
+        client.register(7, name(i)).unwrap();
+        client.release(7, name(i), true).unwrap();
+    }
+    assert_eq!(
+        client.transport().writes(),
+        writes_before + 1,
+        "only the half-full doorbell"
+    );
+    client.settle().unwrap();
+    let stats = client.transport().manager().stats();
+    assert_eq!((stats.registrations, stats.releases), (20, 20));
+    assert_eq!(stats.closed_for_cause, 0);
+}
+
+#[test]
+fn a_full_journal_waits_for_the_manager_and_loses_nothing() {
+    let mut client = journaled(2);
+    for i in 0..30 {
+        client.register(7, name(i)).unwrap();
+    }
+    client.settle().unwrap();
+    assert_eq!(client.transport().manager().stats().registrations, 30);
+    assert_eq!(
+        client.transport().manager().name_state(&name(29)),
+        Some(NameState::Held { holders: 1 })
+    );
+}
+
+#[test]
+fn journaled_registrations_of_a_crashed_client_are_reaped() {
+    let mut client = journaled(64);
+    for i in 0..3 {
+        client.register(7, name(i)).unwrap();
+    }
+    let mut wire = client.transport;
+    assert_eq!(
+        wire.manager().name_count(),
+        0,
+        "nothing read yet: no doorbell rang"
+    );
+    for i in 0..3 {
+        wire.create(name(i));
+    }
+    wire.disconnect(); // the driver reads the journal before orphaning
+    wire.advance_to(Timestamp::from_millis(2_100));
+    assert_eq!(wire.unlinked(), 3);
+}
+
+#[test]
+fn a_manager_without_journals_declines_and_the_socket_path_goes_on() {
+    let journal = leaked_journal(8);
+    let mut client: Client<Wire, 8> = Client::new(wire(), AckMode::default());
+    assert!(
+        !client
+            .attach_journal(7, journal, |t, bytes| t.send_all(bytes))
+            .unwrap()
+    );
+    client.register(7, name(0)).unwrap();
+    client.settle().unwrap();
+    assert_eq!(client.transport().manager().stats().registrations, 1);
+}
+
+#[test]
+fn pytorchs_ok_to_the_offer_is_a_decline_taken_back() {
+    // PyTorch's manager answers OK to anything; the client then releases the
+    // reserved name so that manager's table forgets it.
+    let journal = leaked_journal(8);
+    let mut client: Client<_, 4> = Client::new(
+        Scripted {
+            replies: b"OK".to_vec(),
+        },
+        AckMode::Strict,
+    );
+    assert!(
+        !client
+            .attach_journal(7, journal, |t, bytes| t.send_all(bytes))
+            .unwrap()
+    );
+    assert!(client.session().journal().is_none());
+}

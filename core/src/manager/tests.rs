@@ -420,3 +420,75 @@ fn bytes_for_unknown_or_closed_connections_are_ignored() {
     m.disconnect(ConnId(99), at(0));
     assert!(fx.replies.is_empty() && fx.closed.is_empty());
 }
+
+#[test]
+fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
+    #[derive(Default)]
+    struct JournalFx(Recorder, bool);
+    impl Effects for JournalFx {
+        fn reply(&mut self, conn: ConnId, reply: [u8; 2]) {
+            self.0.reply(conn, reply);
+        }
+        fn close(&mut self, conn: ConnId, reason: CloseReason) {
+            self.0.close(conn, reason);
+        }
+        fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
+            self.0.unlink(name, reason);
+        }
+        fn exists(&mut self, name: &SegmentName) -> bool {
+            self.0.exists(name)
+        }
+        fn attach_journal(&mut self, _conn: ConnId) -> bool {
+            true
+        }
+        fn drain_journal(&mut self, _conn: ConnId) {
+            self.1 = true;
+        }
+    }
+    let (mut m, _) = setup();
+    let mut fx = JournalFx::default();
+    let c = m.connect(Peer::default(), at(0)).unwrap();
+    m.receive(c, &reg(crate::journal::SETUP_NAME), at(0), &mut fx);
+    assert_eq!(fx.0.replies, [(c, crate::ack::JOURNAL_READY)]);
+    m.receive_journaled(c, &reg("/j"), at(0), &mut fx);
+    assert_eq!(
+        fx.0.replies.len(),
+        1,
+        "journaled registrations are not answered"
+    );
+    assert_eq!(
+        m.name_state(&name("/j")),
+        Some(NameState::Held { holders: 1 })
+    );
+    m.receive(c, &reg(crate::journal::DOORBELL_NAME), at(0), &mut fx);
+    assert!(fx.1, "the doorbell asks the driver to read the journal");
+    assert_eq!(fx.0.replies[1], (c, ACK));
+    assert_eq!(m.name_count(), 1, "reserved names never enter the table");
+
+    m.receive_journaled(c, &reg(crate::journal::DOORBELL_NAME), at(0), &mut fx);
+    assert_eq!(fx.0.closed, [(c, CloseReason::JournalMisuse)]);
+    assert!(matches!(
+        m.name_state(&name("/j")),
+        Some(NameState::Orphaned { .. })
+    ));
+}
+
+#[test]
+fn a_journal_offer_to_a_driver_without_journals_is_refused() {
+    let (mut m, mut fx) = setup();
+    let c = m.connect(Peer::default(), at(0)).unwrap();
+    m.receive(c, &reg(crate::journal::SETUP_NAME), at(0), &mut fx);
+    assert_eq!(fx.replies, [(c, REFUSAL)]);
+}
+
+#[test]
+fn a_journaled_registration_that_does_not_fit_closes_the_connection() {
+    let mut m: Manager<Fixed<2, 2>> = Manager::new(ManagerConfig::default(), at(0));
+    let mut fx = Recorder::default();
+    let c = m.connect(Peer::default(), at(0)).unwrap();
+    for n in ["/a", "/b", "/c"] {
+        m.receive_journaled(c, &reg(n), at(0), &mut fx);
+    }
+    assert_eq!(fx.closed, [(c, CloseReason::RegistryFull)]);
+    assert!(fx.replies.is_empty());
+}
