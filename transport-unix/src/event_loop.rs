@@ -4,11 +4,19 @@
 //! [`Manager`]'s. Each connection has its own reassembly buffer (in the
 //! manager) and reply backlog (here), so a client that sends half a frame or
 //! stops reading its replies delays nobody else.
+//!
+//! Clients that hand over a [registration journal](libshm_core::journal) have
+//! it read here: when they ring the doorbell, before their end of file is
+//! acted on, and before every tick, so the manager never decides about a name
+//! while a frame about it waits unread.
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use libshm_core::frame::FRAME_LEN;
 use libshm_core::manager::{
     CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer, Stats, Status, UnlinkReason,
 };
@@ -18,9 +26,10 @@ use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
-use rustix::net::{RecvFlags, SendFlags};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
 use crate::listener::Listener;
+use crate::shared_journal::SharedJournal;
 
 /// Replies queued for a client that does not read them, before it is cut off.
 const MAX_REPLY_BACKLOG: usize = 1 << 20;
@@ -53,6 +62,8 @@ pub fn serve<N: Namespace>(
         namespace,
         closing: Vec::new(),
         dirty: Vec::new(),
+        doorbells: Vec::new(),
+        frames: Vec::new(),
     };
     let mut order: Vec<ConnId> = Vec::new();
     let mut revents: Vec<PollFlags> = Vec::new();
@@ -62,6 +73,7 @@ pub fn serve<N: Namespace>(
     loop {
         let now = clock.now();
         if manager.next_wakeup().is_some_and(|at| at <= now) {
+            driver.drain_all(&mut manager, now);
             let status = manager.tick(now, &mut driver);
             driver.settle(&mut manager, now);
             if status == Status::Finished {
@@ -177,6 +189,9 @@ struct Client {
     fd: OwnedFd,
     peer: Peer,
     backlog: Vec<u8>,
+    /// A descriptor that arrived with the client's bytes: its journal offer.
+    offered: Option<OwnedFd>,
+    journal: Option<SharedJournal>,
 }
 
 impl Client {
@@ -185,7 +200,34 @@ impl Client {
             fd,
             peer,
             backlog: Vec::new(),
+            offered: None,
+            journal: None,
         }
+    }
+
+    /// Reads what is there. Until a journal is attached, descriptors sent
+    /// along are collected too (the last one is kept as the offer); any
+    /// others, and any sent later, are closed by the kernel or by us.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+        if self.journal.is_some() {
+            return rustix::net::recv(&self.fd, buf, RecvFlags::DONTWAIT).map(|(n, _)| n);
+        }
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            &self.fd,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+        )?;
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = message {
+                for fd in fds {
+                    self.offered = Some(fd);
+                }
+            }
+        }
+        Ok(received.bytes)
     }
 }
 
@@ -195,6 +237,10 @@ struct Driver<'n, N> {
     namespace: &'n mut N,
     closing: Vec<ConnId>,
     dirty: Vec<ConnId>,
+    /// Connections whose doorbell rang during the current manager call.
+    doorbells: Vec<ConnId>,
+    /// Frames read from a journal, before they are handed to the manager.
+    frames: Vec<[u8; FRAME_LEN]>,
 }
 
 impl<N: Namespace> Driver<'_, N> {
@@ -206,18 +252,23 @@ impl<N: Namespace> Driver<'_, N> {
         now: Timestamp,
     ) {
         for _ in 0..READS_PER_ROUND {
-            let Some(client) = self.clients.get(&id) else {
+            let Some(client) = self.clients.get_mut(&id) else {
                 return;
             };
-            match rustix::net::recv(&client.fd, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((0, _)) => {
+            match client.read(buf) {
+                Ok(0) => {
                     tracing::debug!(conn = %id, "client disconnected");
+                    // What it committed before it went is still its word.
+                    self.drain(id, manager, now);
                     manager.disconnect(id, now);
                     self.closing.push(id);
                     return;
                 }
-                Ok((n, _)) => {
+                Ok(n) => {
                     manager.receive(id, &buf[..n], now, self);
+                    for rung in std::mem::take(&mut self.doorbells) {
+                        self.drain(rung, manager, now);
+                    }
                     if n < buf.len() || self.closing.contains(&id) {
                         return;
                     }
@@ -226,11 +277,47 @@ impl<N: Namespace> Driver<'_, N> {
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
                     tracing::debug!(conn = %id, "client connection failed: {errno}");
+                    self.drain(id, manager, now);
                     manager.disconnect(id, now);
                     self.closing.push(id);
                     return;
                 }
             }
+        }
+    }
+
+    /// Hands `id`'s unread journal frames to the manager, oldest first.
+    fn drain(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+        let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
+            return;
+        };
+        let mut frames = std::mem::take(&mut self.frames);
+        let read = journal.journal().drain(|frame| frames.push(frame));
+        match read {
+            Ok(_) => {
+                for frame in &frames {
+                    manager.receive_journaled(id, frame, now, self);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(conn = %id, "closing connection: {err}");
+                manager.evict(id, CloseReason::JournalMisuse, now, self);
+            }
+        }
+        frames.clear();
+        self.frames = frames;
+    }
+
+    /// Reads every journal, so the manager's view is current before it decides.
+    fn drain_all(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
+        let journaled: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.journal.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in journaled {
+            self.drain(id, manager, now);
         }
     }
 
@@ -301,5 +388,30 @@ impl<N: Namespace> Effects for Driver<'_, N> {
             tracing::warn!("could not check {name}: {err}");
             true
         })
+    }
+
+    fn attach_journal(&mut self, conn: ConnId) -> bool {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return false;
+        };
+        let Some(fd) = client.offered.take() else {
+            tracing::debug!(conn = %conn, "journal offer without memory attached");
+            return false;
+        };
+        match SharedJournal::adopt(fd) {
+            Ok(journal) => {
+                tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
+                client.journal = Some(journal);
+                true
+            }
+            Err(err) => {
+                tracing::warn!(conn = %conn, pid = ?client.peer.pid, "refused a journal: {err}");
+                false
+            }
+        }
+    }
+
+    fn drain_journal(&mut self, conn: ConnId) {
+        self.doorbells.push(conn);
     }
 }

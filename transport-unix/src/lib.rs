@@ -47,10 +47,12 @@ mod event_loop;
 mod launcher;
 mod listener;
 mod rundir;
+mod shared_journal;
 mod socket;
 
 pub use event_loop::{Summary, serve};
 pub use launcher::{LaunchError, Launched, Launcher};
 pub use listener::{Accepted, Listener};
 pub use rundir::{DIR_PREFIX, RunDir, SOCKET_NAME};
+pub use shared_journal::{AdoptError, SharedJournal};
 pub use socket::{SocketError, UnixTransport};

@@ -1,6 +1,7 @@
 //! The client's end: a Unix stream socket connected to a manager's handle.
 
 use std::fmt;
+use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
@@ -8,7 +9,8 @@ use libshm_core::handshake::ManagerHandle;
 use libshm_core::transport::{ErrorKind, Transport, TransportError};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType, sockopt,
+    AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+    SocketFlags, SocketType, sockopt,
 };
 
 /// A failed socket call: which one, and the OS's answer.
@@ -79,6 +81,39 @@ impl UnixTransport {
         sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, reply_timeout)
             .map_err(SocketError::new("setsockopt"))?;
         Ok(Self { fd })
+    }
+
+    /// Writes `bytes` with `fd` attached (`SCM_RIGHTS`): how a client hands
+    /// its journal memory to the manager along with the offer frame.
+    pub fn send_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<(), SocketError> {
+        let fds = [fd];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(SocketError {
+                op: "sendmsg",
+                errno: Errno::NOBUFS,
+            });
+        }
+        let sent = loop {
+            match rustix::net::sendmsg(
+                &self.fd,
+                &[IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => break n,
+                Err(Errno::INTR) => continue,
+                Err(errno) => {
+                    return Err(SocketError {
+                        op: "sendmsg",
+                        errno,
+                    });
+                }
+            }
+        };
+        // The descriptor went with the first byte; the rest is plain data.
+        self.send_all(&bytes[sent..])
     }
 
     /// Wraps a connected stream socket (one end of a `socketpair`, say).
