@@ -12,7 +12,8 @@
 //! What it does not do: serialize tensors or pick segment sizes. Protocol
 //! logic lives in `libshm-core`; sockets and the daemon's event loop in
 //! `libshm-unix`. This crate maps memory, keeps the process-wide table of
-//! managers, and ships the `shm-manager` and `shmctl` binaries.
+//! managers, tells leaked segments from live ones ([`inspect`]), and ships
+//! the `shm-manager` and `shmctl` binaries.
 //!
 //! # Example
 //! ```no_run
@@ -38,6 +39,7 @@
 mod config;
 mod error;
 pub mod floor;
+pub mod inspect;
 mod link;
 mod manager;
 mod naming;

@@ -21,6 +21,12 @@ fn nofollow() -> OFlags {
     OFlags::from_bits_retain(rustix::fs::OFlags::NOFOLLOW.bits())
 }
 
+/// `O_NONBLOCK` for `shm_open`, which the shm flag set does not name: an
+/// inspector opening whatever it finds in `/dev/shm` must never wait on it.
+fn nonblock() -> OFlags {
+    OFlags::from_bits_retain(rustix::fs::OFlags::NONBLOCK.bits())
+}
+
 /// Creates `name` with room for `data_len` bytes after the header and maps it.
 /// On any failure after `shm_open` the name is unlinked again.
 pub(crate) fn create(name: &SegmentName, data_len: usize) -> Result<MmapRaw, Error> {
@@ -87,6 +93,32 @@ pub(crate) fn open(name: &SegmentName, data_len: Option<usize>) -> Result<MmapRa
     map(&fd, name, len)
 }
 
+/// The refcount in `name`'s header, read with `pread` rather than a mapping:
+/// a glance needs no shared atomic view, and nothing of ours lingers to show
+/// up in `/proc` as one of its users. `None` when the object cannot be opened
+/// for reading or is too small to have our header.
+///
+/// Advisory: the holders may change the count right after.
+pub(crate) fn peek_refcount(name: &SegmentName) -> Option<i32> {
+    let fd = rustix::shm::open(
+        name.as_str(),
+        OFlags::RDONLY | nofollow() | nonblock(),
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    let is_file =
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+    if !is_file || u64::try_from(stat.st_size).unwrap_or(0) < header::HEADER_LEN as u64 {
+        return None;
+    }
+    let mut count = [0u8; 4];
+    match rustix::io::pread(&fd, &mut count, 0) {
+        Ok(4) => Some(i32::from_ne_bytes(count)),
+        _ => None,
+    }
+}
+
 /// Unlinks `name`; a name that is already gone is not an error.
 pub(crate) fn unlink(name: &SegmentName) -> Result<(), Error> {
     match rustix::shm::unlink(name.as_str()) {
@@ -108,6 +140,12 @@ impl ShmNamespace {
         Self {
             uid: rustix::process::geteuid().as_raw(),
         }
+    }
+
+    /// A namespace that unlinks only objects `uid` owns (root cleaning up
+    /// after one user, say).
+    pub fn for_user(uid: u32) -> Self {
+        Self { uid }
     }
 }
 

@@ -3,6 +3,7 @@
 //! - `demo`: the end-to-end tour (manager, segments, workers, a SIGKILL, the cleanup).
 //! - `create` / `open`: make or open segments and hold them, for debugging,
 //!   scripting and interop with PyTorch.
+//! - `ls` / `gc`: what is in `/dev/shm` and who uses it; removing what was leaked.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod hold;
+mod inspect;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +40,12 @@ enum Command {
     Create(hold::CreateArgs),
     /// Open a segment another process shared and print what it holds.
     Open(hold::OpenArgs),
+    /// List segments in /dev/shm with their refcount, creator, users and
+    /// status (in use, orphaned, leaked, unknown).
+    Ls(inspect::LsArgs),
+    /// Remove leaked segments (creator dead, nobody maps or holds them) that
+    /// you own. Lists what it would remove unless given --yes.
+    Gc(inspect::GcArgs),
     /// One of the demo's worker processes.
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
@@ -61,6 +69,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Create(args) => hold::create(&args),
         Command::Open(args) => hold::open(&args),
+        Command::Ls(args) => inspect::ls(&args),
+        Command::Gc(args) => inspect::gc(&args),
         Command::DemoWorker(args) => demo::worker(&args),
     };
     match result {

@@ -1,0 +1,429 @@
+//! `shmctl ls` and `shmctl gc`: what is in `/dev/shm`, and removing what was
+//! leaked. The judging is `libshm::inspect`'s; this module only prints.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use libshm::inspect::{self, Collected, GcPolicy, SegmentReport, Spared, Status};
+use libshm::units::{format_size, parse_duration};
+use libshm::{ENV_PREFIX, NamePrefix};
+
+use crate::Outcome;
+
+/// Arguments of `shmctl ls`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct LsArgs {
+    /// Only names starting with this [default: $LIBSHM_NAME_PREFIX, else /torch_].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Print one JSON array (keys: name, size, refcount, creator_pid,
+    /// creator_alive, users, status, owner_uid, age_seconds).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `shmctl gc`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct GcArgs {
+    /// Only names starting with this [default: $LIBSHM_NAME_PREFIX, else /torch_].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Only segments unchanged for this long (`30s`, `10m`, `0`). A freshly
+    /// leaked-looking segment may be in transit between processes.
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    older_than: Duration,
+    /// Unlink them. Without it, only list what would be removed.
+    #[arg(long)]
+    yes: bool,
+}
+
+pub(crate) fn ls(args: &LsArgs) -> Outcome {
+    let prefix = resolve_prefix(args.prefix.as_deref())?;
+    let scan = inspect::scan(&prefix)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        out.write_all(json(&scan.segments).as_bytes())?;
+        out.flush()?;
+        if scan.uninspected > 0 {
+            eprintln!("shmctl: {}", uninspected_note(scan.uninspected));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if scan.segments.is_empty() {
+        writeln!(out, "no segments starting with {prefix} in /dev/shm")?;
+    } else {
+        out.write_all(table(&scan.segments).as_bytes())?;
+        writeln!(out)?;
+        writeln!(out, "{}", summary(&scan.segments))?;
+        let leaked: Vec<&SegmentReport> = with_status(&scan.segments, Status::Leaked).collect();
+        if !leaked.is_empty() {
+            writeln!(
+                out,
+                "{} leaked ({}): `shmctl gc --prefix {prefix}` lists what it would remove",
+                leaked.len(),
+                format_size(leaked.iter().map(|s| s.size).sum())
+            )?;
+        }
+    }
+    if scan.uninspected > 0 {
+        writeln!(out, "note: {}", uninspected_note(scan.uninspected))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn gc(args: &GcArgs) -> Outcome {
+    let prefix = resolve_prefix(args.prefix.as_deref())?;
+    let policy = GcPolicy::for_current_user(args.older_than);
+    let scan = inspect::scan(&prefix)?;
+    let (candidates, spared): (Vec<&SegmentReport>, Vec<&SegmentReport>) =
+        with_status(&scan.segments, Status::Leaked).partition(|s| s.spared_by(&policy).is_none());
+    let mut out = std::io::stdout().lock();
+    let mut freed = 0u64;
+    let mut removed = 0usize;
+    let mut failed = 0usize;
+    for segment in &candidates {
+        if !args.yes {
+            writeln!(
+                out,
+                "would remove {}  {}  (creator {} dead, unchanged for {})",
+                segment.name,
+                format_size(segment.size),
+                segment
+                    .creator_pid
+                    .map_or_else(|| "-".into(), |p| p.to_string()),
+                format_age(segment.age)
+            )?;
+            freed += segment.size;
+            removed += 1;
+            continue;
+        }
+        match inspect::collect(&segment.name, &prefix, &policy) {
+            Ok(Collected::Removed { bytes }) => {
+                writeln!(out, "removed {}  {}", segment.name, format_size(bytes))?;
+                freed += bytes;
+                removed += 1;
+            }
+            Ok(Collected::Spared(why)) => writeln!(out, "kept    {}: {why}", segment.name)?,
+            Ok(Collected::Gone) => writeln!(out, "gone    {}: already unlinked", segment.name)?,
+            Err(err) => {
+                writeln!(out, "failed  {}: {err}", segment.name)?;
+                failed += 1;
+            }
+        }
+        out.flush()?;
+    }
+    if args.yes {
+        writeln!(
+            out,
+            "removed {removed} segment{}, freed {}",
+            plural(removed),
+            format_size(freed)
+        )?;
+    } else if removed == 0 {
+        writeln!(out, "nothing to remove")?;
+    } else {
+        writeln!(
+            out,
+            "would remove {removed} segment{}, freeing {}; run again with --yes to remove them",
+            plural(removed),
+            format_size(freed)
+        )?;
+    }
+    if let Some(kept) = spared_summary(&spared, &policy) {
+        writeln!(out, "kept: {kept}")?;
+    }
+    if scan.uninspected > 0 {
+        writeln!(out, "note: {}", uninspected_note(scan.uninspected))?;
+    }
+    out.flush()?;
+    if failed > 0 {
+        return Err(format!("{failed} segment{} could not be removed", plural(failed)).into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--prefix`, else `$LIBSHM_NAME_PREFIX` (what the client would use), else `/torch_`.
+fn resolve_prefix(arg: Option<&str>) -> Result<NamePrefix, String> {
+    let (text, source) = match arg {
+        Some(text) => (text.to_owned(), "--prefix"),
+        None => match std::env::var(ENV_PREFIX) {
+            Ok(text) if !text.is_empty() => (text, ENV_PREFIX),
+            _ => return Ok(NamePrefix::torch()),
+        },
+    };
+    NamePrefix::new(text.as_bytes()).map_err(|err| format!("{source} {text:?}: {err}"))
+}
+
+fn with_status(segments: &[SegmentReport], status: Status) -> impl Iterator<Item = &SegmentReport> {
+    segments.iter().filter(move |s| s.status == status)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn uninspected_note(count: usize) -> String {
+    format!(
+        "{count} process{} could not be inspected (another user's or non-dumpable); \
+         a segment only they use is shown as unused",
+        if count == 1 { "" } else { "es" }
+    )
+}
+
+/// `3 segments, 12.2 KiB: 1 in use, 2 leaked`.
+fn summary(segments: &[SegmentReport]) -> String {
+    let total: u64 = segments.iter().map(|s| s.size).sum();
+    let counts: Vec<String> = [
+        Status::InUse,
+        Status::Orphaned,
+        Status::Leaked,
+        Status::Unknown,
+    ]
+    .into_iter()
+    .filter_map(|status| {
+        let n = with_status(segments, status).count();
+        (n > 0).then(|| format!("{n} {status}"))
+    })
+    .collect();
+    format!(
+        "{} segment{}, {}: {}",
+        segments.len(),
+        plural(segments.len()),
+        format_size(total),
+        counts.join(", ")
+    )
+}
+
+/// Why leaked segments were not candidates, counted by reason.
+fn spared_summary(spared: &[&SegmentReport], policy: &GcPolicy) -> Option<String> {
+    let (mut young, mut foreign) = (0usize, 0usize);
+    for segment in spared {
+        match segment.spared_by(policy) {
+            Some(Spared::TooYoung { .. }) => young += 1,
+            Some(Spared::NotOwned { .. }) => foreign += 1,
+            _ => {}
+        }
+    }
+    let mut parts = Vec::new();
+    if young > 0 {
+        parts.push(format!(
+            "{young} leaked segment{} changed less than {} ago (see --older-than)",
+            plural(young),
+            format_age(policy.min_age)
+        ));
+    }
+    if foreign > 0 {
+        parts.push(format!(
+            "{foreign} leaked segment{} of other users",
+            plural(foreign)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Coarse ages for a table: `42s`, `5m`, `3h`, `2d`.
+fn format_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// `12, 34, 56 +2`: a few users, then how many more.
+fn format_users(users: &[u32]) -> String {
+    const SHOWN: usize = 3;
+    if users.is_empty() {
+        return "-".into();
+    }
+    let mut text = users
+        .iter()
+        .take(SHOWN)
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if users.len() > SHOWN {
+        let _ = write!(text, " +{}", users.len() - SHOWN);
+    }
+    text
+}
+
+/// The aligned table `ls` prints, header first.
+fn table(segments: &[SegmentReport]) -> String {
+    const HEADER: [&str; 7] = [
+        "NAME", "SIZE", "REFCOUNT", "CREATOR", "USERS", "AGE", "STATUS",
+    ];
+    // Numbers read best right-aligned.
+    const RIGHT: [bool; 7] = [false, true, true, false, false, true, false];
+    let rows: Vec<[String; 7]> = segments
+        .iter()
+        .map(|s| {
+            [
+                s.name.to_string(),
+                format_size(s.size),
+                s.refcount.map_or_else(|| "-".into(), |r| r.to_string()),
+                match (s.creator_pid, s.creator_alive) {
+                    (Some(pid), Some(true)) => format!("{pid} alive"),
+                    (Some(pid), _) => format!("{pid} dead"),
+                    (None, _) => "-".into(),
+                },
+                format_users(&s.users),
+                format_age(s.age),
+                s.status.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let header = HEADER.map(str::to_owned);
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let width = widths[i];
+            let _ = if RIGHT[i] {
+                write!(line, "{cell:>width$}  ")
+            } else {
+                write!(line, "{cell:<width$}  ")
+            };
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// The `--json` output: one array, one object per segment (one per line),
+/// keys in a fixed order, `null` for what is unknown.
+fn json(segments: &[SegmentReport]) -> String {
+    if segments.is_empty() {
+        return "[]\n".into();
+    }
+    let mut text = String::from("[\n");
+    for (i, s) in segments.iter().enumerate() {
+        let users: Vec<String> = s.users.iter().map(u32::to_string).collect();
+        let _ = write!(
+            text,
+            "  {{\"name\":{},\"size\":{},\"refcount\":{},\"creator_pid\":{},\"creator_alive\":{},\
+             \"users\":[{}],\"status\":{},\"owner_uid\":{},\"age_seconds\":{}}}",
+            json_string(s.name.as_str()),
+            s.size,
+            json_or_null(s.refcount),
+            json_or_null(s.creator_pid),
+            json_or_null(s.creator_alive),
+            users.join(","),
+            json_string(s.status.as_str()),
+            s.owner_uid,
+            s.age.as_secs()
+        );
+        text.push_str(if i + 1 < segments.len() { ",\n" } else { "\n" });
+    }
+    text.push_str("]\n");
+    text
+}
+
+fn json_or_null(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "null".into(), |v| v.to_string())
+}
+
+/// A JSON string literal. Names are validated visible ASCII, but the encoder
+/// does not rely on it.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libshm::SegmentName;
+
+    fn report(name: &str, status: Status) -> SegmentReport {
+        SegmentReport {
+            name: SegmentName::new(name.as_bytes()).unwrap(),
+            size: 4160,
+            refcount: Some(1),
+            creator_pid: Some(42),
+            creator_alive: Some(false),
+            users: Vec::new(),
+            status,
+            owner_uid: 1000,
+            age: Duration::from_secs(90),
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("/torch_1_2_3"), "\"/torch_1_2_3\"");
+        assert_eq!(json_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn json_has_stable_keys_and_nulls() {
+        let mut unknown = report("/odd", Status::Unknown);
+        unknown.refcount = None;
+        unknown.creator_pid = None;
+        unknown.creator_alive = None;
+        let mut used = report("/torch_42_1_0", Status::Orphaned);
+        used.users = vec![7, 8];
+        assert_eq!(
+            json(&[unknown, used]),
+            "[\n  {\"name\":\"/odd\",\"size\":4160,\"refcount\":null,\"creator_pid\":null,\
+             \"creator_alive\":null,\"users\":[],\"status\":\"unknown\",\"owner_uid\":1000,\
+             \"age_seconds\":90},\n  {\"name\":\"/torch_42_1_0\",\"size\":4160,\"refcount\":1,\
+             \"creator_pid\":42,\"creator_alive\":false,\"users\":[7,8],\"status\":\"orphaned\",\
+             \"owner_uid\":1000,\"age_seconds\":90}\n]\n"
+        );
+        assert_eq!(json(&[]), "[]\n");
+    }
+
+    #[test]
+    fn table_is_aligned_under_its_header() {
+        let mut long = report("/torch_42_1234567890_17", Status::InUse);
+        long.creator_alive = Some(true);
+        long.users = vec![1, 2, 3, 4, 5];
+        let text = table(&[report("/torch_42_1_0", Status::Leaked), long]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let status_column = lines[0].find("STATUS").unwrap();
+        assert_eq!(lines[1].find("leaked"), Some(status_column));
+        assert_eq!(lines[2].find("in use"), Some(status_column));
+        assert!(lines[2].contains("1,2,3 +2"));
+        assert!(lines[1].contains("42 dead"));
+        assert!(lines[2].contains("42 alive"));
+    }
+
+    #[test]
+    fn ages_and_prefixes() {
+        assert_eq!(format_age(Duration::from_secs(59)), "59s");
+        assert_eq!(format_age(Duration::from_secs(61)), "1m");
+        assert_eq!(format_age(Duration::from_secs(7_200)), "2h");
+        assert_eq!(format_age(Duration::from_secs(172_800)), "2d");
+        assert_eq!(resolve_prefix(Some("/x_")).unwrap().as_str(), "/x_");
+        assert!(resolve_prefix(Some("x_")).is_err());
+    }
+}
