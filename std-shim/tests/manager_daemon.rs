@@ -213,3 +213,49 @@ fn waits_for_stalled_connections_before_shutting_down() {
     drop(client);
     assert!(wait_until(Duration::from_secs(3), || !daemon.is_running()));
 }
+
+#[test]
+fn a_name_prefix_restricts_what_is_accepted() {
+    let daemon = Daemon::start(&["--name-prefix", "/torch_"]);
+    let mut client = daemon.connect();
+    client.register(&format!("/torch_{}", std::process::id()));
+    let mut other = daemon.connect();
+    other.send(&frame(0, &unique_name("outside")));
+    assert!(
+        other.is_closed_by_peer(Duration::from_secs(2)),
+        "a name outside the prefix closes the connection"
+    );
+    client.register(&format!("/torch_{}_again", std::process::id()));
+}
+
+#[test]
+fn never_unlinks_a_segment_another_user_owns() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to give a segment to another user");
+        return;
+    }
+    let mut daemon = Daemon::start(&["--reap-grace", "200ms"]);
+    let theirs = unique_name("theirs");
+    let mine = unique_name("mine");
+    create_object(&theirs);
+    create_object(&mine);
+    let path = format!("/dev/shm{theirs}");
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let mut client = daemon.connect();
+    client.register(&theirs);
+    client.register(&mine);
+    drop(client); // a crash: both are orphans now
+    assert!(
+        wait_until(Duration::from_secs(2), || !shm_exists(&mine)),
+        "ours is reaped"
+    );
+    assert!(
+        daemon.wait_exit(Duration::from_secs(4)).is_some(),
+        "and the manager shuts down"
+    );
+    assert!(
+        shm_exists(&theirs),
+        "the other user's segment survives reaping and shutdown"
+    );
+    std::fs::remove_file(path).unwrap();
+}

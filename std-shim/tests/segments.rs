@@ -165,3 +165,18 @@ fn a_segment_survives_in_transit_after_its_creator_let_go() {
         &report.name
     )));
 }
+
+#[test]
+fn exec_d_children_inherit_no_manager_socket() {
+    let segment = SharedSegment::create(64).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ls -l /proc/$$/fd"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !listing.contains("socket:"),
+        "a socket leaked into the child:\n{listing}"
+    );
+    drop(segment);
+}

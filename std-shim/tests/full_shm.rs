@@ -1,0 +1,74 @@
+//! A full /dev/shm: allocation fails up front with a clear error, leaves
+//! nothing behind, and never turns into a SIGBUS on first touch.
+//!
+//! Runs in a private mount namespace with a 1 MiB tmpfs over /dev/shm, so the
+//! machine's real /dev/shm is untouched. Skips where namespaces or mounts are
+//! not allowed (not root, or a restrictive sandbox).
+
+mod common;
+
+use std::process::Command;
+
+fn in_small_shm(script: &str) -> Option<std::process::Output> {
+    let probe = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=1m tmpfs /dev/shm",
+        ])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: cannot mount a private tmpfs here (needs root and mount namespaces)");
+        return None;
+    }
+    let full = format!("mount -t tmpfs -o size=1m tmpfs /dev/shm && {script}");
+    Some(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &full])
+            .env("SHMCTL", common::SHMCTL)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn allocating_more_than_fits_is_a_clear_error_and_leaves_nothing() {
+    let Some(out) = in_small_shm(
+        r#""$SHMCTL" create --size 2M; echo "exit=$?"; echo "left=$(ls /dev/shm | wc -l)""#,
+    ) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("exit=1"),
+        "a plain failure, not a signal: {stdout} {stderr}"
+    );
+    assert!(stdout.contains("left=0"), "nothing left behind: {stdout}");
+    assert!(
+        stderr.contains("no space in /dev/shm"),
+        "the error says why: {stderr}"
+    );
+}
+
+#[test]
+fn filling_up_segment_by_segment_stops_cleanly_at_the_limit() {
+    // Four 256 KiB segments (plus headers) cannot all fit in 1 MiB: the last
+    // one fails at creation; the ones that fit are usable to their last byte.
+    let Some(out) = in_small_shm(
+        r#""$SHMCTL" create --size 256K --count 4 --fill 7; echo "exit=$?"; echo "left=$(ls /dev/shm | wc -l)""#,
+    ) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=1"), "{stdout} {stderr}");
+    assert!(stderr.contains("no space in /dev/shm"), "{stderr}");
+    assert!(
+        stdout.contains("left=0"),
+        "the segments that fit were dropped on exit: {stdout}"
+    );
+}
