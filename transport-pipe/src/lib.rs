@@ -26,8 +26,8 @@
 //! Writing to a pipe whose reader died raises `SIGPIPE`. Rust executables and
 //! CPython ignore it, and then a dead manager is [`PipeError::Closed`]. A C
 //! or C++ host that keeps the default action should ignore `SIGPIPE` too; see
-//! [`PipeTransport`]'s module for the check made before every write and the
-//! race it leaves.
+//! [`PipeTransport`] for the check made before every write and the race it
+//! leaves.
 //!
 //! # Example
 //! A manager served in a thread over two pipes, and a client registering

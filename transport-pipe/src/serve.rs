@@ -475,6 +475,33 @@ mod tests {
     }
 
     #[test]
+    fn half_a_frame_left_past_the_frame_timeout_ends_the_session() {
+        let names = Names::default();
+        let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let ends = ManagerEnds::new(request_read, reply_write).unwrap();
+        let mut namespace = names.clone();
+        let config = ManagerConfig {
+            frame_timeout: Some(Duration::from_millis(50)),
+            ..ManagerConfig::default()
+        };
+        let thread = std::thread::spawn(move || serve(ends, config, &mut namespace));
+        let transport =
+            PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
+        let mut client: Client<_, 8> = Client::new(transport, AckMode::Strict);
+        names.create(name(4));
+        client.register(7, name(4)).unwrap();
+        let half = Frame::register(7, name(5)).encode();
+        rustix::io::write(client.transport().requests(), &half[..30]).unwrap();
+        let summary = thread.join().unwrap();
+        assert_eq!(
+            summary.ended,
+            Ended::ClosedForCause(CloseReason::StalledFrame)
+        );
+        assert_eq!(names.unlinked(), [name(4)]);
+    }
+
+    #[test]
     fn inherited_descriptors_must_be_open_and_distinct() {
         // The soft descriptor limit is the first number no descriptor can have.
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;

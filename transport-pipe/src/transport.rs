@@ -1,18 +1,5 @@
 //! The client's end: the write end of the request pipe and the read end of
 //! the reply pipe of one private manager.
-//!
-//! # SIGPIPE
-//! Writing to a pipe whose reader is gone raises `SIGPIPE`, whose default
-//! action kills the writer. Rust executables and CPython ignore `SIGPIPE`
-//! from the start, so there the write fails with `EPIPE`, which we report as
-//! [`PipeError::Closed`]. Before every write we also ask `poll` whether the
-//! manager's end is already closed (`POLLERR`/`POLLHUP`) and fail without
-//! writing if so; that covers the usual case (the manager died a while ago)
-//! even in a host that keeps the default action. It cannot cover a manager
-//! that dies between the `poll` and the `write`: an embedder whose process
-//! does not ignore `SIGPIPE` must ignore it (or block it in the writing
-//! thread) to be safe. Sockets avoid all this with `MSG_NOSIGNAL`; pipes have
-//! no such flag.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -86,6 +73,19 @@ impl TransportError for PipeError {
 /// that execs another program never keeps the manager waiting. A child forked
 /// without exec shares them until it drops its copy; the manager sees end of
 /// file only when every copy of the request end is closed.
+///
+/// # SIGPIPE
+/// Writing to a pipe whose reader is gone raises `SIGPIPE`, whose default
+/// action kills the writer. Rust executables and CPython ignore `SIGPIPE`
+/// from the start, so there the write fails with `EPIPE`, reported as
+/// [`PipeError::Closed`]. Before every write we also ask `poll` whether the
+/// manager's end is already closed (`POLLERR`/`POLLHUP`) and fail without
+/// writing if so; that covers the usual case (the manager died a while ago)
+/// even in a host that keeps the default action. It cannot cover a manager
+/// that dies between the `poll` and the `write`: an embedder whose process
+/// does not ignore `SIGPIPE` must ignore it (or block it in the writing
+/// thread) to be safe. Sockets avoid all this with `MSG_NOSIGNAL`; pipes have
+/// no such flag.
 #[derive(Debug)]
 pub struct PipeTransport {
     requests: OwnedFd,
