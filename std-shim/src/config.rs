@@ -1,6 +1,7 @@
-//! Process-wide settings: which manager to start, how to name segments, how
-//! strictly to wait for the manager. Read from the environment on first use,
-//! or set once with [`Config::install`] (PyTorch's `libshm_init`).
+//! Process-wide settings: which manager to start and how to reach it, how to
+//! name segments, how strictly to wait for the manager. Read from the
+//! environment on first use, or set once with [`Config::install`] (PyTorch's
+//! `libshm_init`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use libshm_core::name::NamePrefix;
 use libshm_unix::Launcher;
 
 use crate::error::Error;
+use crate::wire::TransportKind;
 
 /// Path of the manager executable to start.
 pub const ENV_MANAGER: &str = "LIBSHM_MANAGER";
@@ -18,6 +20,8 @@ pub const ENV_MANAGER: &str = "LIBSHM_MANAGER";
 pub const ENV_ACK: &str = "LIBSHM_ACK";
 /// Prefix for generated segment names (default `/torch_`).
 pub const ENV_PREFIX: &str = "LIBSHM_NAME_PREFIX";
+/// `unix` (default) or `pipe`: how this process reaches the managers it starts.
+pub const ENV_TRANSPORT: &str = "LIBSHM_TRANSPORT";
 
 /// Our manager's file name, looked for next to the running executable and on `PATH`.
 pub const MANAGER_BIN: &str = "shm-manager";
@@ -31,6 +35,7 @@ pub struct Config {
     name_prefix: NamePrefix,
     reply_timeout: Option<Duration>,
     quiet_manager: bool,
+    transport: TransportKind,
 }
 
 impl Default for Config {
@@ -42,12 +47,14 @@ impl Default for Config {
             name_prefix: NamePrefix::torch(),
             reply_timeout: Some(Duration::from_secs(10)),
             quiet_manager: false,
+            transport: TransportKind::Unix,
         }
     }
 }
 
 impl Config {
-    /// Defaults overridden by `LIBSHM_MANAGER`, `LIBSHM_ACK` and `LIBSHM_NAME_PREFIX`.
+    /// Defaults overridden by `LIBSHM_MANAGER`, `LIBSHM_ACK`, `LIBSHM_NAME_PREFIX`
+    /// and `LIBSHM_TRANSPORT`.
     pub fn from_env() -> Result<Self, Error> {
         let mut config = Self::default();
         if let Some(path) = std::env::var_os(ENV_MANAGER).filter(|p| !p.is_empty()) {
@@ -63,6 +70,12 @@ impl Config {
             config.name_prefix = NamePrefix::new(prefix.as_bytes()).map_err(|err| Error::Env {
                 var: ENV_PREFIX,
                 why: err.to_string(),
+            })?;
+        }
+        if let Some(kind) = env_str(ENV_TRANSPORT)? {
+            config.transport = TransportKind::parse(&kind).ok_or_else(|| Error::Env {
+                var: ENV_TRANSPORT,
+                why: format!("{kind:?} is not unix or pipe"),
             })?;
         }
         Ok(config)
@@ -104,6 +117,13 @@ impl Config {
         self
     }
 
+    /// How managers started with this configuration are reached: a Unix
+    /// socket (the default, PyTorch's) or a private pair of pipes.
+    pub fn transport(mut self, kind: TransportKind) -> Self {
+        self.transport = kind;
+        self
+    }
+
     /// Makes this the process-wide configuration for managers started and
     /// segments named from now on.
     pub fn install(self) {
@@ -120,19 +140,36 @@ impl Config {
         &self.name_prefix
     }
 
+    /// The configured transport.
+    pub fn transport_kind(&self) -> TransportKind {
+        self.transport
+    }
+
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.reply_timeout
     }
 
-    /// The launcher for this configuration's manager.
+    /// The launcher for this configuration's manager over a Unix socket.
     pub fn launcher(&self) -> Result<Launcher, Error> {
-        let executable = match &self.manager_executable {
-            Some(path) => path.clone(),
-            None => find_manager().ok_or(Error::NoManagerExecutable)?,
-        };
-        Ok(Launcher::new(executable)
+        Ok(Launcher::new(self.executable()?)
             .args(self.manager_args.iter())
             .quiet(self.quiet_manager))
+    }
+
+    /// The launcher for a private manager over pipes, whose transport waits
+    /// for replies as long as [`Config::reply_timeout`] says.
+    pub fn pipe_launcher(&self) -> Result<libshm_pipe::Launcher, Error> {
+        Ok(libshm_pipe::Launcher::new(self.executable()?)
+            .args(self.manager_args.iter())
+            .quiet(self.quiet_manager)
+            .reply_timeout(self.reply_timeout))
+    }
+
+    fn executable(&self) -> Result<PathBuf, Error> {
+        match &self.manager_executable {
+            Some(path) => Ok(path.clone()),
+            None => find_manager().ok_or(Error::NoManagerExecutable),
+        }
     }
 }
 

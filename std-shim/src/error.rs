@@ -10,6 +10,8 @@ use libshm_core::header::{RefcountError, SizeError};
 use libshm_core::name::{NameError, SegmentName};
 use libshm_unix::{LaunchError, SocketError};
 
+use crate::wire::WireError;
+
 /// Everything that can go wrong creating, opening or managing a segment.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -20,6 +22,9 @@ pub enum Error {
     /// Starting the manager failed.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// Starting a private manager over pipes failed.
+    #[error(transparent)]
+    PipeLaunch(#[from] libshm_pipe::LaunchError),
     /// The manager at `handle` could not be reached.
     #[error("could not connect to manager {handle}: {source}")]
     Connect {
@@ -36,7 +41,7 @@ pub enum Error {
         handle: String,
         /// What went wrong.
         #[source]
-        source: ClientError<SocketError>,
+        source: ClientError<WireError>,
     },
     /// The manager refused a registration (its registry is full).
     #[error("manager {handle} refused to register {name}: its registry is full")]

@@ -9,11 +9,17 @@
 //! directions: a segment created here opens in `torch`, and the other way
 //! round, and `shm-manager` is a drop-in `torch_shm_manager`.
 //!
+//! Managers are reached over a Unix socket (PyTorch's way, the default) or,
+//! with [`Config::transport`] or `LIBSHM_TRANSPORT=pipe`, over a pair of pipes
+//! to a private manager that lives as long as this process. The client code
+//! path is the same for both.
+//!
 //! What it does not do: serialize tensors or pick segment sizes. Protocol
 //! logic lives in `libshm-core`; sockets and the daemon's event loop in
-//! `libshm-unix`. This crate maps memory, keeps the process-wide table of
-//! managers, tells leaked segments from live ones ([`inspect`]), and ships
-//! the `shm-manager` and `shmctl` binaries.
+//! `libshm-unix`; pipes and the private manager's loop in `libshm-pipe`. This
+//! crate maps memory, keeps the process-wide table of managers, tells leaked
+//! segments from live ones ([`inspect`]), and ships the `shm-manager` and
+//! `shmctl` binaries.
 //!
 //! # Example
 //! ```no_run
@@ -48,12 +54,16 @@ mod registry;
 mod segment;
 mod shm;
 pub mod units;
+mod wire;
 
-pub use config::{Config, ENV_ACK, ENV_MANAGER, ENV_PREFIX, MANAGER_BIN, parse_ack_mode};
+pub use config::{
+    Config, ENV_ACK, ENV_MANAGER, ENV_PREFIX, ENV_TRANSPORT, MANAGER_BIN, parse_ack_mode,
+};
 pub use error::Error;
 pub use manager::Manager;
 pub use segment::{Closed, OutOfBounds, SharedSegment};
 pub use shm::ShmNamespace;
+pub use wire::{TransportKind, WireError};
 
 pub use libshm_core as core;
 pub use libshm_core::client::AckMode;

@@ -1,12 +1,18 @@
 //! One process's relationship with one manager: the connection, the names it
 //! holds through it, and recovery when the manager dies.
 //!
+//! The connection is a [`Wire`]: a Unix socket or the pipes to a private
+//! manager. Which one changes nothing here but how a manager is reached again.
+//! A Unix manager is reached by its handle; a pipe manager cannot be reached
+//! again at all, so a link that needs a new connection to one starts a new
+//! one.
+//!
 //! Recovery: a failed call (the manager was killed, say) drops the connection,
 //! finds a live manager (a new one started by us if the dead one was ours,
 //! else this process's default manager), re-registers every name still held,
 //! and carries on. After a `fork` the child never touches the parent's
 //! connection: the first call in the child notices the new pid and connects
-//! afresh, holding nothing.
+//! afresh (over pipes: to a new private manager of its own), holding nothing.
 //!
 //! Lock order: a link's lock may be held while taking the registry's lock or
 //! the default link's lock; the registry never holds its lock while taking a
@@ -19,17 +25,18 @@ use std::time::Duration;
 use libshm_core::client::{AckMode, Client, ClientError, ClientFault};
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::name::{NamePrefix, SegmentName};
-use libshm_unix::{SocketError, UnixTransport};
+use libshm_unix::UnixTransport;
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::naming::current_pid;
 use crate::registry;
+use crate::wire::{TransportKind, Wire, WireError};
 
 /// Frames one connection queues (deferred releases) and leaves unanswered at most.
 const WINDOW: usize = 64;
 
-type UnixClient = Client<UnixTransport, WINDOW>;
+type WireClient = Client<Wire, WINDOW>;
 
 /// Where a link's manager came from, which decides how to replace it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,23 +60,49 @@ pub(crate) struct Link {
 struct LinkState {
     handle: ManagerHandle,
     origin: Origin,
+    /// How the current manager is reached.
+    kind: TransportKind,
     mode: AckMode,
     timeout: Option<Duration>,
     /// The process `client` and `held` belong to.
     pid: u32,
-    client: Option<UnixClient>,
+    client: Option<WireClient>,
     held: HashMap<SegmentName, u32>,
 }
 
 impl Link {
+    /// A link to the Unix manager at `handle`; it connects on first use.
     pub(crate) fn new(handle: ManagerHandle, origin: Origin, config: &Config) -> Self {
+        Self::with_state(handle, origin, TransportKind::Unix, None, config)
+    }
+
+    /// A link to a private manager this process just started, over its pipes.
+    pub(crate) fn over_pipes(launched: libshm_pipe::Launched, config: &Config) -> Self {
+        let client = Client::new(Wire::Pipe(launched.transport), config.ack());
+        Self::with_state(
+            launched.handle,
+            Origin::Launched,
+            TransportKind::Pipe,
+            Some(client),
+            config,
+        )
+    }
+
+    fn with_state(
+        handle: ManagerHandle,
+        origin: Origin,
+        kind: TransportKind,
+        client: Option<WireClient>,
+        config: &Config,
+    ) -> Self {
         let state = LinkState {
             handle,
             origin,
+            kind,
             mode: config.ack(),
             timeout: config.timeout(),
             pid: current_pid(),
-            client: None,
+            client,
             held: HashMap::new(),
         };
         Self {
@@ -189,7 +222,7 @@ impl Link {
 
 enum RegisterError {
     Connect(Error),
-    Client(ClientError<SocketError>),
+    Client(ClientError<WireError>),
 }
 
 impl RegisterError {
@@ -234,44 +267,53 @@ impl LinkState {
         true
     }
 
-    fn connected(&mut self) -> Result<&mut UnixClient, RegisterError> {
+    fn connected(&mut self) -> Result<&mut WireClient, RegisterError> {
         let client = match self.client.take() {
             Some(client) => client,
-            None => {
-                let transport =
-                    UnixTransport::connect(&self.handle, self.timeout).map_err(|source| {
-                        RegisterError::Connect(Error::Connect {
-                            handle: self.handle.to_string(),
-                            source,
-                        })
-                    })?;
-                Client::new(transport, self.mode)
-            }
+            None => match self.kind {
+                TransportKind::Unix => {
+                    let handle = self.handle;
+                    self.connect_unix(handle).map_err(RegisterError::Connect)?
+                }
+                // Nobody can reach a pipe manager again (after a fork, or a
+                // recovery that failed): start one of our own, and tell it
+                // what we hold.
+                TransportKind::Pipe => {
+                    let mut client = self.launch_pipe().map_err(RegisterError::Connect)?;
+                    self.register_held(&mut client)
+                        .map_err(RegisterError::Connect)?;
+                    client
+                }
+            },
         };
         Ok(self.client.insert(client))
     }
 
-    /// Finds a live manager and registers everything still held with it.
-    fn recover(&mut self) -> Result<(), Error> {
-        let old = self.handle;
-        self.client = None;
-        let new = match self.origin {
-            Origin::Launched => registry::config()?.launcher()?.launch()?.handle,
-            Origin::Given => match UnixTransport::connect(&old, self.timeout) {
-                Ok(_) => old,
-                Err(_) => registry::default_link()?.handle(),
-            },
-        };
-        self.handle = new;
+    fn connect_unix(&self, handle: ManagerHandle) -> Result<WireClient, Error> {
         let transport =
-            UnixTransport::connect(&new, self.timeout).map_err(|source| Error::Connect {
-                handle: new.to_string(),
+            UnixTransport::connect(&handle, self.timeout).map_err(|source| Error::Connect {
+                handle: handle.to_string(),
                 source,
             })?;
-        let mut client = UnixClient::new(transport, self.mode);
+        Ok(Client::new(Wire::Unix(transport), self.mode))
+    }
+
+    /// Starts a private pipe manager for this link; it becomes the link's manager.
+    fn launch_pipe(&mut self) -> Result<WireClient, Error> {
+        let launched = registry::config()?.pipe_launcher()?.launch()?;
+        tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
+        self.handle = launched.handle;
+        self.kind = TransportKind::Pipe;
+        self.origin = Origin::Launched;
+        Ok(Client::new(Wire::Pipe(launched.transport), self.mode))
+    }
+
+    /// Registers every name still held with `client`'s manager and waits
+    /// for its answers.
+    fn register_held(&self, client: &mut WireClient) -> Result<(), Error> {
         let pid = self.pid as i32;
         let manager_error = |source| Error::Manager {
-            handle: new.to_string(),
+            handle: self.handle.to_string(),
             source,
         };
         for (name, count) in &self.held {
@@ -279,10 +321,45 @@ impl LinkState {
                 client.register(pid, *name).map_err(manager_error)?;
             }
         }
-        client.settle().map_err(manager_error)?;
+        client.settle().map_err(manager_error)
+    }
+
+    /// Finds a live manager and registers everything still held with it.
+    fn recover(&mut self) -> Result<(), Error> {
+        let old = self.handle;
+        self.client = None;
+        let mut client = match (self.origin, self.kind) {
+            (Origin::Launched, TransportKind::Unix) => {
+                let new = registry::config()?.launcher()?.launch()?.handle;
+                self.handle = new;
+                self.connect_unix(new)?
+            }
+            (Origin::Launched, TransportKind::Pipe) => self.launch_pipe()?,
+            (Origin::Given, _) => match self.connect_unix(old) {
+                Ok(client) => client,
+                Err(_) => {
+                    let fallback = match registry::config()?.transport_kind() {
+                        TransportKind::Unix => Some(registry::default_link()?.handle()),
+                        TransportKind::Pipe => None,
+                    };
+                    match fallback.filter(|handle| !libshm_pipe::is_pipe_handle(handle)) {
+                        Some(new) => {
+                            self.handle = new;
+                            self.connect_unix(new)?
+                        }
+                        // This process does not share managers: the link gets
+                        // a private one (the default's pipes have room for
+                        // one client only).
+                        None => self.launch_pipe()?,
+                    }
+                }
+            },
+        };
+        self.register_held(&mut client)?;
         tracing::info!(
-            "manager {old} is gone; {} held segment(s) re-registered with {new}",
-            self.held.len()
+            "manager {old} is gone; {} held segment(s) re-registered with {}",
+            self.held.len(),
+            self.handle
         );
         self.client = Some(client);
         Ok(())

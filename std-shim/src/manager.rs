@@ -30,17 +30,23 @@ impl Manager {
     /// The manager at `handle`, as printed by a manager or shared by another
     /// process. Connects on first use; if that manager has died by then, this
     /// process's default manager takes over.
+    ///
+    /// A `pipe:<pid>` handle names another process's private manager, which
+    /// only that process can reach. It yields this process's default manager
+    /// instead: any manager protects what this process opens.
     pub fn connect(handle: &str) -> Result<Self, Error> {
         let handle = ManagerHandle::new(handle.as_bytes())?;
         registry::link_for(handle).map(|link| Self { link })
     }
 
-    /// Starts a manager of its own with `config` (not the process default).
+    /// Starts a manager of its own with `config` (not the process default),
+    /// over the transport `config` names.
     pub fn launch(config: &Config) -> Result<Self, Error> {
         registry::launched_link(config).map(|link| Self { link })
     }
 
-    /// The handle other processes use to reach this manager.
+    /// The handle other processes use to reach this manager. A private pipe
+    /// manager's handle is `pipe:<pid>`; processes given it use their own.
     pub fn handle(&self) -> ManagerHandle {
         self.link.handle()
     }

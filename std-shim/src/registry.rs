@@ -1,5 +1,7 @@
 //! The process-wide table of managers, like PyTorch's `managers` map: the
 //! default manager (started on first use) and every manager reached by handle.
+//! A `pipe:` handle names another process's private manager, which nobody else
+//! can reach; it maps to this process's default manager.
 //!
 //! The registry's lock is a leaf: nothing else is locked while it is held.
 
@@ -11,6 +13,7 @@ use libshm_core::handshake::ManagerHandle;
 use crate::config::Config;
 use crate::error::Error;
 use crate::link::{Link, Origin};
+use crate::wire::TransportKind;
 
 struct Registry {
     config: Option<Config>,
@@ -54,11 +57,27 @@ pub(crate) fn default_link() -> Result<Arc<Link>, Error> {
         return Ok(Arc::clone(link));
     }
     let config = registry.config()?.clone();
-    let launched = config.launcher()?.launch()?;
-    tracing::debug!(handle = %launched.handle, pid = launched.pid, "started manager");
-    let link = Arc::new(Link::new(launched.handle, Origin::Launched, &config));
-    registry.default = Some((launched.handle, Arc::clone(&link)));
+    let (handle, link) = launch(&config)?;
+    let link = Arc::new(link);
+    registry.default = Some((handle, Arc::clone(&link)));
     Ok(link)
+}
+
+/// Starts a manager over the configured transport and links to it.
+fn launch(config: &Config) -> Result<(ManagerHandle, Link), Error> {
+    Ok(match config.transport_kind() {
+        TransportKind::Unix => {
+            let launched = config.launcher()?.launch()?;
+            tracing::debug!(handle = %launched.handle, pid = launched.pid, "started manager");
+            let link = Link::new(launched.handle, Origin::Launched, config);
+            (launched.handle, link)
+        }
+        TransportKind::Pipe => {
+            let launched = config.pipe_launcher()?.launch()?;
+            tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
+            (launched.handle, Link::over_pipes(launched, config))
+        }
+    })
 }
 
 /// The link to the manager at `handle`, shared by everyone in this process
@@ -73,6 +92,13 @@ pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
     if let Some(link) = registry.by_handle.get(&handle) {
         return Ok(Arc::clone(link));
     }
+    if libshm_pipe::is_pipe_handle(&handle) {
+        drop(registry);
+        tracing::debug!(
+            "{handle} is another process's private manager; using this process's default manager"
+        );
+        return default_link();
+    }
     let config = registry.config()?.clone();
     let link = Arc::new(Link::new(handle, Origin::Given, &config));
     registry.by_handle.insert(handle, Arc::clone(&link));
@@ -81,8 +107,8 @@ pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
 
 /// A link to a manager started for the caller alone (not the default).
 pub(crate) fn launched_link(config: &Config) -> Result<Arc<Link>, Error> {
-    let launched = config.launcher()?.launch()?;
-    let link = Arc::new(Link::new(launched.handle, Origin::Launched, config));
-    lock().by_handle.insert(launched.handle, Arc::clone(&link));
+    let (handle, link) = launch(config)?;
+    let link = Arc::new(link);
+    lock().by_handle.insert(handle, Arc::clone(&link));
     Ok(link)
 }

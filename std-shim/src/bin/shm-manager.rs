@@ -9,8 +9,16 @@
 //! Unlike the original it never blocks on one client, reaps segments whose
 //! holders died while others go on, refuses other users' connections, and
 //! only unlinks segments its own user owns.
+//!
+//! With `--transport pipe` it is instead one process's private manager: it
+//! creates no socket, reads frames from the pipe at the first of `--pipe-fds`
+//! (default 3) and writes replies to the second (default 4), prints the
+//! handle `pipe:<pid>`, and once its client's pipe reaches end of file it
+//! unlinks every name still registered and exits. `libshm_pipe::Launcher`
+//! starts it that way.
 
 use std::io::{IsTerminal, Write};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,7 +28,8 @@ use libshm::ShmNamespace;
 use libshm::core::manager::ManagerConfig;
 use libshm::core::name::NamePrefix;
 use libshm::units::{parse_duration, parse_optional_duration};
-use libshm_unix::{Listener, RunDir, serve};
+use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
+use libshm_unix::{Listener, RunDir};
 
 /// Environment variable for the log level when no flag is given (error, warn,
 /// info, debug, trace). PyTorch starts the manager without arguments, so this
@@ -33,7 +42,18 @@ const ENV_LOG: &str = "SHM_MANAGER_LOG";
     about = "Shared-memory manager daemon, compatible with PyTorch's torch_shm_manager"
 )]
 struct Args {
-    /// Exit after this long with no client connected.
+    /// How clients reach this manager: `unix`, a socket any process of this
+    /// user can connect to (what PyTorch starts); or `pipe`, one client over
+    /// the pipes at --pipe-fds, for as long as that client lives.
+    #[arg(long, value_enum, default_value_t = Transport::Unix)]
+    transport: Transport,
+
+    /// With --transport pipe: the descriptor to read requests from and the
+    /// one to write replies to.
+    #[arg(long, default_value_t = FdPair(REQUEST_FD, REPLY_FD), value_parser = parse_fd_pair)]
+    pipe_fds: FdPair,
+
+    /// Exit after this long with no client connected (unix transport only).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
@@ -54,7 +74,7 @@ struct Args {
     #[arg(long)]
     run_dir: Option<PathBuf>,
 
-    /// Refuse more than this many simultaneous clients.
+    /// Refuse more than this many simultaneous clients (unix transport only).
     #[arg(long, default_value_t = 65_536)]
     max_clients: usize,
 
@@ -72,13 +92,32 @@ fn main() -> ExitCode {
     // reach us. Fails harmlessly if we already lead a process group.
     let _ = rustix::process::setsid();
     let args = Args::parse();
+    // Claim the pipes before anything else can open a file: were they
+    // closed, a later open would land on their numbers.
+    let ends = match args.transport {
+        Transport::Pipe => {
+            let FdPair(requests, replies) = args.pipe_fds;
+            // SAFETY: nothing in this process has opened a file yet
+            // (argument parsing does not), so nothing else owns these two
+            // numbers; they are checked to be open before ownership is taken.
+            Some(unsafe { ManagerEnds::inherited(requests, replies) })
+        }
+        Transport::Unix => None,
+    };
     init_logging(&args);
-    raise_fd_limit();
 
     let config = match manager_config(&args) {
         Ok(config) => config,
         Err(message) => return fail(&message),
     };
+    match ends {
+        Some(ends) => serve_pipe(&args, ends, config),
+        None => serve_unix(&args, config),
+    }
+}
+
+fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
+    raise_fd_limit();
     let base = args.run_dir.clone().unwrap_or_else(RunDir::default_base);
     let listener = match RunDir::create(&base).and_then(Listener::bind) {
         Ok(listener) => listener,
@@ -94,9 +133,62 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     tracing::info!(handle = %listener.handle(), "serving");
-    let summary = serve(listener, config, &mut ShmNamespace::for_current_user());
+    let summary = libshm_unix::serve(listener, config, &mut ShmNamespace::for_current_user());
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
+}
+
+fn serve_pipe(
+    args: &Args,
+    ends: Result<ManagerEnds, InheritError>,
+    config: ManagerConfig,
+) -> ExitCode {
+    let ends = match ends {
+        Ok(ends) => ends,
+        Err(err) => return fail(&format!("--pipe-fds {}: {err}", args.pipe_fds)),
+    };
+    let handle = libshm_pipe::pipe_handle(std::process::id());
+    if let Err(err) = handshake(&format!("{handle}\n")) {
+        tracing::error!("could not print the handle: {err}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(%handle, "serving one client over pipes");
+    let summary = libshm_pipe::serve(ends, config, &mut ShmNamespace::for_current_user());
+    tracing::debug!(?summary, "exiting");
+    ExitCode::SUCCESS
+}
+
+/// How clients reach the manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// A Unix socket in a private directory (PyTorch's).
+    Unix,
+    /// A pair of pipes to one client.
+    Pipe,
+}
+
+/// `<read>,<write>` descriptors.
+#[derive(Clone, Copy, Debug)]
+struct FdPair(RawFd, RawFd);
+
+impl std::fmt::Display for FdPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.0, self.1)
+    }
+}
+
+fn parse_fd_pair(text: &str) -> Result<FdPair, String> {
+    let (read, write) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?} is not <read>,<write>"))?;
+    let fd = |part: &str| {
+        part.trim()
+            .parse::<RawFd>()
+            .ok()
+            .filter(|&fd| fd >= 0)
+            .ok_or_else(|| format!("{part:?} is not a file descriptor"))
+    };
+    Ok(FdPair(fd(read)?, fd(write)?))
 }
 
 /// A duration that `off` disables (clap reads `Option` as "may be omitted").

@@ -25,6 +25,33 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Whether process `pid` has exited: it is gone, or a zombie nobody has
+/// reaped yet (an orphaned manager's new parent may be slow to).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// The pid in a pipe manager's handle, `pipe:<pid>`.
+pub fn pipe_manager_pid(handle: &str) -> u32 {
+    handle
+        .strip_prefix("pipe:")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{handle:?} is not a pipe manager's handle"))
+}
+
+/// Environment for a `shmctl` that reaches its managers over pipes.
+pub const PIPE_ENV: &[(&str, &str)] = &[
+    ("LIBSHM_TRANSPORT", "pipe"),
+    ("LIBSHM_MANAGER", SHM_MANAGER),
+];
+
 /// Whether a segment exists in /dev/shm.
 pub fn shm_exists(name: &str) -> bool {
     Path::new("/dev/shm")
@@ -171,7 +198,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn parse(line: &str) -> Self {
+    pub fn parse(line: &str) -> Self {
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))

@@ -2,8 +2,9 @@
 //!
 //! With `--hold` the command keeps its segments until stdin closes, and answers
 //! one line per command read from stdin: `check <byte>` (are all data bytes
-//! this value?), `fill <byte>`, `refcount`, `exit`. Tests and the PyTorch
-//! interop scripts drive it that way; kill it with SIGKILL to play a crash.
+//! this value?), `fill <byte>`, `refcount`, `create <size>` (one more segment,
+//! reported like the first ones), `exit`. Tests and the PyTorch interop
+//! scripts drive it that way; kill it with SIGKILL to play a crash.
 
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -72,7 +73,7 @@ pub(crate) fn create(args: &CreateArgs) -> Outcome {
     manager.settle()?;
     report(&segments)?;
     if args.hold {
-        serve_commands(&segments)?;
+        serve_commands(&manager, &mut segments)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -92,10 +93,10 @@ pub(crate) fn open(args: &OpenArgs) -> Outcome {
     if let Some(byte) = args.fill {
         segment.fill(byte);
     }
-    let segments = [segment];
+    let mut segments = vec![segment];
     report(&segments)?;
     if args.hold {
-        serve_commands(&segments)?;
+        serve_commands(&manager, &mut segments)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,16 +104,19 @@ pub(crate) fn open(args: &OpenArgs) -> Outcome {
 fn report(segments: &[SharedSegment]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     for segment in segments {
-        writeln!(
-            out,
-            "handle={} name={} size={} refcount={}",
-            segment.manager_handle(),
-            segment.name(),
-            segment.len(),
-            segment.refcount_now()
-        )?;
+        writeln!(out, "{}", describe(segment))?;
     }
     out.flush()
+}
+
+fn describe(segment: &SharedSegment) -> String {
+    format!(
+        "handle={} name={} size={} refcount={}",
+        segment.manager_handle(),
+        segment.name(),
+        segment.len(),
+        segment.refcount_now()
+    )
 }
 
 fn all_bytes_are(segment: &SharedSegment, byte: u8) -> bool {
@@ -130,11 +134,24 @@ fn all_bytes_are(segment: &SharedSegment, byte: u8) -> bool {
     true
 }
 
-fn serve_commands(segments: &[SharedSegment]) -> std::io::Result<()> {
+fn serve_commands(manager: &Manager, segments: &mut Vec<SharedSegment>) -> std::io::Result<()> {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
         let line = line?;
+        if let Some(size) = line.trim().strip_prefix("create ") {
+            let reply = match create_one(manager, size) {
+                Ok(segment) => {
+                    let line = describe(&segment);
+                    segments.push(segment);
+                    line
+                }
+                Err(err) => format!("error: {err}"),
+            };
+            writeln!(out, "{reply}")?;
+            out.flush()?;
+            continue;
+        }
         let mut words = line.split_whitespace();
         let reply = match (words.next(), words.next().map(str::parse::<u8>)) {
             (Some("check"), Some(Ok(byte))) => {
@@ -157,6 +174,13 @@ fn serve_commands(segments: &[SharedSegment]) -> std::io::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// One more segment, registered and answered before it is reported.
+fn create_one(manager: &Manager, size: &str) -> Result<SharedSegment, Box<dyn std::error::Error>> {
+    let segment = manager.create(parse_size(size)?)?;
+    manager.settle()?;
+    Ok(segment)
 }
 
 fn refcounts(segments: &[SharedSegment]) -> String {

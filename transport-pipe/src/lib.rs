@@ -1,0 +1,78 @@
+//! Anonymous-pipe transport for libshm-rs: a private manager per process, for
+//! runtimes that cannot or will not use Unix sockets or a socket file
+//! (sandboxes, minimal embedded Linux).
+//!
+//! - [`PipeTransport`]: a client's ends of its manager's two pipes,
+//!   implementing the core's [`Transport`](libshm_core::transport::Transport),
+//!   so the client state machine runs over it unchanged.
+//! - [`serve`]: the manager's side, one client and one `poll` loop around the
+//!   core's [`Manager`](libshm_core::manager::Manager). When the client's pipe
+//!   reaches end of file (it exited, was killed, or closed it), everything it
+//!   registered is unlinked and `serve` returns.
+//! - [`Launcher`]: creates both pipes close-on-exec, fork/execs
+//!   `shm-manager --transport pipe` with them at fds [`REQUEST_FD`] and
+//!   [`REPLY_FD`], and reads its handshake line, `pipe:<pid>`.
+//!
+//! The frames and replies are PyTorch's, as over the socket. What differs is
+//! reach: a pipe manager serves exactly the process that started it and
+//! cannot be found by handle, so another process handed a `pipe:` handle uses
+//! its own manager (any manager protects the opener).
+//!
+//! What it does not do: decide anything (the core does), touch `/dev/shm`
+//! (`serve` unlinks through the [`Namespace`](libshm_core::namespace::Namespace)
+//! it is given), or depend on the Unix transport.
+//!
+//! # SIGPIPE
+//! Writing to a pipe whose reader died raises `SIGPIPE`. Rust executables and
+//! CPython ignore it, and then a dead manager is [`PipeError::Closed`]. A C
+//! or C++ host that keeps the default action should ignore `SIGPIPE` too; see
+//! [`PipeTransport`] for the check made before every write and the race it
+//! leaves.
+//!
+//! # Example
+//! A manager served in a thread over two pipes, and a client registering
+//! with it:
+//! ```
+//! use libshm_core::client::{AckMode, Client};
+//! use libshm_core::manager::ManagerConfig;
+//! use libshm_core::name::SegmentName;
+//! use libshm_core::namespace::{Namespace, Unlinked};
+//! use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
+//! use rustix::pipe::{PipeFlags, pipe_with};
+//!
+//! struct NothingExists;
+//! impl Namespace for NothingExists {
+//!     type Error = std::convert::Infallible;
+//!     fn exists(&mut self, _: &SegmentName) -> Result<bool, Self::Error> { Ok(false) }
+//!     fn unlink(&mut self, _: &SegmentName) -> Result<Unlinked, Self::Error> { Ok(Unlinked::Absent) }
+//! }
+//!
+//! let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC)?;
+//! let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC)?;
+//! let ends = ManagerEnds::new(request_read, reply_write)?;
+//! let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut NothingExists));
+//!
+//! let pipes = PipeTransport::new(request_write, reply_read, None)?;
+//! let mut client: Client<_> = Client::new(pipes, AckMode::Strict);
+//! client.register(1, SegmentName::new(b"/torch_1_2_3")?)?;
+//! drop(client); // end of file: the manager unlinks what is left and returns
+//! let summary = manager.join().unwrap();
+//! assert_eq!(summary.stats.registrations, 1);
+//! assert_eq!(summary.stats.unlinked_at_shutdown, 1);
+//! assert_eq!(summary.ended, Ended::EndOfFile);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod handle;
+mod launcher;
+mod serve;
+mod transport;
+
+pub use handle::{
+    HANDLE_PREFIX, REPLY_FD, REQUEST_FD, is_pipe_handle, pipe_handle, pipe_handle_pid,
+};
+pub use launcher::{LaunchError, Launched, Launcher};
+pub use serve::{Ended, InheritError, ManagerEnds, Summary, serve};
+pub use transport::{PipeError, PipeTransport};

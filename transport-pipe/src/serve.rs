@@ -1,0 +1,520 @@
+//! The manager's side: one client, two pipe ends, one `poll` loop.
+//!
+//! It owns the file descriptors and nothing else; every decision is the core
+//! [`Manager`]'s. Unlike the Unix manager it has exactly one client, given to
+//! it at birth, and its life is that client's: when the request pipe reports
+//! end of file (every copy of the client's end is closed: it exited, was
+//! killed, or dropped its transport), the manager unlinks everything it still
+//! knows, as a Unix manager does at shutdown, and [`serve`] returns.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use libshm_core::manager::{
+    CloseReason, ConnId, ConnectError, Effects, Manager, ManagerConfig, Peer, Stats, UnlinkReason,
+};
+use libshm_core::name::SegmentName;
+use libshm_core::namespace::{Namespace, Unlinked};
+use libshm_core::storage::Growable;
+use libshm_core::time::Timestamp;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::{Errno, FdFlags};
+
+/// Replies queued for a client that does not read them, before it is cut off.
+const MAX_REPLY_BACKLOG: usize = 1 << 20;
+
+/// The manager's two pipe ends: it reads frames from one and writes replies
+/// to the other.
+#[derive(Debug)]
+pub struct ManagerEnds {
+    requests: OwnedFd,
+    replies: OwnedFd,
+}
+
+/// Why descriptors a manager was started with cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InheritError {
+    /// The same descriptor was named for both ends.
+    SameFd {
+        /// The descriptor.
+        fd: RawFd,
+    },
+    /// Nothing is open at this descriptor: the manager was not started by a
+    /// pipe launcher (or was given the wrong numbers).
+    NotOpen {
+        /// The descriptor.
+        fd: RawFd,
+    },
+    /// Preparing the descriptor failed.
+    Setup {
+        /// The descriptor.
+        fd: RawFd,
+        /// The call (`fcntl`, `ioctl`).
+        op: &'static str,
+        /// The OS error.
+        errno: Errno,
+    },
+}
+
+impl fmt::Display for InheritError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SameFd { fd } => {
+                write!(f, "fd {fd} cannot be both the request and the reply end")
+            }
+            Self::NotOpen { fd } => write!(
+                f,
+                "fd {fd} is not open; a pipe manager is started by its client, with its pipes as known fds"
+            ),
+            Self::Setup { fd, op, errno } => {
+                write!(f, "{op} on fd {fd}: {}", std::io::Error::from(*errno))
+            }
+        }
+    }
+}
+
+impl std::error::Error for InheritError {}
+
+impl ManagerEnds {
+    /// The read end of the request pipe and the write end of the reply pipe.
+    /// Makes both close-on-exec and non-blocking (a client that stops reading
+    /// its replies must not wedge the manager).
+    pub fn new(requests: OwnedFd, replies: OwnedFd) -> Result<Self, InheritError> {
+        for fd in [&requests, &replies] {
+            prepare(fd.as_fd())?;
+        }
+        Ok(Self { requests, replies })
+    }
+
+    /// Takes ownership of descriptors inherited across `exec` (the launcher
+    /// puts them at [`REQUEST_FD`](crate::REQUEST_FD) and
+    /// [`REPLY_FD`](crate::REPLY_FD)), after checking they are open.
+    ///
+    /// # Safety
+    /// Nothing else in the process may own or use `requests` or `replies`:
+    /// call this at the start of `main`, before anything opens a file that
+    /// could land on those numbers had they been closed.
+    pub unsafe fn inherited(requests: RawFd, replies: RawFd) -> Result<Self, InheritError> {
+        if requests == replies {
+            return Err(InheritError::SameFd { fd: requests });
+        }
+        for fd in [requests, replies] {
+            if fd < 0 {
+                return Err(InheritError::NotOpen { fd });
+            }
+            // SAFETY: the borrow only lives for this fcntl, which fails with
+            // EBADF rather than misbehaving if nothing is open at `fd`.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            if rustix::io::fcntl_getfd(borrowed).is_err() {
+                return Err(InheritError::NotOpen { fd });
+            }
+        }
+        // SAFETY: both are open (checked above), distinct, and by the
+        // caller's promise owned by nothing else, so each OwnedFd is their
+        // sole owner and closes them exactly once.
+        let (requests, replies) = unsafe {
+            (
+                OwnedFd::from_raw_fd(requests),
+                OwnedFd::from_raw_fd(replies),
+            )
+        };
+        Self::new(requests, replies)
+    }
+}
+
+fn prepare(fd: BorrowedFd<'_>) -> Result<(), InheritError> {
+    use std::os::fd::AsRawFd;
+    let setup = |op| {
+        move |errno| InheritError::Setup {
+            fd: fd.as_raw_fd(),
+            op,
+            errno,
+        }
+    };
+    // Inherited through exec, so not close-on-exec yet; nothing we might
+    // start later should keep our client's pipes open.
+    let flags = rustix::io::fcntl_getfd(fd).map_err(setup("fcntl(F_GETFD)"))?;
+    rustix::io::fcntl_setfd(fd, flags | FdFlags::CLOEXEC).map_err(setup("fcntl(F_SETFD)"))?;
+    rustix::io::ioctl_fionbio(fd, true).map_err(setup("ioctl(FIONBIO)"))
+}
+
+/// How the client's session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The request pipe reached end of file: the client exited, was killed,
+    /// or dropped its transport.
+    EndOfFile,
+    /// The manager cut the client off for misbehaving.
+    ClosedForCause(CloseReason),
+    /// The client stopped reading its replies.
+    NotReadingReplies,
+    /// The manager refused the client (a configuration allowing no client).
+    Refused(ConnectError),
+    /// A system call on the pipes failed.
+    Failed {
+        /// The call.
+        op: &'static str,
+        /// The OS error.
+        errno: Errno,
+    },
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EndOfFile => f.write_str("the client closed its pipe"),
+            Self::ClosedForCause(reason) => write!(f, "the client was cut off: {reason}"),
+            Self::NotReadingReplies => f.write_str("the client stopped reading its replies"),
+            Self::Refused(err) => write!(f, "the client was refused: {err}"),
+            Self::Failed { op, errno } => write!(f, "{op}: {}", std::io::Error::from(*errno)),
+        }
+    }
+}
+
+/// What the loop did, for the exit log.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    /// The manager's counters at exit.
+    pub stats: Stats,
+    /// How the client's session ended.
+    pub ended: Ended,
+}
+
+/// Serves the one client on `ends` until it goes, then unlinks every name
+/// still known and returns.
+///
+/// From `config`, the reap grace, frame timeout, name prefix and name limit
+/// apply. The shutdown timeout, owner uid and connection limit do not: the
+/// manager has one client, handed to it by whoever started it (there are no
+/// credentials to check on a pipe), and finishes as soon as that client goes.
+pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: &mut N) -> Summary {
+    let config = ManagerConfig {
+        shutdown_after: Duration::ZERO,
+        owner_uid: None,
+        max_connections: 1,
+        ..config
+    };
+    let clock = Clock::start();
+    let mut manager: Manager<Growable> = Manager::new(config, clock.now());
+    let mut driver = Driver {
+        namespace,
+        backlog: Vec::new(),
+        replies_closed: false,
+        cut: None,
+    };
+    let ended = match manager.connect(Peer::default(), clock.now()) {
+        Ok(conn) => {
+            let ended = run(&ends, conn, &mut manager, &mut driver, &clock);
+            manager.disconnect(conn, clock.now());
+            ended
+        }
+        Err(err) => Ended::Refused(err),
+    };
+    tracing::debug!("client gone: {ended}");
+    // No client is left, and the shutdown timeout is zero: this tick is the
+    // manager's shutdown, unlinking every name it still knows.
+    let status = manager.tick(clock.now(), &mut driver);
+    debug_assert_eq!(status, libshm_core::manager::Status::Finished);
+    let stats = manager.stats();
+    tracing::info!(?stats, "manager finished");
+    Summary { stats, ended }
+}
+
+fn run<N: Namespace>(
+    ends: &ManagerEnds,
+    conn: ConnId,
+    manager: &mut Manager<Growable>,
+    driver: &mut Driver<'_, N>,
+    clock: &Clock,
+) -> Ended {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let now = clock.now();
+        if manager.next_wakeup().is_some_and(|at| at <= now) {
+            manager.tick(now, driver);
+        }
+        if let Some(reason) = driver.cut.take() {
+            return Ended::ClosedForCause(reason);
+        }
+
+        let timeout = manager.next_wakeup().map(|at| {
+            Timespec::try_from(now.until(at)).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
+        let mut fds = [
+            PollFd::new(&ends.requests, PollFlags::IN),
+            PollFd::new(&ends.replies, PollFlags::OUT),
+        ];
+        // Watch the reply end only while replies wait for room: once the
+        // client's read end is gone it would report POLLERR for ever.
+        let watched = if driver.backlog.is_empty() { 1 } else { 2 };
+        match rustix::event::poll(&mut fds[..watched], timeout.as_ref()) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(errno) => return Ended::Failed { op: "poll", errno },
+        }
+        let (requests, replies) = (fds[0].revents(), fds[1].revents());
+        let now = clock.now();
+
+        // Requests first, always: a frame the client wrote just before dying
+        // must be seen before its end of file, or what it names would leak.
+        if requests.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            match rustix::io::read(&ends.requests, &mut buf) {
+                Ok(0) => return Ended::EndOfFile,
+                Ok(n) => manager.receive(conn, &buf[..n], now, driver),
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                Err(errno) => return Ended::Failed { op: "read", errno },
+            }
+            if let Some(reason) = driver.cut.take() {
+                return Ended::ClosedForCause(reason);
+            }
+        }
+        if !driver.backlog.is_empty() || replies.intersects(PollFlags::ERR | PollFlags::HUP) {
+            driver.flush(&ends.replies);
+        }
+        if driver.backlog.len() > MAX_REPLY_BACKLOG {
+            return Ended::NotReadingReplies;
+        }
+    }
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Carries out the manager's effects on the reply pipe and the real namespace.
+struct Driver<'n, N> {
+    namespace: &'n mut N,
+    backlog: Vec<u8>,
+    /// The client's reply end is gone; replies are dropped, and requests are
+    /// still read until end of file (they may register names to clean up).
+    replies_closed: bool,
+    cut: Option<CloseReason>,
+}
+
+impl<N> Driver<'_, N> {
+    /// Writes as many queued replies as the pipe takes now.
+    fn flush(&mut self, replies: &OwnedFd) {
+        while !self.backlog.is_empty() {
+            match rustix::io::write(replies, &self.backlog) {
+                Ok(n) => {
+                    self.backlog.drain(..n);
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return,
+                Err(errno) => {
+                    // EPIPE (SIGPIPE is ignored in Rust executables): the
+                    // client closed its read end.
+                    tracing::debug!("reply failed: {errno}; reading requests until end of file");
+                    self.replies_closed = true;
+                    self.backlog = Vec::new();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl<N: Namespace> Effects for Driver<'_, N> {
+    fn reply(&mut self, _conn: ConnId, reply: [u8; 2]) {
+        if !self.replies_closed {
+            self.backlog.extend_from_slice(&reply);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        tracing::warn!(conn = %conn, "cutting the client off: {reason}");
+        self.cut = Some(reason);
+    }
+
+    fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
+        match self.namespace.unlink(name) {
+            Ok(Unlinked::Removed) => match reason {
+                UnlinkReason::Orphaned => tracing::info!("reaped orphaned segment {name}"),
+                UnlinkReason::Shutdown => tracing::debug!("unlinked {name} at shutdown"),
+            },
+            Ok(Unlinked::Absent) => tracing::trace!("{name} was already gone"),
+            Ok(Unlinked::Foreign) => tracing::warn!("left {name} alone: another user owns it"),
+            Err(err) => tracing::warn!("could not unlink {name}: {err}"),
+        }
+    }
+
+    fn exists(&mut self, name: &SegmentName) -> bool {
+        self.namespace.exists(name).unwrap_or_else(|err| {
+            tracing::warn!("could not check {name}: {err}");
+            true
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PipeTransport;
+    use libshm_core::client::{AckMode, Client};
+    use libshm_core::frame::Frame;
+    use rustix::pipe::{PipeFlags, pipe_with};
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    /// A namespace in memory that records what was unlinked.
+    #[derive(Clone, Default)]
+    struct Names(Arc<Mutex<(BTreeSet<SegmentName>, Vec<SegmentName>)>>);
+
+    impl Names {
+        fn create(&self, name: SegmentName) {
+            self.0.lock().unwrap().0.insert(name);
+        }
+        fn unlinked(&self) -> Vec<SegmentName> {
+            self.0.lock().unwrap().1.clone()
+        }
+    }
+
+    impl Namespace for Names {
+        type Error = std::convert::Infallible;
+        fn exists(&mut self, name: &SegmentName) -> Result<bool, Self::Error> {
+            Ok(self.0.lock().unwrap().0.contains(name))
+        }
+        fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
+            let mut state = self.0.lock().unwrap();
+            Ok(if state.0.remove(name) {
+                state.1.push(*name);
+                Unlinked::Removed
+            } else {
+                Unlinked::Absent
+            })
+        }
+    }
+
+    fn name(n: u32) -> SegmentName {
+        SegmentName::new(format!("/torch_1_2_{n}").as_bytes()).unwrap()
+    }
+
+    /// A manager serving in a thread, and the client's two ends.
+    fn manager(names: &Names) -> (std::thread::JoinHandle<Summary>, OwnedFd, OwnedFd) {
+        let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let ends = ManagerEnds::new(request_read, reply_write).unwrap();
+        let mut namespace = names.clone();
+        let thread =
+            std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut namespace));
+        (thread, request_write, reply_read)
+    }
+
+    #[test]
+    fn end_of_file_unlinks_what_the_client_still_held() {
+        let names = Names::default();
+        let (thread, requests, replies) = manager(&names);
+        let transport =
+            PipeTransport::new(requests, replies, Some(Duration::from_secs(5))).unwrap();
+        let mut client: Client<_> = Client::new(transport, AckMode::Strict);
+        for n in 0..3 {
+            names.create(name(n));
+            client.register(7, name(n)).unwrap();
+        }
+        // The client unlinked name 0 itself, then released it.
+        names.0.lock().unwrap().0.remove(&name(0));
+        client.release(7, name(0), false).unwrap();
+        drop(client);
+        let summary = thread.join().unwrap();
+        assert_eq!(summary.ended, Ended::EndOfFile);
+        assert_eq!(summary.stats.registrations, 3);
+        assert_eq!(summary.stats.releases, 1);
+        assert_eq!(names.unlinked(), [name(1), name(2)]);
+    }
+
+    #[test]
+    fn a_frame_written_just_before_dying_is_still_cleaned_up() {
+        let names = Names::default();
+        let (thread, requests, replies) = manager(&names);
+        names.create(name(9));
+        // Write a registration and vanish without reading the reply.
+        let frame = Frame::register(7, name(9)).encode();
+        rustix::io::write(&requests, &frame).unwrap();
+        drop((requests, replies));
+        let summary = thread.join().unwrap();
+        assert_eq!(summary.ended, Ended::EndOfFile);
+        assert_eq!(summary.stats.registrations, 1);
+        assert_eq!(names.unlinked(), [name(9)]);
+    }
+
+    #[test]
+    fn a_malformed_frame_cuts_the_client_off_and_it_sees_end_of_file() {
+        use libshm_core::transport::Transport;
+        let names = Names::default();
+        let (thread, requests, replies) = manager(&names);
+        let mut transport =
+            PipeTransport::new(requests, replies, Some(Duration::from_secs(5))).unwrap();
+        names.create(name(1));
+        Client::<_, 8>::new(&mut transport, AckMode::Strict)
+            .register(7, name(1))
+            .unwrap();
+        transport.send_all(&[0xff; 68]).unwrap();
+        let summary = thread.join().unwrap();
+        assert!(
+            matches!(
+                summary.ended,
+                Ended::ClosedForCause(CloseReason::Malformed(_))
+            ),
+            "{}",
+            summary.ended
+        );
+        assert_eq!(names.unlinked(), [name(1)], "finished like a shutdown");
+        let mut buf = [0u8; 2];
+        assert_eq!(transport.receive(&mut buf), Ok(0));
+        assert!(transport.is_closed().unwrap());
+    }
+
+    #[test]
+    fn half_a_frame_left_past_the_frame_timeout_ends_the_session() {
+        let names = Names::default();
+        let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let ends = ManagerEnds::new(request_read, reply_write).unwrap();
+        let mut namespace = names.clone();
+        let config = ManagerConfig {
+            frame_timeout: Some(Duration::from_millis(50)),
+            ..ManagerConfig::default()
+        };
+        let thread = std::thread::spawn(move || serve(ends, config, &mut namespace));
+        let transport =
+            PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
+        let mut client: Client<_, 8> = Client::new(transport, AckMode::Strict);
+        names.create(name(4));
+        client.register(7, name(4)).unwrap();
+        let half = Frame::register(7, name(5)).encode();
+        rustix::io::write(client.transport().requests(), &half[..30]).unwrap();
+        let summary = thread.join().unwrap();
+        assert_eq!(
+            summary.ended,
+            Ended::ClosedForCause(CloseReason::StalledFrame)
+        );
+        assert_eq!(names.unlinked(), [name(4)]);
+    }
+
+    #[test]
+    fn inherited_descriptors_must_be_open_and_distinct() {
+        // The soft descriptor limit is the first number no descriptor can have.
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let closed = limit.map_or(i32::MAX, |n| i32::try_from(n).unwrap_or(i32::MAX));
+        // SAFETY: nothing can be open at `closed`, so the call fails before
+        // it takes ownership of anything.
+        let err = unsafe { ManagerEnds::inherited(closed, 0) }.unwrap_err();
+        assert_eq!(err, InheritError::NotOpen { fd: closed });
+        // SAFETY: rejected before anything is borrowed or owned.
+        let err = unsafe { ManagerEnds::inherited(5, 5) }.unwrap_err();
+        assert_eq!(err, InheritError::SameFd { fd: 5 });
+        // SAFETY: a negative number is rejected before anything is borrowed.
+        let err = unsafe { ManagerEnds::inherited(-1, closed) }.unwrap_err();
+        assert_eq!(err, InheritError::NotOpen { fd: -1 });
+    }
+}
