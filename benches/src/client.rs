@@ -1,0 +1,98 @@
+//! The benchmark's client processes: the manager benchmark re-executes itself
+//! in this role, so every client is a real process with its own connection.
+
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+
+use libshm_core::client::{AckMode, Client};
+use libshm_core::handshake::ManagerHandle;
+use libshm_core::name::{NamePrefix, SegmentName};
+use libshm_unix::UnixTransport;
+
+const ROLE: &str = "LIBSHM_BENCH_CLIENT";
+
+/// If this process was started as a benchmark client, runs it and exits.
+/// Call first thing in a benchmark's `main`.
+pub fn run_if_client() {
+    let Ok(spec) = std::env::var(ROLE) else {
+        return;
+    };
+    let code = match serve(&spec) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("bench client: {err}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `handle|count|strict or window`: waits for a line on stdin, then registers
+/// and releases `count` fresh names, then prints `done`.
+fn serve(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut parts = spec.split('|');
+    let handle = ManagerHandle::new(parts.next().unwrap_or_default().as_bytes())?;
+    let count: u64 = parts.next().unwrap_or_default().parse()?;
+    let mode = match parts.next().unwrap_or_default() {
+        "strict" => AckMode::Strict,
+        window => AckMode::Pipelined {
+            max_in_flight: window.parse()?,
+        },
+    };
+    let transport = UnixTransport::connect(&handle, None)?;
+    let mut client: Client<_, 64> = Client::new(transport, mode);
+    let prefix = NamePrefix::new(b"/benchreg_")?;
+    let pid = std::process::id();
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go)?;
+    for i in 0..count {
+        let name = SegmentName::generate(&prefix, pid, 0, i)?;
+        client.register(pid as i32, name)?;
+        client.release(pid as i32, name, false)?;
+    }
+    client.settle()?;
+    println!("done");
+    Ok(())
+}
+
+/// A started client, waiting for `go`.
+pub struct BenchClient {
+    child: Child,
+}
+
+impl BenchClient {
+    /// Starts a client process against `handle`.
+    pub fn spawn(handle: &ManagerHandle, count: u64, mode: AckMode) -> std::io::Result<Self> {
+        let mode = match mode {
+            AckMode::Strict => "strict".to_owned(),
+            AckMode::Pipelined { max_in_flight } => max_in_flight.to_string(),
+        };
+        let child = Command::new(std::env::current_exe()?)
+            .env(ROLE, format!("{handle}|{count}|{mode}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    /// Lets it start.
+    pub fn go(&mut self) -> std::io::Result<()> {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no stdin"))?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()
+    }
+
+    /// Waits until it has finished.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        let status = self.child.wait()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("bench client failed"))
+        }
+    }
+}
