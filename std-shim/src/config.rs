@@ -23,6 +23,10 @@ pub const ENV_PREFIX: &str = "LIBSHM_NAME_PREFIX";
 /// `unix` (default) or `pipe`: how this process reaches the managers it starts.
 pub const ENV_TRANSPORT: &str = "LIBSHM_TRANSPORT";
 
+/// `on` (default) or `off`: whether pipelined clients hand frames to our
+/// manager through a shared-memory journal instead of the socket.
+pub const ENV_JOURNAL: &str = "LIBSHM_JOURNAL";
+
 /// Our manager's file name, looked for next to the running executable and on `PATH`.
 pub const MANAGER_BIN: &str = "shm-manager";
 
@@ -36,6 +40,7 @@ pub struct Config {
     reply_timeout: Option<Duration>,
     quiet_manager: bool,
     transport: TransportKind,
+    journal: bool,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
             reply_timeout: Some(Duration::from_secs(10)),
             quiet_manager: false,
             transport: TransportKind::Unix,
+            journal: true,
         }
     }
 }
@@ -71,6 +77,18 @@ impl Config {
                 var: ENV_PREFIX,
                 why: err.to_string(),
             })?;
+        }
+        if let Some(journal) = env_str(ENV_JOURNAL)? {
+            config.journal = match journal.as_str() {
+                "on" | "1" | "true" => true,
+                "off" | "0" | "false" => false,
+                other => {
+                    return Err(Error::Env {
+                        var: ENV_JOURNAL,
+                        why: format!("{other:?} is not on or off"),
+                    });
+                }
+            };
         }
         if let Some(kind) = env_str(ENV_TRANSPORT)? {
             config.transport = TransportKind::parse(&kind).ok_or_else(|| Error::Env {
@@ -109,6 +127,19 @@ impl Config {
     pub fn reply_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.reply_timeout = timeout;
         self
+    }
+
+    /// Whether pipelined clients offer our manager a registration journal
+    /// (frames through shared memory: no system call per registration).
+    /// PyTorch's manager declines the offer, so it is harmless there.
+    pub fn journal(mut self, enabled: bool) -> Self {
+        self.journal = enabled;
+        self
+    }
+
+    /// Whether journals are offered.
+    pub fn journal_enabled(&self) -> bool {
+        self.journal
     }
 
     /// Silence started managers' stderr.

@@ -57,7 +57,8 @@ pub mod units;
 mod wire;
 
 pub use config::{
-    Config, ENV_ACK, ENV_MANAGER, ENV_PREFIX, ENV_TRANSPORT, MANAGER_BIN, parse_ack_mode,
+    Config, ENV_ACK, ENV_JOURNAL, ENV_MANAGER, ENV_PREFIX, ENV_TRANSPORT, MANAGER_BIN,
+    parse_ack_mode,
 };
 pub use error::Error;
 pub use manager::Manager;

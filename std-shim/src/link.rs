@@ -25,7 +25,8 @@ use std::time::Duration;
 use libshm_core::client::{AckMode, Client, ClientError, ClientFault};
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::name::{NamePrefix, SegmentName};
-use libshm_unix::UnixTransport;
+use libshm_core::transport::Transport;
+use libshm_unix::{SharedJournal, UnixTransport};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -67,6 +68,12 @@ struct LinkState {
     /// The process `client` and `held` belong to.
     pid: u32,
     client: Option<WireClient>,
+    /// The memory of `client`'s journal, if it has one. Declared after
+    /// `client`, and only replaced through `install`, so it always outlives
+    /// the client that views it.
+    journal_memory: Option<SharedJournal>,
+    /// Whether to offer journals to Unix managers.
+    offer_journal: bool,
     held: HashMap<SegmentName, u32>,
 }
 
@@ -103,6 +110,8 @@ impl Link {
             timeout: config.timeout(),
             pid: current_pid(),
             client,
+            journal_memory: None,
+            offer_journal: config.journal_enabled(),
             held: HashMap::new(),
         };
         Self {
@@ -273,7 +282,9 @@ impl LinkState {
             None => match self.kind {
                 TransportKind::Unix => {
                     let handle = self.handle;
-                    self.connect_unix(handle).map_err(RegisterError::Connect)?
+                    let (client, journal) =
+                        self.connect_unix(handle).map_err(RegisterError::Connect)?;
+                    return Ok(self.install(client, journal));
                 }
                 // Nobody can reach a pipe manager again (after a fork, or a
                 // recovery that failed): start one of our own, and tell it
@@ -289,13 +300,51 @@ impl LinkState {
         Ok(self.client.insert(client))
     }
 
-    fn connect_unix(&self, handle: ManagerHandle) -> Result<WireClient, Error> {
+    /// Makes `client` (with the memory of its journal) the link's connection.
+    fn install(&mut self, client: WireClient, journal: Option<SharedJournal>) -> &mut WireClient {
+        self.client = None; // the old client goes first...
+        self.journal_memory = journal; // ...then the memory it may have viewed
+        self.client.insert(client)
+    }
+
+    /// Connects to a Unix manager and, when pipelined, offers it a journal.
+    fn connect_unix(
+        &self,
+        handle: ManagerHandle,
+    ) -> Result<(WireClient, Option<SharedJournal>), Error> {
         let transport =
             UnixTransport::connect(&handle, self.timeout).map_err(|source| Error::Connect {
                 handle: handle.to_string(),
                 source,
             })?;
-        Ok(Client::new(Wire::Unix(transport), self.mode))
+        let mut client = Client::new(Wire::Unix(transport), self.mode);
+        if !self.offer_journal || self.mode == AckMode::Strict {
+            return Ok((client, None));
+        }
+        let memory = match SharedJournal::create(SharedJournal::DEFAULT_CAPACITY) {
+            Ok(memory) => memory,
+            Err(err) => {
+                tracing::debug!("no journal (using the socket): {err}");
+                return Ok((client, None));
+            }
+        };
+        // SAFETY: the view is only used by `client`, and `install` keeps
+        // `memory` alive until `client` is gone.
+        let journal = unsafe { memory.journal_unbounded() };
+        let offered = client.attach_journal(self.pid as i32, journal, |wire, bytes| match wire {
+            Wire::Unix(socket) => socket
+                .send_with_fd(bytes, memory.fd())
+                .map_err(WireError::Unix),
+            Wire::Pipe(pipes) => pipes.send_all(bytes).map_err(WireError::Pipe),
+        });
+        match offered {
+            Ok(true) => Ok((client, Some(memory))),
+            Ok(false) => Ok((client, None)),
+            Err(source) => Err(Error::Manager {
+                handle: handle.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Starts a private pipe manager for this link; it becomes the link's manager.
@@ -328,15 +377,15 @@ impl LinkState {
     fn recover(&mut self) -> Result<(), Error> {
         let old = self.handle;
         self.client = None;
-        let mut client = match (self.origin, self.kind) {
+        let (mut client, journal) = match (self.origin, self.kind) {
             (Origin::Launched, TransportKind::Unix) => {
                 let new = registry::config()?.launcher()?.launch()?.handle;
                 self.handle = new;
                 self.connect_unix(new)?
             }
-            (Origin::Launched, TransportKind::Pipe) => self.launch_pipe()?,
+            (Origin::Launched, TransportKind::Pipe) => (self.launch_pipe()?, None),
             (Origin::Given, _) => match self.connect_unix(old) {
-                Ok(client) => client,
+                Ok(connected) => connected,
                 Err(_) => {
                     let fallback = match registry::config()?.transport_kind() {
                         TransportKind::Unix => Some(registry::default_link()?.handle()),
@@ -350,7 +399,7 @@ impl LinkState {
                         // This process does not share managers: the link gets
                         // a private one (the default's pipes have room for
                         // one client only).
-                        None => self.launch_pipe()?,
+                        None => (self.launch_pipe()?, None),
                     }
                 }
             },
@@ -361,7 +410,7 @@ impl LinkState {
             self.held.len(),
             self.handle
         );
-        self.client = Some(client);
+        self.install(client, journal);
         Ok(())
     }
 }

@@ -38,8 +38,11 @@ pub(crate) struct Args {
 /// A variant to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Kind {
-    /// Our client, not waiting for replies.
+    /// Our client, not waiting for replies (through a journal where the
+    /// manager takes one).
     Pipelined,
+    /// Our client, not waiting for replies, writing every frame to the socket.
+    Socket,
     /// Our client, waiting for OK after every registration (PyTorch's way).
     Strict,
 }
@@ -81,6 +84,15 @@ pub(crate) fn run(args: &Args) -> Outcome {
             variants.push(Variant {
                 label: "libshm, pipelined".into(),
                 manager: Some(Manager::launch(&base.clone().ack_mode(AckMode::default()))?),
+                samples: Vec::new(),
+            });
+        }
+        if wanted(Kind::Socket) {
+            variants.push(Variant {
+                label: "libshm, pipelined, socket frames".into(),
+                manager: Some(Manager::launch(
+                    &base.clone().ack_mode(AckMode::default()).journal(false),
+                )?),
                 samples: Vec::new(),
             });
         }
