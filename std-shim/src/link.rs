@@ -373,34 +373,66 @@ impl LinkState {
         client.settle().map_err(manager_error)
     }
 
+    /// Reconnects to `handle`, or starts a manager that adopts it.
+    fn revive(
+        &mut self,
+        handle: ManagerHandle,
+    ) -> Result<(WireClient, Option<SharedJournal>), Error> {
+        if let Ok(connected) = self.connect_unix(handle) {
+            return Ok(connected);
+        }
+        let launcher = registry::config()?
+            .launcher()?
+            .args(["--adopt", handle.as_str()]);
+        // Our manager answers with the same handle; one that cannot adopt
+        // (PyTorch's ignores the option) with a handle of its own.
+        let revived = launcher.launch()?.handle;
+        self.handle = revived;
+        self.connect_unix(revived)
+    }
+
+    /// A different manager: a new one of ours if the dead one was ours, else
+    /// this process's default.
+    fn replace_manager(
+        &mut self,
+        old: ManagerHandle,
+    ) -> Result<(WireClient, Option<SharedJournal>), Error> {
+        if self.origin == Origin::Launched {
+            let new = registry::config()?.launcher()?.launch()?.handle;
+            self.handle = new;
+            return self.connect_unix(new);
+        }
+        let fallback = match registry::config()?.transport_kind() {
+            TransportKind::Unix => Some(registry::default_link()?.handle()),
+            TransportKind::Pipe => None,
+        };
+        match fallback.filter(|handle| *handle != old && !libshm_pipe::is_pipe_handle(handle)) {
+            Some(new) => {
+                self.handle = new;
+                self.connect_unix(new)
+            }
+            // This process does not share managers: the link gets a private
+            // one (the default's pipes have room for one client only).
+            None => Ok((self.launch_pipe()?, None)),
+        }
+    }
+
     /// Finds a live manager and registers everything still held with it.
+    ///
+    /// First choice is the same handle: reconnecting, or starting a manager
+    /// that adopts the dead one's directory, so every process that knew the
+    /// handle (and every handle already passed around) meets again there.
+    /// Failing that, a manager of our own.
     fn recover(&mut self) -> Result<(), Error> {
         let old = self.handle;
         self.client = None;
-        let (mut client, journal) = match (self.origin, self.kind) {
-            (Origin::Launched, TransportKind::Unix) => {
-                let new = registry::config()?.launcher()?.launch()?.handle;
-                self.handle = new;
-                self.connect_unix(new)?
-            }
-            (Origin::Launched, TransportKind::Pipe) => (self.launch_pipe()?, None),
-            (Origin::Given, _) => match self.connect_unix(old) {
+        let (mut client, journal) = match self.kind {
+            TransportKind::Pipe => (self.launch_pipe()?, None),
+            TransportKind::Unix => match self.revive(old) {
                 Ok(connected) => connected,
-                Err(_) => {
-                    let fallback = match registry::config()?.transport_kind() {
-                        TransportKind::Unix => Some(registry::default_link()?.handle()),
-                        TransportKind::Pipe => None,
-                    };
-                    match fallback.filter(|handle| !libshm_pipe::is_pipe_handle(handle)) {
-                        Some(new) => {
-                            self.handle = new;
-                            self.connect_unix(new)?
-                        }
-                        // This process does not share managers: the link gets
-                        // a private one (the default's pipes have room for
-                        // one client only).
-                        None => (self.launch_pipe()?, None),
-                    }
+                Err(err) => {
+                    tracing::debug!("could not revive manager {old}: {err}");
+                    self.replace_manager(old)?
                 }
             },
         };

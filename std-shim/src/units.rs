@@ -37,6 +37,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration"))?;
     let seconds = match unit {
+        "us" | "µs" => value / 1e6,
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,

@@ -94,3 +94,69 @@ fn a_segment_the_dead_process_opened_is_reaped_after_the_live_holder_lets_go() {
         "reaped"
     );
 }
+
+/// The `handle=...` field of a report line.
+fn handle_of(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("handle="))
+        .unwrap_or_else(|| panic!("no handle in {line:?}"))
+        .to_owned()
+}
+
+#[test]
+fn clients_of_a_killed_manager_meet_again_at_the_same_handle_and_leak_nothing() {
+    let mut daemon = Daemon::start(&["--reap-grace", "1s"]);
+    let handle = daemon.handle.clone();
+    let mut first = Holder::spawn(&["create", "--manager", &handle, "--count", "2"], 2, &[]);
+    let mut second = Holder::spawn(&["create", "--manager", &handle, "--count", "2"], 2, &[]);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+
+    // Each notices on its next call; the first to notice starts a manager
+    // that adopts the dead one's directory, the other finds it there.
+    let reply = first.ask("create 4096");
+    assert_eq!(
+        handle_of(&reply),
+        handle,
+        "first recovered at the old handle: {reply}"
+    );
+    let reply = second.ask("create 4096");
+    assert_eq!(handle_of(&reply), handle, "second met it there: {reply}");
+
+    // The revived manager knows what both hold: the first dies, and its
+    // segments (re-registered and new) are reaped while the second lives on.
+    let first_names: Vec<String> = first.names();
+    let mut first_new = first_names.clone();
+    first_new.push(reply_name(&first.ask("create 4096")));
+    first.kill();
+    let killed = Instant::now();
+    // The revived manager runs with the clients' defaults: a 2 s grace period.
+    assert!(wait_until(Duration::from_secs(4), || first_new
+        .iter()
+        .all(|n| !shm_exists(n))));
+    assert!(
+        killed.elapsed() <= Duration::from_secs(3),
+        "within the grace period plus 1 s"
+    );
+    assert!(
+        second.names().iter().all(|n| shm_exists(n)),
+        "the survivor's segments are untouched"
+    );
+    assert_eq!(second.ask("refcount"), "refcount=1,1,1");
+
+    let second_names = second.names();
+    assert!(second.finish().success());
+    assert!(second_names.iter().all(|n| !shm_exists(n)));
+    let dir = std::path::Path::new(&handle).parent().unwrap().to_owned();
+    assert!(
+        wait_until(Duration::from_secs(4), || !dir.exists()),
+        "the revived manager cleaned up after itself"
+    );
+}
+
+fn reply_name(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("name="))
+        .unwrap_or_else(|| panic!("no name in {line:?}"))
+        .to_owned()
+}

@@ -39,6 +39,24 @@ const READS_PER_ROUND: usize = 4;
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How long to stop accepting when out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How the loop trades CPU for latency.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// After a busy round, keep polling without sleeping for this long,
+    /// yielding the CPU in between. A client that waits for each `OK`
+    /// (PyTorch's) sends its next frame within microseconds; catching it
+    /// awake spares the manager a sleep and a wake-up per frame, and the
+    /// client the cost of waking it. Zero always sleeps.
+    pub spin: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            spin: Duration::from_micros(50),
+        }
+    }
+}
 
 /// What the loop did, for the exit log.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +73,16 @@ pub fn serve<N: Namespace>(
     config: ManagerConfig,
     namespace: &mut N,
 ) -> Summary {
+    serve_tuned(listener, config, namespace, Tuning::default())
+}
+
+/// [`serve`] with explicit [`Tuning`].
+pub fn serve_tuned<N: Namespace>(
+    listener: Listener,
+    config: ManagerConfig,
+    namespace: &mut N,
+    tuning: Tuning,
+) -> Summary {
     let clock = Clock::start();
     let mut manager: Manager<Growable> = Manager::new(config, clock.now());
     let mut driver = Driver {
@@ -69,6 +97,8 @@ pub fn serve<N: Namespace>(
     let mut revents: Vec<PollFlags> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut accept_paused_until: Option<Instant> = None;
+    let mut last_busy: Option<Instant> = None;
+    let mut idle_spins = 0u32;
 
     loop {
         let now = clock.now();
@@ -88,6 +118,13 @@ pub fn serve<N: Namespace>(
         if let Some(until) = accept_paused_until {
             let pause = until.saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(pause, |t| t.min(pause)));
+        }
+        let spinning = last_busy.is_some_and(|at| at.elapsed() < tuning.spin);
+        if spinning {
+            if idle_spins > 0 {
+                rustix::thread::sched_yield();
+            }
+            timeout = Some(Duration::ZERO);
         }
 
         order.clear();
@@ -123,6 +160,12 @@ pub fn serve<N: Namespace>(
             }
             revents.clear();
             revents.extend(fds.iter().map(PollFd::revents));
+        }
+        if revents.iter().any(|events| !events.is_empty()) {
+            last_busy = Some(Instant::now());
+            idle_spins = 0;
+        } else if spinning {
+            idle_spins += 1;
         }
         let now = clock.now();
 

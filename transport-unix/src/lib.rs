@@ -50,9 +50,9 @@ mod rundir;
 mod shared_journal;
 mod socket;
 
-pub use event_loop::{Summary, serve};
+pub use event_loop::{Summary, Tuning, serve, serve_tuned};
 pub use launcher::{LaunchError, Launched, Launcher};
 pub use listener::{Accepted, Listener};
-pub use rundir::{DIR_PREFIX, RunDir, SOCKET_NAME};
+pub use rundir::{Adoption, DIR_PREFIX, RunDir, SOCKET_NAME};
 pub use shared_journal::{AdoptError, SharedJournal};
 pub use socket::{SocketError, UnixTransport};

@@ -29,7 +29,7 @@ use libshm::core::manager::ManagerConfig;
 use libshm::core::name::NamePrefix;
 use libshm::units::{parse_duration, parse_optional_duration};
 use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
-use libshm_unix::{Listener, RunDir};
+use libshm_unix::{Adoption, Listener, RunDir};
 
 /// Environment variable for the log level when no flag is given (error, warn,
 /// info, debug, trace). PyTorch starts the manager without arguments, so this
@@ -74,9 +74,21 @@ struct Args {
     #[arg(long)]
     run_dir: Option<PathBuf>,
 
+    /// Serve at the handle of a manager that died, taking over its private
+    /// directory, so clients that knew that handle find a manager there again.
+    /// If a live manager already serves it, print the handle and exit.
+    #[arg(long, value_name = "HANDLE", conflicts_with = "run_dir")]
+    adopt: Option<PathBuf>,
+
     /// Refuse more than this many simultaneous clients (unix transport only).
     #[arg(long, default_value_t = 65_536)]
     max_clients: usize,
+
+    /// After a burst, poll this long without sleeping (yielding the CPU) so a
+    /// client that waits for each reply is answered without wake-ups; `0`
+    /// always sleeps.
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    spin: Duration,
 
     /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warnings).
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -118,10 +130,23 @@ fn main() -> ExitCode {
 
 fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
     raise_fd_limit();
-    let base = args.run_dir.clone().unwrap_or_else(RunDir::default_base);
-    let listener = match RunDir::create(&base).and_then(Listener::bind) {
-        Ok(listener) => listener,
-        Err(err) => {
+    let dir = match &args.adopt {
+        Some(handle) => match RunDir::adopt(handle) {
+            Ok(Adoption::Adopted(dir)) => Ok(dir),
+            Ok(Adoption::Served) => return point_at_live_manager(handle),
+            Err(err) => return fail(&err.to_string()),
+        },
+        None => {
+            let base = args.run_dir.clone().unwrap_or_else(RunDir::default_base);
+            RunDir::create(&base).map_err(|err| (base, err))
+        }
+    };
+    let listener = match dir {
+        Ok(dir) => match Listener::bind(dir) {
+            Ok(listener) => listener,
+            Err(err) => return fail(&format!("could not bind the manager socket: {err}")),
+        },
+        Err((base, err)) => {
             return fail(&format!(
                 "could not create the manager socket under {}: {err}",
                 base.display()
@@ -133,7 +158,13 @@ fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
         return ExitCode::FAILURE;
     }
     tracing::info!(handle = %listener.handle(), "serving");
-    let summary = libshm_unix::serve(listener, config, &mut ShmNamespace::for_current_user());
+    let tuning = libshm_unix::Tuning { spin: args.spin };
+    let summary = libshm_unix::serve_tuned(
+        listener,
+        config,
+        &mut ShmNamespace::for_current_user(),
+        tuning,
+    );
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
 }
@@ -197,6 +228,25 @@ struct Switchable(Option<Duration>);
 
 fn optional_duration(text: &str) -> Result<Switchable, String> {
     parse_optional_duration(text).map(Switchable)
+}
+
+/// Another manager adopted `handle` first (or it never died): wait until it
+/// accepts connections, then hand the client that handle.
+fn point_at_live_manager(handle: &std::path::Path) -> ExitCode {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::os::unix::net::UnixStream::connect(handle).is_err() {
+        if std::time::Instant::now() >= deadline {
+            return fail(&format!(
+                "the manager at {} holds its directory but does not answer",
+                handle.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match handshake(&format!("{}\n", handle.display())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
