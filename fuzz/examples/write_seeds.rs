@@ -17,13 +17,15 @@ use libshm_core::frame::{FRAME_LEN, Frame};
 use libshm_core::name::SegmentName;
 use libshm_fuzz::client_script::{ClientEvent, ClientScript};
 use libshm_fuzz::handshake_check::HandshakeInput;
+use libshm_fuzz::manager_script::{Event, ManagerScript, PeerUid, Piece, Setup, StorageChoice};
 use libshm_fuzz::name_pool;
 
 fn main() -> std::io::Result<()> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let targets: [(&str, Seeds); 3] = [
+    let targets: [(&str, Seeds); 4] = [
         ("frame", frame_seeds()),
         ("handshake", handshake_seeds()),
+        ("manager", manager_seeds()),
         ("client", client_seeds()),
     ];
     for (target, seeds) in targets {
@@ -140,6 +142,330 @@ fn handshake_seeds() -> Seeds {
         (
             "line_past_line_max",
             HandshakeInput::encode(64, false, &[b'a'; 1100]),
+        ),
+    ]
+}
+
+/// Like `shm-manager` started by PyTorch: growable tables, 2 s timeouts,
+/// `/torch_` names and the owner's uid only.
+fn daemon_setup() -> Setup {
+    Setup {
+        storage: StorageChoice::Growable,
+        shutdown_after_ms: 2_000,
+        reap_grace_ms: Some(2_000),
+        frame_timeout_ms: Some(5_000),
+        torch_prefix_only: true,
+        owner_uid_only: true,
+        max_connections: None,
+        max_names: None,
+    }
+}
+
+fn manager_seeds() -> Seeds {
+    let a = name_pool::pick(0);
+    let b = name_pool::pick(1);
+    let c = name_pool::pick(2);
+    const CONNECT: Event = Event::Connect {
+        uid: PeerUid::Owner,
+        pid: 42,
+    };
+    let send = |conn: u8, piece: Piece| Event::Send {
+        conn,
+        piece,
+        hold_back: false,
+    };
+    let hold = |conn: u8, piece: Piece| Event::Send {
+        conn,
+        piece,
+        hold_back: true,
+    };
+    let register = |name: SegmentName| Piece::Register { name, pid: 42 };
+    let release = |name: SegmentName| Piece::Release { name, pid: 42 };
+    let created = |name: SegmentName| Event::SegmentCreated { name };
+    let unlinked = |name: SegmentName| Event::SegmentUnlinked { name };
+    let script = |setup: Setup, events: Vec<Event>| ManagerScript { setup, events }.encode();
+    let small = Setup {
+        storage: StorageChoice::Small,
+        ..daemon_setup()
+    };
+    let lenient = Setup {
+        torch_prefix_only: false,
+        owner_uid_only: false,
+        ..daemon_setup()
+    };
+
+    vec![
+        (
+            "our_client_unlinks_then_releases_then_idle_shutdown",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    unlinked(a),
+                    send(0, release(a)),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "pytorch_client_releases_then_unlinks_so_a_probe_forgets",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    send(0, release(a)),
+                    unlinked(a),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "crash_while_holding_then_reaped_when_grace_runs_out",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    created(b),
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    send(1, register(b)),
+                    Event::Disconnect { conn: 0 },
+                    Event::Tick { advance: 150 },
+                    Event::TickAtWakeup,
+                    send(1, release(b)),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "orphan_registered_again_is_not_reaped",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    Event::Disconnect { conn: 0 },
+                    Event::Tick { advance: 50 },
+                    send(1, register(a)),
+                    Event::TickAtWakeup,
+                    Event::Tick { advance: 200 },
+                ],
+            ),
+        ),
+        (
+            "name_in_transit_survives_long_waits",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    send(0, release(a)),
+                    Event::Disconnect { conn: 0 },
+                    Event::Tick { advance: 255 },
+                    Event::Tick { advance: 255 },
+                    Event::TickAtWakeup,
+                    send(1, register(a)),
+                    unlinked(a),
+                    send(1, release(a)),
+                ],
+            ),
+        ),
+        (
+            "frames_split_across_reads_then_a_stall_times_out",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    hold(0, register(a)),
+                    hold(0, register(b)),
+                    Event::Deliver {
+                        conn: 0,
+                        max_bytes: 100,
+                    },
+                    Event::Deliver {
+                        conn: 0,
+                        max_bytes: 30,
+                    },
+                    send(1, register(c)),
+                    Event::Tick { advance: 100 },
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "pipelined_registrations_and_release_in_one_read",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    hold(0, register(a)),
+                    hold(0, register(b)),
+                    hold(0, release(a)),
+                    hold(0, register(c)),
+                    Event::Deliver {
+                        conn: 0,
+                        max_bytes: 0,
+                    },
+                ],
+            ),
+        ),
+        (
+            "bad_free_flag_closes_only_its_connection",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    send(0, register(a)),
+                    hold(
+                        0,
+                        Piece::Mangled {
+                            name: b,
+                            at: 4,
+                            value: 2,
+                        },
+                    ),
+                    hold(0, register(c)),
+                    Event::Deliver {
+                        conn: 0,
+                        max_bytes: 0,
+                    },
+                    send(1, register(b)),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "garbage_bytes_close_the_connection",
+            script(
+                lenient,
+                vec![
+                    CONNECT,
+                    send(
+                        0,
+                        Piece::Raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3)),
+                    ),
+                ],
+            ),
+        ),
+        (
+            "release_of_a_name_not_held_closes",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    send(0, register(a)),
+                    send(1, release(a)),
+                    send(0, release(a)),
+                ],
+            ),
+        ),
+        (
+            "repeated_registration_needs_as_many_releases",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    send(0, register(a)),
+                    send(0, release(a)),
+                    send(0, release(a)),
+                    send(0, release(a)),
+                ],
+            ),
+        ),
+        (
+            "small_tables_refuse_registrations_and_connections",
+            script(
+                small,
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    CONNECT,
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    send(0, register(c)),
+                    send(1, register(name_pool::pick(3))),
+                    send(1, register(name_pool::pick(4))),
+                    send(1, register(a)),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "foreign_uid_and_foreign_name_are_turned_away",
+            script(
+                daemon_setup(),
+                vec![
+                    Event::Connect {
+                        uid: PeerUid::Foreign,
+                        pid: 1,
+                    },
+                    Event::Connect {
+                        uid: PeerUid::Unknown,
+                        pid: 2,
+                    },
+                    CONNECT,
+                    send(0, register(a)),
+                    send(0, register(name_pool::pick(5))),
+                    send(0, register(b)),
+                ],
+            ),
+        ),
+        (
+            "idle_shutdown_unlinks_every_known_name",
+            script(
+                Setup {
+                    reap_grace_ms: None,
+                    ..daemon_setup()
+                },
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    created(b),
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    send(0, release(b)),
+                    Event::Disconnect { conn: 0 },
+                    Event::Tick { advance: 255 },
+                    Event::Disconnect { conn: 1 },
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "bytes_to_closed_and_never_issued_connections_vanish",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    Event::Disconnect { conn: 0 },
+                    CONNECT,
+                    send(1, register(a)),
+                    send(0, register(b)),
+                    send(2, register(c)),
+                    Event::Disconnect { conn: 2 },
+                    send(1, release(a)),
+                ],
+            ),
         ),
     ]
 }

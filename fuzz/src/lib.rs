@@ -6,6 +6,9 @@
 //!
 //! - [`frame_check`]: `Frame::parse` on any bytes, and its round trip.
 //! - [`handshake_check`]: the manager's handshake line, read in any pieces.
+//! - [`manager_script`] and [`manager_model`]: the manager state machine
+//!   driven by arbitrary connections, frames, garbage, disconnects, ticks and
+//!   namespace changes, checked against a reference model.
 //! - [`client_script`]: the client session fed arbitrary replies.
 //!
 //! Inputs are decoded with [`cursor::Cursor`] in formats documented beside each
@@ -20,4 +23,6 @@ pub mod client_script;
 pub mod cursor;
 pub mod frame_check;
 pub mod handshake_check;
+pub mod manager_model;
+pub mod manager_script;
 pub mod name_pool;

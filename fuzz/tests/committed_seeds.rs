@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use libshm_fuzz::client_script::{ClientScript, run_client_script};
 use libshm_fuzz::frame_check::check_frame;
 use libshm_fuzz::handshake_check::{HandshakeInput, check_handshake};
+use libshm_fuzz::manager_model::run_manager_script;
+use libshm_fuzz::manager_script::ManagerScript;
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,6 +39,20 @@ fn frame_seeds_pass() {
 fn handshake_seeds_pass() {
     for (_, bytes) in seeds("handshake") {
         check_handshake(&HandshakeInput::decode(&bytes));
+    }
+}
+
+#[test]
+fn manager_seeds_pass_and_round_trip() {
+    for (path, bytes) in seeds("manager") {
+        let script = ManagerScript::decode(&bytes);
+        assert_eq!(
+            script.encode(),
+            bytes,
+            "{} does not round-trip",
+            path.display()
+        );
+        run_manager_script(&script);
     }
 }
 
