@@ -449,6 +449,41 @@ impl<S: Storage> Manager<S> {
         }
     }
 
+    /// Takes on `name` as an orphan: a segment whose holder died while no
+    /// manager was watching (a manager that replaced a dead one finds these).
+    /// It is unlinked after the grace period unless someone registers it
+    /// first. A name a live connection holds is left alone; a released one is
+    /// taken on too, since after a manager's death "released" may only mean
+    /// that its other holders died unseen. Returns whether it was taken on.
+    pub fn adopt_orphan(&mut self, name: SegmentName, now: Timestamp) -> bool {
+        let wake = self
+            .config
+            .reap_grace
+            .map(|grace| now.after(grace).round_up(REAP_GRANULARITY_MS));
+        if let Some(record) = self.names.get_mut(&name) {
+            if record.live > 0 || record.died_holding {
+                return false;
+            }
+            record.died_holding = true;
+            record.wake = wake;
+        } else {
+            if self.names.len() >= self.config.max_names {
+                return false;
+            }
+            let record = NameRecord {
+                live: 0,
+                died_holding: true,
+                wake,
+                probes: 0,
+            };
+            if self.names.insert(name, record).is_err() {
+                return false;
+            }
+        }
+        self.wake = min_opt(self.wake, wake);
+        true
+    }
+
     /// Closes `conn` for a reason the driver found (a corrupt journal, say).
     pub fn evict(
         &mut self,

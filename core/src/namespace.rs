@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-use crate::name::SegmentName;
+use crate::name::{NamePrefix, SegmentName};
 
 /// What an unlink attempt found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,4 +30,17 @@ pub trait Namespace {
 
     /// Removes `name` if it exists and belongs to the caller's user.
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error>;
+
+    /// Calls `each` for every name under `prefix` that belongs to the
+    /// caller's user and looks leaked: its creator is dead and no process
+    /// maps or holds it. Asked only by a manager that took over from a dead
+    /// one and so cannot know what its predecessor knew. The default finds
+    /// nothing.
+    fn leaked(
+        &mut self,
+        _prefix: &NamePrefix,
+        _each: &mut dyn FnMut(SegmentName),
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use libshm_core::ack::{ACK, REFUSAL};
 use libshm_core::frame::{FRAME_LEN, Frame, FrameKind};
+use libshm_core::journal;
 use libshm_core::manager::{
     CloseReason, ConnId, ConnectError, Effects, Manager, ManagerConfig, NameState, Peer, Status,
     UnlinkReason,
@@ -401,6 +402,20 @@ impl<S: Storage> Harness<S> {
             }
         };
         let name = frame.name;
+        if journal::is_reserved(&name) {
+            // Journal offers are declined (this driver has no journals), the
+            // doorbell is answered, releases of either are ignored, and none
+            // of it enters the tables.
+            if frame.kind == FrameKind::Register {
+                let answer = if name == journal::SETUP { REFUSAL } else { ACK };
+                assert_eq!(
+                    effects.next(),
+                    Some(Effect::Reply(id, answer)),
+                    "answer to {name} on {id}"
+                );
+            }
+            return Closed::No;
+        }
         match frame.kind {
             FrameKind::Register => {
                 if let Some(prefix) = self.config.name_prefix
@@ -444,25 +459,15 @@ impl<S: Storage> Harness<S> {
                 if self.holders(&name) > 0 {
                     return Closed::No;
                 }
-                // The last live holder let go: the manager must ask whether the
-                // segment is still there, and forget it if not.
-                match effects.next() {
-                    Some(Effect::Exists(asked, exists)) if asked == name => {
-                        if exists {
-                            let record = self
-                                .names
-                                .get_mut(&name)
-                                .unwrap_or_else(|| panic!("{name} held but unknown"));
-                            if record.died_holding {
-                                record.orphan_since = Some(self.now);
-                            }
-                        } else {
-                            self.names.remove(&name);
-                        }
-                    }
-                    other => panic!(
-                        "last release of {name} on {id}: expected an existence check, got {other:?}"
-                    ),
+                // The last live holder let go. Whether the segment still
+                // exists is asked later, in a tick's sweep, never here; a name
+                // some holder died holding becomes an orphan now.
+                let record = self
+                    .names
+                    .get_mut(&name)
+                    .unwrap_or_else(|| panic!("{name} held but unknown"));
+                if record.died_holding {
+                    record.orphan_since = Some(self.now);
                 }
                 Closed::No
             }

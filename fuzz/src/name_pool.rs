@@ -6,6 +6,7 @@
 //! has more names than the small fixed-capacity tables hold, so "table full"
 //! is reached too.
 
+use libshm_core::journal;
 use libshm_core::name::SegmentName;
 
 /// The names, in index order.
@@ -23,9 +24,21 @@ pub const NAME_POOL: [&str; 8] = [
     "/torch_4294967295_4294967295_184467440737095516_12345678901",
 ];
 
+/// The journal's reserved names, which an input byte of [`RESERVED_FROM`] or
+/// more picks: the manager answers them without entering them in its tables.
+pub const RESERVED: [&str; 2] = [journal::SETUP_NAME, journal::DOORBELL_NAME];
+
+/// Bytes from here on pick a reserved name; smaller ones the pool (so the
+/// committed seeds, which use small indexes, keep their meaning).
+pub const RESERVED_FROM: u8 = 0xF8;
+
 /// The pool entry an input byte picks (any byte picks one).
 pub fn pick(choice: u8) -> SegmentName {
-    let text = NAME_POOL[usize::from(choice) % NAME_POOL.len()];
+    let text = if choice >= RESERVED_FROM {
+        RESERVED[usize::from(choice - RESERVED_FROM) % RESERVED.len()]
+    } else {
+        NAME_POOL[usize::from(choice) % NAME_POOL.len()]
+    };
     // Every pool entry is a valid name; `every_pool_name_is_valid` pins it.
     SegmentName::new(text.as_bytes()).unwrap_or_else(|err| panic!("pool name {text}: {err}"))
 }

@@ -74,6 +74,8 @@ struct LinkState {
     journal_memory: Option<SharedJournal>,
     /// Whether to offer journals to Unix managers.
     offer_journal: bool,
+    /// Prefix of the names this link creates (told to a manager it revives).
+    prefix: NamePrefix,
     held: HashMap<SegmentName, u32>,
 }
 
@@ -112,6 +114,7 @@ impl Link {
             client,
             journal_memory: None,
             offer_journal: config.journal_enabled(),
+            prefix: *config.prefix(),
             held: HashMap::new(),
         };
         Self {
@@ -381,9 +384,12 @@ impl LinkState {
         if let Ok(connected) = self.connect_unix(handle) {
             return Ok(connected);
         }
-        let launcher = registry::config()?
-            .launcher()?
-            .args(["--adopt", handle.as_str()]);
+        let launcher = registry::config()?.launcher()?.args([
+            "--adopt",
+            handle.as_str(),
+            "--sweep-prefix",
+            self.prefix.as_str(),
+        ]);
         // Our manager answers with the same handle; one that cannot adopt
         // (PyTorch's ignores the option) with a handle of its own.
         let revived = launcher.launch()?.handle;

@@ -162,6 +162,20 @@ impl Namespace for ShmNamespace {
         }
     }
 
+    fn leaked(
+        &mut self,
+        prefix: &libshm_core::name::NamePrefix,
+        each: &mut dyn FnMut(SegmentName),
+    ) -> Result<(), Self::Error> {
+        let scan = crate::inspect::scan(prefix).map_err(std::io::Error::other)?;
+        for segment in scan.segments {
+            if segment.status == crate::inspect::Status::Leaked && segment.owner_uid == self.uid {
+                each(segment.name);
+            }
+        }
+        Ok(())
+    }
+
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
         let fd = match rustix::shm::open(name.as_str(), OFlags::RDONLY | nofollow(), Mode::empty())
         {

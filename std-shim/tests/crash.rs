@@ -160,3 +160,34 @@ fn reply_name(line: &str) -> String {
         .unwrap_or_else(|| panic!("no name in {line:?}"))
         .to_owned()
 }
+
+#[test]
+fn segments_of_a_process_that_died_while_its_manager_was_dead_are_swept_up() {
+    let prefix = format!("/crashT{}_", std::process::id());
+    let envs = [("LIBSHM_NAME_PREFIX", prefix.as_str())];
+    let mut daemon = Daemon::start(&[]);
+    let handle = daemon.handle.clone();
+    let unlucky = Holder::spawn(&["create", "--manager", &handle, "--count", "2"], 2, &envs);
+    let mut survivor = Holder::spawn(&["create", "--manager", &handle], 1, &envs);
+    let lost = unlucky.names();
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    unlucky.kill(); // dies before it ever noticed: no manager knows its segments now
+
+    let reply = survivor.ask("create 4096");
+    let revived = Instant::now();
+    assert_eq!(handle_of(&reply), handle);
+    assert!(lost.iter().all(|n| shm_exists(n)));
+    assert!(
+        wait_until(Duration::from_secs(4), || lost
+            .iter()
+            .all(|n| !shm_exists(n))),
+        "the revived manager found and reaped them"
+    );
+    assert!(
+        revived.elapsed() <= Duration::from_secs(3),
+        "within the grace period plus 1 s"
+    );
+    assert!(survivor.names().iter().all(|n| shm_exists(n)));
+    assert!(survivor.finish().success());
+}

@@ -20,7 +20,7 @@ use libshm_core::frame::FRAME_LEN;
 use libshm_core::manager::{
     CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer, Stats, Status, UnlinkReason,
 };
-use libshm_core::name::SegmentName;
+use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::namespace::{Namespace, Unlinked};
 use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
@@ -37,10 +37,17 @@ const MAX_REPLY_BACKLOG: usize = 1 << 20;
 const READS_PER_ROUND: usize = 4;
 /// Accepts per poll round.
 const ACCEPTS_PER_ROUND: usize = 64;
+/// How often journals are read when nothing else makes the manager look: a
+/// release committed to a journal counts from when it is read, so this bounds
+/// how late an orphan's grace period can start.
+const JOURNAL_READ_INTERVAL: Duration = Duration::from_millis(100);
+/// A manager that took over from a dead one sweeps once a second for this
+/// many seconds.
+const RECOVERY_SWEEPS: u64 = 10;
 /// How long to stop accepting when out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How the loop trades CPU for latency.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Tuning {
     /// After a busy round, keep polling without sleeping for this long,
     /// yielding the CPU in between. A client that waits for each `OK`
@@ -48,12 +55,19 @@ pub struct Tuning {
     /// awake spares the manager a sleep and a wake-up per frame, and the
     /// client the cost of waking it. Zero always sleeps.
     pub spin: Duration,
+    /// Set when this manager took over from a dead one: the prefix under
+    /// which to look for segments whose holders died while no manager was
+    /// watching. They are looked for at once and then every second for ten
+    /// seconds (clients notice the death, and let go of what they
+    /// re-registered, at their own pace), and reaped like orphans.
+    pub recovery: Option<NamePrefix>,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Self {
             spin: Duration::from_micros(50),
+            recovery: None,
         }
     }
 }
@@ -99,8 +113,29 @@ pub fn serve_tuned<N: Namespace>(
     let mut accept_paused_until: Option<Instant> = None;
     let mut last_busy: Option<Instant> = None;
     let mut idle_spins = 0u32;
+    // Due times, latest first, so the next one is popped from the end.
+    let mut sweeps: Vec<Instant> = match tuning.recovery {
+        Some(_) => (0..=RECOVERY_SWEEPS)
+            .rev()
+            .map(|s| Instant::now() + Duration::from_secs(s))
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let mut journals_read_at = Instant::now();
 
     loop {
+        if journals_read_at.elapsed() >= JOURNAL_READ_INTERVAL {
+            driver.drain_all(&mut manager, clock.now());
+            journals_read_at = Instant::now();
+        }
+        if let (Some(prefix), Some(due)) = (&tuning.recovery, sweeps.last())
+            && *due <= Instant::now()
+        {
+            sweeps.pop();
+            driver.drain_all(&mut manager, clock.now());
+            recovery_sweep(prefix, &mut manager, driver.namespace, clock.now());
+        }
         let now = clock.now();
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             driver.drain_all(&mut manager, now);
@@ -115,6 +150,18 @@ pub fn serve_tuned<N: Namespace>(
             accept_paused_until = None;
         }
         let mut timeout = manager.next_wakeup().map(|at| now.until(at));
+        if let Some(due) = sweeps.last() {
+            let until = due.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
+        if driver
+            .clients
+            .values()
+            .any(|client| client.journal.is_some())
+        {
+            let until = JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed());
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
         if let Some(until) = accept_paused_until {
             let pause = until.saturating_duration_since(Instant::now());
             timeout = Some(timeout.map_or(pause, |t| t.min(pause)));
@@ -215,6 +262,30 @@ pub fn serve_tuned<N: Namespace>(
     tracing::info!(?stats, "manager finished");
     drop(listener);
     Summary { stats }
+}
+
+/// Takes on, as orphans, the leaked segments under `prefix` that the manager
+/// does not know.
+fn recovery_sweep<N: Namespace>(
+    prefix: &NamePrefix,
+    manager: &mut Manager<Growable>,
+    namespace: &mut N,
+    now: Timestamp,
+) {
+    let mut found = Vec::new();
+    if let Err(err) = namespace.leaked(prefix, &mut |name| found.push(name)) {
+        tracing::warn!("could not look for leaked segments: {err}");
+        return;
+    }
+    let adopted = found
+        .into_iter()
+        .filter(|name| manager.adopt_orphan(*name, now))
+        .count();
+    if adopted > 0 {
+        tracing::info!(
+            "took on {adopted} segment(s) whose holders died while no manager was watching"
+        );
+    }
 }
 
 struct Clock(Instant);

@@ -492,3 +492,24 @@ fn a_journaled_registration_that_does_not_fit_closes_the_connection() {
     assert_eq!(fx.closed, [(c, CloseReason::RegistryFull)]);
     assert!(fx.replies.is_empty());
 }
+
+#[test]
+fn adopted_orphans_are_reaped_unless_someone_registers_them() {
+    let (mut m, mut fx) = setup();
+    for n in ["/lost", "/found"] {
+        fx.existing.insert(name(n));
+        assert!(m.adopt_orphan(name(n), at(0)));
+    }
+    let c = m.connect(Peer::default(), at(100)).unwrap();
+    m.receive(c, &reg("/found"), at(100), &mut fx);
+    assert!(
+        !m.adopt_orphan(name("/found"), at(200)),
+        "known names are left alone"
+    );
+    run_until(&mut m, &mut fx, 200, 3_000);
+    assert_eq!(fx.unlinked, [(name("/lost"), UnlinkReason::Orphaned)]);
+    assert_eq!(
+        m.name_state(&name("/found")),
+        Some(NameState::Held { holders: 1 })
+    );
+}

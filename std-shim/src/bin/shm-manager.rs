@@ -80,6 +80,11 @@ struct Args {
     #[arg(long, value_name = "HANDLE", conflicts_with = "run_dir")]
     adopt: Option<PathBuf>,
 
+    /// With --adopt: the prefix of the names whose holders may have died while
+    /// no manager was watching; leaked ones are reaped like orphans.
+    #[arg(long, default_value = "/torch_", requires = "adopt")]
+    sweep_prefix: String,
+
     /// Refuse more than this many simultaneous clients (unix transport only).
     #[arg(long, default_value_t = 65_536)]
     max_clients: usize,
@@ -158,7 +163,17 @@ fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
         return ExitCode::FAILURE;
     }
     tracing::info!(handle = %listener.handle(), "serving");
-    let tuning = libshm_unix::Tuning { spin: args.spin };
+    let recovery = match &args.adopt {
+        Some(_) => match NamePrefix::new(args.sweep_prefix.as_bytes()) {
+            Ok(prefix) => Some(prefix),
+            Err(err) => return fail(&format!("--sweep-prefix: {err}")),
+        },
+        None => None,
+    };
+    let tuning = libshm_unix::Tuning {
+        spin: args.spin,
+        recovery,
+    };
     let summary = libshm_unix::serve_tuned(
         listener,
         config,

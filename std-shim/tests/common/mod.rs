@@ -87,11 +87,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_stderr(args, Stdio::inherit())
+    }
+
+    /// Like `start`, with the daemon's log going to `stderr`.
+    pub fn start_with_stderr(args: &[&str], stderr: Stdio) -> Self {
         let mut child = Command::new(SHM_MANAGER)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn shm-manager");
         let mut line = String::new();
@@ -128,6 +133,26 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_if_abandoned(&self.handle);
+    }
+}
+
+/// Removes a killed manager's socket and directory, unless a live manager
+/// (one that adopted them) holds the directory's lock.
+pub fn remove_if_abandoned(handle: &str) {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let socket = Path::new(handle);
+    let Some(dir) = socket.parent() else { return };
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+        let _ = std::fs::remove_file(socket);
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

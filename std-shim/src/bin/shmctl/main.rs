@@ -14,6 +14,7 @@ mod bench;
 mod demo;
 mod hold;
 mod inspect;
+mod stress;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +50,9 @@ enum Command {
     /// One of the demo's worker processes.
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
+    /// One of the stress test's worker processes.
+    #[command(hide = true)]
+    StressWorker(stress::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => inspect::ls(&args),
         Command::Gc(args) => inspect::gc(&args),
         Command::DemoWorker(args) => demo::worker(&args),
+        Command::StressWorker(args) => stress::worker(&args),
     };
     match result {
         Ok(code) => code,
