@@ -23,9 +23,10 @@
 use std::collections::VecDeque;
 
 use arbitrary::{Arbitrary, Unstructured};
-use libshm_core::ack::{ACK, BadReply, REFUSAL};
+use libshm_core::ack::{ACK, BadReply, JOURNAL_READY, REFUSAL};
 use libshm_core::client::{AckMode, ClientFault, ClientSession};
 use libshm_core::frame::Frame;
+use libshm_core::journal;
 use libshm_core::name::SegmentName;
 
 use crate::cursor::Cursor;
@@ -177,28 +178,30 @@ impl SessionModel {
 
     /// What `on_bytes` must return, updating the model as the session must.
     fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientFault> {
-        let mut unsolicited = false;
+        // The first fault in reply order; decoding stops only at bytes that
+        // are no reply at all.
+        let mut fault = None;
         for &byte in bytes {
             let Some(first) = self.half.take() else {
                 self.half = Some(byte);
                 continue;
             };
-            let refused = match [first, byte] {
-                ACK => false,
-                REFUSAL => true,
-                other => return Err(ClientFault::BadReply(BadReply(other))),
-            };
+            let reply = [first, byte];
+            if ![ACK, REFUSAL, JOURNAL_READY].contains(&reply) {
+                return Err(ClientFault::BadReply(BadReply(reply)));
+            }
             match self.awaiting.pop_front() {
-                None => unsolicited = true,
-                Some(name) if refused => self.refused = self.refused.or(Some(name)),
+                None => fault = fault.or(Some(ClientFault::UnsolicitedReply)),
+                // Any answer to the journal offer is the offer's answer, not a refusal.
+                Some(name) if name == journal::SETUP => {}
+                Some(_) if reply == JOURNAL_READY => {
+                    fault = fault.or(Some(ClientFault::BadReply(BadReply(JOURNAL_READY))));
+                }
+                Some(name) if reply == REFUSAL => self.refused = self.refused.or(Some(name)),
                 Some(_) => {}
             }
         }
-        if unsolicited {
-            Err(ClientFault::UnsolicitedReply)
-        } else {
-            Ok(())
-        }
+        fault.map_or(Ok(()), Err)
     }
 }
 
