@@ -52,8 +52,10 @@ pub struct Tuning {
     /// After a busy round, keep polling without sleeping for this long,
     /// yielding the CPU in between. A client that waits for each `OK`
     /// (PyTorch's) sends its next frame within microseconds; catching it
-    /// awake spares the manager a sleep and a wake-up per frame, and the
-    /// client the cost of waking it. Zero always sleeps.
+    /// awake spares the manager a sleep and a wake-up per frame. It doubles a
+    /// strict client's registrations per second, but the spinning competes
+    /// with clients for the CPU: on a two-core machine it made whole
+    /// allocations twice as slow, so the default, zero, always sleeps.
     pub spin: Duration,
     /// Set when this manager took over from a dead one: the prefix under
     /// which to look for segments whose holders died while no manager was
@@ -66,7 +68,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            spin: Duration::from_micros(50),
+            spin: Duration::ZERO,
             recovery: None,
         }
     }
@@ -306,6 +308,10 @@ struct Client {
     /// A descriptor that arrived with the client's bytes: its journal offer.
     offered: Option<OwnedFd>,
     journal: Option<SharedJournal>,
+    /// Whether the next read may carry a descriptor. A client offers its
+    /// journal with its very first frame, so only the first read needs the
+    /// costlier `recvmsg`.
+    first_read: bool,
 }
 
 impl Client {
@@ -316,14 +322,15 @@ impl Client {
             backlog: Vec::new(),
             offered: None,
             journal: None,
+            first_read: true,
         }
     }
 
-    /// Reads what is there. Until a journal is attached, descriptors sent
-    /// along are collected too (the last one is kept as the offer); any
-    /// others, and any sent later, are closed by the kernel or by us.
+    /// Reads what is there. On the first read, descriptors sent along are
+    /// collected too (the last one is kept as the offer); any others, and any
+    /// sent later, are closed by the kernel or by us.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
-        if self.journal.is_some() {
+        if !self.first_read {
             return rustix::net::recv(&self.fd, buf, RecvFlags::DONTWAIT).map(|(n, _)| n);
         }
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
@@ -341,6 +348,8 @@ impl Client {
                 }
             }
         }
+        // Descriptors travel with the first byte of what they were sent with.
+        self.first_read = received.bytes == 0;
         Ok(received.bytes)
     }
 }

@@ -89,10 +89,10 @@ struct Args {
     #[arg(long, default_value_t = 65_536)]
     max_clients: usize,
 
-    /// After a burst, poll this long without sleeping (yielding the CPU) so a
-    /// client that waits for each reply is answered without wake-ups; `0`
-    /// always sleeps.
-    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    /// After a burst, poll this long without sleeping (yielding the CPU), so a
+    /// client that waits for each reply is answered without wake-ups. Helps
+    /// protocol-bound loads, costs CPU the clients may need; `0` always sleeps.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
     spin: Duration,
 
     /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warnings).
