@@ -23,14 +23,10 @@ pub const NAMESPACE_LEN: usize = 64;
 pub struct Loopback<S: Storage> {
     manager: Manager<S>,
     conn: Option<ConnId>,
-    inbox: heapless::Deque<u8, INBOX_LEN>,
     now: Timestamp,
-    namespace: heapless::index_set::FnvIndexSet<SegmentName, NAMESPACE_LEN>,
-    closed_for: Option<CloseReason>,
-    unlinked: usize,
     journal: Option<Journal<'static>>,
-    journal_attached: bool,
     writes: usize,
+    far: Far,
 }
 
 /// Loopback failures.
@@ -60,17 +56,21 @@ impl TransportError for LoopbackError {
     }
 }
 
-struct Wire<'a> {
-    inbox: &'a mut heapless::Deque<u8, INBOX_LEN>,
-    namespace: &'a mut heapless::index_set::FnvIndexSet<SegmentName, NAMESPACE_LEN>,
-    closed_for: &'a mut Option<CloseReason>,
-    unlinked: &'a mut usize,
+/// The manager's side of the wire: what it sends, closes and unlinks, and
+/// the simulated namespace it asks about.
+struct Far {
+    inbox: heapless::Deque<u8, INBOX_LEN>,
+    namespace: heapless::index_set::FnvIndexSet<SegmentName, NAMESPACE_LEN>,
+    closed_for: Option<CloseReason>,
+    unlinked: usize,
+    /// Whether a journal offer on this call can be accepted.
     journal_offered: bool,
-    journal_attached: &'a mut bool,
+    journal_attached: bool,
+    /// Set when the doorbell rang during this call.
     drain_requested: bool,
 }
 
-impl Effects for Wire<'_> {
+impl Effects for Far {
     fn reply(&mut self, _conn: ConnId, reply: [u8; 2]) {
         for byte in reply {
             // A client that never reads its replies overflows this; they are
@@ -79,18 +79,18 @@ impl Effects for Wire<'_> {
         }
     }
     fn close(&mut self, _conn: ConnId, reason: CloseReason) {
-        *self.closed_for = Some(reason);
+        self.closed_for = Some(reason);
     }
     fn unlink(&mut self, name: &SegmentName, _reason: UnlinkReason) {
         if self.namespace.swap_remove(name) {
-            *self.unlinked += 1;
+            self.unlinked += 1;
         }
     }
     fn exists(&mut self, name: &SegmentName) -> bool {
         self.namespace.contains(name)
     }
     fn attach_journal(&mut self, _conn: ConnId) -> bool {
-        *self.journal_attached = self.journal_offered;
+        self.journal_attached = self.journal_offered;
         self.journal_offered
     }
     fn drain_journal(&mut self, _conn: ConnId) {
@@ -106,14 +106,18 @@ impl<S: Storage> Loopback<S> {
         Self {
             manager,
             conn,
-            inbox: heapless::Deque::new(),
             now: Timestamp::ZERO,
-            namespace: heapless::index_set::FnvIndexSet::new(),
-            closed_for: conn.is_none().then_some(CloseReason::StalledFrame),
-            unlinked: 0,
             journal: None,
-            journal_attached: false,
             writes: 0,
+            far: Far {
+                inbox: heapless::Deque::new(),
+                namespace: heapless::index_set::FnvIndexSet::new(),
+                closed_for: conn.is_none().then_some(CloseReason::StalledFrame),
+                unlinked: 0,
+                journal_offered: false,
+                journal_attached: false,
+                drain_requested: false,
+            },
         }
     }
 
@@ -134,25 +138,19 @@ impl<S: Storage> Loopback<S> {
     /// Reads the journal into the manager, as a driver does on a doorbell,
     /// at end of file and before each tick.
     fn drain_journal(&mut self) {
-        let (Some(journal), Some(conn), true) = (self.journal, self.conn, self.journal_attached)
+        let (Some(journal), Some(conn), true) =
+            (self.journal, self.conn, self.far.journal_attached)
         else {
             return;
         };
         let now = self.now;
+        self.far.journal_offered = false;
         let result = journal.drain(|frame| {
-            let mut wire = Wire {
-                inbox: &mut self.inbox,
-                namespace: &mut self.namespace,
-                closed_for: &mut self.closed_for,
-                unlinked: &mut self.unlinked,
-                journal_offered: false,
-                journal_attached: &mut self.journal_attached,
-                drain_requested: false,
-            };
-            self.manager.receive_journaled(conn, &frame, now, &mut wire);
+            self.manager
+                .receive_journaled(conn, &frame, now, &mut self.far);
         });
         if result.is_err() {
-            self.closed_for = Some(CloseReason::JournalMisuse);
+            self.far.closed_for = Some(CloseReason::JournalMisuse);
         }
     }
 
@@ -163,27 +161,27 @@ impl<S: Storage> Loopback<S> {
 
     /// Pretends a segment now exists (the client created it).
     pub fn create(&mut self, name: SegmentName) -> bool {
-        self.namespace.insert(name).unwrap_or(false)
+        self.far.namespace.insert(name).unwrap_or(false)
     }
 
     /// Pretends a segment was unlinked by a client.
     pub fn remove(&mut self, name: &SegmentName) -> bool {
-        self.namespace.swap_remove(name)
+        self.far.namespace.swap_remove(name)
     }
 
     /// Whether a segment exists in the simulated namespace.
     pub fn exists(&self, name: &SegmentName) -> bool {
-        self.namespace.contains(name)
+        self.far.namespace.contains(name)
     }
 
     /// Names the manager unlinked.
     pub fn unlinked(&self) -> usize {
-        self.unlinked
+        self.far.unlinked
     }
 
     /// Why the manager closed the connection, if it did.
     pub fn closed_for(&self) -> Option<CloseReason> {
-        self.closed_for
+        self.far.closed_for
     }
 
     /// Drops the client's connection, as a crash would. Frames already
@@ -199,16 +197,8 @@ impl<S: Storage> Loopback<S> {
     pub fn advance_to(&mut self, now: Timestamp) -> crate::manager::Status {
         self.now = now;
         self.drain_journal();
-        let mut wire = Wire {
-            inbox: &mut self.inbox,
-            namespace: &mut self.namespace,
-            closed_for: &mut self.closed_for,
-            unlinked: &mut self.unlinked,
-            journal_offered: false,
-            journal_attached: &mut self.journal_attached,
-            drain_requested: false,
-        };
-        self.manager.tick(now, &mut wire)
+        self.far.journal_offered = false;
+        self.manager.tick(now, &mut self.far)
     }
 }
 
@@ -216,21 +206,14 @@ impl<S: Storage> Transport for Loopback<S> {
     type Error = LoopbackError;
 
     fn send_all(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
-        let Some(conn) = self.conn.filter(|_| self.closed_for.is_none()) else {
+        let Some(conn) = self.conn.filter(|_| self.far.closed_for.is_none()) else {
             return Err(LoopbackError::Closed);
         };
         self.writes += 1;
-        let mut wire = Wire {
-            inbox: &mut self.inbox,
-            namespace: &mut self.namespace,
-            closed_for: &mut self.closed_for,
-            unlinked: &mut self.unlinked,
-            journal_offered: self.journal.is_some(),
-            journal_attached: &mut self.journal_attached,
-            drain_requested: false,
-        };
-        self.manager.receive(conn, bytes, self.now, &mut wire);
-        if wire.drain_requested {
+        self.far.journal_offered = self.journal.is_some();
+        self.far.drain_requested = false;
+        self.manager.receive(conn, bytes, self.now, &mut self.far);
+        if self.far.drain_requested {
             self.drain_journal();
         }
         Ok(())
@@ -244,13 +227,13 @@ impl<S: Storage> Transport for Loopback<S> {
     }
 
     fn try_receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Self::Error> {
-        if self.inbox.is_empty() {
-            let closed = self.closed_for.is_some() || self.conn.is_none();
+        if self.far.inbox.is_empty() {
+            let closed = self.far.closed_for.is_some() || self.conn.is_none();
             return Ok(closed.then_some(0));
         }
         let mut n = 0;
         while n < buf.len() {
-            let Some(byte) = self.inbox.pop_front() else {
+            let Some(byte) = self.far.inbox.pop_front() else {
                 break;
             };
             buf[n] = byte;
