@@ -1,41 +1,67 @@
 //! The shared-memory namespace as a manager driver sees it.
 //!
-//! The manager state machine decides *what* to unlink; a driver carries it out
-//! through this trait. It lives in the core so that every transport's event loop
-//! can take the same implementation (the std shim's, over `/dev/shm`) without
-//! the transports depending on each other.
+//! The manager state machine decides *what* to look at and unlink; a driver
+//! carries it out through this trait and reports back. It lives in the core so
+//! that every transport's event loop can take the same implementation (the std
+//! shim's, over `/dev/shm`) without the transports depending on each other.
+//!
+//! `/dev/shm` is world-writable: any local user may put a FIFO, a symlink or a
+//! file of their own under a name the manager knows. An implementation must
+//! therefore never block on what it finds (no open without `O_NONBLOCK`),
+//! never follow a link, and never open for reading or unlink anything that is
+//! not a regular file owned by the manager's user: that is [`Observed::Foreign`]
+//! and [`Unlinked::Foreign`].
 
 use core::fmt;
 
 use crate::name::{NamePrefix, SegmentName};
 
-/// What an unlink attempt found.
+/// What a look at one name found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unlinked {
-    /// The object existed, belonged to us, and is gone now.
-    Removed,
-    /// Nothing by that name existed.
+pub enum Observed {
+    /// Nothing by that name.
     Absent,
-    /// It exists but belongs to another user; left alone.
+    /// A regular file owned by the manager's user. `refcount` is the `i32`
+    /// in the first four bytes of its header, or 0 when the file is shorter
+    /// than that (created, not yet sized).
+    Segment {
+        /// The header's refcount as read (advisory: holders may change it).
+        refcount: i32,
+    },
+    /// Something the manager must not touch: another user's object, a FIFO,
+    /// a symlink, a directory.
     Foreign,
 }
 
-/// Existence checks and unlinks of segment names.
+/// What an unlink attempt found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unlinked {
+    /// The object existed, was a regular file of ours, and is gone now.
+    Removed,
+    /// Nothing by that name existed.
+    Absent,
+    /// It exists but is not ours to remove (see [`Observed::Foreign`]); left alone.
+    Foreign,
+}
+
+/// Looks at and unlinks segment names, without ever blocking on them.
 pub trait Namespace {
-    /// The implementation's error.
+    /// The implementation's error: a look or unlink that could not be carried
+    /// out now (out of descriptors, say) and is worth trying again later.
     type Error: fmt::Display;
 
-    /// Whether `name` exists now.
-    fn exists(&mut self, name: &SegmentName) -> Result<bool, Self::Error>;
+    /// What is under `name` now, with its header's refcount if it is ours.
+    fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error>;
 
-    /// Removes `name` if it exists and belongs to the caller's user.
+    /// Removes `name` if it is a regular file belonging to the caller's user.
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error>;
 
     /// Calls `each` for every name under `prefix` that belongs to the
     /// caller's user and looks leaked: its creator is dead and no process
     /// maps or holds it. Asked only by a manager that took over from a dead
-    /// one and so cannot know what its predecessor knew. The default finds
-    /// nothing.
+    /// one and so cannot know what its predecessor knew. An implementation
+    /// that cannot inspect every process finds nothing: under doubt, nothing
+    /// is reaped. The default finds nothing.
     fn leaked(
         &mut self,
         _prefix: &NamePrefix,

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 
 use libshm_core::header::{self, SizeError};
 use libshm_core::name::SegmentName;
-use libshm_core::namespace::{Namespace, Unlinked};
+use libshm_core::namespace::{Namespace, Observed, Unlinked};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, Mode};
 use rustix::io::Errno;
@@ -152,12 +152,14 @@ impl ShmNamespace {
 impl Namespace for ShmNamespace {
     type Error = std::io::Error;
 
-    fn exists(&mut self, name: &SegmentName) -> Result<bool, Self::Error> {
+    fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
         match rustix::shm::open(name.as_str(), OFlags::RDONLY | nofollow(), Mode::empty()) {
-            Ok(_) => Ok(true),
-            Err(Errno::NOENT) => Ok(false),
+            Ok(_) => Ok(Observed::Segment {
+                refcount: peek_refcount(name).unwrap_or(0),
+            }),
+            Err(Errno::NOENT) => Ok(Observed::Absent),
             // Exists, but is not ours to open.
-            Err(Errno::ACCESS | Errno::PERM | Errno::LOOP) => Ok(true),
+            Err(Errno::ACCESS | Errno::PERM | Errno::LOOP) => Ok(Observed::Foreign),
             Err(errno) => Err(errno.into()),
         }
     }

@@ -36,14 +36,14 @@
 //! use libshm_core::client::{AckMode, Client};
 //! use libshm_core::manager::ManagerConfig;
 //! use libshm_core::name::SegmentName;
-//! use libshm_core::namespace::{Namespace, Unlinked};
+//! use libshm_core::namespace::{Namespace, Observed, Unlinked};
 //! use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
 //! use rustix::pipe::{PipeFlags, pipe_with};
 //!
 //! struct NothingExists;
 //! impl Namespace for NothingExists {
 //!     type Error = std::convert::Infallible;
-//!     fn exists(&mut self, _: &SegmentName) -> Result<bool, Self::Error> { Ok(false) }
+//!     fn observe(&mut self, _: &SegmentName) -> Result<Observed, Self::Error> { Ok(Observed::Absent) }
 //!     fn unlink(&mut self, _: &SegmentName) -> Result<Unlinked, Self::Error> { Ok(Unlinked::Absent) }
 //! }
 //!

@@ -349,10 +349,13 @@ impl<N: Namespace> Effects for Driver<'_, N> {
     }
 
     fn exists(&mut self, name: &SegmentName) -> bool {
-        self.namespace.exists(name).unwrap_or_else(|err| {
-            tracing::warn!("could not check {name}: {err}");
-            true
-        })
+        match self.namespace.observe(name) {
+            Ok(observed) => observed != libshm_core::namespace::Observed::Absent,
+            Err(err) => {
+                tracing::warn!("could not check {name}: {err}");
+                true
+            }
+        }
     }
 }
 
@@ -362,6 +365,7 @@ mod tests {
     use crate::PipeTransport;
     use libshm_core::client::{AckMode, Client};
     use libshm_core::frame::Frame;
+    use libshm_core::namespace::Observed;
     use rustix::pipe::{PipeFlags, pipe_with};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
@@ -381,8 +385,12 @@ mod tests {
 
     impl Namespace for Names {
         type Error = std::convert::Infallible;
-        fn exists(&mut self, name: &SegmentName) -> Result<bool, Self::Error> {
-            Ok(self.0.lock().unwrap().0.contains(name))
+        fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
+            Ok(if self.0.lock().unwrap().0.contains(name) {
+                Observed::Segment { refcount: 1 }
+            } else {
+                Observed::Absent
+            })
         }
         fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
             let mut state = self.0.lock().unwrap();

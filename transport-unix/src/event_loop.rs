@@ -507,10 +507,13 @@ impl<N: Namespace> Effects for Driver<'_, N> {
     }
 
     fn exists(&mut self, name: &SegmentName) -> bool {
-        self.namespace.exists(name).unwrap_or_else(|err| {
-            tracing::warn!("could not check {name}: {err}");
-            true
-        })
+        match self.namespace.observe(name) {
+            Ok(observed) => observed != libshm_core::namespace::Observed::Absent,
+            Err(err) => {
+                tracing::warn!("could not check {name}: {err}");
+                true
+            }
+        }
     }
 
     fn attach_journal(&mut self, conn: ConnId) -> bool {
