@@ -226,14 +226,26 @@ impl<'a> Journal<'a> {
 
     /// Manager: hands every committed, unread frame to `each`, oldest first,
     /// then marks them consumed. Returns how many there were.
-    pub fn drain(&self, mut each: impl FnMut([u8; FRAME_LEN])) -> Result<u32, JournalError> {
+    pub fn drain(&self, each: impl FnMut([u8; FRAME_LEN])) -> Result<u32, JournalError> {
+        self.drain_up_to(u32::MAX, each)
+    }
+
+    /// Like [`Journal::drain`], reading at most `max` frames, so that one
+    /// client refilling its journal cannot keep the reader from others.
+    /// Returns how many it read; the rest stays for the next call.
+    pub fn drain_up_to(
+        &self,
+        max: u32,
+        mut each: impl FnMut([u8; FRAME_LEN]),
+    ) -> Result<u32, JournalError> {
         let committed = self.words[COMMITTED_WORD].load(Ordering::Acquire);
         let consumed = self.words[CONSUMED_WORD].load(Ordering::Relaxed);
         let unread = committed.wrapping_sub(consumed);
         if unread > self.capacity {
             return Err(JournalError::Overrun { unread });
         }
-        for k in 0..unread {
+        let read = unread.min(max);
+        for k in 0..read {
             let mut bytes = [0u8; FRAME_LEN];
             for (chunk, word) in bytes
                 .chunks_exact_mut(4)
@@ -243,8 +255,8 @@ impl<'a> Journal<'a> {
             }
             each(bytes);
         }
-        self.words[CONSUMED_WORD].store(committed, Ordering::Release);
-        Ok(unread)
+        self.words[CONSUMED_WORD].store(consumed.wrapping_add(read), Ordering::Release);
+        Ok(read)
     }
 
     fn slot(&self, index: u32) -> &'a [AtomicU32] {
@@ -307,6 +319,22 @@ mod tests {
         let expected: Vec<Frame> = (0..15)
             .map(|i| Frame::from_raw(&frame(i)).unwrap())
             .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_bounded_drain_leaves_the_rest_for_later() {
+        let memory = words(4);
+        let journal = Journal::from_words(&memory).unwrap();
+        journal.initialize();
+        for i in 0..3 {
+            journal.append(&frame(i)).unwrap();
+        }
+        let mut seen = Vec::new();
+        assert_eq!(journal.drain_up_to(2, |b| seen.push(b)), Ok(2));
+        assert_eq!(journal.unread(), Ok(1));
+        assert_eq!(journal.drain_up_to(2, |b| seen.push(b)), Ok(1));
+        let expected: Vec<[u8; FRAME_LEN]> = (0..3).map(|i| bytemuck::cast(frame(i))).collect();
         assert_eq!(seen, expected);
     }
 

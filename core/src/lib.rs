@@ -36,12 +36,12 @@
 //! client.register(4242, name)?; // returns once the manager said "OK"
 //! assert_eq!(
 //!     client.transport().manager().name_state(&name),
-//!     Some(NameState::Held { holders: 1 })
+//!     Some(NameState::Held { registrations: 1 })
 //! );
 //! client.release(4242, name, false)?;
 //! assert_eq!(
 //!     client.transport().manager().name_state(&name),
-//!     Some(NameState::Released) // forgotten by the next sweep, as it no longer exists
+//!     Some(NameState::Released { dead: 0 }) // forgotten by the next sweep, as it no longer exists
 //! );
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

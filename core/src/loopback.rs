@@ -7,8 +7,9 @@
 use core::fmt;
 
 use crate::journal::Journal;
-use crate::manager::{CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer, UnlinkReason};
+use crate::manager::{Chore, CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer};
 use crate::name::SegmentName;
+use crate::namespace::{Namespace, Observed, Unlinked};
 use crate::storage::Storage;
 use crate::time::Timestamp;
 use crate::transport::{ErrorKind, Transport, TransportError};
@@ -19,6 +20,9 @@ pub const INBOX_LEN: usize = 512;
 /// Names the simulated namespace can hold.
 pub const NAMESPACE_LEN: usize = 64;
 
+/// Chores the manager may ask for in one call; its batch is clamped to half.
+const CHORES_LEN: usize = 64;
+
 /// A client end wired straight into a manager.
 pub struct Loopback<S: Storage> {
     manager: Manager<S>,
@@ -27,6 +31,7 @@ pub struct Loopback<S: Storage> {
     journal: Option<Journal<'static>>,
     writes: usize,
     far: Far,
+    names: SimulatedNames,
 }
 
 /// Loopback failures.
@@ -56,13 +61,12 @@ impl TransportError for LoopbackError {
     }
 }
 
-/// The manager's side of the wire: what it sends, closes and unlinks, and
-/// the simulated namespace it asks about.
+/// The manager's side of the wire: what it sends and closes, and the chores
+/// it asks for.
 struct Far {
     inbox: heapless::Deque<u8, INBOX_LEN>,
-    namespace: heapless::index_set::FnvIndexSet<SegmentName, NAMESPACE_LEN>,
+    chores: heapless::Deque<Chore, CHORES_LEN>,
     closed_for: Option<CloseReason>,
-    unlinked: usize,
     /// Whether a journal offer on this call can be accepted.
     journal_offered: bool,
     journal_attached: bool,
@@ -81,13 +85,10 @@ impl Effects for Far {
     fn close(&mut self, _conn: ConnId, reason: CloseReason) {
         self.closed_for = Some(reason);
     }
-    fn unlink(&mut self, name: &SegmentName, _reason: UnlinkReason) {
-        if self.namespace.swap_remove(name) {
-            self.unlinked += 1;
-        }
-    }
-    fn exists(&mut self, name: &SegmentName) -> bool {
-        self.namespace.contains(name)
+    fn chore(&mut self, chore: Chore) {
+        // Room exists: the manager's batch is clamped to half the queue, and
+        // the queue is emptied after every call.
+        let _ = self.chores.push_back(chore);
     }
     fn attach_journal(&mut self, _conn: ConnId) -> bool {
         self.journal_attached = self.journal_offered;
@@ -98,9 +99,40 @@ impl Effects for Far {
     }
 }
 
+/// The simulated `/dev/shm`: names with their header refcounts.
+struct SimulatedNames {
+    refcounts: heapless::index_map::FnvIndexMap<SegmentName, i32, NAMESPACE_LEN>,
+    unlinked: usize,
+}
+
+impl Namespace for SimulatedNames {
+    type Error = core::convert::Infallible;
+
+    fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
+        Ok(match self.refcounts.get(name) {
+            Some(&refcount) => Observed::Segment { refcount },
+            None => Observed::Absent,
+        })
+    }
+
+    fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
+        Ok(match self.refcounts.swap_remove(name) {
+            Some(_) => {
+                self.unlinked += 1;
+                Unlinked::Removed
+            }
+            None => Unlinked::Absent,
+        })
+    }
+}
+
 impl<S: Storage> Loopback<S> {
     /// A manager with `config` and one connected client.
     pub fn new(config: ManagerConfig) -> Self {
+        let config = ManagerConfig {
+            batch: config.batch.clamp(1, CHORES_LEN / 2),
+            ..config
+        };
         let mut manager = Manager::new(config, Timestamp::ZERO);
         let conn = manager.connect(Peer::default(), Timestamp::ZERO).ok();
         Self {
@@ -111,13 +143,26 @@ impl<S: Storage> Loopback<S> {
             writes: 0,
             far: Far {
                 inbox: heapless::Deque::new(),
-                namespace: heapless::index_set::FnvIndexSet::new(),
+                chores: heapless::Deque::new(),
                 closed_for: conn.is_none().then_some(CloseReason::StalledFrame),
-                unlinked: 0,
                 journal_offered: false,
                 journal_attached: false,
                 drain_requested: false,
             },
+            names: SimulatedNames {
+                refcounts: heapless::index_map::FnvIndexMap::new(),
+                unlinked: 0,
+            },
+        }
+    }
+
+    /// Carries out the chores the manager asked for, as a driver does after
+    /// each call.
+    fn run_chores(&mut self) {
+        while let Some(chore) = self.far.chores.pop_front() {
+            let Ok(()) = self
+                .manager
+                .perform(chore, &mut self.names, self.now, &mut self.far);
         }
     }
 
@@ -159,24 +204,32 @@ impl<S: Storage> Loopback<S> {
         &self.manager
     }
 
-    /// Pretends a segment now exists (the client created it).
+    /// Pretends a segment now exists with refcount 1 (the client created it).
     pub fn create(&mut self, name: SegmentName) -> bool {
-        self.far.namespace.insert(name).unwrap_or(false)
+        self.names.refcounts.insert(name, 1).is_ok()
+    }
+
+    /// Sets a segment's header refcount, as openers, closers and a pickled
+    /// handle's extra reference do.
+    pub fn set_refcount(&mut self, name: &SegmentName, refcount: i32) {
+        if let Some(count) = self.names.refcounts.get_mut(name) {
+            *count = refcount;
+        }
     }
 
     /// Pretends a segment was unlinked by a client.
     pub fn remove(&mut self, name: &SegmentName) -> bool {
-        self.far.namespace.swap_remove(name)
+        self.names.refcounts.swap_remove(name).is_some()
     }
 
     /// Whether a segment exists in the simulated namespace.
     pub fn exists(&self, name: &SegmentName) -> bool {
-        self.far.namespace.contains(name)
+        self.names.refcounts.contains_key(name)
     }
 
     /// Names the manager unlinked.
     pub fn unlinked(&self) -> usize {
-        self.far.unlinked
+        self.names.unlinked
     }
 
     /// Why the manager closed the connection, if it did.
@@ -189,7 +242,7 @@ impl<S: Storage> Loopback<S> {
     pub fn disconnect(&mut self) {
         self.drain_journal();
         if let Some(conn) = self.conn.take() {
-            self.manager.disconnect(conn, self.now);
+            self.manager.disconnect(conn, self.now, &mut self.far);
         }
     }
 
@@ -198,7 +251,9 @@ impl<S: Storage> Loopback<S> {
         self.now = now;
         self.drain_journal();
         self.far.journal_offered = false;
-        self.manager.tick(now, &mut self.far)
+        let status = self.manager.tick(now, &mut self.far);
+        self.run_chores();
+        status
     }
 }
 

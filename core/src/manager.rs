@@ -1,30 +1,56 @@
-//! The manager state machine: who registered which name, and what to unlink when.
+//! The manager state machine: who holds which name, and what to unlink when.
 //!
 //! Deterministic and IO-free. The driver (an event loop in a transport crate)
-//! tells it about connections, bytes and the time, and it answers through
-//! [`Effects`]: reply to this connection, close that one, unlink this name, and
-//! one question, whether a name still exists.
+//! tells it about connections, bytes, ended processes and the time, and it
+//! answers through [`Effects`]: reply to this connection, close that one,
+//! watch this pid, and [`Chore`]s for the namespace (look at a name, unlink
+//! it), whose outcomes the driver reports back ([`Manager::perform`] does
+//! both for a [`Namespace`]).
 //!
-//! # What it guarantees
-//! - Every valid registration is answered exactly once, in order, unless the
-//!   connection is closed first.
-//! - A malformed frame, a release of a name that connection does not hold, a
-//!   name outside the configured prefix or a frame left half-sent for too long
-//!   closes that connection only. Each connection has its own reassembly buffer,
-//!   so half a frame stalls nobody.
-//! - A name is only ever unlinked if it was registered.
+//! # Holders
+//! A *holder* is one process on one connection. PyTorch's client keeps one
+//! socket per manager for the whole process, so children forked after the
+//! parent used the manager send on the parent's connection, each frame
+//! carrying its sender's pid. Registrations therefore belong to (connection,
+//! pid). A holder whose pid the driver can watch ([`Effects::watch_pid`]: alive
+//! when first seen, our user, our pid namespace) ends when that process ends,
+//! while the connection and its other processes go on; a holder whose pid
+//! cannot be trusted stands for its connection and ends with it. When the
+//! manager closes a connection for cause, its holders live on while their
+//! process does: closing a connection never orphans a live process's names.
 //!
 //! # Life of a name
-//! A name is *held* while a live connection has registered it more often than
-//! released it. When its last holder releases it, it is *released*: possibly in
-//! transit to another process (a pickled handle in a queue), kept alive by the
-//! segment's refcount alone. Released names are never reaped; the manager
-//! checks now and then whether they still exist and forgets them once they do
-//! not. When a connection ends while holding names, their refcounts can never
-//! drop to zero, so once no live connection holds such a name it is *orphaned*
-//! and unlinked after a grace period (unless someone registers it again first).
-//! When no client has been connected for the shutdown timeout, every name still
-//! known is unlinked and the manager is finished, as PyTorch's manager does.
+//! A name is *held* while live holders have registered it more often than
+//! released it. When none does, the segment may still be in use: pickled into
+//! a queue, in transit, kept alive by its refcount. So a name no live holder
+//! holds is an *orphan* only when the refcount in its header is no larger than
+//! the registrations of holders that ended without releasing it (`dead`):
+//! PyTorch raises the refcount while a handle is pickled and the receiver
+//! lowers it after opening, so a surplus means someone will still open it.
+//! Such names are looked at again later, never reaped. An orphan is unlinked
+//! after the grace period if it still is one then. A name that no longer
+//! exists is forgotten.
+//!
+//! When no client has been connected for the shutdown timeout, every name
+//! still known is unlinked and the manager is finished, as PyTorch's manager
+//! does; except that while a name is in transit (or held by a live process
+//! whose connection was closed), it lingers, up to [`ManagerConfig::linger`],
+//! so that a receiver can still connect and open it.
+//!
+//! # What it guarantees
+//! - Every valid registration on the socket is answered exactly once, in
+//!   order, unless the connection is closed first.
+//! - No frame PyTorch's client could send closes a connection: a release of a
+//!   name its sender does not hold is charged to another process on the same
+//!   connection that holds it, or ignored. Only malformed bytes, a frame left
+//!   half-sent (or nothing sent) past the frame timeout, and journal misuse
+//!   close a connection, and that connection alone.
+//! - A name is only ever unlinked if it was registered, never while a live
+//!   holder holds it, and as an orphan only if the namespace showed it to be
+//!   one right before.
+//! - Work per call is bounded: a disconnect, a process's end and each tick
+//!   touch at most [`ManagerConfig::batch`] names; the rest waits for the next
+//!   tick, which [`Manager::next_wakeup`] asks for at once.
 
 use core::fmt;
 use core::time::Duration;
@@ -33,7 +59,8 @@ use crate::ack::{ACK, JOURNAL_READY, REFUSAL};
 use crate::frame::{FRAME_LEN, Frame, FrameError, FrameKind};
 use crate::journal;
 use crate::name::{NamePrefix, SegmentName};
-use crate::storage::{Storage, Table};
+use crate::namespace::{Namespace, Observed, Unlinked};
+use crate::storage::{HoldTable, NO_TICK, NameIndex, Slab, Storage, Table, Timers};
 use crate::time::Timestamp;
 
 /// A connection, numbered by the manager in accept order.
@@ -66,6 +93,9 @@ pub struct ManagerConfig {
     pub reap_grace: Option<Duration>,
     /// Close a connection that leaves half a frame unfinished this long.
     pub frame_timeout: Option<Duration>,
+    /// Close a connection that sends nothing this long after connecting: it
+    /// holds nothing and costs a descriptor.
+    pub silence_timeout: Option<Duration>,
     /// Accept only names with this prefix.
     pub name_prefix: Option<NamePrefix>,
     /// Accept only peers with this uid.
@@ -74,6 +104,14 @@ pub struct ManagerConfig {
     pub max_connections: usize,
     /// Refuse registrations of new names beyond this many.
     pub max_names: usize,
+    /// How long to go on serving, after the last client left, while a known
+    /// name is in transit or held by a live process (zero: PyTorch's behaviour).
+    pub linger: Duration,
+    /// Most holds converted, names looked at and names unlinked per call, so
+    /// that a million orphans never stall the clients being served.
+    pub batch: usize,
+    /// Seed for hashing names (the driver picks a random one).
+    pub hash_seed: u64,
 }
 
 impl Default for ManagerConfig {
@@ -82,10 +120,14 @@ impl Default for ManagerConfig {
             shutdown_after: Duration::from_secs(2),
             reap_grace: Some(Duration::from_secs(2)),
             frame_timeout: Some(Duration::from_secs(5)),
+            silence_timeout: Some(Duration::from_secs(5)),
             name_prefix: None,
             owner_uid: None,
             max_connections: usize::MAX,
             max_names: usize::MAX,
+            linger: Duration::from_secs(60),
+            batch: 256,
+            hash_seed: 0,
         }
     }
 }
@@ -95,34 +137,35 @@ impl Default for ManagerConfig {
 pub enum CloseReason {
     /// The bytes were not a valid frame.
     Malformed(FrameError),
-    /// A release of a name this connection does not hold.
-    UnknownRelease(SegmentName),
-    /// A name outside the configured prefix.
+    /// A journaled frame named something outside the configured prefix
+    /// (on the socket it is refused with `NO` instead).
     ForeignName(SegmentName),
-    /// Half a frame, left unfinished past the frame timeout.
+    /// Half a frame, left unfinished past the frame timeout, or nothing at
+    /// all sent that long after connecting.
     StalledFrame,
-    /// One name registered over four billion times on one connection.
-    HoldOverflow,
     /// A journaled registration that did not fit the registry (it cannot be
     /// refused: the segment may exist already).
     RegistryFull,
     /// A journal frame the journal may not carry, or a journal whose counters
     /// are out of range.
     JournalMisuse,
+    /// The client let its unread replies pile up past the driver's bound.
+    NotReadingReplies,
 }
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed(err) => write!(f, "malformed frame: {err}"),
-            Self::UnknownRelease(name) => write!(f, "release of {name}, which it does not hold"),
-            Self::ForeignName(name) => write!(f, "{name} is outside the accepted prefix"),
-            Self::StalledFrame => {
-                f.write_str("half a frame left unfinished past the frame timeout")
+            Self::ForeignName(name) => {
+                write!(f, "journaled {name}, which is outside the accepted prefix")
             }
-            Self::HoldOverflow => f.write_str("registration count overflow"),
+            Self::StalledFrame => {
+                f.write_str("half a frame (or nothing) sent within the frame timeout")
+            }
             Self::RegistryFull => f.write_str("a journaled registration did not fit the registry"),
             Self::JournalMisuse => f.write_str("its registration journal is corrupt or misused"),
+            Self::NotReadingReplies => f.write_str("it does not read its replies"),
         }
     }
 }
@@ -130,7 +173,8 @@ impl fmt::Display for CloseReason {
 /// Why the manager unlinks a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnlinkReason {
-    /// Its holders died and no live connection registered it within the grace period.
+    /// Its holders ended, nothing is in transit, and no live holder
+    /// registered it within the grace period.
     Orphaned,
     /// The manager is shutting down with the name still known.
     Shutdown,
@@ -160,6 +204,75 @@ impl fmt::Display for ConnectError {
 
 impl core::error::Error for ConnectError {}
 
+/// Something the manager needs done in the namespace. The driver carries it
+/// out when it likes (in bounded batches) and reports the outcome with
+/// [`Manager::observed`] or [`Manager::unlinked`]; [`Manager::perform`] does
+/// both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chore {
+    /// Look at `name`: does it exist, is it ours, what is its refcount?
+    Observe(SegmentName),
+    /// Unlink `name` if it is a regular file of ours.
+    Unlink(SegmentName, UnlinkReason),
+}
+
+/// Why a holder ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderEnd {
+    /// Its process exited.
+    Exited,
+    /// Its connection reached end of file or failed.
+    Disconnected,
+}
+
+/// Events worth a log line or a history entry; drivers may ignore them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A release of a name that neither its sender nor anyone else on its
+    /// connection holds (a stray or double free); ignored.
+    StrayRelease {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The pid in the frame.
+        pid: i32,
+        /// The name.
+        name: SegmentName,
+    },
+    /// A holder ended while holding names; they now count as `dead`.
+    HolderEnded {
+        /// The connection it used.
+        conn: ConnId,
+        /// Its pid, if it was watched.
+        pid: Option<i32>,
+        /// Why.
+        why: HolderEnd,
+        /// Distinct names it held.
+        holds: u32,
+    },
+    /// A name whose holders ended is in transit (its refcount shows more
+    /// references than dead registrations); it is kept.
+    InTransit {
+        /// The name.
+        name: SegmentName,
+        /// Its refcount.
+        refcount: i32,
+        /// Registrations of ended holders.
+        dead: u32,
+    },
+    /// Something that is not a regular file of ours sits under a registered
+    /// name (another user's object, a FIFO, a symlink); the name is forgotten
+    /// and never touched.
+    Untouchable {
+        /// The name.
+        name: SegmentName,
+    },
+    /// The manager has no client but lingers for names in transit.
+    Lingering {
+        /// Names still waiting.
+        names: usize,
+    },
+}
+
 /// What the manager asks of its driver.
 pub trait Effects {
     /// Send `reply` (`OK` or `NO`) to `conn`. Replies to one connection must
@@ -167,11 +280,18 @@ pub trait Effects {
     fn reply(&mut self, conn: ConnId, reply: [u8; 2]);
     /// Close `conn`. The manager has already forgotten it.
     fn close(&mut self, conn: ConnId, reason: CloseReason);
-    /// Unlink `name` if it still exists and belongs to the manager's user.
-    fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason);
-    /// Whether `name` exists right now. When unsure, say `true`: the name is
-    /// then kept and asked about again later.
-    fn exists(&mut self, name: &SegmentName) -> bool;
+    /// Carry out `chore` and report its outcome (see [`Chore`]).
+    fn chore(&mut self, chore: Chore);
+    /// Start watching `pid`, which sent a frame on `conn`, and report its end
+    /// with [`Manager::pid_exited`]. Return false if it cannot be trusted to
+    /// name the sender (not alive now, another user, another pid namespace)
+    /// or cannot be watched; its holds then last as long as `conn`. Called
+    /// again for a pid already watched (from another connection).
+    fn watch_pid(&mut self, _conn: ConnId, _pid: i32) -> bool {
+        false
+    }
+    /// No holder depends on `pid` any more.
+    fn unwatch_pid(&mut self, _pid: i32) {}
     /// `conn` offers a registration journal (the memory travelled with the
     /// offer). Return whether it is now attached; drivers without journal
     /// support keep the default.
@@ -181,6 +301,8 @@ pub trait Effects {
     /// `conn` rang the doorbell: feed its journal's unread frames to
     /// [`Manager::receive_journaled`] before the `OK` this call queues is sent.
     fn drain_journal(&mut self, _conn: ConnId) {}
+    /// Something worth logging happened.
+    fn note(&mut self, _note: Note) {}
 }
 
 /// Whether the manager has work left.
@@ -188,68 +310,123 @@ pub trait Effects {
 pub enum Status {
     /// Keep serving.
     Serving,
-    /// Shut down: every known name has been unlinked.
+    /// Shut down: every known name has been unlinked or forgotten.
     Finished,
 }
 
 /// Counters for logs and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Registrations answered `OK`.
+    /// Registrations answered `OK` (or taken from a journal).
     pub registrations: u64,
-    /// Registrations answered `NO` (storage full).
+    /// Registrations answered `NO` (table full, name outside the prefix).
     pub refused: u64,
     /// Releases accepted.
     pub releases: u64,
+    /// Releases of names nobody on the connection held, ignored.
+    pub stray_releases: u64,
     /// Connections accepted.
     pub connections: u64,
     /// Connections refused at connect time.
     pub rejected: u64,
     /// Connections closed for misbehaving.
     pub closed_for_cause: u64,
-    /// Orphaned names unlinked.
+    /// Holders ended because their process exited.
+    pub holders_exited: u64,
+    /// Orphaned names unlinked (real unlinks only).
     pub reaped: u64,
-    /// Names forgotten because they no longer existed.
+    /// Names forgotten because they no longer existed or were not ours.
     pub forgotten: u64,
-    /// Names unlinked at shutdown.
+    /// Names unlinked at shutdown (real unlinks only).
     pub unlinked_at_shutdown: u64,
+    /// Unlinks that failed and were (or, at exit, could no longer be) retried.
+    pub unlink_failures: u64,
 }
 
 /// The state of one known name, for inspection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameState {
-    /// Registered by this many live connections.
+    /// Registered this many times by live holders.
     Held {
-        /// Distinct live connections holding it.
-        holders: u32,
+        /// Live registrations.
+        registrations: u32,
     },
-    /// Released by every holder; kept until it disappears or shutdown.
-    Released,
-    /// Its holders died; unlinked at `reap_at` (never, if reaping is off).
+    /// No live holder; kept while it exists (in transit, or released and
+    /// not yet seen gone).
+    Released {
+        /// Registrations of holders that ended without releasing it.
+        dead: u32,
+    },
+    /// An orphan by the refcount rule; unlinked at `reap_at` if still one
+    /// then (never, if reaping is off).
     Orphaned {
         /// When it will be unlinked.
         reap_at: Option<Timestamp>,
     },
+    /// Being unlinked.
+    Unlinking,
 }
 
-/// One connection holding one name.
+/// One process on one connection; the pid is `None` for the holder that
+/// stands for a connection's untrusted pids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Hold {
+pub struct HolderKey {
     conn: ConnId,
-    name: SegmentName,
+    pid: Option<i32>,
+}
+
+/// What ends a holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifeline {
+    /// Its (watched) process's end.
+    Pid(i32),
+    /// Its connection's end.
+    Connection,
+}
+
+/// A holder's bookkeeping.
+#[derive(Clone, Copy, Debug)]
+pub struct Holder {
+    key: HolderKey,
+    lifeline: Lifeline,
+    /// Distinct names it holds.
+    holds: u32,
+    /// It ended; its holds are being turned into dead registrations.
+    ending: bool,
+    /// Why it ended (meaningful while `ending`).
+    end: HolderEnd,
+}
+
+/// Where a name without live holders stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Live holders hold it.
+    Held,
+    /// No live holder; looked at now and then (released, or in transit).
+    Released,
+    /// An orphan by the refcount rule, waiting out the grace period.
+    Orphan,
+    /// The grace period is over; one last look decides.
+    Confirming,
+    /// Unlink requested.
+    Unlinking,
 }
 
 /// Per-name bookkeeping.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct NameRecord {
-    /// Live connections holding the name.
+    name: SegmentName,
+    /// Registrations held by live holders.
     live: u32,
-    /// A connection ended while holding it, so its refcount can never reach zero.
-    died_holding: bool,
-    /// Reap deadline (orphaned) or next existence check (released).
-    wake: Option<Timestamp>,
-    /// Existence checks so far, for backing off.
-    probes: u8,
+    /// Registrations of holders that ended without releasing them.
+    dead: u32,
+    /// When to look at it next, in ticks ([`NO_TICK`]: not scheduled).
+    wake: u32,
+    phase: Phase,
+    /// Looks or unlinks that came to nothing so far, for backing off.
+    tries: u8,
+    /// A chore about it is out.
+    busy: bool,
 }
 
 /// Per-connection bookkeeping.
@@ -257,20 +434,47 @@ pub struct NameRecord {
 pub struct Connection {
     partial: [u8; FRAME_LEN],
     filled: u8,
-    partial_since: Option<Timestamp>,
-    held: u32,
+    /// When it is closed unless it completes the frame it started (or,
+    /// right after connecting, sends anything).
+    stall_deadline: Option<Timestamp>,
     peer: Peer,
+    /// The last pid resolved to a holder, the hot path's shortcut.
+    last: Option<(i32, u32)>,
+    /// Untrusted pids remembered as standing for the connection's holder.
+    aliases: u16,
+}
+
+/// The shutdown in progress.
+#[derive(Clone, Copy, Debug)]
+struct Closing {
+    /// Unlink everything, in transit or not, from then on.
+    linger_until: Timestamp,
+    /// The next name id the current pass looks at.
+    cursor: u32,
+    /// When the next pass starts, once this one is done.
+    next_pass: Option<Timestamp>,
 }
 
 /// The manager.
 pub struct Manager<S: Storage> {
     config: ManagerConfig,
     names: S::Names,
+    index: S::Index,
     holds: S::Holds,
+    holders: S::Holders,
+    holder_index: S::HolderIndex,
+    pids: S::Pids,
     conns: S::Conns,
+    timers: S::Timers,
     next_conn: u64,
+    /// The latest `now` given, for deadlines of work left over.
+    clock: Timestamp,
     idle_since: Option<Timestamp>,
-    wake: Option<Timestamp>,
+    /// Earliest frame-timeout deadline among connections.
+    stall_wake: Option<Timestamp>,
+    /// Holders whose holds are still being converted.
+    ending: usize,
+    closing: Option<Closing>,
     stats: Stats,
 }
 
@@ -283,11 +487,33 @@ enum Answer {
     Silent,
 }
 
-/// Orphan deadlines are rounded to this many ms so close deadlines share a wake-up.
-const REAP_GRANULARITY_MS: u64 = 100;
-/// Existence checks of released names happen on whole seconds, backing off to a minute.
-const PROBE_GRANULARITY_MS: u64 = 1_000;
+/// Ticks are tenths of a second: deadlines close together share a wake-up,
+/// and a name's deadline fits in four bytes.
+const TICK_MS: u64 = 100;
+/// Looks at released names back off from 1 s to a minute.
 const PROBE_MAX_SHIFT: u8 = 6;
+/// Retries of failed unlinks back off from 100 ms to about 13 s.
+const RETRY_MAX_SHIFT: u8 = 7;
+/// Untrusted pids remembered per connection (beyond, each costs a watch attempt).
+const MAX_ALIASES: u16 = 1024;
+/// How often a lingering shutdown looks at what it waits for.
+const LINGER_PASS: Duration = Duration::from_secs(1);
+
+/// The tick at or after `t` (never [`NO_TICK`]).
+fn tick_at_or_after(t: Timestamp) -> u32 {
+    let tick = t.as_millis().div_ceil(TICK_MS).saturating_add(1);
+    u32::try_from(tick).unwrap_or(u32::MAX)
+}
+
+/// The latest tick that is due at `now`.
+fn tick_due(now: Timestamp) -> u32 {
+    let tick = (now.as_millis() / TICK_MS).saturating_add(1);
+    u32::try_from(tick).unwrap_or(u32::MAX)
+}
+
+fn tick_time(tick: u32) -> Timestamp {
+    Timestamp::from_millis(u64::from(tick.saturating_sub(1)) * TICK_MS)
+}
 
 impl<S: Storage> Manager<S> {
     /// A manager with no clients yet; the shutdown clock starts at `now`.
@@ -295,11 +521,19 @@ impl<S: Storage> Manager<S> {
         Self {
             config,
             names: Default::default(),
+            index: S::Index::seeded(config.hash_seed),
             holds: Default::default(),
+            holders: Default::default(),
+            holder_index: Default::default(),
+            pids: Default::default(),
             conns: Default::default(),
+            timers: Default::default(),
             next_conn: 0,
+            clock: now,
             idle_since: Some(now),
-            wake: None,
+            stall_wake: None,
+            ending: 0,
+            closing: None,
             stats: Stats::default(),
         }
     }
@@ -319,20 +553,37 @@ impl<S: Storage> Manager<S> {
         self.conns.len()
     }
 
-    /// Known names (held, released or orphaned).
+    /// Known names (held, released, orphaned or being unlinked).
     pub fn name_count(&self) -> usize {
         self.names.len()
     }
 
+    /// Live holders (processes on connections, and processes that outlived
+    /// a connection closed for cause).
+    pub fn holder_count(&self) -> usize {
+        self.holders.len() - self.ending
+    }
+
+    /// Whether the manager is shutting down (no client, lingering or unlinking).
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
     /// What the manager knows about `name`.
     pub fn name_state(&self, name: &SegmentName) -> Option<NameState> {
-        let record = self.names.get(name)?;
-        Some(match (record.live, record.died_holding) {
-            (0, true) => NameState::Orphaned {
-                reap_at: record.wake,
+        let record = self.names.get(self.find(name)?)?;
+        Some(match record.phase {
+            _ if record.live > 0 => NameState::Held {
+                registrations: record.live,
             },
-            (0, false) => NameState::Released,
-            (holders, _) => NameState::Held { holders },
+            Phase::Orphan => NameState::Orphaned {
+                reap_at: (record.wake != NO_TICK).then(|| tick_time(record.wake)),
+            },
+            Phase::Confirming => NameState::Orphaned {
+                reap_at: Some(self.clock),
+            },
+            Phase::Unlinking => NameState::Unlinking,
+            Phase::Held | Phase::Released => NameState::Released { dead: record.dead },
         })
     }
 
@@ -343,16 +594,29 @@ impl<S: Storage> Manager<S> {
 
     /// When the driver must call [`Manager::tick`] at the latest, if ever.
     pub fn next_wakeup(&self) -> Option<Timestamp> {
-        let idle_deadline = if self.conns.is_empty() {
-            self.idle_since.map(|t| t.after(self.config.shutdown_after))
-        } else {
-            None
-        };
-        min_opt(self.wake, idle_deadline)
+        if self.ending > 0 {
+            return Some(self.clock);
+        }
+        let mut wake = self.timers.next().map(tick_time);
+        wake = min_opt(wake, self.stall_wake);
+        match self.closing {
+            // More of the pass to do, or nothing left: finish at once.
+            Some(closing) if closing.cursor < self.names.id_bound() || self.names.is_empty() => {
+                Some(self.clock)
+            }
+            Some(closing) => min_opt(wake, closing.next_pass),
+            None if self.conns.is_empty() => min_opt(
+                wake,
+                self.idle_since
+                    .map(|since| since.after(self.config.shutdown_after)),
+            ),
+            None => wake,
+        }
     }
 
     /// A client connected. Refused peers get an error; the driver closes them.
-    pub fn connect(&mut self, peer: Peer, _now: Timestamp) -> Result<ConnId, ConnectError> {
+    pub fn connect(&mut self, peer: Peer, now: Timestamp) -> Result<ConnId, ConnectError> {
+        self.clock = now;
         if let Some(owner) = self.config.owner_uid
             && peer.uid != Some(owner)
         {
@@ -364,20 +628,26 @@ impl<S: Storage> Manager<S> {
             return Err(ConnectError::TooManyConnections);
         }
         let id = ConnId(self.next_conn);
+        // A client that connects and never says anything is closed like one
+        // that stops mid-frame: it holds nothing and costs a descriptor.
+        let stall_deadline = self.config.silence_timeout.map(|t| now.after(t));
         let connection = Connection {
             partial: [0; FRAME_LEN],
             filled: 0,
-            partial_since: None,
-            held: 0,
+            stall_deadline,
             peer,
+            last: None,
+            aliases: 0,
         };
         if self.conns.insert(id, connection).is_err() {
             self.stats.rejected += 1;
             return Err(ConnectError::TooManyConnections);
         }
+        self.stall_wake = min_opt(self.stall_wake, stall_deadline);
         self.next_conn += 1;
         self.stats.connections += 1;
         self.idle_since = None;
+        self.closing = None;
         Ok(id)
     }
 
@@ -389,6 +659,7 @@ impl<S: Storage> Manager<S> {
         now: Timestamp,
         fx: &mut impl Effects,
     ) {
+        self.clock = now;
         while !bytes.is_empty() {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
@@ -406,21 +677,19 @@ impl<S: Storage> Manager<S> {
                 bytes = &bytes[take..];
                 if filled + take < FRAME_LEN {
                     c.filled = (filled + take) as u8;
-                    if c.partial_since.is_none() {
-                        c.partial_since = Some(now);
-                        if let Some(timeout) = self.config.frame_timeout {
-                            self.schedule(now.after(timeout));
-                        }
+                    if filled == 0 {
+                        c.stall_deadline = self.config.frame_timeout.map(|t| now.after(t));
+                        self.stall_wake = min_opt(self.stall_wake, c.stall_deadline);
                     }
                     return;
                 }
                 c.filled = 0;
-                c.partial_since = None;
                 c.partial
             };
+            c.stall_deadline = None;
             match Frame::parse(&frame) {
                 Ok(frame) => self.handle(conn, frame, now, fx),
-                Err(err) => self.close(conn, CloseReason::Malformed(err), now, fx),
+                Err(err) => self.close_for_cause(conn, CloseReason::Malformed(err), now, fx),
             }
         }
     }
@@ -434,57 +703,119 @@ impl<S: Storage> Manager<S> {
         now: Timestamp,
         fx: &mut impl Effects,
     ) {
+        self.clock = now;
         if self.conns.get(&conn).is_none() {
             return;
         }
         match Frame::parse(frame) {
             Ok(frame) if journal::is_reserved(&frame.name) => {
-                self.close(conn, CloseReason::JournalMisuse, now, fx);
+                self.close_for_cause(conn, CloseReason::JournalMisuse, now, fx);
             }
             Ok(frame) => match frame.kind {
-                FrameKind::Register => self.register(conn, frame.name, Answer::Silent, now, fx),
-                FrameKind::Release => self.release(conn, frame.name, now, fx),
+                FrameKind::Register => {
+                    self.register(conn, frame.pid, frame.name, Answer::Silent, now, fx)
+                }
+                FrameKind::Release => self.release(conn, frame.pid, frame.name, now, fx),
             },
-            Err(err) => self.close(conn, CloseReason::Malformed(err), now, fx),
+            Err(err) => self.close_for_cause(conn, CloseReason::Malformed(err), now, fx),
         }
     }
 
-    /// Takes on `name` as an orphan: a segment whose holder died while no
-    /// manager was watching (a manager that replaced a dead one finds these).
-    /// It is unlinked after the grace period unless someone registers it
-    /// first. A name a live connection holds is left alone; a released one is
-    /// taken on too, since after a manager's death "released" may only mean
-    /// that its other holders died unseen. Returns whether it was taken on.
-    pub fn adopt_orphan(&mut self, name: SegmentName, now: Timestamp) -> bool {
-        let wake = self
-            .config
-            .reap_grace
-            .map(|grace| now.after(grace).round_up(REAP_GRANULARITY_MS));
-        if let Some(record) = self.names.get_mut(&name) {
-            if record.live > 0 || record.died_holding {
-                return false;
-            }
-            record.died_holding = true;
-            record.wake = wake;
-        } else {
-            if self.names.len() >= self.config.max_names {
-                return false;
-            }
-            let record = NameRecord {
-                live: 0,
-                died_holding: true,
-                wake,
-                probes: 0,
+    /// `conn` reached end of file or failed. Its holders end, whatever their
+    /// lifeline: a process that closed its connection is done with it.
+    pub fn disconnect(&mut self, conn: ConnId, now: Timestamp, fx: &mut impl Effects) {
+        self.clock = now;
+        if self.conns.remove(&conn).is_none() {
+            return;
+        }
+        self.holder_index.retain(|key, _| key.conn != conn);
+        for id in 0..self.holders.id_bound() {
+            let Some(holder) = self.holders.get_mut(id) else {
+                continue;
             };
-            if self.names.insert(name, record).is_err() {
-                return false;
+            if holder.key.conn != conn || holder.ending {
+                continue;
+            }
+            let lifeline = holder.lifeline;
+            Self::begin_end(holder, HolderEnd::Disconnected, fx);
+            self.ending += 1;
+            if let Lifeline::Pid(pid) = lifeline {
+                self.release_pid(pid, fx);
             }
         }
-        self.wake = min_opt(self.wake, wake);
+        self.drop_finished_holders();
+        if self.conns.is_empty() {
+            self.idle_since = Some(now);
+        }
+    }
+
+    /// A watched process ended: its holders end, on every connection, while
+    /// the connections and their other processes go on.
+    pub fn pid_exited(&mut self, pid: i32, now: Timestamp, fx: &mut impl Effects) {
+        self.clock = now;
+        if self.pids.remove(&pid).is_none() {
+            return;
+        }
+        fx.unwatch_pid(pid);
+        let mut ended = 0;
+        for id in 0..self.holders.id_bound() {
+            let Some(holder) = self.holders.get_mut(id) else {
+                continue;
+            };
+            if holder.lifeline != Lifeline::Pid(pid) || holder.ending {
+                continue;
+            }
+            let key = holder.key;
+            Self::begin_end(holder, HolderEnd::Exited, fx);
+            ended += 1;
+            self.stats.holders_exited += 1;
+            self.holder_index.remove(&key);
+            if let Some(c) = self.conns.get_mut(&key.conn)
+                && c.last.is_some_and(|(_, h)| h == id)
+            {
+                c.last = None;
+            }
+        }
+        self.ending += ended;
+        self.drop_finished_holders();
+    }
+
+    /// Takes on `name` as an orphan whatever its refcount says: a segment
+    /// whose holder died while no manager was watching (a manager that
+    /// replaced a dead one finds these). It is unlinked after the grace
+    /// period unless someone registers it first. A name a live holder holds
+    /// is left alone. Returns whether it was taken on.
+    pub fn adopt_orphan(&mut self, name: SegmentName, now: Timestamp) -> bool {
+        self.clock = now;
+        let id = match self.find(&name) {
+            Some(id) => id,
+            None => match self.insert_name(name) {
+                Some(id) => id,
+                None => return false,
+            },
+        };
+        let Some(record) = self.names.get_mut(id) else {
+            return false;
+        };
+        if record.live > 0 || record.dead == u32::MAX {
+            return false;
+        }
+        record.dead = u32::MAX;
+        // An orphan already waiting out its grace (or being unlinked) keeps
+        // its schedule; anything else is looked at again at once, since the
+        // rule now says orphan whatever its refcount.
+        let on_its_way = matches!(
+            record.phase,
+            Phase::Orphan | Phase::Confirming | Phase::Unlinking
+        );
+        if !on_its_way && !record.busy {
+            self.unheld(id, true, now);
+        }
         true
     }
 
-    /// Closes `conn` for a reason the driver found (a corrupt journal, say).
+    /// Closes `conn` for a reason the driver found (a corrupt journal, a
+    /// client that does not read its replies).
     pub fn evict(
         &mut self,
         conn: ConnId,
@@ -492,103 +823,304 @@ impl<S: Storage> Manager<S> {
         now: Timestamp,
         fx: &mut impl Effects,
     ) {
-        self.close(conn, reason, now, fx);
+        self.close_for_cause(conn, reason, now, fx);
     }
 
-    /// `conn` reached end of file or failed. What it still held is orphaned.
-    pub fn disconnect(&mut self, conn: ConnId, now: Timestamp) {
-        let Some(c) = self.conns.remove(&conn) else {
+    /// What [`Effects::chore`] asked for, looked at: `None` if the look failed
+    /// (it is tried again later).
+    pub fn observed(
+        &mut self,
+        name: &SegmentName,
+        observed: Option<Observed>,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        self.clock = now;
+        let Some(id) = self.find(name) else {
             return;
         };
-        if c.held > 0 {
-            let wake = orphan_holds::<S>(&mut self.holds, &mut self.names, conn, now, &self.config);
-            self.wake = min_opt(self.wake, wake);
+        let closing = self.closing;
+        let grace = self.config.reap_grace;
+        let Some(record) = self.names.get_mut(id) else {
+            return;
+        };
+        record.busy = false;
+        if record.live > 0 {
+            return;
         }
-        if self.conns.is_empty() {
-            self.idle_since = Some(now);
+        let refcount = match observed {
+            None => {
+                let backoff = backoff(record.tries, PROBE_MAX_SHIFT, 1_000);
+                record.tries = record.tries.saturating_add(1);
+                return self.schedule(id, now.after(backoff));
+            }
+            Some(Observed::Absent) => {
+                self.stats.forgotten += 1;
+                return self.forget(id);
+            }
+            Some(Observed::Foreign) => {
+                self.stats.forgotten += 1;
+                fx.note(Note::Untouchable { name: *name });
+                return self.forget(id);
+            }
+            Some(Observed::Segment { refcount }) => refcount,
+        };
+        let orphan = record.dead > 0 && i64::from(refcount) <= i64::from(record.dead);
+        if let Some(closing) = closing {
+            if orphan || refcount <= 0 || now >= closing.linger_until {
+                return self.unlink(id, UnlinkReason::Shutdown, fx);
+            }
+            // Lingers; the next pass looks again.
+            record.phase = Phase::Released;
+            return;
+        }
+        if !orphan {
+            if record.dead > 0 {
+                fx.note(Note::InTransit {
+                    name: *name,
+                    refcount,
+                    dead: record.dead,
+                });
+            }
+            record.phase = Phase::Released;
+            let backoff = backoff(record.tries, PROBE_MAX_SHIFT, 1_000);
+            record.tries = record.tries.saturating_add(1);
+            return self.schedule(id, now.after(backoff).round_up(1_000));
+        }
+        match (record.phase, grace) {
+            (Phase::Confirming, _) => self.unlink(id, UnlinkReason::Orphaned, fx),
+            (_, Some(grace)) => {
+                record.phase = Phase::Orphan;
+                record.tries = 0;
+                self.schedule(id, now.after(grace));
+            }
+            // Reaping is off: kept until shutdown, as PyTorch keeps it.
+            (_, None) => {
+                record.phase = Phase::Orphan;
+                self.unschedule(id);
+            }
         }
     }
 
-    /// Time passed: close stalled connections, reap orphans whose grace ran out,
-    /// re-check released names, and shut down when idle long enough.
-    pub fn tick(&mut self, now: Timestamp, fx: &mut impl Effects) -> Status {
-        let mut wake = None;
-        let Self {
-            config,
-            names,
-            holds,
-            conns,
-            stats,
-            ..
-        } = self;
+    /// What became of an [`Chore::Unlink`]: `None` if it failed (the name is
+    /// kept and the unlink tried again later).
+    pub fn unlinked(
+        &mut self,
+        name: &SegmentName,
+        reason: UnlinkReason,
+        outcome: Option<Unlinked>,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        self.clock = now;
+        let Some(id) = self.find(name) else {
+            return;
+        };
+        let linger_over = self
+            .closing
+            .is_some_and(|closing| now >= closing.linger_until);
+        let Some(record) = self.names.get_mut(id) else {
+            return;
+        };
+        record.busy = false;
+        match outcome {
+            Some(Unlinked::Removed) => match reason {
+                UnlinkReason::Orphaned => self.stats.reaped += 1,
+                UnlinkReason::Shutdown => self.stats.unlinked_at_shutdown += 1,
+            },
+            Some(Unlinked::Absent) => self.stats.forgotten += 1,
+            Some(Unlinked::Foreign) => {
+                self.stats.forgotten += 1;
+                fx.note(Note::Untouchable { name: *name });
+            }
+            None => {
+                self.stats.unlink_failures += 1;
+                if record.live == 0 && !linger_over {
+                    // Kept: the next look decides again, and unlinks again.
+                    record.phase = Phase::Orphan;
+                    let backoff = backoff(record.tries, RETRY_MAX_SHIFT, TICK_MS);
+                    record.tries = record.tries.saturating_add(1);
+                    return self.schedule(id, now.after(backoff));
+                }
+            }
+        }
+        if record.live > 0 {
+            // Registered again while being unlinked: its holders go on.
+            record.phase = Phase::Held;
+            return;
+        }
+        self.forget(id);
+    }
 
-        if let Some(timeout) = config.frame_timeout {
-            conns.retain(|&id, c| {
-                let Some(since) = c.partial_since else {
-                    return true;
-                };
-                let deadline = since.after(timeout);
-                if deadline > now {
-                    wake = min_opt(wake, Some(deadline));
-                    return true;
-                }
-                fx.close(id, CloseReason::StalledFrame);
-                stats.closed_for_cause += 1;
-                if c.held > 0 {
-                    let orphan_wake = orphan_holds::<S>(holds, names, id, now, config);
-                    wake = min_opt(wake, orphan_wake);
-                }
-                false
+    /// Carries out `chore` in `namespace` and takes in the outcome. A failed
+    /// look or unlink is tried again later; its error is returned for the log.
+    pub fn perform<N: Namespace>(
+        &mut self,
+        chore: Chore,
+        namespace: &mut N,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) -> Result<(), N::Error> {
+        match chore {
+            Chore::Observe(name) => {
+                let result = namespace.observe(&name);
+                self.observed(&name, result.as_ref().ok().copied(), now, fx);
+                result.map(drop)
+            }
+            Chore::Unlink(name, reason) => {
+                let result = namespace.unlink(&name);
+                self.unlinked(&name, reason, result.as_ref().ok().copied(), now, fx);
+                result.map(drop)
+            }
+        }
+    }
+
+    /// Time passed: close stalled connections, turn ended holders' holds into
+    /// dead registrations, look at names whose time came, and shut down when
+    /// idle long enough. Each part does at most [`ManagerConfig::batch`] names.
+    pub fn tick(&mut self, now: Timestamp, fx: &mut impl Effects) -> Status {
+        self.clock = now;
+        self.close_stalled(now, fx);
+        let mut budget = self.config.batch.max(1);
+        budget = self.convert_ending(budget, now);
+        let due = tick_due(now);
+        while budget > 0 {
+            let Some((_, id)) = self.timers.pop_due(due) else {
+                break;
+            };
+            budget -= 1;
+            let Some(record) = self.names.get_mut(id) else {
+                continue;
+            };
+            record.wake = NO_TICK;
+            if record.live > 0 || record.busy {
+                continue;
+            }
+            if record.phase == Phase::Orphan {
+                record.phase = Phase::Confirming;
+            }
+            record.busy = true;
+            fx.chore(Chore::Observe(record.name));
+        }
+        self.shut_down_when_idle(now, fx)
+    }
+
+    fn shut_down_when_idle(&mut self, now: Timestamp, fx: &mut impl Effects) -> Status {
+        if !self.conns.is_empty() {
+            return Status::Serving;
+        }
+        let idle_since = *self.idle_since.get_or_insert(now);
+        if self.closing.is_none() {
+            if idle_since.after(self.config.shutdown_after) > now {
+                return Status::Serving;
+            }
+            self.closing = Some(Closing {
+                linger_until: now.after(self.config.linger),
+                cursor: 0,
+                next_pass: None,
             });
         }
-
-        names.retain(|name, record| {
-            if record.wake.is_some_and(|at| at <= now) {
-                if record.live > 0 {
-                    record.wake = None;
-                } else if record.died_holding {
-                    fx.unlink(name, UnlinkReason::Orphaned);
-                    stats.reaped += 1;
-                    return false;
-                } else if fx.exists(name) {
-                    record.probes = record.probes.saturating_add(1);
-                    record.wake = Some(next_probe(now, record.probes));
-                } else {
-                    stats.forgotten += 1;
-                    return false;
-                }
+        let Some(mut closing) = self.closing else {
+            return Status::Serving;
+        };
+        if closing.cursor >= self.names.id_bound() && closing.next_pass.is_some_and(|at| at <= now)
+        {
+            closing.cursor = 0;
+            closing.next_pass = None;
+        }
+        if now >= closing.linger_until && self.holder_count() > 0 {
+            self.end_all_holders(fx);
+        }
+        let mut budget = self.config.batch.max(1);
+        while budget > 0 && closing.cursor < self.names.id_bound() {
+            let id = closing.cursor;
+            closing.cursor += 1;
+            let Some(record) = self.names.get_mut(id) else {
+                continue;
+            };
+            budget -= 1;
+            if record.busy {
+                continue;
             }
-            wake = min_opt(wake, record.wake);
-            true
-        });
-        self.wake = wake;
-
-        if self.conns.is_empty() {
-            if self.idle_since.is_none() {
-                self.idle_since = Some(now);
+            if record.live > 0 {
+                // A live process whose connection was closed for cause; it
+                // lets go when the linger is over (below).
+                continue;
             }
-            let idle_for_long = self
-                .idle_since
-                .is_some_and(|since| since.after(self.config.shutdown_after) <= now);
-            if idle_for_long {
-                let stats = &mut self.stats;
-                self.names.retain(|name, _| {
-                    fx.unlink(name, UnlinkReason::Shutdown);
-                    stats.unlinked_at_shutdown += 1;
-                    false
+            record.busy = true;
+            fx.chore(Chore::Observe(record.name));
+        }
+        if closing.cursor >= self.names.id_bound() && closing.next_pass.is_none() {
+            closing.next_pass = Some(now.after(LINGER_PASS));
+            if !self.names.is_empty() {
+                fx.note(Note::Lingering {
+                    names: self.names.len(),
                 });
-                self.holds.retain(|_, _| false);
-                return Status::Finished;
             }
         }
+        self.closing = Some(closing);
+        if self.names.is_empty() && self.ending == 0 {
+            self.holders = Default::default();
+            self.holder_index = Default::default();
+            return Status::Finished;
+        }
         Status::Serving
+    }
+
+    /// Ends every live holder: the manager is going, and with it what the
+    /// processes it could no longer hear from still held.
+    fn end_all_holders(&mut self, fx: &mut impl Effects) {
+        for id in 0..self.holders.id_bound() {
+            let Some(holder) = self.holders.get_mut(id) else {
+                continue;
+            };
+            if holder.ending {
+                continue;
+            }
+            let lifeline = holder.lifeline;
+            Self::begin_end(holder, HolderEnd::Disconnected, fx);
+            self.ending += 1;
+            if let Lifeline::Pid(pid) = lifeline {
+                self.release_pid(pid, fx);
+            }
+        }
+        self.drop_finished_holders();
+    }
+
+    fn close_stalled(&mut self, now: Timestamp, fx: &mut impl Effects) {
+        if self.stall_wake.is_none_or(|at| at > now) {
+            return;
+        }
+        let mut stalled: heapless::Vec<ConnId, 16> = heapless::Vec::new();
+        loop {
+            let mut wake = None;
+            self.conns.retain(|&id, c| {
+                if let Some(deadline) = c.stall_deadline {
+                    if deadline <= now && stalled.push(id).is_ok() {
+                        return true;
+                    }
+                    wake = min_opt(wake, Some(deadline));
+                }
+                true
+            });
+            self.stall_wake = wake;
+            if stalled.is_empty() {
+                return;
+            }
+            for id in stalled.iter() {
+                self.close_for_cause(*id, CloseReason::StalledFrame, now, fx);
+            }
+            stalled.clear();
+        }
     }
 
     fn handle(&mut self, conn: ConnId, frame: Frame, now: Timestamp, fx: &mut impl Effects) {
         let reserved = journal::is_reserved(&frame.name);
         match (frame.kind, reserved) {
-            (FrameKind::Register, false) => self.register(conn, frame.name, Answer::Reply, now, fx),
-            (FrameKind::Release, false) => self.release(conn, frame.name, now, fx),
+            (FrameKind::Register, false) => {
+                self.register(conn, frame.pid, frame.name, Answer::Reply, now, fx)
+            }
+            (FrameKind::Release, false) => self.release(conn, frame.pid, frame.name, now, fx),
             (FrameKind::Register, true) if frame.name.as_str() == journal::SETUP_NAME => {
                 let reply = if fx.attach_journal(conn) {
                     JOURNAL_READY
@@ -610,6 +1142,7 @@ impl<S: Storage> Manager<S> {
     fn register(
         &mut self,
         conn: ConnId,
+        pid: i32,
         name: SegmentName,
         answer: Answer,
         now: Timestamp,
@@ -618,147 +1151,473 @@ impl<S: Storage> Manager<S> {
         if let Some(prefix) = &self.config.name_prefix
             && !name.has_prefix(prefix)
         {
-            return self.close(conn, CloseReason::ForeignName(name), now, fx);
-        }
-        let hold = Hold { conn, name };
-        if let Some(count) = self.holds.get_mut(&hold) {
-            let Some(next) = count.checked_add(1) else {
-                return self.close(conn, CloseReason::HoldOverflow, now, fx);
+            return match answer {
+                Answer::Reply => self.refuse(conn, fx),
+                Answer::Silent => {
+                    self.close_for_cause(conn, CloseReason::ForeignName(name), now, fx)
+                }
             };
-            *count = next;
-            self.stats.registrations += 1;
-            return self.answer(conn, answer, ACK, now, fx);
         }
-        let is_new_name = self.names.get(&name).is_none();
-        if is_new_name
-            && (self.names.len() >= self.config.max_names
-                || self.names.insert(name, NameRecord::default()).is_err())
-        {
-            self.stats.refused += 1;
-            return self.answer(conn, answer, REFUSAL, now, fx);
-        }
-        if self.holds.insert(hold, 1).is_err() {
-            if is_new_name {
-                self.names.remove(&name);
+        let (id, is_new) = match self.find(&name) {
+            Some(id) => (id, false),
+            None if self.names.len() >= self.config.max_names => {
+                return self.refused(conn, answer, now, fx);
             }
-            self.stats.refused += 1;
-            return self.answer(conn, answer, REFUSAL, now, fx);
+            None => match self.insert_name(name) {
+                Some(id) => (id, true),
+                None => return self.refused(conn, answer, now, fx),
+            },
+        };
+        let stored = self
+            .holder_for(conn, pid, fx)
+            .and_then(|holder| self.add_hold(holder, id));
+        if stored.is_none() {
+            if is_new {
+                self.forget(id);
+            }
+            return self.refused(conn, answer, now, fx);
         }
-        if let Some(record) = self.names.get_mut(&name) {
+        if let Some(record) = self.names.get_mut(id) {
             record.live += 1;
-            record.wake = None;
-            record.probes = 0;
+            record.phase = Phase::Held;
+            record.tries = 0;
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.held += 1;
-        }
+        self.unschedule(id);
         self.stats.registrations += 1;
-        self.answer(conn, answer, ACK, now, fx);
+        if answer == Answer::Reply {
+            fx.reply(conn, ACK);
+        }
     }
 
-    /// Replies to a registration from the socket. A journaled one gets no
-    /// reply, and a journaled one that cannot be stored closes the connection,
-    /// since its segment may exist already and cannot be refused.
-    fn answer(
+    /// One more registration of `name` by `holder`; `None` if it cannot be
+    /// stored (full table, or counts that would overflow).
+    fn add_hold(&mut self, holder: u32, name: u32) -> Option<()> {
+        let live = self.names.get(name)?.live;
+        live.checked_add(1)?;
+        if let Some(count) = self.holds.get_mut(holder, name) {
+            *count = count.checked_add(1)?;
+            return Some(());
+        }
+        self.holds.insert(holder, name, 1).ok()?;
+        if let Some(h) = self.holders.get_mut(holder) {
+            h.holds += 1;
+        }
+        Some(())
+    }
+
+    fn release(
         &mut self,
         conn: ConnId,
-        answer: Answer,
-        reply: [u8; 2],
+        pid: i32,
+        name: SegmentName,
         now: Timestamp,
         fx: &mut impl Effects,
     ) {
-        match (answer, reply) {
-            (Answer::Reply, reply) => fx.reply(conn, reply),
-            (Answer::Silent, REFUSAL) => self.close(conn, CloseReason::RegistryFull, now, fx),
-            (Answer::Silent, _) => {}
-        }
-    }
-
-    fn release(&mut self, conn: ConnId, name: SegmentName, now: Timestamp, fx: &mut impl Effects) {
-        let hold = Hold { conn, name };
-        let Some(count) = self.holds.get_mut(&hold) else {
-            return self.close(conn, CloseReason::UnknownRelease(name), now, fx);
+        let holder = self.find(&name).and_then(|id| {
+            let own = self
+                .known_holder(conn, pid)
+                .filter(|&h| self.holds.contains(h, id));
+            // Another process on the same connection (a forked child dropping
+            // its parent's tensor): charged to the connection.
+            let charged = own.or_else(|| self.holder_on_conn_holding(conn, id));
+            charged.map(|h| (h, id))
+        });
+        let Some((holder, id)) = holder else {
+            self.stats.stray_releases += 1;
+            fx.note(Note::StrayRelease { conn, pid, name });
+            return;
         };
         self.stats.releases += 1;
+        let Some(count) = self.holds.get_mut(holder, id) else {
+            return;
+        };
         if *count > 1 {
             *count -= 1;
-            return;
+        } else {
+            self.holds.remove(holder, id);
+            if let Some(h) = self.holders.get_mut(holder) {
+                h.holds = h.holds.saturating_sub(1);
+            }
         }
-        self.holds.remove(&hold);
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.held = c.held.saturating_sub(1);
-        }
-        let Some(record) = self.names.get_mut(&name) else {
+        let Some(record) = self.names.get_mut(id) else {
             return;
         };
         record.live = record.live.saturating_sub(1);
-        if record.live > 0 {
-            return;
+        if record.live == 0 {
+            self.unheld(id, false, now);
         }
-        // Its last holder let go. Whether the name still exists is asked later,
-        // in the once-a-second sweep: asking now would cost a lookup in the
-        // shared-memory directory per release, contending with the very
-        // clients that are creating segments there.
-        let wake = if record.died_holding {
-            self.config
-                .reap_grace
-                .map(|grace| now.after(grace).round_up(REAP_GRANULARITY_MS))
-        } else {
-            record.probes = 0;
-            Some(next_probe(now, 0))
-        };
-        record.wake = wake;
-        self.wake = min_opt(self.wake, wake);
     }
 
-    fn close(&mut self, conn: ConnId, reason: CloseReason, now: Timestamp, fx: &mut impl Effects) {
-        if self.conns.get(&conn).is_none() {
+    /// The name lost its last live registration. With dead registrations it
+    /// is looked at at once (it may be an orphan); otherwise only to notice
+    /// when it is gone, on the next whole second: a look per release would
+    /// contend for the shared-memory directory with the clients creating
+    /// segments there.
+    fn unheld(&mut self, id: u32, at_once: bool, now: Timestamp) {
+        let Some(record) = self.names.get_mut(id) else {
             return;
+        };
+        record.phase = Phase::Released;
+        record.tries = 0;
+        let when = if at_once || record.dead > 0 {
+            now
+        } else {
+            now.after(Duration::from_secs(1)).round_up(1_000)
+        };
+        self.schedule(id, when);
+    }
+
+    /// The holder for frames from `pid` on `conn`, created (and its pid
+    /// watched) on first sight.
+    fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
+        if let Some(holder) = self.known_holder(conn, pid) {
+            return Some(holder);
+        }
+        self.conns.get(&conn)?;
+        let holder = if fx.watch_pid(conn, pid) && self.retain_pid(pid, fx) {
+            let key = HolderKey {
+                conn,
+                pid: Some(pid),
+            };
+            let Some(holder) = self.new_holder(key, Lifeline::Pid(pid)) else {
+                self.release_pid(pid, fx);
+                return None;
+            };
+            if self.holder_index.insert(key, holder).is_err() {
+                self.holders.remove(holder);
+                self.release_pid(pid, fx);
+                return None;
+            }
+            holder
+        } else {
+            let holder = self.connection_holder(conn)?;
+            let c = self.conns.get_mut(&conn)?;
+            if c.aliases < MAX_ALIASES {
+                let alias = HolderKey {
+                    conn,
+                    pid: Some(pid),
+                };
+                if self.holder_index.insert(alias, holder).is_ok() {
+                    c.aliases += 1;
+                }
+            }
+            holder
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.last = Some((pid, holder));
+        }
+        Some(holder)
+    }
+
+    /// The holder standing for `conn`'s untrusted pids, created on first need.
+    fn connection_holder(&mut self, conn: ConnId) -> Option<u32> {
+        let key = HolderKey { conn, pid: None };
+        if let Some(&holder) = self.holder_index.get(&key) {
+            return Some(holder);
+        }
+        let holder = self.new_holder(key, Lifeline::Connection)?;
+        if self.holder_index.insert(key, holder).is_err() {
+            self.holders.remove(holder);
+            return None;
+        }
+        Some(holder)
+    }
+
+    fn new_holder(&mut self, key: HolderKey, lifeline: Lifeline) -> Option<u32> {
+        self.holders
+            .insert(Holder {
+                key,
+                lifeline,
+                holds: 0,
+                ending: false,
+                end: HolderEnd::Disconnected,
+            })
+            .ok()
+    }
+
+    /// The live holder already resolved for `pid` on `conn`.
+    fn known_holder(&mut self, conn: ConnId, pid: i32) -> Option<u32> {
+        let c = self.conns.get_mut(&conn)?;
+        if let Some((last_pid, holder)) = c.last
+            && last_pid == pid
+        {
+            return Some(holder);
+        }
+        let holder = *self.holder_index.get(&HolderKey {
+            conn,
+            pid: Some(pid),
+        })?;
+        c.last = Some((pid, holder));
+        Some(holder)
+    }
+
+    /// Some live holder on `conn` that holds name `id`.
+    fn holder_on_conn_holding(&self, conn: ConnId, id: u32) -> Option<u32> {
+        (0..self.holders.id_bound()).find(|&h| {
+            self.holders
+                .get(h)
+                .is_some_and(|holder| holder.key.conn == conn && !holder.ending)
+                && self.holds.contains(h, id)
+        })
+    }
+
+    /// Counts one more holder depending on `pid`'s watch. False (and the
+    /// watch dropped if nobody else needs it) when the pid table is full:
+    /// the holder then stands for its connection instead.
+    fn retain_pid(&mut self, pid: i32, fx: &mut impl Effects) -> bool {
+        if let Some(count) = self.pids.get_mut(&pid) {
+            *count += 1;
+            return true;
+        }
+        if self.pids.insert(pid, 1).is_ok() {
+            return true;
+        }
+        fx.unwatch_pid(pid);
+        false
+    }
+
+    fn release_pid(&mut self, pid: i32, fx: &mut impl Effects) {
+        let Some(count) = self.pids.get_mut(&pid) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.pids.remove(&pid);
+            fx.unwatch_pid(pid);
+        }
+    }
+
+    fn begin_end(holder: &mut Holder, why: HolderEnd, fx: &mut impl Effects) {
+        holder.ending = true;
+        holder.end = why;
+        if holder.holds > 0 {
+            fx.note(Note::HolderEnded {
+                conn: holder.key.conn,
+                pid: match holder.lifeline {
+                    Lifeline::Pid(pid) => Some(pid),
+                    Lifeline::Connection => None,
+                },
+                why,
+                holds: holder.holds,
+            });
+        }
+    }
+
+    /// Removes ended holders that hold nothing (any more).
+    fn drop_finished_holders(&mut self) {
+        if self.ending == 0 {
+            return;
+        }
+        for id in 0..self.holders.id_bound() {
+            if self
+                .holders
+                .get(id)
+                .is_some_and(|holder| holder.ending && holder.holds == 0)
+            {
+                self.holders.remove(id);
+                self.ending -= 1;
+            }
+        }
+    }
+
+    /// Turns up to `budget` holds of ended holders into dead registrations;
+    /// returns the budget left.
+    fn convert_ending(&mut self, mut budget: usize, now: Timestamp) -> usize {
+        if self.ending == 0 {
+            return budget;
+        }
+        for holder in 0..self.holders.id_bound() {
+            if budget == 0 {
+                break;
+            }
+            if !self.holders.get(holder).is_some_and(|h| h.ending) {
+                continue;
+            }
+            let mut unheld: heapless::Vec<u32, 64> = heapless::Vec::new();
+            loop {
+                let room = budget.min(unheld.capacity() - unheld.len());
+                if room == 0 {
+                    break;
+                }
+                let names = &mut self.names;
+                let taken = self.holds.take_of(holder, room, |name, count| {
+                    if let Some(record) = names.get_mut(name) {
+                        record.live = record.live.saturating_sub(count);
+                        record.dead = record.dead.saturating_add(count);
+                        if record.live == 0 {
+                            let _ = unheld.push(name);
+                        }
+                    }
+                });
+                budget -= taken;
+                if let Some(h) = self.holders.get_mut(holder) {
+                    h.holds = h.holds.saturating_sub(taken as u32);
+                }
+                for &name in unheld.iter() {
+                    self.unheld(name, true, now);
+                }
+                unheld.clear();
+                if taken < room {
+                    break;
+                }
+            }
+            if self.holders.get(holder).is_some_and(|h| h.holds == 0) {
+                self.holders.remove(holder);
+                self.ending -= 1;
+            }
+        }
+        budget
+    }
+
+    fn close_for_cause(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let peer_pid = c.peer.pid;
+        // Its holders live on while their processes do. The holder standing
+        // for untrusted pids is tied to the connecting process instead, if
+        // that one can be watched.
+        if let Some(&holder) = self.holder_index.get(&HolderKey { conn, pid: None }) {
+            let watched =
+                peer_pid.filter(|&pid| fx.watch_pid(conn, pid) && self.retain_pid(pid, fx));
+            match watched {
+                Some(pid) => {
+                    if let Some(h) = self.holders.get_mut(holder) {
+                        h.lifeline = Lifeline::Pid(pid);
+                    }
+                }
+                _ => {
+                    if let Some(h) = self.holders.get_mut(holder) {
+                        Self::begin_end(h, HolderEnd::Disconnected, fx);
+                        self.ending += 1;
+                    }
+                }
+            }
         }
         fx.close(conn, reason);
         self.stats.closed_for_cause += 1;
-        self.disconnect(conn, now);
-    }
-
-    fn schedule(&mut self, at: Timestamp) {
-        self.wake = min_opt(self.wake, Some(at));
-    }
-}
-
-/// Drops every hold of `conn`; names left without a live holder become orphans.
-/// Returns the earliest reap deadline it set.
-fn orphan_holds<S: Storage>(
-    holds: &mut S::Holds,
-    names: &mut S::Names,
-    conn: ConnId,
-    now: Timestamp,
-    config: &ManagerConfig,
-) -> Option<Timestamp> {
-    let reap_at = config
-        .reap_grace
-        .map(|grace| now.after(grace).round_up(REAP_GRANULARITY_MS));
-    let mut earliest = None;
-    holds.retain(|hold, _| {
-        if hold.conn != conn {
-            return true;
+        self.conns.remove(&conn);
+        self.holder_index.retain(|key, _| key.conn != conn);
+        self.drop_finished_holders();
+        if self.conns.is_empty() {
+            self.idle_since = Some(now);
         }
-        if let Some(record) = names.get_mut(&hold.name) {
-            record.live = record.live.saturating_sub(1);
-            record.died_holding = true;
-            if record.live == 0 {
-                record.wake = reap_at;
-                earliest = reap_at;
+    }
+
+    fn refuse(&mut self, conn: ConnId, fx: &mut impl Effects) {
+        self.stats.refused += 1;
+        fx.reply(conn, REFUSAL);
+    }
+
+    /// A registration that cannot be stored: `NO` on the socket; a journaled
+    /// one closes the connection, since its segment may exist already.
+    fn refused(&mut self, conn: ConnId, answer: Answer, now: Timestamp, fx: &mut impl Effects) {
+        match answer {
+            Answer::Reply => self.refuse(conn, fx),
+            Answer::Silent => {
+                self.stats.refused += 1;
+                self.close_for_cause(conn, CloseReason::RegistryFull, now, fx);
             }
         }
-        false
-    });
-    earliest
+    }
+
+    fn unlink(&mut self, id: u32, reason: UnlinkReason, fx: &mut impl Effects) {
+        self.unschedule(id);
+        if let Some(record) = self.names.get_mut(id) {
+            record.phase = Phase::Unlinking;
+            record.busy = true;
+            fx.chore(Chore::Unlink(record.name, reason));
+        }
+    }
+
+    fn find(&self, name: &SegmentName) -> Option<u32> {
+        let names = &self.names;
+        self.index.find(name, |id| match names.get(id) {
+            Some(record) => &record.name,
+            None => &NO_NAME,
+        })
+    }
+
+    fn insert_name(&mut self, name: SegmentName) -> Option<u32> {
+        let record = NameRecord {
+            name,
+            live: 0,
+            dead: 0,
+            wake: NO_TICK,
+            phase: Phase::Held,
+            tries: 0,
+            busy: false,
+        };
+        let id = self.names.insert(record).ok()?;
+        let names = &self.names;
+        let indexed = self
+            .index
+            .insert(&name, id, |other| match names.get(other) {
+                Some(record) => &record.name,
+                None => &NO_NAME,
+            });
+        if indexed.is_err() {
+            self.names.remove(id);
+            return None;
+        }
+        Some(id)
+    }
+
+    fn forget(&mut self, id: u32) {
+        self.unschedule(id);
+        let Some(record) = self.names.get(id) else {
+            return;
+        };
+        let name = record.name;
+        let names = &self.names;
+        self.index.remove(&name, |other| match names.get(other) {
+            Some(record) => &record.name,
+            None => &NO_NAME,
+        });
+        self.names.remove(id);
+    }
+
+    fn schedule(&mut self, id: u32, at: Timestamp) {
+        let Some(record) = self.names.get_mut(id) else {
+            return;
+        };
+        let tick = if at <= self.clock {
+            tick_due(at)
+        } else {
+            tick_at_or_after(at)
+        };
+        if record.wake == tick {
+            return;
+        }
+        if self.timers.reschedule(id, record.wake, tick).is_ok() {
+            record.wake = tick;
+        }
+    }
+
+    fn unschedule(&mut self, id: u32) {
+        let Some(record) = self.names.get_mut(id) else {
+            return;
+        };
+        if record.wake != NO_TICK {
+            let _ = self.timers.reschedule(id, record.wake, NO_TICK);
+            record.wake = NO_TICK;
+        }
+    }
 }
 
-fn next_probe(now: Timestamp, probes: u8) -> Timestamp {
-    let shift = probes.min(PROBE_MAX_SHIFT);
-    now.after(Duration::from_secs(1 << shift))
-        .round_up(PROBE_GRANULARITY_MS)
+/// What a missing slab entry resolves to while an index looks names up; it
+/// never equals a stored name (names are never empty).
+static NO_NAME: SegmentName = SegmentName::NONE;
+
+/// `unit_ms << min(tries, max_shift)`.
+fn backoff(tries: u8, max_shift: u8, unit_ms: u64) -> Duration {
+    Duration::from_millis(unit_ms << tries.min(max_shift))
 }
 
 fn min_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {

@@ -82,6 +82,13 @@ impl fmt::Display for NameError {
 impl core::error::Error for NameError {}
 
 impl SegmentName {
+    /// Not a name: zero length, so it equals no validated name. A stand-in
+    /// where a lookup needs a reference and there is no name.
+    pub(crate) const NONE: Self = Self {
+        len: 0,
+        bytes: [0; NAME_MAX],
+    };
+
     /// Validates `bytes` (without a NUL) as a shared-memory object name.
     pub fn new(bytes: &[u8]) -> Result<Self, NameError> {
         validate(bytes, false)?;

@@ -154,10 +154,11 @@ fn a_malformed_frame_closes_only_its_own_connection() {
         );
         good.register(&unique_name("good"));
     }
-    // A release of a name this connection never registered is hostile too.
-    let mut liar = daemon.connect();
-    liar.release(&unique_name("never-registered"));
-    assert!(liar.is_closed_by_peer(Duration::from_secs(2)));
+    // A release of a name this connection never registered is a stray free,
+    // which PyTorch's client can send: ignored, and the connection lives.
+    let mut stray = daemon.connect();
+    stray.release(&unique_name("never-registered"));
+    stray.register(&unique_name("after-the-stray-free"));
     good.register(&unique_name("still-good"));
 }
 
@@ -221,10 +222,12 @@ fn a_name_prefix_restricts_what_is_accepted() {
     client.register(&format!("/torch_{}", std::process::id()));
     let mut other = daemon.connect();
     other.send(&frame(0, &unique_name("outside")));
-    assert!(
-        other.is_closed_by_peer(Duration::from_secs(2)),
-        "a name outside the prefix closes the connection"
+    assert_eq!(
+        other.reply(),
+        Some(*b"NO"),
+        "a name outside the prefix is refused"
     );
+    other.register(&format!("/torch_{}_other", std::process::id()));
     client.register(&format!("/torch_{}_again", std::process::id()));
 }
 

@@ -40,17 +40,20 @@
 //! use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
 //! use rustix::pipe::{PipeFlags, pipe_with};
 //!
-//! struct NothingExists;
-//! impl Namespace for NothingExists {
+//! /// Every name exists, with one reference, until it is unlinked.
+//! struct EverythingExists;
+//! impl Namespace for EverythingExists {
 //!     type Error = std::convert::Infallible;
-//!     fn observe(&mut self, _: &SegmentName) -> Result<Observed, Self::Error> { Ok(Observed::Absent) }
-//!     fn unlink(&mut self, _: &SegmentName) -> Result<Unlinked, Self::Error> { Ok(Unlinked::Absent) }
+//!     fn observe(&mut self, _: &SegmentName) -> Result<Observed, Self::Error> {
+//!         Ok(Observed::Segment { refcount: 1 })
+//!     }
+//!     fn unlink(&mut self, _: &SegmentName) -> Result<Unlinked, Self::Error> { Ok(Unlinked::Removed) }
 //! }
 //!
 //! let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC)?;
 //! let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC)?;
 //! let ends = ManagerEnds::new(request_read, reply_write)?;
-//! let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut NothingExists));
+//! let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut EverythingExists));
 //!
 //! let pipes = PipeTransport::new(request_write, reply_read, None)?;
 //! let mut client: Client<_> = Client::new(pipes, AckMode::Strict);

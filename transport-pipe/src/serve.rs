@@ -11,11 +11,12 @@ use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use libshm_core::manager::{
-    CloseReason, ConnId, ConnectError, Effects, Manager, ManagerConfig, Peer, Stats, UnlinkReason,
+    Chore, CloseReason, ConnId, ConnectError, Effects, Manager, ManagerConfig, Peer, Stats, Status,
 };
-use libshm_core::name::SegmentName;
-use libshm_core::namespace::{Namespace, Unlinked};
+use libshm_core::namespace::Namespace;
 use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -185,12 +186,17 @@ pub struct Summary {
 /// still known and returns.
 ///
 /// From `config`, the reap grace, frame timeout, name prefix and name limit
-/// apply. The shutdown timeout, owner uid and connection limit do not: the
-/// manager has one client, handed to it by whoever started it (there are no
-/// credentials to check on a pipe), and finishes as soon as that client goes.
+/// apply. The shutdown timeout, linger, silence timeout, owner uid and
+/// connection limit do not: the manager has one client, handed to it by
+/// whoever started it (there are no credentials to check on a pipe, and
+/// nobody else can reach it), and finishes as soon as that client goes.
+/// A client cut off for misbehaving (only a broken client of ours can be: the
+/// pipe is private) ends the session the same way.
 pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: &mut N) -> Summary {
     let config = ManagerConfig {
         shutdown_after: Duration::ZERO,
+        linger: Duration::ZERO,
+        silence_timeout: None,
         owner_uid: None,
         max_connections: 1,
         ..config
@@ -198,24 +204,33 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
     let clock = Clock::start();
     let mut manager: Manager<Growable> = Manager::new(config, clock.now());
     let mut driver = Driver {
-        namespace,
+        chores: VecDeque::new(),
         backlog: Vec::new(),
         replies_closed: false,
         cut: None,
     };
     let ended = match manager.connect(Peer::default(), clock.now()) {
         Ok(conn) => {
-            let ended = run(&ends, conn, &mut manager, &mut driver, &clock);
-            manager.disconnect(conn, clock.now());
+            let ended = run(&ends, conn, &mut manager, &mut driver, namespace, &clock);
+            manager.disconnect(conn, clock.now(), &mut driver);
             ended
         }
         Err(err) => Ended::Refused(err),
     };
     tracing::debug!("client gone: {ended}");
-    // No client is left, and the shutdown timeout is zero: this tick is the
-    // manager's shutdown, unlinking every name it still knows.
-    let status = manager.tick(clock.now(), &mut driver);
-    debug_assert_eq!(status, libshm_core::manager::Status::Finished);
+    // No client is left, and neither the shutdown timeout nor the linger
+    // apply: this is the manager's shutdown, unlinking every name it knows.
+    loop {
+        let now = clock.now();
+        let status = manager.tick(now, &mut driver);
+        driver.work(&mut manager, namespace, now);
+        if status == Status::Finished {
+            break;
+        }
+        if let Some(at) = manager.next_wakeup() {
+            std::thread::sleep(now.until(at).min(Duration::from_millis(100)));
+        }
+    }
     let stats = manager.stats();
     tracing::info!(?stats, "manager finished");
     Summary { stats, ended }
@@ -225,7 +240,8 @@ fn run<N: Namespace>(
     ends: &ManagerEnds,
     conn: ConnId,
     manager: &mut Manager<Growable>,
-    driver: &mut Driver<'_, N>,
+    driver: &mut Driver,
+    namespace: &mut N,
     clock: &Clock,
 ) -> Ended {
     let mut buf = vec![0u8; 64 * 1024];
@@ -234,6 +250,7 @@ fn run<N: Namespace>(
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             manager.tick(now, driver);
         }
+        driver.work(manager, namespace, now);
         if let Some(reason) = driver.cut.take() {
             return Ended::ClosedForCause(reason);
         }
@@ -267,6 +284,7 @@ fn run<N: Namespace>(
                 Err(Errno::AGAIN | Errno::INTR) => {}
                 Err(errno) => return Ended::Failed { op: "read", errno },
             }
+            driver.work(manager, namespace, now);
             if let Some(reason) = driver.cut.take() {
                 return Ended::ClosedForCause(reason);
             }
@@ -291,9 +309,9 @@ impl Clock {
     }
 }
 
-/// Carries out the manager's effects on the reply pipe and the real namespace.
-struct Driver<'n, N> {
-    namespace: &'n mut N,
+/// Carries out the manager's effects on the reply pipe, and queues its chores.
+struct Driver {
+    chores: VecDeque<Chore>,
     backlog: Vec<u8>,
     /// The client's reply end is gone; replies are dropped, and requests are
     /// still read until end of file (they may register names to clean up).
@@ -301,7 +319,22 @@ struct Driver<'n, N> {
     cut: Option<CloseReason>,
 }
 
-impl<N> Driver<'_, N> {
+impl Driver {
+    /// Carries out the chores the manager asked for (and those their
+    /// outcomes ask for).
+    fn work<N: Namespace>(
+        &mut self,
+        manager: &mut Manager<Growable>,
+        namespace: &mut N,
+        now: Timestamp,
+    ) {
+        while let Some(chore) = self.chores.pop_front() {
+            if let Err(err) = manager.perform(chore, namespace, now, self) {
+                tracing::warn!("{chore:?} failed: {err}; will retry");
+            }
+        }
+    }
+
     /// Writes as many queued replies as the pipe takes now.
     fn flush(&mut self, replies: &OwnedFd) {
         while !self.backlog.is_empty() {
@@ -324,7 +357,7 @@ impl<N> Driver<'_, N> {
     }
 }
 
-impl<N: Namespace> Effects for Driver<'_, N> {
+impl Effects for Driver {
     fn reply(&mut self, _conn: ConnId, reply: [u8; 2]) {
         if !self.replies_closed {
             self.backlog.extend_from_slice(&reply);
@@ -336,26 +369,8 @@ impl<N: Namespace> Effects for Driver<'_, N> {
         self.cut = Some(reason);
     }
 
-    fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
-        match self.namespace.unlink(name) {
-            Ok(Unlinked::Removed) => match reason {
-                UnlinkReason::Orphaned => tracing::info!("reaped orphaned segment {name}"),
-                UnlinkReason::Shutdown => tracing::debug!("unlinked {name} at shutdown"),
-            },
-            Ok(Unlinked::Absent) => tracing::trace!("{name} was already gone"),
-            Ok(Unlinked::Foreign) => tracing::warn!("left {name} alone: another user owns it"),
-            Err(err) => tracing::warn!("could not unlink {name}: {err}"),
-        }
-    }
-
-    fn exists(&mut self, name: &SegmentName) -> bool {
-        match self.namespace.observe(name) {
-            Ok(observed) => observed != libshm_core::namespace::Observed::Absent,
-            Err(err) => {
-                tracing::warn!("could not check {name}: {err}");
-                true
-            }
-        }
+    fn chore(&mut self, chore: Chore) {
+        self.chores.push_back(chore);
     }
 }
 
@@ -365,7 +380,8 @@ mod tests {
     use crate::PipeTransport;
     use libshm_core::client::{AckMode, Client};
     use libshm_core::frame::Frame;
-    use libshm_core::namespace::Observed;
+    use libshm_core::name::SegmentName;
+    use libshm_core::namespace::{Observed, Unlinked};
     use rustix::pipe::{PipeFlags, pipe_with};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};

@@ -3,14 +3,20 @@
 //! It owns the file descriptors and nothing else; every decision is the core
 //! [`Manager`]'s. Each connection has its own reassembly buffer (in the
 //! manager) and reply backlog (here), so a client that sends half a frame or
-//! stops reading its replies delays nobody else.
+//! stops reading its replies delays nobody else. Work per round is bounded:
+//! a few reads per client, a fixed number of journal frames per client, the
+//! manager's batch of names per tick; whatever is left waits for the next
+//! round, after every other client has been served.
+//!
+//! The processes that send frames are watched (pidfds, see `pid_watch`), so
+//! that a process's end ends its holds even when its connection lives on in
+//! its parent or siblings.
 //!
 //! Clients that hand over a [registration journal](libshm_core::journal) have
 //! it read here: when they ring the doorbell, before their end of file is
-//! acted on, and before every tick, so the manager never decides about a name
-//! while a frame about it waits unread.
+//! acted on, before every tick, and at least every 100 ms.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
@@ -18,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use libshm_core::frame::FRAME_LEN;
 use libshm_core::manager::{
-    CloseReason, ConnId, Effects, Manager, ManagerConfig, Peer, Stats, Status, UnlinkReason,
+    Chore, CloseReason, ConnId, Effects, Manager, ManagerConfig, Note, Peer, Stats, Status,
 };
-use libshm_core::name::{NamePrefix, SegmentName};
-use libshm_core::namespace::{Namespace, Unlinked};
+use libshm_core::name::NamePrefix;
+use libshm_core::namespace::Namespace;
 use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -29,12 +35,16 @@ use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
 use crate::listener::Listener;
+use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
 use crate::shared_journal::SharedJournal;
 
-/// Replies queued for a client that does not read them, before it is cut off.
+/// Reply bytes queued for a client that does not read them, before it is
+/// cut off (checked as each reply is queued).
 const MAX_REPLY_BACKLOG: usize = 1 << 20;
 /// Reads per client per poll round, so one busy client cannot starve the rest.
 const READS_PER_ROUND: usize = 4;
+/// Journal frames read per client per round, for the same reason.
+const JOURNAL_FRAMES_PER_ROUND: u32 = 4_096;
 /// Accepts per poll round.
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How often journals are read when nothing else makes the manager look: a
@@ -44,8 +54,9 @@ const JOURNAL_READ_INTERVAL: Duration = Duration::from_millis(100);
 /// A manager that took over from a dead one sweeps once a second for this
 /// many seconds.
 const RECOVERY_SWEEPS: u64 = 10;
-/// How long to stop accepting when out of file descriptors.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Out of descriptors, accepting pauses until one frees, or this long.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 /// How the loop trades CPU for latency.
 #[derive(Clone, Debug)]
 pub struct Tuning {
@@ -82,8 +93,9 @@ pub struct Summary {
 }
 
 /// Runs a manager on `listener` until it has had no client for the shutdown
-/// timeout. Then every name it still knows has been unlinked, and the socket
-/// and its directory are removed.
+/// timeout (and nothing it knows is in transit, up to the linger). Then
+/// every name it still knows has been unlinked, and the socket and its
+/// directory are removed.
 pub fn serve<N: Namespace>(
     listener: Listener,
     config: ManagerConfig,
@@ -100,16 +112,29 @@ pub fn serve_tuned<N: Namespace>(
     tuning: Tuning,
 ) -> Summary {
     let clock = Clock::start();
+    let config = ManagerConfig {
+        hash_seed: match config.hash_seed {
+            0 => random_seed(),
+            seed => seed,
+        },
+        ..config
+    };
     let mut manager: Manager<Growable> = Manager::new(config, clock.now());
     let mut driver = Driver {
         clients: HashMap::new(),
-        namespace,
+        pids: PidWatches::new(rustix::process::geteuid().as_raw()),
         closing: Vec::new(),
         dirty: Vec::new(),
         doorbells: Vec::new(),
         frames: Vec::new(),
+        chores: VecDeque::new(),
+        evict: Vec::new(),
+        exited: Vec::new(),
+        journals_behind: false,
+        freed_descriptor: false,
     };
     let mut order: Vec<ConnId> = Vec::new();
+    let mut watched: Vec<i32> = Vec::new();
     let mut revents: Vec<PollFlags> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut accept_paused_until: Option<Instant> = None;
@@ -123,11 +148,10 @@ pub fn serve_tuned<N: Namespace>(
             .collect(),
         None => Vec::new(),
     };
-
     let mut journals_read_at = Instant::now();
 
     loop {
-        if journals_read_at.elapsed() >= JOURNAL_READ_INTERVAL {
+        if driver.journals_behind || journals_read_at.elapsed() >= JOURNAL_READ_INTERVAL {
             driver.drain_all(&mut manager, clock.now());
             journals_read_at = Instant::now();
         }
@@ -136,37 +160,41 @@ pub fn serve_tuned<N: Namespace>(
         {
             sweeps.pop();
             driver.drain_all(&mut manager, clock.now());
-            recovery_sweep(prefix, &mut manager, driver.namespace, clock.now());
+            recovery_sweep(prefix, &mut manager, namespace, clock.now());
         }
         let now = clock.now();
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             driver.drain_all(&mut manager, now);
             let status = manager.tick(now, &mut driver);
-            driver.settle(&mut manager, now);
+            driver.work(&mut manager, namespace, now);
             if status == Status::Finished {
                 break;
             }
         }
 
-        if accept_paused_until.is_some_and(|until| Instant::now() >= until) {
+        if accept_paused_until.is_some_and(|until| Instant::now() >= until)
+            || std::mem::take(&mut driver.freed_descriptor)
+        {
             accept_paused_until = None;
         }
         let mut timeout = manager.next_wakeup().map(|at| now.until(at));
+        let mut wake_within = |until: Duration| {
+            timeout = Some(timeout.map_or(until, |t: Duration| t.min(until)));
+        };
         if let Some(due) = sweeps.last() {
-            let until = due.saturating_duration_since(Instant::now());
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            wake_within(due.saturating_duration_since(Instant::now()));
         }
-        if driver
-            .clients
-            .values()
-            .any(|client| client.journal.is_some())
-        {
-            let until = JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed());
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        if driver.clients.values().any(|c| c.journal.is_some()) {
+            wake_within(JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed()));
+        }
+        if driver.journals_behind {
+            wake_within(Duration::ZERO);
+        }
+        if driver.pids.has_polled() {
+            wake_within(POLLED_INTERVAL);
         }
         if let Some(until) = accept_paused_until {
-            let pause = until.saturating_duration_since(Instant::now());
-            timeout = Some(timeout.map_or(pause, |t| t.min(pause)));
+            wake_within(until.saturating_duration_since(Instant::now()));
         }
         let spinning = last_busy.is_some_and(|at| at.elapsed() < tuning.spin);
         if spinning {
@@ -178,6 +206,7 @@ pub fn serve_tuned<N: Namespace>(
 
         order.clear();
         order.extend(driver.clients.keys().copied());
+        watched.clear();
         {
             let mut fds = Vec::with_capacity(order.len() + 1);
             let listen_events = if accept_paused_until.is_none() {
@@ -193,6 +222,10 @@ pub fn serve_tuned<N: Namespace>(
                     events |= PollFlags::OUT;
                 }
                 fds.push(PollFd::new(&client.fd, events));
+            }
+            for (pid, fd) in driver.pids.poll_fds() {
+                watched.push(pid);
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
             let timespec = timeout.map(|t| {
                 Timespec::try_from(t).unwrap_or(Timespec {
@@ -234,7 +267,9 @@ pub fn serve_tuned<N: Namespace>(
                     },
                     Ok(None) => break,
                     Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                        tracing::warn!("out of file descriptors; pausing accepts");
+                        tracing::warn!(
+                            "out of file descriptors; not accepting until one frees (existing clients are still served)"
+                        );
                         accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                         break;
                     }
@@ -246,7 +281,8 @@ pub fn serve_tuned<N: Namespace>(
             }
         }
 
-        for (id, events) in order.iter().zip(&revents[1..]) {
+        let (client_events, pid_events) = revents[1..].split_at(order.len());
+        for (id, events) in order.iter().zip(client_events) {
             if events.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
                 driver.read_from(*id, &mut manager, &mut buf, now);
             }
@@ -254,7 +290,24 @@ pub fn serve_tuned<N: Namespace>(
                 driver.dirty.push(*id);
             }
         }
-        driver.settle(&mut manager, now);
+        for (pid, events) in watched.iter().zip(pid_events) {
+            if !events.is_empty() {
+                driver.exited.push(*pid);
+            }
+        }
+        driver.pids.check_polled(&mut driver.exited);
+        if !driver.exited.is_empty() {
+            // What the process committed to a journal before it died is read
+            // before its end is acted on.
+            driver.drain_all(&mut manager, now);
+            for pid in std::mem::take(&mut driver.exited) {
+                tracing::debug!(pid, "watched process exited");
+                driver.pids.unwatch(pid);
+                driver.freed_descriptor = true;
+                manager.pid_exited(pid, now, &mut driver);
+            }
+        }
+        driver.work(&mut manager, namespace, now);
     }
 
     for (id, client) in &driver.clients {
@@ -290,6 +343,16 @@ fn recovery_sweep<N: Namespace>(
     }
 }
 
+/// A seed nobody outside can guess, so clients cannot aim names at one hash
+/// bucket; a fixed one if the kernel has no randomness to give.
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::NONBLOCK) {
+        Ok(8) => u64::from_ne_bytes(bytes).max(1),
+        _ => u64::from(std::process::id()) << 32 | 0x5eed,
+    }
+}
+
 struct Clock(Instant);
 
 impl Clock {
@@ -312,6 +375,11 @@ struct Client {
     /// journal with its very first frame, so only the first read needs the
     /// costlier `recvmsg`.
     first_read: bool,
+    /// Whether pids in its frames name processes in our pid namespace
+    /// (looked up on first need).
+    same_pid_namespace: Option<bool>,
+    /// Its reply backlog overflowed; it is being cut off.
+    evicted: bool,
 }
 
 impl Client {
@@ -323,6 +391,8 @@ impl Client {
             offered: None,
             journal: None,
             first_read: true,
+            same_pid_namespace: None,
+            evicted: false,
         }
     }
 
@@ -354,19 +424,30 @@ impl Client {
     }
 }
 
-/// Carries out the manager's effects on real sockets and the real namespace.
-struct Driver<'n, N> {
+/// Carries out the manager's effects on real sockets, processes and the
+/// real namespace.
+struct Driver {
     clients: HashMap<ConnId, Client>,
-    namespace: &'n mut N,
+    pids: PidWatches,
     closing: Vec<ConnId>,
     dirty: Vec<ConnId>,
     /// Connections whose doorbell rang during the current manager call.
     doorbells: Vec<ConnId>,
     /// Frames read from a journal, before they are handed to the manager.
     frames: Vec<[u8; FRAME_LEN]>,
+    /// Looks and unlinks the manager asked for.
+    chores: VecDeque<Chore>,
+    /// Connections to cut off for not reading their replies.
+    evict: Vec<ConnId>,
+    /// Watched processes that ended.
+    exited: Vec<i32>,
+    /// Some journal had more frames than one round reads.
+    journals_behind: bool,
+    /// A descriptor was closed since accepting paused.
+    freed_descriptor: bool,
 }
 
-impl<N: Namespace> Driver<'_, N> {
+impl Driver {
     fn read_from(
         &mut self,
         id: ConnId,
@@ -382,15 +463,15 @@ impl<N: Namespace> Driver<'_, N> {
                 Ok(0) => {
                     tracing::debug!(conn = %id, "client disconnected");
                     // What it committed before it went is still its word.
-                    self.drain(id, manager, now);
-                    manager.disconnect(id, now);
+                    self.drain_everything(id, manager, now);
+                    manager.disconnect(id, now, self);
                     self.closing.push(id);
                     return;
                 }
                 Ok(n) => {
                     manager.receive(id, &buf[..n], now, self);
                     for rung in std::mem::take(&mut self.doorbells) {
-                        self.drain(rung, manager, now);
+                        self.drain_everything(rung, manager, now);
                     }
                     if n < buf.len() || self.closing.contains(&id) {
                         return;
@@ -400,8 +481,8 @@ impl<N: Namespace> Driver<'_, N> {
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
                     tracing::debug!(conn = %id, "client connection failed: {errno}");
-                    self.drain(id, manager, now);
-                    manager.disconnect(id, now);
+                    self.drain_everything(id, manager, now);
+                    manager.disconnect(id, now, self);
                     self.closing.push(id);
                     return;
                 }
@@ -409,29 +490,43 @@ impl<N: Namespace> Driver<'_, N> {
         }
     }
 
-    /// Hands `id`'s unread journal frames to the manager, oldest first.
-    fn drain(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+    /// Hands up to a round's worth of `id`'s unread journal frames to the
+    /// manager, oldest first. Returns whether frames are left.
+    fn drain(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) -> bool {
         let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
-            return;
+            return false;
         };
         let mut frames = std::mem::take(&mut self.frames);
-        let read = journal.journal().drain(|frame| frames.push(frame));
-        match read {
-            Ok(_) => {
+        let read = journal
+            .journal()
+            .drain_up_to(JOURNAL_FRAMES_PER_ROUND, |frame| frames.push(frame));
+        let behind = match read {
+            Ok(n) => {
                 for frame in &frames {
                     manager.receive_journaled(id, frame, now, self);
                 }
+                n == JOURNAL_FRAMES_PER_ROUND
             }
             Err(err) => {
                 tracing::warn!(conn = %id, "closing connection: {err}");
                 manager.evict(id, CloseReason::JournalMisuse, now, self);
+                false
             }
-        }
+        };
         frames.clear();
         self.frames = frames;
+        behind
     }
 
-    /// Reads every journal, so the manager's view is current before it decides.
+    /// Reads all of `id`'s journal: before its end of file is acted on, and
+    /// when it rang the doorbell (it waits for the answer, and the ring holds
+    /// at most its capacity).
+    fn drain_everything(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+        while self.drain(id, manager, now) {}
+    }
+
+    /// Reads a round's worth of every journal, so the manager's view is
+    /// current before it decides.
     fn drain_all(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
         let journaled: Vec<ConnId> = self
             .clients
@@ -439,13 +534,42 @@ impl<N: Namespace> Driver<'_, N> {
             .filter(|(_, c)| c.journal.is_some())
             .map(|(id, _)| *id)
             .collect();
+        let mut behind = false;
         for id in journaled {
-            self.drain(id, manager, now);
+            behind |= self.drain(id, manager, now);
+        }
+        self.journals_behind = behind;
+    }
+
+    /// Carries out what the manager asked for until nothing is left: chores,
+    /// evictions, replies, closes.
+    fn work<N: Namespace>(
+        &mut self,
+        manager: &mut Manager<Growable>,
+        namespace: &mut N,
+        now: Timestamp,
+    ) {
+        loop {
+            // An outcome may queue another chore (an unlink after a look).
+            while let Some(chore) = self.chores.pop_front() {
+                if let Err(err) = manager.perform(chore, namespace, now, self) {
+                    tracing::warn!("{chore:?} failed: {err}; will retry");
+                }
+            }
+            for id in std::mem::take(&mut self.evict) {
+                tracing::warn!(conn = %id, "client does not read its replies; closing it");
+                manager.evict(id, CloseReason::NotReadingReplies, now, self);
+            }
+            self.settle(manager, now);
+            if self.chores.is_empty() && self.evict.is_empty() {
+                return;
+            }
         }
     }
 
     /// Writes queued replies and closes what the manager (or an error) closed.
     fn settle(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
+        let mut failed = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
@@ -460,32 +584,42 @@ impl<N: Namespace> Driver<'_, N> {
                     Err(Errno::AGAIN) => break,
                     Err(errno) => {
                         tracing::debug!(conn = %id, "reply failed: {errno}");
-                        manager.disconnect(id, now);
-                        self.closing.push(id);
+                        failed.push(id);
                         break;
                     }
                 }
             }
-            if client.backlog.len() > MAX_REPLY_BACKLOG {
-                tracing::warn!(conn = %id, pid = ?client.peer.pid, "client does not read its replies; closing it");
-                manager.disconnect(id, now);
-                self.closing.push(id);
-            }
+        }
+        for id in failed {
+            self.drain_everything(id, manager, now);
+            manager.disconnect(id, now, self);
+            self.closing.push(id);
         }
         for id in self.closing.drain(..) {
-            self.clients.remove(&id);
+            if self.clients.remove(&id).is_some() {
+                self.freed_descriptor = true;
+            }
         }
     }
 }
 
-impl<N: Namespace> Effects for Driver<'_, N> {
+impl Effects for Driver {
     fn reply(&mut self, conn: ConnId, reply: [u8; 2]) {
-        if let Some(client) = self.clients.get_mut(&conn) {
-            if client.backlog.is_empty() {
-                self.dirty.push(conn);
-            }
-            client.backlog.extend_from_slice(&reply);
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if client.evicted {
+            return;
         }
+        if client.backlog.len() + reply.len() > MAX_REPLY_BACKLOG {
+            client.evicted = true;
+            self.evict.push(conn);
+            return;
+        }
+        if client.backlog.is_empty() {
+            self.dirty.push(conn);
+        }
+        client.backlog.extend_from_slice(&reply);
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
@@ -494,26 +628,23 @@ impl<N: Namespace> Effects for Driver<'_, N> {
         self.closing.push(conn);
     }
 
-    fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
-        match self.namespace.unlink(name) {
-            Ok(Unlinked::Removed) => match reason {
-                UnlinkReason::Orphaned => tracing::info!("reaped orphaned segment {name}"),
-                UnlinkReason::Shutdown => tracing::debug!("unlinked {name} at shutdown"),
-            },
-            Ok(Unlinked::Absent) => tracing::trace!("{name} was already gone"),
-            Ok(Unlinked::Foreign) => tracing::warn!("left {name} alone: another user owns it"),
-            Err(err) => tracing::warn!("could not unlink {name}: {err}"),
-        }
+    fn chore(&mut self, chore: Chore) {
+        self.chores.push_back(chore);
     }
 
-    fn exists(&mut self, name: &SegmentName) -> bool {
-        match self.namespace.observe(name) {
-            Ok(observed) => observed != libshm_core::namespace::Observed::Absent,
-            Err(err) => {
-                tracing::warn!("could not check {name}: {err}");
-                true
-            }
-        }
+    fn watch_pid(&mut self, conn: ConnId, pid: i32) -> bool {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return false;
+        };
+        let same_namespace = *client
+            .same_pid_namespace
+            .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace));
+        same_namespace && self.pids.watch(pid)
+    }
+
+    fn unwatch_pid(&mut self, pid: i32) {
+        self.pids.unwatch(pid);
+        self.freed_descriptor = true;
     }
 
     fn attach_journal(&mut self, conn: ConnId) -> bool {
@@ -539,5 +670,43 @@ impl<N: Namespace> Effects for Driver<'_, N> {
 
     fn drain_journal(&mut self, conn: ConnId) {
         self.doorbells.push(conn);
+    }
+
+    fn note(&mut self, note: Note) {
+        log_note(note);
+    }
+}
+
+/// Logs what the manager noted, at the level a reader needs it.
+pub(crate) fn log_note(note: Note) {
+    match note {
+        Note::StrayRelease { conn, pid, name } => {
+            tracing::debug!(conn = %conn, pid, "ignored a release of {name}, which nobody on that connection holds");
+        }
+        Note::HolderEnded {
+            conn,
+            pid,
+            why,
+            holds,
+        } => {
+            tracing::info!(conn = %conn, ?pid, ?why, "a holder of {holds} name(s) ended");
+        }
+        Note::InTransit {
+            name,
+            refcount,
+            dead,
+        } => {
+            tracing::debug!(
+                "{name} is in transit (refcount {refcount}, {dead} registration(s) of ended holders); kept"
+            );
+        }
+        Note::Untouchable { name } => {
+            tracing::warn!(
+                "{name} is not a regular file of ours (another user's object, a FIFO or a symlink); left alone and forgotten"
+            );
+        }
+        Note::Lingering { names } => {
+            tracing::debug!("no client left; lingering for {names} name(s) in transit");
+        }
     }
 }

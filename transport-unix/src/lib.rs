@@ -46,6 +46,7 @@
 mod event_loop;
 mod launcher;
 mod listener;
+mod pid_watch;
 mod rundir;
 mod shared_journal;
 mod socket;

@@ -52,14 +52,14 @@ fn deferrable_releases_ride_with_the_next_registration() {
     assert_eq!(client.session().queued(), 1);
     assert_eq!(
         client.transport().manager().name_state(&name(0)),
-        Some(NameState::Held { holders: 1 }),
+        Some(NameState::Held { registrations: 1 }),
         "not written yet"
     );
     client.register(7, name(1)).unwrap();
     assert_eq!(client.session().queued(), 0);
     assert_eq!(
         client.transport().manager().name_state(&name(0)),
-        Some(NameState::Released)
+        Some(NameState::Released { dead: 0 })
     );
     assert_eq!(client.transport().manager().stats().releases, 1);
 }
@@ -299,7 +299,7 @@ fn a_full_journal_waits_for_the_manager_and_loses_nothing() {
     assert_eq!(client.transport().manager().stats().registrations, 30);
     assert_eq!(
         client.transport().manager().name_state(&name(29)),
-        Some(NameState::Held { holders: 1 })
+        Some(NameState::Held { registrations: 1 })
     );
 }
 

@@ -1,18 +1,20 @@
 use super::*;
 use crate::frame::Frame;
 use crate::storage::Fixed;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::vec::Vec;
 
 type TestManager = Manager<Fixed<64, 8>>;
 
-/// Records effects and plays the shared-memory namespace.
+/// Records effects; pids in `trusted` can be watched.
 #[derive(Default)]
 struct Recorder {
     replies: Vec<(ConnId, [u8; 2])>,
     closed: Vec<(ConnId, CloseReason)>,
-    unlinked: Vec<(SegmentName, UnlinkReason)>,
-    existing: BTreeSet<SegmentName>,
+    chores: Vec<Chore>,
+    trusted: BTreeSet<i32>,
+    watched: BTreeMap<i32, usize>,
+    notes: Vec<Note>,
 }
 
 impl Effects for Recorder {
@@ -22,12 +24,160 @@ impl Effects for Recorder {
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         self.closed.push((conn, reason));
     }
-    fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
-        self.unlinked.push((*name, reason));
-        self.existing.remove(name);
+    fn chore(&mut self, chore: Chore) {
+        self.chores.push(chore);
     }
-    fn exists(&mut self, name: &SegmentName) -> bool {
-        self.existing.contains(name)
+    fn watch_pid(&mut self, _conn: ConnId, pid: i32) -> bool {
+        let trusted = self.trusted.contains(&pid);
+        if trusted {
+            *self.watched.entry(pid).or_default() += 1;
+        }
+        trusted
+    }
+    fn unwatch_pid(&mut self, pid: i32) {
+        self.watched.remove(&pid);
+    }
+    fn note(&mut self, note: Note) {
+        self.notes.push(note);
+    }
+}
+
+/// The shared-memory namespace: names and their header refcounts.
+#[derive(Default)]
+struct Names {
+    refcounts: BTreeMap<SegmentName, i32>,
+    foreign: BTreeSet<SegmentName>,
+    unlinked: Vec<SegmentName>,
+    /// Fail this many unlinks before succeeding.
+    failing_unlinks: usize,
+}
+
+impl Namespace for Names {
+    type Error = &'static str;
+    fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
+        if self.foreign.contains(name) {
+            return Ok(Observed::Foreign);
+        }
+        Ok(match self.refcounts.get(name) {
+            Some(&refcount) => Observed::Segment { refcount },
+            None => Observed::Absent,
+        })
+    }
+    fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
+        if self.foreign.contains(name) {
+            return Ok(Unlinked::Foreign);
+        }
+        if self.failing_unlinks > 0 {
+            self.failing_unlinks -= 1;
+            return Err("EBUSY");
+        }
+        Ok(match self.refcounts.remove(name) {
+            Some(_) => {
+                self.unlinked.push(*name);
+                Unlinked::Removed
+            }
+            None => Unlinked::Absent,
+        })
+    }
+}
+
+/// A manager, its driver and its namespace.
+struct Rig {
+    m: TestManager,
+    fx: Recorder,
+    ns: Names,
+    now: u64,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Self::with(ManagerConfig::default())
+    }
+
+    fn with(config: ManagerConfig) -> Self {
+        Self {
+            m: TestManager::new(config, at(0)),
+            fx: Recorder::default(),
+            ns: Names::default(),
+            now: 0,
+        }
+    }
+
+    fn connect(&mut self) -> ConnId {
+        self.m.connect(Peer::default(), at(self.now)).unwrap()
+    }
+
+    fn connect_as(&mut self, pid: i32) -> ConnId {
+        let peer = Peer {
+            pid: Some(pid),
+            uid: None,
+        };
+        self.m.connect(peer, at(self.now)).unwrap()
+    }
+
+    /// A client that stays connected (and said something), so the manager
+    /// does not shut down while a test looks at reaping.
+    fn bystander(&mut self) -> ConnId {
+        let c = self.connect();
+        self.register(c, 1, "/bystander");
+        c
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: &[u8]) {
+        self.m.receive(conn, bytes, at(self.now), &mut self.fx);
+        self.chores();
+    }
+
+    /// `pid` on `conn` registers `n`; a creator also makes the segment.
+    fn register(&mut self, conn: ConnId, pid: i32, n: &str) {
+        self.send(conn, &Frame::register(pid, name(n)).encode());
+    }
+
+    fn release(&mut self, conn: ConnId, pid: i32, n: &str) {
+        self.send(conn, &Frame::release(pid, name(n)).encode());
+    }
+
+    fn create(&mut self, n: &str, refcount: i32) {
+        self.ns.refcounts.insert(name(n), refcount);
+    }
+
+    fn refcount(&mut self, n: &str, refcount: i32) {
+        self.ns.refcounts.insert(name(n), refcount);
+    }
+
+    fn exists(&self, n: &str) -> bool {
+        self.ns.refcounts.contains_key(&name(n))
+    }
+
+    fn chores(&mut self) {
+        while !self.fx.chores.is_empty() {
+            for chore in std::mem::take(&mut self.fx.chores) {
+                let _ = self
+                    .m
+                    .perform(chore, &mut self.ns, at(self.now), &mut self.fx);
+            }
+        }
+    }
+
+    /// Ticks whenever the manager asks, until `to` ms; returns the status.
+    fn run_to(&mut self, to: u64) -> Status {
+        loop {
+            let wake = self.m.next_wakeup().map_or(u64::MAX, Timestamp::as_millis);
+            if wake > to {
+                self.now = self.now.max(to);
+                return Status::Serving;
+            }
+            self.now = self.now.max(wake);
+            let status = self.m.tick(at(self.now), &mut self.fx);
+            self.chores();
+            if status == Status::Finished {
+                return status;
+            }
+        }
+    }
+
+    fn state(&self, n: &str) -> Option<NameState> {
+        self.m.name_state(&name(n))
     }
 }
 
@@ -47,332 +197,437 @@ fn rel(n: &str) -> [u8; FRAME_LEN] {
     Frame::release(1, name(n)).encode()
 }
 
-fn setup() -> (TestManager, Recorder) {
-    (
-        TestManager::new(ManagerConfig::default(), at(0)),
-        Recorder::default(),
-    )
-}
-
-/// Runs ticks every 100 ms from `from` to `to` inclusive.
-fn run_until(m: &mut TestManager, fx: &mut Recorder, from: u64, to: u64) -> Status {
-    let mut t = from;
-    while t <= to {
-        if m.tick(at(t), fx) == Status::Finished {
-            return Status::Finished;
-        }
-        t += 100;
-    }
-    Status::Serving
-}
-
 #[test]
 fn answers_every_registration_in_order_and_forgets_released_gone_names() {
-    let (mut m, mut fx) = setup();
-    let c = m.connect(Peer::default(), at(0)).unwrap();
+    let mut r = Rig::new();
+    let c = r.connect();
     let mut bytes = Vec::new();
     for n in ["/a", "/b", "/c"] {
         bytes.extend_from_slice(&reg(n));
-        fx.existing.insert(name(n));
+        r.create(n, 1);
     }
-    m.receive(c, &bytes, at(1), &mut fx);
-    assert_eq!(fx.replies, [(c, ACK), (c, ACK), (c, ACK)]);
-    assert_eq!(
-        m.name_state(&name("/a")),
-        Some(NameState::Held { holders: 1 })
-    );
-
-    // Our client unlinks before it releases: the next sweep forgets the name,
-    // without a lookup per release.
-    fx.existing.remove(&name("/a"));
-    m.receive(c, &rel("/a"), at(2), &mut fx);
-    assert_eq!(m.name_state(&name("/a")), Some(NameState::Released));
-    assert_eq!(fx.replies.len(), 3, "releases are not answered");
-    assert!(m.next_wakeup().is_some_and(|t| t <= at(2_000)));
-    run_until(&mut m, &mut fx, 100, 2_000);
-    assert_eq!(m.name_state(&name("/a")), None);
-    assert_eq!(m.stats().forgotten, 1);
+    r.send(c, &bytes);
+    assert_eq!(r.fx.replies, [(c, ACK), (c, ACK), (c, ACK)]);
+    assert_eq!(r.state("/a"), Some(NameState::Held { registrations: 1 }));
+    // The last user unlinks, then releases.
+    r.ns.refcounts.remove(&name("/a"));
+    r.send(c, &rel("/a"));
+    assert_eq!(r.state("/a"), Some(NameState::Released { dead: 0 }));
+    assert!(r.fx.chores.is_empty(), "a release costs no look at once");
+    r.run_to(1_500);
+    assert_eq!(r.state("/a"), None, "gone, so forgotten");
+    assert_eq!(r.m.name_count(), 2);
+    assert!(r.ns.unlinked.is_empty());
 }
 
 #[test]
 fn frames_split_at_every_boundary_reassemble() {
-    let (mut m, mut fx) = setup();
-    let c = m.connect(Peer::default(), at(0)).unwrap();
-    let mut stream = Vec::new();
-    stream.extend_from_slice(&reg("/x"));
-    stream.extend_from_slice(&reg("/y"));
-    for split in 0..stream.len() {
-        let mut m2 = TestManager::new(ManagerConfig::default(), at(0));
-        let c2 = m2.connect(Peer::default(), at(0)).unwrap();
-        let mut fx2 = Recorder::default();
-        m2.receive(c2, &stream[..split], at(1), &mut fx2);
-        m2.receive(c2, &stream[split..], at(1), &mut fx2);
-        assert_eq!(fx2.replies.len(), 2, "split at {split}");
-        assert!(fx2.closed.is_empty());
+    for split in 1..FRAME_LEN {
+        let mut r = Rig::new();
+        let c = r.connect();
+        let mut bytes = reg("/x").to_vec();
+        bytes.extend_from_slice(&reg("/y"));
+        r.send(c, &bytes[..split]);
+        r.send(c, &bytes[split..]);
+        assert_eq!(r.fx.replies.len(), 2, "split at {split}");
+        assert!(r.fx.closed.is_empty());
     }
-    for byte in &stream {
-        m.receive(c, core::slice::from_ref(byte), at(1), &mut fx);
-    }
-    assert_eq!(fx.replies.len(), 2);
 }
 
 #[test]
 fn half_frame_stalls_nobody_and_is_closed_after_the_frame_timeout() {
-    let (mut m, mut fx) = setup();
-    let staller = m.connect(Peer::default(), at(0)).unwrap();
-    m.receive(staller, &reg("/held")[..], at(0), &mut fx);
-    m.receive(staller, &reg("/s")[..10], at(10), &mut fx);
-    let other = m.connect(Peer::default(), at(20)).unwrap();
-    m.receive(other, &reg("/o"), at(30), &mut fx);
-    let late = m.connect(Peer::default(), at(3_000)).unwrap();
-    m.receive(late, &reg("/l"), at(3_000), &mut fx);
-    assert_eq!(fx.replies, [(staller, ACK), (other, ACK), (late, ACK)]);
-    assert!(m.next_wakeup().unwrap() <= at(5_010));
+    let mut r = Rig::new();
+    let slow = r.connect();
+    let fast = r.connect();
+    r.send(fast, &reg("/fast0"));
+    r.send(slow, &reg("/slow")[..30]);
+    r.send(fast, &reg("/fast1"));
+    assert_eq!(r.fx.replies, [(fast, ACK), (fast, ACK)]);
+    r.run_to(4_900);
+    assert!(r.fx.closed.is_empty());
+    r.run_to(5_100);
+    assert_eq!(r.fx.closed, [(slow, CloseReason::StalledFrame)]);
+    assert_eq!(r.m.connection_count(), 1);
+}
 
-    m.tick(at(5_009), &mut fx);
-    assert!(fx.closed.is_empty());
-    m.tick(at(5_010), &mut fx);
-    assert_eq!(fx.closed, [(staller, CloseReason::StalledFrame)]);
-    // What the staller held is now orphaned, and the others are untouched.
-    assert!(matches!(
-        m.name_state(&name("/held")),
-        Some(NameState::Orphaned { .. })
-    ));
-    assert_eq!(
-        m.name_state(&name("/o")),
-        Some(NameState::Held { holders: 1 })
-    );
+#[test]
+fn a_connection_that_never_says_anything_is_closed_after_the_frame_timeout() {
+    let mut r = Rig::new();
+    let silent = r.connect();
+    let talker = r.connect();
+    r.send(talker, &reg("/t"));
+    r.run_to(5_100);
+    assert_eq!(r.fx.closed, [(silent, CloseReason::StalledFrame)]);
+    assert_eq!(r.m.connection_count(), 1);
 }
 
 #[test]
 fn malformed_frames_close_only_their_connection() {
-    let (mut m, mut fx) = setup();
-    let bad = m.connect(Peer::default(), at(0)).unwrap();
-    let good = m.connect(Peer::default(), at(0)).unwrap();
-    let mut frame = reg("/a");
-    frame[4] = 7;
-    let mut stream = Vec::from(frame);
-    stream.extend_from_slice(&reg("/after-garbage"));
-    m.receive(bad, &stream, at(1), &mut fx);
-    m.receive(good, &reg("/b"), at(1), &mut fx);
-    assert_eq!(
-        fx.closed,
-        [(
-            bad,
-            CloseReason::Malformed(FrameError::FreeFlag { value: 7 })
-        )]
-    );
-    assert_eq!(
-        fx.replies,
-        [(good, ACK)],
-        "nothing after the garbage is processed"
-    );
-    assert_eq!(m.name_state(&name("/after-garbage")), None);
-    assert_eq!(m.connection_count(), 1);
+    let mut r = Rig::new();
+    let bad = r.connect();
+    let good = r.connect();
+    let mut frame = reg("/x");
+    frame[4] = 7; // free must be 0 or 1
+    r.send(bad, &frame);
+    r.send(good, &reg("/y"));
+    assert_eq!(r.fx.closed.len(), 1);
+    assert_eq!(r.fx.closed[0].0, bad);
+    assert_eq!(r.fx.replies, [(good, ACK)]);
 }
 
 #[test]
-fn releases_of_names_not_held_close_the_connection() {
-    let (mut m, mut fx) = setup();
-    let a = m.connect(Peer::default(), at(0)).unwrap();
-    let b = m.connect(Peer::default(), at(0)).unwrap();
-    m.receive(a, &reg("/mine"), at(1), &mut fx);
-    m.receive(b, &rel("/mine"), at(2), &mut fx);
-    assert_eq!(fx.closed, [(b, CloseReason::UnknownRelease(name("/mine")))]);
-    assert_eq!(
-        m.name_state(&name("/mine")),
-        Some(NameState::Held { holders: 1 })
-    );
+fn stray_and_double_releases_are_ignored_and_the_connection_lives() {
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.create("/held", 1);
+    r.register(c, 1, "/held");
+    r.release(c, 1, "/never-registered");
+    r.register(c, 1, "/twice");
+    r.release(c, 1, "/twice");
+    r.release(c, 1, "/twice");
+    assert!(r.fx.closed.is_empty(), "{:?}", r.fx.closed);
+    assert_eq!(r.m.stats().stray_releases, 2);
+    r.register(c, 1, "/after");
+    assert_eq!(r.fx.replies.last(), Some(&(c, ACK)));
+    r.run_to(10_000);
+    assert!(r.exists("/held"));
+    assert_eq!(r.state("/held"), Some(NameState::Held { registrations: 1 }));
 }
 
 #[test]
-fn prefix_and_uid_are_enforced() {
-    let config = ManagerConfig {
+fn a_release_from_another_pid_on_the_connection_is_charged_to_it() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([10, 11]);
+    let c = r.connect();
+    r.create("/parent", 1);
+    r.register(c, 10, "/parent");
+    // A forked child drops its inherited copy on the parent's connection.
+    r.release(c, 11, "/parent");
+    assert_eq!(r.m.stats().stray_releases, 0);
+    assert_eq!(r.state("/parent"), Some(NameState::Released { dead: 0 }));
+}
+
+#[test]
+fn names_outside_the_prefix_are_refused_and_peers_of_other_users_rejected() {
+    let mut r = Rig::with(ManagerConfig {
         name_prefix: Some(NamePrefix::torch()),
         owner_uid: Some(1000),
         ..ManagerConfig::default()
+    });
+    let stranger = Peer {
+        pid: Some(5),
+        uid: Some(0),
     };
-    let mut m = TestManager::new(config, at(0));
-    let mut fx = Recorder::default();
     assert_eq!(
-        m.connect(
-            Peer {
-                pid: Some(1),
-                uid: Some(0)
-            },
-            at(0)
-        ),
+        r.m.connect(stranger, at(0)),
         Err(ConnectError::ForeignUid { uid: Some(0) })
     );
-    assert_eq!(
-        m.connect(Peer::default(), at(0)),
-        Err(ConnectError::ForeignUid { uid: None })
-    );
-    let c = m
-        .connect(
-            Peer {
-                pid: Some(1),
-                uid: Some(1000),
-            },
-            at(0),
-        )
-        .unwrap();
-    m.receive(c, &reg("/torch_1_2_3"), at(1), &mut fx);
-    m.receive(c, &reg("/etc_passwd"), at(1), &mut fx);
-    assert_eq!(fx.replies, [(c, ACK)]);
-    assert_eq!(
-        fx.closed,
-        [(c, CloseReason::ForeignName(name("/etc_passwd")))]
-    );
-    assert_eq!(m.stats().rejected, 2);
+    let me = Peer {
+        pid: Some(6),
+        uid: Some(1000),
+    };
+    let c = r.m.connect(me, at(0)).unwrap();
+    r.send(c, &reg("/sem.lock"));
+    r.send(c, &reg("/torch_1_2_3"));
+    assert_eq!(r.fx.replies, [(c, REFUSAL), (c, ACK)]);
+    assert!(r.fx.closed.is_empty());
+    r.m.receive_journaled(c, &reg("/other"), at(0), &mut r.fx);
+    assert_eq!(r.fx.closed, [(c, CloseReason::ForeignName(name("/other")))]);
+    assert_eq!(r.state("/sem.lock"), None);
 }
 
 #[test]
-fn orphans_are_reaped_after_the_grace_period_and_not_before() {
-    let (mut m, mut fx) = setup();
-    let keeper = m.connect(Peer::default(), at(0)).unwrap();
-    let victim = m.connect(Peer::default(), at(0)).unwrap();
-    for n in ["/solo", "/shared"] {
-        fx.existing.insert(name(n));
-        m.receive(victim, &reg(n), at(1), &mut fx);
-    }
-    m.receive(keeper, &reg("/shared"), at(1), &mut fx);
-    m.disconnect(victim, at(1_000));
+fn holds_belong_to_connection_and_pid_so_a_forked_childs_death_reaps_only_its_names() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([100, 200]);
+    let c = r.connect_as(100);
+    r.create("/parent", 1);
+    r.register(c, 100, "/parent");
+    r.create("/child", 1);
+    r.register(c, 200, "/child");
+    assert_eq!(r.fx.watched.keys().copied().collect::<Vec<_>>(), [100, 200]);
 
-    assert_eq!(run_until(&mut m, &mut fx, 1_000, 2_900), Status::Serving);
-    assert!(fx.unlinked.is_empty(), "grace period not over yet");
-    run_until(&mut m, &mut fx, 3_000, 3_000);
-    assert_eq!(fx.unlinked, [(name("/solo"), UnlinkReason::Orphaned)]);
+    r.now = 1_000;
+    r.m.pid_exited(200, at(r.now), &mut r.fx);
+    r.chores();
+    r.run_to(2_900);
+    assert!(r.exists("/child"), "not before the grace period");
+    r.run_to(3_200);
+    assert!(!r.exists("/child"), "reaped while the parent lives");
+    assert!(r.exists("/parent"));
+    assert_eq!(r.m.stats().reaped, 1);
     assert_eq!(
-        m.name_state(&name("/shared")),
-        Some(NameState::Held { holders: 1 })
+        r.state("/parent"),
+        Some(NameState::Held { registrations: 1 })
     );
+    assert!(
+        !r.fx.watched.contains_key(&200),
+        "the dead pid is no longer watched"
+    );
+    assert!(r.fx.closed.is_empty());
+}
 
-    // The live holder lets go: the dead one's reference keeps the refcount up,
-    // so the name is orphaned now and reaped one grace period later.
-    m.receive(keeper, &rel("/shared"), at(4_000), &mut fx);
-    assert!(matches!(
-        m.name_state(&name("/shared")),
-        Some(NameState::Orphaned { .. })
-    ));
-    run_until(&mut m, &mut fx, 4_000, 6_000);
-    assert_eq!(fx.unlinked.len(), 2);
-    assert_eq!(fx.unlinked[1], (name("/shared"), UnlinkReason::Orphaned));
+#[test]
+fn an_untrusted_pid_is_held_for_as_long_as_its_connection() {
+    let mut r = Rig::new();
+    r.bystander();
+    let c = r.connect();
+    r.create("/x", 1);
+    r.register(c, 4242, "/x");
+    r.m.pid_exited(4242, at(0), &mut r.fx);
+    r.run_to(10_000);
+    assert!(r.exists("/x"));
+    r.m.disconnect(c, at(r.now), &mut r.fx);
+    let reap_after = r.now + 2_000;
+    r.run_to(reap_after - 100);
+    assert!(r.exists("/x"));
+    r.run_to(reap_after + 200);
+    assert!(!r.exists("/x"));
+}
+
+#[test]
+fn a_connection_closed_for_cause_keeps_its_processes_names_while_they_live() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([7, 8]);
+    let c = r.connect_as(8);
+    r.create("/trusted", 1);
+    r.register(c, 7, "/trusted");
+    r.create("/untrusted", 1);
+    r.register(c, 999, "/untrusted");
+    let mut garbage = reg("/x");
+    garbage[4] = 9;
+    r.send(c, &garbage);
+    assert_eq!(r.fx.closed.len(), 1);
+    r.run_to(30_000);
+    assert!(r.exists("/trusted") && r.exists("/untrusted"));
+    assert_eq!(r.m.holder_count(), 2);
+
+    r.m.pid_exited(7, at(r.now), &mut r.fx);
+    let reaped_by = r.now + 2_300;
+    r.run_to(reaped_by);
+    assert!(!r.exists("/trusted"));
+    assert!(
+        r.exists("/untrusted"),
+        "tied to the connecting process, pid 8"
+    );
+    r.m.pid_exited(8, at(r.now), &mut r.fx);
+    let reaped_by = r.now + 2_300;
+    r.run_to(reaped_by);
+    assert!(!r.exists("/untrusted"));
+}
+
+#[test]
+fn a_name_in_transit_is_kept_while_its_refcount_exceeds_dead_registrations() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(30);
+    let c = r.connect();
+    r.create("/t", 1);
+    r.register(c, 30, "/t");
+    r.refcount("/t", 2); // pickled: _shared_incref
+    r.m.pid_exited(30, at(r.now), &mut r.fx);
+    r.run_to(600_000);
+    assert!(r.exists("/t"), "in transit for ten minutes, still there");
+    assert_eq!(r.state("/t"), Some(NameState::Released { dead: 1 }));
+    assert!(
+        r.fx.notes
+            .iter()
+            .any(|n| matches!(n, Note::InTransit { .. })),
+        "{:?}",
+        r.fx.notes
+    );
+    // The receiver registers, opens (3), lowers the pickle's reference (2),
+    // uses it and lets go (1): only the dead creator's reference is left.
+    r.fx.trusted.insert(31);
+    r.register(c, 31, "/t");
+    r.release(c, 31, "/t");
+    r.refcount("/t", 1);
+    let deadline = r.now + 2_300;
+    r.run_to(deadline);
+    assert!(!r.exists("/t"));
+    assert_eq!(r.m.stats().reaped, 1);
+}
+
+#[test]
+fn a_tensor_in_transit_after_a_co_holder_died_is_kept_until_its_receiver_lets_go() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([1, 2, 3]);
+    let c = r.connect();
+    r.create("/x", 1);
+    r.register(c, 1, "/x"); // A creates
+    r.register(c, 2, "/x"); // B opens
+    r.refcount("/x", 2);
+    r.m.pid_exited(2, at(r.now), &mut r.fx); // B SIGKILLed
+    r.refcount("/x", 3); // A pickles it into a queue
+    r.refcount("/x", 2); // A drops its own reference...
+    r.release(c, 1, "/x"); // ...and tells the manager
+    r.run_to(60_000);
+    assert!(r.exists("/x"), "waiting in the queue");
+    r.register(c, 3, "/x"); // C unpickles
+    r.refcount("/x", 3);
+    r.refcount("/x", 2);
+    r.run_to(120_000);
+    assert!(r.exists("/x"), "C holds it");
+    r.refcount("/x", 1);
+    r.release(c, 3, "/x");
+    let deadline = r.now + 2_300;
+    r.run_to(deadline);
+    assert!(!r.exists("/x"), "only the dead B's reference was left");
+}
+
+#[test]
+fn an_orphan_is_unlinked_only_if_it_still_is_one_when_its_grace_ends() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(5);
+    let c = r.connect();
+    r.create("/o", 1);
+    r.register(c, 5, "/o");
+    r.m.pid_exited(5, at(r.now), &mut r.fx);
+    r.run_to(1_000);
+    assert!(matches!(r.state("/o"), Some(NameState::Orphaned { .. })));
+    r.refcount("/o", 2); // someone pickled it after all
+    r.run_to(5_000);
+    assert!(r.exists("/o"));
+    assert_eq!(r.state("/o"), Some(NameState::Released { dead: 1 }));
 }
 
 #[test]
 fn registering_an_orphan_again_cancels_its_reaping() {
-    let (mut m, mut fx) = setup();
-    let a = m.connect(Peer::default(), at(0)).unwrap();
-    let b = m.connect(Peer::default(), at(0)).unwrap();
-    fx.existing.insert(name("/x"));
-    m.receive(a, &reg("/x"), at(0), &mut fx);
-    m.disconnect(a, at(100));
-    m.receive(b, &reg("/x"), at(500), &mut fx);
-    run_until(&mut m, &mut fx, 500, 10_000);
-    assert!(fx.unlinked.is_empty());
-    assert_eq!(
-        m.name_state(&name("/x")),
-        Some(NameState::Held { holders: 1 })
-    );
+    let mut r = Rig::new();
+    let a = r.connect();
+    let b = r.connect();
+    r.create("/o", 1);
+    r.register(a, 1, "/o");
+    r.m.disconnect(a, at(0), &mut r.fx);
+    r.run_to(1_000);
+    r.register(b, 2, "/o");
+    r.refcount("/o", 2);
+    r.run_to(10_000);
+    assert!(r.exists("/o"));
+    assert_eq!(r.state("/o"), Some(NameState::Held { registrations: 1 }));
 }
 
 #[test]
-fn names_in_transit_survive_however_long_they_wait() {
-    let (mut m, mut fx) = setup();
-    let sender = m.connect(Peer::default(), at(0)).unwrap();
-    let idle_client = m.connect(Peer::default(), at(0)).unwrap();
-    fx.existing.insert(name("/in_transit"));
-    m.receive(sender, &reg("/in_transit"), at(0), &mut fx);
-    m.receive(sender, &rel("/in_transit"), at(10), &mut fx);
-    m.disconnect(sender, at(20));
-    assert_eq!(
-        m.name_state(&name("/in_transit")),
-        Some(NameState::Released)
-    );
-    // An hour of ticks: re-checked now and then, never unlinked.
-    let step = if cfg!(miri) { 60_000 } else { 250 };
-    let mut t = 0;
-    while t < 3_600_000 {
-        assert_eq!(m.tick(at(t), &mut fx), Status::Serving);
-        t += step;
-    }
-    assert!(fx.unlinked.is_empty());
-    // The receiver opens it, then drops it and unlinks it: forgotten.
-    m.receive(idle_client, &reg("/in_transit"), at(t), &mut fx);
-    fx.existing.remove(&name("/in_transit"));
-    m.receive(idle_client, &rel("/in_transit"), at(t), &mut fx);
-    run_until(&mut m, &mut fx, t, t + 2_000);
-    assert_eq!(m.name_count(), 0);
+fn failed_unlinks_keep_the_name_and_are_retried_and_only_real_ones_count() {
+    let mut r = Rig::new();
+    r.bystander();
+    let c = r.connect();
+    r.create("/f", 1);
+    r.register(c, 1, "/f");
+    r.ns.failing_unlinks = 3;
+    r.m.disconnect(c, at(0), &mut r.fx);
+    r.run_to(2_300);
+    assert!(r.exists("/f"));
+    assert_eq!(r.m.stats().reaped, 0);
+    assert!(r.m.stats().unlink_failures >= 1);
+    assert!(r.state("/f").is_some(), "the record is kept");
+    r.run_to(10_000);
+    assert!(!r.exists("/f"));
+    assert_eq!(r.m.stats().reaped, 1);
+    assert_eq!(r.m.stats().unlink_failures, 3);
 }
 
 #[test]
-fn released_names_that_disappear_later_are_forgotten() {
-    // PyTorch clients release before unlinking, so the first check finds the
-    // name still there; a later check forgets it.
-    let (mut m, mut fx) = setup();
-    let c = m.connect(Peer::default(), at(0)).unwrap();
-    fx.existing.insert(name("/pt"));
-    m.receive(c, &reg("/pt"), at(0), &mut fx);
-    m.receive(c, &rel("/pt"), at(0), &mut fx);
-    assert_eq!(m.name_count(), 1);
-    fx.existing.remove(&name("/pt"));
-    run_until(&mut m, &mut fx, 0, 1_000);
-    assert_eq!(m.name_count(), 0);
-    assert!(fx.unlinked.is_empty());
+fn what_is_not_ours_is_forgotten_and_never_unlinked() {
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.create("/fifo", 1);
+    r.register(c, 1, "/fifo");
+    r.ns.foreign.insert(name("/fifo"));
+    r.m.disconnect(c, at(0), &mut r.fx);
+    r.run_to(5_000);
+    assert!(r.exists("/fifo"));
+    assert_eq!(r.state("/fifo"), None);
+    assert!(r.fx.notes.contains(&Note::Untouchable {
+        name: name("/fifo")
+    }));
 }
 
 #[test]
 fn shuts_down_after_idle_timeout_unlinking_everything_known() {
-    let (mut m, mut fx) = setup();
-    let c = m.connect(Peer::default(), at(0)).unwrap();
+    let mut r = Rig::new();
+    let c = r.connect();
     for n in ["/a", "/b"] {
-        fx.existing.insert(name(n));
-        m.receive(c, &reg(n), at(0), &mut fx);
+        r.create(n, 1);
+        r.register(c, 1, n);
     }
-    m.receive(c, &rel("/b"), at(0), &mut fx);
-    assert_eq!(
-        run_until(&mut m, &mut fx, 0, 60_000),
-        Status::Serving,
-        "a client is connected"
-    );
-    m.disconnect(c, at(60_000));
-    assert_eq!(m.next_wakeup(), Some(at(62_000)));
-    assert_eq!(m.tick(at(61_999), &mut fx), Status::Serving);
-    assert_eq!(m.tick(at(62_000), &mut fx), Status::Finished);
-    let mut unlinked: Vec<_> = fx.unlinked.iter().map(|(n, _)| n.as_str()).collect();
-    unlinked.sort();
-    assert_eq!(unlinked, ["/a", "/b"]);
+    r.release(c, 1, "/b");
+    r.refcount("/b", 0);
+    r.m.disconnect(c, at(100), &mut r.fx);
+    assert_eq!(r.run_to(10_000), Status::Finished);
+    assert!(r.ns.refcounts.is_empty());
+    assert_eq!(r.m.name_count(), 0);
+}
+
+#[test]
+fn shutdown_lingers_for_names_in_transit_and_a_receiver_can_still_come() {
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.create("/q", 1);
+    r.register(c, 1, "/q");
+    r.refcount("/q", 2); // pickled, then the sender died
+    r.m.disconnect(c, at(0), &mut r.fx);
+    assert_eq!(r.run_to(30_000), Status::Serving, "lingers");
+    assert!(r.exists("/q"));
+    assert!(r.m.is_closing());
+    let receiver = r.connect();
+    assert!(!r.m.is_closing());
+    r.register(receiver, 2, "/q");
+    r.refcount("/q", 3);
+    r.refcount("/q", 2);
+    r.refcount("/q", 1);
+    r.release(receiver, 2, "/q");
+    r.m.disconnect(receiver, at(r.now), &mut r.fx);
+    let until = r.now + 10_000;
+    assert_eq!(r.run_to(until), Status::Finished);
+    assert!(!r.exists("/q"));
+}
+
+#[test]
+fn the_linger_is_bounded() {
+    let mut r = Rig::with(ManagerConfig {
+        linger: Duration::from_secs(10),
+        ..ManagerConfig::default()
+    });
+    let c = r.connect();
+    r.create("/q", 1);
+    r.register(c, 1, "/q");
+    r.refcount("/q", 5);
+    r.m.disconnect(c, at(0), &mut r.fx);
+    assert_eq!(r.run_to(11_000), Status::Serving);
+    assert!(r.exists("/q"));
+    assert_eq!(r.run_to(14_000), Status::Finished);
+    assert!(!r.exists("/q"));
 }
 
 #[test]
 fn a_new_connection_restarts_the_shutdown_clock() {
-    let (mut m, mut fx) = setup();
-    assert_eq!(m.tick(at(1_999), &mut fx), Status::Serving);
-    let c = m.connect(Peer::default(), at(1_999)).unwrap();
-    m.disconnect(c, at(3_000));
-    assert_eq!(m.tick(at(4_999), &mut fx), Status::Serving);
-    assert_eq!(m.tick(at(5_000), &mut fx), Status::Finished);
+    let mut r = Rig::new();
+    r.run_to(1_500);
+    let c = r.connect();
+    r.m.disconnect(c, at(1_500), &mut r.fx);
+    assert_eq!(r.run_to(3_400), Status::Serving);
+    assert_eq!(r.run_to(3_600), Status::Finished);
 }
 
 #[test]
 fn without_reaping_orphans_wait_for_shutdown_like_pytorch() {
-    let config = ManagerConfig {
+    let mut r = Rig::with(ManagerConfig {
         reap_grace: None,
+        linger: Duration::ZERO,
         ..ManagerConfig::default()
-    };
-    let mut m = TestManager::new(config, at(0));
-    let mut fx = Recorder::default();
-    let a = m.connect(Peer::default(), at(0)).unwrap();
-    let b = m.connect(Peer::default(), at(0)).unwrap();
-    fx.existing.insert(name("/leak"));
-    m.receive(a, &reg("/leak"), at(0), &mut fx);
-    m.disconnect(a, at(0));
-    run_until(&mut m, &mut fx, 0, 30_000);
-    assert!(fx.unlinked.is_empty());
-    m.disconnect(b, at(30_000));
-    assert_eq!(run_until(&mut m, &mut fx, 30_000, 32_000), Status::Finished);
-    assert_eq!(fx.unlinked, [(name("/leak"), UnlinkReason::Shutdown)]);
+    });
+    let a = r.connect();
+    let b = r.bystander();
+    r.create("/o", 1);
+    r.register(a, 1, "/o");
+    r.m.disconnect(a, at(0), &mut r.fx);
+    r.run_to(60_000);
+    assert!(r.exists("/o"));
+    assert_eq!(r.state("/o"), Some(NameState::Orphaned { reap_at: None }));
+    r.m.disconnect(b, at(r.now), &mut r.fx);
+    let until = r.now + 3_000;
+    assert_eq!(r.run_to(until), Status::Finished);
+    assert!(!r.exists("/o"));
 }
 
 #[test]
@@ -384,41 +639,78 @@ fn a_full_table_refuses_registrations_instead_of_panicking() {
         m.receive(c, &reg(n), at(0), &mut fx);
     }
     assert_eq!(fx.replies, [(c, ACK), (c, ACK), (c, REFUSAL)]);
-    assert_eq!(m.stats().refused, 1);
-    assert_eq!(m.connect(Peer::default(), at(0)).map(|_| ()), Ok(()));
-    assert_eq!(
-        m.connect(Peer::default(), at(0)),
-        Err(ConnectError::TooManyConnections)
-    );
+    let capped = ManagerConfig {
+        max_names: 1,
+        ..ManagerConfig::default()
+    };
+    let mut m: Manager<Fixed<4, 2>> = Manager::new(capped, at(0));
+    let mut fx = Recorder::default();
+    let c = m.connect(Peer::default(), at(0)).unwrap();
+    for n in ["/a", "/a", "/b"] {
+        m.receive(c, &reg(n), at(0), &mut fx);
+    }
+    assert_eq!(fx.replies, [(c, ACK), (c, ACK), (c, REFUSAL)]);
 }
 
 #[test]
-fn repeated_registrations_on_one_connection_are_counted() {
-    let (mut m, mut fx) = setup();
-    let c = m.connect(Peer::default(), at(0)).unwrap();
-    fx.existing.insert(name("/twice"));
-    m.receive(c, &reg("/twice"), at(0), &mut fx);
-    m.receive(c, &reg("/twice"), at(0), &mut fx);
-    m.receive(c, &rel("/twice"), at(0), &mut fx);
-    assert_eq!(
-        m.name_state(&name("/twice")),
-        Some(NameState::Held { holders: 1 })
-    );
-    m.receive(c, &rel("/twice"), at(0), &mut fx);
-    assert_eq!(m.name_state(&name("/twice")), Some(NameState::Released));
-    m.receive(c, &rel("/twice"), at(0), &mut fx);
-    assert_eq!(
-        fx.closed,
-        [(c, CloseReason::UnknownRelease(name("/twice")))]
-    );
+fn repeated_registrations_are_counted_and_end_as_dead_registrations() {
+    let mut r = Rig::new();
+    r.bystander();
+    let c = r.connect();
+    r.create("/r", 3);
+    for _ in 0..3 {
+        r.register(c, 1, "/r");
+    }
+    r.release(c, 1, "/r");
+    assert_eq!(r.state("/r"), Some(NameState::Held { registrations: 2 }));
+    r.refcount("/r", 2);
+    r.m.disconnect(c, at(0), &mut r.fx);
+    r.run_to(1_000);
+    assert!(matches!(r.state("/r"), Some(NameState::Orphaned { .. })));
+    r.run_to(2_300);
+    assert!(!r.exists("/r"));
+    assert_eq!(r.m.stats().reaped, 1);
 }
 
 #[test]
 fn bytes_for_unknown_or_closed_connections_are_ignored() {
-    let (mut m, mut fx) = setup();
-    m.receive(ConnId(99), &reg("/x"), at(0), &mut fx);
-    m.disconnect(ConnId(99), at(0));
-    assert!(fx.replies.is_empty() && fx.closed.is_empty());
+    let mut r = Rig::new();
+    r.send(ConnId(99), &reg("/x"));
+    r.m.disconnect(ConnId(99), at(0), &mut r.fx);
+    r.m.pid_exited(12345, at(0), &mut r.fx);
+    assert!(r.fx.replies.is_empty() && r.fx.closed.is_empty());
+}
+
+#[test]
+fn a_big_disconnect_is_worked_off_in_batches() {
+    let mut m: Manager<crate::storage::Growable> = Manager::new(
+        ManagerConfig {
+            batch: 10,
+            ..ManagerConfig::default()
+        },
+        at(0),
+    );
+    let mut fx = Recorder::default();
+    let c = m.connect(Peer::default(), at(0)).unwrap();
+    for i in 0..100 {
+        let n = std::format!("/n{i}");
+        m.receive(c, &Frame::register(1, name(&n)).encode(), at(0), &mut fx);
+    }
+    m.disconnect(c, at(0), &mut fx);
+    let mut ticks = 0;
+    while fx.chores.len() < 100 {
+        let before = fx.chores.len();
+        assert_eq!(
+            m.next_wakeup(),
+            Some(at(0)),
+            "more work is asked for at once"
+        );
+        m.tick(at(0), &mut fx);
+        assert!(fx.chores.len() - before <= 10);
+        ticks += 1;
+        assert!(ticks < 100);
+    }
+    assert!(ticks >= 10);
 }
 
 #[test]
@@ -432,11 +724,8 @@ fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
         fn close(&mut self, conn: ConnId, reason: CloseReason) {
             self.0.close(conn, reason);
         }
-        fn unlink(&mut self, name: &SegmentName, reason: UnlinkReason) {
-            self.0.unlink(name, reason);
-        }
-        fn exists(&mut self, name: &SegmentName) -> bool {
-            self.0.exists(name)
+        fn chore(&mut self, chore: Chore) {
+            self.0.chore(chore);
         }
         fn attach_journal(&mut self, _conn: ConnId) -> bool {
             true
@@ -445,7 +734,7 @@ fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
             self.1 = true;
         }
     }
-    let (mut m, _) = setup();
+    let mut m = TestManager::new(ManagerConfig::default(), at(0));
     let mut fx = JournalFx::default();
     let c = m.connect(Peer::default(), at(0)).unwrap();
     m.receive(c, &reg(crate::journal::SETUP_NAME), at(0), &mut fx);
@@ -458,7 +747,7 @@ fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
     );
     assert_eq!(
         m.name_state(&name("/j")),
-        Some(NameState::Held { holders: 1 })
+        Some(NameState::Held { registrations: 1 })
     );
     m.receive(c, &reg(crate::journal::DOORBELL_NAME), at(0), &mut fx);
     assert!(fx.1, "the doorbell asks the driver to read the journal");
@@ -467,18 +756,20 @@ fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
 
     m.receive_journaled(c, &reg(crate::journal::DOORBELL_NAME), at(0), &mut fx);
     assert_eq!(fx.0.closed, [(c, CloseReason::JournalMisuse)]);
-    assert!(matches!(
+    m.tick(at(0), &mut fx);
+    assert_eq!(
         m.name_state(&name("/j")),
-        Some(NameState::Orphaned { .. })
-    ));
+        Some(NameState::Released { dead: 1 }),
+        "an untrusted pid's holds end with its connection"
+    );
 }
 
 #[test]
 fn a_journal_offer_to_a_driver_without_journals_is_refused() {
-    let (mut m, mut fx) = setup();
-    let c = m.connect(Peer::default(), at(0)).unwrap();
-    m.receive(c, &reg(crate::journal::SETUP_NAME), at(0), &mut fx);
-    assert_eq!(fx.replies, [(c, REFUSAL)]);
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.send(c, &reg(crate::journal::SETUP_NAME));
+    assert_eq!(r.fx.replies, [(c, REFUSAL)]);
 }
 
 #[test]
@@ -495,21 +786,27 @@ fn a_journaled_registration_that_does_not_fit_closes_the_connection() {
 
 #[test]
 fn adopted_orphans_are_reaped_unless_someone_registers_them() {
-    let (mut m, mut fx) = setup();
+    let mut r = Rig::new();
     for n in ["/lost", "/found"] {
-        fx.existing.insert(name(n));
-        assert!(m.adopt_orphan(name(n), at(0)));
+        r.create(n, 3);
+        assert!(r.m.adopt_orphan(name(n), at(0)));
     }
-    let c = m.connect(Peer::default(), at(100)).unwrap();
-    m.receive(c, &reg("/found"), at(100), &mut fx);
+    r.now = 100;
+    let c = r.connect();
+    r.register(c, 1, "/found");
     assert!(
-        !m.adopt_orphan(name("/found"), at(200)),
-        "known names are left alone"
+        !r.m.adopt_orphan(name("/found"), at(200)),
+        "held names are left alone"
     );
-    run_until(&mut m, &mut fx, 200, 3_000);
-    assert_eq!(fx.unlinked, [(name("/lost"), UnlinkReason::Orphaned)]);
+    r.run_to(1_000);
+    assert!(
+        !r.m.adopt_orphan(name("/lost"), at(1_000)),
+        "a second sweep does not restart the grace period"
+    );
+    r.run_to(2_300);
+    assert_eq!(r.ns.unlinked, [name("/lost")]);
     assert_eq!(
-        m.name_state(&name("/found")),
-        Some(NameState::Held { holders: 1 })
+        r.state("/found"),
+        Some(NameState::Held { registrations: 1 })
     );
 }

@@ -62,9 +62,21 @@ struct Args {
     #[arg(long, default_value = "2s", value_parser = optional_duration)]
     reap_grace: Switchable,
 
-    /// Close a client that leaves half a frame unsent this long; `off` never does.
+    /// Close a client that leaves half a frame unsent this long, or sends
+    /// nothing this long after connecting; `off` never does.
     #[arg(long, default_value = "5s", value_parser = optional_duration)]
     frame_timeout: Switchable,
+
+    /// With no client left, go on serving up to this long while a segment it
+    /// knows is in transit (pickled into a queue, its refcount higher than
+    /// its dead holders account for), so its receiver can still open it;
+    /// `0` shuts down at once, as PyTorch's manager does.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    linger: Duration,
+
+    /// Refuse (answer `NO` to) registrations of new names beyond this many.
+    #[arg(long, default_value_t = 4_194_304)]
+    max_names: usize,
 
     /// Accept only segment names starting with this prefix (for example `/torch_`).
     #[arg(long)]
@@ -275,6 +287,9 @@ fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
         shutdown_after: args.shutdown_timeout,
         reap_grace: args.reap_grace.0,
         frame_timeout: args.frame_timeout.0,
+        silence_timeout: args.frame_timeout.0,
+        linger: args.linger,
+        max_names: args.max_names,
         name_prefix,
         owner_uid: Some(rustix::process::geteuid().as_raw()),
         max_connections: args.max_clients,

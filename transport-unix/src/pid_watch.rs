@@ -1,0 +1,230 @@
+//! Watching client processes end, so that their holds end with them.
+//!
+//! A pidfd per process (`pidfd_open`), polled in the event loop: it turns
+//! readable when the process exits, and it names that process even if its pid
+//! is reused. Where pidfds are unavailable (kernels before 5.3, seccomp), a
+//! periodic `kill(pid, 0)` plus the process's start time stand in.
+//!
+//! Whether a pid from a frame can be trusted to name its sender is decided
+//! here too: the sender's pid namespace must be ours (else its `getpid()` means
+//! nothing to us), and the process must be alive and run as our user.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags};
+
+/// How often processes without a pidfd are checked.
+pub(crate) const POLLED_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The processes being watched.
+pub(crate) struct PidWatches {
+    uid: u32,
+    fds: HashMap<i32, OwnedFd>,
+    /// Pid to start time (clock ticks since boot), for the fallback.
+    polled: HashMap<i32, u64>,
+    /// Cleared once `pidfd_open` said it does not exist here.
+    pidfds_work: bool,
+    polled_at: Instant,
+}
+
+impl PidWatches {
+    /// Watches nothing yet; trusts processes of `uid` only.
+    pub(crate) fn new(uid: u32) -> Self {
+        Self {
+            uid,
+            fds: HashMap::new(),
+            polled: HashMap::new(),
+            pidfds_work: true,
+            polled_at: Instant::now(),
+        }
+    }
+
+    /// Starts watching `pid` if it can be trusted; false if not (or if it
+    /// cannot be watched). Watching an already watched pid is a no-op.
+    pub(crate) fn watch(&mut self, pid: i32) -> bool {
+        if self.fds.contains_key(&pid) || self.polled.contains_key(&pid) {
+            return true;
+        }
+        // Zero and negative pids name groups of processes, never a sender
+        // (and `Pid` must not be given one).
+        if pid <= 0 {
+            return false;
+        }
+        let Some(raw) = Pid::from_raw(pid) else {
+            return false;
+        };
+        if self.pidfds_work {
+            match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
+                Ok(fd) => {
+                    // Read /proc only after holding the pidfd, and check the
+                    // process has not exited since: then /proc/<pid> was it.
+                    let trusted = self.is_ours(pid) && !has_exited(fd.as_fd());
+                    if trusted {
+                        self.fds.insert(pid, fd);
+                    }
+                    return trusted;
+                }
+                Err(Errno::NOSYS | Errno::PERM | Errno::ACCESS) => self.pidfds_work = false,
+                Err(_) => return false,
+            }
+        }
+        let Some(started) = start_time(pid) else {
+            return false;
+        };
+        let trusted = self.is_ours(pid) && start_time(pid) == Some(started);
+        if trusted {
+            self.polled.insert(pid, started);
+        }
+        trusted
+    }
+
+    /// Stops watching `pid`.
+    pub(crate) fn unwatch(&mut self, pid: i32) {
+        self.fds.remove(&pid);
+        self.polled.remove(&pid);
+    }
+
+    /// Pids watched through a descriptor, for the poll set.
+    pub(crate) fn poll_fds(&self) -> impl Iterator<Item = (i32, BorrowedFd<'_>)> {
+        self.fds.iter().map(|(&pid, fd)| (pid, fd.as_fd()))
+    }
+
+    /// Whether some pids are watched without a descriptor (the loop must
+    /// wake up every [`POLLED_INTERVAL`] for them).
+    pub(crate) fn has_polled(&self) -> bool {
+        !self.polled.is_empty()
+    }
+
+    /// Appends to `exited` the polled pids that ended since the last check,
+    /// if a check is due, and stops watching them.
+    pub(crate) fn check_polled(&mut self, exited: &mut Vec<i32>) {
+        if self.polled.is_empty() || self.polled_at.elapsed() < POLLED_INTERVAL {
+            return;
+        }
+        self.polled_at = Instant::now();
+        self.polled.retain(|&pid, started| {
+            let alive = start_time(pid) == Some(*started);
+            if !alive {
+                exited.push(pid);
+            }
+            alive
+        });
+    }
+
+    /// Whether `pid` runs as our user in our pid namespace.
+    fn is_ours(&self, pid: i32) -> bool {
+        let Some(status) = ProcStatus::read(pid) else {
+            return false;
+        };
+        status.euid == Some(self.uid) && status.nspid_levels == 1
+    }
+}
+
+/// Whether the pids in frames from `peer_pid`'s connection name processes in
+/// our pid namespace: the peer (as the kernel reports it to us) sees only one
+/// level of pids, ours.
+pub(crate) fn same_pid_namespace(peer_pid: i32) -> bool {
+    ProcStatus::read(peer_pid).is_some_and(|status| status.nspid_levels == 1)
+}
+
+fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)
+}
+
+/// What `/proc/<pid>/status` says that we need.
+struct ProcStatus {
+    euid: Option<u32>,
+    /// Entries on the `NSpid:` line: 1 when the process is in the namespace
+    /// of the `/proc` we read (ours).
+    nspid_levels: usize,
+}
+
+impl ProcStatus {
+    fn read(pid: i32) -> Option<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let mut status = Self {
+            euid: None,
+            nspid_levels: 0,
+        };
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("Uid:") {
+                status.euid = rest.split_whitespace().nth(1).and_then(|u| u.parse().ok());
+            } else if let Some(rest) = line.strip_prefix("NSpid:") {
+                status.nspid_levels = rest.split_whitespace().count();
+            }
+        }
+        // Kernels before 4.1 have no NSpid line: there, nothing tells.
+        Some(status)
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started. A pid reused by
+/// another process has another start time.
+fn start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let after_name = &text[text.rfind(')')? + 1..];
+    let state = after_name.split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_watched_until_it_exits_and_the_dead_are_not_trusted() {
+        let uid = rustix::process::geteuid().as_raw();
+        let mut watches = PidWatches::new(uid);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(same_pid_namespace(std::process::id() as i32));
+        assert!(watches.watch(pid));
+        let (_, fd) = watches.poll_fds().find(|(p, _)| *p == pid).unwrap();
+        assert!(!has_exited(fd));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (_, fd) = watches.poll_fds().find(|(p, _)| *p == pid).unwrap();
+        assert!(has_exited(fd));
+        watches.unwatch(pid);
+        assert!(!watches.watch(pid), "a reaped pid is not trusted");
+        assert!(!watches.watch(0) && !watches.watch(-1));
+    }
+
+    #[test]
+    fn processes_of_another_user_are_not_trusted() {
+        let mut watches = PidWatches::new(rustix::process::geteuid().as_raw() + 1);
+        assert!(!watches.watch(std::process::id() as i32));
+    }
+
+    #[test]
+    fn the_fallback_notices_an_exit() {
+        let uid = rustix::process::geteuid().as_raw();
+        let mut watches = PidWatches::new(uid);
+        watches.pidfds_work = false;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(watches.watch(pid));
+        assert!(watches.has_polled());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        watches.polled_at -= POLLED_INTERVAL;
+        let mut exited = Vec::new();
+        watches.check_polled(&mut exited);
+        assert_eq!(exited, [pid]);
+    }
+}
