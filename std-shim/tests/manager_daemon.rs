@@ -176,8 +176,7 @@ fn garbage_and_connection_churn_leave_it_serving() {
 
 #[test]
 fn refuses_clients_of_another_user() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("skipped: needs root to run the manager as another user");
+    if !common::is_root_or_skip("root to run the manager as another user") {
         return;
     }
     // The manager runs as `nobody`; root can reach its socket despite the 0700
@@ -230,8 +229,7 @@ fn a_name_prefix_restricts_what_is_accepted() {
 
 #[test]
 fn never_unlinks_a_segment_another_user_owns() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("skipped: needs root to give a segment to another user");
+    if !common::is_root_or_skip("root to give a segment to another user") {
         return;
     }
     let mut daemon = Daemon::start(&["--reap-grace", "200ms"]);

@@ -127,13 +127,18 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => return fail(&message),
     };
+    // Every look into /dev/shm goes through this one directory descriptor.
+    let namespace = match ShmNamespace::for_current_user() {
+        Ok(namespace) => namespace,
+        Err(err) => return fail(&err.to_string()),
+    };
     match ends {
-        Some(ends) => serve_pipe(&args, ends, config),
-        None => serve_unix(&args, config),
+        Some(ends) => serve_pipe(&args, ends, config, namespace),
+        None => serve_unix(&args, config, namespace),
     }
 }
 
-fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
+fn serve_unix(args: &Args, config: ManagerConfig, mut namespace: ShmNamespace) -> ExitCode {
     raise_fd_limit();
     let dir = match &args.adopt {
         Some(handle) => match RunDir::adopt(handle) {
@@ -174,12 +179,7 @@ fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
         spin: args.spin,
         recovery,
     };
-    let summary = libshm_unix::serve_tuned(
-        listener,
-        config,
-        &mut ShmNamespace::for_current_user(),
-        tuning,
-    );
+    let summary = libshm_unix::serve_tuned(listener, config, &mut namespace, tuning);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
 }
@@ -188,6 +188,7 @@ fn serve_pipe(
     args: &Args,
     ends: Result<ManagerEnds, InheritError>,
     config: ManagerConfig,
+    mut namespace: ShmNamespace,
 ) -> ExitCode {
     let ends = match ends {
         Ok(ends) => ends,
@@ -199,7 +200,7 @@ fn serve_pipe(
         return ExitCode::FAILURE;
     }
     tracing::info!(%handle, "serving one client over pipes");
-    let summary = libshm_pipe::serve(ends, config, &mut ShmNamespace::for_current_user());
+    let summary = libshm_pipe::serve(ends, config, &mut namespace);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
 }
