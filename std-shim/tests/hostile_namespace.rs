@@ -2,7 +2,8 @@
 //! and the recovery sweep make of it: a FIFO or a symlink under a name the
 //! manager knows must neither block it nor be removed; another user's file is
 //! left alone; a segment some process we cannot inspect may map is never
-//! collected unless forced.
+//! collected unless forced; a manager started without arguments takes on only
+//! names under its prefix.
 //!
 //! Everything here is real: `/dev/shm`, `shm-manager` and `shmctl` processes,
 //! a non-dumpable process of uid 65534. Tests that need root (to act as
@@ -19,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use common::{
     Daemon, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip, remove_if_abandoned,
-    run_id, unique_name, wait_until,
+    run_id, shm_exists, unique_name, wait_until,
 };
 use libshm::core::namespace::{Namespace, Observed, Unlinked};
 use libshm::inspect;
-use libshm::{NamePrefix, SegmentName, ShmNamespace};
+use libshm::{Config, ENV_PREFIX, Manager, NamePrefix, SegmentName, ShmNamespace};
 
 /// The unprivileged user the tests act as.
 const NOBODY: u32 = 65534;
@@ -321,6 +322,101 @@ fn a_fifo_under_an_orphaned_name_is_not_reaped_and_does_not_freeze_the_manager()
 #[test]
 fn a_symlink_under_an_orphaned_name_is_not_reaped() {
     survives_a_swap(Swap::Symlink, true);
+}
+
+// --- names a manager takes on ------------------------------------------------
+
+/// `shm-manager <args>` as PyTorch starts it: no prefix in the environment.
+fn default_daemon(args: &[&str]) -> Daemon {
+    let mut child = Command::new(SHM_MANAGER)
+        .args(args)
+        .env_remove(ENV_PREFIX)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn shm-manager");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(!line.starts_with("ERROR"), "{line}");
+    Daemon {
+        child,
+        handle: line.trim_end().to_owned(),
+    }
+}
+
+#[test]
+fn started_without_arguments_it_refuses_names_outside_torch_and_never_unlinks_them() {
+    let mut cleanup = Cleanup::default();
+    let mut daemon = default_daemon(&["--reap-grace", "200ms"]);
+    let semaphore = format!("/sem.libshmT{}", run_id());
+    let other = format!("/other_{}_2_3", run_id());
+    for name in [&semaphore, &other] {
+        cleanup.add(name);
+        create_object(name);
+        let mut client = daemon.connect();
+        client.send(&frame(0, name));
+        assert!(
+            client.is_closed_by_peer(Duration::from_secs(2)),
+            "{name} is refused: the connection is closed"
+        );
+    }
+    // Under the prefix, the same steps are accepted, and reaped once the
+    // holder is gone: it is the name that was refused above.
+    let accepted = unique_name("accepted");
+    cleanup.add(&accepted);
+    create_object(&accepted);
+    let mut client = daemon.connect();
+    client.register(&accepted);
+    drop(client);
+    assert!(wait_until(Duration::from_secs(3), || !shm_exists(
+        &accepted
+    )));
+    assert!(daemon.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(shm_exists(&semaphore), "{semaphore} survives the manager");
+    assert!(shm_exists(&other), "{other} survives the manager");
+}
+
+#[test]
+fn the_journal_offer_is_answered_under_the_default_prefix() {
+    let daemon = default_daemon(&[]);
+    let mut client = daemon.connect();
+    // A raw client offers no memory with it, so the answer is a refusal; the
+    // point is that it is answered, not cut off as a foreign name.
+    client.send(&frame(0, "/libshm_journal_v1"));
+    assert_eq!(client.reply(), Some(*b"NO"));
+    client.register(&unique_name("after-offer"));
+}
+
+#[test]
+fn a_client_of_the_same_environment_gets_its_journal_from_a_manager_started_bare() {
+    // Both sides read the same (absent or not) LIBSHM_NAME_PREFIX.
+    let daemon = Daemon::start(&[]);
+    let manager = Manager::connect(&daemon.handle).unwrap();
+    let segments: Vec<_> = (0..8).map(|_| manager.create(64).unwrap()).collect();
+    manager.settle().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.child.id())).unwrap();
+    assert!(
+        maps.contains("memfd:libshm-journal"),
+        "the manager mapped the client's journal"
+    );
+    drop(segments);
+}
+
+#[test]
+fn our_launcher_tells_the_manager_the_clients_prefix() {
+    // The launched manager's environment says nothing of this prefix (and
+    // would default to /torch_): only the launcher's argument lets it accept.
+    let prefix = format!("/launchT{}_", run_id());
+    let config = Config::default()
+        .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+        .manager_executable(SHM_MANAGER);
+    let manager = Manager::launch(&config).unwrap();
+    let segment = manager.create(64).unwrap();
+    assert!(segment.name().as_str().starts_with(&prefix));
+    manager.settle().unwrap();
+    drop(segment);
 }
 
 // --- gc and the recovery sweep under doubt -----------------------------------

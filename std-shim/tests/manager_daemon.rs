@@ -215,16 +215,24 @@ fn waits_for_stalled_connections_before_shutting_down() {
 
 #[test]
 fn a_name_prefix_restricts_what_is_accepted() {
-    let daemon = Daemon::start(&["--name-prefix", "/torch_"]);
+    let daemon = Daemon::start(&["--name-prefix", "/mine_"]);
     let mut client = daemon.connect();
-    client.register(&format!("/torch_{}", std::process::id()));
+    client.register(&format!("/mine_{}", std::process::id()));
     let mut other = daemon.connect();
     other.send(&frame(0, &unique_name("outside")));
     assert!(
         other.is_closed_by_peer(Duration::from_secs(2)),
-        "a name outside the prefix closes the connection"
+        "a name outside the prefix closes the connection, even the default prefix's"
     );
-    client.register(&format!("/torch_{}_again", std::process::id()));
+    client.register(&format!("/mine_{}_again", std::process::id()));
+}
+
+#[test]
+fn the_prefix_slash_accepts_any_name() {
+    let daemon = Daemon::start(&["--name-prefix", "/"]);
+    let mut client = daemon.connect();
+    client.register(&format!("/anything_{}", std::process::id()));
+    client.register(&unique_name("torch-too"));
 }
 
 #[test]

@@ -125,13 +125,15 @@ pub fn shm_exists(name: &str) -> bool {
         .exists()
 }
 
-/// A name no other test (or run) uses.
+/// A name no other test (or run) uses, under the prefix a manager started
+/// without arguments accepts (`/torch_`). It carries no creator pid where
+/// `shmctl gc` looks for one, so no parallel gc ever takes it for a leak.
 pub fn unique_name(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "/libshm_test_{tag}_{}_{}",
-        std::process::id(),
+        "/torch_test_{tag}_{}_{}",
+        run_id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
