@@ -1,5 +1,5 @@
 //! The `/dev/shm` side of a segment: create, open and unlink for the process
-//! that uses it ([`dir`] and [`namespace`] hold the side of those who only
+//! that uses it (`dir` and `namespace` hold the side of those who only
 //! look: the manager and the inspector).
 //!
 //! Creation is `shm_open(O_CREAT|O_EXCL, 0600)`, `ftruncate` and `fallocate`, in

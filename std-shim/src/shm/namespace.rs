@@ -25,6 +25,9 @@ const LOOKS: usize = 3;
 pub struct ShmNamespace {
     dir: ShmDir,
     uid: u32,
+    /// Whether [`Namespace::leaked`] has said why it found nothing: the
+    /// sweep asks repeatedly, and once is enough to read.
+    told_doubt: bool,
 }
 
 /// Why `/dev/shm` could not be opened, or a look into it failed for now.
@@ -73,7 +76,11 @@ impl ShmNamespace {
     /// cleaning up after one user, say). Fails if `/dev/shm` cannot be opened.
     pub fn for_user(uid: u32) -> Result<Self, ShmError> {
         let dir = ShmDir::open().map_err(|source| ShmError::OpenDir { source })?;
-        Ok(Self { dir, uid })
+        Ok(Self {
+            dir,
+            uid,
+            told_doubt: false,
+        })
     }
 
     /// The open `/dev/shm`, for the inspector's looks.
@@ -142,10 +149,15 @@ impl Namespace for ShmNamespace {
         let scan =
             inspect::scan_in(&self.dir, prefix).map_err(|err| ShmError::Scan(Box::new(err)))?;
         if let Some(doubt) = scan.doubt() {
-            tracing::warn!(
+            let why = format!(
                 "not reaping segments under {prefix} that look leaked: {doubt}; any of them may \
                  use one"
             );
+            if std::mem::replace(&mut self.told_doubt, true) {
+                tracing::debug!("{why}");
+            } else {
+                tracing::warn!("{why}");
+            }
             return Ok(());
         }
         for segment in scan.segments {
