@@ -39,6 +39,7 @@ fn main() {
     println!("\nmanager memory (kB: VmRSS / RssAnon) with live registrations");
     for (name, executable) in &managers {
         let launched = Launcher::new(executable)
+            .args(["--name-prefix", "/benchmem_"])
             .quiet(true)
             .launch()
             .expect("launch");

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use libshm_benches::client::{BenchClient, run_if_client};
+use libshm_benches::client::{BenchClient, PREFIX, run_if_client};
 use libshm_benches::{median_of, our_manager, torch_manager};
 use libshm_core::client::AckMode;
 use libshm_unix::Launcher;
@@ -32,6 +32,7 @@ fn main() {
             group.throughput(Throughput::Elements(1));
             for (name, executable) in &managers {
                 let launched = Launcher::new(executable)
+                    .args(["--name-prefix", PREFIX])
                     .quiet(true)
                     .launch()
                     .expect("launch manager");

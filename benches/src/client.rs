@@ -11,6 +11,10 @@ use libshm_unix::UnixTransport;
 
 const ROLE: &str = "LIBSHM_BENCH_CLIENT";
 
+/// The prefix of the names clients register: a manager measured with them
+/// must be started with `--name-prefix` set to it (PyTorch's ignores it).
+pub const PREFIX: &str = "/benchreg_";
+
 /// If this process was started as a benchmark client, runs it and exits.
 /// Call first thing in a benchmark's `main`.
 pub fn run_if_client() {
@@ -41,7 +45,7 @@ fn serve(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
     };
     let transport = UnixTransport::connect(&handle, None)?;
     let mut client: Client<_, 64> = Client::new(transport, mode);
-    let prefix = NamePrefix::new(b"/benchreg_")?;
+    let prefix = NamePrefix::new(PREFIX.as_bytes())?;
     let pid = std::process::id();
     let mut go = String::new();
     std::io::stdin().lock().read_line(&mut go)?;

@@ -105,7 +105,8 @@ impl Config {
         self
     }
 
-    /// Arguments for the manager (ours only; PyTorch's takes none).
+    /// Arguments for the manager (ours only; PyTorch's ignores them). A
+    /// `--name-prefix` here replaces the one the launchers pass by default.
     pub fn manager_args(mut self, args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
         self.manager_args = args.into_iter().map(Into::into).collect();
         self
@@ -181,9 +182,11 @@ impl Config {
     }
 
     /// The launcher for this configuration's manager over a Unix socket.
+    /// The manager is told this configuration's name prefix, the only names
+    /// it will accept.
     pub fn launcher(&self) -> Result<Launcher, Error> {
         Ok(Launcher::new(self.executable()?)
-            .args(self.manager_args.iter())
+            .args(self.all_manager_args())
             .quiet(self.quiet_manager))
     }
 
@@ -191,9 +194,26 @@ impl Config {
     /// for replies as long as [`Config::reply_timeout`] says.
     pub fn pipe_launcher(&self) -> Result<libshm_pipe::Launcher, Error> {
         Ok(libshm_pipe::Launcher::new(self.executable()?)
-            .args(self.manager_args.iter())
+            .args(self.all_manager_args())
             .quiet(self.quiet_manager)
             .reply_timeout(self.reply_timeout))
+    }
+
+    /// `--name-prefix <prefix>` (unless [`Config::manager_args`] names one),
+    /// then [`Config::manager_args`]. PyTorch's manager ignores its
+    /// arguments, as it does the `--adopt` a reviving client passes, so the
+    /// same launch works for both.
+    fn all_manager_args(&self) -> Vec<OsString> {
+        let named = self.manager_args.iter().any(|arg| {
+            let arg = arg.as_encoded_bytes();
+            arg == b"--name-prefix" || arg.starts_with(b"--name-prefix=")
+        });
+        let prefix = [
+            OsString::from("--name-prefix"),
+            self.name_prefix.as_str().into(),
+        ];
+        let prefix = if named { &[][..] } else { &prefix[..] };
+        prefix.iter().chain(&self.manager_args).cloned().collect()
     }
 
     fn executable(&self) -> Result<PathBuf, Error> {
@@ -250,6 +270,19 @@ fn find_manager() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn managers_are_told_the_name_prefix_unless_told_another() {
+        let prefix = NamePrefix::new(b"/mine_").unwrap();
+        let config = Config::default().name_prefix(prefix);
+        assert_eq!(config.all_manager_args(), ["--name-prefix", "/mine_"]);
+        let config = config.manager_args(["-v"]);
+        assert_eq!(config.all_manager_args(), ["--name-prefix", "/mine_", "-v"]);
+        let config = config.manager_args(["--name-prefix", "/"]);
+        assert_eq!(config.all_manager_args(), ["--name-prefix", "/"]);
+        let config = config.manager_args(["--name-prefix=/x_"]);
+        assert_eq!(config.all_manager_args(), ["--name-prefix=/x_"]);
+    }
 
     #[test]
     fn ack_modes_parse() {

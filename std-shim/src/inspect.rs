@@ -21,14 +21,22 @@
 //!
 //! Only `leaked` segments are ever collected, only the caller's own, only once
 //! unchanged for a minimum age (a segment in transit between processes is
-//! briefly unused), and only after checking that one segment again right
-//! before unlinking it.
+//! briefly unused), only after checking that one segment again right before
+//! unlinking it, and only while every process could be inspected.
 //!
 //! What it cannot see: processes in other pid namespaces that share this
 //! `/dev/shm` (a container with `--ipc=host`), and processes whose `/proc`
-//! entries we may not read; [`Scan::uninspected`] counts the latter. A live
-//! creator pid that now belongs to another program counts as alive, which
-//! errs on the side of keeping.
+//! entries we may not read (another user's, or non-dumpable ones);
+//! [`Scan::uninspected`] lists the latter, and while it is not empty a
+//! collection removes nothing unless [`GcPolicy::force`] says otherwise: one
+//! of them may map a segment that looks unused. An ordinary user can inspect
+//! neither root's processes nor other users', so on most machines only root
+//! can collect without forcing. A live creator pid that now belongs to another
+//! program counts as alive, which errs on the side of keeping.
+//!
+//! Everything in `/dev/shm` is looked at through one directory descriptor,
+//! without following links or opening anything but regular files, and
+//! without blocking (see `ShmNamespace`).
 //!
 //! # Example
 //! ```no_run
@@ -46,21 +54,18 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use libshm_core::header::HEADER_LEN;
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::namespace::{Namespace, Unlinked};
 use rustix::io::Errno;
 use rustix::process::Pid;
 
-use crate::shm::{self, ShmNamespace};
+use crate::shm::dir::{Header, SHM_DIR, ShmDir, is_regular};
+use crate::shm::{ShmError, ShmNamespace};
 
 mod users;
-
-/// Where POSIX shared-memory objects live on Linux.
-const SHM_DIR: &str = "/dev/shm";
 
 /// How a segment stands, from its creator's liveness and its users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,8 +145,41 @@ pub struct Scan {
     /// The objects whose names start with the prefix, sorted by name.
     pub segments: Vec<SegmentReport>,
     /// Processes whose maps or descriptors could not be read (other users'
-    /// or non-dumpable ones). If non-zero, "no users" means "no users we can see".
-    pub uninspected: usize,
+    /// or non-dumpable ones), ascending. If there are any, "no users" means
+    /// "no users we can see".
+    pub uninspected: Vec<u32>,
+}
+
+impl Scan {
+    /// What the scan could not see, for a reader: `None` if it saw every
+    /// process.
+    pub fn doubt(&self) -> Option<Doubt<'_>> {
+        (!self.uninspected.is_empty()).then_some(Doubt(&self.uninspected))
+    }
+}
+
+/// Processes a scan could not inspect, displayed as `2 processes could not
+/// be inspected (another user's or non-dumpable): pids 1, 4242`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Doubt<'a>(pub &'a [u32]);
+
+impl fmt::Display for Doubt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        write!(
+            f,
+            "{count} process{} could not be inspected (another user's or non-dumpable): pid{} ",
+            if count == 1 { "" } else { "es" },
+            if count == 1 { "" } else { "s" },
+        )?;
+        for (i, pid) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{pid}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a scan or a collection could not be carried out.
@@ -158,33 +196,40 @@ pub enum InspectError {
         source: io::Error,
     },
     /// A leaked segment passed every check but unlinking it failed.
-    #[error("shm_unlink {name}: {source}")]
+    #[error("unlinking {name}: {source}")]
     Unlink {
         /// The segment.
         name: SegmentName,
-        /// The OS error.
+        /// What failed.
         #[source]
-        source: io::Error,
+        source: ShmError,
     },
+}
+
+fn list_error(dir: &'static str) -> impl Fn(io::Error) -> InspectError {
+    move |source| InspectError::List { dir, source }
 }
 
 /// Lists every object in `/dev/shm` whose name starts with `prefix` and
 /// classifies it. Objects that are not regular files or whose names are not
 /// valid segment names (too long, odd bytes) are left out.
 pub fn scan(prefix: &NamePrefix) -> Result<Scan, InspectError> {
+    let dir = ShmDir::open().map_err(list_error(SHM_DIR))?;
+    scan_in(&dir, prefix)
+}
+
+/// [`scan`] through an open `/dev/shm`.
+pub(crate) fn scan_in(dir: &ShmDir, prefix: &NamePrefix) -> Result<Scan, InspectError> {
     let now = SystemTime::now();
-    let list = |source| InspectError::List {
-        dir: SHM_DIR,
-        source,
-    };
+    let list = list_error(SHM_DIR);
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(SHM_DIR).map_err(list)? {
-        let entry = entry.map_err(list)?;
-        let Some(name) = name_of_entry(entry.file_name().as_encoded_bytes()) else {
+    for entry in dir.entries().map_err(&list)? {
+        let entry = entry.map_err(|errno| list(errno.into()))?;
+        let Some(name) = name_of_entry(entry.file_name().to_bytes()) else {
             continue;
         };
         if name.has_prefix(prefix)
-            && let Some(object) = Object::stat(&name, now)
+            && let Some(object) = Object::stat(dir, &name, now)
         {
             found.push(object);
         }
@@ -192,10 +237,7 @@ pub fn scan(prefix: &NamePrefix) -> Result<Scan, InspectError> {
     // The users are read after every object was opened and closed again, so
     // the inspector never sees itself holding one.
     let names: BTreeSet<SegmentName> = found.iter().map(|object| object.name).collect();
-    let users = users::scan(|name| names.contains(name)).map_err(|source| InspectError::List {
-        dir: "/proc",
-        source,
-    })?;
+    let users = users::scan(|name| names.contains(name)).map_err(list_error("/proc"))?;
     let mut segments: Vec<SegmentReport> = found
         .into_iter()
         .map(|object| {
@@ -210,19 +252,26 @@ pub fn scan(prefix: &NamePrefix) -> Result<Scan, InspectError> {
     })
 }
 
-/// Observes one name afresh, `None` if it no longer exists.
-pub fn inspect_one(
+/// Observes one name afresh: a scan whose segments are that name alone, or
+/// none if it no longer exists (or is not a regular file).
+pub fn inspect_one(name: &SegmentName, prefix: &NamePrefix) -> Result<Scan, InspectError> {
+    let dir = ShmDir::open().map_err(list_error(SHM_DIR))?;
+    inspect_one_in(&dir, name, prefix)
+}
+
+fn inspect_one_in(
+    dir: &ShmDir,
     name: &SegmentName,
     prefix: &NamePrefix,
-) -> Result<Option<SegmentReport>, InspectError> {
-    let Some(object) = Object::stat(name, SystemTime::now()) else {
-        return Ok(None);
+) -> Result<Scan, InspectError> {
+    let Some(object) = Object::stat(dir, name, SystemTime::now()) else {
+        return Ok(Scan::default());
     };
-    let users = users::scan(|seen| seen == name).map_err(|source| InspectError::List {
-        dir: "/proc",
-        source,
-    })?;
-    Ok(Some(object.judge(prefix, users.of(name))))
+    let users = users::scan(|seen| seen == name).map_err(list_error("/proc"))?;
+    Ok(Scan {
+        segments: vec![object.judge(prefix, users.of(name))],
+        uninspected: users.uninspected,
+    })
 }
 
 /// Which leaked segments a collection may remove.
@@ -233,14 +282,19 @@ pub struct GcPolicy {
     pub min_age: Duration,
     /// Remove only segments this user owns.
     pub uid: u32,
+    /// Remove leaked segments even while some processes could not be
+    /// inspected, though one of them may map the segment unseen.
+    pub force: bool,
 }
 
 impl GcPolicy {
-    /// Only the caller's (effective user's) segments, unchanged for `min_age`.
+    /// Only the caller's (effective user's) segments, unchanged for
+    /// `min_age`, and only while every process could be inspected.
     pub fn for_current_user(min_age: Duration) -> Self {
         Self {
             min_age,
             uid: rustix::process::geteuid().as_raw(),
+            force: false,
         }
     }
 }
@@ -262,6 +316,12 @@ pub enum Spared {
         /// Its owner.
         uid: u32,
     },
+    /// It looks leaked, but some processes could not be inspected and one of
+    /// them may use it.
+    Uninspected {
+        /// How many processes could not be inspected.
+        processes: usize,
+    },
 }
 
 impl fmt::Display for Spared {
@@ -275,6 +335,11 @@ impl fmt::Display for Spared {
                 min_age.as_secs()
             ),
             Self::NotOwned { uid } => write!(f, "it belongs to uid {uid}"),
+            Self::Uninspected { processes } => write!(
+                f,
+                "{processes} process{} could not be inspected and may use it",
+                if *processes == 1 { "" } else { "es" }
+            ),
         }
     }
 }
@@ -316,6 +381,7 @@ pub enum Collected {
 /// Removes `name` if, observed right now, it is leaked and `policy` allows
 /// it. The creator's liveness, the users, the owner and the age are all read
 /// again here, so a list from an earlier [`scan`] is only a list of candidates.
+/// While any process cannot be inspected it is kept, unless `policy.force`.
 ///
 /// The check and the unlink are not atomic: a process that opens the name in
 /// between loses it (its mapping stays valid; the name is gone). The minimum
@@ -325,13 +391,29 @@ pub fn collect(
     prefix: &NamePrefix,
     policy: &GcPolicy,
 ) -> Result<Collected, InspectError> {
-    let Some(report) = inspect_one(name, prefix)? else {
+    let mut namespace = ShmNamespace::for_user(policy.uid).map_err(|source| match source {
+        ShmError::OpenDir { source } => InspectError::List {
+            dir: SHM_DIR,
+            source,
+        },
+        source => InspectError::Unlink {
+            name: *name,
+            source,
+        },
+    })?;
+    let look = inspect_one_in(namespace.dir(), name, prefix)?;
+    let Some(report) = look.segments.first() else {
         return Ok(Collected::Gone);
     };
     if let Some(spared) = report.spared_by(policy) {
         return Ok(Collected::Spared(spared));
     }
-    let unlinked = ShmNamespace::for_user(policy.uid)
+    if !look.uninspected.is_empty() && !policy.force {
+        return Ok(Collected::Spared(Spared::Uninspected {
+            processes: look.uninspected.len(),
+        }));
+    }
+    let unlinked = namespace
         .unlink(name)
         .map_err(|source| InspectError::Unlink {
             name: *name,
@@ -366,21 +448,32 @@ struct Object {
 }
 
 impl Object {
-    /// `None` if the name is gone or is not a regular file.
-    fn stat(name: &SegmentName, now: SystemTime) -> Option<Self> {
-        let path = Path::new(SHM_DIR).join(name.as_str().trim_start_matches('/'));
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        if !meta.file_type().is_file() {
+    /// `None` if the name is gone or is not a regular file. The refcount is
+    /// read only from a file at least a header long that we may read.
+    fn stat(dir: &ShmDir, name: &SegmentName, now: SystemTime) -> Option<Self> {
+        let stat = dir.stat(name).ok()??;
+        if !is_regular(&stat) {
             return None;
         }
-        let changed = timestamp(meta.mtime(), meta.mtime_nsec())
-            .max(timestamp(meta.ctime(), meta.ctime_nsec()));
+        // Widened where the platform's fields are narrower.
+        #[allow(clippy::unnecessary_cast)]
+        let changed = timestamp(stat.st_mtime as i64, stat.st_mtime_nsec as i64)
+            .max(timestamp(stat.st_ctime as i64, stat.st_ctime_nsec as i64));
+        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        let refcount = if size >= HEADER_LEN as u64 {
+            match dir.read_refcount(name, &stat) {
+                Ok(Header::Refcount(count)) => Some(count),
+                Ok(Header::Changed) | Err(_) => None,
+            }
+        } else {
+            None
+        };
         Some(Self {
             name: *name,
-            size: meta.size(),
-            owner_uid: meta.uid(),
+            size,
+            owner_uid: stat.st_uid,
             age: now.duration_since(changed).unwrap_or_default(),
-            refcount: shm::peek_refcount(name),
+            refcount,
         })
     }
 
@@ -464,6 +557,7 @@ mod tests {
         let policy = GcPolicy {
             min_age: Duration::from_secs(60),
             uid: 1000,
+            force: false,
         };
         assert_eq!(leaked.spared_by(&policy), None);
         let orphaned = SegmentReport {

@@ -63,7 +63,7 @@ pub use config::{
 pub use error::Error;
 pub use manager::Manager;
 pub use segment::{Closed, OutOfBounds, SharedSegment};
-pub use shm::ShmNamespace;
+pub use shm::{ShmError, ShmNamespace};
 pub use wire::{TransportKind, WireError};
 
 pub use libshm_core as core;

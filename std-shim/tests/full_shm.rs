@@ -3,7 +3,8 @@
 //!
 //! Runs in a private mount namespace with a 1 MiB tmpfs over /dev/shm, so the
 //! machine's real /dev/shm is untouched. Skips where namespaces or mounts are
-//! not allowed (not root, or a restrictive sandbox).
+//! not allowed (not root, or a restrictive sandbox), and fails there instead
+//! under `LIBSHM_REQUIRE_ROOT=1` (CI).
 
 mod common;
 
@@ -20,8 +21,10 @@ fn in_small_shm(script: &str) -> Option<std::process::Output> {
             "mount -t tmpfs -o size=1m tmpfs /dev/shm",
         ])
         .output();
-    if !probe.is_ok_and(|out| out.status.success()) {
-        eprintln!("skipped: cannot mount a private tmpfs here (needs root and mount namespaces)");
+    if !common::may_skip(
+        probe.is_ok_and(|out| out.status.success()),
+        "root and mount namespaces, to mount a private tmpfs",
+    ) {
         return None;
     }
     let full = format!("mount -t tmpfs -o size=1m tmpfs /dev/shm && {script}");

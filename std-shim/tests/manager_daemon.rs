@@ -177,8 +177,7 @@ fn garbage_and_connection_churn_leave_it_serving() {
 
 #[test]
 fn refuses_clients_of_another_user() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("skipped: needs root to run the manager as another user");
+    if !common::is_root_or_skip("root to run the manager as another user") {
         return;
     }
     // The manager runs as `nobody`; root can reach its socket despite the 0700
@@ -217,24 +216,31 @@ fn waits_for_stalled_connections_before_shutting_down() {
 
 #[test]
 fn a_name_prefix_restricts_what_is_accepted() {
-    let daemon = Daemon::start(&["--name-prefix", "/torch_"]);
+    let daemon = Daemon::start(&["--name-prefix", "/mine_"]);
     let mut client = daemon.connect();
-    client.register(&format!("/torch_{}", std::process::id()));
+    client.register(&format!("/mine_{}", std::process::id()));
     let mut other = daemon.connect();
     other.send(&frame(0, &unique_name("outside")));
     assert_eq!(
         other.reply(),
         Some(*b"NO"),
-        "a name outside the prefix is refused"
+        "a name outside the prefix is refused, even the default prefix's"
     );
-    other.register(&format!("/torch_{}_other", std::process::id()));
-    client.register(&format!("/torch_{}_again", std::process::id()));
+    other.register(&format!("/mine_{}_other", std::process::id()));
+    client.register(&format!("/mine_{}_again", std::process::id()));
+}
+
+#[test]
+fn the_prefix_slash_accepts_any_name() {
+    let daemon = Daemon::start(&["--name-prefix", "/"]);
+    let mut client = daemon.connect();
+    client.register(&format!("/anything_{}", std::process::id()));
+    client.register(&unique_name("torch-too"));
 }
 
 #[test]
 fn never_unlinks_a_segment_another_user_owns() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("skipped: needs root to give a segment to another user");
+    if !common::is_root_or_skip("root to give a segment to another user") {
         return;
     }
     let mut daemon = Daemon::start(&["--reap-grace", "200ms"]);

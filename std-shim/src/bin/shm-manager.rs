@@ -7,8 +7,10 @@
 //! 2 s unlink every name still registered, remove the socket and exit.
 //!
 //! Unlike the original it never blocks on one client, reaps segments whose
-//! holders died while others go on, refuses other users' connections, and
-//! only unlinks segments its own user owns.
+//! holders died while others go on, refuses other users' connections, accepts
+//! only names under its prefix (`$LIBSHM_NAME_PREFIX`, else `/torch_`), and
+//! only opens or unlinks regular files its own user owns in `/dev/shm`, never
+//! waiting on anything found there.
 //!
 //! With `--transport pipe` it is instead one process's private manager: it
 //! creates no socket, reads frames from the pipe at the first of `--pipe-fds`
@@ -24,10 +26,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use libshm::ShmNamespace;
 use libshm::core::manager::ManagerConfig;
 use libshm::core::name::NamePrefix;
 use libshm::units::{parse_duration, parse_optional_duration};
+use libshm::{ENV_PREFIX, ShmNamespace};
 use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
 use libshm_unix::{Adoption, Listener, RunDir};
 
@@ -78,7 +80,9 @@ struct Args {
     #[arg(long, default_value_t = 4_194_304)]
     max_names: usize,
 
-    /// Accept only segment names starting with this prefix (for example `/torch_`).
+    /// Accept only segment names starting with this prefix; a registration
+    /// of any other name is answered `NO`. `/` accepts every name
+    /// [default: $LIBSHM_NAME_PREFIX, else /torch_].
     #[arg(long)]
     name_prefix: Option<String>,
 
@@ -139,13 +143,18 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => return fail(&message),
     };
+    // Every look into /dev/shm goes through this one directory descriptor.
+    let namespace = match ShmNamespace::for_current_user() {
+        Ok(namespace) => namespace,
+        Err(err) => return fail(&err.to_string()),
+    };
     match ends {
-        Some(ends) => serve_pipe(&args, ends, config),
-        None => serve_unix(&args, config),
+        Some(ends) => serve_pipe(&args, ends, config, namespace),
+        None => serve_unix(&args, config, namespace),
     }
 }
 
-fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
+fn serve_unix(args: &Args, config: ManagerConfig, mut namespace: ShmNamespace) -> ExitCode {
     raise_fd_limit();
     let dir = match &args.adopt {
         Some(handle) => match RunDir::adopt(handle) {
@@ -186,12 +195,7 @@ fn serve_unix(args: &Args, config: ManagerConfig) -> ExitCode {
         spin: args.spin,
         recovery,
     };
-    let summary = libshm_unix::serve_tuned(
-        listener,
-        config,
-        &mut ShmNamespace::for_current_user(),
-        tuning,
-    );
+    let summary = libshm_unix::serve_tuned(listener, config, &mut namespace, tuning);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
 }
@@ -200,6 +204,7 @@ fn serve_pipe(
     args: &Args,
     ends: Result<ManagerEnds, InheritError>,
     config: ManagerConfig,
+    mut namespace: ShmNamespace,
 ) -> ExitCode {
     let ends = match ends {
         Ok(ends) => ends,
@@ -211,7 +216,7 @@ fn serve_pipe(
         return ExitCode::FAILURE;
     }
     tracing::info!(%handle, "serving one client over pipes");
-    let summary = libshm_pipe::serve(ends, config, &mut ShmNamespace::for_current_user());
+    let summary = libshm_pipe::serve(ends, config, &mut namespace);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
 }
@@ -277,12 +282,6 @@ fn point_at_live_manager(handle: &std::path::Path) -> ExitCode {
 }
 
 fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
-    let name_prefix = match &args.name_prefix {
-        Some(prefix) => Some(
-            NamePrefix::new(prefix.as_bytes()).map_err(|err| format!("--name-prefix: {err}"))?,
-        ),
-        None => None,
-    };
     Ok(ManagerConfig {
         shutdown_after: args.shutdown_timeout,
         reap_grace: args.reap_grace.0,
@@ -290,11 +289,30 @@ fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
         silence_timeout: args.frame_timeout.0,
         linger: args.linger,
         max_names: args.max_names,
-        name_prefix,
+        name_prefix: Some(name_prefix(args)?),
         owner_uid: Some(rustix::process::geteuid().as_raw()),
         max_connections: args.max_clients,
         ..ManagerConfig::default()
     })
+}
+
+/// The names this manager accepts: `--name-prefix`, else `$LIBSHM_NAME_PREFIX`
+/// (what a client of the same environment names its segments with), else
+/// PyTorch's `/torch_`. Started as PyTorch starts it, with no arguments, it
+/// thus never takes on another program's objects (`/sem.*`, say), which it
+/// would unlink once their registering client is gone.
+fn name_prefix(args: &Args) -> Result<NamePrefix, String> {
+    let (text, source) = match &args.name_prefix {
+        Some(text) => (text.clone(), "--name-prefix"),
+        None => match std::env::var(ENV_PREFIX) {
+            Ok(text) if !text.is_empty() => (text, ENV_PREFIX),
+            Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(NamePrefix::torch()),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(format!("{ENV_PREFIX} is not valid UTF-8"));
+            }
+        },
+    };
+    NamePrefix::new(text.as_bytes()).map_err(|err| format!("{source} {text:?}: {err}"))
 }
 
 /// Prints the handshake line, then points stdout at /dev/null so whoever

@@ -8,8 +8,10 @@
 //! of the same name and does not count.
 //!
 //! Processes we may not inspect (another user's, or non-dumpable ones of our
-//! own) are counted, not guessed at, so a caller can say how far "nobody uses
-//! it" reaches.
+//! own) are listed, not guessed at, so a caller can say how far "nobody uses
+//! it" reaches. Kernel threads and zombies are not among them even when
+//! their entries are closed to us: they have no address space and no
+//! descriptors, so they cannot use a segment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -26,8 +28,9 @@ const DELETED: &[u8] = b" (deleted)";
 #[derive(Debug, Default)]
 pub(crate) struct Users {
     by_name: BTreeMap<SegmentName, BTreeSet<u32>>,
-    /// Processes whose maps or descriptors we were not allowed to read.
-    pub(crate) uninspected: usize,
+    /// Processes whose maps or descriptors we were not allowed to read,
+    /// ascending.
+    pub(crate) uninspected: Vec<u32>,
 }
 
 impl Users {
@@ -75,11 +78,44 @@ pub(crate) fn scan(wanted: impl Fn(&SegmentName) -> bool) -> io::Result<Users> {
                 .for_each(&mut found),
             Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
         }
-        if denied {
-            users.uninspected += 1;
+        if denied && can_hold_memory(pid) {
+            users.uninspected.push(pid);
         }
     }
+    users.uninspected.sort_unstable();
     Ok(users)
+}
+
+/// `PF_KTHREAD` in the flags of `/proc/<pid>/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` could map or hold anything: it is not a kernel thread and
+/// not a zombie. `/proc/<pid>/stat` is readable by everyone; if it cannot be
+/// read or parsed, the process is assumed to be able to.
+fn can_hold_memory(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read(format!("/proc/{pid}/stat")) else {
+        // Gone since it was listed: it holds nothing now.
+        return false;
+    };
+    match state_and_flags(&stat) {
+        Some((state, flags)) => !(matches!(state, b'Z' | b'X') || flags & PF_KTHREAD != 0),
+        None => true,
+    }
+}
+
+/// The state (field 3) and flags (field 9) of a `/proc/<pid>/stat` line. The
+/// command name (field 2) is parenthesised and may hold anything, spaces
+/// and parentheses included, so fields are counted from the last `)`.
+fn state_and_flags(stat: &[u8]) -> Option<(u8, u64)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(u8::is_ascii_whitespace)
+        .filter(|field| !field.is_empty());
+    let state = *fields.next()?.first()?;
+    // Fields 4 to 8 (ppid, pgrp, session, tty, tpgid) lie between.
+    let flags = fields.nth(5)?;
+    let flags = std::str::from_utf8(flags).ok()?.parse().ok()?;
+    Some((state, flags))
 }
 
 /// The path column of one `/proc/<pid>/maps` line: what follows the address
@@ -122,6 +158,28 @@ mod tests {
             Some(&b"/home/a b/lib.so (deleted)"[..])
         );
         assert_eq!(maps_line_path(b""), None);
+    }
+
+    #[test]
+    fn reads_state_and_flags_past_any_command_name() {
+        let kthread = b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0";
+        assert_eq!(state_and_flags(kthread), Some((b'S', 2_129_984)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        let odd = b"77 (a) b (c) Z 1 77 77 0 -1 4194560 0 0";
+        assert_eq!(state_and_flags(odd), Some((b'Z', 4_194_560)));
+        assert_eq!(state_and_flags(b"77 (cut short) S 1 2"), None);
+        assert_eq!(state_and_flags(b""), None);
+    }
+
+    #[test]
+    fn this_process_can_hold_memory_and_kernel_threads_cannot() {
+        assert!(can_hold_memory(std::process::id()));
+        // kthreadd is pid 2 wherever the kernel's threads are visible.
+        if let Ok(stat) = std::fs::read("/proc/2/stat")
+            && stat.windows(10).any(|w| w == b"(kthreadd)")
+        {
+            assert!(!can_hold_memory(2));
+        }
     }
 
     #[test]

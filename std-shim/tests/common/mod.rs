@@ -11,6 +11,72 @@ use std::time::{Duration, Instant};
 pub const SHM_MANAGER: &str = env!("CARGO_BIN_EXE_shm-manager");
 pub const SHMCTL: &str = env!("CARGO_BIN_EXE_shmctl");
 
+/// Set (CI sets it) to make a test that needs root fail instead of skip.
+pub const REQUIRE_ROOT: &str = "LIBSHM_REQUIRE_ROOT";
+
+/// Whether a test that needs `what` (root, or something only root may do)
+/// can go on: `false` (skip) after saying why, unless `LIBSHM_REQUIRE_ROOT`
+/// is set, where the test fails instead.
+pub fn may_skip(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var_os(REQUIRE_ROOT).is_none(),
+        "{REQUIRE_ROOT} is set but this test cannot run: it needs {what}"
+    );
+    eprintln!("skipped: needs {what}");
+    false
+}
+
+/// Whether the test runs as root; see [`may_skip`].
+pub fn is_root_or_skip(what: &str) -> bool {
+    may_skip(rustix::process::geteuid().is_root(), what)
+}
+
+/// Set in a test run inside [`in_private_pid_namespace`]: the outer run's pid.
+const OUTER_RUN: &str = "LIBSHM_TEST_OUTER_RUN";
+
+/// An id for this test run, to keep names apart from other runs sharing
+/// `/dev/shm`: our pid, or the outer run's inside a private pid namespace
+/// (where our own pid is 1, as in every other such namespace).
+pub fn run_id() -> u32 {
+    std::env::var(OUTER_RUN)
+        .ok()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
+/// Runs the test named `test` (its function name; integration tests have no
+/// module path) again inside a new pid namespace with its own `/proc`, where
+/// every process is the test's own and root can inspect them all, which is
+/// not so on every machine (a VM's init may hide even from root). Returns
+/// `true` inside, where the test goes on, and `false` outside once the inner
+/// run passed; panics if it did not. Needs root; see [`is_root_or_skip`].
+pub fn in_private_pid_namespace(test: &str) -> bool {
+    if std::env::var_os(OUTER_RUN).is_some() {
+        return true;
+    }
+    if !is_root_or_skip("root, to run in a private pid namespace") {
+        return false;
+    }
+    let output = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(OUTER_RUN, std::process::id().to_string())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in a private pid namespace: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    false
+}
+
 /// Polls `done` every 10 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -59,13 +125,15 @@ pub fn shm_exists(name: &str) -> bool {
         .exists()
 }
 
-/// A name no other test (or run) uses.
+/// A name no other test (or run) uses, under the prefix a manager started
+/// without arguments accepts (`/torch_`). It carries no creator pid where
+/// `shmctl gc` looks for one, so no parallel gc ever takes it for a leak.
 pub fn unique_name(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "/libshm_test_{tag}_{}_{}",
-        std::process::id(),
+        "/torch_test_{tag}_{}_{}",
+        run_id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }

@@ -37,6 +37,11 @@ pub(crate) struct GcArgs {
     /// Unlink them. Without it, only list what would be removed.
     #[arg(long)]
     yes: bool,
+    /// Remove leaked segments even while some processes could not be
+    /// inspected (another user's, non-dumpable ones): one of them may still
+    /// use a segment that looks leaked. Without it, gc removes nothing then.
+    #[arg(long)]
+    force: bool,
 }
 
 pub(crate) fn ls(args: &LsArgs) -> Outcome {
@@ -46,8 +51,8 @@ pub(crate) fn ls(args: &LsArgs) -> Outcome {
     if args.json {
         out.write_all(json(&scan.segments).as_bytes())?;
         out.flush()?;
-        if scan.uninspected > 0 {
-            eprintln!("shmctl: {}", uninspected_note(scan.uninspected));
+        if let Some(doubt) = scan.doubt() {
+            eprintln!("shmctl: {doubt}; {UNSEEN_USERS}");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -61,14 +66,19 @@ pub(crate) fn ls(args: &LsArgs) -> Outcome {
         if !leaked.is_empty() {
             writeln!(
                 out,
-                "{} leaked ({}): `shmctl gc --prefix {prefix}` lists what it would remove",
+                "{} {} ({}): `shmctl gc --prefix {prefix}` lists what it would remove",
                 leaked.len(),
+                if scan.doubt().is_some() {
+                    "look leaked, unsure"
+                } else {
+                    "leaked"
+                },
                 format_size(leaked.iter().map(|s| s.size).sum())
             )?;
         }
     }
-    if scan.uninspected > 0 {
-        writeln!(out, "note: {}", uninspected_note(scan.uninspected))?;
+    if let Some(doubt) = scan.doubt() {
+        writeln!(out, "note: {doubt}; {UNSEEN_USERS}")?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -76,19 +86,33 @@ pub(crate) fn ls(args: &LsArgs) -> Outcome {
 
 pub(crate) fn gc(args: &GcArgs) -> Outcome {
     let prefix = resolve_prefix(args.prefix.as_deref())?;
-    let policy = GcPolicy::for_current_user(args.older_than);
+    let policy = GcPolicy {
+        force: args.force,
+        ..GcPolicy::for_current_user(args.older_than)
+    };
     let scan = inspect::scan(&prefix)?;
     let (candidates, spared): (Vec<&SegmentReport>, Vec<&SegmentReport>) =
         with_status(&scan.segments, Status::Leaked).partition(|s| s.spared_by(&policy).is_none());
+    // Under doubt, a segment that looks leaked may be used by a process we
+    // cannot see: nothing goes unless the caller says so.
+    let held_back = scan.doubt().filter(|_| !args.force);
     let mut out = std::io::stdout().lock();
+    if let Some(doubt) = held_back {
+        writeln!(out, "note: {doubt}; {UNSEEN_USERS}")?;
+    }
     let mut freed = 0u64;
     let mut removed = 0usize;
     let mut failed = 0usize;
     for segment in &candidates {
-        if !args.yes {
+        if !args.yes || held_back.is_some() {
             writeln!(
                 out,
-                "would remove {}  {}  (creator {} dead, unchanged for {})",
+                "{} {}  {}  (creator {} dead, unchanged for {})",
+                if held_back.is_some() {
+                    "would keep  "
+                } else {
+                    "would remove"
+                },
                 segment.name,
                 format_size(segment.size),
                 segment
@@ -115,7 +139,28 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
         }
         out.flush()?;
     }
-    if args.yes {
+    if let Some(doubt) = held_back.filter(|_| removed > 0) {
+        let count = doubt.0.len();
+        writeln!(
+            out,
+            "{}: {count} process{} could not be inspected, so {removed} segment{} that look{} \
+             leaked ({}) may still be in use. {}--force removes them anyway",
+            if args.yes {
+                "removed nothing"
+            } else {
+                "would remove nothing"
+            },
+            if count == 1 { "" } else { "es" },
+            plural(removed),
+            if removed == 1 { "s" } else { "" },
+            format_size(freed),
+            if rustix::process::geteuid().is_root() {
+                ""
+            } else {
+                "Root may inspect them; "
+            }
+        )?;
+    } else if args.yes && held_back.is_none() {
         writeln!(
             out,
             "removed {removed} segment{}, freed {}",
@@ -135,8 +180,8 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     if let Some(kept) = spared_summary(&spared, &policy) {
         writeln!(out, "kept: {kept}")?;
     }
-    if scan.uninspected > 0 {
-        writeln!(out, "note: {}", uninspected_note(scan.uninspected))?;
+    if let (Some(doubt), true) = (scan.doubt(), args.force) {
+        writeln!(out, "note: {doubt}; not held back (--force)")?;
     }
     out.flush()?;
     if failed > 0 {
@@ -165,13 +210,8 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-fn uninspected_note(count: usize) -> String {
-    format!(
-        "{count} process{} could not be inspected (another user's or non-dumpable); \
-         a segment only they use is shown as unused",
-        if count == 1 { "" } else { "es" }
-    )
-}
+/// What a scan that missed processes means for its verdicts.
+const UNSEEN_USERS: &str = "a segment only they use is shown as unused";
 
 /// `3 segments, 12.2 KiB: 1 in use, 2 leaked`.
 fn summary(segments: &[SegmentReport]) -> String {
