@@ -7,6 +7,12 @@
 //! again at all, so a link that needs a new connection to one starts a new
 //! one.
 //!
+//! The connection is one of two states ([`Session`]): connected, with every
+//! name held registered there, or disconnected. There is one way into
+//! *connected*, [`LinkState::enter`], and it registers everything held first,
+//! so no path (first use, recovery, a retry after a failed recovery) can
+//! forget a name.
+//!
 //! Recovery: a failed call (the manager was killed, say) drops the connection,
 //! finds a live manager (a new one started by us if the dead one was ours,
 //! else this process's default manager), re-registers every name still held,
@@ -65,34 +71,65 @@ struct LinkState {
     kind: TransportKind,
     mode: AckMode,
     timeout: Option<Duration>,
-    /// The process `client` and `held` belong to.
+    /// The process `session` and `held` belong to.
     pid: u32,
-    client: Option<WireClient>,
-    /// The memory of `client`'s journal, if it has one. Declared after
-    /// `client`, and only replaced through `install`, so it always outlives
-    /// the client that views it.
-    journal_memory: Option<SharedJournal>,
+    session: Session,
     /// Whether to offer journals to Unix managers.
     offer_journal: bool,
     /// Prefix of the names this link creates (told to a manager it revives).
     prefix: NamePrefix,
+    /// Names this process holds through the link, with repeats. While
+    /// connected, every one of them is registered with the manager.
     held: HashMap<SegmentName, u32>,
+}
+
+/// Whether the link has a manager connection.
+#[derive(Debug, Default)]
+enum Session {
+    /// Not connected: never yet, lost, or left to the parent after a fork.
+    #[default]
+    Disconnected,
+    /// Connected, everything held registered there.
+    Connected {
+        /// The connection.
+        client: Box<WireClient>,
+        /// The memory `client`'s journal views, if it has one. Declared after
+        /// `client`, so it is dropped after the client that views it.
+        #[expect(dead_code, reason = "only kept alive, for the client's view of it")]
+        journal: Option<SharedJournal>,
+    },
+}
+
+/// A new connection, not yet entered: nothing held is registered on it yet.
+struct Fresh {
+    client: WireClient,
+    journal: Option<SharedJournal>,
 }
 
 impl Link {
     /// A link to the Unix manager at `handle`; it connects on first use.
     pub(crate) fn new(handle: ManagerHandle, origin: Origin, config: &Config) -> Self {
-        Self::with_state(handle, origin, TransportKind::Unix, None, config)
+        Self::with_state(
+            handle,
+            origin,
+            TransportKind::Unix,
+            Session::Disconnected,
+            config,
+        )
     }
 
     /// A link to a private manager this process just started, over its pipes.
     pub(crate) fn over_pipes(launched: libshm_pipe::Launched, config: &Config) -> Self {
         let client = Client::new(Wire::Pipe(launched.transport), config.ack());
+        let session = Session::Connected {
+            client: Box::new(client),
+            journal: None,
+        };
         Self::with_state(
             launched.handle,
             Origin::Launched,
             TransportKind::Pipe,
-            Some(client),
+            session,
             config,
         )
     }
@@ -101,7 +138,7 @@ impl Link {
         handle: ManagerHandle,
         origin: Origin,
         kind: TransportKind,
-        client: Option<WireClient>,
+        session: Session,
         config: &Config,
     ) -> Self {
         let state = LinkState {
@@ -111,8 +148,7 @@ impl Link {
             mode: config.ack(),
             timeout: config.timeout(),
             pid: current_pid(),
-            client,
-            journal_memory: None,
+            session,
             offer_journal: config.journal_enabled(),
             prefix: *config.prefix(),
             held: HashMap::new(),
@@ -171,7 +207,7 @@ impl Link {
                     break;
                 }
                 Err(err) => {
-                    state.client = None;
+                    state.session = Session::Disconnected;
                     if recovered {
                         return Err(err.into_error(state.handle));
                     }
@@ -202,7 +238,7 @@ impl Link {
             return;
         }
         let pid = state.pid as i32;
-        let Some(client) = state.client.as_mut() else {
+        let Some(client) = state.client() else {
             return;
         };
         if let Err(err) = client.release(pid, name, deferrable) {
@@ -210,7 +246,7 @@ impl Link {
                 "manager {} failed during a release: {err}; recovering",
                 state.handle
             );
-            state.client = None;
+            state.session = Session::Disconnected;
             if let Err(err) = state.recover() {
                 tracing::warn!("could not recover a manager: {err}");
             }
@@ -222,7 +258,7 @@ impl Link {
         let mut state = self.lock();
         state.adopt_after_fork();
         let handle = state.handle;
-        match state.client.as_mut() {
+        match state.client() {
             Some(client) => client.settle().map_err(|source| Error::Manager {
                 handle: handle.to_string(),
                 source,
@@ -262,8 +298,16 @@ impl LinkState {
         if pid != self.pid {
             // Closing our copy of the parent's socket leaves the parent's intact.
             self.pid = pid;
-            self.client = None;
+            self.session = Session::Disconnected;
             self.held.clear();
+        }
+    }
+
+    /// The connection, if connected.
+    fn client(&mut self) -> Option<&mut WireClient> {
+        match &mut self.session {
+            Session::Connected { client, .. } => Some(client),
+            Session::Disconnected => None,
         }
     }
 
@@ -279,42 +323,44 @@ impl LinkState {
         true
     }
 
+    /// The connection, made (and everything held registered) if need be.
     fn connected(&mut self) -> Result<&mut WireClient, RegisterError> {
-        let client = match self.client.take() {
-            Some(client) => client,
-            None => match self.kind {
-                TransportKind::Unix => {
-                    let handle = self.handle;
-                    let (client, journal) =
-                        self.connect_unix(handle).map_err(RegisterError::Connect)?;
-                    return Ok(self.install(client, journal));
-                }
+        if matches!(self.session, Session::Disconnected) {
+            let fresh = match self.kind {
+                TransportKind::Unix => self.connect_unix(self.handle),
                 // Nobody can reach a pipe manager again (after a fork, or a
-                // recovery that failed): start one of our own, and tell it
-                // what we hold.
-                TransportKind::Pipe => {
-                    let mut client = self.launch_pipe().map_err(RegisterError::Connect)?;
-                    self.register_held(&mut client)
-                        .map_err(RegisterError::Connect)?;
-                    client
-                }
-            },
-        };
-        Ok(self.client.insert(client))
+                // recovery that failed): start one of our own.
+                TransportKind::Pipe => self.launch_pipe().map(Fresh::without_journal),
+            };
+            self.enter(fresh.map_err(RegisterError::Connect)?)
+                .map_err(RegisterError::Connect)?;
+        }
+        match &mut self.session {
+            Session::Connected { client, .. } => Ok(client),
+            Session::Disconnected => Err(RegisterError::Connect(Error::Manager {
+                handle: self.handle.to_string(),
+                source: ClientError::Poisoned,
+            })),
+        }
     }
 
-    /// Makes `client` (with the memory of its journal) the link's connection.
-    fn install(&mut self, client: WireClient, journal: Option<SharedJournal>) -> &mut WireClient {
-        self.client = None; // the old client goes first...
-        self.journal_memory = journal; // ...then the memory it may have viewed
-        self.client.insert(client)
+    /// The one way into *connected*: registers everything held with the
+    /// new connection's manager, waits for its answers, then makes it the
+    /// link's connection. On failure the link stays disconnected.
+    fn enter(&mut self, mut fresh: Fresh) -> Result<(), Error> {
+        // The old connection (and the journal memory it viewed) goes first.
+        self.session = Session::Disconnected;
+        self.register_held(&mut fresh.client)?;
+        let Fresh { client, journal } = fresh;
+        self.session = Session::Connected {
+            client: Box::new(client),
+            journal,
+        };
+        Ok(())
     }
 
     /// Connects to a Unix manager and, when pipelined, offers it a journal.
-    fn connect_unix(
-        &self,
-        handle: ManagerHandle,
-    ) -> Result<(WireClient, Option<SharedJournal>), Error> {
+    fn connect_unix(&self, handle: ManagerHandle) -> Result<Fresh, Error> {
         let transport =
             UnixTransport::connect(&handle, self.timeout).map_err(|source| Error::Connect {
                 handle: handle.to_string(),
@@ -322,17 +368,18 @@ impl LinkState {
             })?;
         let mut client = Client::new(Wire::Unix(transport), self.mode);
         if !self.offer_journal || self.mode == AckMode::Strict {
-            return Ok((client, None));
+            return Ok(Fresh::without_journal(client));
         }
         let memory = match SharedJournal::create(SharedJournal::DEFAULT_CAPACITY) {
             Ok(memory) => memory,
             Err(err) => {
                 tracing::debug!("no journal (using the socket): {err}");
-                return Ok((client, None));
+                return Ok(Fresh::without_journal(client));
             }
         };
-        // SAFETY: the view is only used by `client`, and `install` keeps
-        // `memory` alive until `client` is gone.
+        // SAFETY: the view is only used by `client`, and `Fresh` and
+        // `Session::Connected` keep `memory` beside it, declared after it,
+        // so the memory is dropped after the client that views it.
         let journal = unsafe { memory.journal_unbounded() };
         let offered = client.attach_journal(self.pid as i32, journal, |wire, bytes| match wire {
             Wire::Unix(socket) => socket
@@ -341,8 +388,11 @@ impl LinkState {
             Wire::Pipe(pipes) => pipes.send_all(bytes).map_err(WireError::Pipe),
         });
         match offered {
-            Ok(true) => Ok((client, Some(memory))),
-            Ok(false) => Ok((client, None)),
+            Ok(true) => Ok(Fresh {
+                client,
+                journal: Some(memory),
+            }),
+            Ok(false) => Ok(Fresh::without_journal(client)),
             Err(source) => Err(Error::Manager {
                 handle: handle.to_string(),
                 source,
@@ -377,10 +427,7 @@ impl LinkState {
     }
 
     /// Reconnects to `handle`, or starts a manager that adopts it.
-    fn revive(
-        &mut self,
-        handle: ManagerHandle,
-    ) -> Result<(WireClient, Option<SharedJournal>), Error> {
+    fn revive(&mut self, handle: ManagerHandle) -> Result<Fresh, Error> {
         if let Ok(connected) = self.connect_unix(handle) {
             return Ok(connected);
         }
@@ -399,10 +446,7 @@ impl LinkState {
 
     /// A different manager: a new one of ours if the dead one was ours, else
     /// this process's default.
-    fn replace_manager(
-        &mut self,
-        old: ManagerHandle,
-    ) -> Result<(WireClient, Option<SharedJournal>), Error> {
+    fn replace_manager(&mut self, old: ManagerHandle) -> Result<Fresh, Error> {
         if self.origin == Origin::Launched {
             let new = registry::config()?.launcher()?.launch()?.handle;
             self.handle = new;
@@ -419,7 +463,7 @@ impl LinkState {
             }
             // This process does not share managers: the link gets a private
             // one (the default's pipes have room for one client only).
-            None => Ok((self.launch_pipe()?, None)),
+            None => Ok(Fresh::without_journal(self.launch_pipe()?)),
         }
     }
 
@@ -431,24 +475,32 @@ impl LinkState {
     /// Failing that, a manager of our own.
     fn recover(&mut self) -> Result<(), Error> {
         let old = self.handle;
-        self.client = None;
-        let (mut client, journal) = match self.kind {
-            TransportKind::Pipe => (self.launch_pipe()?, None),
+        self.session = Session::Disconnected;
+        let fresh = match self.kind {
+            TransportKind::Pipe => Fresh::without_journal(self.launch_pipe()?),
             TransportKind::Unix => match self.revive(old) {
-                Ok(connected) => connected,
+                Ok(fresh) => fresh,
                 Err(err) => {
                     tracing::debug!("could not revive manager {old}: {err}");
                     self.replace_manager(old)?
                 }
             },
         };
-        self.register_held(&mut client)?;
+        self.enter(fresh)?;
         tracing::info!(
             "manager {old} is gone; {} held segment(s) re-registered with {}",
             self.held.len(),
             self.handle
         );
-        self.install(client, journal);
         Ok(())
+    }
+}
+
+impl Fresh {
+    fn without_journal(client: WireClient) -> Self {
+        Self {
+            client,
+            journal: None,
+        }
     }
 }
