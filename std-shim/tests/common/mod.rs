@@ -2,6 +2,8 @@
 //! hold segments, and raw PyTorch-style clients speaking bytes on the socket.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod torch;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
