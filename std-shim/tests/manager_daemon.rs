@@ -154,10 +154,8 @@ fn a_malformed_frame_closes_only_its_own_connection() {
         );
         good.register(&unique_name("good"));
     }
-    // A release of a name this connection never registered is hostile too.
-    let mut liar = daemon.connect();
-    liar.release(&unique_name("never-registered"));
-    assert!(liar.is_closed_by_peer(Duration::from_secs(2)));
+    // A release of a name the connection never registered is not malformed:
+    // PyTorch's client can send one, and it is ignored (see `holds.rs`).
     good.register(&unique_name("still-good"));
 }
 
