@@ -98,6 +98,13 @@ def refcount(name):
         return int.from_bytes(f.read(4), sys.byteorder, signed=True)
 
 
+def refcount_or_none(name):
+    try:
+        return refcount(name)
+    except FileNotFoundError:
+        return None
+
+
 def shm_names_of(pid):
     prefix = f"torch_{pid}_"
     return ["/" + n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
@@ -113,9 +120,10 @@ def wait_gone(names, since, what):
         if not left:
             return elapsed
         if elapsed > REAP_BOUND:
+            counts = sorted({refcount_or_none(n) for n in left}, key=str)
             raise Failure(
                 f"{what}: {len(left)} of {len(names)} still in /dev/shm {elapsed:.1f} s later "
-                f"(grace {GRACE:g} s + 1 s): {left[:4]}")
+                f"(grace {GRACE:g} s + 1 s; header refcounts {counts}): {left[:4]}")
         time.sleep(0.02)
 
 
@@ -448,8 +456,10 @@ def co_holder(method):
     # Once the queue's feeder has pickled it and the parent's reference is
     # gone, the dead co-holder's count and the pickle's remain.
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and exists(name) and _refcount_or_none(name) != 2:
+    while time.monotonic() < deadline and exists(name) and refcount_or_none(name) != 2:
         time.sleep(0.02)
+    print(f"in transit with header refcount {refcount_or_none(name)} "
+          "(the dead co-holder's and the pickle's)", flush=True)
     watch_while_in_transit([name], killed, TRANSIT,
                            "a tensor in a queue after its co-holder was SIGKILLed")
     control.put("go")
@@ -466,13 +476,6 @@ def co_holder(method):
                           "the tensor whose co-holder was SIGKILLed, after the reader dropped it")
         print(f"reaped {delay:.2f} s after the reader dropped it", flush=True)
     check_kept(keep)
-
-
-def _refcount_or_none(name):
-    try:
-        return refcount(name)
-    except FileNotFoundError:
-        return None
 
 
 # --- a child SIGKILLed while 10 tensors it sent wait in the parent's queue --------
@@ -501,6 +504,8 @@ def child_killed_in_transit(method):
     infos = report.get(timeout=SLOW)
     names = [name for _, name in infos]
     print(f"the child's tensors name manager {infos[0][0]}", flush=True)
+    counts = sorted({refcount_or_none(n) for n in names}, key=str)
+    print(f"in transit with header refcounts {counts} (the sender's and the pickle's)", flush=True)
     killed = kill_child(p)
     watch_while_in_transit(names, killed, TRANSIT, "tensors of a SIGKILLed child waiting in the queue")
     received = []
