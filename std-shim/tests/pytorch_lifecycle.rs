@@ -110,18 +110,23 @@ impl Run {
     }
 }
 
-/// Fails with every problem of `runs`, each with its transcript.
-fn assert_no_problems(runs: &[Run], problems: &[(usize, String)]) {
-    if problems.is_empty() {
+/// Fails with the problem of every run that has one (as `problem` sees
+/// it), each followed by its transcript.
+fn assert_no_problems(runs: &[Run], problem: impl Fn(&Run) -> Option<String>) {
+    let failed: Vec<(&Run, String)> = runs
+        .iter()
+        .filter_map(|run| Some((run, problem(run)?)))
+        .collect();
+    if failed.is_empty() {
         return;
     }
-    let summary: Vec<String> = problems
+    let summary: Vec<String> = failed
         .iter()
-        .map(|(i, p)| format!("{} under {}: {p}", runs[*i].scenario, runs[*i].method))
+        .map(|(run, p)| format!("{} under {}: {p}", run.scenario, run.method))
         .collect();
-    let transcripts: Vec<String> = problems
+    let transcripts: Vec<String> = failed
         .iter()
-        .map(|(i, _)| format!("=== {}\n{}", runs[*i].method, runs[*i].transcript()))
+        .map(|(run, _)| format!("=== {}\n{}", run.method, run.transcript()))
         .collect();
     panic!("{}\n\n{}", summary.join("\n"), transcripts.join("\n"));
 }
@@ -281,12 +286,7 @@ fn with_our_manager(scenario: &'static str) {
             .collect();
         running.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    let problems: Vec<(usize, String)> = runs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, run)| Some((i, run.problem()?)))
-        .collect();
-    assert_no_problems(&runs, &problems);
+    assert_no_problems(&runs, Run::problem);
 }
 
 #[test]
@@ -329,9 +329,7 @@ mod pytorchs_manager {
 
     fn keeps(scenario: &'static str, method: &'static str) {
         if let Some(run) = in_transit(scenario, method) {
-            let problems: Vec<(usize, String)> =
-                run.problem().map(|p| (0, p)).into_iter().collect();
-            assert_no_problems(&[run], &problems);
+            assert_no_problems(&[run], Run::problem);
         }
     }
 
@@ -341,20 +339,24 @@ mod pytorchs_manager {
         let Some(run) = in_transit("child-killed-in-transit", method) else {
             return;
         };
-        let lost = run
-            .failure()
-            .is_some_and(|f| f.contains("unlinked") && f.contains("in transit"));
-        let problem = if lost {
-            run.problem_after_exit()
-        } else {
+        assert_no_problems(&[run], |run| {
+            let lost = run
+                .failure()
+                .is_some_and(|f| f.contains("unlinked") && f.contains("in transit"));
+            if lost {
+                return run.problem_after_exit();
+            }
             Some(format!(
                 "PyTorch's manager was expected to unlink the tensors in transit once the \
                  child's manager lost its last client, but: {}",
                 run.failure().unwrap_or("the scenario passed")
             ))
-        };
-        let problems: Vec<(usize, String)> = problem.map(|p| (0, p)).into_iter().collect();
-        assert_no_problems(&[run], &problems);
+        });
+    }
+
+    #[test]
+    fn spawn_keeps_a_tensor_in_transit_whose_co_holder_was_sigkilled() {
+        keeps("co-holder", "spawn");
     }
 
     #[test]
@@ -382,8 +384,7 @@ fn reap_delay_after_sigkill_under_fork_median_of_10() {
         Served::Ours,
         &[("REPEAT", "10")],
     );
-    let problems: Vec<(usize, String)> = run.problem().map(|p| (0, p)).into_iter().collect();
-    assert_no_problems(std::slice::from_ref(&run), &problems);
+    assert_no_problems(std::slice::from_ref(&run), Run::problem);
     let median = run
         .stdout
         .lines()
