@@ -492,6 +492,8 @@ enum Answer {
 const TICK_MS: u64 = 100;
 /// Looks at released names back off from 1 s to a minute.
 const PROBE_MAX_SHIFT: u8 = 6;
+/// Looks at names in transit after a holder died back off from 1 s to 2 s.
+const TRANSIT_MAX_SHIFT: u8 = 1;
 /// Retries of failed unlinks back off from 100 ms to about 13 s.
 const RETRY_MAX_SHIFT: u8 = 7;
 /// Untrusted pids remembered per connection (beyond, each costs a watch attempt).
@@ -883,7 +885,16 @@ impl<S: Storage> Manager<S> {
                 });
             }
             record.phase = Phase::Released;
-            let backoff = backoff(record.tries, PROBE_MAX_SHIFT, 1_000);
+            // In transit with dead registrations: the refcount may drop with
+            // no frame to say so (a receiver that had it cached only lowers
+            // it), so it is looked at often; released ones only to notice
+            // they are gone.
+            let max_shift = if record.dead > 0 {
+                TRANSIT_MAX_SHIFT
+            } else {
+                PROBE_MAX_SHIFT
+            };
+            let backoff = backoff(record.tries, max_shift, 1_000);
             record.tries = record.tries.saturating_add(1);
             return self.schedule(id, now.after(backoff).round_up(1_000));
         }

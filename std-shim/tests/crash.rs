@@ -41,7 +41,7 @@ fn a_sigkilled_holder_leaks_nothing_once_every_client_is_gone() {
 #[test]
 fn a_sigkilled_holder_is_reaped_while_other_clients_go_on() {
     let mut daemon = Daemon::start(&["--reap-grace", "1s"]);
-    let mut bystander = daemon.connect();
+    let mut bystander = daemon.bystander();
     let holder = Holder::spawn(
         &["create", "--manager", &daemon.handle, "--count", "5"],
         5,

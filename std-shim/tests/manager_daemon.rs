@@ -155,7 +155,8 @@ fn a_malformed_frame_closes_only_its_own_connection() {
         good.register(&unique_name("good"));
     }
     // A release of a name this connection never registered is a stray free,
-    // which PyTorch's client can send: ignored, and the connection lives.
+    // which PyTorch's client can send: ignored, and the connection lives
+    // (see `holds.rs`).
     let mut stray = daemon.connect();
     stray.release(&unique_name("never-registered"));
     stray.register(&unique_name("after-the-stray-free"));

@@ -2,6 +2,8 @@
 //! hold segments, and raw PyTorch-style clients speaking bytes on the socket.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod torch;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -195,6 +197,15 @@ impl Daemon {
     pub fn connect(&self) -> RawClient {
         RawClient::connect(&self.handle)
     }
+
+    /// A client that stays connected (keeping the manager from shutting
+    /// down) and has said something, so it is not closed as a connection
+    /// that never speaks.
+    pub fn bystander(&self) -> RawClient {
+        let mut client = self.connect();
+        assert!(client.answers_registration(&unique_name("bystander")));
+        client
+    }
 }
 
 impl Drop for Daemon {
@@ -227,11 +238,45 @@ pub fn remove_if_abandoned(handle: &str) {
 /// PyTorch's `AllocInfo` built by hand: pid i32 at 0, free at 4, the name at
 /// 5..65 NUL-terminated, 3 padding bytes. Deliberately not the crate's encoder.
 pub fn frame(free: u8, name: &str) -> [u8; 68] {
+    frame_from(std::process::id() as i32, free, name)
+}
+
+/// [`frame`] with an explicit sender pid, as a forked child sends on the
+/// connection it inherited.
+pub fn frame_from(pid: i32, free: u8, name: &str) -> [u8; 68] {
     let mut bytes = [0u8; 68];
-    bytes[..4].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+    bytes[..4].copy_from_slice(&pid.to_ne_bytes());
     bytes[4] = free;
     bytes[5..5 + name.len()].copy_from_slice(name.as_bytes());
     bytes
+}
+
+/// Creates `name` as PyTorch's creator does, after registering it: a 64-byte
+/// header whose first four bytes are `refcount`, then `data` bytes.
+pub fn create_segment(name: &str, refcount: i32, data: usize) {
+    let mut bytes = vec![0u8; 64 + data];
+    bytes[..4].copy_from_slice(&refcount.to_ne_bytes());
+    std::fs::write(
+        Path::new("/dev/shm").join(name.trim_start_matches('/')),
+        bytes,
+    )
+    .unwrap();
+}
+
+/// Overwrites the refcount in `name`'s header, as openers and closers do.
+pub fn set_refcount(name: &str, refcount: i32) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new("/dev/shm").join(name.trim_start_matches('/')))
+        .unwrap()
+        .write_all_at(&refcount.to_ne_bytes(), 0)
+        .unwrap();
+}
+
+/// Removes `name` if it is still there.
+pub fn remove_segment(name: &str) {
+    let _ = std::fs::remove_file(Path::new("/dev/shm").join(name.trim_start_matches('/')));
 }
 
 /// A client speaking raw bytes.
@@ -259,6 +304,22 @@ impl RawClient {
 
     pub fn release(&mut self, name: &str) {
         self.send(&frame(1, name));
+    }
+
+    /// Registers `name` on behalf of `pid`, as a forked child would.
+    pub fn register_as(&mut self, pid: i32, name: &str) {
+        self.send(&frame_from(pid, 0, name));
+        assert_eq!(
+            self.reply(),
+            Some(*b"OK"),
+            "registration of {name} for pid {pid}"
+        );
+    }
+
+    /// Whether a registration of `name` is still answered `OK` (rather than
+    /// the connection being closed).
+    pub fn answers_registration(&mut self, name: &str) -> bool {
+        self.stream.write_all(&frame(0, name)).is_ok() && self.reply() == Some(*b"OK")
     }
 
     /// The next two reply bytes, or None at end of file.
