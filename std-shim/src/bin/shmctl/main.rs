@@ -4,6 +4,7 @@
 //! - `create` / `open`: make or open segments and hold them, for debugging,
 //!   scripting and interop with PyTorch.
 //! - `ls` / `gc`: what is in `/dev/shm` and who uses it; removing what was leaked.
+//! - `torch install | restore | status`: making PyTorch run our manager.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ mod demo;
 mod hold;
 mod inspect;
 mod stress;
+mod torch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +49,9 @@ enum Command {
     /// Remove leaked segments (creator dead, nobody maps or holds them) that
     /// you own. Lists what it would remove unless given --yes.
     Gc(inspect::GcArgs),
+    /// Make PyTorch run our manager (install), put its own back (restore),
+    /// or see which one it runs (status).
+    Torch(torch::Args),
     /// One of the demo's worker processes.
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
         Command::Open(args) => hold::open(&args),
         Command::Ls(args) => inspect::ls(&args),
         Command::Gc(args) => inspect::gc(&args),
+        Command::Torch(args) => torch::run(&args),
         Command::DemoWorker(args) => demo::worker(&args),
         Command::StressWorker(args) => stress::worker(&args),
     };
