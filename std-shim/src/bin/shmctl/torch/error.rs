@@ -14,9 +14,10 @@ pub(crate) enum TorchError {
     PythonNotRunnable { python: PathBuf, error: io::Error },
     /// That python has no `torch` module.
     NoTorch { python: PathBuf },
-    /// Importing torch failed for another reason.
-    TorchImportFailed { python: PathBuf, detail: String },
-    /// The probe's output made no sense (a wrapper printing to stdout?).
+    /// The python ran but failed to look for torch.
+    ProbeFailed { python: PathBuf, detail: String },
+    /// The probe's output made no sense (not a python, or a wrapper that
+    /// prints to stdout).
     ProbeUnreadable { python: PathBuf, output: String },
     /// torch's package has no `bin/torch_shm_manager` (`import torch` itself
     /// would fail).
@@ -82,16 +83,16 @@ impl fmt::Display for TorchError {
                 python.display(),
                 python.display()
             ),
-            Self::TorchImportFailed { python, detail } => write!(
+            Self::ProbeFailed { python, detail } => write!(
                 f,
-                "importing torch with {} failed: {detail}; fix that import first \
-                 (`{} -c 'import torch'` shows the whole error)",
+                "asking {} where torch is failed: {detail}; check that it is a working \
+                 python (`{} -c 'import torch'` shows the whole error)",
                 python.display(),
                 python.display()
             ),
             Self::ProbeUnreadable { python, output } => write!(
                 f,
-                "{} found torch but printed something unexpected ({output:?}); pass the \
+                "{} did not answer as a python would (it printed {output:?}); pass the \
                  environment's real interpreter with --python",
                 python.display()
             ),

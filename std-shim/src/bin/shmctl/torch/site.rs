@@ -1,6 +1,6 @@
 //! Where torch is: found by asking the python that would import it, since
 //! only that interpreter knows its `sys.path` (venvs, `.pth` files,
-//! `PYTHONPATH`, user site-packages).
+//! `PYTHONPATH`, user site-packages), without importing it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,24 +14,29 @@ pub(crate) const MANAGER_FILE: &str = "torch_shm_manager";
 /// PyTorch's manager, kept beside the live one while ours is installed.
 pub(crate) const BACKUP_FILE: &str = "torch_shm_manager.libshm-backup";
 
-/// Imports torch and prints its package directory and version. `abspath`,
-/// not `realpath`: torch resolves its manager from `__file__` as imported.
-/// The current directory is dropped from `sys.path` first, so a `torch`
-/// source checkout there is not mistaken for the installed package.
+/// Finds torch the way `import torch` would, without running it (importing
+/// torch takes seconds and can fail for reasons unrelated to its manager):
+/// `find_spec` walks the same `sys.path` with the same finders, and its
+/// `origin` is the `__file__` torch derives its manager path from (not
+/// resolved through symlinks). The version comes from the installed
+/// distribution's metadata. The current directory is dropped from `sys.path`
+/// first, so a torch source checkout there is not mistaken for the package.
 const PROBE: &str = r#"
 import sys
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
-try:
-    import torch
-except ModuleNotFoundError as e:
-    if e.name != "torch":
-        raise
+import importlib.util, os
+spec = importlib.util.find_spec("torch")
+if spec is None or not spec.origin or not spec.origin.endswith("__init__.py"):
     print("libshm-probe: no-torch")
     sys.exit(0)
-import os
-print("libshm-probe: dir=" + os.path.dirname(os.path.abspath(torch.__file__)))
-print("libshm-probe: version=" + str(torch.__version__))
+try:
+    from importlib.metadata import version
+    v = version("torch")
+except Exception:
+    v = "unknown"
+print("libshm-probe: dir=" + os.path.dirname(os.path.abspath(spec.origin)))
+print("libshm-probe: version=" + v)
 "#;
 
 /// A torch installation.
@@ -107,7 +112,7 @@ pub(crate) fn locate(python: &Path) -> Result<Site, TorchError> {
             .rev()
             .find(|line| !line.trim().is_empty())
             .map_or_else(|| format!("exit status {}", output.status), str::to_owned);
-        return Err(TorchError::TorchImportFailed {
+        return Err(TorchError::ProbeFailed {
             python: python.to_path_buf(),
             detail,
         });
