@@ -5,6 +5,7 @@
 //!   scripting and interop with PyTorch.
 //! - `ls` / `gc`: what is in `/dev/shm` and who uses it; removing what was leaked.
 //! - `torch install | restore | status`: making PyTorch run our manager.
+//! - `doctor`: the usual causes of shared-memory failures, each with its fix.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -13,8 +14,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod doctor;
 mod hold;
 mod inspect;
+mod json;
 mod stress;
 mod torch;
 
@@ -49,6 +52,10 @@ enum Command {
     /// Remove leaked segments (creator dead, nobody maps or holds them) that
     /// you own. Lists what it would remove unless given --yes.
     Gc(inspect::GcArgs),
+    /// Check what breaks shared memory most often: /dev/shm, leaks, ulimit -n,
+    /// TMPDIR, RemoveIPC, torch's manager, live managers. Exit status 0
+    /// healthy, 1 warnings, 2 errors.
+    Doctor(doctor::Args),
     /// Make PyTorch run our manager (install), put its own back (restore),
     /// or see which one it runs (status).
     Torch(torch::Args),
@@ -81,6 +88,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => inspect::ls(&args),
         Command::Gc(args) => inspect::gc(&args),
         Command::Torch(args) => torch::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::DemoWorker(args) => demo::worker(&args),
         Command::StressWorker(args) => stress::worker(&args),
     };

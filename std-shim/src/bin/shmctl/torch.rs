@@ -237,11 +237,17 @@ fn install(args: &ChangeArgs) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
         Err(why) => {
-            if backup.exists() {
+            let rolled_back = backup.exists();
+            if rolled_back {
                 swap::replace(&backup, &live)?;
                 std::fs::remove_file(&backup).map_err(|e| TorchError::io("remove", &backup, e))?;
             }
-            Err(TorchError::CheckFailed { path: live, why }.into())
+            Err(TorchError::CheckFailed {
+                path: live,
+                why,
+                rolled_back,
+            }
+            .into())
         }
     }
 }
