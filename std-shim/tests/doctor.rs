@@ -98,12 +98,12 @@ fn doctor_command(envs: &[(&str, &str)]) -> Command {
 
 /// An empty directory, as a PATH without python.
 fn no_python_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("libshm-doctor-empty-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-path");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-/// A real directory whose path is `len` bytes long, removed on drop.
+/// A fresh directory whose path is at least `len` bytes long, removed on drop.
 struct LongDir(PathBuf);
 
 impl LongDir {
@@ -354,8 +354,8 @@ fn a_small_dev_shm_is_a_warning_and_a_full_one_an_error() {
 
 #[test]
 fn remove_ipc_yes_warns_regular_users_and_spares_system_ones() {
-    let dir = std::env::temp_dir().join(unique_name("logind").trim_start_matches('/'));
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = LongDir::new(0);
+    let dir = &temp.0;
     let conf = dir.join("logind.conf");
     std::fs::write(&conf, "[Login]\n#RemoveIPC=no\nRemoveIPC=yes\n").unwrap();
     let env = [("LIBSHM_LOGIND_CONF", conf.to_str().unwrap())];
@@ -401,7 +401,6 @@ fn remove_ipc_yes_warns_regular_users_and_spares_system_ones() {
         "{}",
         report.found("remove_ipc")
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -439,8 +438,8 @@ fn leaked_segments_are_counted_with_their_bytes_and_the_gc_command() {
 
 #[test]
 fn live_managers_are_listed_and_dead_ones_directories_flagged() {
-    let base = std::env::temp_dir().join(unique_name("managers").trim_start_matches('/'));
-    std::fs::create_dir_all(&base).unwrap();
+    let temp = LongDir::new(0);
+    let base = &temp.0;
     let daemon = Daemon::start(&["--run-dir", base.to_str().unwrap()]);
     let _client = daemon.connect();
     let pid = daemon.child.id();
@@ -492,7 +491,6 @@ fn live_managers_are_listed_and_dead_ones_directories_flagged() {
         "a live manager's directory is not stale"
     );
     drop(daemon);
-    std::fs::remove_dir_all(&base).unwrap();
 }
 
 #[test]
