@@ -218,7 +218,17 @@ fn install(args: &ChangeArgs) -> Outcome {
             live.display()
         );
     } else {
-        let digest = swap::replace(&ours.path, &live)?;
+        let digest = match swap::replace(&ours.path, &live) {
+            Ok(digest) => digest,
+            Err(err) => {
+                // PyTorch's is still live: a backup beside it would read as
+                // "an upgrade put PyTorch's back over ours".
+                if !live_identity.is_ours() {
+                    let _ = std::fs::remove_file(&backup);
+                }
+                return Err(err.into());
+            }
+        };
         println!(
             "installed libshm-rs shm-manager {} at {} (sha256 {})",
             ours.version,
