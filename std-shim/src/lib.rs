@@ -48,6 +48,8 @@ pub mod floor;
 pub mod inspect;
 mod link;
 mod manager;
+#[doc(hidden)]
+pub mod manager_identity;
 mod naming;
 mod process;
 mod registry;

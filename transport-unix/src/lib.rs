@@ -54,6 +54,9 @@ mod socket;
 pub use event_loop::{Summary, Tuning, serve, serve_tuned};
 pub use launcher::{LaunchError, Launched, Launcher};
 pub use listener::{Accepted, Listener};
-pub use rundir::{Adoption, DIR_PREFIX, RunDir, SOCKET_NAME};
+pub use rundir::{
+    Adoption, BASE_MAX, CreateError, DIR_PREFIX, FALLBACK_BASES, Placed, RunDir, SOCKET_NAME,
+    SOCKET_PATH_SUFFIX_LEN,
+};
 pub use shared_journal::{AdoptError, SharedJournal};
 pub use socket::{SocketError, UnixTransport};

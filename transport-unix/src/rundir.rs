@@ -4,6 +4,10 @@
 //! connect; the directory name is random so that managers never collide. The
 //! directory goes away with the manager.
 //!
+//! The socket path must fit a socket address (107 bytes and a NUL), so a long
+//! `TMPDIR` cannot hold it; [`RunDir::create_or_fall_back`] then uses a short
+//! directory instead ([`FALLBACK_BASES`]) and says why.
+//!
 //! A manager also holds an exclusive `flock` on its directory for as long as
 //! it lives. When it dies, the kernel drops the lock, and a new manager can
 //! [adopt](RunDir::adopt) the directory and serve at the same handle: the
@@ -11,6 +15,7 @@
 //! in pickled messages, keep working.
 
 use std::ffi::OsStr;
+use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -26,6 +31,25 @@ pub const DIR_PREFIX: &str = "torch-shm-dir-";
 /// The socket's file name inside the directory.
 pub const SOCKET_NAME: &str = "manager.sock";
 
+/// Bytes a socket path has after its base: `/torch-shm-dir-XXXXXX/manager.sock`.
+pub const SOCKET_PATH_SUFFIX_LEN: usize = 1 + DIR_PREFIX.len() + 6 + 1 + SOCKET_NAME.len();
+
+/// The longest base directory whose socket path still fits a socket address
+/// (PyTorch's client copies the handle into a 108-byte `sun_path` too).
+pub const BASE_MAX: usize = HANDLE_MAX - SOCKET_PATH_SUFFIX_LEN;
+
+/// Where a manager goes, in this order, when its preferred base cannot hold
+/// its directory. `/tmp` is PyTorch's own default and short everywhere;
+/// `/dev/shm` is a world-writable sticky tmpfs on every Linux system where
+/// shared memory works at all, and `libshm::inspect` ignores directories
+/// there. `/run/user/<uid>` is not used: logind removes
+/// it at logout, under a running job.
+pub const FALLBACK_BASES: [&str; 2] = ["/tmp", "/dev/shm"];
+
+/// The environment variables PyTorch (and Python's `tempfile`) consult for the
+/// temporary directory, in order.
+const TEMP_VARS: [&str; 4] = ["TMPDIR", "TMP", "TEMP", "TEMPDIR"];
+
 const SUFFIX_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
 /// A private directory, locked while this manager lives, and removed (with
@@ -35,6 +59,64 @@ pub struct RunDir {
     path: PathBuf,
     /// The open directory, holding the lock.
     _lock: OwnedFd,
+}
+
+/// Why no manager directory could be made under a base.
+#[derive(Debug)]
+pub enum CreateError {
+    /// `<base>/torch-shm-dir-XXXXXX/manager.sock` would not fit a socket address.
+    PathTooLong {
+        /// The base directory.
+        base: PathBuf,
+        /// How long the socket path would be.
+        len: usize,
+    },
+    /// The OS refused: the base is missing, not a directory, read-only or
+    /// not ours to write.
+    Os {
+        /// The base directory.
+        base: PathBuf,
+        /// What the OS said.
+        error: io::Error,
+    },
+}
+
+impl CreateError {
+    /// The base directory that failed.
+    pub fn base(&self) -> &Path {
+        match self {
+            Self::PathTooLong { base, .. } | Self::Os { base, .. } => base,
+        }
+    }
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PathTooLong { base, len } => write!(
+                f,
+                "a manager socket under {} would be a {len}-byte path, over the {HANDLE_MAX} \
+                 bytes a Unix socket address holds",
+                base.display()
+            ),
+            Self::Os { base, error } => write!(
+                f,
+                "cannot create a manager directory under {}: {error}",
+                base.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CreateError {}
+
+/// A directory made by [`RunDir::create_or_fall_back`].
+#[derive(Debug)]
+pub struct Placed {
+    /// The directory.
+    pub dir: RunDir,
+    /// Why the preferred base was not used, if it was not.
+    pub instead_of: Option<CreateError>,
 }
 
 /// What adopting a dead manager's directory found.
@@ -51,26 +133,71 @@ impl RunDir {
     /// The directory PyTorch would use: `$TMPDIR`, `$TMP`, `$TEMP` or
     /// `$TEMPDIR`, else `/tmp`.
     pub fn default_base() -> PathBuf {
-        ["TMPDIR", "TMP", "TEMP", "TEMPDIR"]
+        Self::default_base_and_var().0
+    }
+
+    /// [`RunDir::default_base`] and the variable it came from (`None` for
+    /// the `/tmp` default).
+    pub fn default_base_and_var() -> (PathBuf, Option<&'static str>) {
+        TEMP_VARS
             .iter()
-            .filter_map(std::env::var_os)
-            .find(|dir| !dir.is_empty())
-            .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+            .find_map(|&var| {
+                let dir = std::env::var_os(var).filter(|dir| !dir.is_empty())?;
+                Some((PathBuf::from(dir), Some(var)))
+            })
+            .unwrap_or_else(|| (PathBuf::from("/tmp"), None))
+    }
+
+    /// How long the socket path of a manager directory under `base` is.
+    pub fn socket_path_len(base: &Path) -> usize {
+        base.as_os_str().len() + SOCKET_PATH_SUFFIX_LEN
     }
 
     /// Creates `<base>/torch-shm-dir-XXXXXX` with mode 0700, retrying on
     /// collisions. Fails early when the socket path would not fit `sun_path`.
-    pub fn create(base: &Path) -> io::Result<Self> {
-        let longest = base.as_os_str().len() + 1 + DIR_PREFIX.len() + 6 + 1 + SOCKET_NAME.len();
-        if longest > HANDLE_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "socket path under {} would be {longest} bytes, over the {HANDLE_MAX} a Unix socket allows",
-                    base.display()
-                ),
-            ));
+    pub fn create(base: &Path) -> Result<Self, CreateError> {
+        let len = Self::socket_path_len(base);
+        if len > HANDLE_MAX {
+            return Err(CreateError::PathTooLong {
+                base: base.to_path_buf(),
+                len,
+            });
         }
+        Self::create_under(base).map_err(|error| CreateError::Os {
+            base: base.to_path_buf(),
+            error,
+        })
+    }
+
+    /// Creates the directory under `preferred`, or, if that fails (too long a
+    /// path, missing, read-only, not writable), under the first of
+    /// [`FALLBACK_BASES`] that works. If none does, the error is the
+    /// preferred base's: that is the one to fix.
+    pub fn create_or_fall_back(preferred: &Path) -> Result<Placed, CreateError> {
+        let refused = match Self::create(preferred) {
+            Ok(dir) => {
+                return Ok(Placed {
+                    dir,
+                    instead_of: None,
+                });
+            }
+            Err(err) => err,
+        };
+        for base in FALLBACK_BASES.iter().map(Path::new) {
+            if base == preferred {
+                continue;
+            }
+            if let Ok(dir) = Self::create(base) {
+                return Ok(Placed {
+                    dir,
+                    instead_of: Some(refused),
+                });
+            }
+        }
+        Err(refused)
+    }
+
+    fn create_under(base: &Path) -> io::Result<Self> {
         for _ in 0..128 {
             let mut random = [0u8; 6];
             rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
@@ -220,6 +347,47 @@ mod tests {
     fn refuses_bases_too_long_for_a_socket_path() {
         let base = PathBuf::from(format!("/tmp/{}", "x".repeat(90)));
         let err = RunDir::create(&base).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            matches!(err, CreateError::PathTooLong { len, .. } if len == base.as_os_str().len() + 34),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_longest_base_that_fits_is_seventy_three_bytes() {
+        assert_eq!(BASE_MAX, 73);
+        let fits = PathBuf::from(format!("/tmp/{}", "y".repeat(BASE_MAX - 5)));
+        std::fs::create_dir_all(&fits).unwrap();
+        let dir = RunDir::create(&fits).unwrap();
+        assert_eq!(dir.socket_path().as_os_str().len(), HANDLE_MAX);
+        drop(dir);
+        let _ = std::fs::remove_dir(&fits);
+        let over = PathBuf::from(format!("/tmp/{}", "y".repeat(BASE_MAX - 4)));
+        assert!(RunDir::create(&over).is_err());
+    }
+
+    #[test]
+    fn falls_back_to_a_short_directory_and_says_why() {
+        let long = PathBuf::from(format!("/tmp/{}", "z".repeat(100)));
+        let placed = RunDir::create_or_fall_back(&long).unwrap();
+        assert!(placed.dir.path().starts_with(FALLBACK_BASES[0]));
+        assert!(matches!(
+            placed.instead_of,
+            Some(CreateError::PathTooLong { .. })
+        ));
+
+        let missing = Path::new("/nonexistent-libshm-base");
+        let placed = RunDir::create_or_fall_back(missing).unwrap();
+        assert!(placed.dir.path().starts_with(FALLBACK_BASES[0]));
+        match placed.instead_of {
+            Some(CreateError::Os { base, error }) => {
+                assert_eq!(base, missing);
+                assert_eq!(error.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let placed = RunDir::create_or_fall_back(&std::env::temp_dir()).unwrap();
+        assert!(placed.instead_of.is_none());
     }
 }

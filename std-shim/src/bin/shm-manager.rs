@@ -6,6 +6,12 @@
 //! every registration with `OK`, and once no client has been connected for
 //! 2 s unlink every name still registered, remove the socket and exit.
 //!
+//! A start-up failure is one `ERROR: <cause>; <fix>` line, which PyTorch shows
+//! in the exception it raises. When `$TMPDIR` cannot hold the socket (its path
+//! would overflow the 108-byte socket address, or the directory is missing or
+//! read-only), the manager serves from `/tmp` (else `/dev/shm`) instead and
+//! says so on stderr; PyTorch's own manager fails there.
+//!
 //! Unlike the original it never blocks on one client, reaps segments whose
 //! holders died while others go on, refuses other users' connections, accepts
 //! only names under its prefix (`$LIBSHM_NAME_PREFIX`, else `/torch_`), and
@@ -19,7 +25,7 @@
 //! unlinks every name still registered and exits. `libshm_pipe::Launcher`
 //! starts it that way.
 
-use std::io::{IsTerminal, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,10 +34,18 @@ use std::time::Duration;
 use clap::Parser;
 use libshm::core::manager::ManagerConfig;
 use libshm::core::name::NamePrefix;
+use libshm::manager_identity;
 use libshm::units::{parse_duration, parse_optional_duration};
 use libshm::{ENV_PREFIX, ShmNamespace};
 use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
-use libshm_unix::{Adoption, Listener, RunDir};
+use libshm_unix::{Adoption, BASE_MAX, CreateError, FALLBACK_BASES, Listener, RunDir};
+
+/// What `shmctl torch status` reads to recognise this binary without running
+/// it. The section name is `manager_identity::SECTION` (an attribute cannot
+/// name a constant); the tests that identify this binary fail if they differ.
+#[used]
+#[unsafe(link_section = ".libshm_manager")]
+static IDENTITY: [u8; manager_identity::TEXT.len()] = manager_identity::text_bytes();
 
 /// Environment variable for the log level when no flag is given (error, warn,
 /// info, debug, trace). PyTorch starts the manager without arguments, so this
@@ -86,7 +100,8 @@ struct Args {
     #[arg(long)]
     name_prefix: Option<String>,
 
-    /// Where to create the private socket directory [default: $TMPDIR or /tmp].
+    /// Where to create the private socket directory, with no fallback
+    /// [default: $TMPDIR or /tmp, falling back to /tmp, then /dev/shm].
     #[arg(long)]
     run_dir: Option<PathBuf>,
 
@@ -121,6 +136,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A reference the linker cannot drop, so the section survives
+    // `--gc-sections` in every profile.
+    std::hint::black_box(&IDENTITY);
     // Leave the launching process's session, so its terminal's signals do not
     // reach us. Fails harmlessly if we already lead a process group.
     let _ = rustix::process::setsid();
@@ -141,12 +159,12 @@ fn main() -> ExitCode {
 
     let config = match manager_config(&args) {
         Ok(config) => config,
-        Err(message) => return fail(&message),
+        Err(err) => return fail(&err),
     };
     // Every look into /dev/shm goes through this one directory descriptor.
     let namespace = match ShmNamespace::for_current_user() {
         Ok(namespace) => namespace,
-        Err(err) => return fail(&err.to_string()),
+        Err(error) => return fail(&StartupError::Namespace { error }),
     };
     match ends {
         Some(ends) => serve_pipe(&args, ends, config, namespace),
@@ -158,26 +176,24 @@ fn serve_unix(args: &Args, config: ManagerConfig, mut namespace: ShmNamespace) -
     raise_fd_limit();
     let dir = match &args.adopt {
         Some(handle) => match RunDir::adopt(handle) {
-            Ok(Adoption::Adopted(dir)) => Ok(dir),
+            Ok(Adoption::Adopted(dir)) => dir,
             Ok(Adoption::Served) => return point_at_live_manager(handle),
-            Err(err) => return fail(&err.to_string()),
+            Err(error) => {
+                return fail(&StartupError::Adopt {
+                    handle: handle.clone(),
+                    error,
+                });
+            }
         },
-        None => {
-            let base = args.run_dir.clone().unwrap_or_else(RunDir::default_base);
-            RunDir::create(&base).map_err(|err| (base, err))
-        }
+        None => match run_dir(args) {
+            Ok(dir) => dir,
+            Err(err) => return fail(&err),
+        },
     };
-    let listener = match dir {
-        Ok(dir) => match Listener::bind(dir) {
-            Ok(listener) => listener,
-            Err(err) => return fail(&format!("could not bind the manager socket: {err}")),
-        },
-        Err((base, err)) => {
-            return fail(&format!(
-                "could not create the manager socket under {}: {err}",
-                base.display()
-            ));
-        }
+    let socket = dir.socket_path();
+    let listener = match Listener::bind(dir) {
+        Ok(listener) => listener,
+        Err(error) => return fail(&StartupError::Bind { socket, error }),
     };
     if let Err(err) = handshake(&format!("{}\n", listener.handle())) {
         tracing::error!("could not print the handle: {err}");
@@ -187,7 +203,12 @@ fn serve_unix(args: &Args, config: ManagerConfig, mut namespace: ShmNamespace) -
     let recovery = match &args.adopt {
         Some(_) => match NamePrefix::new(args.sweep_prefix.as_bytes()) {
             Ok(prefix) => Some(prefix),
-            Err(err) => return fail(&format!("--sweep-prefix: {err}")),
+            Err(err) => {
+                return fail(&StartupError::Option {
+                    option: "--sweep-prefix",
+                    why: err.to_string(),
+                });
+            }
         },
         None => None,
     };
@@ -208,7 +229,12 @@ fn serve_pipe(
 ) -> ExitCode {
     let ends = match ends {
         Ok(ends) => ends,
-        Err(err) => return fail(&format!("--pipe-fds {}: {err}", args.pipe_fds)),
+        Err(error) => {
+            return fail(&StartupError::PipeFds {
+                fds: args.pipe_fds,
+                error,
+            });
+        }
     };
     let handle = libshm_pipe::pipe_handle(std::process::id());
     if let Err(err) = handshake(&format!("{handle}\n")) {
@@ -262,16 +288,132 @@ fn optional_duration(text: &str) -> Result<Switchable, String> {
     parse_optional_duration(text).map(Switchable)
 }
 
+/// The private directory under `--run-dir`, or under the temporary directory
+/// PyTorch would use, falling back to a short one if that cannot hold it. An
+/// explicit `--run-dir` is taken at its word: no fallback.
+fn run_dir(args: &Args) -> Result<RunDir, StartupError> {
+    if let Some(base) = &args.run_dir {
+        return RunDir::create(base).map_err(|error| StartupError::RunDir {
+            error,
+            explicit: true,
+        });
+    }
+    let (base, var) = RunDir::default_base_and_var();
+    let placed = RunDir::create_or_fall_back(&base).map_err(|error| StartupError::RunDir {
+        error,
+        explicit: false,
+    })?;
+    if let Some(why) = &placed.instead_of {
+        let fix = match why {
+            CreateError::PathTooLong { .. } => {
+                format!("a shorter directory (at most {BASE_MAX} bytes)")
+            }
+            CreateError::Os { .. } => "a directory you can write".to_owned(),
+        };
+        tracing::warn!(
+            "{why}; serving from {} instead. Fix: set {} to {fix}",
+            placed.dir.path().display(),
+            var.unwrap_or("TMPDIR"),
+        );
+    }
+    Ok(placed.dir)
+}
+
+/// Why the manager could not start. Printed as one `ERROR: <cause>; <fix>`
+/// line on stdout, which PyTorch puts in the exception it raises, and on
+/// stderr.
+#[derive(Debug)]
+enum StartupError {
+    /// No directory for the socket.
+    RunDir {
+        error: CreateError,
+        /// The base came from `--run-dir`, not the environment.
+        explicit: bool,
+    },
+    /// `--adopt` could not take over the directory.
+    Adopt { handle: PathBuf, error: io::Error },
+    /// `--adopt` found the directory locked, but nobody answers there.
+    Unanswered { handle: PathBuf },
+    /// The socket could not be bound.
+    Bind { socket: PathBuf, error: io::Error },
+    /// A command-line value is unusable.
+    Option { option: &'static str, why: String },
+    /// `--transport pipe` without usable pipes.
+    PipeFds { fds: FdPair, error: InheritError },
+    /// `/dev/shm` cannot be opened.
+    Namespace { error: libshm::ShmError },
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RunDir { error, explicit } => {
+                let fix = match (error, explicit) {
+                    (CreateError::PathTooLong { .. }, true) => {
+                        format!("pass a --run-dir of at most {BASE_MAX} bytes")
+                    }
+                    (CreateError::Os { base, .. }, true) => format!(
+                        "create {} or pass a --run-dir you can write",
+                        base.display()
+                    ),
+                    (_, false) => format!(
+                        "set TMPDIR to a directory you can write whose path is at most \
+                         {BASE_MAX} bytes, such as /tmp ({} failed too)",
+                        FALLBACK_BASES.join(" and ")
+                    ),
+                };
+                write!(f, "{error}; {fix}")
+            }
+            Self::Adopt { handle, error } => {
+                // RunDir::adopt's own refusals already name the handle.
+                if error.kind() != io::ErrorKind::InvalidInput {
+                    write!(f, "cannot adopt {}: ", handle.display())?;
+                }
+                write!(f, "{error}; start a new manager instead (without --adopt)")
+            }
+            Self::Unanswered { handle } => write!(
+                f,
+                "the manager at {} holds its directory but does not answer; if no manager \
+                 process serves it, remove {} and start a new manager",
+                handle.display(),
+                handle.parent().unwrap_or(handle).display()
+            ),
+            Self::Bind { socket, error } => write!(
+                f,
+                "cannot bind the manager socket {}: {error}; set TMPDIR to a local \
+                 directory that can hold Unix sockets (not a network or FUSE filesystem), \
+                 such as /tmp",
+                socket.display()
+            ),
+            Self::Option { option, why } => write!(
+                f,
+                "{option}: {why}; pass a prefix such as /torch_ (a slash, then visible \
+                 ASCII without another slash)"
+            ),
+            Self::Namespace { error } => write!(
+                f,
+                "{error}; mount a tmpfs at /dev/shm (POSIX shared memory lives there), \
+                 e.g. `mount -t tmpfs -o mode=1777 tmpfs /dev/shm`"
+            ),
+            Self::PipeFds { fds, error } => write!(
+                f,
+                "--pipe-fds {fds}: {error}; start a pipe manager through \
+                 libshm_pipe::Launcher, which hands it its pipes as descriptors 3 and 4, \
+                 or name the open descriptors with --pipe-fds"
+            ),
+        }
+    }
+}
+
 /// Another manager adopted `handle` first (or it never died): wait until it
 /// accepts connections, then hand the client that handle.
 fn point_at_live_manager(handle: &std::path::Path) -> ExitCode {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::os::unix::net::UnixStream::connect(handle).is_err() {
         if std::time::Instant::now() >= deadline {
-            return fail(&format!(
-                "the manager at {} holds its directory but does not answer",
-                handle.display()
-            ));
+            return fail(&StartupError::Unanswered {
+                handle: handle.to_path_buf(),
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -281,7 +423,7 @@ fn point_at_live_manager(handle: &std::path::Path) -> ExitCode {
     }
 }
 
-fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
+fn manager_config(args: &Args) -> Result<ManagerConfig, StartupError> {
     Ok(ManagerConfig {
         shutdown_after: args.shutdown_timeout,
         reap_grace: args.reap_grace.0,
@@ -301,18 +443,24 @@ fn manager_config(args: &Args) -> Result<ManagerConfig, String> {
 /// PyTorch's `/torch_`. Started as PyTorch starts it, with no arguments, it
 /// thus never takes on another program's objects (`/sem.*`, say), which it
 /// would unlink once their registering client is gone.
-fn name_prefix(args: &Args) -> Result<NamePrefix, String> {
+fn name_prefix(args: &Args) -> Result<NamePrefix, StartupError> {
     let (text, source) = match &args.name_prefix {
         Some(text) => (text.clone(), "--name-prefix"),
         None => match std::env::var(ENV_PREFIX) {
             Ok(text) if !text.is_empty() => (text, ENV_PREFIX),
             Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(NamePrefix::torch()),
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(format!("{ENV_PREFIX} is not valid UTF-8"));
+                return Err(StartupError::Option {
+                    option: ENV_PREFIX,
+                    why: "not valid UTF-8".to_owned(),
+                });
             }
         },
     };
-    NamePrefix::new(text.as_bytes()).map_err(|err| format!("{source} {text:?}: {err}"))
+    NamePrefix::new(text.as_bytes()).map_err(|err| StartupError::Option {
+        option: source,
+        why: format!("{text:?}: {err}"),
+    })
 }
 
 /// Prints the handshake line, then points stdout at /dev/null so whoever
@@ -330,9 +478,11 @@ fn handshake(line: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn fail(message: &str) -> ExitCode {
-    tracing::error!("{message}");
-    let _ = handshake(&format!("ERROR: {message}\n"));
+fn fail(err: &StartupError) -> ExitCode {
+    tracing::error!("{err}");
+    // One line: PyTorch reads up to the first newline.
+    let line = err.to_string().replace('\n', " ");
+    let _ = handshake(&format!("ERROR: {line}\n"));
     ExitCode::FAILURE
 }
 

@@ -191,7 +191,7 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
 }
 
 /// `--prefix`, else `$LIBSHM_NAME_PREFIX` (what the client would use), else `/torch_`.
-fn resolve_prefix(arg: Option<&str>) -> Result<NamePrefix, String> {
+pub(crate) fn resolve_prefix(arg: Option<&str>) -> Result<NamePrefix, String> {
     let (text, source) = match arg {
         Some(text) => (text.to_owned(), "--prefix"),
         None => match std::env::var(ENV_PREFIX) {

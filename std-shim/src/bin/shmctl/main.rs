@@ -4,6 +4,8 @@
 //! - `create` / `open`: make or open segments and hold them, for debugging,
 //!   scripting and interop with PyTorch.
 //! - `ls` / `gc`: what is in `/dev/shm` and who uses it; removing what was leaked.
+//! - `torch install | restore | status`: making PyTorch run our manager.
+//! - `doctor`: the usual causes of shared-memory failures, each with its fix.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -12,9 +14,12 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod doctor;
 mod hold;
 mod inspect;
+mod json;
 mod stress;
+mod torch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +52,13 @@ enum Command {
     /// Remove leaked segments (creator dead, nobody maps or holds them) that
     /// you own. Lists what it would remove unless given --yes.
     Gc(inspect::GcArgs),
+    /// Check what breaks shared memory most often: /dev/shm, leaks, ulimit -n,
+    /// TMPDIR, RemoveIPC, torch's manager, live managers. Exit status 0
+    /// healthy, 1 warnings, 2 errors.
+    Doctor(doctor::Args),
+    /// Make PyTorch run our manager (install), put its own back (restore),
+    /// or see which one it runs (status).
+    Torch(torch::Args),
     /// One of the demo's worker processes.
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
@@ -75,6 +87,8 @@ fn main() -> ExitCode {
         Command::Open(args) => hold::open(&args),
         Command::Ls(args) => inspect::ls(&args),
         Command::Gc(args) => inspect::gc(&args),
+        Command::Torch(args) => torch::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
         Command::DemoWorker(args) => demo::worker(&args),
         Command::StressWorker(args) => stress::worker(&args),
     };
