@@ -71,9 +71,10 @@ pub const fn journal_len(capacity: usize) -> usize {
     (HEADER_WORDS + capacity * SLOT_WORDS) * 4
 }
 
-/// Whether `name` is one of the journal's reserved names.
+/// Whether `name` is reserved for the protocol (the journal's names, and
+/// [`status`](crate::status) requests): never a segment.
 pub fn is_reserved(name: &SegmentName) -> bool {
-    *name == SETUP || *name == DOORBELL
+    *name == SETUP || *name == DOORBELL || crate::status::request(name).is_some()
 }
 
 /// Why memory is not a usable journal.

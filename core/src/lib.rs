@@ -65,6 +65,8 @@ pub mod loopback;
 pub mod manager;
 pub mod name;
 pub mod namespace;
+pub mod pressure;
+pub mod status;
 pub mod storage;
 pub mod time;
 pub mod transport;

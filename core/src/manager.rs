@@ -60,6 +60,8 @@ use crate::frame::{FRAME_LEN, Frame, FrameError, FrameKind};
 use crate::journal;
 use crate::name::{NamePrefix, SegmentName};
 use crate::namespace::{Namespace, Observed, Unlinked};
+use crate::pressure::{Pressure, PressureAlarm, Usage};
+use crate::status;
 use crate::storage::{HoldTable, NO_TICK, NameIndex, Slab, Storage, Table, Timers};
 use crate::time::Timestamp;
 
@@ -112,6 +114,14 @@ pub struct ManagerConfig {
     pub batch: usize,
     /// Seed for hashing names (the driver picks a random one).
     pub hash_seed: u64,
+    /// How often to look at a few held names, to notice one removed from
+    /// outside (an `rm`, logind's `RemoveIPC`) while it is registered.
+    pub patrol_every: Option<Duration>,
+    /// Held names looked at per patrol.
+    pub patrol_batch: usize,
+    /// How often to measure how full the namespace is, to warn before it
+    /// is full.
+    pub measure_every: Option<Duration>,
 }
 
 impl Default for ManagerConfig {
@@ -128,6 +138,9 @@ impl Default for ManagerConfig {
             linger: Duration::from_secs(60),
             batch: 256,
             hash_seed: 0,
+            patrol_every: Some(Duration::from_secs(1)),
+            patrol_batch: 64,
+            measure_every: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -214,6 +227,8 @@ pub enum Chore {
     Observe(SegmentName),
     /// Unlink `name` if it is a regular file of ours.
     Unlink(SegmentName, UnlinkReason),
+    /// Measure how full the namespace is (report with [`Manager::measured`]).
+    MeasureUsage,
 }
 
 /// Why a holder ended.
@@ -228,6 +243,57 @@ pub enum HolderEnd {
 /// Events worth a log line or a history entry; drivers may ignore them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Note {
+    /// A registration was accepted.
+    Registered {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The pid in the frame.
+        pid: i32,
+        /// The name.
+        name: SegmentName,
+    },
+    /// A release was accepted.
+    Released {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The pid in the frame.
+        pid: i32,
+        /// The name.
+        name: SegmentName,
+    },
+    /// A name became an orphan: no live holder, and its refcount no larger
+    /// than the registrations of holders that ended. It is unlinked after
+    /// the grace period if it still is one.
+    Orphaned {
+        /// The name.
+        name: SegmentName,
+        /// Its refcount.
+        refcount: i32,
+        /// Registrations of ended holders.
+        dead: u32,
+    },
+    /// The manager unlinked a name.
+    Unlinked {
+        /// The name.
+        name: SegmentName,
+        /// Why.
+        reason: UnlinkReason,
+    },
+    /// A released name turned out gone (its last user unlinked it); forgotten.
+    Gone {
+        /// The name.
+        name: SegmentName,
+    },
+    /// A name live holders still hold is gone from the namespace, and no
+    /// release explains it: someone removed it from outside.
+    Vanished {
+        /// The name.
+        name: SegmentName,
+        /// Live registrations of it.
+        registrations: u32,
+    },
+    /// The namespace is filling up.
+    Pressure(Pressure),
     /// A release of a name that neither its sender nor anyone else on its
     /// connection holds (a stray or double free); ignored.
     StrayRelease {
@@ -273,6 +339,139 @@ pub enum Note {
     },
 }
 
+/// How much a [`Note`] matters to the person reading the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Every frame; for tracing a problem down.
+    Trace,
+    /// Routine decisions.
+    Debug,
+    /// What changed: holders ended, orphans reaped.
+    Info,
+    /// Something is wrong, and the message says how to fix it.
+    Warn,
+}
+
+impl Note {
+    /// How much it matters.
+    pub fn severity(&self) -> Severity {
+        match self {
+            Self::Registered { .. } | Self::Released { .. } | Self::Gone { .. } => Severity::Trace,
+            Self::StrayRelease { .. }
+            | Self::InTransit { .. }
+            | Self::Orphaned { .. }
+            | Self::Lingering { .. } => Severity::Debug,
+            Self::Unlinked {
+                reason: UnlinkReason::Shutdown,
+                ..
+            } => Severity::Debug,
+            Self::HolderEnded { .. } | Self::Unlinked { .. } => Severity::Info,
+            Self::Vanished { .. } | Self::Untouchable { .. } | Self::Pressure(_) => Severity::Warn,
+        }
+    }
+}
+
+/// The log line, with the fix where there is one. Managers started by
+/// PyTorch pass their stderr through, so these reach the user of a failing
+/// DataLoader.
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Registered { conn, pid, name } => {
+                write!(f, "registered {name} (pid {pid} on connection {conn})")
+            }
+            Self::Released { conn, pid, name } => {
+                write!(f, "released {name} (pid {pid} on connection {conn})")
+            }
+            Self::StrayRelease { conn, pid, name } => write!(
+                f,
+                "ignored a release of {name} by pid {pid} on connection {conn}: nobody on that connection holds it"
+            ),
+            Self::HolderEnded {
+                conn,
+                pid,
+                why,
+                holds,
+            } => {
+                let why = match why {
+                    HolderEnd::Exited => "its process exited",
+                    HolderEnd::Disconnected => "its connection closed",
+                };
+                match pid {
+                    Some(pid) => write!(
+                        f,
+                        "pid {pid} on connection {conn} held {holds} name(s) when {why}"
+                    ),
+                    None => write!(f, "connection {conn} held {holds} name(s) when {why}"),
+                }
+            }
+            Self::InTransit {
+                name,
+                refcount,
+                dead,
+            } => write!(
+                f,
+                "{name} is in transit (refcount {refcount}, {dead} registration(s) of ended holders); kept"
+            ),
+            Self::Orphaned {
+                name,
+                refcount,
+                dead,
+            } => write!(
+                f,
+                "{name} is an orphan (refcount {refcount}, {dead} registration(s) of ended holders); unlinked after the grace period unless someone registers it"
+            ),
+            Self::Unlinked {
+                name,
+                reason: UnlinkReason::Orphaned,
+            } => write!(f, "reaped orphaned segment {name}"),
+            Self::Unlinked {
+                name,
+                reason: UnlinkReason::Shutdown,
+            } => write!(f, "unlinked {name} at shutdown"),
+            Self::Gone { name } => write!(f, "{name} is gone; forgotten"),
+            Self::Vanished {
+                name,
+                registrations,
+            } => write!(
+                f,
+                "{name} was removed from /dev/shm while {registrations} registration(s) still hold it, \
+                 and no release explains it. Likely causes: an `rm` in /dev/shm or `shmctl gc --force`, \
+                 or systemd-logind removing the user's IPC objects when their last session ended \
+                 (RemoveIPC=yes; set RemoveIPC=no in /etc/systemd/logind.conf, or keep the user's \
+                 session with `loginctl enable-linger`). Processes that map it keep their data, but \
+                 opening it by name now fails with 'No such file or directory'."
+            ),
+            Self::Untouchable { name } => write!(
+                f,
+                "{name} is not a regular file of ours (another user's object, a FIFO or a symlink); left alone and forgotten"
+            ),
+            Self::Lingering { names } => write!(
+                f,
+                "no client left; lingering for {names} name(s) in transit"
+            ),
+            Self::Pressure(Pressure { level, usage }) => {
+                let consequence = match level {
+                    crate::pressure::Level::Critical => {
+                        "the next shared tensors will fail to allocate"
+                    }
+                    _ => "shared tensors will soon fail to allocate",
+                };
+                write!(
+                    f,
+                    "/dev/shm is {}% full ({} of {} MiB): {consequence} ('No space left on device', \
+                     or a DataLoader worker killed by SIGBUS). Fix: give the container more shared \
+                     memory (docker run --shm-size=8g; compose: shm_size: 8gb; Kubernetes: mount an \
+                     emptyDir with medium: Memory at /dev/shm), or free leaked segments with `shmctl gc`.",
+                    usage.percent(),
+                    usage.used >> 20,
+                    usage.total >> 20
+                )
+            }
+        }
+    }
+}
+
 /// What the manager asks of its driver.
 pub trait Effects {
     /// Send `reply` (`OK` or `NO`) to `conn`. Replies to one connection must
@@ -298,6 +497,11 @@ pub trait Effects {
     fn attach_journal(&mut self, _conn: ConnId) -> bool {
         false
     }
+    /// `conn` asked for the manager's status ([`status`](crate::status)):
+    /// after the `OK` this call queues, send the document and close `conn`.
+    /// Drivers without status support keep the default (the asker then gets
+    /// `OK` alone, as from PyTorch's manager).
+    fn status(&mut self, _conn: ConnId, _detail: status::Detail) {}
     /// `conn` rang the doorbell: feed its journal's unread frames to
     /// [`Manager::receive_journaled`] before the `OK` this call queues is sent.
     fn drain_journal(&mut self, _conn: ConnId) {}
@@ -367,6 +571,21 @@ pub enum NameState {
     Unlinking,
 }
 
+/// A live holder, as a status report shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderView {
+    id: u32,
+    /// The connection it registered on (closed, if it outlived it).
+    pub conn: ConnId,
+    /// Its watched pid; `None` when its pid could not be trusted and it
+    /// stands for its connection.
+    pub pid: Option<i32>,
+    /// Whether its connection is still open.
+    pub connected: bool,
+    /// Distinct names it holds.
+    pub names: u32,
+}
+
 /// One process on one connection; the pid is `None` for the holder that
 /// stands for a connection's untrusted pids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -427,6 +646,10 @@ pub struct NameRecord {
     tries: u8,
     /// A chore about it is out.
     busy: bool,
+    /// Held, yet a patrol found it gone once; looked at again to be sure.
+    suspect: bool,
+    /// Held, and reported gone; not reported again.
+    vanished: bool,
 }
 
 /// Per-connection bookkeeping.
@@ -475,6 +698,13 @@ pub struct Manager<S: Storage> {
     /// Holders whose holds are still being converted.
     ending: usize,
     closing: Option<Closing>,
+    /// Where the next patrol of held names starts, and when.
+    patrol_cursor: u32,
+    patrol_at: Option<Timestamp>,
+    /// When to measure the namespace next, and whether a measurement is out.
+    measure_at: Option<Timestamp>,
+    measuring: bool,
+    alarm: PressureAlarm,
     stats: Stats,
 }
 
@@ -536,6 +766,11 @@ impl<S: Storage> Manager<S> {
             stall_wake: None,
             ending: 0,
             closing: None,
+            patrol_cursor: 0,
+            patrol_at: config.patrol_every.map(|every| now.after(every)),
+            measure_at: config.measure_every.map(|_| now),
+            measuring: false,
+            alarm: PressureAlarm::default(),
             stats: Stats::default(),
         }
     }
@@ -589,6 +824,37 @@ impl<S: Storage> Manager<S> {
         })
     }
 
+    /// Every live holder, for a status report.
+    pub fn holders(&self) -> impl Iterator<Item = HolderView> + '_ {
+        (0..self.holders.id_bound()).filter_map(|id| {
+            let holder = self.holders.get(id).filter(|h| !h.ending)?;
+            Some(HolderView {
+                id,
+                conn: holder.key.conn,
+                pid: match holder.lifeline {
+                    Lifeline::Pid(pid) => Some(pid),
+                    Lifeline::Connection => None,
+                },
+                connected: self.conns.get(&holder.key.conn).is_some(),
+                names: holder.holds,
+            })
+        })
+    }
+
+    /// Calls `each` with the names `holder` holds (and how often), until it
+    /// returns false.
+    pub fn names_held_by(
+        &self,
+        holder: &HolderView,
+        mut each: impl FnMut(&SegmentName, u32) -> bool,
+    ) {
+        self.holds.for_each_of(holder.id, |name, count| {
+            self.names
+                .get(name)
+                .is_none_or(|record| each(&record.name, count))
+        });
+    }
+
     /// The peer a connection came from.
     pub fn peer(&self, conn: ConnId) -> Option<Peer> {
         self.conns.get(&conn).map(|c| c.peer)
@@ -601,6 +867,12 @@ impl<S: Storage> Manager<S> {
         }
         let mut wake = self.timers.next().map(tick_time);
         wake = min_opt(wake, self.stall_wake);
+        if !self.names.is_empty() {
+            wake = min_opt(wake, self.patrol_at);
+        }
+        if !self.names.is_empty() || !self.conns.is_empty() {
+            wake = min_opt(wake, self.measure_at);
+        }
         match self.closing {
             // More of the pass to do, or nothing left: finish at once.
             Some(closing) if closing.cursor < self.names.id_bound() || self.names.is_empty() => {
@@ -848,9 +1120,11 @@ impl<S: Storage> Manager<S> {
         };
         record.busy = false;
         if record.live > 0 {
-            return;
+            return self.patrolled(id, observed, now, fx);
         }
+        let linger_over = closing.is_some_and(|closing| now >= closing.linger_until);
         let refcount = match observed {
+            None if linger_over => return self.unlink(id, UnlinkReason::Shutdown, fx),
             None => {
                 let backoff = backoff(record.tries, PROBE_MAX_SHIFT, 1_000);
                 record.tries = record.tries.saturating_add(1);
@@ -858,6 +1132,7 @@ impl<S: Storage> Manager<S> {
             }
             Some(Observed::Absent) => {
                 self.stats.forgotten += 1;
+                fx.note(Note::Gone { name: *name });
                 return self.forget(id);
             }
             Some(Observed::Foreign) => {
@@ -903,6 +1178,11 @@ impl<S: Storage> Manager<S> {
             (_, Some(grace)) => {
                 record.phase = Phase::Orphan;
                 record.tries = 0;
+                fx.note(Note::Orphaned {
+                    name: *name,
+                    refcount,
+                    dead: record.dead,
+                });
                 self.schedule(id, now.after(grace));
             }
             // Reaping is off: kept until shutdown, as PyTorch keeps it.
@@ -935,10 +1215,16 @@ impl<S: Storage> Manager<S> {
         };
         record.busy = false;
         match outcome {
-            Some(Unlinked::Removed) => match reason {
-                UnlinkReason::Orphaned => self.stats.reaped += 1,
-                UnlinkReason::Shutdown => self.stats.unlinked_at_shutdown += 1,
-            },
+            Some(Unlinked::Removed) => {
+                match reason {
+                    UnlinkReason::Orphaned => self.stats.reaped += 1,
+                    UnlinkReason::Shutdown => self.stats.unlinked_at_shutdown += 1,
+                }
+                fx.note(Note::Unlinked {
+                    name: *name,
+                    reason,
+                });
+            }
             Some(Unlinked::Absent) => self.stats.forgotten += 1,
             Some(Unlinked::Foreign) => {
                 self.stats.forgotten += 1;
@@ -983,6 +1269,50 @@ impl<S: Storage> Manager<S> {
                 self.unlinked(&name, reason, result.as_ref().ok().copied(), now, fx);
                 result.map(drop)
             }
+            Chore::MeasureUsage => {
+                let result = namespace.usage();
+                self.measured(result.as_ref().ok().copied().flatten(), now, fx);
+                result.map(drop)
+            }
+        }
+    }
+
+    /// What [`Chore::MeasureUsage`] found (`None`: nothing could be told).
+    pub fn measured(&mut self, usage: Option<Usage>, now: Timestamp, fx: &mut impl Effects) {
+        self.clock = now;
+        self.measuring = false;
+        if let Some(warning) = usage.and_then(|usage| self.alarm.update(usage, now)) {
+            fx.note(Note::Pressure(warning));
+        }
+    }
+
+    /// A patrol's look at a held name: gone twice in a row (a second look a
+    /// second later, since a creator registers before it creates) and no
+    /// release to explain it means someone removed it from outside.
+    fn patrolled(
+        &mut self,
+        id: u32,
+        observed: Option<Observed>,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        let Some(record) = self.names.get_mut(id) else {
+            return;
+        };
+        match observed {
+            Some(Observed::Absent) if record.suspect => {
+                record.suspect = false;
+                record.vanished = true;
+                fx.note(Note::Vanished {
+                    name: record.name,
+                    registrations: record.live,
+                });
+            }
+            Some(Observed::Absent) => {
+                record.suspect = true;
+                self.schedule(id, now.after(Duration::from_secs(1)));
+            }
+            _ => record.suspect = false,
         }
     }
 
@@ -1004,7 +1334,7 @@ impl<S: Storage> Manager<S> {
                 continue;
             };
             record.wake = NO_TICK;
-            if record.live > 0 || record.busy {
+            if record.busy || (record.live > 0 && !record.suspect) {
                 continue;
             }
             if record.phase == Phase::Orphan {
@@ -1013,7 +1343,56 @@ impl<S: Storage> Manager<S> {
             record.busy = true;
             fx.chore(Chore::Observe(record.name));
         }
+        self.patrol(now, fx);
+        if let (Some(every), Some(at)) = (self.config.measure_every, self.measure_at)
+            && at <= now
+        {
+            self.measure_at = Some(now.after(every));
+            if !self.measuring {
+                self.measuring = true;
+                fx.chore(Chore::MeasureUsage);
+            }
+        }
         self.shut_down_when_idle(now, fx)
+    }
+
+    /// Looks at the next few held names, round robin, if a patrol is due.
+    fn patrol(&mut self, now: Timestamp, fx: &mut impl Effects) {
+        let (Some(every), Some(at)) = (self.config.patrol_every, self.patrol_at) else {
+            return;
+        };
+        if at > now {
+            return;
+        }
+        self.patrol_at = Some(now.after(every));
+        let bound = self.names.id_bound();
+        let mut looked = 0;
+        // Visiting a bounded number of ids keeps a patrol O(1) however
+        // sparse the held names are.
+        for _ in 0..self
+            .config
+            .patrol_batch
+            .saturating_mul(8)
+            .min(bound as usize)
+        {
+            if looked >= self.config.patrol_batch {
+                break;
+            }
+            if self.patrol_cursor >= bound {
+                self.patrol_cursor = 0;
+            }
+            let id = self.patrol_cursor;
+            self.patrol_cursor += 1;
+            let Some(record) = self.names.get_mut(id) else {
+                continue;
+            };
+            if record.live == 0 || record.busy || record.vanished || record.suspect {
+                continue;
+            }
+            record.busy = true;
+            looked += 1;
+            fx.chore(Chore::Observe(record.name));
+        }
     }
 
     fn shut_down_when_idle(&mut self, now: Timestamp, fx: &mut impl Effects) -> Status {
@@ -1140,10 +1519,16 @@ impl<S: Storage> Manager<S> {
                 };
                 fx.reply(conn, reply);
             }
-            (FrameKind::Register, true) => {
-                fx.drain_journal(conn);
-                fx.reply(conn, ACK);
-            }
+            (FrameKind::Register, true) => match status::request(&frame.name) {
+                Some(detail) => {
+                    fx.reply(conn, ACK);
+                    fx.status(conn, detail);
+                }
+                None => {
+                    fx.drain_journal(conn);
+                    fx.reply(conn, ACK);
+                }
+            },
             // A client that got `OK` for its journal offer from a manager that
             // does not know journals takes it back; nothing to do here.
             (FrameKind::Release, true) => {}
@@ -1198,6 +1583,7 @@ impl<S: Storage> Manager<S> {
         if answer == Answer::Reply {
             fx.reply(conn, ACK);
         }
+        fx.note(Note::Registered { conn, pid, name });
     }
 
     /// One more registration of `name` by `holder`; `None` if it cannot be
@@ -1239,6 +1625,7 @@ impl<S: Storage> Manager<S> {
             return;
         };
         self.stats.releases += 1;
+        fx.note(Note::Released { conn, pid, name });
         let Some(count) = self.holds.get_mut(holder, id) else {
             return;
         };
@@ -1270,6 +1657,8 @@ impl<S: Storage> Manager<S> {
         };
         record.phase = Phase::Released;
         record.tries = 0;
+        record.suspect = false;
+        record.vanished = false;
         let when = if at_once || record.dead > 0 {
             now
         } else {
@@ -1564,6 +1953,8 @@ impl<S: Storage> Manager<S> {
             phase: Phase::Held,
             tries: 0,
             busy: false,
+            suspect: false,
+            vanished: false,
         };
         let id = self.names.insert(record).ok()?;
         let names = &self.names;

@@ -15,6 +15,7 @@
 use core::fmt;
 
 use crate::name::{NamePrefix, SegmentName};
+use crate::pressure::Usage;
 
 /// What a look at one name found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,17 @@ pub trait Namespace {
 
     /// Removes `name` if it is a regular file belonging to the caller's user.
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error>;
+
+    /// The size of `name` in bytes, if it is a regular file of ours; for
+    /// status reports.
+    fn size(&mut self, _name: &SegmentName) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+
+    /// How full the namespace's file system is, where that can be told.
+    fn usage(&mut self) -> Result<Option<Usage>, Self::Error> {
+        Ok(None)
+    }
 
     /// Calls `each` for every name under `prefix` that belongs to the
     /// caller's user and looks leaked: its creator is dead and no process

@@ -88,6 +88,8 @@ pub trait HoldTable: Default {
     fn insert(&mut self, holder: u32, name: u32, count: u32) -> Result<(), TableFull>;
     /// Removes a hold.
     fn remove(&mut self, holder: u32, name: u32) -> Option<u32>;
+    /// Calls `each(name, count)` for `holder`'s holds until it returns false.
+    fn for_each_of(&self, holder: u32, each: impl FnMut(u32, u32) -> bool);
     /// Removes up to `max` holds of `holder`, calling `each(name, count)` for
     /// each, in time proportional to what it removes (growable storage).
     /// Returns how many it removed.
@@ -281,6 +283,13 @@ impl<const N: usize> HoldTable for heapless::index_map::FnvIndexMap<(u32, u32), 
     }
     fn remove(&mut self, holder: u32, name: u32) -> Option<u32> {
         heapless::IndexMap::swap_remove(self, &(holder, name))
+    }
+    fn for_each_of(&self, holder: u32, mut each: impl FnMut(u32, u32) -> bool) {
+        for (&(h, name), &count) in self.iter() {
+            if h == holder && !each(name, count) {
+                return;
+            }
+        }
     }
     fn take_of(&mut self, holder: u32, max: usize, mut each: impl FnMut(u32, u32)) -> usize {
         let mut taken = 0;
@@ -513,6 +522,13 @@ mod growable {
         }
         fn remove(&mut self, holder: u32, name: u32) -> Option<u32> {
             BTreeMap::remove(self, &(holder, name))
+        }
+        fn for_each_of(&self, holder: u32, mut each: impl FnMut(u32, u32) -> bool) {
+            for (&(_, name), &count) in self.range((holder, 0)..=(holder, u32::MAX)) {
+                if !each(name, count) {
+                    return;
+                }
+            }
         }
         fn take_of(&mut self, holder: u32, max: usize, mut each: impl FnMut(u32, u32)) -> usize {
             let mut taken = 0;

@@ -55,6 +55,7 @@ mod process;
 mod registry;
 mod segment;
 mod shm;
+pub mod status;
 pub mod units;
 mod wire;
 

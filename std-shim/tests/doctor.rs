@@ -441,7 +441,8 @@ fn live_managers_are_listed_and_dead_ones_directories_flagged() {
     let temp = LongDir::new(0);
     let base = &temp.0;
     let daemon = Daemon::start(&["--run-dir", base.to_str().unwrap()]);
-    let _client = daemon.connect();
+    let mut client = daemon.connect();
+    client.register(&common::unique_name("doctor"));
     let pid = daemon.child.id();
     // A directory a killed manager left behind, a minute old.
     let dead = base.join("torch-shm-dir-dead00");
@@ -473,7 +474,11 @@ fn live_managers_are_listed_and_dead_ones_directories_flagged() {
         .find(|m| m["handle"] == daemon.handle.as_str())
         .unwrap();
     assert_eq!(entry["pid"], pid);
-    assert!(entry["clients"].is_null(), "part 5 fills in clients");
+    assert_eq!(
+        entry["clients"],
+        serde_json::json!([std::process::id()]),
+        "the manager reports its clients by pid"
+    );
     assert_eq!(report.status("managers"), "warning");
     assert!(found.contains(dead.to_str().unwrap()), "{found}");
     assert!(

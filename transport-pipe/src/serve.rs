@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use std::collections::VecDeque;
 
 use libshm_core::manager::{
-    Chore, CloseReason, ConnId, ConnectError, Effects, Manager, ManagerConfig, Peer, Stats, Status,
+    Chore, CloseReason, ConnId, ConnectError, Effects, Manager, ManagerConfig, Note, Peer,
+    Severity, Stats, Status,
 };
 use libshm_core::namespace::Namespace;
 use libshm_core::storage::Growable;
@@ -371,6 +372,15 @@ impl Effects for Driver {
 
     fn chore(&mut self, chore: Chore) {
         self.chores.push_back(chore);
+    }
+
+    fn note(&mut self, note: Note) {
+        match note.severity() {
+            Severity::Trace => tracing::trace!("{note}"),
+            Severity::Debug => tracing::debug!("{note}"),
+            Severity::Info => tracing::info!("{note}"),
+            Severity::Warn => tracing::warn!("{note}"),
+        }
     }
 }
 

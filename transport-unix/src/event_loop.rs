@@ -28,6 +28,7 @@ use libshm_core::manager::{
 };
 use libshm_core::name::NamePrefix;
 use libshm_core::namespace::Namespace;
+use libshm_core::status::Detail;
 use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -36,6 +37,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlag
 
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
+use crate::report::{self, History, Identity};
 use crate::shared_journal::SharedJournal;
 
 /// Reply bytes queued for a client that does not read them, before it is
@@ -132,6 +134,13 @@ pub fn serve_tuned<N: Namespace>(
         exited: Vec::new(),
         journals_behind: false,
         freed_descriptor: false,
+        history: History::default(),
+        identity: Identity {
+            handle: listener.handle().to_string(),
+            started: Instant::now(),
+        },
+        status_requests: Vec::new(),
+        clock: Timestamp::ZERO,
     };
     let mut order: Vec<ConnId> = Vec::new();
     let mut watched: Vec<i32> = Vec::new();
@@ -163,6 +172,7 @@ pub fn serve_tuned<N: Namespace>(
             recovery_sweep(prefix, &mut manager, namespace, clock.now());
         }
         let now = clock.now();
+        driver.clock = now;
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             driver.drain_all(&mut manager, now);
             let status = manager.tick(now, &mut driver);
@@ -250,6 +260,7 @@ pub fn serve_tuned<N: Namespace>(
             idle_spins += 1;
         }
         let now = clock.now();
+        driver.clock = now;
 
         if revents[0].contains(PollFlags::IN) {
             for _ in 0..ACCEPTS_PER_ROUND {
@@ -380,6 +391,8 @@ struct Client {
     same_pid_namespace: Option<bool>,
     /// Its reply backlog overflowed; it is being cut off.
     evicted: bool,
+    /// It asked for a status report: closed once the report is sent.
+    close_when_sent: bool,
 }
 
 impl Client {
@@ -393,6 +406,7 @@ impl Client {
             first_read: true,
             same_pid_namespace: None,
             evicted: false,
+            close_when_sent: false,
         }
     }
 
@@ -445,6 +459,13 @@ struct Driver {
     journals_behind: bool,
     /// A descriptor was closed since accepting paused.
     freed_descriptor: bool,
+    /// Recent events, for status reports.
+    history: History,
+    identity: Identity,
+    /// Connections that asked for a status report during a manager call.
+    status_requests: Vec<(ConnId, Detail)>,
+    /// The time of the manager call in progress, for the history.
+    clock: Timestamp,
 }
 
 impl Driver {
@@ -560,6 +581,18 @@ impl Driver {
                 tracing::warn!(conn = %id, "client does not read its replies; closing it");
                 manager.evict(id, CloseReason::NotReadingReplies, now, self);
             }
+            for (id, detail) in std::mem::take(&mut self.status_requests) {
+                let document =
+                    report::document(detail, manager, namespace, &self.identity, &self.history);
+                if let Some(client) = self.clients.get_mut(&id) {
+                    // Not a reply: the backlog's cap does not apply.
+                    if client.backlog.is_empty() {
+                        self.dirty.push(id);
+                    }
+                    client.backlog.extend_from_slice(document.as_bytes());
+                    client.close_when_sent = true;
+                }
+            }
             self.settle(manager, now);
             if self.chores.is_empty() && self.evict.is_empty() {
                 return;
@@ -570,6 +603,7 @@ impl Driver {
     /// Writes queued replies and closes what the manager (or an error) closed.
     fn settle(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
         let mut failed = Vec::new();
+        let mut sent = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
@@ -589,6 +623,13 @@ impl Driver {
                     }
                 }
             }
+            if client.close_when_sent && client.backlog.is_empty() {
+                sent.push(id);
+            }
+        }
+        for id in sent {
+            manager.disconnect(id, now, self);
+            self.closing.push(id);
         }
         for id in failed {
             self.drain_everything(id, manager, now);
@@ -672,41 +713,12 @@ impl Effects for Driver {
         self.doorbells.push(conn);
     }
 
-    fn note(&mut self, note: Note) {
-        log_note(note);
+    fn status(&mut self, conn: ConnId, detail: Detail) {
+        self.status_requests.push((conn, detail));
     }
-}
 
-/// Logs what the manager noted, at the level a reader needs it.
-pub(crate) fn log_note(note: Note) {
-    match note {
-        Note::StrayRelease { conn, pid, name } => {
-            tracing::debug!(conn = %conn, pid, "ignored a release of {name}, which nobody on that connection holds");
-        }
-        Note::HolderEnded {
-            conn,
-            pid,
-            why,
-            holds,
-        } => {
-            tracing::info!(conn = %conn, ?pid, ?why, "a holder of {holds} name(s) ended");
-        }
-        Note::InTransit {
-            name,
-            refcount,
-            dead,
-        } => {
-            tracing::debug!(
-                "{name} is in transit (refcount {refcount}, {dead} registration(s) of ended holders); kept"
-            );
-        }
-        Note::Untouchable { name } => {
-            tracing::warn!(
-                "{name} is not a regular file of ours (another user's object, a FIFO or a symlink); left alone and forgotten"
-            );
-        }
-        Note::Lingering { names } => {
-            tracing::debug!("no client left; lingering for {names} name(s) in transit");
-        }
+    fn note(&mut self, note: Note) {
+        report::log_note(&note);
+        self.history.record(self.clock, note);
     }
 }

@@ -47,6 +47,7 @@ mod event_loop;
 mod launcher;
 mod listener;
 mod pid_watch;
+mod report;
 mod rundir;
 mod shared_journal;
 mod socket;

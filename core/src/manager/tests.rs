@@ -50,10 +50,14 @@ struct Names {
     unlinked: Vec<SegmentName>,
     /// Fail this many unlinks before succeeding.
     failing_unlinks: usize,
+    usage: Option<crate::pressure::Usage>,
 }
 
 impl Namespace for Names {
     type Error = &'static str;
+    fn usage(&mut self) -> Result<Option<crate::pressure::Usage>, Self::Error> {
+        Ok(self.usage)
+    }
     fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
         if self.foreign.contains(name) {
             return Ok(Observed::Foreign);
@@ -681,6 +685,7 @@ fn bytes_for_unknown_or_closed_connections_are_ignored() {
     assert!(r.fx.replies.is_empty() && r.fx.closed.is_empty());
 }
 
+#[cfg(feature = "alloc")]
 #[test]
 fn a_big_disconnect_is_worked_off_in_batches() {
     let mut m: Manager<crate::storage::Growable> = Manager::new(
@@ -809,4 +814,65 @@ fn adopted_orphans_are_reaped_unless_someone_registers_them() {
         r.state("/found"),
         Some(NameState::Held { registrations: 1 })
     );
+}
+
+#[test]
+fn a_held_name_removed_from_outside_is_reported_once_and_a_late_creator_is_not() {
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.create("/victim", 1);
+    r.register(c, 1, "/victim");
+    // Registered before it is created, as creators do: not a vanishing.
+    r.register(c, 1, "/late");
+    r.run_to(1_500);
+    r.create("/late", 1);
+    r.ns.refcounts.remove(&name("/victim")); // rm /dev/shm/victim
+    r.run_to(10_000);
+    let vanished: Vec<&Note> =
+        r.fx.notes
+            .iter()
+            .filter(|n| matches!(n, Note::Vanished { .. }))
+            .collect();
+    assert_eq!(
+        vanished,
+        [&Note::Vanished {
+            name: name("/victim"),
+            registrations: 1
+        }]
+    );
+    assert_eq!(
+        r.state("/victim"),
+        Some(NameState::Held { registrations: 1 }),
+        "still held: its holders have not let go"
+    );
+    r.release(c, 1, "/victim");
+    r.run_to(12_000);
+    assert_eq!(r.state("/victim"), None, "forgotten once released");
+}
+
+#[test]
+fn a_filling_namespace_is_reported_when_it_crosses_a_threshold() {
+    use crate::pressure::{Level, Usage};
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.register(c, 1, "/x");
+    r.ns.usage = Some(Usage {
+        used: 10,
+        total: 100,
+    });
+    r.run_to(3_000);
+    r.ns.usage = Some(Usage {
+        used: 90,
+        total: 100,
+    });
+    r.run_to(10_000);
+    let levels: Vec<Level> =
+        r.fx.notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Pressure(p) => Some(p.level),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(levels, [Level::High]);
 }

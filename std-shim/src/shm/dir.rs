@@ -49,6 +49,15 @@ impl ShmDir {
         Ok(Self { fd })
     }
 
+    /// How full the file system under `/dev/shm` is: used and total bytes.
+    pub(crate) fn usage(&self) -> Result<(u64, u64), Errno> {
+        let fs = rustix::fs::fstatvfs(&self.fd)?;
+        let block = fs.f_frsize;
+        let total = fs.f_blocks.saturating_mul(block);
+        let free = fs.f_bfree.saturating_mul(block);
+        Ok((total.saturating_sub(free), total))
+    }
+
     /// What the entry for `name` is, without following it; `None` if there
     /// is none.
     pub(crate) fn stat(&self, name: &SegmentName) -> Result<Option<Stat>, Errno> {

@@ -9,6 +9,7 @@ use std::fmt;
 
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::namespace::{Namespace, Observed, Unlinked};
+use libshm_core::pressure::Usage;
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
@@ -135,6 +136,18 @@ impl Namespace for ShmNamespace {
             Err(Errno::PERM | Errno::ACCESS) => Ok(Unlinked::Foreign),
             Err(errno) => Err(call("unlinkat")(errno)),
         }
+    }
+
+    fn size(&mut self, name: &SegmentName) -> Result<Option<u64>, Self::Error> {
+        let stat = self.dir.stat(name).map_err(call("statat"))?;
+        Ok(stat
+            .filter(|stat| self.owns(stat))
+            .map(|stat| u64::try_from(stat.st_size).unwrap_or(0)))
+    }
+
+    fn usage(&mut self) -> Result<Option<Usage>, Self::Error> {
+        let (used, total) = self.dir.usage().map_err(call("fstatvfs"))?;
+        Ok(Some(Usage { used, total }))
     }
 
     /// Leaked segments of this namespace's user under `prefix`, judged by

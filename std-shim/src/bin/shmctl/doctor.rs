@@ -23,7 +23,6 @@ mod logind;
 mod shm_space;
 mod socket_dir;
 mod torch_manager;
-mod unix_sockets;
 
 /// Arguments of `shmctl doctor`.
 #[derive(clap::Args, Debug)]

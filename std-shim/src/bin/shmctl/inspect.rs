@@ -22,6 +22,10 @@ pub(crate) struct LsArgs {
     /// creator_alive, users, status, owner_uid, age_seconds).
     #[arg(long)]
     json: bool,
+    /// List live managers instead: handle, pid, uptime, and each client's
+    /// pid with its live names and bytes, as the managers report them.
+    #[arg(long)]
+    managers: bool,
 }
 
 /// Arguments of `shmctl gc`.
@@ -45,6 +49,9 @@ pub(crate) struct GcArgs {
 }
 
 pub(crate) fn ls(args: &LsArgs) -> Outcome {
+    if args.managers {
+        return crate::managers::print(args.json);
+    }
     let prefix = resolve_prefix(args.prefix.as_deref())?;
     let scan = inspect::scan(&prefix)?;
     let mut out = std::io::stdout().lock();

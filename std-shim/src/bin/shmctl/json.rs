@@ -73,6 +73,12 @@ impl From<u64> for Json {
     }
 }
 
+impl From<i32> for Json {
+    fn from(n: i32) -> Self {
+        Self::Int(i64::from(n))
+    }
+}
+
 impl From<u32> for Json {
     fn from(n: u32) -> Self {
         Self::Int(i64::from(n))

@@ -4,6 +4,7 @@
 //! - `create` / `open`: make or open segments and hold them, for debugging,
 //!   scripting and interop with PyTorch.
 //! - `ls` / `gc`: what is in `/dev/shm` and who uses it; removing what was leaked.
+//!   `ls --managers`: live managers and their clients; `why`: one segment's story.
 //! - `torch install | restore | status`: making PyTorch run our manager.
 //! - `doctor`: the usual causes of shared-memory failures, each with its fix.
 
@@ -18,8 +19,11 @@ mod doctor;
 mod hold;
 mod inspect;
 mod json;
+mod managers;
 mod stress;
 mod torch;
+mod unix_sockets;
+mod why;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,6 +63,10 @@ enum Command {
     /// Make PyTorch run our manager (install), put its own back (restore),
     /// or see which one it runs (status).
     Torch(torch::Args),
+    /// Tell a segment's story: what /dev/shm shows of it, and what live
+    /// managers remember (who registered and released it, whose death left
+    /// it, whether it waited in transit, who reaped it and why).
+    Why(why::Args),
     /// One of the demo's worker processes.
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
@@ -86,6 +94,7 @@ fn main() -> ExitCode {
         Command::Create(args) => hold::create(&args),
         Command::Open(args) => hold::open(&args),
         Command::Ls(args) => inspect::ls(&args),
+        Command::Why(args) => why::run(&args),
         Command::Gc(args) => inspect::gc(&args),
         Command::Torch(args) => torch::run(&args),
         Command::Doctor(args) => doctor::run(&args),

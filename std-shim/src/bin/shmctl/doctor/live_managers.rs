@@ -1,74 +1,32 @@
-//! Managers alive on this machine, found by their listening sockets
-//! (`.../torch-shm-dir-XXXXXX/manager.sock` in `/proc/net/unix`), and the
-//! directories of managers that died without removing them (PyTorch's
-//! leaves its directory when killed), under `$TMPDIR`, `/tmp` and `/dev/shm`.
+//! The doctor's look at managers: the live ones (see [`crate::managers`])
+//! with their clients, and the directories of dead ones to remove.
 
-use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
 
-use libshm_unix::{DIR_PREFIX, FALLBACK_BASES, RunDir, SOCKET_NAME};
+use libshm::status::Detail;
 
 use crate::json::Json;
-use crate::torch::{Identity, identify};
+use crate::managers::{self, LiveManager, coarse};
 
 use super::finding::{Finding, Severity};
-use super::unix_sockets;
 
-/// A directory younger than this may belong to a manager still starting.
-const SETTLE: Duration = Duration::from_secs(10);
-
-/// One live manager.
-#[derive(Debug)]
-struct LiveManager {
-    handle: String,
-    pid: Option<u32>,
-    runs: Option<Identity>,
-    uptime: Option<Duration>,
-    /// Accepted connections (each client process, or forked family sharing
-    /// one, holds one).
-    connections: usize,
-}
-
-/// HOOK (issue 11, part 5): a manager's clients by pid, read from the
-/// manager without disturbing it (`shmctl ls --managers`). Until managers
-/// expose them, only the number of connections is known.
-fn clients_of(_manager: &LiveManager) -> Option<Vec<u32>> {
-    None
+/// A manager's clients by pid, from what it reports about itself; `None`
+/// when it does not say (PyTorch's manager).
+fn clients_of(manager: &LiveManager) -> Option<Vec<u32>> {
+    let report = manager.status(Detail::Summary).ok()?;
+    let mut pids: Vec<u32> = report
+        .holders
+        .iter()
+        .filter_map(|h| h.pid.and_then(|pid| u32::try_from(pid).ok()))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    Some(pids)
 }
 
 pub(crate) fn check() -> Finding {
-    let sockets = unix_sockets::bound();
-    let listening: Vec<&unix_sockets::Entry> = sockets
-        .iter()
-        .filter(|e| e.listening && is_manager_socket(Path::new(&e.path)))
-        .collect();
-    let inodes: BTreeSet<u64> = listening.iter().map(|e| e.inode).collect();
-    let holders = unix_sockets::holders(&inodes);
-    let live: Vec<LiveManager> = listening
-        .iter()
-        .map(|entry| {
-            let pid = holders.get(&entry.inode).copied();
-            LiveManager {
-                handle: entry.path.clone(),
-                pid,
-                runs: pid
-                    .and_then(|pid| identify(Path::new(&format!("/proc/{pid}/exe")), None).ok()),
-                uptime: pid.and_then(uptime_of),
-                connections: sockets
-                    .iter()
-                    .filter(|e| !e.listening && e.path == entry.path)
-                    .count(),
-            }
-        })
-        .collect();
-    let handles: BTreeSet<&str> = live.iter().map(|m| m.handle.as_str()).collect();
-    let stale: Vec<PathBuf> = bases()
-        .iter()
-        .flat_map(|base| manager_dirs(base))
-        .filter(|dir| !handles.contains(dir.join(SOCKET_NAME).to_string_lossy().as_ref()))
-        .collect();
+    let live = managers::live();
+    let stale = managers::stale_dirs(&live);
 
     let mut lines = Vec::new();
     lines.push(match live.len() {
@@ -143,95 +101,25 @@ fn describe(manager: &LiveManager) -> String {
     let uptime = manager
         .uptime
         .map_or_else(String::new, |u| format!(", up {}", coarse(u)));
+    let connections = format!(
+        ", {} connection{}",
+        manager.connections,
+        if manager.connections == 1 { "" } else { "s" }
+    );
     let clients = match clients_of(manager) {
-        Some(pids) => format!(
+        Some(pids) if !pids.is_empty() => format!(
             ", clients {}",
             pids.iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
                 .join(",")
         ),
-        None => format!(
-            ", {} connection{}",
-            manager.connections,
-            if manager.connections == 1 { "" } else { "s" }
-        ),
+        _ => String::new(),
     };
-    format!("  {pid}, {runs}{uptime}{clients}: {}", manager.handle)
-}
-
-fn is_manager_socket(path: &Path) -> bool {
-    path.file_name().is_some_and(|n| n == SOCKET_NAME)
-        && path
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n.to_string_lossy().starts_with(DIR_PREFIX))
-}
-
-/// Where managers make their directories: the temporary directory PyTorch
-/// uses, and our fallbacks.
-fn bases() -> Vec<PathBuf> {
-    let mut bases = vec![RunDir::default_base()];
-    for base in FALLBACK_BASES {
-        if !bases.iter().any(|b| b == Path::new(base)) {
-            bases.push(PathBuf::from(base));
-        }
-    }
-    bases
-}
-
-/// `torch-shm-dir-*` directories under `base` older than [`SETTLE`].
-fn manager_dirs(base: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return Vec::new();
-    };
-    let now = SystemTime::now();
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(DIR_PREFIX))
-        .filter(|e| {
-            e.metadata().is_ok_and(|meta| {
-                let changed =
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64);
-                meta.is_dir() && now.duration_since(changed).is_ok_and(|age| age >= SETTLE)
-            })
-        })
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-/// How long process `pid` has run, from `/proc/<pid>/stat` and `/proc/uptime`.
-fn uptime_of(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the parenthesised name (field 2) ends.
-    let started_ticks: u64 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    let since_boot: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let ticks = rustix::param::clock_ticks_per_second();
-    let started = started_ticks as f64 / ticks as f64;
-    Some(Duration::from_secs_f64((since_boot - started).max(0.0)))
-}
-
-fn coarse(age: Duration) -> String {
-    let secs = age.as_secs();
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3_600 => format!("{}m", secs / 60),
-        3_600..86_400 => format!("{}h", secs / 3_600),
-        _ => format!("{}d", secs / 86_400),
-    }
+    format!(
+        "  {pid}, {runs}{uptime}{connections}{clients}: {}",
+        manager.handle
+    )
 }
 
 /// The first few, then how many more.

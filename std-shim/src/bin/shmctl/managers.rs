@@ -1,0 +1,259 @@
+//! Managers alive on this machine, found by their listening sockets
+//! (`.../torch-shm-dir-XXXXXX/manager.sock` in `/proc/net/unix`), with what
+//! each reports about itself when asked ([`libshm::status`]), and the
+//! directories of managers that died without removing them (PyTorch's
+//! leaves its directory when killed), under `$TMPDIR`, `/tmp` and `/dev/shm`.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use libshm::status::{self, Detail, Report, StatusError};
+use libshm_unix::{DIR_PREFIX, FALLBACK_BASES, RunDir, SOCKET_NAME};
+
+use crate::torch::{Identity, identify};
+use crate::unix_sockets;
+
+/// A directory younger than this may belong to a manager still starting.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// One live manager.
+#[derive(Debug)]
+pub(crate) struct LiveManager {
+    pub(crate) handle: String,
+    pub(crate) pid: Option<u32>,
+    pub(crate) runs: Option<Identity>,
+    pub(crate) uptime: Option<Duration>,
+    /// Accepted connections (each client process, or forked family sharing
+    /// one, holds one).
+    pub(crate) connections: usize,
+}
+
+impl LiveManager {
+    /// What it says about itself: its holders, counters and (with
+    /// [`Detail::History`]) recent events.
+    pub(crate) fn status(&self, detail: Detail) -> Result<Report, StatusError> {
+        status::query(&self.handle, detail)
+    }
+}
+
+/// The managers listening now.
+pub(crate) fn live() -> Vec<LiveManager> {
+    let sockets = unix_sockets::bound();
+    let listening: Vec<&unix_sockets::Entry> = sockets
+        .iter()
+        .filter(|e| e.listening && is_manager_socket(Path::new(&e.path)))
+        .collect();
+    let inodes: BTreeSet<u64> = listening.iter().map(|e| e.inode).collect();
+    let holders = unix_sockets::holders(&inodes);
+    listening
+        .iter()
+        .map(|entry| {
+            let pid = holders.get(&entry.inode).copied();
+            LiveManager {
+                handle: entry.path.clone(),
+                pid,
+                runs: pid
+                    .and_then(|pid| identify(Path::new(&format!("/proc/{pid}/exe")), None).ok()),
+                uptime: pid.and_then(uptime_of),
+                connections: sockets
+                    .iter()
+                    .filter(|e| !e.listening && e.path == entry.path)
+                    .count(),
+            }
+        })
+        .collect()
+}
+
+/// Directories of managers that died, given the live ones.
+pub(crate) fn stale_dirs(live: &[LiveManager]) -> Vec<PathBuf> {
+    let handles: BTreeSet<&str> = live.iter().map(|m| m.handle.as_str()).collect();
+    bases()
+        .iter()
+        .flat_map(|base| manager_dirs(base))
+        .filter(|dir| !handles.contains(dir.join(SOCKET_NAME).to_string_lossy().as_ref()))
+        .collect()
+}
+
+fn is_manager_socket(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == SOCKET_NAME)
+        && path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with(DIR_PREFIX))
+}
+
+/// Where managers make their directories: the temporary directory PyTorch
+/// uses, and our fallbacks.
+fn bases() -> Vec<PathBuf> {
+    let mut bases = vec![RunDir::default_base()];
+    for base in FALLBACK_BASES {
+        if !bases.iter().any(|b| b == Path::new(base)) {
+            bases.push(PathBuf::from(base));
+        }
+    }
+    bases
+}
+
+/// `torch-shm-dir-*` directories under `base` older than [`SETTLE`].
+fn manager_dirs(base: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let now = SystemTime::now();
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(DIR_PREFIX))
+        .filter(|e| {
+            e.metadata().is_ok_and(|meta| {
+                let changed =
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64);
+                meta.is_dir() && now.duration_since(changed).is_ok_and(|age| age >= SETTLE)
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// How long process `pid` has run, from `/proc/<pid>/stat` and `/proc/uptime`.
+pub(crate) fn uptime_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the parenthesised name (field 2) ends.
+    let started_ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let since_boot: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let ticks = rustix::param::clock_ticks_per_second();
+    let started = started_ticks as f64 / ticks as f64;
+    Some(Duration::from_secs_f64((since_boot - started).max(0.0)))
+}
+
+pub(crate) fn coarse(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}m", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// `shmctl ls --managers`: every live manager, its clients by pid, and their
+/// live names and bytes.
+pub(crate) fn print(json: bool) -> crate::Outcome {
+    use std::io::Write as _;
+
+    use libshm::units::format_size;
+
+    use crate::json::Json;
+
+    let live = live();
+    let reports: Vec<Result<Report, StatusError>> =
+        live.iter().map(|m| m.status(Detail::Summary)).collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let managers = live
+            .iter()
+            .zip(&reports)
+            .map(|(manager, report)| {
+                let holders = report.as_ref().ok().map(|report| {
+                    Json::Array(
+                        report
+                            .holders
+                            .iter()
+                            .map(|h| {
+                                Json::Object(vec![
+                                    ("pid", h.pid.into()),
+                                    ("conn", h.conn.into()),
+                                    ("connected", h.connected.into()),
+                                    ("names", h.names.into()),
+                                    ("bytes", h.bytes.into()),
+                                    ("bytes_over_names", h.measured.into()),
+                                ])
+                            })
+                            .collect(),
+                    )
+                });
+                Json::Object(vec![
+                    ("handle", manager.handle.as_str().into()),
+                    ("pid", manager.pid.into()),
+                    ("uptime_seconds", manager.uptime.map(|u| u.as_secs()).into()),
+                    ("connections", manager.connections.into()),
+                    ("reports_status", report.is_ok().into()),
+                    (
+                        "names",
+                        report.as_ref().ok().map(|r| r.manager.names).into(),
+                    ),
+                    ("clients", holders.unwrap_or(Json::Null)),
+                ])
+            })
+            .collect();
+        writeln!(out, "{}", Json::Array(managers))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if live.is_empty() {
+        writeln!(out, "no live managers")?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    for (manager, report) in live.iter().zip(&reports) {
+        let pid = manager
+            .pid
+            .map_or_else(|| "pid ?".to_owned(), |p| format!("pid {p}"));
+        let uptime = manager
+            .uptime
+            .map_or_else(String::new, |u| format!(", up {}", coarse(u)));
+        writeln!(out, "{} ({pid}{uptime})", manager.handle)?;
+        match report {
+            Ok(report) => {
+                let state = if report.manager.closing {
+                    ", no client left: lingering for names in transit"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "  {} name(s), {} connection(s), {} reaped so far{state}",
+                    report.manager.names,
+                    report.manager.connections,
+                    report.stats.get("reaped").copied().unwrap_or(0)
+                )?;
+                for holder in &report.holders {
+                    let who = holder.pid.map_or_else(
+                        || format!("connection {}", holder.conn),
+                        |p| format!("pid {p}"),
+                    );
+                    let partial = if holder.measured < holder.names {
+                        format!(" (bytes of the first {})", holder.measured)
+                    } else {
+                        String::new()
+                    };
+                    let closed = if holder.connected {
+                        ""
+                    } else {
+                        ", its connection closed"
+                    };
+                    writeln!(
+                        out,
+                        "  {who}: {} name(s), {}{partial}{closed}",
+                        holder.names,
+                        format_size(holder.bytes)
+                    )?;
+                }
+            }
+            Err(err) => writeln!(out, "  {} connection(s); {err}", manager.connections)?,
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
