@@ -39,6 +39,7 @@ use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
 use crate::report::{self, History, Identity};
 use crate::shared_journal::SharedJournal;
+use crate::spin::Spinner;
 
 /// Reply bytes queued for a client that does not read them, before it is
 /// cut off (checked as each reply is queued).
@@ -56,19 +57,20 @@ const JOURNAL_READ_INTERVAL: Duration = Duration::from_millis(100);
 /// A manager that took over from a dead one sweeps once a second for this
 /// many seconds.
 const RECOVERY_SWEEPS: u64 = 10;
+/// The longest spin after events, by default: a strict client's next frame
+/// comes well within it on an idle machine.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// Out of descriptors, accepting pauses until one frees, or this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How the loop trades CPU for latency.
 #[derive(Clone, Debug)]
 pub struct Tuning {
-    /// After a busy round, keep polling without sleeping for this long,
-    /// yielding the CPU in between. A client that waits for each `OK`
-    /// (PyTorch's) sends its next frame within microseconds; catching it
-    /// awake spares the manager a sleep and a wake-up per frame. It doubles a
-    /// strict client's registrations per second, but the spinning competes
-    /// with clients for the CPU: on a two-core machine it made whole
-    /// allocations twice as slow, so the default, zero, always sleeps.
+    /// After a round with events, poll without sleeping for up to this long
+    /// (yielding the CPU in between), adapting the window to whether frames
+    /// come in time and resting while the CPUs are busy (see `spin`). A
+    /// client that waits for each `OK` (PyTorch's) is then answered without
+    /// a wake-up on either side. Zero always sleeps.
     pub spin: Duration,
     /// Set when this manager took over from a dead one: the prefix under
     /// which to look for segments whose holders died while no manager was
@@ -81,7 +83,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            spin: Duration::ZERO,
+            spin: DEFAULT_SPIN,
             recovery: None,
         }
     }
@@ -147,8 +149,7 @@ pub fn serve_tuned<N: Namespace>(
     let mut revents: Vec<PollFlags> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut accept_paused_until: Option<Instant> = None;
-    let mut last_busy: Option<Instant> = None;
-    let mut idle_spins = 0u32;
+    let mut spinner = Spinner::new(tuning.spin);
     // Due times, latest first, so the next one is popped from the end.
     let mut sweeps: Vec<Instant> = match tuning.recovery {
         Some(_) => (0..=RECOVERY_SWEEPS)
@@ -206,11 +207,11 @@ pub fn serve_tuned<N: Namespace>(
         if let Some(until) = accept_paused_until {
             wake_within(until.saturating_duration_since(Instant::now()));
         }
-        let spinning = last_busy.is_some_and(|at| at.elapsed() < tuning.spin);
-        if spinning {
-            if idle_spins > 0 {
-                rustix::thread::sched_yield();
-            }
+        if spinner.spin_now(Instant::now()) {
+            let before = Instant::now();
+            rustix::thread::sched_yield();
+            let after = Instant::now();
+            spinner.yielded(after - before, after);
             timeout = Some(Duration::ZERO);
         }
 
@@ -254,10 +255,7 @@ pub fn serve_tuned<N: Namespace>(
             revents.extend(fds.iter().map(PollFd::revents));
         }
         if revents.iter().any(|events| !events.is_empty()) {
-            last_busy = Some(Instant::now());
-            idle_spins = 0;
-        } else if spinning {
-            idle_spins += 1;
+            spinner.events(Instant::now());
         }
         let now = clock.now();
         driver.clock = now;

@@ -51,8 +51,9 @@ mod report;
 mod rundir;
 mod shared_journal;
 mod socket;
+mod spin;
 
-pub use event_loop::{Summary, Tuning, serve, serve_tuned};
+pub use event_loop::{DEFAULT_SPIN, Summary, Tuning, serve, serve_tuned};
 pub use launcher::{LaunchError, Launched, Launcher};
 pub use listener::{Accepted, Listener};
 pub use rundir::{

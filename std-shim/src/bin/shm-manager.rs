@@ -120,10 +120,12 @@ struct Args {
     #[arg(long, default_value_t = 65_536)]
     max_clients: usize,
 
-    /// After a burst, poll this long without sleeping (yielding the CPU), so a
-    /// client that waits for each reply is answered without wake-ups. Helps
-    /// protocol-bound loads, costs CPU the clients may need; `0` always sleeps.
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    /// After a round with events, poll up to this long without sleeping
+    /// (yielding the CPU), so a client that waits for each reply (PyTorch's)
+    /// is answered without wake-ups. The window adapts: it shrinks when frames
+    /// do not come in time, and spinning rests while other tasks want the
+    /// CPU. `0` always sleeps.
+    #[arg(long, default_value = "50us", value_parser = parse_duration)]
     spin: Duration,
 
     /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warnings).
