@@ -42,7 +42,7 @@ const P99_BOUND: Duration = if cfg!(debug_assertions) {
     P99_TARGET
 };
 /// How long each flood is probed.
-const FLOOD_FOR: Duration = Duration::from_secs(3);
+const FLOOD_FOR: Duration = Duration::from_secs(2);
 /// Between two probe round trips.
 const PROBE_PAUSE: Duration = Duration::from_millis(1);
 
@@ -240,14 +240,16 @@ fn socket_flood(handle: &str) -> Flood {
 /// the flood `start` begins. Returns (baseline, during, frames flooded).
 fn probe_beside(daemon: &Daemon, start: impl FnOnce() -> Flood) -> (RoundTrips, RoundTrips, u64) {
     let mut probe = Probe::connect(&daemon.handle);
-    let baseline = probe.sample(1_000, PROBE_PAUSE);
+    let baseline = probe.sample(500, PROBE_PAUSE);
     let flood = start();
     // Let the flood reach its pace before measuring.
     std::thread::sleep(Duration::from_millis(300));
     let running = probe.spawn(PROBE_PAUSE);
     std::thread::sleep(FLOOD_FOR);
-    let during = running.finish();
+    // The flood stops first: a round trip stuck behind it then ends, and
+    // counts with all the time it waited.
     let frames = flood.finish();
+    let during = running.finish();
     (baseline, during, frames)
 }
 
@@ -256,9 +258,10 @@ fn assert_unstalled(what: &str, baseline: &RoundTrips, during: &RoundTrips, fram
     eprintln!(
         "{what}: {frames} frames flooded (~{rate:.0}/s)\n  probe idle:   {baseline}\n  probe during: {during}"
     );
+    // Fewer than this, and the probe's p99 is its longest round trip.
     assert!(
-        during.0.len() > 100,
-        "{what}: the probe completed only {} round trips in {FLOOD_FOR:?}",
+        during.0.len() > 10,
+        "{what}: the probe completed only {} round trips in {FLOOD_FOR:?}; {during}",
         during.0.len()
     );
     assert!(
