@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,12 @@ pub struct LogFile {
 
 impl LogFile {
     pub fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("libshm-test-{tag}-{}.log", run_id()));
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "libshm-test-{tag}-{}-{}.log",
+            run_id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         File::create(&path).expect("create a log file");
         Self { path }
     }
