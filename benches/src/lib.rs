@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub mod client;
+pub mod scale;
 
 /// Our `shm-manager`: `LIBSHM_MANAGER`, else beside the bench executable's
 /// target directory. Panics with the command to run when it is missing.

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod measure;
+
 pub const SHM_MANAGER: &str = env!("CARGO_BIN_EXE_shm-manager");
 pub const SHMCTL: &str = env!("CARGO_BIN_EXE_shmctl");
 
@@ -162,11 +164,17 @@ impl Daemon {
 
     /// Like `start`, with the daemon's log going to `stderr`.
     pub fn start_with_stderr(args: &[&str], stderr: Stdio) -> Self {
-        let mut child = Command::new(SHM_MANAGER)
-            .args(args)
+        let mut command = Command::new(SHM_MANAGER);
+        command.args(args).stderr(stderr);
+        Self::spawn(&mut command)
+    }
+
+    /// Starts a manager from a command line the caller prepared (limits,
+    /// environment, where its log goes) and reads its handshake.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
             .spawn()
             .expect("spawn shm-manager");
         let mut line = String::new();
