@@ -346,10 +346,10 @@ mod growable {
     pub struct Growable;
 
     impl Storage for Growable {
-        type Names = VecSlab<NameRecord>;
+        type Names = ChunkedSlab<NameRecord>;
         type Index = HashIndex;
         type Holds = BTreeMap<(u32, u32), u32>;
-        type Holders = VecSlab<Holder>;
+        type Holders = ChunkedSlab<Holder>;
         type HolderIndex = BTreeMap<HolderKey, u32>;
         type Pids = BTreeMap<i32, u32>;
         type Conns = BTreeMap<ConnId, Connection>;
@@ -378,56 +378,114 @@ mod growable {
         }
     }
 
-    /// A slab in a vector, shrunk as it empties so memory returns once the
-    /// names are gone.
+    /// Ids per chunk of a [`ChunkedSlab`].
+    const CHUNK: usize = 4096;
+
+    /// A slab in chunks of [`CHUNK`] slots. New values go to the lowest chunk
+    /// with room, and a chunk whose last value leaves is freed, so memory
+    /// follows the live values even when a few long-lived ones remain among
+    /// a million gone.
     #[derive(Debug)]
-    pub struct VecSlab<T> {
-        slots: Vec<Option<T>>,
-        free: Vec<u32>,
+    pub struct ChunkedSlab<T> {
+        chunks: Vec<Option<Chunk<T>>>,
+        /// Chunks with a free slot (or none allocated), lowest first.
+        with_room: BTreeSet<u32>,
         len: usize,
     }
 
-    impl<T> Default for VecSlab<T> {
+    #[derive(Debug)]
+    struct Chunk<T> {
+        slots: Vec<Option<T>>,
+        /// Free slot numbers within the chunk.
+        free: Vec<u16>,
+    }
+
+    impl<T> Chunk<T> {
+        fn new() -> Self {
+            let mut slots = Vec::with_capacity(CHUNK);
+            slots.resize_with(CHUNK, || None);
+            // Popped from the end: lowest slots first.
+            let free = (0..CHUNK as u16).rev().collect();
+            Self { slots, free }
+        }
+    }
+
+    impl<T> Default for ChunkedSlab<T> {
         fn default() -> Self {
             Self {
-                slots: Vec::new(),
-                free: Vec::new(),
+                chunks: Vec::new(),
+                with_room: BTreeSet::new(),
                 len: 0,
             }
         }
     }
 
-    impl<T> Slab<T> for VecSlab<T> {
+    impl<T> ChunkedSlab<T> {
+        /// Chunks holding memory now.
+        pub fn chunks_allocated(&self) -> usize {
+            self.chunks.iter().filter(|c| c.is_some()).count()
+        }
+
+        fn split(id: u32) -> (usize, usize) {
+            (id as usize / CHUNK, id as usize % CHUNK)
+        }
+    }
+
+    impl<T> Slab<T> for ChunkedSlab<T> {
         fn insert(&mut self, value: T) -> Result<u32, T> {
-            if let Some(id) = self.free.pop() {
-                self.slots[id as usize] = Some(value);
-                self.len += 1;
-                return Ok(id);
-            }
-            let Ok(id) = u32::try_from(self.slots.len()) else {
+            let index = match self.with_room.first() {
+                Some(&index) => index as usize,
+                None => {
+                    if (self.chunks.len() + 1) * CHUNK > u32::MAX as usize {
+                        return Err(value);
+                    }
+                    self.chunks.push(None);
+                    self.chunks.len() - 1
+                }
+            };
+            let chunk = self.chunks[index].get_or_insert_with(Chunk::new);
+            let Some(slot) = chunk.free.pop() else {
+                // A chunk in `with_room` always has a free slot.
                 return Err(value);
             };
-            self.slots.push(Some(value));
+            chunk.slots[usize::from(slot)] = Some(value);
+            if chunk.free.is_empty() {
+                self.with_room.remove(&(index as u32));
+            } else {
+                self.with_room.insert(index as u32);
+            }
             self.len += 1;
-            Ok(id)
+            Ok((index * CHUNK + usize::from(slot)) as u32)
         }
         fn get(&self, id: u32) -> Option<&T> {
-            self.slots.get(id as usize)?.as_ref()
+            let (index, slot) = Self::split(id);
+            self.chunks.get(index)?.as_ref()?.slots[slot].as_ref()
         }
         fn get_mut(&mut self, id: u32) -> Option<&mut T> {
-            self.slots.get_mut(id as usize)?.as_mut()
+            let (index, slot) = Self::split(id);
+            self.chunks.get_mut(index)?.as_mut()?.slots[slot].as_mut()
         }
         fn remove(&mut self, id: u32) -> Option<T> {
-            let value = self.slots.get_mut(id as usize)?.take()?;
+            let (index, slot) = Self::split(id);
+            let chunk = self.chunks.get_mut(index)?.as_mut()?;
+            let value = chunk.slots[slot].take()?;
+            chunk.free.push(slot as u16);
             self.len -= 1;
-            if self.len == 0 {
-                // Everything is gone: give the memory back.
-                self.slots = Vec::new();
-                self.free = Vec::new();
-            } else if id as usize + 1 == self.slots.len() {
-                self.slots.pop();
+            if chunk.free.len() == CHUNK {
+                // Empty: give its memory back.
+                self.chunks[index] = None;
+                while self.chunks.last().is_some_and(Option::is_none) {
+                    self.chunks.pop();
+                    self.with_room.remove(&(self.chunks.len() as u32));
+                }
+                if index < self.chunks.len() {
+                    self.with_room.insert(index as u32);
+                }
+                if self.chunks.is_empty() {
+                    *self = Self::default();
+                }
             } else {
-                self.free.push(id);
+                self.with_room.insert(index as u32);
             }
             Some(value)
         }
@@ -435,7 +493,7 @@ mod growable {
             self.len
         }
         fn id_bound(&self) -> u32 {
-            self.slots.len() as u32
+            (self.chunks.len() * CHUNK) as u32
         }
     }
 
@@ -494,9 +552,12 @@ mod growable {
             let (len, capacity) = (self.table.len(), self.table.capacity());
             if len == 0 {
                 self.table = hashbrown::HashTable::new();
-            } else if capacity > MIN_SHRINK_CAPACITY && len * 8 < capacity {
+            } else if capacity > MIN_SHRINK_CAPACITY && len * 8 < capacity && len <= MAX_SHRINK_LEN
+            {
                 // Amortized: the table shrinks to a quarter full, so this
-                // rehash is paid for by the removals that led here.
+                // rehash is paid for by the removals that led here. Only
+                // once it is small: a rehash is one call, and one of a
+                // quarter million names would stall the loop for 25 ms.
                 self.table
                     .shrink_to(len * 2, |&id| hasher.hash_one(name_of(id)));
             }
@@ -508,6 +569,9 @@ mod growable {
 
     /// Below this many slots an index is not worth shrinking.
     const MIN_SHRINK_CAPACITY: usize = 1024;
+    /// Above this many names an index is not rehashed to shrink (a few
+    /// milliseconds at most); an empty one is freed whatever its size.
+    const MAX_SHRINK_LEN: usize = 32 * 1024;
 
     impl HoldTable for BTreeMap<(u32, u32), u32> {
         fn get_mut(&mut self, holder: u32, name: u32) -> Option<&mut u32> {
@@ -574,4 +638,36 @@ mod growable {
 }
 
 #[cfg(feature = "alloc")]
-pub use growable::{Growable, HashIndex, VecSlab};
+pub use growable::{ChunkedSlab, Growable, HashIndex};
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn a_chunked_slab_frees_empty_chunks_and_refills_the_lowest_first() {
+        let mut slab: ChunkedSlab<u64> = ChunkedSlab::default();
+        let ids: Vec<u32> = (0..10_000u64).map(|v| slab.insert(v).unwrap()).collect();
+        assert_eq!(ids[..3], [0, 1, 2]);
+        assert_eq!(slab.id_bound(), 3 * 4096);
+        // All but one value in the last chunk go.
+        let keep = ids[9_999];
+        for &id in &ids[..9_999] {
+            assert!(slab.remove(id).is_some());
+        }
+        assert_eq!(slab.len(), 1);
+        assert_eq!(slab.get(keep), Some(&9_999));
+        assert_eq!(
+            slab.chunks_allocated(),
+            1,
+            "only the chunk with the survivor stays"
+        );
+        // New values fill the lowest chunk again.
+        assert_eq!(slab.insert(7).unwrap(), 0);
+        assert!(slab.remove(keep).is_some());
+        assert!(slab.remove(0).is_some());
+        assert_eq!(slab.id_bound(), 0, "empty: nothing kept");
+        assert!(slab.remove(0).is_none() && slab.get(5).is_none());
+    }
+}

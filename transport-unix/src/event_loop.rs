@@ -35,6 +35,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
+use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
 use crate::report::{self, History, Identity};
@@ -150,6 +151,7 @@ pub fn serve_tuned<N: Namespace>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut accept_paused_until: Option<Instant> = None;
     let mut spinner = Spinner::new(tuning.spin);
+    let mut trimmer = HeapTrimmer::default();
     // Due times, latest first, so the next one is popped from the end.
     let mut sweeps: Vec<Instant> = match tuning.recovery {
         Some(_) => (0..=RECOVERY_SWEEPS)
@@ -181,6 +183,7 @@ pub fn serve_tuned<N: Namespace>(
             if status == Status::Finished {
                 break;
             }
+            trimmer.observe(manager.name_count());
         }
 
         if accept_paused_until.is_some_and(|until| Instant::now() >= until)
@@ -229,7 +232,7 @@ pub fn serve_tuned<N: Namespace>(
             for id in &order {
                 let client = &driver.clients[id];
                 let mut events = PollFlags::IN;
-                if !client.backlog.is_empty() {
+                if client.sendable() > 0 {
                     events |= PollFlags::OUT;
                 }
                 fds.push(PollFd::new(&client.fd, events));
@@ -391,6 +394,18 @@ struct Client {
     evicted: bool,
     /// It asked for a status report: closed once the report is sent.
     close_when_sent: bool,
+    /// It rang the doorbell and waits for the `OK`: the reply stays queued
+    /// until what it had committed by then is read.
+    held_doorbell: Option<HeldDoorbell>,
+}
+
+/// A doorbell's `OK`, held back.
+#[derive(Clone, Copy, Debug)]
+struct HeldDoorbell {
+    /// Where the held `OK` starts in the backlog; nothing from here on is sent.
+    at: usize,
+    /// Frames still to read before it goes.
+    owed: u32,
 }
 
 impl Client {
@@ -405,7 +420,15 @@ impl Client {
             same_pid_namespace: None,
             evicted: false,
             close_when_sent: false,
+            held_doorbell: None,
         }
+    }
+
+    /// Backlog bytes that may be sent now: all, or those before a held
+    /// doorbell's `OK`.
+    fn sendable(&self) -> usize {
+        self.held_doorbell
+            .map_or(self.backlog.len(), |held| held.at)
     }
 
     /// Reads what is there. On the first read, descriptors sent along are
@@ -482,15 +505,17 @@ impl Driver {
                 Ok(0) => {
                     tracing::debug!(conn = %id, "client disconnected");
                     // What it committed before it went is still its word.
-                    self.drain_everything(id, manager, now);
+                    self.drain_at_end(id, manager, now);
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
                     return;
                 }
                 Ok(n) => {
                     manager.receive(id, &buf[..n], now, self);
+                    // One round's worth now; the rest in later rounds, its
+                    // OK held back until then (see `held_doorbell`).
                     for rung in std::mem::take(&mut self.doorbells) {
-                        self.drain_everything(rung, manager, now);
+                        self.journals_behind |= self.drain(rung, manager, now).1;
                     }
                     if n < buf.len() || self.closing.contains(&id) {
                         return;
@@ -500,7 +525,7 @@ impl Driver {
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
                     tracing::debug!(conn = %id, "client connection failed: {errno}");
-                    self.drain_everything(id, manager, now);
+                    self.drain_at_end(id, manager, now);
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
                     return;
@@ -510,38 +535,66 @@ impl Driver {
     }
 
     /// Hands up to a round's worth of `id`'s unread journal frames to the
-    /// manager, oldest first. Returns whether frames are left.
-    fn drain(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) -> bool {
+    /// manager, oldest first. Returns how many it read, and whether the
+    /// round's budget ran out before the journal did.
+    fn drain(
+        &mut self,
+        id: ConnId,
+        manager: &mut Manager<Growable>,
+        now: Timestamp,
+    ) -> (u32, bool) {
         let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
-            return false;
+            return (0, false);
         };
         let mut frames = std::mem::take(&mut self.frames);
         let read = journal
             .journal()
             .drain_up_to(JOURNAL_FRAMES_PER_ROUND, |frame| frames.push(frame));
-        let behind = match read {
+        let outcome = match read {
             Ok(n) => {
                 for frame in &frames {
                     manager.receive_journaled(id, frame, now, self);
                 }
-                n == JOURNAL_FRAMES_PER_ROUND
+                (n, n == JOURNAL_FRAMES_PER_ROUND)
             }
             Err(err) => {
                 tracing::warn!(conn = %id, "closing connection: {err}");
                 manager.evict(id, CloseReason::JournalMisuse, now, self);
-                false
+                (0, false)
             }
         };
         frames.clear();
         self.frames = frames;
-        behind
+        if let Some(client) = self.clients.get_mut(&id)
+            && let Some(held) = &mut client.held_doorbell
+        {
+            held.owed = held.owed.saturating_sub(outcome.0);
+            if held.owed == 0 {
+                // Every frame committed before the ring is read: the
+                // doorbell's OK (and what queued behind it) may go.
+                client.held_doorbell = None;
+                if !client.backlog.is_empty() {
+                    self.dirty.push(id);
+                }
+            }
+        }
+        outcome
     }
 
-    /// Reads all of `id`'s journal: before its end of file is acted on, and
-    /// when it rang the doorbell (it waits for the answer, and the ring holds
-    /// at most its capacity).
-    fn drain_everything(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
-        while self.drain(id, manager, now) {}
+    /// Reads what `id` committed before its end of file, and no more: the
+    /// memory may still be written by a forked copy of it.
+    fn drain_at_end(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+        let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
+            return;
+        };
+        let mut owed = journal.journal().unread().unwrap_or(0);
+        while owed > 0 {
+            let (read, _) = self.drain(id, manager, now);
+            if read == 0 {
+                return;
+            }
+            owed = owed.saturating_sub(read);
+        }
     }
 
     /// Reads a round's worth of every journal, so the manager's view is
@@ -555,7 +608,7 @@ impl Driver {
             .collect();
         let mut behind = false;
         for id in journaled {
-            behind |= self.drain(id, manager, now);
+            behind |= self.drain(id, manager, now).1;
         }
         self.journals_behind = behind;
     }
@@ -606,11 +659,18 @@ impl Driver {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
             };
-            while !client.backlog.is_empty() {
+            loop {
+                let sendable = client.sendable();
+                if sendable == 0 {
+                    break;
+                }
                 let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-                match rustix::net::send(&client.fd, &client.backlog, flags) {
+                match rustix::net::send(&client.fd, &client.backlog[..sendable], flags) {
                     Ok(n) => {
                         client.backlog.drain(..n);
+                        if let Some(held) = &mut client.held_doorbell {
+                            held.at -= n;
+                        }
                     }
                     Err(Errno::INTR) => continue,
                     Err(Errno::AGAIN) => break,
@@ -630,7 +690,7 @@ impl Driver {
             self.closing.push(id);
         }
         for id in failed {
-            self.drain_everything(id, manager, now);
+            self.drain_at_end(id, manager, now);
             manager.disconnect(id, now, self);
             self.closing.push(id);
         }
@@ -708,6 +768,20 @@ impl Effects for Driver {
     }
 
     fn drain_journal(&mut self, conn: ConnId) {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let owed = client
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.journal().unread().unwrap_or(0));
+        if owed > 0 {
+            // The manager queues the OK right after this call.
+            let at = client
+                .held_doorbell
+                .map_or(client.backlog.len(), |held| held.at);
+            client.held_doorbell = Some(HeldDoorbell { at, owed });
+        }
         self.doorbells.push(conn);
     }
 

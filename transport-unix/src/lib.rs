@@ -44,6 +44,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod event_loop;
+mod heap;
 mod launcher;
 mod listener;
 mod pid_watch;
