@@ -874,8 +874,13 @@ impl<S: Storage> Manager<S> {
             wake = min_opt(wake, self.measure_at);
         }
         match self.closing {
-            // More of the pass to do, or nothing left: finish at once.
-            Some(closing) if closing.cursor < self.names.id_bound() || self.names.is_empty() => {
+            // More of the pass to do (or a pass whose end is not recorded
+            // yet: names under its cursor went), or nothing left: at once.
+            Some(closing)
+                if closing.cursor < self.names.id_bound()
+                    || closing.next_pass.is_none()
+                    || self.names.is_empty() =>
+            {
                 Some(self.clock)
             }
             Some(closing) => min_opt(wake, closing.next_pass),
@@ -1126,6 +1131,12 @@ impl<S: Storage> Manager<S> {
         let refcount = match observed {
             None if linger_over => return self.unlink(id, UnlinkReason::Shutdown, fx),
             None => {
+                // A shutdown pass's look at an orphan still in its grace
+                // period: the retry judges it afresh (the manager may serve
+                // again by then), rather than as one whose grace is over.
+                if record.phase == Phase::Orphan {
+                    record.phase = Phase::Released;
+                }
                 let backoff = backoff(record.tries, PROBE_MAX_SHIFT, 1_000);
                 record.tries = record.tries.saturating_add(1);
                 return self.schedule(id, now.after(backoff));
@@ -1147,9 +1158,12 @@ impl<S: Storage> Manager<S> {
             if orphan || refcount <= 0 || now >= closing.linger_until {
                 return self.unlink(id, UnlinkReason::Shutdown, fx);
             }
-            // Lingers; the next pass looks again.
+            // Lingers; the next pass looks again, or, should a client come
+            // back first and the manager serve again, the timer does.
             record.phase = Phase::Released;
-            return;
+            let backoff = backoff(record.tries, PROBE_MAX_SHIFT, 1_000);
+            record.tries = record.tries.saturating_add(1);
+            return self.schedule(id, now.after(backoff).round_up(1_000));
         }
         if !orphan {
             if record.dead > 0 {
@@ -1234,7 +1248,12 @@ impl<S: Storage> Manager<S> {
                 self.stats.unlink_failures += 1;
                 if record.live == 0 && !linger_over {
                     // Kept: the next look decides again, and unlinks again.
-                    record.phase = Phase::Orphan;
+                    // A shutdown's unlink is judged afresh: the manager may
+                    // be serving again by then.
+                    record.phase = match reason {
+                        UnlinkReason::Orphaned => Phase::Orphan,
+                        UnlinkReason::Shutdown => Phase::Released,
+                    };
                     let backoff = backoff(record.tries, RETRY_MAX_SHIFT, TICK_MS);
                     record.tries = record.tries.saturating_add(1);
                     return self.schedule(id, now.after(backoff));
@@ -1577,6 +1596,12 @@ impl<S: Storage> Manager<S> {
             record.live += 1;
             record.phase = Phase::Held;
             record.tries = 0;
+            if record.dead == u32::MAX {
+                // Adopted as an orphan, yet someone uses it: the adoption
+                // guessed wrong, and its refcount cannot be judged against
+                // holders nobody saw. Kept until it is gone (or shutdown).
+                record.dead = 0;
+            }
         }
         self.unschedule(id);
         self.stats.registrations += 1;

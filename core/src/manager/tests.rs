@@ -876,3 +876,153 @@ fn a_filling_namespace_is_reported_when_it_crosses_a_threshold() {
             .collect();
     assert_eq!(levels, [Level::High]);
 }
+
+#[test]
+fn a_failed_shutdown_unlink_is_judged_afresh_once_a_client_returns() {
+    for grace in [None, Some(Duration::from_secs(30))] {
+        let mut r = Rig::with(ManagerConfig {
+            reap_grace: grace,
+            ..ManagerConfig::default()
+        });
+        let c = r.connect();
+        r.create("/o", 1);
+        r.register(c, 1, "/o");
+        r.m.disconnect(c, at(0), &mut r.fx);
+        r.ns.failing_unlinks = 1;
+        r.run_to(2_000); // shutdown: the orphan's unlink fails (EMFILE, say)
+        assert!(r.exists("/o") && r.m.is_closing());
+        r.bystander(); // a client comes back before the retry
+        r.run_to(20_000);
+        assert!(
+            r.exists("/o"),
+            "grace {grace:?}: reaped as an orphan with reaping off or within its grace"
+        );
+    }
+}
+
+#[test]
+fn a_failed_look_at_shutdown_is_judged_afresh_once_a_client_returns() {
+    for grace in [None, Some(Duration::from_secs(30))] {
+        let mut r = Rig::with(ManagerConfig {
+            reap_grace: grace,
+            measure_every: None,
+            ..ManagerConfig::default()
+        });
+        let c = r.connect();
+        r.create("/o", 1);
+        r.register(c, 1, "/o");
+        r.m.disconnect(c, at(0), &mut r.fx);
+        r.run_to(1_000);
+        assert!(matches!(r.state("/o"), Some(NameState::Orphaned { .. })));
+        // At shutdown the pass looks at it, and the look fails.
+        r.now = 2_000;
+        r.m.tick(at(2_000), &mut r.fx);
+        assert_eq!(
+            std::mem::take(&mut r.fx.chores),
+            [Chore::Observe(name("/o"))]
+        );
+        r.m.observed(&name("/o"), None, at(2_000), &mut r.fx);
+        r.bystander(); // a client comes back before the retry
+        r.run_to(20_000);
+        assert!(
+            r.exists("/o"),
+            "grace {grace:?}: reaped as an orphan with reaping off or within its grace"
+        );
+    }
+}
+
+#[test]
+fn a_name_that_lingered_is_looked_at_again_once_a_client_returns() {
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.create("/q", 1);
+    r.register(c, 1, "/q");
+    r.refcount("/q", 2); // pickled, then its sender died
+    r.m.disconnect(c, at(0), &mut r.fx);
+    assert_eq!(r.run_to(5_000), Status::Serving, "lingers");
+    assert!(r.m.is_closing());
+    r.bystander(); // a client returns: the manager serves again
+    r.refcount("/q", 1); // the pickled handle is dropped unread
+    r.run_to(120_000);
+    assert!(!r.exists("/q"), "an orphan now: reaped after its grace");
+}
+
+#[cfg(feature = "alloc")]
+#[test]
+fn a_shutdown_pass_cut_short_by_a_forgotten_name_still_finishes() {
+    let config = ManagerConfig {
+        batch: 1,
+        linger: Duration::from_secs(10),
+        silence_timeout: None,
+        measure_every: None,
+        patrol_every: None,
+        ..ManagerConfig::default()
+    };
+    let mut m: Manager<crate::storage::Growable> = Manager::new(config, at(0));
+    let mut fx = Recorder::default();
+    fx.trusted.insert(8);
+    let mut ns = Names::default();
+    ns.refcounts.insert(name("/s"), 1);
+    // A process whose connection is closed for cause goes on holding "/s".
+    let peer = Peer {
+        pid: Some(8),
+        uid: None,
+    };
+    let c = m.connect(peer, at(0)).unwrap();
+    m.receive(c, &Frame::register(8, name("/s")).encode(), at(0), &mut fx);
+    let mut garbage = reg("/x");
+    garbage[4] = 9;
+    m.receive(c, &garbage, at(0), &mut fx);
+    // Another client registered "/b", already gone, and left.
+    let d = m.connect(Peer::default(), at(0)).unwrap();
+    m.receive(d, &reg("/b"), at(0), &mut fx);
+    m.disconnect(d, at(0), &mut fx);
+    m.tick(at(0), &mut fx); // converts the hold (the whole batch)
+    m.tick(at(0), &mut fx); // asks to look
+    assert_eq!(fx.chores, [Chore::Observe(name("/b"))]);
+    // The shutdown pass starts, one name per tick, while the driver is still
+    // looking at "/b"; then the look comes back and "/b" (the highest id) is
+    // forgotten, so the pass has nothing left under its cursor.
+    m.tick(at(2_000), &mut fx);
+    assert!(m.is_closing());
+    let look = fx.chores.remove(0);
+    let _ = m.perform(look, &mut ns, at(2_000), &mut fx);
+    assert_eq!(m.name_count(), 1);
+    // After the linger, "/s" is let go and unlinked, and the manager finishes.
+    let mut now = 2_000;
+    for _ in 0..1_000 {
+        let Some(wake) = m.next_wakeup() else {
+            panic!("at {now} ms the manager asks for no wake-up: it lingers for good");
+        };
+        now = now.max(wake.as_millis());
+        let status = m.tick(at(now), &mut fx);
+        while !fx.chores.is_empty() {
+            for chore in std::mem::take(&mut fx.chores) {
+                let _ = m.perform(chore, &mut ns, at(now), &mut fx);
+            }
+        }
+        if status == Status::Finished {
+            assert!(now <= 13_100, "finished at {now} ms");
+            assert!(ns.refcounts.is_empty());
+            return;
+        }
+    }
+    panic!("not finished by {now} ms");
+}
+
+#[test]
+fn an_adopted_name_registered_again_is_never_reaped_as_an_orphan() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(7);
+    r.bystander();
+    r.create("/a", 1); // its creator died while no manager watched
+    assert!(r.m.adopt_orphan(name("/a"), at(0)));
+    let c = r.connect();
+    r.register(c, 7, "/a"); // a receiver opens it (2),
+    r.refcount("/a", 2);
+    r.refcount("/a", 3); // pickles it on to another process (3),
+    r.refcount("/a", 2); // closes its own reference (2)
+    r.release(c, 7, "/a"); // and lets go
+    r.run_to(60_000);
+    assert!(r.exists("/a"), "in transit to its next receiver");
+}
