@@ -14,10 +14,13 @@ use std::path::Path;
 
 use libshm_core::client::AckMode;
 use libshm_core::frame::{FRAME_LEN, Frame};
+use libshm_core::journal;
 use libshm_core::name::SegmentName;
 use libshm_fuzz::client_script::{ClientEvent, ClientScript};
 use libshm_fuzz::handshake_check::HandshakeInput;
-use libshm_fuzz::manager_script::{Event, ManagerScript, PeerUid, Piece, Setup, StorageChoice};
+use libshm_fuzz::manager_script::{
+    Event, ManagerScript, NsChange, PeerUid, Piece, Setup, StorageChoice,
+};
 use libshm_fuzz::name_pool;
 
 fn main() -> std::io::Result<()> {
@@ -146,18 +149,24 @@ fn handshake_seeds() -> Seeds {
     ]
 }
 
-/// Like `shm-manager` started by PyTorch: growable tables, 2 s timeouts,
-/// `/torch_` names and the owner's uid only.
+/// Like `shm-manager` started by PyTorch: growable tables, 2 s timeouts, a
+/// minute's linger, `/torch_` names and the owner's uid only, every pid
+/// watchable.
 fn daemon_setup() -> Setup {
     Setup {
         storage: StorageChoice::Growable,
         shutdown_after_ms: 2_000,
         reap_grace_ms: Some(2_000),
         frame_timeout_ms: Some(5_000),
+        silence_timeout_ms: Some(5_000),
         torch_prefix_only: true,
         owner_uid_only: true,
         max_connections: None,
         max_names: None,
+        linger_ms: 60_000,
+        batch: 64,
+        watchable: 0xff,
+        journals: false,
     }
 }
 
@@ -165,9 +174,11 @@ fn manager_seeds() -> Seeds {
     let a = name_pool::pick(0);
     let b = name_pool::pick(1);
     let c = name_pool::pick(2);
+    const PARENT: u8 = 42;
+    const CHILD: u8 = 43;
     const CONNECT: Event = Event::Connect {
         uid: PeerUid::Owner,
-        pid: 42,
+        pid: PARENT,
     };
     let send = |conn: u8, piece: Piece| Event::Send {
         conn,
@@ -179,10 +190,17 @@ fn manager_seeds() -> Seeds {
         piece,
         hold_back: true,
     };
-    let register = |name: SegmentName| Piece::Register { name, pid: 42 };
-    let release = |name: SegmentName| Piece::Release { name, pid: 42 };
-    let created = |name: SegmentName| Event::SegmentCreated { name };
-    let unlinked = |name: SegmentName| Event::SegmentUnlinked { name };
+    let register = |name: SegmentName| Piece::Register { name, pid: PARENT };
+    let release = |name: SegmentName| Piece::Release { name, pid: PARENT };
+    let register_as = |pid: u8, name: SegmentName| Piece::Register { name, pid };
+    let release_as = |pid: u8, name: SegmentName| Piece::Release { name, pid };
+    let ns = |name: SegmentName, change: NsChange| Event::Namespace { name, change };
+    let created = |name: SegmentName| ns(name, NsChange::Create);
+    let unlinked = |name: SegmentName| ns(name, NsChange::Remove);
+    let died = |pid: u8| Event::PidExited { pid };
+    let wait = |seconds: u8| Event::Tick {
+        advance: 128 + seconds * 4,
+    };
     let script = |setup: Setup, events: Vec<Event>| ManagerScript { setup, events }.encode();
     let small = Setup {
         storage: StorageChoice::Small,
@@ -207,11 +225,12 @@ fn manager_seeds() -> Seeds {
                     send(0, release(a)),
                     Event::Disconnect { conn: 0 },
                     Event::TickAtWakeup,
+                    Event::TickAtWakeup,
                 ],
             ),
         ),
         (
-            "pytorch_client_releases_then_unlinks_so_a_probe_forgets",
+            "pytorch_client_releases_then_unlinks_so_a_look_forgets",
             script(
                 daemon_setup(),
                 vec![
@@ -219,7 +238,7 @@ fn manager_seeds() -> Seeds {
                     created(a),
                     send(0, register(a)),
                     send(0, release(a)),
-                    unlinked(a),
+                    ns(a, NsChange::LastClose),
                     Event::TickAtWakeup,
                     Event::TickAtWakeup,
                 ],
@@ -237,10 +256,16 @@ fn manager_seeds() -> Seeds {
                     send(0, register(a)),
                     send(0, register(b)),
                     send(1, register(b)),
+                    ns(b, NsChange::Incref),
                     Event::Disconnect { conn: 0 },
-                    Event::Tick { advance: 150 },
+                    Event::TickAtWakeup,
+                    wait(1),
+                    Event::TickAtWakeup,
                     Event::TickAtWakeup,
                     send(1, release(b)),
+                    ns(b, NsChange::Decref),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
                     Event::TickAtWakeup,
                 ],
             ),
@@ -255,15 +280,159 @@ fn manager_seeds() -> Seeds {
                     created(a),
                     send(0, register(a)),
                     Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
                     Event::Tick { advance: 50 },
                     send(1, register(a)),
+                    ns(a, NsChange::Incref),
                     Event::TickAtWakeup,
-                    Event::Tick { advance: 200 },
+                    wait(20),
                 ],
             ),
         ),
         (
-            "name_in_transit_survives_long_waits",
+            "two_pids_on_one_connection_one_killed_only_its_names_reaped",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    created(b),
+                    send(0, register_as(CHILD, b)),
+                    created(c),
+                    send(0, register_as(CHILD, c)),
+                    send(0, register(c)),
+                    ns(c, NsChange::Incref),
+                    died(CHILD),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    wait(2),
+                    Event::TickAtWakeup,
+                    send(0, register(a)),
+                ],
+            ),
+        ),
+        (
+            "a_forked_child_drops_its_parents_name_on_the_shared_connection",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    send(0, register_as(CHILD, b)),
+                    send(0, release_as(CHILD, a)),
+                    send(0, release_as(CHILD, a)),
+                    died(CHILD),
+                    Event::TickAtWakeup,
+                    wait(3),
+                ],
+            ),
+        ),
+        (
+            "unwatchable_pids_are_held_as_long_as_their_connection",
+            script(
+                Setup {
+                    watchable: 1 << (PARENT % 8),
+                    ..daemon_setup()
+                },
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    send(1, register(b)),
+                    created(a),
+                    send(0, register_as(CHILD, a)),
+                    send(0, register_as(CHILD + 8, a)),
+                    ns(a, NsChange::Incref),
+                    died(CHILD),
+                    wait(10),
+                    send(0, release_as(CHILD + 16, a)),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                    wait(3),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "in_transit_after_its_sender_died_then_received_and_reaped",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    send(0, register_as(CHILD, a)),
+                    ns(a, NsChange::Incref),
+                    died(CHILD),
+                    Event::TickAtWakeup,
+                    wait(30),
+                    Event::TickAtWakeup,
+                    wait(30),
+                    send(1, register(a)),
+                    ns(a, NsChange::Incref),
+                    ns(a, NsChange::Decref),
+                    send(1, release(a)),
+                    ns(a, NsChange::Decref),
+                    Event::TickAtWakeup,
+                    wait(3),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "in_transit_after_a_co_holder_died_survives_the_queue",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    send(0, register_as(CHILD, a)),
+                    ns(a, NsChange::Incref),
+                    died(CHILD),
+                    ns(a, NsChange::Incref),
+                    ns(a, NsChange::Decref),
+                    send(0, release(a)),
+                    Event::TickAtWakeup,
+                    wait(30),
+                    Event::TickAtWakeup,
+                    send(0, register_as(CHILD + 1, a)),
+                    ns(a, NsChange::Incref),
+                    ns(a, NsChange::Decref),
+                    wait(30),
+                    ns(a, NsChange::Decref),
+                    send(0, release_as(CHILD + 1, a)),
+                    Event::TickAtWakeup,
+                    wait(3),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "a_fifo_under_a_name_is_never_unlinked_only_forgotten",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    created(b),
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    send(0, release(a)),
+                    ns(a, NsChange::Foreign),
+                    ns(b, NsChange::Foreign),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                    wait(2),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "failed_unlinks_keep_the_name_and_are_retried_later",
             script(
                 daemon_setup(),
                 vec![
@@ -271,14 +440,169 @@ fn manager_seeds() -> Seeds {
                     CONNECT,
                     created(a),
                     send(0, register(a)),
-                    send(0, release(a)),
+                    ns(a, NsChange::FailUnlinks(3)),
                     Event::Disconnect { conn: 0 },
-                    Event::Tick { advance: 255 },
-                    Event::Tick { advance: 255 },
                     Event::TickAtWakeup,
+                    wait(2),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "held_chores_done_late_out_of_order_and_failing",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    created(b),
+                    created(c),
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    send(0, register(c)),
+                    Event::DeferChores { on: true },
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::Perform {
+                        pick: 2,
+                        fail: false,
+                    },
+                    Event::Perform {
+                        pick: 0,
+                        fail: true,
+                    },
+                    send(1, register(b)),
+                    Event::PerformAll,
+                    wait(2),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::Perform {
+                        pick: 1,
+                        fail: false,
+                    },
+                    Event::TickAtWakeup,
+                    Event::Perform {
+                        pick: 0,
+                        fail: false,
+                    },
+                    Event::Perform {
+                        pick: 0,
+                        fail: true,
+                    },
+                    Event::DeferChores { on: false },
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "shutdown_lingers_for_a_name_in_transit_and_its_receiver_comes",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    created(a),
+                    created(b),
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    ns(a, NsChange::Incref),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    wait(20),
+                    CONNECT,
                     send(1, register(a)),
-                    unlinked(a),
+                    ns(a, NsChange::Incref),
+                    ns(a, NsChange::Decref),
+                    ns(a, NsChange::Decref),
                     send(1, release(a)),
+                    Event::Disconnect { conn: 1 },
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "the_linger_is_bounded",
+            script(
+                Setup {
+                    linger_ms: 5_000,
+                    ..daemon_setup()
+                },
+                vec![
+                    CONNECT,
+                    created(a),
+                    send(0, register(a)),
+                    ns(a, NsChange::SetRefcount(5)),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                    wait(4),
+                    Event::TickAtWakeup,
+                    wait(4),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "a_connection_closed_for_cause_spares_names_of_live_processes",
+            script(
+                Setup {
+                    watchable: 1 << (PARENT % 8) | 1 << (CHILD % 8),
+                    ..daemon_setup()
+                },
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    send(1, register(c)),
+                    created(a),
+                    created(b),
+                    send(0, register_as(CHILD, a)),
+                    send(0, register_as(CHILD + 1, b)),
+                    send(
+                        0,
+                        Piece::Mangled {
+                            name: a,
+                            at: 4,
+                            value: 9,
+                        },
+                    ),
+                    wait(10),
+                    died(CHILD),
+                    Event::TickAtWakeup,
+                    wait(3),
+                    died(PARENT),
+                    Event::TickAtWakeup,
+                    wait(3),
+                ],
+            ),
+        ),
+        (
+            "a_silent_connection_is_closed_and_a_half_frame_stalls",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    CONNECT,
+                    send(1, register(a)),
+                    hold(2, register(b)),
+                    Event::Deliver {
+                        conn: 2,
+                        max_bytes: 30,
+                    },
+                    wait(4),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
                 ],
             ),
         ),
@@ -363,14 +687,20 @@ fn manager_seeds() -> Seeds {
             ),
         ),
         (
-            "release_of_a_name_not_held_closes",
+            "stray_and_double_releases_are_ignored",
             script(
                 daemon_setup(),
                 vec![
                     CONNECT,
                     CONNECT,
+                    created(a),
                     send(0, register(a)),
                     send(1, release(a)),
+                    send(1, release(b)),
+                    send(0, register(b)),
+                    send(0, release(b)),
+                    send(0, release(b)),
+                    wait(10),
                     send(0, release(a)),
                 ],
             ),
@@ -403,14 +733,43 @@ fn manager_seeds() -> Seeds {
                     send(0, register(c)),
                     send(1, register(name_pool::pick(3))),
                     send(1, register(name_pool::pick(4))),
-                    send(1, register(a)),
+                    send(1, register_as(CHILD, a)),
+                    send(0, register_as(CHILD, a)),
                     Event::Disconnect { conn: 0 },
                     Event::TickAtWakeup,
                 ],
             ),
         ),
         (
-            "foreign_uid_and_foreign_name_are_turned_away",
+            "batch_of_one_works_off_a_big_disconnect",
+            script(
+                Setup {
+                    batch: 1,
+                    ..daemon_setup()
+                },
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    created(a),
+                    created(b),
+                    created(c),
+                    send(0, register(a)),
+                    send(0, register(b)),
+                    send(0, register(c)),
+                    send(0, register_as(CHILD, b)),
+                    Event::Disconnect { conn: 0 },
+                    Event::TickAtWakeup,
+                    send(1, register(b)),
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    Event::TickAtWakeup,
+                    wait(3),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "foreign_uid_rejected_and_names_outside_the_prefix_get_no",
             script(
                 daemon_setup(),
                 vec![
@@ -430,10 +789,75 @@ fn manager_seeds() -> Seeds {
             ),
         ),
         (
+            "adopted_orphans_are_reaped_unless_registered_first",
+            script(
+                daemon_setup(),
+                vec![
+                    CONNECT,
+                    send(0, register(c)),
+                    ns(a, NsChange::SetRefcount(3)),
+                    ns(b, NsChange::SetRefcount(3)),
+                    Event::Adopt { name: a },
+                    Event::Adopt { name: b },
+                    send(0, register(b)),
+                    Event::Adopt { name: b },
+                    Event::TickAtWakeup,
+                    Event::Adopt { name: a },
+                    wait(3),
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
+            "journal_frames_are_silent_and_misuse_closes",
+            script(
+                Setup {
+                    journals: true,
+                    ..daemon_setup()
+                },
+                vec![
+                    CONNECT,
+                    CONNECT,
+                    send(
+                        0,
+                        Piece::Register {
+                            name: SegmentName::new(journal::SETUP_NAME.as_bytes())
+                                .expect("reserved names are valid"),
+                            pid: PARENT,
+                        },
+                    ),
+                    Event::Journaled {
+                        conn: 0,
+                        piece: register(a),
+                    },
+                    Event::Journaled {
+                        conn: 0,
+                        piece: release(a),
+                    },
+                    Event::Journaled {
+                        conn: 0,
+                        piece: register(b),
+                    },
+                    Event::Journaled {
+                        conn: 0,
+                        piece: Piece::Mangled {
+                            name: c,
+                            at: 4,
+                            value: 3,
+                        },
+                    },
+                    send(1, register(c)),
+                    Event::Evict { conn: 1 },
+                    Event::TickAtWakeup,
+                ],
+            ),
+        ),
+        (
             "idle_shutdown_unlinks_every_known_name",
             script(
                 Setup {
                     reap_grace_ms: None,
+                    linger_ms: 0,
                     ..daemon_setup()
                 },
                 vec![
@@ -445,8 +869,9 @@ fn manager_seeds() -> Seeds {
                     send(0, register(b)),
                     send(0, release(b)),
                     Event::Disconnect { conn: 0 },
-                    Event::Tick { advance: 255 },
+                    wait(30),
                     Event::Disconnect { conn: 1 },
+                    Event::TickAtWakeup,
                     Event::TickAtWakeup,
                 ],
             ),
@@ -463,6 +888,7 @@ fn manager_seeds() -> Seeds {
                     send(0, register(b)),
                     send(2, register(c)),
                     Event::Disconnect { conn: 2 },
+                    Event::Evict { conn: 2 },
                     send(1, release(a)),
                 ],
             ),

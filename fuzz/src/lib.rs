@@ -7,8 +7,10 @@
 //! - [`frame_check`]: `Frame::parse` on any bytes, and its round trip.
 //! - [`handshake_check`]: the manager's handshake line, read in any pieces.
 //! - [`manager_script`] and [`manager_model`]: the manager state machine
-//!   driven by arbitrary connections, frames, garbage, disconnects, ticks and
-//!   namespace changes, checked against a reference model.
+//!   driven by arbitrary connections, frames from several pids, garbage,
+//!   disconnects, pid deaths, ticks, header refcounts and namespace changes,
+//!   with a driver that carries out chores late or fails them, checked
+//!   against a reference model.
 //! - [`client_script`]: the client session fed arbitrary replies.
 //!
 //! Inputs are decoded with [`cursor::Cursor`] in formats documented beside each

@@ -48,8 +48,11 @@ pub fn all() -> impl Iterator<Item = SegmentName> {
     (0..NAME_POOL.len()).map(|index| pick(index as u8))
 }
 
-/// The index of `name` in the pool, for encoding scripts.
+/// The byte that picks `name`, for encoding scripts.
 pub fn index_of(name: &str) -> u8 {
+    if let Some(index) = RESERVED.iter().position(|entry| *entry == name) {
+        return RESERVED_FROM + index as u8;
+    }
     let index = NAME_POOL
         .iter()
         .position(|entry| *entry == name)
@@ -70,5 +73,6 @@ mod tests {
         assert!(NAME_POOL.iter().any(|text| text.len() == NAME_MAX));
         assert_eq!(all().count(), NAME_POOL.len());
         assert_eq!(pick(index_of("/x")).as_str(), "/x");
+        assert_eq!(pick(index_of(journal::SETUP_NAME)), journal::SETUP);
     }
 }

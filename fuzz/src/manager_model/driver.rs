@@ -1,0 +1,200 @@
+//! The manager's driver as the fuzz harness plays it: it records what the
+//! manager asks for, holds the chores until the script says to carry them
+//! out, watches the pids it can, and keeps a simulated shared-memory
+//! namespace with header refcounts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use libshm_core::manager::{Chore, CloseReason, ConnId, Effects, Note};
+use libshm_core::name::SegmentName;
+use libshm_core::namespace::{Namespace, Observed, Unlinked};
+
+use crate::manager_script::NsChange;
+
+/// One thing the manager asked of its driver that the model checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Effect {
+    Reply(ConnId, [u8; 2]),
+    Close(ConnId, CloseReason),
+    Chore(Chore),
+    Stray {
+        conn: ConnId,
+        pid: i32,
+        name: SegmentName,
+    },
+    Untouchable(SegmentName),
+    InTransit {
+        name: SegmentName,
+        refcount: i32,
+        dead: u32,
+    },
+}
+
+/// Records effects, holds chores, and answers `watch_pid`.
+#[derive(Default)]
+pub(super) struct Driver {
+    /// Effects since the harness last looked, in order.
+    pub(super) log: Vec<Effect>,
+    /// Chores asked for and not carried out yet, oldest first.
+    pub(super) held: Vec<Chore>,
+    /// Bit `pid % 8`: the driver can watch that pid while it lives.
+    pub(super) watchable: u8,
+    /// Pids whose process died (and was not reborn).
+    pub(super) dead: BTreeSet<i32>,
+    /// Pids the manager asked to watch and has not unwatched.
+    pub(super) watched: BTreeSet<i32>,
+    /// Whether journal offers are taken.
+    pub(super) journals: bool,
+}
+
+impl Driver {
+    /// What `watch_pid` answers for `pid`: a live process the driver can
+    /// watch (its own user, its own pid namespace).
+    pub(super) fn can_watch(&self, pid: i32) -> bool {
+        self.watchable >> pid.rem_euclid(8) & 1 == 1 && !self.dead.contains(&pid)
+    }
+}
+
+impl Effects for Driver {
+    fn reply(&mut self, conn: ConnId, reply: [u8; 2]) {
+        self.log.push(Effect::Reply(conn, reply));
+    }
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        self.log.push(Effect::Close(conn, reason));
+    }
+    fn chore(&mut self, chore: Chore) {
+        self.log.push(Effect::Chore(chore));
+        self.held.push(chore);
+    }
+    fn watch_pid(&mut self, _conn: ConnId, pid: i32) -> bool {
+        let watch = self.can_watch(pid);
+        if watch {
+            self.watched.insert(pid);
+        }
+        watch
+    }
+    fn unwatch_pid(&mut self, pid: i32) {
+        assert!(
+            self.watched.remove(&pid),
+            "the manager unwatched pid {pid}, which it was not watching"
+        );
+    }
+    fn attach_journal(&mut self, _conn: ConnId) -> bool {
+        self.journals
+    }
+    fn note(&mut self, note: Note) {
+        let effect = match note {
+            Note::StrayRelease { conn, pid, name } => Effect::Stray { conn, pid, name },
+            Note::Untouchable { name } => Effect::Untouchable(name),
+            Note::InTransit {
+                name,
+                refcount,
+                dead,
+            } => Effect::InTransit {
+                name,
+                refcount,
+                dead,
+            },
+            // Log lines only; what they report is checked through state.
+            Note::HolderEnded { .. } | Note::Lingering { .. } => return,
+        };
+        self.log.push(effect);
+    }
+}
+
+/// What sits under a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Object {
+    /// A segment of ours with this header refcount.
+    Segment(i32),
+    /// A FIFO, a symlink, another user's file.
+    Foreign,
+}
+
+/// `/dev/shm` as the manager's namespace sees it.
+#[derive(Default)]
+pub(super) struct SimNamespace {
+    pub(super) objects: BTreeMap<SegmentName, Object>,
+    /// Unlinks still to fail, per name.
+    pub(super) failing: BTreeMap<SegmentName, u8>,
+}
+
+impl SimNamespace {
+    pub(super) fn apply(&mut self, name: SegmentName, change: NsChange) {
+        let refcount = match self.objects.get(&name) {
+            Some(Object::Segment(refcount)) => Some(*refcount),
+            _ => None,
+        };
+        // Some(None): nothing there any more; None: unchanged.
+        let next = match (change, refcount) {
+            (NsChange::Create, _) => Some(Some(Object::Segment(1))),
+            (NsChange::Incref, Some(rc)) => Some(Some(Object::Segment(rc.saturating_add(1)))),
+            (NsChange::Decref, Some(rc)) => Some(Some(Object::Segment(rc.saturating_sub(1)))),
+            (NsChange::LastClose, Some(rc)) if rc <= 1 => Some(None),
+            (NsChange::LastClose, Some(rc)) => Some(Some(Object::Segment(rc - 1))),
+            (NsChange::Incref | NsChange::Decref | NsChange::LastClose, None) => None,
+            (NsChange::Remove, _) => Some(None),
+            (NsChange::Foreign, _) => Some(Some(Object::Foreign)),
+            (NsChange::SetRefcount(value), _) => Some(Some(Object::Segment(i32::from(value)))),
+            (NsChange::FailUnlinks(count), _) => {
+                self.failing.insert(name, count);
+                None
+            }
+        };
+        match next {
+            Some(Some(object)) => {
+                self.objects.insert(name, object);
+            }
+            Some(None) => {
+                self.objects.remove(&name);
+            }
+            None => {}
+        }
+    }
+
+    /// What a look at `name` finds.
+    pub(super) fn look(&self, name: &SegmentName) -> Observed {
+        match self.objects.get(name) {
+            None => Observed::Absent,
+            Some(Object::Segment(refcount)) => Observed::Segment {
+                refcount: *refcount,
+            },
+            Some(Object::Foreign) => Observed::Foreign,
+        }
+    }
+
+    /// What an unlink of `name` would do now: `None` if it fails.
+    pub(super) fn would_unlink(&self, name: &SegmentName) -> Option<Unlinked> {
+        match self.objects.get(name) {
+            Some(Object::Foreign) => Some(Unlinked::Foreign),
+            _ if self.failing.get(name).is_some_and(|&n| n > 0) => None,
+            Some(Object::Segment(_)) => Some(Unlinked::Removed),
+            None => Some(Unlinked::Absent),
+        }
+    }
+}
+
+impl Namespace for SimNamespace {
+    type Error = &'static str;
+
+    fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
+        Ok(self.look(name))
+    }
+
+    fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
+        let outcome = self.would_unlink(name);
+        match outcome {
+            None => {
+                if let Some(n) = self.failing.get_mut(name) {
+                    *n -= 1;
+                }
+                Err("EMFILE")
+            }
+            Some(Unlinked::Removed) => {
+                self.objects.remove(name);
+                Ok(Unlinked::Removed)
+            }
+            Some(other) => Ok(other),
+        }
+    }
+}
