@@ -28,6 +28,8 @@ pub(super) enum Effect {
         refcount: i32,
         dead: u32,
     },
+    /// A held name a patrol found gone twice.
+    Vanished(SegmentName),
 }
 
 /// Records effects, holds chores, and answers `watch_pid`.
@@ -95,8 +97,17 @@ impl Effects for Driver {
                 refcount,
                 dead,
             },
-            // Log lines only; what they report is checked through state.
-            Note::HolderEnded { .. } | Note::Lingering { .. } => return,
+            Note::Vanished { name, .. } => Effect::Vanished(name),
+            // Log lines and history only; what they report is checked
+            // through state.
+            Note::HolderEnded { .. }
+            | Note::Lingering { .. }
+            | Note::Registered { .. }
+            | Note::Released { .. }
+            | Note::Orphaned { .. }
+            | Note::Unlinked { .. }
+            | Note::Gone { .. }
+            | Note::Pressure(_) => return,
         };
         self.log.push(effect);
     }
