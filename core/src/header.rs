@@ -196,6 +196,32 @@ impl<'a> Refcount<'a> {
         }
     }
 
+    /// Drops a reference that someone took on another's behalf (PyTorch's
+    /// `_shared_incref` while a handle is pickled, lowered by the receiver
+    /// once it has opened the segment), and returns the new count.
+    ///
+    /// The caller holds a reference of its own, so this never drops the
+    /// last one: a count of 1 or less means the reference in transit is not
+    /// there (the handle was used before, or never took one), and is left
+    /// as found with [`RefcountError::Underflow`].
+    pub fn release_in_transit(&self) -> Result<i32, RefcountError> {
+        let mut count = self.cell.load(Ordering::SeqCst);
+        loop {
+            if count <= 1 {
+                return Err(RefcountError::Underflow { count });
+            }
+            match self.cell.compare_exchange_weak(
+                count,
+                count - 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok(count - 1),
+                Err(seen) => count = seen,
+            }
+        }
+    }
+
     /// The count right now (advisory: others may change it at any time).
     pub fn current(&self) -> i32 {
         self.cell.load(Ordering::SeqCst)
@@ -257,6 +283,26 @@ mod tests {
         assert_eq!(refcount.current(), -3);
         cell.store(i32::MAX, Ordering::SeqCst);
         assert_eq!(refcount.acquire(), Err(RefcountError::Saturated));
+    }
+
+    #[test]
+    fn a_reference_in_transit_is_released_but_never_the_callers_own() {
+        let cell = AtomicI32::new(1);
+        let refcount = Refcount::from_atomic(&cell);
+        assert_eq!(
+            refcount.acquire(),
+            Ok(2),
+            "the sender's reference in transit"
+        );
+        assert_eq!(refcount.acquire(), Ok(3), "the receiver opens");
+        assert_eq!(refcount.release_in_transit(), Ok(2));
+        assert_eq!(refcount.release(), Ok(Released::Shared { remaining: 1 }));
+        assert_eq!(
+            refcount.release_in_transit(),
+            Err(RefcountError::Underflow { count: 1 }),
+            "used twice: the last reference stays"
+        );
+        assert_eq!(refcount.current(), 1);
     }
 
     #[test]
