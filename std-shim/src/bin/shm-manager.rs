@@ -32,13 +32,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use libshm::core::manager::ManagerConfig;
-use libshm::core::name::NamePrefix;
-use libshm::manager_identity;
-use libshm::units::{parse_duration, parse_optional_duration};
 use libshm::{ENV_PREFIX, ShmNamespace};
+use libshm_core::manager::ManagerConfig;
+use libshm_core::name::NamePrefix;
 use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
 use libshm_unix::{Adoption, BASE_MAX, CreateError, FALLBACK_BASES, Listener, RunDir};
+
+use units::{parse_duration, parse_optional_duration};
+
+#[allow(
+    dead_code,
+    reason = "shared with shmctl, which reads what this binary writes"
+)]
+#[path = "shared/manager_identity.rs"]
+mod manager_identity;
+#[allow(dead_code, reason = "shared with shmctl, which uses the rest")]
+#[path = "shared/units.rs"]
+mod units;
 
 /// What `shmctl torch status` reads to recognise this binary without running
 /// it. The section name is `manager_identity::SECTION` (an attribute cannot

@@ -16,12 +16,23 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod doctor;
+#[path = "../../error_chain.rs"]
+mod error_chain;
 mod hold;
 mod inspect;
 mod json;
+#[allow(
+    dead_code,
+    reason = "shared with shm-manager, which writes what this binary reads"
+)]
+#[path = "../shared/manager_identity.rs"]
+mod manager_identity;
 mod managers;
 mod stress;
 mod torch;
+#[allow(dead_code, reason = "shared with shm-manager, which uses the rest")]
+#[path = "../shared/units.rs"]
+mod units;
 mod unix_sockets;
 mod why;
 
