@@ -174,25 +174,12 @@ impl<'a> Refcount<'a> {
 
     /// Drops one reference. [`Released::Last`] tells the caller to unlink.
     pub fn release(&self) -> Result<Released, RefcountError> {
-        let mut count = self.cell.load(Ordering::SeqCst);
-        loop {
-            if count <= 0 {
-                return Err(RefcountError::Underflow { count });
-            }
-            match self.cell.compare_exchange_weak(
-                count,
-                count - 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) if count == 1 => return Ok(Released::Last),
-                Ok(_) => {
-                    return Ok(Released::Shared {
-                        remaining: count - 1,
-                    });
-                }
-                Err(seen) => count = seen,
-            }
+        match self.decrement_above(0) {
+            Ok(1) => Ok(Released::Last),
+            Ok(before) => Ok(Released::Shared {
+                remaining: before - 1,
+            }),
+            Err(count) => Err(RefcountError::Underflow { count }),
         }
     }
 
@@ -205,21 +192,18 @@ impl<'a> Refcount<'a> {
     /// there (the handle was used before, or never took one), and is left
     /// as found with [`RefcountError::Underflow`].
     pub fn release_in_transit(&self) -> Result<i32, RefcountError> {
-        let mut count = self.cell.load(Ordering::SeqCst);
-        loop {
-            if count <= 1 {
-                return Err(RefcountError::Underflow { count });
-            }
-            match self.cell.compare_exchange_weak(
-                count,
-                count - 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return Ok(count - 1),
-                Err(seen) => count = seen,
-            }
-        }
+        self.decrement_above(1)
+            .map(|before| before - 1)
+            .map_err(|count| RefcountError::Underflow { count })
+    }
+
+    /// Lowers the count by one if it is above `floor`: the count before, or
+    /// the count found (left as it is) if it was not above.
+    fn decrement_above(&self, floor: i32) -> Result<i32, i32> {
+        self.cell
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+                (count > floor).then(|| count - 1)
+            })
     }
 
     /// The count right now (advisory: others may change it at any time).
