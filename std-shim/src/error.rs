@@ -10,7 +10,6 @@ use std::io;
 
 use libshm_core::client::ClientError;
 use libshm_core::flags::FlagsError;
-use libshm_core::handshake::HandleError;
 use libshm_core::header::{RefcountError, SizeError};
 use libshm_core::name::{NameError, SegmentName};
 use libshm_unix::{LaunchError, SocketError};
@@ -121,12 +120,9 @@ pub enum Error {
         /// The refcount with our reference.
         refcount: i32,
     },
-    /// A segment name is invalid.
+    /// A generated segment name is invalid (the prefix leaves no room).
     #[error(transparent)]
     Name(#[from] NameError),
-    /// A manager handle is invalid.
-    #[error(transparent)]
-    Handle(#[from] HandleError),
     /// ATen flags that a managed segment cannot honour.
     #[error(transparent)]
     Flags(#[from] FlagsError),
