@@ -25,7 +25,7 @@
 //! unlinks every name still registered and exits. `libshm_pipe::Launcher`
 //! starts it that way.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,8 @@ use libshm_unix::{Adoption, BASE_MAX, CreateError, FALLBACK_BASES, Listener, Run
 
 use units::{parse_duration, parse_optional_duration};
 
+#[path = "shared/logging.rs"]
+mod logging;
 #[allow(
     dead_code,
     reason = "shared with shmctl, which reads what this binary writes"
@@ -508,12 +510,7 @@ fn init_logging(args: &Args) {
         (false, 2) => Level::DEBUG,
         (false, _) => Level::TRACE,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    logging::to_stderr(level);
 }
 
 /// Lifts the soft descriptor limit to the hard one: each client costs one.
