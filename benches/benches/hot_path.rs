@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use libshm::{AckMode, Config, Manager, NamePrefix, floor};
+use libshm::{AckMode, Config, ManagerLink, NamePrefix, floor};
 use libshm_benches::{our_manager, print_ratios, record, torch_manager};
 
 const SIZES: [(usize, &str); 4] = [
@@ -95,7 +95,7 @@ fn main() {
     criterion.final_summary();
 }
 
-fn launch(base: &Config, executable: std::path::PathBuf, mode: AckMode) -> Manager {
+fn launch(base: &Config, executable: std::path::PathBuf, mode: AckMode) -> ManagerLink {
     let config = base.clone().manager_executable(executable).ack_mode(mode);
-    Manager::launch(&config).expect("launch manager")
+    ManagerLink::launch(&config).expect("launch manager")
 }

@@ -12,7 +12,7 @@
 //!   `max_in_flight` may be outstanding.
 //!
 //! Against our manager a client can go further and hand its frames over in a
-//! shared-memory [journal](crate::journal) ([`Client::attach_journal`]): no
+//! shared-memory [journal] ([`Client::attach_journal`]): no
 //! system call and no wake-up per frame, the same crash safety, and the socket
 //! carries only a doorbell now and then. PyTorch's manager declines the offer
 //! and the socket path goes on as before.

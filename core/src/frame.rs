@@ -80,7 +80,7 @@ impl fmt::Display for FrameError {
         match self {
             Self::Length { len } => write!(f, "frame is {len} bytes, expected {FRAME_LEN}"),
             Self::FreeFlag { value } => write!(f, "frame's free flag is {value}, expected 0 or 1"),
-            Self::Name(err) => write!(f, "frame's name is invalid: {err}"),
+            Self::Name(_) => f.write_str("frame's name is invalid"),
         }
     }
 }

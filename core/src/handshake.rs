@@ -102,6 +102,16 @@ impl fmt::Display for ManagerHandle {
     }
 }
 
+/// `"/tmp/torch-shm-dir-x/manager.sock".parse::<ManagerHandle>()`:
+/// [`ManagerHandle::new`] on the text.
+impl core::str::FromStr for ManagerHandle {
+    type Err = HandleError;
+
+    fn from_str(text: &str) -> Result<Self, HandleError> {
+        Self::new(text.as_bytes())
+    }
+}
+
 /// What a manager said when it started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handshake<'a> {
@@ -135,7 +145,7 @@ impl fmt::Display for HandshakeError {
                 f.write_str("manager closed its output in the middle of the handle line")
             }
             Self::TooLong => write!(f, "manager printed over {LINE_MAX} bytes without a newline"),
-            Self::Handle(err) => write!(f, "manager printed an invalid handle: {err}"),
+            Self::Handle(_) => f.write_str("manager printed an invalid handle"),
         }
     }
 }
@@ -219,6 +229,20 @@ mod tests {
         };
         assert_eq!(handle.as_str(), "/tmp/torch-shm-dir-abc123/manager.sock");
         assert!(matches!(reader.finish(), Ok(Handshake::Ready(_))));
+    }
+
+    #[test]
+    fn handles_parse_from_text_as_from_bytes() {
+        let text = "/tmp/torch-shm-dir-abc123/manager.sock";
+        assert_eq!(
+            text.parse::<ManagerHandle>(),
+            ManagerHandle::new(text.as_bytes())
+        );
+        assert_eq!("".parse::<ManagerHandle>(), Err(HandleError::Empty));
+        assert_eq!(
+            "a\nb".parse::<ManagerHandle>(),
+            Err(HandleError::ControlByte { at: 1 })
+        );
     }
 
     #[test]

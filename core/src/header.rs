@@ -174,26 +174,36 @@ impl<'a> Refcount<'a> {
 
     /// Drops one reference. [`Released::Last`] tells the caller to unlink.
     pub fn release(&self) -> Result<Released, RefcountError> {
-        let mut count = self.cell.load(Ordering::SeqCst);
-        loop {
-            if count <= 0 {
-                return Err(RefcountError::Underflow { count });
-            }
-            match self.cell.compare_exchange_weak(
-                count,
-                count - 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) if count == 1 => return Ok(Released::Last),
-                Ok(_) => {
-                    return Ok(Released::Shared {
-                        remaining: count - 1,
-                    });
-                }
-                Err(seen) => count = seen,
-            }
+        match self.decrement_above(0) {
+            Ok(1) => Ok(Released::Last),
+            Ok(before) => Ok(Released::Shared {
+                remaining: before - 1,
+            }),
+            Err(count) => Err(RefcountError::Underflow { count }),
         }
+    }
+
+    /// Drops a reference that someone took on another's behalf (PyTorch's
+    /// `_shared_incref` while a handle is pickled, lowered by the receiver
+    /// once it has opened the segment), and returns the new count.
+    ///
+    /// The caller holds a reference of its own, so this never drops the
+    /// last one: a count of 1 or less means the reference in transit is not
+    /// there (the handle was used before, or never took one), and is left
+    /// as found with [`RefcountError::Underflow`].
+    pub fn release_in_transit(&self) -> Result<i32, RefcountError> {
+        self.decrement_above(1)
+            .map(|before| before - 1)
+            .map_err(|count| RefcountError::Underflow { count })
+    }
+
+    /// Lowers the count by one if it is above `floor`: the count before, or
+    /// the count found (left as it is) if it was not above.
+    fn decrement_above(&self, floor: i32) -> Result<i32, i32> {
+        self.cell
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+                (count > floor).then(|| count - 1)
+            })
     }
 
     /// The count right now (advisory: others may change it at any time).
@@ -257,6 +267,26 @@ mod tests {
         assert_eq!(refcount.current(), -3);
         cell.store(i32::MAX, Ordering::SeqCst);
         assert_eq!(refcount.acquire(), Err(RefcountError::Saturated));
+    }
+
+    #[test]
+    fn a_reference_in_transit_is_released_but_never_the_callers_own() {
+        let cell = AtomicI32::new(1);
+        let refcount = Refcount::from_atomic(&cell);
+        assert_eq!(
+            refcount.acquire(),
+            Ok(2),
+            "the sender's reference in transit"
+        );
+        assert_eq!(refcount.acquire(), Ok(3), "the receiver opens");
+        assert_eq!(refcount.release_in_transit(), Ok(2));
+        assert_eq!(refcount.release(), Ok(Released::Shared { remaining: 1 }));
+        assert_eq!(
+            refcount.release_in_transit(),
+            Err(RefcountError::Underflow { count: 1 }),
+            "used twice: the last reference stays"
+        );
+        assert_eq!(refcount.current(), 1);
     }
 
     #[test]

@@ -497,7 +497,7 @@ pub trait Effects {
     fn attach_journal(&mut self, _conn: ConnId) -> bool {
         false
     }
-    /// `conn` asked for the manager's status ([`status`](crate::status)):
+    /// `conn` asked for the manager's status ([`status`]):
     /// after the `OK` this call queues, send the document and close `conn`.
     /// Drivers without status support keep the default (the asker then gets
     /// `OK` alone, as from PyTorch's manager).

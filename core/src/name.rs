@@ -191,6 +191,15 @@ impl fmt::Display for SegmentName {
     }
 }
 
+/// `"/torch_1_2_3".parse::<SegmentName>()`: [`SegmentName::new`] on the text.
+impl core::str::FromStr for SegmentName {
+    type Err = NameError;
+
+    fn from_str(text: &str) -> Result<Self, NameError> {
+        Self::new(text.as_bytes())
+    }
+}
+
 /// A validated name prefix such as `/torch_`: what managers may restrict
 /// registrations to and what clients put in front of generated names.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -258,6 +267,15 @@ impl fmt::Display for NamePrefix {
     }
 }
 
+/// `"/torch_".parse::<NamePrefix>()`: [`NamePrefix::new`] on the text.
+impl core::str::FromStr for NamePrefix {
+    type Err = NameError;
+
+    fn from_str(text: &str) -> Result<Self, NameError> {
+        Self::new(text.as_bytes())
+    }
+}
+
 fn validate(bytes: &[u8], is_prefix: bool) -> Result<(), NameError> {
     let Some((&first, rest)) = bytes.split_first() else {
         return Err(NameError::Empty);
@@ -311,6 +329,23 @@ mod tests {
         let name = SegmentName::new(b"/torch_4242_1808412233_17").unwrap();
         assert_eq!(name.as_str(), "/torch_4242_1808412233_17");
         assert_eq!(name.creator_pid(&NamePrefix::torch()), Some(4242));
+    }
+
+    #[test]
+    fn names_and_prefixes_parse_from_text_as_from_bytes() {
+        assert_eq!(
+            "/torch_1_2_3".parse::<SegmentName>(),
+            SegmentName::new(b"/torch_1_2_3")
+        );
+        assert_eq!(
+            "/a/b".parse::<SegmentName>(),
+            Err(NameError::InnerSlash { at: 2 })
+        );
+        assert_eq!("/mine_".parse::<NamePrefix>(), NamePrefix::new(b"/mine_"));
+        assert_eq!(
+            "mine_".parse::<NamePrefix>(),
+            Err(NameError::MissingLeadingSlash)
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const ENV_JOURNAL: &str = "LIBSHM_JOURNAL";
 pub const MANAGER_BIN: &str = "shm-manager";
 
 /// How this process uses managers.
+///
+/// A builder: each setter takes and returns the configuration, and the
+/// getter for a setting is its setter's name with `get_` in front (as
+/// `std::process::Command` names them).
 #[derive(Clone, Debug)]
 pub struct Config {
     manager_executable: Option<PathBuf>,
@@ -59,8 +63,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults overridden by `LIBSHM_MANAGER`, `LIBSHM_ACK`, `LIBSHM_NAME_PREFIX`
-    /// and `LIBSHM_TRANSPORT`.
+    /// Defaults overridden by `LIBSHM_MANAGER`, `LIBSHM_ACK`,
+    /// `LIBSHM_NAME_PREFIX`, `LIBSHM_JOURNAL` and `LIBSHM_TRANSPORT`.
     pub fn from_env() -> Result<Self, Error> {
         let mut config = Self::default();
         if let Some(path) = std::env::var_os(ENV_MANAGER).filter(|p| !p.is_empty()) {
@@ -138,11 +142,6 @@ impl Config {
         self
     }
 
-    /// Whether journals are offered.
-    pub fn journal_enabled(&self) -> bool {
-        self.journal
-    }
-
     /// Silence started managers' stderr.
     pub fn quiet_manager(mut self, quiet: bool) -> Self {
         self.quiet_manager = quiet;
@@ -162,23 +161,29 @@ impl Config {
         crate::registry::install(self);
     }
 
-    /// The configured mode.
-    pub fn ack(&self) -> AckMode {
+    /// What [`Config::ack_mode`] set.
+    pub fn get_ack_mode(&self) -> AckMode {
         self.ack_mode
     }
 
-    /// The configured prefix.
-    pub fn prefix(&self) -> &NamePrefix {
+    /// What [`Config::name_prefix`] set.
+    pub fn get_name_prefix(&self) -> &NamePrefix {
         &self.name_prefix
     }
 
-    /// The configured transport.
-    pub fn transport_kind(&self) -> TransportKind {
-        self.transport
+    /// What [`Config::reply_timeout`] set.
+    pub fn get_reply_timeout(&self) -> Option<Duration> {
+        self.reply_timeout
     }
 
-    pub(crate) fn timeout(&self) -> Option<Duration> {
-        self.reply_timeout
+    /// What [`Config::journal`] set.
+    pub fn get_journal(&self) -> bool {
+        self.journal
+    }
+
+    /// What [`Config::transport`] set.
+    pub fn get_transport(&self) -> TransportKind {
+        self.transport
     }
 
     /// The launcher for this configuration's manager over a Unix socket.
@@ -237,7 +242,7 @@ fn env_str(var: &'static str) -> Result<Option<String>, Error> {
 }
 
 /// Parses `strict`, `pipelined` or `pipelined:<window>`.
-pub fn parse_ack_mode(text: &str) -> Option<AckMode> {
+pub(crate) fn parse_ack_mode(text: &str) -> Option<AckMode> {
     match text.split_once(':') {
         None if text == "strict" => Some(AckMode::Strict),
         None if text == "pipelined" => Some(AckMode::default()),

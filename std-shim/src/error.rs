@@ -1,11 +1,15 @@
 //! The errors a user of `libshm` sees: each says which segment or manager, and
 //! which step failed, so the log line is enough to act on.
+//!
+//! A variant that wraps a cause returns it from `source()` and leaves it out
+//! of its own message, so that a report walking the chain says each thing
+//! once (`could not connect to manager /tmp/…/manager.sock: connect: No such
+//! file or directory`).
 
 use std::io;
 
 use libshm_core::client::ClientError;
 use libshm_core::flags::FlagsError;
-use libshm_core::handshake::HandleError;
 use libshm_core::header::{RefcountError, SizeError};
 use libshm_core::name::{NameError, SegmentName};
 use libshm_unix::{LaunchError, SocketError};
@@ -26,7 +30,7 @@ pub enum Error {
     #[error(transparent)]
     PipeLaunch(#[from] libshm_pipe::LaunchError),
     /// The manager at `handle` could not be reached.
-    #[error("could not connect to manager {handle}: {source}")]
+    #[error("could not connect to manager {handle}")]
     Connect {
         /// The manager's handle.
         handle: String,
@@ -35,7 +39,7 @@ pub enum Error {
         source: SocketError,
     },
     /// The manager broke the protocol or went away mid-registration.
-    #[error("manager {handle}: {source}")]
+    #[error("manager {handle} failed")]
     Manager {
         /// The manager's handle.
         handle: String,
@@ -73,7 +77,7 @@ pub enum Error {
         name: SegmentName,
     },
     /// The requested size does not fit the segment.
-    #[error("segment {name}: {source}")]
+    #[error("segment {name} cannot be mapped at that size")]
     Size {
         /// The segment.
         name: SegmentName,
@@ -82,7 +86,7 @@ pub enum Error {
         source: SizeError,
     },
     /// The segment's refcount says it is being released or was misused.
-    #[error("segment {name}: {source}")]
+    #[error("segment {name} refused a reference")]
     Refcount {
         /// The segment.
         name: SegmentName,
@@ -91,7 +95,7 @@ pub enum Error {
         source: RefcountError,
     },
     /// A system call on a segment failed.
-    #[error("{op} {name}: {source}")]
+    #[error("{op} {name} failed")]
     Os {
         /// The call.
         op: &'static str,
@@ -101,12 +105,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A segment name is invalid.
+    /// A [`ShareHandle`](crate::ShareHandle) was opened, but by then the
+    /// segment held no reference besides ours, so there was none in transit
+    /// to take over: everyone else let go while we opened it (after the
+    /// handle was opened elsewhere, say). Ours is dropped again, which
+    /// unlinks the name.
+    #[error(
+        "segment {name} has no reference in transit (refcount {refcount} once opened): \
+         its share handle was used before"
+    )]
+    NotInTransit {
+        /// The segment.
+        name: SegmentName,
+        /// The refcount with our reference.
+        refcount: i32,
+    },
+    /// A generated segment name is invalid (the prefix leaves no room).
     #[error(transparent)]
     Name(#[from] NameError),
-    /// A manager handle is invalid.
-    #[error(transparent)]
-    Handle(#[from] HandleError),
     /// ATen flags that a managed segment cannot honour.
     #[error(transparent)]
     Flags(#[from] FlagsError),

@@ -187,7 +187,7 @@ impl fmt::Display for Doubt<'_> {
 #[non_exhaustive]
 pub enum InspectError {
     /// A directory the inspector must read could not be listed.
-    #[error("cannot list {dir}: {source}")]
+    #[error("cannot list {dir}")]
     List {
         /// `/dev/shm` or `/proc`.
         dir: &'static str,
@@ -196,7 +196,7 @@ pub enum InspectError {
         source: io::Error,
     },
     /// A leaked segment passed every check but unlinking it failed.
-    #[error("unlinking {name}: {source}")]
+    #[error("could not unlink {name}")]
     Unlink {
         /// The segment.
         name: SegmentName,
@@ -392,9 +392,9 @@ pub fn collect(
     policy: &GcPolicy,
 ) -> Result<Collected, InspectError> {
     let mut namespace = ShmNamespace::for_user(policy.uid).map_err(|source| match source {
-        ShmError::OpenDir { source } => InspectError::List {
+        ShmError::OpenDir { error } => InspectError::List {
             dir: SHM_DIR,
-            source,
+            source: error,
         },
         source => InspectError::Unlink {
             name: *name,

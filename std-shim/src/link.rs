@@ -36,6 +36,7 @@ use libshm_unix::{SharedJournal, UnixTransport};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::error_chain::Chain;
 use crate::naming::current_pid;
 use crate::registry;
 use crate::wire::{TransportKind, Wire, WireError};
@@ -120,7 +121,7 @@ impl Link {
 
     /// A link to a private manager this process just started, over its pipes.
     pub(crate) fn over_pipes(launched: libshm_pipe::Launched, config: &Config) -> Self {
-        let client = Client::new(Wire::Pipe(launched.transport), config.ack());
+        let client = Client::new(Wire::Pipe(launched.transport), config.get_ack_mode());
         let session = Session::Connected {
             client: Box::new(client),
             journal: None,
@@ -145,16 +146,16 @@ impl Link {
             handle,
             origin,
             kind,
-            mode: config.ack(),
-            timeout: config.timeout(),
+            mode: config.get_ack_mode(),
+            timeout: config.get_reply_timeout(),
             pid: current_pid(),
             session,
-            offer_journal: config.journal_enabled(),
-            prefix: *config.prefix(),
+            offer_journal: config.get_journal(),
+            prefix: *config.get_name_prefix(),
             held: HashMap::new(),
         };
         Self {
-            prefix: *config.prefix(),
+            prefix: *config.get_name_prefix(),
             state: Mutex::new(state),
         }
     }
@@ -248,7 +249,7 @@ impl Link {
             );
             state.session = Session::Disconnected;
             if let Err(err) = state.recover() {
-                tracing::warn!("could not recover a manager: {err}");
+                tracing::warn!("could not recover a manager: {}", Chain(&err));
             }
         }
     }
@@ -286,7 +287,7 @@ impl RegisterError {
 
     fn display(&self) -> String {
         match self {
-            Self::Connect(err) => err.to_string(),
+            Self::Connect(err) => Chain(err).to_string(),
             Self::Client(err) => err.to_string(),
         }
     }
@@ -452,7 +453,7 @@ impl LinkState {
             self.handle = new;
             return self.connect_unix(new);
         }
-        let fallback = match registry::config()?.transport_kind() {
+        let fallback = match registry::config()?.get_transport() {
             TransportKind::Unix => Some(registry::default_link()?.handle()),
             TransportKind::Pipe => None,
         };
@@ -481,7 +482,7 @@ impl LinkState {
             TransportKind::Unix => match self.revive(old) {
                 Ok(fresh) => fresh,
                 Err(err) => {
-                    tracing::debug!("could not revive manager {old}: {err}");
+                    tracing::debug!("could not revive manager {old}: {}", Chain(&err));
                     self.replace_manager(old)?
                 }
             },

@@ -65,7 +65,7 @@ pub(crate) fn default_link() -> Result<Arc<Link>, Error> {
 
 /// Starts a manager over the configured transport and links to it.
 fn launch(config: &Config) -> Result<(ManagerHandle, Link), Error> {
-    Ok(match config.transport_kind() {
+    Ok(match config.get_transport() {
         TransportKind::Unix => {
             let launched = config.launcher()?.launch()?;
             tracing::debug!(handle = %launched.handle, pid = launched.pid, "started manager");
@@ -111,4 +111,20 @@ pub(crate) fn launched_link(config: &Config) -> Result<Arc<Link>, Error> {
     let link = Arc::new(link);
     lock().by_handle.insert(handle, Arc::clone(&link));
     Ok(link)
+}
+
+/// Removes `link` from the table, as the default or under any handle; its
+/// connection closes when the last user of the link lets go of it.
+pub(crate) fn forget(link: &Arc<Link>) {
+    let mut registry = lock();
+    if registry
+        .default
+        .as_ref()
+        .is_some_and(|(_, default)| Arc::ptr_eq(default, link))
+    {
+        registry.default = None;
+    }
+    registry
+        .by_handle
+        .retain(|_, known| !Arc::ptr_eq(known, link));
 }

@@ -1,4 +1,5 @@
-//! A mapped, refcounted shared-memory segment.
+//! A mapped, refcounted shared-memory segment: how it comes to be, is shared
+//! and goes away. Reading and writing its data is [`data`]'s.
 
 use std::fmt;
 use std::mem::ManuallyDrop;
@@ -6,15 +7,22 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use libshm_core::handshake::ManagerHandle;
-use libshm_core::header::{HEADER_LEN, Refcount, Released};
+use libshm_core::header::{HEADER_LEN, Refcount, RefcountError, Released};
 use libshm_core::name::SegmentName;
 use memmap2::MmapRaw;
 
 use crate::error::Error;
 use crate::link::Link;
-use crate::manager::Manager;
+use crate::manager_link::ManagerLink;
 use crate::naming::current_pid;
+use crate::share::ShareHandle;
 use crate::shm;
+
+mod cursor;
+mod data;
+
+pub use cursor::SegmentCursor;
+pub use data::{OutOfBounds, ViewError};
 
 /// A POSIX shared-memory segment laid out as PyTorch lays it out: a 64-byte
 /// header whose first 4 bytes are the cross-process refcount, then the data.
@@ -24,10 +32,14 @@ use crate::shm;
 /// decrements the refcount, unlinks the name if that was the last reference,
 /// unmaps, and tells the manager. Drop never panics.
 ///
-/// The data is shared with other processes, which may write it at any time,
-/// so it is reached through copies ([`SharedSegment::read_at`],
-/// [`SharedSegment::write_at`]) or, for callers who coordinate access
-/// themselves, through `unsafe` slices.
+/// Other processes may write the data at any time, so the safe API never
+/// lends it out as `&[u8]`: it copies in and out with atomic accesses
+/// ([`read_at`](Self::read_at), [`write_at`](Self::write_at),
+/// [`read_obj`](Self::read_obj), [`cursor`](Self::cursor)) or lays atomics
+/// over it ([`atomics`](Self::atomics)). Callers who coordinate access
+/// themselves have `unsafe` slices.
+///
+/// To hand the segment to another process, [`share`](Self::share) it.
 pub struct SharedSegment {
     map: ManuallyDrop<MmapRaw>,
     data_len: usize,
@@ -35,18 +47,6 @@ pub struct SharedSegment {
     link: Arc<Link>,
     /// The process that holds the reference; a forked copy must not release it.
     owner_pid: u32,
-}
-
-/// Bytes outside the segment's data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("bytes {start}..{end} are outside the segment's {len} data bytes")]
-pub struct OutOfBounds {
-    /// Requested start.
-    pub start: usize,
-    /// Requested end.
-    pub end: usize,
-    /// Data length.
-    pub len: usize,
 }
 
 /// What closing a segment did.
@@ -59,16 +59,25 @@ pub struct Closed {
 impl SharedSegment {
     /// Creates a segment of `size` data bytes through this process's default manager.
     pub fn create(size: usize) -> Result<Self, Error> {
-        Manager::default_for_process()?.create(size)
+        ManagerLink::default_for_process()?.create(size)
     }
 
     /// Opens the segment `name` that another process shared, registering with
     /// the manager at `handle`. Maps the header plus `size` bytes and refuses
     /// a segment smaller than that.
-    pub fn open(handle: &str, name: &str, size: usize) -> Result<Self, Error> {
-        Manager::connect(handle)?.open(name, size)
+    ///
+    /// The three values are what [`manager_handle`](Self::manager_handle),
+    /// [`name`](Self::name) and [`len`](Self::len) return in the sharing
+    /// process (and what PyTorch's `storage._share_filename_cpu_()` returns);
+    /// parse them from text with [`str::parse`]. Unlike a [`ShareHandle`]
+    /// they keep nothing alive: the segment must still be open somewhere.
+    pub fn open(handle: &ManagerHandle, name: &SegmentName, size: usize) -> Result<Self, Error> {
+        ManagerLink::connect(handle)?.open(name, size)
     }
 
+    /// The one way a segment is created: registers `name` with the link's
+    /// manager, then creates and maps it with `size` data bytes and a
+    /// refcount of 1.
     pub(crate) fn create_with(
         link: Arc<Link>,
         name: SegmentName,
@@ -90,6 +99,8 @@ impl SharedSegment {
         Ok(segment)
     }
 
+    /// Registers `name` and maps the existing segment (all of it for `None`),
+    /// adding our reference to its refcount.
     pub(crate) fn open_with(
         link: Arc<Link>,
         name: SegmentName,
@@ -115,6 +126,27 @@ impl SharedSegment {
             return Err(Error::Refcount { name, source });
         }
         Ok(segment)
+    }
+
+    /// Opens what a [`ShareHandle`] names, then drops the reference the
+    /// handle kept alive in transit (PyTorch's receiver calls
+    /// `_shared_decref` after opening, for the same reason).
+    pub(crate) fn open_shared(
+        link: Arc<Link>,
+        name: SegmentName,
+        size: usize,
+    ) -> Result<Self, Error> {
+        let segment = Self::open_with(link, name, Some(size))?;
+        match segment.refcount().release_in_transit() {
+            Ok(_) => Ok(segment),
+            // Dropping `segment` releases our reference, the only one left:
+            // nobody else holds the segment, so unlinking it is right.
+            Err(RefcountError::Underflow { count }) => Err(Error::NotInTransit {
+                name,
+                refcount: count,
+            }),
+            Err(source) => Err(Error::Refcount { name, source }),
+        }
     }
 
     fn assemble(map: MmapRaw, data_len: usize, name: SegmentName, link: Arc<Link>) -> Self {
@@ -164,93 +196,36 @@ impl SharedSegment {
         self.refcount().current()
     }
 
-    /// Start of the user data, for callers that coordinate access themselves.
-    pub fn as_ptr(&self) -> NonNull<u8> {
-        // SAFETY: HEADER_LEN is within the mapping, which is at least that long.
-        unsafe { self.base().add(HEADER_LEN) }
-    }
-
-    /// The data as a slice.
-    ///
-    /// # Safety
-    /// No process may write the data while the slice lives.
-    pub unsafe fn as_slice(&self) -> &[u8] {
-        // SAFETY: the range is the mapped data; the caller rules out writers.
-        unsafe { std::slice::from_raw_parts(self.as_ptr().as_ptr(), self.data_len) }
-    }
-
-    /// The data as a mutable slice.
-    ///
-    /// # Safety
-    /// No other process may read or write the data while the slice lives.
-    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the range is the mapped data; the caller rules out other users.
-        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().as_ptr(), self.data_len) }
-    }
-
-    fn check(&self, offset: usize, len: usize) -> Result<(), OutOfBounds> {
-        let end = offset.checked_add(len).filter(|&end| end <= self.data_len);
-        end.map(drop).ok_or(OutOfBounds {
-            start: offset,
-            end: offset.saturating_add(len),
-            len: self.data_len,
-        })
-    }
-
-    /// Copies data bytes starting at `offset` into `out`.
-    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> Result<(), OutOfBounds> {
-        self.check(offset, out.len())?;
-        // SAFETY: the source range was bounds-checked against the live mapping
-        // and cannot overlap `out`, which is process-private memory. No
-        // reference to the shared bytes is created, so writes by other
-        // processes (outside this program, like device memory) cannot break
-        // an aliasing assumption.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.as_ptr().as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            );
-        }
-        Ok(())
-    }
-
-    /// Copies `data` into the segment at `offset`.
-    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), OutOfBounds> {
-        self.check(offset, data.len())?;
-        // SAFETY: as in read_at, with the roles of the two ranges swapped.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.as_ptr().as_ptr().add(offset),
-                data.len(),
-            );
-        }
-        Ok(())
-    }
-
-    /// Sets every data byte to `byte`.
-    pub fn fill(&self, byte: u8) {
-        // SAFETY: the range is exactly the mapped data; see read_at on sharing.
-        unsafe { std::ptr::write_bytes(self.as_ptr().as_ptr(), byte, self.data_len) }
-    }
-
-    /// Writes one byte per page so the whole segment is backed now.
-    pub fn touch(&self) {
-        const PAGE: usize = 4096;
-        let mut offset = 0;
-        while offset < self.data_len {
-            // SAFETY: offset < data_len, inside the mapping; a single byte store.
-            unsafe { self.as_ptr().as_ptr().add(offset).write_volatile(0) };
-            offset += PAGE;
-        }
+    /// A handle another process opens this segment with, keeping the
+    /// segment alive until it does, as PyTorch does while a tensor is
+    /// pickled: the refcount is raised now and lowered by
+    /// [`ShareHandle::open`]. This process may drop the segment as soon as
+    /// the handle is sent. See [`ShareHandle`] for a handle that is never
+    /// opened.
+    pub fn share(&self) -> Result<ShareHandle, Error> {
+        self.refcount()
+            .acquire()
+            .map_err(|source| Error::Refcount {
+                name: self.name,
+                source,
+            })?;
+        Ok(ShareHandle::new(
+            self.link.handle(),
+            self.name,
+            self.data_len,
+        ))
     }
 
     /// Closes the segment now and says whether it was unlinked. Dropping does
     /// the same and logs instead of returning.
-    pub fn close(mut self) -> Closed {
-        let closed = self.release();
-        std::mem::forget(self);
+    pub fn close(self) -> Closed {
+        let mut this = ManuallyDrop::new(self);
+        let closed = this.release();
+        // SAFETY: `this` is not used again and its Drop never runs; the link
+        // is the one field left to drop (the map went in release(), the
+        // rest are plain values). Without this the connection would outlive
+        // every segment and link that used it.
+        unsafe { std::ptr::drop_in_place(&mut this.link) };
         closed
     }
 
@@ -273,7 +248,7 @@ impl SharedSegment {
             Ok(Released::Last) => match shm::unlink(&self.name) {
                 Ok(()) => true,
                 Err(err) => {
-                    tracing::warn!("{err}");
+                    tracing::warn!("{}", crate::error_chain::Chain(&err));
                     false
                 }
             },

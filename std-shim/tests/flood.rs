@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use common::measure::{LogFile, Probe, RoundTrips};
 use common::{Daemon, create_object, shm_exists, unique_name, wait_until};
 use libshm::SegmentName;
-use libshm::core::frame::{FRAME_LEN, Frame};
-use libshm::core::journal;
+use libshm::protocol::frame::{FRAME_LEN, Frame};
+use libshm::protocol::journal;
 use libshm_unix::{SharedJournal, UnixTransport};
 
 /// Issue 10's bound on another client's round trip during a flood, at p99.

@@ -7,11 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::{shm_exists, wait_until};
-use libshm::Manager;
+use libshm::ManagerLink;
 
 #[test]
 fn a_forked_child_gets_its_own_connection_and_leaves_the_parents_references_alone() {
-    let manager = Manager::default_for_process().unwrap();
+    let manager = ManagerLink::default_for_process().unwrap();
     let parent_segment = manager.create(64).unwrap();
     manager.settle().unwrap();
     let (notify_read, notify_write) = rustix::pipe::pipe().unwrap();
@@ -24,8 +24,8 @@ fn a_forked_child_gets_its_own_connection_and_leaves_the_parents_references_alon
         // Child: its own segment through a fresh connection, then a drop of
         // the copy of the parent's segment, then death without cleanup.
         let code = (|| {
-            let own = Manager::default_for_process().ok()?.create(64).ok()?;
-            Manager::default_for_process().ok()?.settle().ok()?;
+            let own = ManagerLink::default_for_process().ok()?.create(64).ok()?;
+            ManagerLink::default_for_process().ok()?.settle().ok()?;
             drop(parent_segment);
             rustix::io::write(&notify_write, own.name().as_str().as_bytes()).ok()?;
             std::mem::forget(own);

@@ -22,9 +22,9 @@ use common::{
     Daemon, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip, remove_if_abandoned,
     run_id, shm_exists, unique_name, wait_until,
 };
-use libshm::core::namespace::{Namespace, Observed, Unlinked};
 use libshm::inspect;
-use libshm::{Config, ENV_PREFIX, Manager, NamePrefix, SegmentName, ShmNamespace};
+use libshm::protocol::namespace::{Namespace, Observed, Unlinked};
+use libshm::{Config, ENV_PREFIX, ManagerLink, NamePrefix, SegmentName, ShmNamespace};
 
 /// The unprivileged user the tests act as.
 const NOBODY: u32 = 65534;
@@ -390,7 +390,7 @@ fn the_journal_offer_is_answered_under_the_default_prefix() {
 fn a_client_of_the_same_environment_gets_its_journal_from_a_manager_started_bare() {
     // Both sides read the same (absent or not) LIBSHM_NAME_PREFIX.
     let daemon = Daemon::start(&[]);
-    let manager = Manager::connect(&daemon.handle).unwrap();
+    let manager = ManagerLink::connect(&daemon.handle.parse().unwrap()).unwrap();
     let segments: Vec<_> = (0..8).map(|_| manager.create(64).unwrap()).collect();
     manager.settle().unwrap();
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.child.id())).unwrap();
@@ -409,7 +409,7 @@ fn our_launcher_tells_the_manager_the_clients_prefix() {
     let config = Config::default()
         .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
         .manager_executable(SHM_MANAGER);
-    let manager = Manager::launch(&config).unwrap();
+    let manager = ManagerLink::launch(&config).unwrap();
     let segment = manager.create(64).unwrap();
     assert!(segment.name().as_str().starts_with(&prefix));
     manager.settle().unwrap();

@@ -10,7 +10,7 @@ use common::{
     Daemon, Holder, PIPE_ENV, Report, SHM_MANAGER, pipe_manager_pid, process_gone, shm_exists,
     wait_until,
 };
-use libshm::{Config, Manager, SharedSegment, TransportKind};
+use libshm::{Config, ManagerLink, SharedSegment, TransportKind};
 
 /// This test process uses pipe managers too (every test installs the same).
 fn pipe_mode() -> Config {
@@ -32,7 +32,12 @@ fn segments_open_across_processes_with_refcounts_and_data_both_ways() {
     assert_eq!(report.refcount, 1);
 
     // The creator's manager cannot be reached from here: ours protects us.
-    let opened = SharedSegment::open(&report.handle, &report.name, report.size).unwrap();
+    let opened = SharedSegment::open(
+        &report.manager_handle(),
+        &report.segment_name(),
+        report.size,
+    )
+    .unwrap();
     let ours = opened.manager_handle().to_string();
     assert!(ours.starts_with("pipe:") && ours != report.handle, "{ours}");
     assert_eq!(opened.refcount_now(), 2);
@@ -84,7 +89,7 @@ fn a_pipe_managed_process_takes_its_names_along_but_mappings_stay_valid() {
     pipe_mode();
     let creator = Holder::spawn(&["create", "--size", "64", "--fill", "3"], 1, PIPE_ENV);
     let report = creator.segments[0].clone();
-    let opened = SharedSegment::open(&report.handle, &report.name, 64).unwrap();
+    let opened = SharedSegment::open(&report.manager_handle(), &report.segment_name(), 64).unwrap();
     assert!(creator.finish().success());
     assert!(
         wait_until(Duration::from_secs(1), || !shm_exists(&report.name)),
@@ -94,7 +99,8 @@ fn a_pipe_managed_process_takes_its_names_along_but_mappings_stay_valid() {
     let mut byte = [0u8];
     opened.read_at(63, &mut byte).unwrap();
     assert_eq!(byte, [3], "our mapping still works");
-    let err = SharedSegment::open(&report.handle, &report.name, 64).unwrap_err();
+    let err =
+        SharedSegment::open(&report.manager_handle(), &report.segment_name(), 64).unwrap_err();
     assert!(matches!(err, libshm::Error::NotFound { .. }), "{err}");
     drop(opened); // the last reference: unlinking a name already gone is fine
     assert!(!shm_exists(&report.name));
@@ -190,17 +196,18 @@ fn a_killed_pipe_manager_is_replaced_and_a_clean_exit_leaves_nothing() {
 #[test]
 fn in_process_a_pipe_manager_is_private_and_replaced_when_killed() {
     let config = pipe_mode();
-    let manager = Manager::launch(&config).unwrap();
+    let manager = ManagerLink::launch(&config).unwrap();
     let first = manager.handle();
     let first_pid = pipe_manager_pid(first.as_str());
     let kept = manager.create(128).unwrap();
     kept.fill(1);
 
     // Another process's pipe handle, or our own, reaches a manager of ours.
-    let default = Manager::default_for_process().unwrap();
-    let other = Manager::connect(&format!("pipe:{}", u32::MAX)).unwrap();
+    let default = ManagerLink::default_for_process().unwrap();
+    let elsewhere = format!("pipe:{}", u32::MAX).parse().unwrap();
+    let other = ManagerLink::connect(&elsewhere).unwrap();
     assert_eq!(other.handle(), default.handle());
-    assert_eq!(Manager::connect(first.as_str()).unwrap().handle(), first);
+    assert_eq!(ManagerLink::connect(&first).unwrap().handle(), first);
 
     let pid = rustix::process::Pid::from_raw(first_pid as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();

@@ -114,6 +114,21 @@ fn our_client_works_with_pytorchs_manager_strict_and_pipelined() {
 }
 
 #[test]
+fn share_handles_carry_a_reference_in_transit_both_ways() {
+    let Some(peer) = peer() else { return };
+    // PyTorch's own manager stays: its segments open with ours (any manager
+    // protects the opener), and ours are opened by PyTorch with our manager.
+    run(&peer, "torch-shares", None, &[]);
+    let manager = PathBuf::from(SHM_MANAGER);
+    run(
+        &peer,
+        "rust-shares",
+        None,
+        &[("LIBSHM_MANAGER", manager.to_str().unwrap())],
+    );
+}
+
+#[test]
 fn a_sigkilled_child_holding_twenty_tensors_is_reaped_while_the_parent_lives() {
     let Some(peer) = peer() else { return };
     let overlay = Overlay::new(&peer);

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Holder, shm_exists, unique_name, wait_until};
-use libshm::core::header::SizeError;
+use libshm::protocol::header::SizeError;
 use libshm::{Error, MapFlags, SharedSegment};
 
 #[test]
@@ -50,7 +50,12 @@ fn refcount_follows_every_process_and_the_last_one_unlinks() {
 fn the_creator_may_leave_first_and_the_opener_unlinks() {
     let mut creator = Holder::spawn(&["create", "--size", "4096", "--fill", "3"], 1, &[]);
     let report = creator.segments[0].clone();
-    let opened = SharedSegment::open(&report.handle, &report.name, report.size).unwrap();
+    let opened = SharedSegment::open(
+        &report.manager_handle(),
+        &report.segment_name(),
+        report.size,
+    )
+    .unwrap();
     assert_eq!(creator.ask("refcount"), "refcount=2");
     assert!(creator.finish().success());
     assert!(shm_exists(&report.name), "still referenced by us");
@@ -64,8 +69,8 @@ fn the_creator_may_leave_first_and_the_opener_unlinks() {
 #[test]
 fn opening_with_a_larger_size_is_refused_without_touching_the_segment() {
     let segment = SharedSegment::create(100).unwrap();
-    let handle = segment.manager_handle().to_string();
-    let err = SharedSegment::open(&handle, segment.name().as_str(), 101).unwrap_err();
+    let handle = segment.manager_handle();
+    let err = SharedSegment::open(&handle, segment.name(), 101).unwrap_err();
     assert!(
         matches!(
             err,
@@ -87,7 +92,7 @@ fn opening_with_a_larger_size_is_refused_without_touching_the_segment() {
         164,
         "not grown"
     );
-    let smaller = SharedSegment::open(&handle, segment.name().as_str(), 10).unwrap();
+    let smaller = SharedSegment::open(&handle, segment.name(), 10).unwrap();
     assert_eq!(smaller.len(), 10);
     assert_eq!(segment.refcount_now(), 2);
 }
@@ -95,9 +100,9 @@ fn opening_with_a_larger_size_is_refused_without_touching_the_segment() {
 #[test]
 fn opening_a_missing_segment_is_not_found() {
     let segment = SharedSegment::create(16).unwrap();
-    let handle = segment.manager_handle().to_string();
     let missing = unique_name("missing");
-    let err = SharedSegment::open(&handle, &missing, 16).unwrap_err();
+    let err =
+        SharedSegment::open(&segment.manager_handle(), &missing.parse().unwrap(), 16).unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(!shm_exists(&missing));
 }
@@ -121,8 +126,8 @@ fn bounds_are_checked() {
 
 #[test]
 fn aten_flags_choose_create_or_open() {
-    let manager = libshm::Manager::default_for_process().unwrap();
-    let name = unique_name("flags");
+    let manager = libshm::ManagerLink::default_for_process().unwrap();
+    let name = unique_name("flags").parse().unwrap();
     let created = manager
         .map_with_flags(&name, MapFlags::SHAREDMEM | MapFlags::EXCLUSIVE, 64)
         .unwrap();
@@ -143,7 +148,7 @@ fn aten_flags_choose_create_or_open() {
         .unwrap_err();
     assert!(matches!(err, Error::Exists { .. }), "{err}");
     drop((created, opened));
-    assert!(!shm_exists(&name));
+    assert!(!shm_exists(name.as_str()));
 }
 
 #[test]
@@ -152,10 +157,12 @@ fn a_segment_survives_in_transit_after_its_creator_let_go() {
     // message, drops its own, and the receiver opens it and drops the extra.
     let sender = Holder::spawn(&["create", "--size", "64", "--fill", "1"], 1, &[]);
     let report = sender.segments[0].clone();
-    let in_flight = SharedSegment::open(&report.handle, &report.name, 64).unwrap();
+    let in_flight =
+        SharedSegment::open(&report.manager_handle(), &report.segment_name(), 64).unwrap();
     assert!(sender.finish().success());
     std::thread::sleep(Duration::from_millis(2_500)); // longer than any grace period
-    let receiver = SharedSegment::open(&report.handle, &report.name, 64).unwrap();
+    let receiver =
+        SharedSegment::open(&report.manager_handle(), &report.segment_name(), 64).unwrap();
     drop(in_flight);
     let mut byte = [0];
     receiver.read_at(0, &mut byte).unwrap();

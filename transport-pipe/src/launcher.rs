@@ -69,15 +69,11 @@ pub enum LaunchError {
 impl fmt::Display for LaunchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Pipe(err) => write!(f, "could not set up the manager's pipes: {err}"),
-            Self::Spawn { executable, source } => {
-                write!(
-                    f,
-                    "could not execute manager {}: {source}",
-                    executable.display()
-                )
+            Self::Pipe(_) => f.write_str("could not set up the manager's pipes"),
+            Self::Spawn { executable, .. } => {
+                write!(f, "could not execute manager {}", executable.display())
             }
-            Self::Read(err) => write!(f, "could not read the manager's handle: {err}"),
+            Self::Read(_) => f.write_str("could not read the manager's handle"),
             Self::Handshake(err) => err.fmt(f),
             Self::ManagerFailed(message) => write!(f, "manager failed to start: {message}"),
             Self::TimedOut(after) => write!(f, "manager printed no handle within {after:?}"),
@@ -94,7 +90,8 @@ impl std::error::Error for LaunchError {
         match self {
             Self::Pipe(err) => Some(err),
             Self::Spawn { source, .. } | Self::Read(source) => Some(source),
-            Self::Handshake(err) => Some(err),
+            // Displayed as this error's own message (above), so its cause comes next.
+            Self::Handshake(err) => std::error::Error::source(err),
             _ => None,
         }
     }

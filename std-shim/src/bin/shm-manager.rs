@@ -25,20 +25,32 @@
 //! unlinks every name still registered and exits. `libshm_pipe::Launcher`
 //! starts it that way.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use libshm::core::manager::ManagerConfig;
-use libshm::core::name::NamePrefix;
-use libshm::manager_identity;
-use libshm::units::{parse_duration, parse_optional_duration};
 use libshm::{ENV_PREFIX, ShmNamespace};
+use libshm_core::manager::ManagerConfig;
+use libshm_core::name::NamePrefix;
 use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
 use libshm_unix::{Adoption, BASE_MAX, CreateError, FALLBACK_BASES, Listener, RunDir};
+
+use units::{parse_duration, parse_optional_duration};
+
+#[path = "shared/logging.rs"]
+mod logging;
+#[allow(
+    dead_code,
+    reason = "shared with shmctl, which reads what this binary writes"
+)]
+#[path = "shared/manager_identity.rs"]
+mod manager_identity;
+#[allow(dead_code, reason = "shared with shmctl, which uses the rest")]
+#[path = "shared/units.rs"]
+mod units;
 
 /// What `shmctl torch status` reads to recognise this binary without running
 /// it. The section name is `manager_identity::SECTION` (an attribute cannot
@@ -500,12 +512,7 @@ fn init_logging(args: &Args) {
         (false, 2) => Level::DEBUG,
         (false, _) => Level::TRACE,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    logging::to_stderr(level);
 }
 
 /// Lifts the soft descriptor limit to the hard one: each client costs one.

@@ -32,38 +32,39 @@ pub struct ShmNamespace {
 }
 
 /// Why `/dev/shm` could not be opened, or a look into it failed for now.
+///
+/// Each message carries its cause: the manager's event loop logs a
+/// namespace's errors by their message alone, so `source()` is `None`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShmError {
     /// `/dev/shm` itself could not be opened: there is no POSIX shared memory
     /// to manage here.
-    #[error("cannot open {SHM_DIR}: {source}")]
+    #[error("cannot open {SHM_DIR}: {error}")]
     OpenDir {
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A system call on one entry failed (out of descriptors, say); worth
     /// trying again later.
-    #[error("{op} in {SHM_DIR}: {source}")]
+    #[error("{op} in {SHM_DIR}: {errno}")]
     Call {
         /// What was being done: `statat`, `header read`, `unlinkat`.
         op: &'static str,
         /// The OS error.
-        #[source]
-        source: Errno,
+        errno: Errno,
     },
     /// The entry was replaced every time between the look and the header
     /// read; someone is busy with that name.
     #[error("it was replaced {LOOKS} times while being looked at")]
     KeptChanging,
     /// Leaked segments could not be looked for.
-    #[error("looking for leaked segments: {0}")]
-    Scan(#[source] Box<InspectError>),
+    #[error("{}", crate::error_chain::Chain(&**.0))]
+    Scan(Box<InspectError>),
 }
 
 fn call(op: &'static str) -> impl Fn(Errno) -> ShmError {
-    move |source| ShmError::Call { op, source }
+    move |errno| ShmError::Call { op, errno }
 }
 
 impl ShmNamespace {
@@ -76,7 +77,7 @@ impl ShmNamespace {
     /// A namespace that reads and unlinks only objects `uid` owns (root
     /// cleaning up after one user, say). Fails if `/dev/shm` cannot be opened.
     pub fn for_user(uid: u32) -> Result<Self, ShmError> {
-        let dir = ShmDir::open().map_err(|source| ShmError::OpenDir { source })?;
+        let dir = ShmDir::open().map_err(|error| ShmError::OpenDir { error })?;
         Ok(Self {
             dir,
             uid,

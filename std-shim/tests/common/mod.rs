@@ -360,6 +360,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// The manager handle, typed.
+    pub fn manager_handle(&self) -> libshm::ManagerHandle {
+        self.handle.parse().unwrap()
+    }
+
+    /// The segment name, typed.
+    pub fn segment_name(&self) -> libshm::SegmentName {
+        self.name.parse().unwrap()
+    }
+
     pub fn parse(line: &str) -> Self {
         let field = |key: &str| {
             line.split_whitespace()

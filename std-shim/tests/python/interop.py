@@ -143,6 +143,50 @@ def rust_creates():
     print("PASS")
 
 
+# --- share handles: a reference in transit, taken by one side, dropped by the other
+
+def rust_shares():
+    # Our side shares and exits before PyTorch opens: the handle's reference
+    # alone keeps the segment, and our manager keeps serving for it.
+    out = subprocess.run(
+        [os.environ["SHMCTL"], "create", "--size", "4096", "--fill", "6", "--share"],
+        check=True, stdout=subprocess.PIPE, text=True).stdout
+    size, name, handle = out.strip().split(" ", 2)
+    assert refcount(name) == 1, "only the reference in transit is left"
+    # What torch.multiprocessing's rebuild_storage_filename does.
+    storage = torch.UntypedStorage._new_shared_filename_cpu(handle.encode(), name.encode(), int(size))
+    storage._shared_decref()
+    assert refcount(name) == 1, "PyTorch's own reference replaced the one in transit"
+    t = torch.tensor([], dtype=torch.uint8).set_(storage)
+    assert torch.all(t == 6), "Rust's data is visible to PyTorch"
+    del t, storage
+    assert not os.path.exists("/dev/shm" + name), "the last user unlinked it"
+    report_pids([os.getpid()])
+    print("PASS")
+
+
+def torch_shares():
+    # PyTorch shares as it pickles (_shared_incref) and drops its tensor
+    # before our side opens the handle.
+    t = torch.full((4096,), 8, dtype=torch.uint8)
+    storage = t.untyped_storage()
+    handle, name, size = storage._share_filename_cpu_()
+    storage._shared_incref()
+    del t, storage
+    assert refcount(name) == 1, "only the reference in transit is left"
+    share = f"{size} {name.decode()} {handle.decode()}"
+    rust = subprocess.Popen(
+        [os.environ["SHMCTL"], "open", "--share", share, "--expect", "8", "--hold"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = rust.stdout.readline()
+    assert "refcount=1" in line, line  # ours replaced the one in transit
+    rust.stdin.close()
+    assert rust.wait() == 0
+    assert not os.path.exists("/dev/shm" + name.decode()), "the last user unlinked it"
+    report_pids([os.getpid(), rust.pid])
+    print("PASS")
+
+
 # --- a child holding shared tensors is SIGKILLed while the parent lives on ------
 
 def _hold_tensors(q_in, q_out, count):
@@ -189,4 +233,5 @@ def child_killed():
 
 if __name__ == "__main__":
     {"drop-in": drop_in, "torch-creates": torch_creates, "rust-creates": rust_creates,
+     "rust-shares": rust_shares, "torch-shares": torch_shares,
      "child-killed": child_killed}[sys.argv[1]]()

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use libshm::units::{format_duration, format_size, parse_size};
-use libshm::{AckMode, Config, Manager, NamePrefix, floor};
+use crate::units::{format_duration, format_size, parse_size};
+use libshm::{AckMode, Config, ManagerLink, NamePrefix, floor};
 
 use crate::Outcome;
 
@@ -49,7 +49,7 @@ pub(crate) enum Kind {
 
 struct Variant {
     label: String,
-    manager: Option<Manager>,
+    manager: Option<ManagerLink>,
     samples: Vec<Duration>,
 }
 
@@ -83,14 +83,16 @@ pub(crate) fn run(args: &Args) -> Outcome {
         if wanted(Kind::Pipelined) {
             variants.push(Variant {
                 label: "libshm, pipelined".into(),
-                manager: Some(Manager::launch(&base.clone().ack_mode(AckMode::default()))?),
+                manager: Some(ManagerLink::launch(
+                    &base.clone().ack_mode(AckMode::default()),
+                )?),
                 samples: Vec::new(),
             });
         }
         if wanted(Kind::Socket) {
             variants.push(Variant {
                 label: "libshm, pipelined, socket frames".into(),
-                manager: Some(Manager::launch(
+                manager: Some(ManagerLink::launch(
                     &base.clone().ack_mode(AckMode::default()).journal(false),
                 )?),
                 samples: Vec::new(),
@@ -99,7 +101,9 @@ pub(crate) fn run(args: &Args) -> Outcome {
         if wanted(Kind::Strict) {
             variants.push(Variant {
                 label: "libshm, strict (waits for OK)".into(),
-                manager: Some(Manager::launch(&base.clone().ack_mode(AckMode::Strict))?),
+                manager: Some(ManagerLink::launch(
+                    &base.clone().ack_mode(AckMode::Strict),
+                )?),
                 samples: Vec::new(),
             });
         }

@@ -12,8 +12,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use libshm::units::{format_duration, format_size, parse_size};
-use libshm::{Config, Manager, NamePrefix, SegmentName, SharedSegment};
+use crate::units::{format_duration, format_size, parse_size};
+use libshm::{Config, ManagerHandle, ManagerLink, NamePrefix, SegmentName, SharedSegment};
 
 use crate::Outcome;
 
@@ -41,11 +41,11 @@ pub(crate) struct Args {
 #[derive(clap::Args, Debug)]
 pub(crate) struct WorkerArgs {
     #[arg(long)]
-    manager: String,
+    manager: ManagerHandle,
     #[arg(long, value_parser = parse_size)]
     size: usize,
     #[arg(long, value_delimiter = ',')]
-    names: Vec<String>,
+    names: Vec<SegmentName>,
     /// Open everything, create this many segments, report, and wait to be killed.
     #[arg(long)]
     doomed_with_scratch: Option<usize>,
@@ -75,7 +75,7 @@ pub(crate) fn run(args: &Args) -> Outcome {
     let parent_pid = std::process::id();
     let mut phases = Phases(Vec::new());
 
-    let manager = phases.time("start the manager", || Manager::launch(&config))?;
+    let manager = phases.time("start the manager", || ManagerLink::launch(&config))?;
     let handle = manager.handle();
 
     let segments = phases.time(
@@ -239,7 +239,7 @@ pub(crate) fn run(args: &Args) -> Outcome {
 }
 
 pub(crate) fn worker(args: &WorkerArgs) -> Outcome {
-    let manager = Manager::connect(&args.manager)?;
+    let manager = ManagerLink::connect(&args.manager)?;
     let mut stdout = std::io::stdout().lock();
     if let Some(scratch) = args.doomed_with_scratch {
         let mut held = Vec::new();

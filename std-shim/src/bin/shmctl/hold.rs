@@ -9,10 +9,11 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-use libshm::units::parse_size;
-use libshm::{Manager, SharedSegment};
+use crate::units::parse_size;
+use libshm::{ManagerHandle, ManagerLink, SegmentName, ShareHandle, SharedSegment};
 
 use crate::Outcome;
+use crate::error_chain::Chain;
 
 /// Arguments of `shmctl create`.
 #[derive(clap::Args, Debug)]
@@ -28,7 +29,14 @@ pub(crate) struct CreateArgs {
     fill: Option<u8>,
     /// Register with the manager at this handle instead of starting one.
     #[arg(long)]
-    manager: Option<String>,
+    manager: Option<ManagerHandle>,
+    /// Print a share handle per segment (`<size> <name> <manager handle>`)
+    /// instead of its description: each keeps its segment alive until
+    /// `shmctl open --share` (or PyTorch, given the three fields, with
+    /// `_shared_decref` after opening) opens it, even after this process
+    /// has exited.
+    #[arg(long, conflicts_with = "hold")]
+    share: bool,
     /// Keep the segments until stdin closes, answering commands.
     #[arg(long)]
     hold: bool,
@@ -38,14 +46,19 @@ pub(crate) struct CreateArgs {
 #[derive(clap::Args, Debug)]
 pub(crate) struct OpenArgs {
     /// The manager handle the segment was shared with.
-    #[arg(long)]
-    manager: String,
+    #[arg(long, required_unless_present = "share")]
+    manager: Option<ManagerHandle>,
     /// The segment name.
-    #[arg(long)]
-    name: String,
+    #[arg(long, required_unless_present = "share")]
+    name: Option<SegmentName>,
     /// Data bytes to map; the whole segment if omitted.
     #[arg(long, value_parser = parse_size)]
     size: Option<usize>,
+    /// Open what a share handle (`<size> <name> <manager handle>`, as
+    /// `SharedSegment::share` makes them) names, taking over the reference
+    /// it kept alive in transit.
+    #[arg(long, conflicts_with_all = ["manager", "name", "size"])]
+    share: Option<String>,
     /// Fail unless every data byte has this value.
     #[arg(long)]
     expect: Option<u8>,
@@ -59,8 +72,8 @@ pub(crate) struct OpenArgs {
 
 pub(crate) fn create(args: &CreateArgs) -> Outcome {
     let manager = match &args.manager {
-        Some(handle) => Manager::connect(handle)?,
-        None => Manager::default_for_process()?,
+        Some(handle) => ManagerLink::connect(handle)?,
+        None => ManagerLink::default_for_process()?,
     };
     let mut segments = Vec::with_capacity(args.count);
     for _ in 0..args.count {
@@ -71,6 +84,14 @@ pub(crate) fn create(args: &CreateArgs) -> Outcome {
         segments.push(segment);
     }
     manager.settle()?;
+    if args.share {
+        let mut out = std::io::stdout().lock();
+        for segment in &segments {
+            writeln!(out, "{}", segment.share()?)?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     report(&segments)?;
     if args.hold {
         serve_commands(&manager, &mut segments)?;
@@ -79,10 +100,21 @@ pub(crate) fn create(args: &CreateArgs) -> Outcome {
 }
 
 pub(crate) fn open(args: &OpenArgs) -> Outcome {
-    let manager = Manager::connect(&args.manager)?;
-    let segment = match args.size {
-        Some(size) => manager.open(&args.name, size)?,
-        None => manager.open_whole(&args.name)?,
+    let (manager, segment) = match (&args.share, &args.manager, &args.name) {
+        (Some(share), _, _) => {
+            let share: ShareHandle = share.parse()?;
+            let manager = ManagerLink::connect(share.manager())?;
+            (manager, share.open()?)
+        }
+        (None, Some(handle), Some(name)) => {
+            let manager = ManagerLink::connect(handle)?;
+            let segment = match args.size {
+                Some(size) => manager.open(name, size)?,
+                None => manager.open_whole(name)?,
+            };
+            (manager, segment)
+        }
+        _ => return Err("give --share, or --manager and --name".into()),
     };
     manager.settle()?;
     if let Some(byte) = args.expect
@@ -134,7 +166,7 @@ fn all_bytes_are(segment: &SharedSegment, byte: u8) -> bool {
     true
 }
 
-fn serve_commands(manager: &Manager, segments: &mut Vec<SharedSegment>) -> std::io::Result<()> {
+fn serve_commands(manager: &ManagerLink, segments: &mut Vec<SharedSegment>) -> std::io::Result<()> {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -146,7 +178,7 @@ fn serve_commands(manager: &Manager, segments: &mut Vec<SharedSegment>) -> std::
                     segments.push(segment);
                     line
                 }
-                Err(err) => format!("error: {err}"),
+                Err(err) => format!("error: {}", Chain(&*err)),
             };
             writeln!(out, "{reply}")?;
             out.flush()?;
@@ -177,7 +209,10 @@ fn serve_commands(manager: &Manager, segments: &mut Vec<SharedSegment>) -> std::
 }
 
 /// One more segment, registered and answered before it is reported.
-fn create_one(manager: &Manager, size: &str) -> Result<SharedSegment, Box<dyn std::error::Error>> {
+fn create_one(
+    manager: &ManagerLink,
+    size: &str,
+) -> Result<SharedSegment, Box<dyn std::error::Error>> {
     let segment = manager.create(parse_size(size)?)?;
     manager.settle()?;
     Ok(segment)

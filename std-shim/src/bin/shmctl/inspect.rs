@@ -6,11 +6,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::units::{format_size, parse_duration};
 use libshm::inspect::{self, Collected, GcPolicy, SegmentReport, Spared, Status};
-use libshm::units::{format_size, parse_duration};
 use libshm::{ENV_PREFIX, NamePrefix};
 
 use crate::Outcome;
+use crate::error_chain::Chain;
 
 /// Arguments of `shmctl ls`.
 #[derive(clap::Args, Debug)]
@@ -140,7 +141,7 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
             Ok(Collected::Spared(why)) => writeln!(out, "kept    {}: {why}", segment.name)?,
             Ok(Collected::Gone) => writeln!(out, "gone    {}: already unlinked", segment.name)?,
             Err(err) => {
-                writeln!(out, "failed  {}: {err}", segment.name)?;
+                writeln!(out, "failed  {}: {}", segment.name, Chain(&err))?;
                 failed += 1;
             }
         }

@@ -8,7 +8,6 @@
 //! - `torch install | restore | status`: making PyTorch run our manager.
 //! - `doctor`: the usual causes of shared-memory failures, each with its fix.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,12 +15,25 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod doctor;
+#[path = "../../error_chain.rs"]
+mod error_chain;
 mod hold;
 mod inspect;
 mod json;
+#[path = "../shared/logging.rs"]
+mod logging;
+#[allow(
+    dead_code,
+    reason = "shared with shm-manager, which writes what this binary reads"
+)]
+#[path = "../shared/manager_identity.rs"]
+mod manager_identity;
 mod managers;
 mod stress;
 mod torch;
+#[allow(dead_code, reason = "shared with shm-manager, which uses the rest")]
+#[path = "../shared/units.rs"]
+mod units;
 mod unix_sockets;
 mod why;
 
@@ -82,12 +94,7 @@ fn main() -> ExitCode {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    logging::to_stderr(level);
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),

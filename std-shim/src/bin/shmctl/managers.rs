@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use libshm::status::{self, Detail, Report, StatusError};
 use libshm_unix::{DIR_PREFIX, FALLBACK_BASES, RunDir, SOCKET_NAME};
 
+use crate::error_chain::Chain;
 use crate::torch::{Identity, identify};
 use crate::unix_sockets;
 
@@ -155,7 +156,7 @@ pub(crate) fn coarse(age: Duration) -> String {
 pub(crate) fn print(json: bool) -> crate::Outcome {
     use std::io::Write as _;
 
-    use libshm::units::format_size;
+    use crate::units::format_size;
 
     use crate::json::Json;
 
@@ -252,7 +253,12 @@ pub(crate) fn print(json: bool) -> crate::Outcome {
                     )?;
                 }
             }
-            Err(err) => writeln!(out, "  {} connection(s); {err}", manager.connections)?,
+            Err(err) => writeln!(
+                out,
+                "  {} connection(s); {}",
+                manager.connections,
+                Chain(&err)
+            )?,
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

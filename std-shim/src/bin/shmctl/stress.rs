@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use libshm::units::parse_size;
-use libshm::{Error, Manager, SharedSegment};
+use crate::units::parse_size;
+use libshm::{Error, ManagerHandle, ManagerLink, SegmentName, SharedSegment};
 
 use crate::Outcome;
 
@@ -18,7 +18,7 @@ use crate::Outcome;
 #[derive(clap::Args, Debug)]
 pub(crate) struct WorkerArgs {
     #[arg(long)]
-    manager: String,
+    manager: ManagerHandle,
     /// Directory where workers publish the names they create.
     #[arg(long)]
     board: PathBuf,
@@ -29,7 +29,7 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) fn worker(args: &WorkerArgs) -> Outcome {
-    let manager = Manager::connect(&args.manager)?;
+    let manager = ManagerLink::connect(&args.manager)?;
     let mut rng = XorShift(args.seed | 1);
     let mut held: Vec<SharedSegment> = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -51,6 +51,7 @@ pub(crate) fn worker(args: &WorkerArgs) -> Outcome {
                     continue;
                 }
                 let name = format!("/{}", published[rng.below(published.len() as u64) as usize]);
+                let name: SegmentName = name.parse()?;
                 match manager.open(&name, args.size) {
                     Ok(segment) => {
                         writeln!(out, "open {name}")?;

@@ -6,10 +6,10 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use crate::units::{format_duration, format_size};
 use libshm::SegmentName;
 use libshm::inspect;
 use libshm::status::{Detail, Event};
-use libshm::units::{format_duration, format_size};
 
 use crate::Outcome;
 use crate::managers;

@@ -1,11 +1,12 @@
 //! Leaked segments: creator dead and nobody maps or holds them, judged by
 //! `libshm::inspect`, as `shmctl ls` shows them.
 
+use crate::units::format_size;
 use libshm::NamePrefix;
 use libshm::inspect::{self, Status};
-use libshm::units::format_size;
 
 use super::finding::{Finding, Severity};
+use crate::error_chain::Chain;
 
 pub(crate) fn check(prefix: &NamePrefix) -> Finding {
     let finding = |severity, found| {
@@ -13,7 +14,12 @@ pub(crate) fn check(prefix: &NamePrefix) -> Finding {
     };
     let scan = match inspect::scan(prefix) {
         Ok(scan) => scan,
-        Err(err) => return finding(Severity::Warning, format!("cannot scan /dev/shm: {err}")),
+        Err(err) => {
+            return finding(
+                Severity::Warning,
+                format!("cannot scan /dev/shm: {}", Chain(&err)),
+            );
+        }
     };
     let count = |status| scan.segments.iter().filter(|s| s.status == status).count();
     let leaked_bytes: u64 = scan

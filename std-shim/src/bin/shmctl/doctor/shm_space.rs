@@ -3,7 +3,7 @@
 //! `/dev/shm` is PyTorch's most reported shared-memory failure (a SIGBUS, or
 //! "DataLoader worker ... is killed by signal: Bus error").
 
-use libshm::units::format_size;
+use crate::units::format_size;
 
 use super::container::{self, Container};
 use super::finding::{Finding, Severity};

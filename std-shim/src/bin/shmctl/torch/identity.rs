@@ -2,7 +2,7 @@
 //! running an unknown `torch_shm_manager` would start a manager.
 //!
 //! - ours: it has the `.libshm_manager` ELF section `shm-manager` is built
-//!   with (`libshm::manager_identity`), which also gives its version;
+//!   with (`manager_identity`), which also gives its version;
 //! - PyTorch's: its SHA-256 is the one torch's wheel recorded for
 //!   `torch/bin/torch_shm_manager` (the `RECORD` file), or, where there is no
 //!   such record (conda, distribution packages), it links `libshm.so` and
@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use libshm::manager_identity;
+use crate::manager_identity;
 
 use super::elf;
 use super::sha256;

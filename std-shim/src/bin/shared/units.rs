@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Parses a byte size: a number with an optional `K`/`M`/`G` suffix
 /// (binary, with or without `iB`/`B`).
-pub fn parse_size(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -27,7 +27,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 /// Parses a duration: a number with `ms`, `s` or `m`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -47,7 +47,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Like [`parse_duration`], but `off` (or `never`) means none.
-pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+pub(crate) fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
     match text.trim() {
         "off" | "never" | "none" => Ok(None),
         other => parse_duration(other).map(Some),
@@ -55,7 +55,7 @@ pub fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
 }
 
 /// Formats bytes as `4 KiB`, `1.5 MiB`.
-pub fn format_size(bytes: u64) -> String {
+pub(crate) fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -71,7 +71,7 @@ pub fn format_size(bytes: u64) -> String {
 }
 
 /// Formats a duration with a unit that keeps three significant digits.
-pub fn format_duration(duration: Duration) -> String {
+pub(crate) fn format_duration(duration: Duration) -> String {
     let nanos = duration.as_nanos() as f64;
     if nanos < 1e3 {
         format!("{nanos:.0} ns")

@@ -1,4 +1,4 @@
-//! A handle on a manager daemon, from the client's side.
+//! This process's connection to one manager daemon, as users hold it.
 
 use std::sync::Arc;
 
@@ -12,15 +12,21 @@ use crate::link::Link;
 use crate::registry;
 use crate::segment::SharedSegment;
 
-/// A manager this process registers segments with. Cheap to clone; every
-/// clone (and every `Manager` obtained for the same handle) shares one
-/// connection.
+/// This process's link to a manager daemon: what segments are registered
+/// through. Cheap to clone; every clone (and every `ManagerLink` obtained for
+/// the same handle) shares one connection, and so does every segment created
+/// or opened through it.
+///
+/// The connection closes when the last of those is gone and the link has
+/// been [closed](Self::close) (the process-wide table keeps links until
+/// then). A manager that nobody is connected to exits after its shutdown
+/// timeout (2 s), unlinking whatever is still registered.
 #[derive(Clone, Debug)]
-pub struct Manager {
+pub struct ManagerLink {
     link: Arc<Link>,
 }
 
-impl Manager {
+impl ManagerLink {
     /// This process's default manager, started on first use with the
     /// process-wide [`Config`] (PyTorch's behaviour).
     pub fn default_for_process() -> Result<Self, Error> {
@@ -28,15 +34,15 @@ impl Manager {
     }
 
     /// The manager at `handle`, as printed by a manager or shared by another
-    /// process. Connects on first use; if that manager has died by then, this
-    /// process's default manager takes over.
+    /// process (parse one from text with [`str::parse`]). Connects on first
+    /// use; if that manager has died by then, this process's default manager
+    /// takes over.
     ///
     /// A `pipe:<pid>` handle names another process's private manager, which
     /// only that process can reach. It yields this process's default manager
     /// instead: any manager protects what this process opens.
-    pub fn connect(handle: &str) -> Result<Self, Error> {
-        let handle = ManagerHandle::new(handle.as_bytes())?;
-        registry::link_for(handle).map(|link| Self { link })
+    pub fn connect(handle: &ManagerHandle) -> Result<Self, Error> {
+        registry::link_for(*handle).map(|link| Self { link })
     }
 
     /// Starts a manager of its own with `config` (not the process default),
@@ -58,21 +64,18 @@ impl Manager {
     }
 
     /// Creates a segment named `name` (it must not exist yet).
-    pub fn create_named(&self, name: &str, size: usize) -> Result<SharedSegment, Error> {
-        let name = SegmentName::new(name.as_bytes())?;
-        SharedSegment::create_with(Arc::clone(&self.link), name, size)
+    pub fn create_named(&self, name: &SegmentName, size: usize) -> Result<SharedSegment, Error> {
+        SharedSegment::create_with(Arc::clone(&self.link), *name, size)
     }
 
     /// Opens an existing segment and maps its header plus `size` bytes.
-    pub fn open(&self, name: &str, size: usize) -> Result<SharedSegment, Error> {
-        let name = SegmentName::new(name.as_bytes())?;
-        SharedSegment::open_with(Arc::clone(&self.link), name, Some(size))
+    pub fn open(&self, name: &SegmentName, size: usize) -> Result<SharedSegment, Error> {
+        SharedSegment::open_with(Arc::clone(&self.link), *name, Some(size))
     }
 
     /// Opens an existing segment and maps all of it.
-    pub fn open_whole(&self, name: &str) -> Result<SharedSegment, Error> {
-        let name = SegmentName::new(name.as_bytes())?;
-        SharedSegment::open_with(Arc::clone(&self.link), name, None)
+    pub fn open_whole(&self, name: &SegmentName) -> Result<SharedSegment, Error> {
+        SharedSegment::open_with(Arc::clone(&self.link), *name, None)
     }
 
     /// Creates or opens by ATen flags: `SHAREDMEM|EXCLUSIVE` creates,
@@ -80,7 +83,7 @@ impl Manager {
     /// is refused here too.
     pub fn map_with_flags(
         &self,
-        name: &str,
+        name: &SegmentName,
         flags: MapFlags,
         size: usize,
     ) -> Result<SharedSegment, Error> {
@@ -99,5 +102,21 @@ impl Manager {
     /// Segments this process holds through this manager.
     pub fn held(&self) -> usize {
         self.link.held()
+    }
+
+    /// Lets go of this manager: tells it every release still deferred,
+    /// removes the link from the process-wide table (so the next
+    /// [`connect`](Self::connect) to its handle, or the next use of the
+    /// default manager, makes a new one), and drops this clone.
+    ///
+    /// The connection itself closes once no other clone and no segment
+    /// created or opened through it is left; those keep working until then.
+    /// A manager we [launched](Self::launch) that has no other client then
+    /// exits after its shutdown timeout; a manager shared with other
+    /// processes goes on serving them.
+    pub fn close(self) -> Result<(), Error> {
+        let settled = self.link.settle();
+        registry::forget(&self.link);
+        settled
     }
 }

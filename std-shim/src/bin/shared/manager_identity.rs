@@ -8,16 +8,16 @@
 //! `readelf -p .libshm_manager <file>` shows it too.
 
 /// The section's name.
-pub const SECTION: &str = ".libshm_manager";
+pub(crate) const SECTION: &str = ".libshm_manager";
 
 /// What the section holds, before the version.
-pub const TEXT_PREFIX: &str = "libshm-rs shm-manager ";
+pub(crate) const TEXT_PREFIX: &str = "libshm-rs shm-manager ";
 
 /// The section's contents for this build: [`TEXT_PREFIX`] and the version.
-pub const TEXT: &str = concat!("libshm-rs shm-manager ", env!("CARGO_PKG_VERSION"));
+pub(crate) const TEXT: &str = concat!("libshm-rs shm-manager ", env!("CARGO_PKG_VERSION"));
 
 /// [`TEXT`] as bytes of a fixed length, for the static that goes in the section.
-pub const fn text_bytes<const N: usize>() -> [u8; N] {
+pub(crate) const fn text_bytes<const N: usize>() -> [u8; N] {
     let text = TEXT.as_bytes();
     let mut bytes = [0u8; N];
     let mut i = 0;
@@ -29,7 +29,7 @@ pub const fn text_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// The version in a section's contents, if they are an `shm-manager`'s.
-pub fn version_in(contents: &[u8]) -> Option<&str> {
+pub(crate) fn version_in(contents: &[u8]) -> Option<&str> {
     let text = contents.split(|&b| b == 0).next()?;
     let version = std::str::from_utf8(text).ok()?.strip_prefix(TEXT_PREFIX)?;
     let plausible = !version.is_empty()

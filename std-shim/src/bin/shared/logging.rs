@@ -1,0 +1,13 @@
+//! The binaries' log: plain lines on stderr, coloured only on a terminal.
+
+use std::io::IsTerminal;
+
+/// Logs at `level` and above to stderr.
+pub(crate) fn to_stderr(level: tracing::Level) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
