@@ -307,7 +307,7 @@ fn reap_in_background(mut child: Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libshm_core::client::{AckMode, Client};
+    use crate::transport::tests::register;
     use libshm_core::name::SegmentName;
     use libshm_core::transport::{ErrorKind, Transport, TransportError};
 
@@ -339,14 +339,14 @@ mod tests {
         // Reads one frame from fd 3, answers OK on fd 4, then waits for end of file.
         let script =
             r#"echo "pipe:$$"; head -c 68 <&3 >/dev/null && printf OK >&4; cat <&3 >/dev/null"#;
-        let launched = shell(script).launch().unwrap();
+        let mut launched = shell(script).launch().unwrap();
         assert_eq!(launched.handle.as_str(), format!("pipe:{}", launched.pid));
-        let mut client: Client<_> = Client::new(launched.transport, AckMode::Strict);
-        client
-            .register(1, SegmentName::new(b"/torch_1_2_3").unwrap())
-            .unwrap();
+        register(
+            &mut launched.transport,
+            SegmentName::new(b"/torch_1_2_3").unwrap(),
+        );
         assert!(!gone(launched.pid));
-        drop(client);
+        drop(launched.transport);
         assert!(wait_until(|| gone(launched.pid)), "exited and was reaped");
     }
 

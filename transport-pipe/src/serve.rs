@@ -388,10 +388,11 @@ impl Effects for Driver {
 mod tests {
     use super::*;
     use crate::PipeTransport;
-    use libshm_core::client::{AckMode, Client};
+    use crate::transport::tests::register;
     use libshm_core::frame::Frame;
     use libshm_core::name::SegmentName;
     use libshm_core::namespace::{Observed, Unlinked};
+    use libshm_core::transport::Transport;
     use rustix::pipe::{PipeFlags, pipe_with};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
@@ -448,17 +449,18 @@ mod tests {
     fn end_of_file_unlinks_what_the_client_still_held() {
         let names = Names::default();
         let (thread, requests, replies) = manager(&names);
-        let transport =
+        let mut transport =
             PipeTransport::new(requests, replies, Some(Duration::from_secs(5))).unwrap();
-        let mut client: Client<_> = Client::new(transport, AckMode::Strict);
         for n in 0..3 {
             names.create(name(n));
-            client.register(7, name(n)).unwrap();
+            register(&mut transport, name(n));
         }
         // The client unlinked name 0 itself, then released it.
         names.0.lock().unwrap().0.remove(&name(0));
-        client.release(7, name(0), false).unwrap();
-        drop(client);
+        transport
+            .send_all(&Frame::release(7, name(0)).encode())
+            .unwrap();
+        drop(transport);
         let summary = thread.join().unwrap();
         assert_eq!(summary.ended, Ended::EndOfFile);
         assert_eq!(summary.stats.registrations, 3);
@@ -483,15 +485,12 @@ mod tests {
 
     #[test]
     fn a_malformed_frame_cuts_the_client_off_and_it_sees_end_of_file() {
-        use libshm_core::transport::Transport;
         let names = Names::default();
         let (thread, requests, replies) = manager(&names);
         let mut transport =
             PipeTransport::new(requests, replies, Some(Duration::from_secs(5))).unwrap();
         names.create(name(1));
-        Client::<_, 8>::new(&mut transport, AckMode::Strict)
-            .register(7, name(1))
-            .unwrap();
+        register(&mut transport, name(1));
         transport.send_all(&[0xff; 68]).unwrap();
         let summary = thread.join().unwrap();
         assert!(
@@ -520,13 +519,12 @@ mod tests {
             ..ManagerConfig::default()
         };
         let thread = std::thread::spawn(move || serve(ends, config, &mut namespace));
-        let transport =
+        let mut transport =
             PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
-        let mut client: Client<_, 8> = Client::new(transport, AckMode::Strict);
         names.create(name(4));
-        client.register(7, name(4)).unwrap();
+        register(&mut transport, name(4));
         let half = Frame::register(7, name(5)).encode();
-        rustix::io::write(client.transport().requests(), &half[..30]).unwrap();
+        rustix::io::write(transport.requests(), &half[..30]).unwrap();
         let summary = thread.join().unwrap();
         assert_eq!(
             summary.ended,

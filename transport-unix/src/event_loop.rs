@@ -22,7 +22,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use libshm_core::frame::FRAME_LEN;
+use libshm_core::journal::JournalMemory;
 use libshm_core::manager::{
     Chore, CloseReason, ConnId, Effects, Manager, ManagerConfig, Note, Peer, Stats, Status,
 };
@@ -128,7 +128,6 @@ pub fn serve_tuned<N: Namespace>(
         closing: Vec::new(),
         dirty: Vec::new(),
         doorbells: Vec::new(),
-        frames: Vec::new(),
         chores: VecDeque::new(),
         evict: Vec::new(),
         exited: Vec::new(),
@@ -447,8 +446,6 @@ struct Driver {
     dirty: Vec<ConnId>,
     /// Connections whose doorbell rang during the current manager call.
     doorbells: Vec<ConnId>,
-    /// Frames read from a journal, before they are handed to the manager.
-    frames: Vec<[u8; FRAME_LEN]>,
     /// Looks and unlinks the manager asked for.
     chores: VecDeque<Chore>,
     /// Connections to cut off for not reading their replies.
@@ -514,29 +511,19 @@ impl Driver {
     /// Hands up to a round's worth of `id`'s unread journal frames to the
     /// manager, oldest first. Returns whether frames are left.
     fn drain(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) -> bool {
-        let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
+        // Out of its client while the manager reads it, as the manager's
+        // effects come back to this driver.
+        let Some(journal) = self.clients.get_mut(&id).and_then(|c| c.journal.take()) else {
             return false;
         };
-        let mut frames = std::mem::take(&mut self.frames);
-        let read = journal
-            .journal()
-            .drain_up_to(JOURNAL_FRAMES_PER_ROUND, |frame| frames.push(frame));
-        let behind = match read {
-            Ok(n) => {
-                for frame in &frames {
-                    manager.receive_journaled(id, frame, now, self);
-                }
-                n == JOURNAL_FRAMES_PER_ROUND
-            }
-            Err(err) => {
-                tracing::warn!(conn = %id, "closing connection: {err}");
-                manager.evict(id, CloseReason::JournalMisuse, now, self);
-                false
-            }
-        };
-        frames.clear();
-        self.frames = frames;
-        behind
+        let read = manager.read_journal(id, journal.journal(), JOURNAL_FRAMES_PER_ROUND, now, self);
+        if let Some(client) = self.clients.get_mut(&id) {
+            client.journal = Some(journal);
+        }
+        read.unwrap_or_else(|err| {
+            tracing::warn!(conn = %id, "closed the connection: {err}");
+            false
+        })
     }
 
     /// Reads all of `id`'s journal: before its end of file is acted on, and
