@@ -202,18 +202,20 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
         max_connections: 1,
         ..config
     };
-    let clock = Clock::start();
-    let mut manager: Manager<Growable> = Manager::new(config, clock.now());
+    // Timestamps count from here.
+    let clock = Instant::now();
+    let mut manager: Manager<Growable> =
+        Manager::new(config, Timestamp::from_duration(clock.elapsed()));
     let mut driver = Driver {
         chores: VecDeque::new(),
         backlog: Vec::new(),
         replies_closed: false,
         cut: None,
     };
-    let ended = match manager.connect(Peer::default(), clock.now()) {
+    let ended = match manager.connect(Peer::default(), Timestamp::from_duration(clock.elapsed())) {
         Ok(conn) => {
-            let ended = run(&ends, conn, &mut manager, &mut driver, namespace, &clock);
-            manager.disconnect(conn, clock.now(), &mut driver);
+            let ended = run(&ends, conn, &mut manager, &mut driver, namespace, clock);
+            manager.disconnect(conn, Timestamp::from_duration(clock.elapsed()), &mut driver);
             ended
         }
         Err(err) => Ended::Refused(err),
@@ -222,7 +224,7 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
     // No client is left, and neither the shutdown timeout nor the linger
     // apply: this is the manager's shutdown, unlinking every name it knows.
     loop {
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         let status = manager.tick(now, &mut driver);
         driver.work(&mut manager, namespace, now);
         if status == Status::Finished {
@@ -243,11 +245,11 @@ fn run<N: Namespace>(
     manager: &mut Manager<Growable>,
     driver: &mut Driver,
     namespace: &mut N,
-    clock: &Clock,
+    clock: Instant,
 ) -> Ended {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             manager.tick(now, driver);
         }
@@ -274,7 +276,7 @@ fn run<N: Namespace>(
             Err(errno) => return Ended::Failed { op: "poll", errno },
         }
         let (requests, replies) = (fds[0].revents(), fds[1].revents());
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
 
         // Requests first, always: a frame the client wrote just before dying
         // must be seen before its end of file, or what it names would leak.
@@ -296,17 +298,6 @@ fn run<N: Namespace>(
         if driver.backlog.len() > MAX_REPLY_BACKLOG {
             return Ended::NotReadingReplies;
         }
-    }
-}
-
-struct Clock(Instant);
-
-impl Clock {
-    fn start() -> Self {
-        Self(Instant::now())
-    }
-    fn now(&self) -> Timestamp {
-        Timestamp::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 }
 

@@ -113,7 +113,8 @@ pub fn serve_tuned<N: Namespace>(
     namespace: &mut N,
     tuning: Tuning,
 ) -> Summary {
-    let clock = Clock::start();
+    // Timestamps count from here.
+    let clock = Instant::now();
     let config = ManagerConfig {
         hash_seed: match config.hash_seed {
             0 => random_seed(),
@@ -121,7 +122,8 @@ pub fn serve_tuned<N: Namespace>(
         },
         ..config
     };
-    let mut manager: Manager<Growable> = Manager::new(config, clock.now());
+    let mut manager: Manager<Growable> =
+        Manager::new(config, Timestamp::from_duration(clock.elapsed()));
     let mut driver = Driver {
         clients: HashMap::new(),
         pids: PidWatches::new(rustix::process::geteuid().as_raw()),
@@ -160,17 +162,22 @@ pub fn serve_tuned<N: Namespace>(
 
     loop {
         if driver.journals_behind || journals_read_at.elapsed() >= JOURNAL_READ_INTERVAL {
-            driver.drain_all(&mut manager, clock.now());
+            driver.drain_all(&mut manager, Timestamp::from_duration(clock.elapsed()));
             journals_read_at = Instant::now();
         }
         if let (Some(prefix), Some(due)) = (&tuning.recovery, sweeps.last())
             && *due <= Instant::now()
         {
             sweeps.pop();
-            driver.drain_all(&mut manager, clock.now());
-            recovery_sweep(prefix, &mut manager, namespace, clock.now());
+            driver.drain_all(&mut manager, Timestamp::from_duration(clock.elapsed()));
+            recovery_sweep(
+                prefix,
+                &mut manager,
+                namespace,
+                Timestamp::from_duration(clock.elapsed()),
+            );
         }
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             driver.drain_all(&mut manager, now);
@@ -258,7 +265,7 @@ pub fn serve_tuned<N: Namespace>(
         } else if spinning {
             idle_spins += 1;
         }
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
 
         if revents[0].contains(PollFlags::IN) {
@@ -360,17 +367,6 @@ fn random_seed() -> u64 {
     match rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::NONBLOCK) {
         Ok(8) => u64::from_ne_bytes(bytes).max(1),
         _ => u64::from(std::process::id()) << 32 | 0x5eed,
-    }
-}
-
-struct Clock(Instant);
-
-impl Clock {
-    fn start() -> Self {
-        Self(Instant::now())
-    }
-    fn now(&self) -> Timestamp {
-        Timestamp::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 }
 
