@@ -3,7 +3,7 @@
 //! [`ClientSession`] decides what to write and when to wait; [`Client`] does
 //! it over a [`Transport`], blocking in the transport's reads, retrying the
 //! reads a signal interrupted. One operation runs to its end per call. The
-//! links use it over a [`Wire`](crate::wire::Wire); benchmarks over a bare
+//! links use it over their `Wire` (a Unix socket or pipes); benchmarks over a bare
 //! socket.
 
 use std::fmt;
