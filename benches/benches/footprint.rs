@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use libshm::client::Client;
 use libshm_benches::{median_of, our_manager, torch_manager};
-use libshm_core::client::{AckMode, Client};
+use libshm_core::client::AckMode;
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_unix::{Launched, Launcher, UnixTransport};
 

@@ -4,7 +4,8 @@
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 
-use libshm_core::client::{AckMode, Client};
+use libshm::client::Client;
+use libshm_core::client::AckMode;
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_unix::UnixTransport;

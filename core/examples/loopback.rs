@@ -12,8 +12,7 @@
 
 use core::time::Duration;
 
-use libshm_core::client::{AckMode, ClientFault, ClientSession};
-use libshm_core::frame::Frame;
+use libshm_core::client::{AckMode, Broken, ClientFault, ClientSession, READ_MAX, Step};
 use libshm_core::loopback::{Loopback, LoopbackError};
 use libshm_core::manager::{ManagerConfig, NameState, Status};
 use libshm_core::name::{NameError, NamePrefix, SegmentName};
@@ -28,7 +27,7 @@ const PID: i32 = 4242;
 /// manager. At most 16 names and 4 connections, 8 frames in flight.
 struct Runtime {
     session: ClientSession<8>,
-    wire: Loopback<Fixed<16, 4>>,
+    wire: Loopback<'static, Fixed<16, 4>>,
     now: Timestamp,
 }
 
@@ -38,6 +37,8 @@ enum Failure {
     Wire(LoopbackError),
     Protocol(ClientFault),
     Name(NameError),
+    /// An operation was started on a session an earlier failure broke.
+    Broken,
 }
 
 impl core::fmt::Display for Failure {
@@ -46,6 +47,7 @@ impl core::fmt::Display for Failure {
             Self::Wire(err) => write!(f, "the wire failed: {err}"),
             Self::Protocol(fault) => write!(f, "the manager broke the protocol: {fault}"),
             Self::Name(err) => write!(f, "a name is invalid: {err}"),
+            Self::Broken => f.write_str("the session is broken by an earlier failure"),
         }
     }
 }
@@ -59,6 +61,12 @@ impl From<LoopbackError> for Failure {
 impl From<ClientFault> for Failure {
     fn from(fault: ClientFault) -> Self {
         Self::Protocol(fault)
+    }
+}
+
+impl From<Broken> for Failure {
+    fn from(_: Broken) -> Self {
+        Self::Broken
     }
 }
 
@@ -77,15 +85,34 @@ impl Runtime {
         }
     }
 
+    /// Carries out what the session asks until its operation is done: the
+    /// whole driver. A driver over a socket is this, plus retries.
+    fn drive(&mut self) -> Result<(), Failure> {
+        let mut buf = [0u8; READ_MAX];
+        loop {
+            match self.session.step() {
+                Step::Send(bytes) | Step::Offer { bytes, .. } => {
+                    self.wire.send_all(bytes)?;
+                    self.session.sent();
+                }
+                Step::Receive { max } => {
+                    let n = self.wire.receive(&mut buf[..max])?;
+                    self.session.received(&buf[..n]);
+                }
+                Step::TryReceive { max } => match self.wire.try_receive(&mut buf[..max])? {
+                    Some(n) => self.session.received(&buf[..n]),
+                    None => self.session.nothing_ready(),
+                },
+                Step::Done(result) => return Ok(result?),
+            }
+        }
+    }
+
     /// Registers `name` (pipelined: without waiting for `OK` unless the
     /// window is full), then "creates" it in the simulated `/dev/shm`.
     fn create(&mut self, name: SegmentName) -> Result<(), Failure> {
-        while self.session.must_wait_before_register() {
-            self.collect_one()?;
-        }
-        let bytes = self.session.register(Frame::register(PID, name));
-        self.wire.send_all(bytes)?;
-        self.session.written();
+        self.session.register(PID, name)?;
+        self.drive()?;
         self.wire.create(name);
         Ok(())
     }
@@ -93,32 +120,14 @@ impl Runtime {
     /// Drops our reference: the last one unlinks, then the manager is told.
     fn close(&mut self, name: SegmentName) -> Result<(), Failure> {
         let unlinked = self.wire.remove(&name);
-        if let Some(bytes) = self.session.release(Frame::release(PID, name), unlinked) {
-            self.wire.send_all(bytes)?;
-            self.session.written();
-        }
-        Ok(())
+        self.session.release(PID, name, unlinked)?;
+        self.drive()
     }
 
     /// Writes deferred releases and collects every outstanding reply.
     fn settle(&mut self) -> Result<(), Failure> {
-        if let Some(bytes) = self.session.pending() {
-            self.wire.send_all(bytes)?;
-            self.session.written();
-        }
-        while self.session.awaiting() > 0 {
-            self.collect_one()?;
-        }
-        Ok(())
-    }
-
-    fn collect_one(&mut self) -> Result<(), Failure> {
-        let mut replies = [0u8; 16];
-        let n = self.wire.receive(&mut replies)?;
-        if n == 0 {
-            return Err(self.session.on_closed().into());
-        }
-        Ok(self.session.on_bytes(&replies[..n])?)
+        self.session.settle()?;
+        self.drive()
     }
 
     /// Lets `by` pass on the manager's clock.

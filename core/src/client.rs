@@ -1,7 +1,20 @@
 //! The client side: when to write frames and when to wait for replies.
 //!
-//! [`ClientSession`] is the pure state machine; [`Client`] drives it over a
-//! [`Transport`]. Two modes:
+//! [`ClientSession`] is the whole client protocol, and does no IO. The
+//! caller starts an operation ([`register`](ClientSession::register),
+//! [`release`](ClientSession::release), [`flush`](ClientSession::flush),
+//! [`settle`](ClientSession::settle), [`poll`](ClientSession::poll),
+//! [`offer_journal`](ClientSession::offer_journal)); then
+//! [`step`](ClientSession::step) says what its driver must do, as a [`Step`]:
+//! write these bytes, wait for replies, read the replies already there, or
+//! nothing more (with the operation's result). The driver does it and reports
+//! back ([`sent`](ClientSession::sent), [`received`](ClientSession::received),
+//! [`nothing_ready`](ClientSession::nothing_ready),
+//! [`failed`](ClientSession::failed)). The `libshm` crate's `Client` is the
+//! blocking driver over a [`Transport`](crate::transport::Transport); a
+//! `no_std` runtime writes its own, in a dozen lines (see the crate example).
+//!
+//! Two modes:
 //!
 //! - [`AckMode::Strict`] waits for the manager's `OK` after every registration,
 //!   exactly like PyTorch's client. Use it with peers that need it.
@@ -12,10 +25,10 @@
 //!   `max_in_flight` may be outstanding.
 //!
 //! Against our manager a client can go further and hand its frames over in a
-//! shared-memory [journal] ([`Client::attach_journal`]): no
-//! system call and no wake-up per frame, the same crash safety, and the socket
-//! carries only a doorbell now and then. PyTorch's manager declines the offer
-//! and the socket path goes on as before.
+//! shared-memory [journal](crate::journal) ([`ClientSession::offer_journal`]):
+//! no system call and no wake-up per frame, the same crash safety, and the
+//! socket carries only a doorbell now and then. PyTorch's manager declines the
+//! offer and the socket path goes on as before.
 //!
 //! Releases of names the caller has already unlinked itself are *deferrable*:
 //! they ride along with the next registration's write instead of costing a
@@ -28,9 +41,12 @@ use core::fmt;
 
 use crate::ack::{BadReply, JOURNAL_READY, Reply, ReplyReader};
 use crate::frame::{AllocInfo, Frame};
-use crate::journal::{self, Journal};
+use crate::journal::{Answer, Appended, JournalMemory, NoJournal, Route};
 use crate::name::SegmentName;
-use crate::transport::{ErrorKind, Transport, TransportError};
+
+/// The most bytes a [`Step`] asks its driver to read at once: the size of
+/// the driver's reply buffer.
+pub const READ_MAX: usize = 128;
 
 /// How a client treats the manager's replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +84,14 @@ pub enum ClientFault {
     JournalCorrupt,
 }
 
+impl ClientFault {
+    /// Whether the connection is still usable after it (only a refusal
+    /// leaves it so).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Self::Refused(_))
+    }
+}
+
 impl fmt::Display for ClientFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -86,166 +110,20 @@ impl fmt::Display for ClientFault {
 
 impl core::error::Error for ClientFault {}
 
-/// The client protocol state for one manager connection, with room for `N`
-/// queued frames and `N` unanswered registrations.
-#[derive(Debug)]
-pub struct ClientSession<const N: usize> {
-    mode: AckMode,
-    outbox: heapless::Vec<AllocInfo, N>,
-    awaiting: heapless::Deque<SegmentName, N>,
-    refused: Option<SegmentName>,
-    replies: ReplyReader,
-    journal: Option<Journal<'static>>,
-    doorbell_in_flight: bool,
-    /// The answer to a journal offer: accepted, declined, or not yet known.
-    offer: Option<bool>,
-}
+/// An operation could not start: an earlier fault, a failed transport or an
+/// operation abandoned midway left the connection unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Broken;
 
-impl<const N: usize> ClientSession<N> {
-    /// A session in `mode`. `N` must be at least 2: one deferred release and
-    /// the registration that carries it.
-    pub fn new(mode: AckMode) -> Self {
-        const {
-            assert!(
-                N >= 2,
-                "a client session needs room for at least two frames"
-            )
-        };
-        Self {
-            mode,
-            outbox: heapless::Vec::new(),
-            awaiting: heapless::Deque::new(),
-            refused: None,
-            replies: ReplyReader::default(),
-            journal: None,
-            doorbell_in_flight: false,
-            offer: None,
-        }
-    }
-
-    /// The journal frames go through, once the manager accepted it.
-    pub fn journal(&self) -> Option<Journal<'static>> {
-        self.journal
-    }
-
-    /// The mode.
-    pub fn mode(&self) -> AckMode {
-        self.mode
-    }
-
-    /// Registrations written and not yet answered.
-    pub fn awaiting(&self) -> usize {
-        self.awaiting.len()
-    }
-
-    /// Reply bytes still owed by the manager.
-    pub fn bytes_owed(&self) -> usize {
-        (self.awaiting.len() * 2).saturating_sub(usize::from(self.replies.is_mid_reply()))
-    }
-
-    /// Frames queued but not yet written (deferred releases).
-    pub fn queued(&self) -> usize {
-        self.outbox.len()
-    }
-
-    fn in_flight_limit(&self) -> usize {
-        match self.mode {
-            AckMode::Strict => 1,
-            AckMode::Pipelined { max_in_flight } => usize::from(max_in_flight).clamp(1, N),
-        }
-    }
-
-    /// Whether a reply must arrive before another registration may be written.
-    pub fn must_wait_before_register(&self) -> bool {
-        self.awaiting.len() >= self.in_flight_limit()
-    }
-
-    /// Whether the caller should collect replies that are ready, without
-    /// waiting: half the window is in flight, so one read gets many.
-    pub fn should_collect(&self) -> bool {
-        !self.awaiting.is_empty() && self.awaiting.len() * 2 >= self.in_flight_limit()
-    }
-
-    /// Whether the caller must wait for replies now (strict mode after a write).
-    pub fn must_wait_after_register(&self) -> bool {
-        self.mode == AckMode::Strict && !self.awaiting.is_empty()
-    }
-
-    /// Queues a registration behind any deferred releases and returns all the
-    /// bytes to write now, in one piece. Call [`ClientSession::written`] once
-    /// they are written. Precondition: `!must_wait_before_register()`.
-    pub fn register(&mut self, frame: Frame) -> &[u8] {
-        if self.outbox.is_full() {
-            // Cannot happen when written() is called after every write: the
-            // outbox is flushed whenever it fills. Dropping the oldest deferred
-            // release is harmless if it ever did (the manager forgets gone names).
-            self.outbox.remove(0);
-        }
-        let _ = self.outbox.push(frame.to_raw());
-        let _ = self.awaiting.push_back(frame.name);
-        bytemuck::cast_slice(&self.outbox)
-    }
-
-    /// Queues a release. Returns the bytes to write now, if any: a release
-    /// that is not deferrable, or a full queue, goes out at once.
-    pub fn release(&mut self, frame: Frame, deferrable: bool) -> Option<&[u8]> {
-        let _ = self.outbox.push(frame.to_raw());
-        // Keep a slot free for the registration that will carry the queue.
-        if !deferrable || self.outbox.len() + 1 >= N {
-            return Some(bytemuck::cast_slice(&self.outbox));
-        }
-        None
-    }
-
-    /// Everything queued, to be written now (for an explicit flush).
-    pub fn pending(&self) -> Option<&[u8]> {
-        (!self.outbox.is_empty()).then(|| bytemuck::cast_slice(&self.outbox))
-    }
-
-    /// The bytes last returned were written.
-    pub fn written(&mut self) {
-        self.outbox.clear();
-    }
-
-    /// Bytes arrived from the manager.
-    pub fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientFault> {
-        let mut fault = None;
-        let awaiting = &mut self.awaiting;
-        let refused = &mut self.refused;
-        let doorbell_in_flight = &mut self.doorbell_in_flight;
-        let offer = &mut self.offer;
-        self.replies
-            .push(bytes, |reply| match (awaiting.pop_front(), reply) {
-                (None, _) => fault = fault.or(Some(ClientFault::UnsolicitedReply)),
-                (Some(name), Reply::JournalReady) if name == journal::SETUP => *offer = Some(true),
-                (Some(_), Reply::JournalReady) => {
-                    fault = fault.or(Some(ClientFault::BadReply(BadReply(JOURNAL_READY))));
-                }
-                (Some(name), _) if name == journal::SETUP => *offer = Some(false),
-                (Some(name), Reply::Accepted) if name == journal::DOORBELL => {
-                    *doorbell_in_flight = false;
-                }
-                (Some(_), Reply::Accepted) => {}
-                (Some(name), Reply::Refused) => *refused = refused.or(Some(name)),
-            })
-            .map_err(ClientFault::BadReply)?;
-        fault.map_or(Ok(()), Err)
-    }
-
-    /// The manager closed the stream.
-    pub fn on_closed(&mut self) -> ClientFault {
-        ClientFault::ManagerClosed {
-            unanswered: self.awaiting.len(),
-        }
-    }
-
-    /// A refusal seen since the last call, if any.
-    pub fn take_refusal(&mut self) -> Option<SegmentName> {
-        self.refused.take()
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("manager connection is unusable after an earlier error")
     }
 }
 
-/// Why a client call failed.
+impl core::error::Error for Broken {}
+
+/// Why a driver's call failed.
 #[derive(Debug)]
 pub enum ClientError<E> {
     /// The transport failed.
@@ -275,281 +153,702 @@ impl<E: fmt::Display> fmt::Display for ClientError<E> {
 
 impl<E: fmt::Debug + fmt::Display> core::error::Error for ClientError<E> {}
 
-/// A [`ClientSession`] driven over a [`Transport`].
-pub struct Client<T: Transport, const N: usize = 64> {
-    transport: T,
-    session: ClientSession<N>,
-    poisoned: bool,
+impl<E> From<ClientFault> for ClientError<E> {
+    fn from(fault: ClientFault) -> Self {
+        Self::Fault(fault)
+    }
 }
 
-impl<T: Transport, const N: usize> Client<T, N> {
-    /// A client over `transport`.
-    pub fn new(transport: T, mode: AckMode) -> Self {
+impl<E> From<Broken> for ClientError<E> {
+    fn from(_: Broken) -> Self {
+        Self::Poisoned
+    }
+}
+
+/// What the session needs its driver to do next.
+#[derive(Debug)]
+pub enum Step<'a, M> {
+    /// Write all of `bytes`, then call [`ClientSession::sent`]. A write that
+    /// fails part way leaves the stream broken: call
+    /// [`ClientSession::failed`].
+    Send(&'a [u8]),
+    /// The journal offer: write all of `bytes` with `memory` attached (its
+    /// file descriptor, over a Unix socket), then call
+    /// [`ClientSession::sent`]. A transport that cannot attach memory writes
+    /// the bytes alone; the manager then declines.
+    Offer {
+        /// The offer frame.
+        bytes: &'a [u8],
+        /// The journal's memory.
+        memory: &'a M,
+    },
+    /// Wait for at least one byte from the manager and read at most `max`
+    /// (so that a stray reply shows up on the next read instead of being
+    /// swallowed), then call [`ClientSession::received`].
+    Receive {
+        /// At most this many bytes (1 to [`READ_MAX`]).
+        max: usize,
+    },
+    /// Read at most `max` bytes the manager has already sent, without
+    /// waiting, then call [`ClientSession::received`], or
+    /// [`ClientSession::nothing_ready`] if there were none.
+    TryReceive {
+        /// At most this many bytes ([`READ_MAX`]).
+        max: usize,
+    },
+    /// No operation is in progress; the last one ended with this result.
+    Done(Result<(), ClientFault>),
+}
+
+/// Steps are equal when they ask for the same thing (offers: of the same memory).
+impl<M> PartialEq for Step<'_, M> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Send(a), Self::Send(b)) => a == b,
+            (
+                Self::Offer { bytes, memory },
+                Self::Offer {
+                    bytes: other_bytes,
+                    memory: other_memory,
+                },
+            ) => bytes == other_bytes && core::ptr::eq(*memory, *other_memory),
+            (Self::Receive { max: a }, Self::Receive { max: b })
+            | (Self::TryReceive { max: a }, Self::TryReceive { max: b }) => a == b,
+            (Self::Done(a), Self::Done(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<M> Eq for Step<'_, M> {}
+
+/// The client protocol state for one manager connection, with room for `N`
+/// queued frames and `N` unanswered registrations. `M` is the memory of the
+/// journal it may offer; the session owns it once offered.
+#[derive(Debug)]
+pub struct ClientSession<const N: usize, M = NoJournal> {
+    mode: AckMode,
+    /// Frames to write with the next write, oldest first.
+    outbox: heapless::Vec<AllocInfo, N>,
+    /// Frames written whose answer has not arrived, oldest first.
+    awaiting: heapless::Deque<SegmentName, N>,
+    /// The first refusal not yet reported.
+    refused: Option<SegmentName>,
+    replies: ReplyReader,
+    route: Route<M>,
+    state: State,
+}
+
+/// Whether the session is in an operation, and whether it can start one.
+#[derive(Clone, Copy, Debug)]
+enum State {
+    /// Ready for an operation; the last one's result.
+    Ready(Result<(), ClientFault>),
+    /// In an operation.
+    Busy(Op),
+    /// Unusable; the last operation's result as the session saw it.
+    Broken(Result<(), ClientFault>),
+}
+
+/// An operation in progress, and how far it got.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// A registration through the socket.
+    Register { frame: Frame, stage: Registering },
+    /// A registration or release through the journal.
+    Journal { frame: Frame, stage: Journaling },
+    /// A release or a flush: the queued frames are being written.
+    Write,
+    /// Waiting until every frame has been answered (and read from the journal).
+    Settle(Settling),
+    /// Offering a journal: settle first, then offer, then take a decline back.
+    Offer { pid: i32, stage: Offering },
+    /// Collecting replies already there, then reporting a refusal.
+    Poll,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Registering {
+    /// Deciding whether to collect replies first.
+    Start,
+    /// Reading replies already there (half the window is in flight).
+    Collect,
+    /// Waiting for room in the window.
+    Window,
+    /// The queue, ending with this registration, is being written.
+    Write,
+    /// Strict mode: waiting for the answer.
+    Answer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Journaling {
+    /// Reading replies already there: the one system call per registration,
+    /// which notices a dead manager before anything is created.
+    Collect,
+    /// Committing the frame.
+    Append,
+    /// The ring was full; the doorbell is being written.
+    RingFull,
+    /// Waiting for an answer (the doorbell's) until fewer than `below`
+    /// frames await one, then appending again.
+    Room { below: usize },
+    /// The frame is committed and the ring half full; the doorbell is being written.
+    RingHalf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settling {
+    /// Writing what is queued.
+    Flush,
+    /// Waiting for every answer.
+    Answers,
+    /// With a journal: the doorbell is being written.
+    Ring,
+    /// With a journal: waiting for the doorbell's answer.
+    Doorbell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Offering {
+    /// Settling everything before the offer.
+    Settle(Settling),
+    /// The offer is being written.
+    Write,
+    /// Waiting for its answer.
+    Answer,
+    /// Declined: the release taking it back is being written.
+    TakeBack,
+}
+
+/// What a stage needs now.
+enum Advance {
+    /// This IO.
+    Io(Io),
+    /// Nothing: go on to this operation state.
+    To(Op),
+    /// The operation is over.
+    Finish(Result<(), ClientFault>),
+}
+
+#[derive(Clone, Copy)]
+enum Io {
+    Send,
+    Offer,
+    Receive,
+    TryReceive,
+}
+
+/// How a settle ends: done, or on to the offer.
+#[derive(Clone, Copy)]
+enum AfterSettle {
+    Done,
+    Offer(i32),
+}
+
+impl<const N: usize, M: JournalMemory> ClientSession<N, M> {
+    /// A session in `mode`. `N` must be at least 2: one deferred release and
+    /// the registration that carries it.
+    pub fn new(mode: AckMode) -> Self {
+        const {
+            assert!(
+                N >= 2,
+                "a client session needs room for at least two frames"
+            )
+        };
         Self {
-            transport,
-            session: ClientSession::new(mode),
-            poisoned: false,
+            mode,
+            outbox: heapless::Vec::new(),
+            awaiting: heapless::Deque::new(),
+            refused: None,
+            replies: ReplyReader::default(),
+            route: Route::socket(),
+            state: State::Ready(Ok(())),
         }
     }
 
-    /// The session state.
-    pub fn session(&self) -> &ClientSession<N> {
-        &self.session
+    /// The mode.
+    pub fn mode(&self) -> AckMode {
+        self.mode
     }
 
-    /// The transport.
-    pub fn transport(&self) -> &T {
-        &self.transport
+    /// Frames written and not yet answered.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting.len()
     }
 
-    /// The transport, mutably (to drive a loopback manager's clock, say).
-    pub fn transport_mut(&mut self) -> &mut T {
-        &mut self.transport
+    /// Frames queued but not yet written (deferred releases).
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Whether frames go through a journal the manager accepted.
+    pub fn is_journaled(&self) -> bool {
+        self.route.is_journal()
     }
 
     /// Whether an earlier error made the connection unusable.
-    pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+    pub fn is_broken(&self) -> bool {
+        matches!(self.state, State::Broken(_))
     }
 
-    /// Registers `name` before the caller creates or opens it. In strict mode
-    /// this returns once the manager said `OK`; pipelined, once the frame is
-    /// written. Errors seen in earlier replies are reported here too.
-    pub fn register(&mut self, pid: i32, name: SegmentName) -> Result<(), ClientError<T::Error>> {
-        self.guard(|this| {
-            if let Some(journal) = this.session.journal {
-                // The one system call per registration: a non-blocking read
-                // that notices a dead manager before we create anything.
-                this.collect_ready()?;
-                return this.append(journal, Frame::register(pid, name));
+    /// Registers `name` before the caller creates or opens it. Done in strict
+    /// mode once the manager said `OK`; pipelined, once the frame is written
+    /// (or committed to the journal). Refusals seen in earlier replies are
+    /// reported here too.
+    pub fn register(&mut self, pid: i32, name: SegmentName) -> Result<(), Broken> {
+        let frame = Frame::register(pid, name);
+        self.begin(if self.route.is_journal() {
+            Op::Journal {
+                frame,
+                stage: Journaling::Collect,
             }
-            if this.session.should_collect() {
-                this.collect_ready()?;
+        } else {
+            Op::Register {
+                frame,
+                stage: Registering::Start,
             }
-            while this.session.must_wait_before_register() {
-                this.wait_for_reply()?;
-            }
-            let bytes = this.session.register(Frame::register(pid, name));
-            this.transport
-                .send_all(bytes)
-                .map_err(ClientError::Transport)?;
-            this.session.written();
-            while this.session.must_wait_after_register() {
-                this.wait_for_reply()?;
-            }
-            this.check_refusal()
         })
     }
 
     /// Tells the manager the caller no longer uses `name`. `deferrable` says
     /// the caller unlinked it itself, so the release may ride along with the
     /// next write.
-    pub fn release(
-        &mut self,
-        pid: i32,
-        name: SegmentName,
-        deferrable: bool,
-    ) -> Result<(), ClientError<T::Error>> {
-        self.guard(|this| {
-            if let Some(journal) = this.session.journal {
-                return this.append(journal, Frame::release(pid, name));
-            }
-            if let Some(bytes) = this.session.release(Frame::release(pid, name), deferrable) {
-                this.transport
-                    .send_all(bytes)
-                    .map_err(ClientError::Transport)?;
-                this.session.written();
-            }
-            Ok(())
-        })
+    pub fn release(&mut self, pid: i32, name: SegmentName, deferrable: bool) -> Result<(), Broken> {
+        let frame = Frame::release(pid, name);
+        if self.route.is_journal() {
+            return self.begin(Op::Journal {
+                frame,
+                stage: Journaling::Append,
+            });
+        }
+        self.begin(Op::Write)?;
+        let _ = self.outbox.push(frame.to_raw());
+        // Keep a slot free for the registration that will carry the queue.
+        if deferrable && self.outbox.len() + 1 < N {
+            self.state = State::Ready(Ok(()));
+        }
+        Ok(())
     }
 
     /// Writes deferred releases now.
-    pub fn flush(&mut self) -> Result<(), ClientError<T::Error>> {
-        self.guard(|this| {
-            if let Some(bytes) = this.session.pending() {
-                this.transport
-                    .send_all(bytes)
-                    .map_err(ClientError::Transport)?;
-                this.session.written();
-            }
-            Ok(())
-        })
+    pub fn flush(&mut self) -> Result<(), Broken> {
+        self.begin(Op::Write)?;
+        if self.outbox.is_empty() {
+            self.state = State::Ready(Ok(()));
+        }
+        Ok(())
     }
 
     /// Flushes and waits until every registration has been answered (with a
     /// journal: until the manager has read every frame in it).
-    pub fn settle(&mut self) -> Result<(), ClientError<T::Error>> {
-        self.flush()?;
-        self.guard(|this| {
-            if this.session.journal.is_some() {
-                while this.session.awaiting() > 0 {
-                    this.wait_for_reply()?;
-                }
-                this.ring_doorbell(0)?;
-            }
-            while this.session.awaiting() > 0 {
-                this.wait_for_reply()?;
-            }
-            this.check_refusal()
-        })
-    }
-
-    /// Offers `journal` to the manager; `offer` writes the given frame with
-    /// the journal's memory attached (a file descriptor, for the Unix
-    /// transport). Returns whether frames now go through the journal. A
-    /// manager that does not know journals answers `OK`; the offer is then
-    /// taken back with a release so its table forgets the reserved name.
-    pub fn attach_journal(
-        &mut self,
-        pid: i32,
-        journal: Journal<'static>,
-        offer: impl FnOnce(&mut T, &[u8]) -> Result<(), T::Error>,
-    ) -> Result<bool, ClientError<T::Error>> {
-        self.settle()?;
-        journal.initialize();
-        self.guard(|this| {
-            this.session.offer = None;
-            offer(
-                &mut this.transport,
-                &Frame::register(pid, journal::SETUP).encode(),
-            )
-            .map_err(ClientError::Transport)?;
-            let _ = this.session.awaiting.push_back(journal::SETUP);
-            while this.session.offer.is_none() {
-                this.wait_for_reply()?;
-            }
-            if this.session.offer == Some(true) {
-                this.session.journal = Some(journal);
-            } else {
-                let take_back = Frame::release(pid, journal::SETUP).encode();
-                this.transport
-                    .send_all(&take_back)
-                    .map_err(ClientError::Transport)?;
-            }
-            Ok(())
-        })?;
-        Ok(self.session.journal.is_some())
+    pub fn settle(&mut self) -> Result<(), Broken> {
+        self.begin(Op::Settle(Settling::Flush))
     }
 
     /// Collects replies that have already arrived, without waiting, and
     /// reports any fault in them.
-    pub fn poll(&mut self) -> Result<(), ClientError<T::Error>> {
-        self.guard(|this| {
-            this.collect_ready()?;
-            this.check_refusal()
-        })
+    pub fn poll(&mut self) -> Result<(), Broken> {
+        self.begin(Op::Poll)
     }
 
-    fn guard(
-        &mut self,
-        op: impl FnOnce(&mut Self) -> Result<(), ClientError<T::Error>>,
-    ) -> Result<(), ClientError<T::Error>> {
-        if self.poisoned {
-            return Err(ClientError::Poisoned);
-        }
-        let result = op(self);
-        if let Err(err) = &result {
-            self.poisoned |= err.is_fatal();
-        }
-        result
-    }
-
-    /// Commits a frame to the journal, making room by ringing the doorbell
-    /// and waiting when it is full, and ringing ahead when it is half full.
-    fn append(
-        &mut self,
-        journal: Journal<'static>,
-        frame: Frame,
-    ) -> Result<(), ClientError<T::Error>> {
-        let raw = frame.to_raw();
-        while journal.append(&raw).is_err() {
-            self.ring_doorbell(frame.pid)?;
-            self.wait_for_reply()?;
-        }
-        let unread = journal
-            .unread()
-            .map_err(|_| ClientError::Fault(ClientFault::JournalCorrupt))?;
-        if unread * 2 >= journal.capacity() {
-            self.ring_doorbell(frame.pid)?;
+    /// Offers the journal in `memory` to the manager, after settling. Once
+    /// done, [`ClientSession::is_journaled`] says whether frames now go
+    /// through it. A manager that does not know journals answers `OK`; the
+    /// offer is then taken back with a release so its table forgets the
+    /// reserved name. A session that already has a journal keeps it.
+    pub fn offer_journal(&mut self, pid: i32, memory: M) -> Result<(), Broken> {
+        self.begin(Op::Offer {
+            pid,
+            stage: Offering::Settle(Settling::Flush),
+        })?;
+        if self.route.offer(memory).is_err() {
+            self.state = State::Ready(Ok(()));
         }
         Ok(())
     }
 
-    /// Asks the manager to read the journal now, unless it is being asked already.
-    fn ring_doorbell(&mut self, pid: i32) -> Result<(), ClientError<T::Error>> {
-        if self.session.doorbell_in_flight {
-            return Ok(());
+    fn begin(&mut self, op: Op) -> Result<(), Broken> {
+        match self.state {
+            State::Ready(_) => {
+                self.state = State::Busy(op);
+                Ok(())
+            }
+            State::Broken(_) => Err(Broken),
+            State::Busy(_) => {
+                // The operation in progress was abandoned: what it wrote or
+                // read is unknown, so the stream cannot be trusted.
+                self.state = State::Broken(Ok(()));
+                Err(Broken)
+            }
         }
-        self.transport
-            .send_all(&Frame::register(pid, journal::DOORBELL).encode())
-            .map_err(ClientError::Transport)?;
-        let _ = self.session.awaiting.push_back(journal::DOORBELL);
-        self.session.doorbell_in_flight = true;
-        Ok(())
     }
 
-    fn check_refusal(&mut self) -> Result<(), ClientError<T::Error>> {
-        match self.session.take_refusal() {
-            Some(name) => Err(ClientError::Fault(ClientFault::Refused(name))),
+    /// What the driver must do now.
+    pub fn step(&mut self) -> Step<'_, M> {
+        let io = loop {
+            let op = match self.state {
+                State::Busy(op) => op,
+                State::Ready(result) | State::Broken(result) => return Step::Done(result),
+            };
+            match self.advance(op) {
+                Advance::Io(io) => break io,
+                Advance::To(op) => self.state = State::Busy(op),
+                Advance::Finish(result) => self.finish(result),
+            }
+        };
+        let bytes = bytemuck::cast_slice(&self.outbox);
+        match io {
+            Io::Send => Step::Send(bytes),
+            Io::Offer => match self.route.offered() {
+                Some(memory) => Step::Offer { bytes, memory },
+                None => Step::Send(bytes),
+            },
+            Io::Receive => Step::Receive {
+                max: self.bytes_owed().clamp(1, READ_MAX),
+            },
+            Io::TryReceive => Step::TryReceive { max: READ_MAX },
+        }
+    }
+
+    /// The bytes of the last [`Step::Send`] or [`Step::Offer`] were written.
+    pub fn sent(&mut self) {
+        let State::Busy(op) = self.state else {
+            return;
+        };
+        let next = match op {
+            Op::Register {
+                frame,
+                stage: Registering::Write,
+            } => Op::Register {
+                frame,
+                stage: Registering::Answer,
+            },
+            Op::Journal {
+                frame,
+                stage: Journaling::RingFull,
+            } => Op::Journal {
+                frame,
+                // Wait for one more answer than is owed now: the doorbell's,
+                // or an earlier one if it is still on its way.
+                stage: Journaling::Room {
+                    below: self.awaiting.len(),
+                },
+            },
+            Op::Settle(settling) => match Self::settle_sent(settling) {
+                Some(settling) => Op::Settle(settling),
+                None => return,
+            },
+            Op::Offer {
+                pid,
+                stage: Offering::Settle(settling),
+            } => match Self::settle_sent(settling) {
+                Some(settling) => Op::Offer {
+                    pid,
+                    stage: Offering::Settle(settling),
+                },
+                None => return,
+            },
+            Op::Offer {
+                pid,
+                stage: Offering::Write,
+            } => Op::Offer {
+                pid,
+                stage: Offering::Answer,
+            },
+            Op::Journal {
+                stage: Journaling::RingHalf,
+                ..
+            }
+            | Op::Write
+            | Op::Offer {
+                stage: Offering::TakeBack,
+                ..
+            } => {
+                self.outbox.clear();
+                return self.finish(Ok(()));
+            }
+            // Nothing was being written.
+            _ => return,
+        };
+        self.outbox.clear();
+        self.state = State::Busy(next);
+    }
+
+    fn settle_sent(settling: Settling) -> Option<Settling> {
+        match settling {
+            Settling::Flush => Some(Settling::Answers),
+            Settling::Ring => Some(Settling::Doorbell),
+            Settling::Answers | Settling::Doorbell => None,
+        }
+    }
+
+    /// Bytes arrived from the manager. Empty `bytes` is end of file, as a
+    /// read returns it: the manager closed the connection.
+    pub fn received(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            let unanswered = self.awaiting.len();
+            return self.finish(Err(ClientFault::ManagerClosed { unanswered }));
+        }
+        if let Err(fault) = self.on_bytes(bytes) {
+            return self.finish(Err(fault));
+        }
+        // A full read may have left more behind.
+        if bytes.len() < READ_MAX {
+            self.collected();
+        }
+    }
+
+    /// A [`Step::TryReceive`] found nothing to read.
+    pub fn nothing_ready(&mut self) {
+        self.collected();
+    }
+
+    /// The driver could not carry out the last step (its transport failed).
+    /// The stream's state is unknown: the session is unusable.
+    pub fn failed(&mut self) {
+        self.route.withdraw();
+        self.state = State::Broken(match self.state {
+            State::Ready(result) | State::Broken(result) => result,
+            State::Busy(_) => Ok(()),
+        });
+    }
+
+    /// Collecting the replies that were ready is over.
+    fn collected(&mut self) {
+        let State::Busy(op) = self.state else {
+            return;
+        };
+        self.state = State::Busy(match op {
+            Op::Register {
+                frame,
+                stage: Registering::Collect,
+            } => Op::Register {
+                frame,
+                stage: Registering::Window,
+            },
+            Op::Journal {
+                frame,
+                stage: Journaling::Collect,
+            } => Op::Journal {
+                frame,
+                stage: Journaling::Append,
+            },
+            Op::Poll => {
+                let result = self.check_refusal();
+                return self.finish(result);
+            }
+            other => other,
+        });
+    }
+
+    fn finish(&mut self, result: Result<(), ClientFault>) {
+        if result.is_err() {
+            self.route.withdraw();
+        }
+        self.state = match (self.state, result) {
+            (State::Broken(_), _) => State::Broken(result),
+            (_, Err(fault)) if fault.is_fatal() => State::Broken(result),
+            _ => State::Ready(result),
+        };
+    }
+
+    /// Moves `op` on by what it needs now.
+    fn advance(&mut self, op: Op) -> Advance {
+        match op {
+            Op::Register { frame, stage } => self.advance_register(frame, stage),
+            Op::Journal { frame, stage } => self.advance_journal(frame, stage),
+            Op::Write => Advance::Io(Io::Send),
+            Op::Settle(settling) => match self.advance_settle(settling, AfterSettle::Done) {
+                Ok(settling) => Advance::To(Op::Settle(settling)),
+                Err(advance) => advance,
+            },
+            Op::Offer {
+                pid,
+                stage: Offering::Settle(settling),
+            } => match self.advance_settle(settling, AfterSettle::Offer(pid)) {
+                Ok(settling) => Advance::To(Op::Offer {
+                    pid,
+                    stage: Offering::Settle(settling),
+                }),
+                Err(advance) => advance,
+            },
+            Op::Offer {
+                stage: Offering::Write,
+                ..
+            } => Advance::Io(Io::Offer),
+            Op::Offer {
+                pid,
+                stage: Offering::Answer,
+            } => {
+                if self.route.offered().is_some() {
+                    Advance::Io(Io::Receive)
+                } else if self.route.is_journal() {
+                    Advance::Finish(Ok(()))
+                } else {
+                    self.queue(Route::<M>::take_back(pid), false);
+                    Advance::To(Op::Offer {
+                        pid,
+                        stage: Offering::TakeBack,
+                    })
+                }
+            }
+            Op::Offer {
+                stage: Offering::TakeBack,
+                ..
+            } => Advance::Io(Io::Send),
+            Op::Poll => Advance::Io(Io::TryReceive),
+        }
+    }
+
+    fn advance_register(&mut self, frame: Frame, stage: Registering) -> Advance {
+        let to = |stage| Advance::To(Op::Register { frame, stage });
+        match stage {
+            Registering::Start if self.should_collect() => to(Registering::Collect),
+            Registering::Start => to(Registering::Window),
+            Registering::Collect => Advance::Io(Io::TryReceive),
+            Registering::Window if self.awaiting.len() >= self.in_flight_limit() => {
+                Advance::Io(Io::Receive)
+            }
+            Registering::Window => {
+                if self.outbox.is_full() {
+                    // Cannot happen: the outbox is written whenever it is
+                    // one short of full. Dropping the oldest deferred release
+                    // would be harmless (the manager forgets gone names).
+                    self.outbox.remove(0);
+                }
+                self.queue(frame, true);
+                to(Registering::Write)
+            }
+            Registering::Write => Advance::Io(Io::Send),
+            Registering::Answer if self.mode == AckMode::Strict && !self.awaiting.is_empty() => {
+                Advance::Io(Io::Receive)
+            }
+            Registering::Answer => Advance::Finish(self.check_refusal()),
+        }
+    }
+
+    fn advance_journal(&mut self, frame: Frame, stage: Journaling) -> Advance {
+        let to = |stage| Advance::To(Op::Journal { frame, stage });
+        match stage {
+            Journaling::Collect => Advance::Io(Io::TryReceive),
+            Journaling::Append => match self.route.append(&frame) {
+                Err(_) => Advance::Finish(Err(ClientFault::JournalCorrupt)),
+                Ok(Appended::Committed) => Advance::Finish(Ok(())),
+                Ok(Appended::HalfFull) if self.ring(frame.pid) => to(Journaling::RingHalf),
+                Ok(Appended::HalfFull) => Advance::Finish(Ok(())),
+                Ok(Appended::Full) if self.ring(frame.pid) => to(Journaling::RingFull),
+                Ok(Appended::Full) => to(Journaling::Room {
+                    below: self.awaiting.len(),
+                }),
+            },
+            Journaling::RingFull | Journaling::RingHalf => Advance::Io(Io::Send),
+            // A ring with nothing awaited cannot happen (a rung doorbell
+            // awaits its answer); appending again keeps it from waiting for ever.
+            Journaling::Room { below } if below > 0 && self.awaiting.len() >= below => {
+                Advance::Io(Io::Receive)
+            }
+            Journaling::Room { .. } => to(Journaling::Append),
+        }
+    }
+
+    /// Moves a settle on: `Ok` with its next stage, or `Err` with what the
+    /// operation needs (IO, or its end).
+    fn advance_settle(
+        &mut self,
+        settling: Settling,
+        then: AfterSettle,
+    ) -> Result<Settling, Advance> {
+        match settling {
+            Settling::Flush if self.outbox.is_empty() => Ok(Settling::Answers),
+            Settling::Flush | Settling::Ring => Err(Advance::Io(Io::Send)),
+            Settling::Answers | Settling::Doorbell if !self.awaiting.is_empty() => {
+                Err(Advance::Io(Io::Receive))
+            }
+            Settling::Answers if self.route.is_journal() && self.ring(0) => Ok(Settling::Ring),
+            Settling::Answers | Settling::Doorbell => match (self.check_refusal(), then) {
+                (Ok(()), AfterSettle::Offer(pid)) => {
+                    self.queue(Route::<M>::offer_frame(pid), true);
+                    Err(Advance::To(Op::Offer {
+                        pid,
+                        stage: Offering::Write,
+                    }))
+                }
+                (result, _) => Err(Advance::Finish(result)),
+            },
+        }
+    }
+
+    /// Puts `frame` in the outbox, and among those awaiting an answer if
+    /// `answered`.
+    fn queue(&mut self, frame: Frame, answered: bool) {
+        let _ = self.outbox.push(frame.to_raw());
+        if answered {
+            let _ = self.awaiting.push_back(frame.name);
+        }
+    }
+
+    /// Queues the doorbell unless one is already awaiting its answer (or no
+    /// answer could be awaited). Returns whether it was queued.
+    fn ring(&mut self, pid: i32) -> bool {
+        if self.awaiting.is_full() {
+            return false;
+        }
+        match self.route.ring(pid) {
+            Some(frame) => {
+                self.queue(frame, true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn in_flight_limit(&self) -> usize {
+        match self.mode {
+            AckMode::Strict => 1,
+            AckMode::Pipelined { max_in_flight } => usize::from(max_in_flight).clamp(1, N),
+        }
+    }
+
+    /// Whether to collect replies that are ready before registering: half
+    /// the window is in flight, so one read gets many.
+    fn should_collect(&self) -> bool {
+        !self.awaiting.is_empty() && self.awaiting.len() * 2 >= self.in_flight_limit()
+    }
+
+    /// Reply bytes still owed by the manager.
+    fn bytes_owed(&self) -> usize {
+        (self.awaiting.len() * 2).saturating_sub(usize::from(self.replies.is_mid_reply()))
+    }
+
+    fn check_refusal(&mut self) -> Result<(), ClientFault> {
+        match self.refused.take() {
+            Some(name) => Err(ClientFault::Refused(name)),
             None => Ok(()),
         }
     }
 
-    fn collect_ready(&mut self) -> Result<(), ClientError<T::Error>> {
-        let mut buf = [0u8; 128];
-        loop {
-            match self.transport.try_receive(&mut buf) {
-                Ok(None) => return Ok(()),
-                Ok(Some(0)) => return Err(ClientError::Fault(self.session.on_closed())),
-                Ok(Some(n)) => {
-                    self.session
-                        .on_bytes(&buf[..n])
-                        .map_err(ClientError::Fault)?;
-                    if n < buf.len() {
-                        return Ok(());
+    fn on_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientFault> {
+        let mut fault = None;
+        let awaiting = &mut self.awaiting;
+        let refused = &mut self.refused;
+        let route = &mut self.route;
+        self.replies
+            .push(bytes, |reply| match awaiting.pop_front() {
+                None => fault = fault.or(Some(ClientFault::UnsolicitedReply)),
+                Some(name) => match route.answer(&name, reply) {
+                    Answer::Taken => {}
+                    Answer::Misplaced => {
+                        fault = fault.or(Some(ClientFault::BadReply(BadReply(JOURNAL_READY))));
                     }
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-                Err(err) => return Err(ClientError::Transport(err)),
-            }
-        }
-    }
-
-    fn wait_for_reply(&mut self) -> Result<(), ClientError<T::Error>> {
-        let mut buf = [0u8; 128];
-        let before = self.session.awaiting();
-        while self.session.awaiting() >= before {
-            // Read no more than the replies owed, so a stray extra reply shows
-            // up as unsolicited on the next read instead of being swallowed.
-            let owed = self.session.bytes_owed().clamp(1, buf.len());
-            match self.transport.receive(&mut buf[..owed]) {
-                Ok(0) => return Err(ClientError::Fault(self.session.on_closed())),
-                Ok(n) => self
-                    .session
-                    .on_bytes(&buf[..n])
-                    .map_err(ClientError::Fault)?,
-                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-                Err(err) => return Err(ClientError::Transport(err)),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<T: Transport + fmt::Debug, const N: usize> fmt::Debug for Client<T, N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("transport", &self.transport)
-            .field("session", &self.session)
-            .field("poisoned", &self.poisoned)
-            .finish()
-    }
-}
-
-impl<E: TransportError> From<ClientFault> for ClientError<E> {
-    fn from(fault: ClientFault) -> Self {
-        Self::Fault(fault)
+                    Answer::Ordinary if reply == Reply::Refused => {
+                        *refused = refused.or(Some(name));
+                    }
+                    Answer::Ordinary => {}
+                },
+            })
+            .map_err(ClientFault::BadReply)?;
+        fault.map_or(Ok(()), Err)
     }
 }
 

@@ -172,7 +172,18 @@ pub fn parse_line(line: &[u8]) -> Result<Handshake<'_>, HandshakeError> {
         .map_err(HandshakeError::Handle)
 }
 
-/// Collects the handshake line from however many reads it arrives in.
+/// Why a manager gave no handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoHandle<'a> {
+    /// It printed `ERROR: <message>` (the message, without the marker).
+    Failed(&'a str),
+    /// Its output is not a handshake.
+    Handshake(HandshakeError),
+}
+
+/// Collects the handshake line from however many reads it arrives in. A
+/// launcher waits for the manager's stdout with its own deadline, reads, and
+/// [feeds](HandshakeReader::feed) what it read until a handle comes out.
 #[derive(Default)]
 pub struct HandshakeReader {
     line: heapless::Vec<u8, LINE_MAX>,
@@ -213,6 +224,23 @@ impl HandshakeReader {
             (false, false) => Err(HandshakeError::Truncated),
         }
     }
+
+    /// Feeds what one read of the manager's stdout returned; empty `bytes`
+    /// is end of file, as a read returns it. Returns the handle once the
+    /// line is complete, `None` while more is needed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<ManagerHandle>, NoHandle<'_>> {
+        let handshake = if bytes.is_empty() {
+            self.finish().map(Some)
+        } else {
+            self.push(bytes)
+        };
+        match handshake {
+            Ok(None) => Ok(None),
+            Ok(Some(Handshake::Ready(handle))) => Ok(Some(handle)),
+            Ok(Some(Handshake::Failed { message })) => Err(NoHandle::Failed(message)),
+            Err(err) => Err(NoHandle::Handshake(err)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +270,31 @@ mod tests {
         assert_eq!(
             "a\nb".parse::<ManagerHandle>(),
             Err(HandleError::ControlByte { at: 1 })
+        );
+    }
+
+    #[test]
+    fn feeding_reads_ends_in_a_handle_or_says_why_not() {
+        let mut reader = HandshakeReader::new();
+        assert_eq!(reader.feed(b"/tmp/x/manager"), Ok(None));
+        let handle = reader.feed(b".sock\n").unwrap().unwrap();
+        assert_eq!(handle.as_str(), "/tmp/x/manager.sock");
+
+        let mut reader = HandshakeReader::new();
+        assert_eq!(
+            reader.feed(b"ERROR: no room\n"),
+            Err(NoHandle::Failed("no room"))
+        );
+        let mut reader = HandshakeReader::new();
+        assert_eq!(
+            reader.feed(b""),
+            Err(NoHandle::Handshake(HandshakeError::NoOutput))
+        );
+        let mut reader = HandshakeReader::new();
+        assert_eq!(reader.feed(b"/tmp/x"), Ok(None));
+        assert_eq!(
+            reader.feed(b""),
+            Err(NoHandle::Handshake(HandshakeError::Truncated))
         );
     }
 

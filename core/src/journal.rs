@@ -29,12 +29,33 @@
 //! Only the client writes words 0 to 2 and the slots; only the manager writes
 //! word 3. The manager trusts nothing it reads: counters out of range and
 //! frames that do not parse close the connection.
+//!
+//! # The protocol, all of it here
+//! - Offer: the client registers [`SETUP`] with the memory attached (a file
+//!   descriptor, over the Unix socket). Our manager answers
+//!   [`JOURNAL_READY`] if it took the memory, `NO` if not; PyTorch's answers
+//!   `OK`. Any answer but `JR` is a decline, and the client releases
+//!   [`SETUP`] again so a manager that stored it forgets it.
+//! - Append: the client commits frames to the ring ([`Journal::append`]).
+//! - Doorbell: registering [`DOORBELL`] asks the manager to read the ring now;
+//!   it answers `OK` once it has. The client rings when the ring is half full,
+//!   when it is full (and waits), and when it settles.
+//! - Drain: the manager reads the ring ([`Journal::drain_up_to`]) on the
+//!   doorbell, before acting on the connection's end, and before every
+//!   decision that depends on who holds what.
+//!
+//! The client's half is the session's route ([`crate::client::ClientSession`]
+//! calls it); the manager's half is [`Control`] and
+//! [`crate::manager::Manager::read_journal`]. Memory is owned by whoever
+//! reads or writes it ([`JournalMemory`]), and every [`Journal`] view borrows
+//! it, so no view outlives its memory.
 
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::frame::{AllocInfo, FRAME_LEN};
+use crate::ack::{ACK, JOURNAL_READY, REFUSAL, Reply};
+use crate::frame::{AllocInfo, FRAME_LEN, Frame, FrameKind};
 use crate::name::SegmentName;
 
 /// "LSJ1".
@@ -120,6 +141,229 @@ impl core::error::Error for JournalError {}
 /// The ring is full: the manager must read it before more frames fit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
+
+/// Memory that holds a journal, owned by the side that uses it (the client's
+/// session owns its journal's memory). Views are handed out per call and
+/// borrow the memory, so none outlives it.
+pub trait JournalMemory {
+    /// The journal in this memory.
+    fn journal(&self) -> Journal<'_>;
+}
+
+impl JournalMemory for Journal<'_> {
+    fn journal(&self) -> Journal<'_> {
+        *self
+    }
+}
+
+/// The memory of a session that never offers a journal (PyTorch's wire,
+/// pipes): it has no values.
+#[derive(Debug)]
+pub enum NoJournal {}
+
+impl JournalMemory for NoJournal {
+    fn journal(&self) -> Journal<'_> {
+        match *self {}
+    }
+}
+
+/// A frame with one of the journal's names, as the manager reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// The client offers its journal (the memory came with the frame).
+    /// Answer with [`Control::offer_reply`].
+    Offer,
+    /// Read the client's journal now, then answer `OK`.
+    Doorbell,
+    /// A release of a journal name: a client taking back the offer a manager
+    /// answered `OK`. Nothing to do, and no answer.
+    TakeBack,
+}
+
+impl Control {
+    /// What `frame` asks of the journal protocol; `None` if it carries no
+    /// journal name.
+    pub fn of(frame: &Frame) -> Option<Self> {
+        if frame.name != SETUP && frame.name != DOORBELL {
+            return None;
+        }
+        Some(match frame.kind {
+            FrameKind::Release => Self::TakeBack,
+            FrameKind::Register if frame.name == SETUP => Self::Offer,
+            FrameKind::Register => Self::Doorbell,
+        })
+    }
+
+    /// The answer to an offer: [`JOURNAL_READY`] once the journal is
+    /// attached, `NO` if it was not.
+    pub fn offer_reply(attached: bool) -> [u8; 2] {
+        if attached { JOURNAL_READY } else { REFUSAL }
+    }
+
+    /// The answer to a doorbell, once the journal has been read.
+    pub const DOORBELL_REPLY: [u8; 2] = ACK;
+}
+
+/// How a client's frames reach its manager: the client's half of the
+/// journal protocol. [`crate::client::ClientSession`] holds one and calls its
+/// methods.
+#[derive(Debug)]
+pub(crate) struct Route<M> {
+    state: RouteState<M>,
+}
+
+#[derive(Debug)]
+enum RouteState<M> {
+    /// Through the socket: no journal, or the manager declined it.
+    Socket,
+    /// Through the socket while the offer of `M` awaits its answer.
+    Offered(M),
+    /// Through the journal in `memory`.
+    Journal {
+        memory: M,
+        /// A doorbell is written and not yet answered (so it is in the
+        /// session's list of frames awaiting an answer).
+        rung: bool,
+    },
+}
+
+/// What a reply to one of the client's frames means to the journal protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// It answered the offer or the doorbell: the protocol took it.
+    Taken,
+    /// `JR` to anything but the offer: the manager broke the protocol.
+    Misplaced,
+    /// An ordinary answer to a registration.
+    Ordinary,
+}
+
+/// Where a frame the client appended stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Appended {
+    /// Committed.
+    Committed,
+    /// Committed, and the ring is half full: ring the doorbell.
+    HalfFull,
+    /// Not committed: the ring is full. Ring the doorbell, wait for an
+    /// answer, and append again.
+    Full,
+}
+
+impl<M: JournalMemory> Route<M> {
+    /// Frames go through the socket.
+    pub(crate) fn socket() -> Self {
+        Self {
+            state: RouteState::Socket,
+        }
+    }
+
+    /// Whether frames go through a journal.
+    pub(crate) fn is_journal(&self) -> bool {
+        matches!(self.state, RouteState::Journal { .. })
+    }
+
+    /// The memory on offer, while its answer is awaited.
+    pub(crate) fn offered(&self) -> Option<&M> {
+        match &self.state {
+            RouteState::Offered(memory) => Some(memory),
+            _ => None,
+        }
+    }
+
+    /// Starts offering `memory`: writes an empty ring's header into it. Gives
+    /// the memory back if frames already take another route (a journal, or
+    /// an offer in flight).
+    pub(crate) fn offer(&mut self, memory: M) -> Result<(), M> {
+        if !matches!(self.state, RouteState::Socket) {
+            return Err(memory);
+        }
+        memory.journal().initialize();
+        self.state = RouteState::Offered(memory);
+        Ok(())
+    }
+
+    /// The frame that offers the journal; the memory travels with it.
+    pub(crate) fn offer_frame(pid: i32) -> Frame {
+        Frame::register(pid, SETUP)
+    }
+
+    /// The offer is off (the operation failed before its answer came):
+    /// frames stay on the socket, and the memory is dropped.
+    pub(crate) fn withdraw(&mut self) {
+        if let RouteState::Offered(_) = self.state {
+            self.state = RouteState::Socket;
+        }
+    }
+
+    /// The release that takes a declined offer back.
+    pub(crate) fn take_back(pid: i32) -> Frame {
+        Frame::release(pid, SETUP)
+    }
+
+    /// The manager answered `reply` to the client's frame for `name`.
+    pub(crate) fn answer(&mut self, name: &SegmentName, reply: Reply) -> Answer {
+        if *name == SETUP {
+            // Any answer to the offer is its answer: `JR` accepts, anything
+            // else (PyTorch's `OK`, our `NO`) declines.
+            let state = core::mem::replace(&mut self.state, RouteState::Socket);
+            self.state = match (state, reply) {
+                (RouteState::Offered(memory), Reply::JournalReady) => RouteState::Journal {
+                    memory,
+                    rung: false,
+                },
+                (RouteState::Offered(_), _) => RouteState::Socket,
+                (other, _) => other,
+            };
+            return Answer::Taken;
+        }
+        if reply == Reply::JournalReady {
+            return Answer::Misplaced;
+        }
+        if *name == DOORBELL {
+            if let RouteState::Journal { rung, .. } = &mut self.state {
+                *rung = false;
+            }
+            if reply == Reply::Accepted {
+                return Answer::Taken;
+            }
+        }
+        Answer::Ordinary
+    }
+
+    /// Commits `frame` to the journal.
+    pub(crate) fn append(&self, frame: &Frame) -> Result<Appended, JournalError> {
+        let RouteState::Journal { memory, .. } = &self.state else {
+            // Never: sessions append only while a journal is attached, and
+            // nothing detaches one.
+            return Err(JournalError::BadHeader);
+        };
+        let journal = memory.journal();
+        if journal.append(&frame.to_raw()).is_err() {
+            return Ok(Appended::Full);
+        }
+        if journal.unread()? * 2 >= journal.capacity() {
+            Ok(Appended::HalfFull)
+        } else {
+            Ok(Appended::Committed)
+        }
+    }
+
+    /// The doorbell frame to write now, unless one is already awaiting its
+    /// answer. The caller puts [`DOORBELL`] among the frames awaiting an
+    /// answer.
+    pub(crate) fn ring(&mut self, pid: i32) -> Option<Frame> {
+        match &mut self.state {
+            RouteState::Journal {
+                rung: rung @ false, ..
+            } => {
+                *rung = true;
+                Some(Frame::register(pid, DOORBELL))
+            }
+            _ => None,
+        }
+    }
+}
 
 /// A view of journal memory shared with another process.
 #[derive(Clone, Copy)]
@@ -299,6 +543,32 @@ mod tests {
         assert_eq!(SegmentName::new(DOORBELL_NAME.as_bytes()), Ok(DOORBELL));
         assert!(is_reserved(&SETUP) && is_reserved(&DOORBELL));
         assert!(!is_reserved(&SegmentName::new(b"/torch_1_2_3").unwrap()));
+    }
+
+    #[test]
+    fn control_frames_are_told_apart() {
+        assert_eq!(
+            Control::of(&Frame::register(1, SETUP)),
+            Some(Control::Offer)
+        );
+        assert_eq!(
+            Control::of(&Frame::register(1, DOORBELL)),
+            Some(Control::Doorbell)
+        );
+        for name in [SETUP, DOORBELL] {
+            assert_eq!(
+                Control::of(&Frame::release(1, name)),
+                Some(Control::TakeBack)
+            );
+        }
+        let ordinary = SegmentName::new(b"/torch_1_2_3").unwrap();
+        assert_eq!(Control::of(&Frame::register(1, ordinary)), None);
+        assert_eq!(
+            Control::of(&Frame::register(1, crate::status::SUMMARY)),
+            None
+        );
+        assert_eq!(Control::offer_reply(true), JOURNAL_READY);
+        assert_eq!(Control::offer_reply(false), REFUSAL);
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! Everything a reader needs to understand the protocol is here: the 68-byte
 //! [`frame::AllocInfo`] frame, [`name::SegmentName`] validation, ATen's
 //! [`flags::MapFlags`], the 64-byte [`header`] with its shared refcount, the
-//! manager's [`handshake`] line and [`ack`] reply, and the two state machines,
-//! [`client::ClientSession`] and [`manager::Manager`]. They are deterministic:
-//! bytes, connection events and `now` go in, and what to send, close or unlink
-//! comes out. They never read a clock or call the OS, which is what lets them
+//! manager's [`handshake`] line and [`ack`] reply, the registration
+//! [`journal`], and the two state machines, [`client::ClientSession`] and
+//! [`manager::Manager`]. They are deterministic: bytes, connection events and
+//! `now` go in, and what to send, wait for, close or unlink comes out. They never read a clock or call the OS, which is what lets them
 //! run under Miri, in a fuzzer and in a `no_std` runtime.
 //!
 //! What it deliberately does not do: open sockets, map memory, spawn processes
@@ -20,30 +20,55 @@
 //! managers whose memory should follow their live registrations.
 //!
 //! # Example
-//! A client registering, creating and releasing a segment through an
-//! in-process manager:
+//! A minimal runtime: a client session registering and releasing a segment
+//! through an in-process manager. The loop is the whole driver; a real one
+//! (the `libshm` crate's `Client`) is the same over a socket, plus retries.
 //! ```
-//! use libshm_core::client::{AckMode, Client};
+//! use std::error::Error;
+//!
+//! use libshm_core::client::{AckMode, ClientSession, READ_MAX, Step};
 //! use libshm_core::loopback::Loopback;
 //! use libshm_core::manager::{ManagerConfig, NameState};
 //! use libshm_core::name::{NamePrefix, SegmentName};
 //! use libshm_core::storage::Fixed;
+//! use libshm_core::transport::Transport;
 //!
-//! let wire: Loopback<Fixed<16, 4>> = Loopback::new(ManagerConfig::default());
-//! let mut client: Client<_, 8> = Client::new(wire, AckMode::Strict);
+//! /// Runs the session's operation to its end over the loopback.
+//! fn run(session: &mut ClientSession<8>, wire: &mut Loopback<Fixed<16, 4>>) -> Result<(), Box<dyn Error>> {
+//!     let mut buf = [0u8; READ_MAX];
+//!     loop {
+//!         match session.step() {
+//!             Step::Send(bytes) | Step::Offer { bytes, .. } => {
+//!                 wire.send_all(bytes)?;
+//!                 session.sent();
+//!             }
+//!             Step::Receive { max } => {
+//!                 let n = wire.receive(&mut buf[..max])?;
+//!                 session.received(&buf[..n]);
+//!             }
+//!             Step::TryReceive { max } => match wire.try_receive(&mut buf[..max])? {
+//!                 Some(n) => session.received(&buf[..n]),
+//!                 None => session.nothing_ready(),
+//!             },
+//!             Step::Done(result) => return Ok(result?),
+//!         }
+//!     }
+//! }
+//!
+//! let mut wire: Loopback<Fixed<16, 4>> = Loopback::new(ManagerConfig::default());
+//! let mut session: ClientSession<8> = ClientSession::new(AckMode::Strict);
 //! let name = SegmentName::generate(&NamePrefix::torch(), 4242, 7, 0)?;
 //!
-//! client.register(4242, name)?; // returns once the manager said "OK"
+//! session.register(4242, name)?;
+//! run(&mut session, &mut wire)?; // done once the manager said "OK"
+//! assert_eq!(wire.manager().name_state(&name), Some(NameState::Held { registrations: 1 }));
+//! session.release(4242, name, false)?;
+//! run(&mut session, &mut wire)?;
 //! assert_eq!(
-//!     client.transport().manager().name_state(&name),
-//!     Some(NameState::Held { registrations: 1 })
-//! );
-//! client.release(4242, name, false)?;
-//! assert_eq!(
-//!     client.transport().manager().name_state(&name),
+//!     wire.manager().name_state(&name),
 //!     Some(NameState::Released { dead: 0 }) // forgotten by the next sweep, as it no longer exists
 //! );
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok::<(), Box<dyn Error>>(())
 //! ```
 #![no_std]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]

@@ -23,12 +23,13 @@ pub const NAMESPACE_LEN: usize = 64;
 /// Chores the manager may ask for in one call; its batch is clamped to half.
 const CHORES_LEN: usize = 64;
 
-/// A client end wired straight into a manager.
-pub struct Loopback<S: Storage> {
+/// A client end wired straight into a manager, reading the client's journal
+/// (memory that lives for `'j`) if it has one.
+pub struct Loopback<'j, S: Storage> {
     manager: Manager<S>,
     conn: Option<ConnId>,
     now: Timestamp,
-    journal: Option<Journal<'static>>,
+    journal: Option<Journal<'j>>,
     writes: usize,
     far: Far,
     names: SimulatedNames,
@@ -51,6 +52,8 @@ impl fmt::Display for LoopbackError {
         }
     }
 }
+
+impl core::error::Error for LoopbackError {}
 
 impl TransportError for LoopbackError {
     fn kind(&self) -> ErrorKind {
@@ -126,7 +129,7 @@ impl Namespace for SimulatedNames {
     }
 }
 
-impl<S: Storage> Loopback<S> {
+impl<'j, S: Storage> Loopback<'j, S> {
     /// A manager with `config` and one connected client.
     pub fn new(config: ManagerConfig) -> Self {
         let config = ManagerConfig {
@@ -168,7 +171,7 @@ impl<S: Storage> Loopback<S> {
 
     /// Like [`Loopback::new`], with a manager that accepts a journal offer
     /// and reads `journal` (the same memory the client writes).
-    pub fn with_journal(config: ManagerConfig, journal: Journal<'static>) -> Self {
+    pub fn with_journal(config: ManagerConfig, journal: Journal<'j>) -> Self {
         Self {
             journal: Some(journal),
             ..Self::new(config)
@@ -188,15 +191,10 @@ impl<S: Storage> Loopback<S> {
         else {
             return;
         };
-        let now = self.now;
         self.far.journal_offered = false;
-        let result = journal.drain(|frame| {
-            self.manager
-                .receive_journaled(conn, &frame, now, &mut self.far);
-        });
-        if result.is_err() {
-            self.far.closed_for = Some(CloseReason::JournalMisuse);
-        }
+        let _ = self
+            .manager
+            .read_journal(conn, journal, u32::MAX, self.now, &mut self.far);
     }
 
     /// The manager behind the wire.
@@ -257,7 +255,7 @@ impl<S: Storage> Loopback<S> {
     }
 }
 
-impl<S: Storage> Transport for Loopback<S> {
+impl<S: Storage> Transport for Loopback<'_, S> {
     type Error = LoopbackError;
 
     fn send_all(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {

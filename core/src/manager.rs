@@ -55,7 +55,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::ack::{ACK, JOURNAL_READY, REFUSAL};
+use crate::ack::{ACK, REFUSAL};
 use crate::frame::{FRAME_LEN, Frame, FrameError, FrameKind};
 use crate::journal;
 use crate::name::{NamePrefix, SegmentName};
@@ -1000,6 +1000,30 @@ impl<S: Storage> Manager<S> {
         }
     }
 
+    /// Reads up to `max` unread frames from `conn`'s journal, oldest first,
+    /// each handled as by [`Manager::receive_journaled`]. Returns how many
+    /// it read (`max`: more may be left; read again soon, after other
+    /// clients had their turn).
+    /// A journal whose counters are out of range closes `conn`
+    /// ([`CloseReason::JournalMisuse`]) and comes back as the error.
+    pub fn read_journal(
+        &mut self,
+        conn: ConnId,
+        journal: journal::Journal<'_>,
+        max: u32,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) -> Result<u32, journal::JournalError> {
+        let read = journal.drain_up_to(max, |frame| self.receive_journaled(conn, &frame, now, fx));
+        match read {
+            Ok(read) => Ok(read),
+            Err(err) => {
+                self.close_for_cause(conn, CloseReason::JournalMisuse, now, fx);
+                Err(err)
+            }
+        }
+    }
+
     /// `conn` reached end of file or failed. Its holders end, whatever their
     /// lifeline: a process that closed its connection is done with it.
     pub fn disconnect(&mut self, conn: ConnId, now: Timestamp, fx: &mut impl Effects) {
@@ -1524,33 +1548,27 @@ impl<S: Storage> Manager<S> {
     }
 
     fn handle(&mut self, conn: ConnId, frame: Frame, now: Timestamp, fx: &mut impl Effects) {
-        let reserved = journal::is_reserved(&frame.name);
-        match (frame.kind, reserved) {
-            (FrameKind::Register, false) => {
-                self.register(conn, frame.pid, frame.name, Answer::Reply, now, fx)
+        match journal::Control::of(&frame) {
+            Some(journal::Control::Offer) => {
+                let attached = fx.attach_journal(conn);
+                fx.reply(conn, journal::Control::offer_reply(attached));
             }
-            (FrameKind::Release, false) => self.release(conn, frame.pid, frame.name, now, fx),
-            (FrameKind::Register, true) if frame.name.as_str() == journal::SETUP_NAME => {
-                let reply = if fx.attach_journal(conn) {
-                    JOURNAL_READY
-                } else {
-                    REFUSAL
-                };
-                fx.reply(conn, reply);
+            Some(journal::Control::Doorbell) => {
+                fx.drain_journal(conn);
+                fx.reply(conn, journal::Control::DOORBELL_REPLY);
             }
-            (FrameKind::Register, true) => match status::request(&frame.name) {
-                Some(detail) => {
+            Some(journal::Control::TakeBack) => {}
+            None => match (frame.kind, status::request(&frame.name)) {
+                (FrameKind::Register, Some(detail)) => {
                     fx.reply(conn, ACK);
                     fx.status(conn, detail);
                 }
-                None => {
-                    fx.drain_journal(conn);
-                    fx.reply(conn, ACK);
+                (FrameKind::Release, Some(_)) => {}
+                (FrameKind::Register, None) => {
+                    self.register(conn, frame.pid, frame.name, Answer::Reply, now, fx)
                 }
+                (FrameKind::Release, None) => self.release(conn, frame.pid, frame.name, now, fx),
             },
-            // A client that got `OK` for its journal offer from a manager that
-            // does not know journals takes it back; nothing to do here.
-            (FrameKind::Release, true) => {}
         }
     }
 

@@ -16,6 +16,12 @@ impl Timestamp {
         Self(millis)
     }
 
+    /// A timestamp `since_epoch` after the epoch (a driver's time since its
+    /// start, say), saturating far in the future.
+    pub fn from_duration(since_epoch: Duration) -> Self {
+        Self::ZERO.after(since_epoch)
+    }
+
     /// Milliseconds since the epoch.
     pub const fn as_millis(self) -> u64 {
         self.0
@@ -65,5 +71,9 @@ mod tests {
             1_000
         );
         assert_eq!(Timestamp::from_millis(7).round_up(0).as_millis(), 7);
+        assert_eq!(
+            Timestamp::from_duration(Duration::from_micros(2_500)),
+            Timestamp::from_millis(2)
+        );
     }
 }

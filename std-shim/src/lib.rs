@@ -57,6 +57,9 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+// The blocking driver of the core's client session; public for the benchmarks.
+#[doc(hidden)]
+pub mod client;
 mod config;
 mod error;
 mod error_chain;

@@ -28,12 +28,13 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use libshm_core::client::{AckMode, Client, ClientError, ClientFault};
+use libshm_core::client::{AckMode, ClientError, ClientFault};
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::transport::Transport;
 use libshm_unix::{SharedJournal, UnixTransport};
 
+use crate::client::Client;
 use crate::config::Config;
 use crate::error::Error;
 use crate::error_chain::Chain;
@@ -44,7 +45,8 @@ use crate::wire::{TransportKind, Wire, WireError};
 /// Frames one connection queues (deferred releases) and leaves unanswered at most.
 const WINDOW: usize = 64;
 
-type WireClient = Client<Wire, WINDOW>;
+/// A connection: the session owns the journal memory it may hand over.
+type WireClient = Client<Wire, WINDOW, SharedJournal>;
 
 /// Where a link's manager came from, which decides how to replace it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,20 +93,7 @@ enum Session {
     #[default]
     Disconnected,
     /// Connected, everything held registered there.
-    Connected {
-        /// The connection.
-        client: Box<WireClient>,
-        /// The memory `client`'s journal views, if it has one. Declared after
-        /// `client`, so it is dropped after the client that views it.
-        #[expect(dead_code, reason = "only kept alive, for the client's view of it")]
-        journal: Option<SharedJournal>,
-    },
-}
-
-/// A new connection, not yet entered: nothing held is registered on it yet.
-struct Fresh {
-    client: WireClient,
-    journal: Option<SharedJournal>,
+    Connected(Box<WireClient>),
 }
 
 impl Link {
@@ -122,10 +111,7 @@ impl Link {
     /// A link to a private manager this process just started, over its pipes.
     pub(crate) fn over_pipes(launched: libshm_pipe::Launched, config: &Config) -> Self {
         let client = Client::new(Wire::Pipe(launched.transport), config.get_ack_mode());
-        let session = Session::Connected {
-            client: Box::new(client),
-            journal: None,
-        };
+        let session = Session::Connected(Box::new(client));
         Self::with_state(
             launched.handle,
             Origin::Launched,
@@ -307,7 +293,7 @@ impl LinkState {
     /// The connection, if connected.
     fn client(&mut self) -> Option<&mut WireClient> {
         match &mut self.session {
-            Session::Connected { client, .. } => Some(client),
+            Session::Connected(client) => Some(client),
             Session::Disconnected => None,
         }
     }
@@ -331,13 +317,13 @@ impl LinkState {
                 TransportKind::Unix => self.connect_unix(self.handle),
                 // Nobody can reach a pipe manager again (after a fork, or a
                 // recovery that failed): start one of our own.
-                TransportKind::Pipe => self.launch_pipe().map(Fresh::without_journal),
+                TransportKind::Pipe => self.launch_pipe(),
             };
             self.enter(fresh.map_err(RegisterError::Connect)?)
                 .map_err(RegisterError::Connect)?;
         }
         match &mut self.session {
-            Session::Connected { client, .. } => Ok(client),
+            Session::Connected(client) => Ok(client),
             Session::Disconnected => Err(RegisterError::Connect(Error::Manager {
                 handle: self.handle.to_string(),
                 source: ClientError::Poisoned,
@@ -345,23 +331,20 @@ impl LinkState {
         }
     }
 
-    /// The one way into *connected*: registers everything held with the
-    /// new connection's manager, waits for its answers, then makes it the
-    /// link's connection. On failure the link stays disconnected.
-    fn enter(&mut self, mut fresh: Fresh) -> Result<(), Error> {
-        // The old connection (and the journal memory it viewed) goes first.
+    /// The one way into *connected*: registers everything held with
+    /// `fresh`'s manager (nothing is registered there yet), waits for its
+    /// answers, then makes it the link's connection. On failure the link
+    /// stays disconnected.
+    fn enter(&mut self, mut fresh: WireClient) -> Result<(), Error> {
+        // The old connection (and its journal memory) goes first.
         self.session = Session::Disconnected;
-        self.register_held(&mut fresh.client)?;
-        let Fresh { client, journal } = fresh;
-        self.session = Session::Connected {
-            client: Box::new(client),
-            journal,
-        };
+        self.register_held(&mut fresh)?;
+        self.session = Session::Connected(Box::new(fresh));
         Ok(())
     }
 
     /// Connects to a Unix manager and, when pipelined, offers it a journal.
-    fn connect_unix(&self, handle: ManagerHandle) -> Result<Fresh, Error> {
+    fn connect_unix(&self, handle: ManagerHandle) -> Result<WireClient, Error> {
         let transport =
             UnixTransport::connect(&handle, self.timeout).map_err(|source| Error::Connect {
                 handle: handle.to_string(),
@@ -369,31 +352,26 @@ impl LinkState {
             })?;
         let mut client = Client::new(Wire::Unix(transport), self.mode);
         if !self.offer_journal || self.mode == AckMode::Strict {
-            return Ok(Fresh::without_journal(client));
+            return Ok(client);
         }
         let memory = match SharedJournal::create(SharedJournal::DEFAULT_CAPACITY) {
             Ok(memory) => memory,
             Err(err) => {
                 tracing::debug!("no journal (using the socket): {err}");
-                return Ok(Fresh::without_journal(client));
+                return Ok(client);
             }
         };
-        // SAFETY: the view is only used by `client`, and `Fresh` and
-        // `Session::Connected` keep `memory` beside it, declared after it,
-        // so the memory is dropped after the client that views it.
-        let journal = unsafe { memory.journal_unbounded() };
-        let offered = client.attach_journal(self.pid as i32, journal, |wire, bytes| match wire {
-            Wire::Unix(socket) => socket
-                .send_with_fd(bytes, memory.fd())
-                .map_err(WireError::Unix),
-            Wire::Pipe(pipes) => pipes.send_all(bytes).map_err(WireError::Pipe),
-        });
+        // Accepted or declined, the connection goes on; the session keeps the
+        // memory only if the manager took it.
+        let offered =
+            client.offer_journal(self.pid as i32, memory, |wire, bytes, memory| match wire {
+                Wire::Unix(socket) => socket
+                    .send_with_fd(bytes, memory.fd())
+                    .map_err(WireError::Unix),
+                Wire::Pipe(pipes) => pipes.send_all(bytes).map_err(WireError::Pipe),
+            });
         match offered {
-            Ok(true) => Ok(Fresh {
-                client,
-                journal: Some(memory),
-            }),
-            Ok(false) => Ok(Fresh::without_journal(client)),
+            Ok(_) => Ok(client),
             Err(source) => Err(Error::Manager {
                 handle: handle.to_string(),
                 source,
@@ -428,7 +406,7 @@ impl LinkState {
     }
 
     /// Reconnects to `handle`, or starts a manager that adopts it.
-    fn revive(&mut self, handle: ManagerHandle) -> Result<Fresh, Error> {
+    fn revive(&mut self, handle: ManagerHandle) -> Result<WireClient, Error> {
         if let Ok(connected) = self.connect_unix(handle) {
             return Ok(connected);
         }
@@ -447,7 +425,7 @@ impl LinkState {
 
     /// A different manager: a new one of ours if the dead one was ours, else
     /// this process's default.
-    fn replace_manager(&mut self, old: ManagerHandle) -> Result<Fresh, Error> {
+    fn replace_manager(&mut self, old: ManagerHandle) -> Result<WireClient, Error> {
         if self.origin == Origin::Launched {
             let new = registry::config()?.launcher()?.launch()?.handle;
             self.handle = new;
@@ -464,7 +442,7 @@ impl LinkState {
             }
             // This process does not share managers: the link gets a private
             // one (the default's pipes have room for one client only).
-            None => Ok(Fresh::without_journal(self.launch_pipe()?)),
+            None => self.launch_pipe(),
         }
     }
 
@@ -478,7 +456,7 @@ impl LinkState {
         let old = self.handle;
         self.session = Session::Disconnected;
         let fresh = match self.kind {
-            TransportKind::Pipe => Fresh::without_journal(self.launch_pipe()?),
+            TransportKind::Pipe => self.launch_pipe()?,
             TransportKind::Unix => match self.revive(old) {
                 Ok(fresh) => fresh,
                 Err(err) => {
@@ -494,14 +472,5 @@ impl LinkState {
             self.handle
         );
         Ok(())
-    }
-}
-
-impl Fresh {
-    fn without_journal(client: WireClient) -> Self {
-        Self {
-            client,
-            journal: None,
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! One client code path over either transport.
 //!
-//! The core's client state machine sees only the
+//! The client's driver ([`Client`](crate::client::Client)) sees only the
 //! [`Transport`](libshm_core::transport::Transport) trait. [`Wire`] is the one
 //! transport type the shim's links use: a Unix socket to a manager that any
 //! process may share, or the pipes to a private manager. Everything above it
@@ -91,7 +91,8 @@ impl Transport for Wire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libshm_core::client::{AckMode, Client};
+    use crate::client::Client;
+    use libshm_core::client::AckMode;
     use libshm_core::name::SegmentName;
 
     #[test]

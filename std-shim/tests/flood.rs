@@ -30,7 +30,7 @@ use common::measure::{LogFile, Probe, RoundTrips};
 use common::{Daemon, create_object, shm_exists, unique_name, wait_until};
 use libshm::SegmentName;
 use libshm::protocol::frame::{FRAME_LEN, Frame};
-use libshm::protocol::journal;
+use libshm::protocol::journal::{self, JournalMemory};
 use libshm_unix::{SharedJournal, UnixTransport};
 
 /// Issue 10's bound on another client's round trip during a flood, at p99.

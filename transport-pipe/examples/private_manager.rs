@@ -13,10 +13,11 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 
-use libshm_core::client::{AckMode, Client};
+use libshm_core::frame::Frame;
 use libshm_core::manager::ManagerConfig;
 use libshm_core::name::SegmentName;
 use libshm_core::namespace::{Namespace, Observed, Unlinked};
+use libshm_core::transport::Transport;
 use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
 use rustix::pipe::{PipeFlags, pipe_with};
 
@@ -55,14 +56,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut namespace = InMemory(names.into_iter().collect());
     let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut namespace));
 
-    let pipes = PipeTransport::new(request_write, reply_read, None)?;
-    let mut client: Client<_> = Client::new(pipes, AckMode::default());
+    let mut pipes = PipeTransport::new(request_write, reply_read, None)?;
+    // Pipelined: every registration written at once, the OKs read after.
     for name in names {
-        client.register(7, name)?; // pipelined: no waiting for each OK
+        pipes.send_all(&Frame::register(7, name).encode())?;
     }
-    client.settle()?; // now every OK is in
+    let mut replies = [0u8; 6];
+    let mut got = 0;
+    while got < replies.len() {
+        match pipes.receive(&mut replies[got..])? {
+            0 => return Err("the manager closed its pipe".into()),
+            n => got += n,
+        }
+    }
+    assert_eq!(&replies, b"OKOKOK");
     println!("client: registered {} segments", names.len());
-    drop(client); // end of file on the manager's request pipe
+    drop(pipes); // end of file on the manager's request pipe
 
     let summary = manager.join().map_err(|_| "the manager thread panicked")?;
     println!("manager ended by {:?}: {:?}", summary.ended, summary.stats);

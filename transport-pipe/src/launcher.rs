@@ -11,16 +11,17 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use libshm_core::handshake::{Handshake, HandshakeError, HandshakeReader, ManagerHandle};
+use libshm_core::handshake::{HandshakeError, HandshakeReader, ManagerHandle, NoHandle};
 use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, pipe_with};
 
 use crate::handle::{REPLY_FD, REQUEST_FD, pipe_handle_pid};
@@ -93,6 +94,15 @@ impl std::error::Error for LaunchError {
             // Displayed as this error's own message (above), so its cause comes next.
             Self::Handshake(err) => std::error::Error::source(err),
             _ => None,
+        }
+    }
+}
+
+impl From<NoHandle<'_>> for LaunchError {
+    fn from(no_handle: NoHandle<'_>) -> Self {
+        match no_handle {
+            NoHandle::Failed(message) => Self::ManagerFailed(message.to_owned()),
+            NoHandle::Handshake(err) => Self::Handshake(err),
         }
     }
 }
@@ -209,44 +219,37 @@ impl Launcher {
     }
 
     fn read_handshake(&self, child: &mut Child) -> Result<ManagerHandle, LaunchError> {
-        let Some(mut stdout) = child.stdout.take() else {
+        let Some(stdout) = child.stdout.take() else {
             return Err(LaunchError::Read(io::Error::other("no stdout pipe")));
         };
         let deadline = Instant::now() + self.timeout;
         let mut reader = HandshakeReader::new();
         let mut buf = [0u8; 256];
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timespec = Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: 10,
-                tv_nsec: 0,
-            });
-            let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&timespec)) {
-                Ok(0) => return Err(LaunchError::TimedOut(self.timeout)),
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(errno) => return Err(LaunchError::Read(errno.into())),
-            }
-            let n = match stdout.read(&mut buf) {
+            let n = match read_before(&stdout, deadline, &mut buf) {
                 Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(LaunchError::Read(err)),
+                Err(Errno::INTR) => continue,
+                Err(Errno::TIMEDOUT) => return Err(LaunchError::TimedOut(self.timeout)),
+                Err(errno) => return Err(LaunchError::Read(errno.into())),
             };
-            let step = if n == 0 {
-                Some(reader.finish())
-            } else {
-                reader.push(&buf[..n]).transpose()
-            };
-            match step {
-                None => continue,
-                Some(Ok(Handshake::Ready(handle))) => return Ok(handle),
-                Some(Ok(Handshake::Failed { message })) => {
-                    return Err(LaunchError::ManagerFailed(message.to_owned()));
-                }
-                Some(Err(err)) => return Err(LaunchError::Handshake(err)),
+            if let Some(handle) = reader.feed(&buf[..n])? {
+                return Ok(handle);
             }
         }
+    }
+}
+
+/// Waits until `deadline` for the manager's output, then reads it (`Ok(0)`:
+/// end of file). Past the deadline: `TIMEDOUT`.
+fn read_before(stdout: &ChildStdout, deadline: Instant, buf: &mut [u8]) -> Result<usize, Errno> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let left = Timespec::try_from(left).unwrap_or(Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    });
+    match rustix::event::poll(&mut [PollFd::new(stdout, PollFlags::IN)], Some(&left))? {
+        0 => Err(Errno::TIMEDOUT),
+        _ => rustix::io::read(stdout, buf),
     }
 }
 
@@ -304,7 +307,7 @@ fn reap_in_background(mut child: Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libshm_core::client::{AckMode, Client};
+    use crate::transport::tests::register;
     use libshm_core::name::SegmentName;
     use libshm_core::transport::{ErrorKind, Transport, TransportError};
 
@@ -336,14 +339,14 @@ mod tests {
         // Reads one frame from fd 3, answers OK on fd 4, then waits for end of file.
         let script =
             r#"echo "pipe:$$"; head -c 68 <&3 >/dev/null && printf OK >&4; cat <&3 >/dev/null"#;
-        let launched = shell(script).launch().unwrap();
+        let mut launched = shell(script).launch().unwrap();
         assert_eq!(launched.handle.as_str(), format!("pipe:{}", launched.pid));
-        let mut client: Client<_> = Client::new(launched.transport, AckMode::Strict);
-        client
-            .register(1, SegmentName::new(b"/torch_1_2_3").unwrap())
-            .unwrap();
+        register(
+            &mut launched.transport,
+            SegmentName::new(b"/torch_1_2_3").unwrap(),
+        );
         assert!(!gone(launched.pid));
-        drop(client);
+        drop(launched.transport);
         assert!(wait_until(|| gone(launched.pid)), "exited and was reaped");
     }
 

@@ -4,7 +4,7 @@
 //!
 //! - [`PipeTransport`]: a client's ends of its manager's two pipes,
 //!   implementing the core's [`Transport`](libshm_core::transport::Transport),
-//!   so the client state machine runs over it unchanged.
+//!   so the client's driver runs over it unchanged.
 //! - [`serve`]: the manager's side, one client and one `poll` loop around the
 //!   core's [`Manager`](libshm_core::manager::Manager). When the client's pipe
 //!   reaches end of file (it exited, was killed, or closed it), everything it
@@ -31,12 +31,15 @@
 //!
 //! # Example
 //! A manager served in a thread over two pipes, and a client registering
-//! with it:
+//! with it by hand (the `libshm` crate's client drives the core's session
+//! over this transport):
 //! ```
-//! use libshm_core::client::{AckMode, Client};
+//! use libshm_core::ack::ACK;
+//! use libshm_core::frame::Frame;
 //! use libshm_core::manager::ManagerConfig;
 //! use libshm_core::name::SegmentName;
 //! use libshm_core::namespace::{Namespace, Observed, Unlinked};
+//! use libshm_core::transport::Transport;
 //! use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
 //! use rustix::pipe::{PipeFlags, pipe_with};
 //!
@@ -55,10 +58,17 @@
 //! let ends = ManagerEnds::new(request_read, reply_write)?;
 //! let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut EverythingExists));
 //!
-//! let pipes = PipeTransport::new(request_write, reply_read, None)?;
-//! let mut client: Client<_> = Client::new(pipes, AckMode::Strict);
-//! client.register(1, SegmentName::new(b"/torch_1_2_3")?)?;
-//! drop(client); // end of file: the manager unlinks what is left and returns
+//! let mut pipes = PipeTransport::new(request_write, reply_read, None)?;
+//! pipes.send_all(&Frame::register(1, SegmentName::new(b"/torch_1_2_3")?).encode())?;
+//! let (mut reply, mut got) = ([0u8; 2], 0);
+//! while got < reply.len() {
+//!     match pipes.receive(&mut reply[got..])? {
+//!         0 => return Err("the manager closed its pipe".into()),
+//!         n => got += n,
+//!     }
+//! }
+//! assert_eq!(reply, ACK);
+//! drop(pipes); // end of file: the manager unlinks what is left and returns
 //! let summary = manager.join().unwrap();
 //! assert_eq!(summary.stats.registrations, 1);
 //! assert_eq!(summary.stats.unlinked_at_shutdown, 1);

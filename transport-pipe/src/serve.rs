@@ -202,18 +202,20 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
         max_connections: 1,
         ..config
     };
-    let clock = Clock::start();
-    let mut manager: Manager<Growable> = Manager::new(config, clock.now());
+    // Timestamps count from here.
+    let clock = Instant::now();
+    let mut manager: Manager<Growable> =
+        Manager::new(config, Timestamp::from_duration(clock.elapsed()));
     let mut driver = Driver {
         chores: VecDeque::new(),
         backlog: Vec::new(),
         replies_closed: false,
         cut: None,
     };
-    let ended = match manager.connect(Peer::default(), clock.now()) {
+    let ended = match manager.connect(Peer::default(), Timestamp::from_duration(clock.elapsed())) {
         Ok(conn) => {
-            let ended = run(&ends, conn, &mut manager, &mut driver, namespace, &clock);
-            manager.disconnect(conn, clock.now(), &mut driver);
+            let ended = run(&ends, conn, &mut manager, &mut driver, namespace, clock);
+            manager.disconnect(conn, Timestamp::from_duration(clock.elapsed()), &mut driver);
             ended
         }
         Err(err) => Ended::Refused(err),
@@ -222,7 +224,7 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
     // No client is left, and neither the shutdown timeout nor the linger
     // apply: this is the manager's shutdown, unlinking every name it knows.
     loop {
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         let status = manager.tick(now, &mut driver);
         driver.work(&mut manager, namespace, now);
         if status == Status::Finished {
@@ -243,11 +245,11 @@ fn run<N: Namespace>(
     manager: &mut Manager<Growable>,
     driver: &mut Driver,
     namespace: &mut N,
-    clock: &Clock,
+    clock: Instant,
 ) -> Ended {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             manager.tick(now, driver);
         }
@@ -274,7 +276,7 @@ fn run<N: Namespace>(
             Err(errno) => return Ended::Failed { op: "poll", errno },
         }
         let (requests, replies) = (fds[0].revents(), fds[1].revents());
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
 
         // Requests first, always: a frame the client wrote just before dying
         // must be seen before its end of file, or what it names would leak.
@@ -296,17 +298,6 @@ fn run<N: Namespace>(
         if driver.backlog.len() > MAX_REPLY_BACKLOG {
             return Ended::NotReadingReplies;
         }
-    }
-}
-
-struct Clock(Instant);
-
-impl Clock {
-    fn start() -> Self {
-        Self(Instant::now())
-    }
-    fn now(&self) -> Timestamp {
-        Timestamp::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -388,10 +379,11 @@ impl Effects for Driver {
 mod tests {
     use super::*;
     use crate::PipeTransport;
-    use libshm_core::client::{AckMode, Client};
+    use crate::transport::tests::register;
     use libshm_core::frame::Frame;
     use libshm_core::name::SegmentName;
     use libshm_core::namespace::{Observed, Unlinked};
+    use libshm_core::transport::Transport;
     use rustix::pipe::{PipeFlags, pipe_with};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
@@ -448,17 +440,18 @@ mod tests {
     fn end_of_file_unlinks_what_the_client_still_held() {
         let names = Names::default();
         let (thread, requests, replies) = manager(&names);
-        let transport =
+        let mut transport =
             PipeTransport::new(requests, replies, Some(Duration::from_secs(5))).unwrap();
-        let mut client: Client<_> = Client::new(transport, AckMode::Strict);
         for n in 0..3 {
             names.create(name(n));
-            client.register(7, name(n)).unwrap();
+            register(&mut transport, name(n));
         }
         // The client unlinked name 0 itself, then released it.
         names.0.lock().unwrap().0.remove(&name(0));
-        client.release(7, name(0), false).unwrap();
-        drop(client);
+        transport
+            .send_all(&Frame::release(7, name(0)).encode())
+            .unwrap();
+        drop(transport);
         let summary = thread.join().unwrap();
         assert_eq!(summary.ended, Ended::EndOfFile);
         assert_eq!(summary.stats.registrations, 3);
@@ -483,15 +476,12 @@ mod tests {
 
     #[test]
     fn a_malformed_frame_cuts_the_client_off_and_it_sees_end_of_file() {
-        use libshm_core::transport::Transport;
         let names = Names::default();
         let (thread, requests, replies) = manager(&names);
         let mut transport =
             PipeTransport::new(requests, replies, Some(Duration::from_secs(5))).unwrap();
         names.create(name(1));
-        Client::<_, 8>::new(&mut transport, AckMode::Strict)
-            .register(7, name(1))
-            .unwrap();
+        register(&mut transport, name(1));
         transport.send_all(&[0xff; 68]).unwrap();
         let summary = thread.join().unwrap();
         assert!(
@@ -520,13 +510,12 @@ mod tests {
             ..ManagerConfig::default()
         };
         let thread = std::thread::spawn(move || serve(ends, config, &mut namespace));
-        let transport =
+        let mut transport =
             PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
-        let mut client: Client<_, 8> = Client::new(transport, AckMode::Strict);
         names.create(name(4));
-        client.register(7, name(4)).unwrap();
+        register(&mut transport, name(4));
         let half = Frame::register(7, name(5)).encode();
-        rustix::io::write(client.transport().requests(), &half[..30]).unwrap();
+        rustix::io::write(transport.requests(), &half[..30]).unwrap();
         let summary = thread.join().unwrap();
         assert_eq!(
             summary.ended,

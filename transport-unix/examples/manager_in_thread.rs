@@ -14,10 +14,11 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use libshm_core::client::{AckMode, Client};
+use libshm_core::frame::Frame;
 use libshm_core::manager::ManagerConfig;
 use libshm_core::name::SegmentName;
 use libshm_core::namespace::{Namespace, Observed, Unlinked};
+use libshm_core::transport::Transport;
 use libshm_unix::{Listener, RunDir, UnixTransport, serve};
 
 /// Segments that "exist", each with one reference; the client's side
@@ -67,19 +68,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut namespace = shm.clone();
     let manager = std::thread::spawn(move || serve(listener, config, &mut namespace));
 
-    let socket = UnixTransport::connect(&handle, Some(Duration::from_secs(5)))?;
-    let mut client: Client<_> = Client::new(socket, AckMode::Strict);
+    // PyTorch's client, frame by frame: register and wait for OK.
+    let mut socket = UnixTransport::connect(&handle, Some(Duration::from_secs(5)))?;
     for name in names {
-        client.register(1, name)?; // returns once the manager said OK
+        socket.send_all(&Frame::register(1, name).encode())?;
+        let mut reply = [0u8; 2];
+        let mut got = 0;
+        while got < reply.len() {
+            match socket.receive(&mut reply[got..])? {
+                0 => return Err("the manager closed the connection".into()),
+                n => got += n,
+            }
+        }
+        assert_eq!(&reply, b"OK");
         println!("client: registered {name}");
     }
     shm.names().remove(&names[0]); // our reference was the last: we unlink it
-    client.release(1, names[0], false)?;
+    socket.send_all(&Frame::release(1, names[0]).encode())?;
     println!(
         "client: closed {}; leaving with {} held",
         names[0], names[1]
     );
-    drop(client);
+    drop(socket);
 
     let summary = manager.join().map_err(|_| "the manager thread panicked")?;
     println!("manager finished: {:?}", summary.stats);

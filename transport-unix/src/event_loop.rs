@@ -22,7 +22,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use libshm_core::frame::FRAME_LEN;
+use libshm_core::journal::JournalMemory;
 use libshm_core::manager::{
     Chore, CloseReason, ConnId, Effects, Manager, ManagerConfig, Note, Peer, Stats, Status,
 };
@@ -116,7 +116,8 @@ pub fn serve_tuned<N: Namespace>(
     namespace: &mut N,
     tuning: Tuning,
 ) -> Summary {
-    let clock = Clock::start();
+    // Timestamps count from here.
+    let clock = Instant::now();
     let config = ManagerConfig {
         hash_seed: match config.hash_seed {
             0 => random_seed(),
@@ -124,14 +125,14 @@ pub fn serve_tuned<N: Namespace>(
         },
         ..config
     };
-    let mut manager: Manager<Growable> = Manager::new(config, clock.now());
+    let mut manager: Manager<Growable> =
+        Manager::new(config, Timestamp::from_duration(clock.elapsed()));
     let mut driver = Driver {
         clients: HashMap::new(),
         pids: PidWatches::new(rustix::process::geteuid().as_raw()),
         closing: Vec::new(),
         dirty: Vec::new(),
         doorbells: Vec::new(),
-        frames: Vec::new(),
         chores: VecDeque::new(),
         evict: Vec::new(),
         exited: Vec::new(),
@@ -164,17 +165,22 @@ pub fn serve_tuned<N: Namespace>(
 
     loop {
         if driver.journals_behind || journals_read_at.elapsed() >= JOURNAL_READ_INTERVAL {
-            driver.drain_all(&mut manager, clock.now());
+            driver.drain_all(&mut manager, Timestamp::from_duration(clock.elapsed()));
             journals_read_at = Instant::now();
         }
         if let (Some(prefix), Some(due)) = (&tuning.recovery, sweeps.last())
             && *due <= Instant::now()
         {
             sweeps.pop();
-            driver.drain_all(&mut manager, clock.now());
-            recovery_sweep(prefix, &mut manager, namespace, clock.now());
+            driver.drain_all(&mut manager, Timestamp::from_duration(clock.elapsed()));
+            recovery_sweep(
+                prefix,
+                &mut manager,
+                namespace,
+                Timestamp::from_duration(clock.elapsed()),
+            );
         }
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
         if manager.next_wakeup().is_some_and(|at| at <= now) {
             driver.drain_all(&mut manager, now);
@@ -260,7 +266,7 @@ pub fn serve_tuned<N: Namespace>(
         if revents.iter().any(|events| !events.is_empty()) {
             spinner.events(Instant::now());
         }
-        let now = clock.now();
+        let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
 
         if revents[0].contains(PollFlags::IN) {
@@ -365,17 +371,6 @@ fn random_seed() -> u64 {
     }
 }
 
-struct Clock(Instant);
-
-impl Clock {
-    fn start() -> Self {
-        Self(Instant::now())
-    }
-    fn now(&self) -> Timestamp {
-        Timestamp::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
 struct Client {
     fd: OwnedFd,
     peer: Peer,
@@ -468,8 +463,6 @@ struct Driver {
     dirty: Vec<ConnId>,
     /// Connections whose doorbell rang during the current manager call.
     doorbells: Vec<ConnId>,
-    /// Frames read from a journal, before they are handed to the manager.
-    frames: Vec<[u8; FRAME_LEN]>,
     /// Looks and unlinks the manager asked for.
     chores: VecDeque<Chore>,
     /// Connections to cut off for not reading their replies.
@@ -545,32 +538,22 @@ impl Driver {
         manager: &mut Manager<Growable>,
         now: Timestamp,
     ) -> (u32, bool) {
-        let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
+        // Out of its client while the manager reads it, as the manager's
+        // effects come back to this driver.
+        let Some(journal) = self.clients.get_mut(&id).and_then(|c| c.journal.take()) else {
             return (0, false);
         };
-        let mut frames = std::mem::take(&mut self.frames);
-        let read = journal
-            .journal()
-            .drain_up_to(JOURNAL_FRAMES_PER_ROUND, |frame| frames.push(frame));
-        let outcome = match read {
-            Ok(n) => {
-                for frame in &frames {
-                    manager.receive_journaled(id, frame, now, self);
-                }
-                (n, n == JOURNAL_FRAMES_PER_ROUND)
-            }
-            Err(err) => {
-                tracing::warn!(conn = %id, "closing connection: {err}");
-                manager.evict(id, CloseReason::JournalMisuse, now, self);
-                (0, false)
-            }
+        let read = manager.read_journal(id, journal.journal(), JOURNAL_FRAMES_PER_ROUND, now, self);
+        let read = read.unwrap_or_else(|err| {
+            tracing::warn!(conn = %id, "closed the connection: {err}");
+            0
+        });
+        let Some(client) = self.clients.get_mut(&id) else {
+            return (read, false);
         };
-        frames.clear();
-        self.frames = frames;
-        if let Some(client) = self.clients.get_mut(&id)
-            && let Some(held) = &mut client.held_doorbell
-        {
-            held.owed = held.owed.saturating_sub(outcome.0);
+        client.journal = Some(journal);
+        if let Some(held) = &mut client.held_doorbell {
+            held.owed = held.owed.saturating_sub(read);
             if held.owed == 0 {
                 // Every frame committed before the ring is read: the
                 // doorbell's OK (and what queued behind it) may go.
@@ -580,7 +563,7 @@ impl Driver {
                 }
             }
         }
-        outcome
+        (read, read == JOURNAL_FRAMES_PER_ROUND)
     }
 
     /// Reads what `id` committed before its end of file, and no more: the

@@ -8,13 +8,14 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use libshm_core::handshake::{Handshake, HandshakeError, HandshakeReader, ManagerHandle};
+use libshm_core::handshake::{HandshakeError, HandshakeReader, ManagerHandle, NoHandle};
 use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 /// A manager that printed its handle.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +67,15 @@ impl std::error::Error for LaunchError {
             // Displayed as this error's own message (above), so its cause comes next.
             Self::Handshake(err) => std::error::Error::source(err),
             _ => None,
+        }
+    }
+}
+
+impl From<NoHandle<'_>> for LaunchError {
+    fn from(no_handle: NoHandle<'_>) -> Self {
+        match no_handle {
+            NoHandle::Failed(message) => Self::ManagerFailed(message.to_owned()),
+            NoHandle::Handshake(err) => Self::Handshake(err),
         }
     }
 }
@@ -139,44 +149,37 @@ impl Launcher {
     }
 
     fn read_handshake(&self, child: &mut Child) -> Result<ManagerHandle, LaunchError> {
-        let Some(mut stdout) = child.stdout.take() else {
+        let Some(stdout) = child.stdout.take() else {
             return Err(LaunchError::Read(io::Error::other("no stdout pipe")));
         };
         let deadline = Instant::now() + self.timeout;
         let mut reader = HandshakeReader::new();
         let mut buf = [0u8; 256];
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timespec = Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: 10,
-                tv_nsec: 0,
-            });
-            let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&timespec)) {
-                Ok(0) => return Err(LaunchError::TimedOut(self.timeout)),
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(errno) => return Err(LaunchError::Read(errno.into())),
-            }
-            let n = match stdout.read(&mut buf) {
+            let n = match read_before(&stdout, deadline, &mut buf) {
                 Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(LaunchError::Read(err)),
+                Err(Errno::INTR) => continue,
+                Err(Errno::TIMEDOUT) => return Err(LaunchError::TimedOut(self.timeout)),
+                Err(errno) => return Err(LaunchError::Read(errno.into())),
             };
-            let step = if n == 0 {
-                Some(reader.finish())
-            } else {
-                reader.push(&buf[..n]).transpose()
-            };
-            match step {
-                None => continue,
-                Some(Ok(Handshake::Ready(handle))) => return Ok(handle),
-                Some(Ok(Handshake::Failed { message })) => {
-                    return Err(LaunchError::ManagerFailed(message.to_owned()));
-                }
-                Some(Err(err)) => return Err(LaunchError::Handshake(err)),
+            if let Some(handle) = reader.feed(&buf[..n])? {
+                return Ok(handle);
             }
         }
+    }
+}
+
+/// Waits until `deadline` for the manager's output, then reads it (`Ok(0)`:
+/// end of file). Past the deadline: `TIMEDOUT`.
+fn read_before(stdout: &ChildStdout, deadline: Instant, buf: &mut [u8]) -> Result<usize, Errno> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let left = Timespec::try_from(left).unwrap_or(Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    });
+    match rustix::event::poll(&mut [PollFd::new(stdout, PollFlags::IN)], Some(&left))? {
+        0 => Err(Errno::TIMEDOUT),
+        _ => rustix::io::read(stdout, buf),
     }
 }
 

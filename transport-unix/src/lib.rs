@@ -14,12 +14,15 @@
 //! it is given; the `libshm` crate supplies the real one).
 //!
 //! # Example
-//! A manager in a thread, and a client registering with it:
+//! A manager in a thread, and a client registering with it by hand (the
+//! `libshm` crate's client drives the core's session over this transport):
 //! ```
-//! use libshm_core::client::{AckMode, Client};
+//! use libshm_core::ack::ACK;
+//! use libshm_core::frame::Frame;
 //! use libshm_core::manager::ManagerConfig;
 //! use libshm_core::name::SegmentName;
 //! use libshm_core::namespace::{Namespace, Observed, Unlinked};
+//! use libshm_core::transport::Transport;
 //! use libshm_unix::{Listener, RunDir, UnixTransport, serve};
 //!
 //! struct NothingExists;
@@ -33,10 +36,17 @@
 //! let handle = *listener.handle();
 //! let manager = std::thread::spawn(move || serve(listener, ManagerConfig::default(), &mut NothingExists));
 //!
-//! let socket = UnixTransport::connect(&handle, None)?;
-//! let mut client: Client<_> = Client::new(socket, AckMode::Strict);
-//! client.register(1, SegmentName::new(b"/torch_1_2_3")?)?;
-//! drop(client); // after 2 s without clients the manager exits
+//! let mut socket = UnixTransport::connect(&handle, None)?;
+//! socket.send_all(&Frame::register(1, SegmentName::new(b"/torch_1_2_3")?).encode())?;
+//! let (mut reply, mut got) = ([0u8; 2], 0);
+//! while got < reply.len() {
+//!     match socket.receive(&mut reply[got..])? {
+//!         0 => return Err("the manager closed the connection".into()),
+//!         n => got += n,
+//!     }
+//! }
+//! assert_eq!(reply, ACK);
+//! drop(socket); // after 2 s without clients the manager exits
 //! assert_eq!(manager.join().unwrap().stats.registrations, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -10,16 +10,19 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use libshm_core::journal::{self, Journal, JournalError};
+use libshm_core::journal::{self, Journal, JournalError, JournalMemory};
 use rustix::fs::{FileType, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
-/// A mapped journal memory file.
+/// A mapped journal memory file. Views of it ([`JournalMemory::journal`])
+/// borrow it, so none outlives the mapping.
 pub struct SharedJournal {
     fd: OwnedFd,
     base: NonNull<u8>,
     len: usize,
+    /// The view of the mapping, validated once. It never leaves this struct
+    /// with a lifetime longer than a borrow of it.
     journal: Journal<'static>,
 }
 
@@ -121,9 +124,9 @@ impl SharedJournal {
             )
         }?;
         let base = NonNull::new(base.cast::<u8>()).ok_or(AdoptError::Os(Errno::NOMEM))?;
-        // SAFETY: `base` maps `len` bytes that stay mapped until Drop, which
-        // also ends every borrow of `journal` handed out by `journal()`; the
-        // 'static view is only given out through the unsafe `journal_unbounded`.
+        // SAFETY: `base` maps `len` bytes that stay mapped until Drop. The
+        // 'static view is private: `journal()` hands it out only shortened to
+        // a borrow of `self`, so every use ends before the unmap.
         let journal = match unsafe { Journal::from_raw(base, len) } {
             Ok(journal) => journal,
             Err(err) => {
@@ -140,29 +143,22 @@ impl SharedJournal {
         })
     }
 
-    /// The journal.
-    pub fn journal(&self) -> Journal<'_> {
-        self.journal
-    }
-
-    /// The journal, for storing beside this memory in a longer-lived structure.
-    ///
-    /// # Safety
-    /// The returned view must not be used after `self` is dropped.
-    pub unsafe fn journal_unbounded(&self) -> Journal<'static> {
-        self.journal
-    }
-
     /// The memory file, to send with the offer.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }
 
+impl JournalMemory for SharedJournal {
+    fn journal(&self) -> Journal<'_> {
+        self.journal
+    }
+}
+
 impl Drop for SharedJournal {
     fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; every view of it is gone (see
-        // journal() and journal_unbounded()).
+        // SAFETY: unmapping our own mapping; every view of it borrowed
+        // `self` (see `journal()`), so none is left.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }

@@ -770,6 +770,38 @@ fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
 }
 
 #[test]
+fn read_journal_is_bounded_and_a_corrupt_journal_closes_its_connection() {
+    use crate::journal::{Journal, JournalError, journal_len};
+    use core::sync::atomic::{AtomicU32, Ordering};
+    let memory: Vec<AtomicU32> = (0..journal_len(4) / 4).map(|_| AtomicU32::new(0)).collect();
+    let journal = Journal::from_words(&memory).unwrap();
+    journal.initialize();
+    for n in ["/a", "/b", "/c"] {
+        let frame = Frame::parse(&reg(n)).unwrap();
+        journal.append(&frame.to_raw()).unwrap();
+    }
+    let mut m = TestManager::new(ManagerConfig::default(), at(0));
+    let mut fx = Recorder::default();
+    let c = m.connect(Peer::default(), at(0)).unwrap();
+    assert_eq!(
+        m.read_journal(c, journal, 2, at(0), &mut fx),
+        Ok(2),
+        "the budget ran out: one left"
+    );
+    assert_eq!(m.name_count(), 2);
+    assert_eq!(m.read_journal(c, journal, 2, at(0), &mut fx), Ok(1));
+    assert_eq!(m.name_count(), 3);
+    assert!(fx.replies.is_empty(), "nobody waits for journaled frames");
+
+    memory[2].store(1_000, Ordering::Relaxed); // the committed counter
+    assert_eq!(
+        m.read_journal(c, journal, 2, at(0), &mut fx),
+        Err(JournalError::Overrun { unread: 997 })
+    );
+    assert_eq!(fx.closed, [(c, CloseReason::JournalMisuse)]);
+}
+
+#[test]
 fn a_journal_offer_to_a_driver_without_journals_is_refused() {
     let mut r = Rig::new();
     let c = r.connect();
