@@ -381,7 +381,7 @@ mod growable {
     /// Ids per chunk of a [`ChunkedSlab`].
     const CHUNK: usize = 4096;
 
-    /// A slab in chunks of [`CHUNK`] slots. New values go to the lowest chunk
+    /// A slab in chunks of 4096 slots. New values go to the lowest chunk
     /// with room, and a chunk whose last value leaves is freed, so memory
     /// follows the live values even when a few long-lived ones remain among
     /// a million gone.
