@@ -1,13 +1,15 @@
 //! The allocation hot path: create a segment, write one byte per page, drop
 //! it. Beside it, in the same run, the raw syscall floor (the same calls with
 //! no manager) and the same loop through PyTorch's manager when installed.
-//! Prints medians and ratios to the floor at the end of each size.
+//! Criterion reports its statistics per variant; the figures printed at the
+//! end of each size (medians, ratios to the floor) come from interleaved
+//! rounds in rotating order after it, warm-up excluded.
 
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use libshm::{AckMode, Config, ManagerLink, NamePrefix, floor};
-use libshm_benches::{our_manager, print_ratios, record, torch_manager};
+use libshm_benches::{Measure, interleaved, our_manager, print_ratios, torch_manager};
 
 const SIZES: [(usize, &str); 4] = [
     (4 << 10, "4KiB"),
@@ -52,47 +54,52 @@ fn main() {
         if size >= 1 << 20 {
             group.sample_size(10);
         }
-        let floor_id = format!("{label}/floor");
         group.bench_function("floor", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let name = floor::fresh_name(&prefix).expect("name");
-                    floor::cycle(&name, size).expect("floor cycle");
-                }
-                let took = start.elapsed();
-                record(&floor_id, took, iters);
-                took
-            })
+            b.iter_custom(|iters| floor_cycles(&prefix, size, iters))
         });
         for (name, manager) in &variants {
-            let id = format!("{label}/{name}");
             group.bench_function(*name, |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let segment = manager.create(size).expect("create");
-                        segment.touch();
-                        drop(segment);
-                    }
-                    let took = start.elapsed();
-                    record(&id, took, iters);
-                    took
-                })
+                b.iter_custom(|iters| manager_cycles(manager, size, iters))
             });
             manager.settle().expect("settle");
         }
         group.finish();
-        let rows: Vec<String> = variants
-            .iter()
-            .map(|(name, _)| format!("{label}/{name}"))
-            .collect();
-        let rows: Vec<&str> = std::iter::once(floor_id.as_str())
-            .chain(rows.iter().map(String::as_str))
-            .collect();
-        print_ratios(&format!("hot path, {label}"), &floor_id, &rows);
+
+        let iters = (2_000 * 4096 / size).max(4) as u64;
+        let mut measures: Vec<Measure<'_>> =
+            vec![Box::new(|iters| floor_cycles(&prefix, size, iters))];
+        for (_, manager) in &variants {
+            measures.push(Box::new(move |iters| manager_cycles(manager, size, iters)));
+        }
+        let medians = interleaved(15, iters, &mut measures);
+        drop(measures);
+        let labels = std::iter::once("floor").chain(variants.iter().map(|(name, _)| *name));
+        let rows: Vec<(String, Duration)> = labels.map(str::to_owned).zip(medians).collect();
+        print_ratios(&format!("hot path, {label}"), &rows);
+        for (_, manager) in &variants {
+            manager.settle().expect("settle");
+        }
     }
     criterion.final_summary();
+}
+
+fn floor_cycles(prefix: &NamePrefix, size: usize, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let name = floor::fresh_name(prefix).expect("name");
+        floor::cycle(&name, size).expect("floor cycle");
+    }
+    start.elapsed()
+}
+
+fn manager_cycles(manager: &ManagerLink, size: usize, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let segment = manager.create(size).expect("create");
+        segment.touch();
+        drop(segment);
+    }
+    start.elapsed()
 }
 
 fn launch(base: &Config, executable: std::path::PathBuf, mode: AckMode) -> ManagerLink {

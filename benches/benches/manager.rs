@@ -2,14 +2,42 @@
 //! second through one manager, from 1, 4 and 16 client processes, ours beside
 //! PyTorch's in the same run. Clients are real processes with their own
 //! connections; they are started before the clock starts.
+//!
+//! Criterion reports its statistics per manager; the table printed at the
+//! end comes from interleaved rounds (ours and PyTorch's taking turns, the
+//! order rotating), warm-up excluded.
 
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use libshm_benches::client::{BenchClient, PREFIX, run_if_client};
-use libshm_benches::{median_of, our_manager, torch_manager};
+use libshm_benches::{Measure, interleaved, our_manager, torch_manager};
 use libshm_core::client::AckMode;
+use libshm_core::handshake::ManagerHandle;
 use libshm_unix::Launcher;
+
+/// Registrations (each with its release) per interleaved round, in all.
+const PER_ROUND: u64 = 4_000;
+const ROUNDS: usize = 7;
+
+/// Runs `total` registrations spread over `clients` client processes and
+/// returns how long they took (clients start before the clock).
+fn run(handle: &ManagerHandle, clients: u64, total: u64, mode: AckMode) -> Duration {
+    let each = total.div_ceil(clients).max(1);
+    let mut started: Vec<BenchClient> = (0..clients)
+        .map(|_| BenchClient::spawn(handle, each, mode).expect("spawn client"))
+        .collect();
+    let start = Instant::now();
+    for client in &mut started {
+        client.go().expect("go");
+    }
+    for client in started {
+        client.finish().expect("client");
+    }
+    start
+        .elapsed()
+        .mul_f64(total as f64 / (each * clients) as f64)
+}
 
 fn main() {
     run_if_client();
@@ -30,51 +58,52 @@ fn main() {
         let mut group = criterion.benchmark_group(format!("manager/{mode_name}"));
         for clients in [1u64, 4, 16] {
             group.throughput(Throughput::Elements(1));
-            for (name, executable) in &managers {
-                let launched = Launcher::new(executable)
-                    .args(["--name-prefix", PREFIX])
-                    .quiet(true)
-                    .launch()
-                    .expect("launch manager");
-                let mut per_registration = Vec::new();
+            let launched: Vec<_> = managers
+                .iter()
+                .map(|(name, executable)| {
+                    let launched = Launcher::new(executable)
+                        .args(["--name-prefix", PREFIX])
+                        .quiet(true)
+                        .launch()
+                        .expect("launch manager");
+                    (*name, launched)
+                })
+                .collect();
+            for (name, launched) in &launched {
                 group.bench_with_input(
                     BenchmarkId::new(*name, format!("{clients} clients")),
                     &clients,
                     |b, &clients| {
-                        b.iter_custom(|iters| {
-                            let each = iters.div_ceil(clients).max(1);
-                            let mut started: Vec<BenchClient> = (0..clients)
-                                .map(|_| {
-                                    BenchClient::spawn(&launched.handle, each, mode)
-                                        .expect("spawn client")
-                                })
-                                .collect();
-                            let start = Instant::now();
-                            for client in &mut started {
-                                client.go().expect("go");
-                            }
-                            for client in started {
-                                client.finish().expect("client");
-                            }
-                            let took = start.elapsed();
-                            per_registration
-                                .push(took / u32::try_from(each * clients).unwrap_or(u32::MAX));
-                            took.mul_f64(iters as f64 / (each * clients) as f64)
-                        })
+                        b.iter_custom(|iters| run(&launched.handle, clients, iters, mode))
                     },
                 );
-                if let Some(median) = median_of(&per_registration) {
-                    table.push((mode_name, clients, *name, 1.0 / median.as_secs_f64()));
-                }
+            }
+            let mut measures: Vec<Measure<'_>> = launched
+                .iter()
+                .map(|(_, launched)| {
+                    let handle = launched.handle;
+                    Box::new(move |iters| run(&handle, clients, iters, mode)) as Measure<'_>
+                })
+                .collect();
+            let medians = interleaved(ROUNDS, PER_ROUND, &mut measures);
+            for ((name, _), median) in launched.iter().zip(medians) {
+                table.push((mode_name, clients, *name, 1.0 / median.as_secs_f64()));
             }
         }
         group.finish();
     }
     println!(
-        "\nmanager throughput (median registrations per second; each followed by its release)"
+        "\nmanager throughput (medians of interleaved rounds; registrations per second, each followed by its release)"
     );
     for (mode, clients, name, rate) in &table {
-        println!("  {mode:<10} {clients:>2} clients  {name:<18} {rate:>12.0}/s");
+        let ours = table
+            .iter()
+            .find(|(m, c, n, _)| m == mode && c == clients && *n == "shm-manager")
+            .map_or(f64::NAN, |row| row.3);
+        println!(
+            "  {mode:<10} {clients:>2} clients  {name:<18} {rate:>12.0}/s  (ours {:.2}x this)",
+            ours / rate
+        );
     }
     criterion.final_summary();
 }

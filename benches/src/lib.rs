@@ -10,9 +10,7 @@
 //! What it does not do: judge. The numbers are printed; the targets live in
 //! the issue tracker and the closing notes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 pub mod client;
@@ -50,26 +48,6 @@ pub fn torch_manager() -> Option<PathBuf> {
     from_env.filter(|p| p.is_file()).or_else(from_venv)
 }
 
-/// Per-iteration times of each benchmark, as criterion's samples saw them.
-static SAMPLES: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
-
-/// Records one criterion sample (`total` for `iters` iterations) under `id`.
-pub fn record(id: &str, total: Duration, iters: u64) {
-    let per_iter = total / u32::try_from(iters.max(1)).unwrap_or(u32::MAX);
-    let mut samples = SAMPLES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    samples.entry(id.to_owned()).or_default().push(per_iter);
-}
-
-/// The median per-iteration time recorded under `id`.
-pub fn median(id: &str) -> Option<Duration> {
-    let samples = SAMPLES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    median_of(samples.get(id)?)
-}
-
 /// The median of some durations.
 pub fn median_of(values: &[Duration]) -> Option<Duration> {
     let mut sorted = values.to_vec();
@@ -77,17 +55,45 @@ pub fn median_of(values: &[Duration]) -> Option<Duration> {
     sorted.get(sorted.len() / 2).copied()
 }
 
-/// Prints `rows` (ids) as medians and ratios to `baseline`, under `title`.
-pub fn print_ratios(title: &str, baseline: &str, rows: &[&str]) {
-    let Some(base) = median(baseline) else { return };
-    println!("\n{title} (medians; ratio to {baseline})");
-    for id in rows {
-        if let Some(m) = median(id) {
-            println!(
-                "  {id:<44} {:>12} {:>7.2}",
-                format!("{m:.2?}"),
-                m.as_secs_f64() / base.as_secs_f64()
-            );
+/// A variant measured in [`interleaved`] rounds: runs `iters` iterations
+/// and returns how long they took.
+pub type Measure<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// The figures the benches print: every variant runs `iters` iterations per
+/// round, `rounds` times, in an order that rotates each round (so drift and
+/// a noisy neighbour hit all alike, and no variant always follows the same
+/// one), after one untimed warm-up round. Returns each variant's median
+/// time per iteration, in the order given. Criterion's own statistics are
+/// separate; these are the medians and ratios the closing notes quote.
+pub fn interleaved(rounds: usize, iters: u64, variants: &mut [Measure<'_>]) -> Vec<Duration> {
+    for measure in variants.iter_mut() {
+        measure(iters.div_ceil(4).max(1));
+    }
+    let mut samples = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let index = (round + k) % variants.len();
+            let took = variants[index](iters);
+            samples[index].push(took / u32::try_from(iters.max(1)).unwrap_or(u32::MAX));
         }
+    }
+    samples
+        .iter()
+        .map(|s| median_of(s).unwrap_or_default())
+        .collect()
+}
+
+/// Prints `rows` (label, median) as medians and ratios to the first row.
+pub fn print_ratios(title: &str, rows: &[(String, Duration)]) {
+    let Some((baseline, base)) = rows.first() else {
+        return;
+    };
+    println!("\n{title} (medians of interleaved rounds; ratio to {baseline})");
+    for (label, median) in rows {
+        println!(
+            "  {label:<44} {:>12} {:>7.2}",
+            format!("{median:.2?}"),
+            median.as_secs_f64() / base.as_secs_f64()
+        );
     }
 }

@@ -53,7 +53,7 @@ for round in $(seq 1 "$rounds"); do
   # Rotate the order each round, so drift hits both alike.
   if [ $((round % 2)) = 1 ]; then order="ours theirs"; else order="theirs ours"; fi
   for who in $order; do
-    alloc[$who]+="$(PYTHONPATH="$work/$who" "$python" "$here/alloc.py" 4096 1000 3) "
+    alloc[$who]+="$(PYTHONPATH="$work/$who" "$python" "$root/std-shim/src/bin/shmctl/bench/torch_alloc.py" 4096 1000 3) "
     queue[$who]+="$(PYTHONPATH="$work/$who" "$python" "$here/queue_e2e.py" 3000 4096) "
   done
 done

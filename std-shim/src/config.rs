@@ -12,6 +12,7 @@ use libshm_core::name::NamePrefix;
 use libshm_unix::Launcher;
 
 use crate::error::Error;
+use crate::pool::{PoolSizes, PoolSizesError};
 use crate::wire::TransportKind;
 
 /// Path of the manager executable to start.
@@ -26,6 +27,10 @@ pub const ENV_TRANSPORT: &str = "LIBSHM_TRANSPORT";
 /// `on` (default) or `off`: whether pipelined clients hand frames to our
 /// manager through a shared-memory journal instead of the socket.
 pub const ENV_JOURNAL: &str = "LIBSHM_JOURNAL";
+
+/// Segments to make ahead of time: `<size>[:<depth>],...` or `auto` (see
+/// [`PoolSizes`]); unset, nothing is pooled.
+pub const ENV_POOL: &str = "LIBSHM_POOL";
 
 /// Our manager's file name, looked for next to the running executable and on `PATH`.
 pub const MANAGER_BIN: &str = "shm-manager";
@@ -45,6 +50,7 @@ pub struct Config {
     quiet_manager: bool,
     transport: TransportKind,
     journal: bool,
+    pool: Option<PoolSizes>,
 }
 
 impl Default for Config {
@@ -58,13 +64,15 @@ impl Default for Config {
             quiet_manager: false,
             transport: TransportKind::Unix,
             journal: true,
+            pool: None,
         }
     }
 }
 
 impl Config {
     /// Defaults overridden by `LIBSHM_MANAGER`, `LIBSHM_ACK`,
-    /// `LIBSHM_NAME_PREFIX`, `LIBSHM_JOURNAL` and `LIBSHM_TRANSPORT`.
+    /// `LIBSHM_NAME_PREFIX`, `LIBSHM_JOURNAL`, `LIBSHM_POOL` and
+    /// `LIBSHM_TRANSPORT`.
     pub fn from_env() -> Result<Self, Error> {
         let mut config = Self::default();
         if let Some(path) = std::env::var_os(ENV_MANAGER).filter(|p| !p.is_empty()) {
@@ -94,6 +102,12 @@ impl Config {
                 }
             };
         }
+        if let Some(pool) = env_str(ENV_POOL)? {
+            config.pool = Some(pool.parse().map_err(|err: PoolSizesError| Error::Env {
+                var: ENV_POOL,
+                why: err.to_string(),
+            })?);
+        }
         if let Some(kind) = env_str(ENV_TRANSPORT)? {
             config.transport = TransportKind::parse(&kind).ok_or_else(|| Error::Env {
                 var: ENV_TRANSPORT,
@@ -101,6 +115,18 @@ impl Config {
             })?;
         }
         Ok(config)
+    }
+
+    /// Keeps segments of these sizes made ahead of time, on the managers
+    /// this configuration starts (see [`PoolSizes`]); `None` pools nothing.
+    pub fn pool(mut self, sizes: Option<PoolSizes>) -> Self {
+        self.pool = sizes;
+        self
+    }
+
+    /// See [`Config::pool`].
+    pub fn get_pool(&self) -> Option<&PoolSizes> {
+        self.pool.as_ref()
     }
 
     /// The manager executable to start (PyTorch's `torch_shm_manager` works too).

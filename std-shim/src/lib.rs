@@ -72,6 +72,7 @@ pub mod inspect;
 mod link;
 mod manager_link;
 mod naming;
+mod pool;
 mod process;
 mod registry;
 mod segment;
@@ -79,13 +80,17 @@ mod share;
 mod shared_memory;
 mod shm;
 pub mod status;
+#[path = "bin/shared/units.rs"]
+#[allow(dead_code, reason = "the binaries use the rest; the pool parses sizes")]
+mod units;
 mod wire;
 
 pub use config::{
-    Config, ENV_ACK, ENV_JOURNAL, ENV_MANAGER, ENV_PREFIX, ENV_TRANSPORT, MANAGER_BIN,
+    Config, ENV_ACK, ENV_JOURNAL, ENV_MANAGER, ENV_POOL, ENV_PREFIX, ENV_TRANSPORT, MANAGER_BIN,
 };
 pub use error::Error;
 pub use manager_link::ManagerLink;
+pub use pool::{PoolSizes, PoolSizesError};
 pub use segment::{Closed, OutOfBounds, SegmentCursor, SharedSegment, ViewError};
 pub use share::{ShareHandle, ShareHandleError};
 pub use shared_memory::SharedAtomic;

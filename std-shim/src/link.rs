@@ -25,7 +25,7 @@
 //! link's.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use libshm_core::client::{AckMode, ClientError, ClientFault};
@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::error_chain::Chain;
 use crate::naming::current_pid;
+use crate::pool::Pool;
 use crate::registry;
 use crate::wire::{TransportKind, Wire, WireError};
 
@@ -64,6 +65,8 @@ pub(crate) struct Link {
     /// the allocation path never consults the process-wide configuration.
     prefix: NamePrefix,
     state: Mutex<LinkState>,
+    /// Segments made ahead of time, when the configuration asks for them.
+    pool: OnceLock<Arc<Pool>>,
 }
 
 #[derive(Debug)]
@@ -143,11 +146,22 @@ impl Link {
         Self {
             prefix: *config.get_name_prefix(),
             state: Mutex::new(state),
+            pool: OnceLock::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts keeping segments of `sizes` ready (see [`Pool`]), once.
+    pub(crate) fn start_pool(self: &Arc<Self>, sizes: &crate::PoolSizes) {
+        self.pool.get_or_init(|| Pool::start(self, sizes));
+    }
+
+    /// The pool, if this link keeps one.
+    pub(crate) fn pool(&self) -> Option<&Arc<Pool>> {
+        self.pool.get()
     }
 
     /// The prefix for names created through this link.

@@ -57,8 +57,17 @@ impl ManagerLink {
         self.link.handle()
     }
 
+    /// Segments of `size` data bytes ready in this manager's pool (see
+    /// [`Config::pool`](crate::Config::pool)); 0 without one.
+    pub fn pooled(&self, size: usize) -> usize {
+        self.link.pool().map_or(0, |pool| pool.ready(size))
+    }
+
     /// Creates a segment with a fresh name and `size` bytes of user data.
     pub fn create(&self, size: usize) -> Result<SharedSegment, Error> {
+        if let Some(segment) = SharedSegment::from_pool(&self.link, size) {
+            return Ok(segment);
+        }
         let name = crate::naming::next_name(self.link.prefix())?;
         SharedSegment::create_with(Arc::clone(&self.link), name, size)
     }

@@ -59,6 +59,9 @@ pub(crate) fn default_link() -> Result<Arc<Link>, Error> {
     let config = registry.config()?.clone();
     let (handle, link) = launch(&config)?;
     let link = Arc::new(link);
+    if let Some(sizes) = config.get_pool() {
+        link.start_pool(sizes);
+    }
     registry.default = Some((handle, Arc::clone(&link)));
     Ok(link)
 }
@@ -101,6 +104,9 @@ pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
     }
     let config = registry.config()?.clone();
     let link = Arc::new(Link::new(handle, Origin::Given, &config));
+    if let Some(sizes) = config.get_pool() {
+        link.start_pool(sizes);
+    }
     registry.by_handle.insert(handle, Arc::clone(&link));
     Ok(link)
 }
@@ -109,6 +115,9 @@ pub(crate) fn link_for(handle: ManagerHandle) -> Result<Arc<Link>, Error> {
 pub(crate) fn launched_link(config: &Config) -> Result<Arc<Link>, Error> {
     let (handle, link) = launch(config)?;
     let link = Arc::new(link);
+    if let Some(sizes) = config.get_pool() {
+        link.start_pool(sizes);
+    }
     lock().by_handle.insert(handle, Arc::clone(&link));
     Ok(link)
 }

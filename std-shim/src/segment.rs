@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::link::Link;
 use crate::manager_link::ManagerLink;
 use crate::naming::current_pid;
+use crate::pool::Pool;
 use crate::share::ShareHandle;
 use crate::shm;
 
@@ -47,12 +48,15 @@ pub struct SharedSegment {
     link: Arc<Link>,
     /// The process that holds the reference; a forked copy must not release it.
     owner_pid: u32,
+    /// Taken from this pool, and given back to it to unmap and unlink.
+    pool: Option<Arc<Pool>>,
 }
 
 /// What closing a segment did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closed {
-    /// Ours was the last reference, and the name was unlinked.
+    /// Ours was the last reference, and the name was unlinked (for a
+    /// segment from a pool: is being unlinked, by the pool's thread).
     pub unlinked: bool,
 }
 
@@ -156,7 +160,18 @@ impl SharedSegment {
             name,
             link,
             owner_pid: current_pid(),
+            pool: None,
         }
+    }
+
+    /// A segment of `size` data bytes from `link`'s pool, if one is ready:
+    /// created, registered and mapped ahead, refcount 1.
+    pub(crate) fn from_pool(link: &Arc<Link>, size: usize) -> Option<Self> {
+        let pool = link.pool()?;
+        let (name, map) = pool.take(size)?;
+        let mut segment = Self::assemble(map, size, name, Arc::clone(link));
+        segment.pool = Some(Arc::clone(pool));
+        Some(segment)
     }
 
     fn refcount(&self) -> Refcount<'_> {
@@ -232,6 +247,16 @@ impl SharedSegment {
     fn release(&mut self) -> Closed {
         // A forked copy, or an open whose refcount was refused: unmap only.
         let ours = current_pid() == self.owner_pid;
+        if let Some(pool) = self.pool.take().filter(|_| ours) {
+            // The refcount now; the unmapping and unlinking on the pool's
+            // thread, off the caller's path.
+            let last = matches!(self.refcount().release(), Ok(Released::Last));
+            // SAFETY: as below: taken exactly once, never read again.
+            let map = unsafe { ManuallyDrop::take(&mut self.map) };
+            pool.give_back(self.name, map, last);
+            self.link.release(self.name, last);
+            return Closed { unlinked: last };
+        }
         let unlinked = ours && self.drop_reference();
         // SAFETY: `map` is taken exactly once, here, reached only from close()
         // (which then forgets `self`) or drop(); nothing reads it afterwards.

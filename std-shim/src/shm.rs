@@ -34,6 +34,16 @@ fn nofollow() -> OFlags {
 /// Creates `name` with room for `data_len` bytes after the header and maps it.
 /// On any failure after `shm_open` the name is unlinked again.
 pub(crate) fn create(name: &SegmentName, data_len: usize) -> Result<MmapRaw, Error> {
+    create_mapped(name, data_len, false)
+}
+
+/// [`create`], with every page faulted in by the kernel as it maps (for
+/// segments made ahead of time, off the hot path).
+pub(crate) fn create_populated(name: &SegmentName, data_len: usize) -> Result<MmapRaw, Error> {
+    create_mapped(name, data_len, true)
+}
+
+fn create_mapped(name: &SegmentName, data_len: usize, populate: bool) -> Result<MmapRaw, Error> {
     let len = header::mapping_len(data_len).map_err(|source| Error::Size {
         name: *name,
         source,
@@ -48,7 +58,7 @@ pub(crate) fn create(name: &SegmentName, data_len: usize) -> Result<MmapRaw, Err
         Err(Errno::EXIST) => return Err(Error::Exists { name: *name }),
         Err(errno) => return Err(Error::os("shm_open", *name)(errno)),
     };
-    let sized = size(&fd, name, bytes).and_then(|()| map(&fd, name, len));
+    let sized = size(&fd, name, bytes).and_then(|()| map(&fd, name, len, populate));
     if sized.is_err() {
         let _ = rustix::shm::unlink(name.as_str());
     }
@@ -66,15 +76,17 @@ fn size(fd: &OwnedFd, name: &SegmentName, bytes: u64) -> Result<(), Error> {
     }
 }
 
-fn map(fd: &OwnedFd, name: &SegmentName, len: usize) -> Result<MmapRaw, Error> {
-    MmapOptions::new()
-        .len(len)
-        .map_raw(fd)
-        .map_err(|source| Error::Os {
-            op: "mmap",
-            name: *name,
-            source,
-        })
+fn map(fd: &OwnedFd, name: &SegmentName, len: usize, populate: bool) -> Result<MmapRaw, Error> {
+    let mut options = MmapOptions::new();
+    options.len(len);
+    if populate {
+        options.populate();
+    }
+    options.map_raw(fd).map_err(|source| Error::Os {
+        op: "mmap",
+        name: *name,
+        source,
+    })
 }
 
 /// Opens an existing `name` without creating it and maps the header plus
@@ -94,7 +106,7 @@ pub(crate) fn open(name: &SegmentName, data_len: Option<usize>) -> Result<MmapRa
             source,
         }
     })?;
-    map(&fd, name, len)
+    map(&fd, name, len, false)
 }
 
 /// Unlinks `name`; a name that is already gone is not an error.

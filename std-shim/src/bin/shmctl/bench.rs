@@ -3,7 +3,17 @@
 //!
 //! Each variant runs the same loop (create a segment, write one byte per page,
 //! drop it). Variants take turns in short rounds, so a noisy neighbour hits
-//! them alike; the report is the median of the per-round averages.
+//! them alike; the report is the median of the per-round averages, and the
+//! CPU time the process spent per segment (every thread: a pool's filler too).
+//!
+//! `--pool` adds our client with a segment pool: its creates are timed from
+//! a full shelf, in batches of the shelf's depth, and the refill between
+//! batches counts in its CPU. `--busy` keeps one core busy with another
+//! process throughout. `--torch-client` measures PyTorch's own client
+//! (THManagedMapAllocator, through torch in Python) through PyTorch's
+//! manager and ours instead.
+
+mod torch_client;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +43,19 @@ pub(crate) struct Args {
     /// Run only these variants (the floor always runs: it is the baseline).
     #[arg(long, value_enum)]
     variant: Vec<Kind>,
+    /// Add our client with a segment pool of each size (depth 64).
+    #[arg(long)]
+    pool: bool,
+    /// Keep one core busy with another process while measuring.
+    #[arg(long)]
+    busy: bool,
+    /// Measure PyTorch's own client through PyTorch's manager and ours
+    /// (needs torch: --python, else the first python3 on PATH that has it).
+    #[arg(long)]
+    torch_client: bool,
+    /// With --torch-client: the Python that imports torch.
+    #[arg(long, requires = "torch_client")]
+    python: Option<PathBuf>,
 }
 
 /// A variant to measure.
@@ -50,10 +73,59 @@ pub(crate) enum Kind {
 struct Variant {
     label: String,
     manager: Option<ManagerLink>,
+    /// Segments per timed batch from a full pool shelf; `None` unpooled.
+    pool_depth: Option<usize>,
     samples: Vec<Duration>,
+    cpu: Duration,
+    cycles: usize,
+}
+
+impl Variant {
+    fn new(label: impl Into<String>, manager: Option<ManagerLink>) -> Self {
+        Self {
+            label: label.into(),
+            manager,
+            pool_depth: None,
+            samples: Vec::new(),
+            cpu: Duration::ZERO,
+            cycles: 0,
+        }
+    }
+}
+
+/// Depth of the pool shelves `--pool` measures.
+const POOL_DEPTH: usize = 64;
+
+/// CPU time of this whole process (every thread) so far.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Another process spinning on one core for as long as it lives.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start() -> std::io::Result<Self> {
+        std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .map(Self)
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub(crate) fn run(args: &Args) -> Outcome {
+    let _hog = if args.busy { Some(Hog::start()?) } else { None };
+    if args.torch_client {
+        return torch_client::run(args.python.as_deref(), args.rounds.max(1), args.busy);
+    }
     let rounds = args.rounds.max(1);
     let prefix = NamePrefix::new(b"/shmbench_")?;
     let mut base = Config::from_env()?.name_prefix(prefix).quiet_manager(true);
@@ -75,37 +147,42 @@ pub(crate) fn run(args: &Args) -> Outcome {
         let iters = (args.iters * 4096 / size.max(4096)).max(rounds * 4);
         let per_round = iters.div_ceil(rounds);
         let wanted = |kind| args.variant.is_empty() || args.variant.contains(&kind);
-        let mut variants = vec![Variant {
-            label: "floor (raw syscalls, no manager)".into(),
-            manager: None,
-            samples: Vec::new(),
-        }];
+        let mut variants = vec![Variant::new("floor (raw syscalls, no manager)", None)];
         if wanted(Kind::Pipelined) {
-            variants.push(Variant {
-                label: "libshm, pipelined".into(),
-                manager: Some(ManagerLink::launch(
+            variants.push(Variant::new(
+                "libshm, pipelined",
+                Some(ManagerLink::launch(
                     &base.clone().ack_mode(AckMode::default()),
                 )?),
-                samples: Vec::new(),
-            });
+            ));
         }
         if wanted(Kind::Socket) {
-            variants.push(Variant {
-                label: "libshm, pipelined, socket frames".into(),
-                manager: Some(ManagerLink::launch(
+            variants.push(Variant::new(
+                "libshm, pipelined, socket frames",
+                Some(ManagerLink::launch(
                     &base.clone().ack_mode(AckMode::default()).journal(false),
                 )?),
-                samples: Vec::new(),
-            });
+            ));
         }
         if wanted(Kind::Strict) {
-            variants.push(Variant {
-                label: "libshm, strict (waits for OK)".into(),
-                manager: Some(ManagerLink::launch(
+            variants.push(Variant::new(
+                "libshm, strict (waits for OK)",
+                Some(ManagerLink::launch(
                     &base.clone().ack_mode(AckMode::Strict),
                 )?),
-                samples: Vec::new(),
-            });
+            ));
+        }
+        if args.pool {
+            let pooled = base
+                .clone()
+                .ack_mode(AckMode::default())
+                .pool(Some(libshm::PoolSizes::Fixed(vec![(size, POOL_DEPTH)])));
+            let mut variant = Variant::new(
+                "libshm, pipelined, from a pool",
+                Some(ManagerLink::launch(&pooled)?),
+            );
+            variant.pool_depth = Some(POOL_DEPTH);
+            variants.push(variant);
         }
         for variant in &mut variants {
             run_cycles(variant, size, per_round.min(200), &prefix)?; // warm up
@@ -115,9 +192,11 @@ pub(crate) fn run(args: &Args) -> Outcome {
             for k in 0..variants.len() {
                 let index = (round + k) % variants.len();
                 let variant = &mut variants[index];
-                let start = Instant::now();
-                run_cycles(variant, size, per_round, &prefix)?;
-                let per_op = start.elapsed() / u32::try_from(per_round).unwrap_or(u32::MAX);
+                let cpu = process_cpu();
+                let took = run_cycles(variant, size, per_round, &prefix)?;
+                variant.cpu += process_cpu().saturating_sub(cpu);
+                variant.cycles += per_round;
+                let per_op = took / u32::try_from(per_round).unwrap_or(u32::MAX);
                 variant.samples.push(per_op);
             }
         }
@@ -136,19 +215,21 @@ pub(crate) fn run(args: &Args) -> Outcome {
         )?;
         writeln!(
             out,
-            "  {:<34} {:>12} {:>12} {:>8}",
-            "variant", "median/op", "spread", "vs floor"
+            "  {:<34} {:>12} {:>12} {:>8} {:>12}",
+            "variant", "median/op", "spread", "vs floor", "cpu/segment"
         )?;
         for variant in &variants {
             let m = median(&variant.samples);
             let (lo, hi) = spread(&variant.samples);
+            let cpu = variant.cpu / u32::try_from(variant.cycles.max(1)).unwrap_or(u32::MAX);
             writeln!(
                 out,
-                "  {:<34} {:>12} {:>12} {:>8.2}",
+                "  {:<34} {:>12} {:>12} {:>8.2} {:>12}",
                 variant.label,
                 format_duration(m),
                 format!("±{}", format_duration((hi - lo) / 2)),
-                m.as_secs_f64() / floor_median.as_secs_f64()
+                m.as_secs_f64() / floor_median.as_secs_f64(),
+                format_duration(cpu)
             )?;
         }
     }
@@ -156,27 +237,58 @@ pub(crate) fn run(args: &Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs `count` create/touch/drop cycles; returns the time they took
+/// (for a pooled variant: only the cycles, each batch from a full shelf).
 fn run_cycles(
     variant: &Variant,
     size: usize,
     count: usize,
     prefix: &NamePrefix,
-) -> Result<(), libshm::Error> {
-    match &variant.manager {
-        None => {
+) -> Result<Duration, libshm::Error> {
+    let cycle = |manager: &ManagerLink| -> Result<(), libshm::Error> {
+        let segment = manager.create(size)?;
+        segment.touch();
+        drop(segment);
+        Ok(())
+    };
+    let start = Instant::now();
+    match (&variant.manager, variant.pool_depth) {
+        (None, _) => {
             for _ in 0..count {
                 floor::cycle(&floor::fresh_name(prefix)?, size)?;
             }
         }
-        Some(manager) => {
+        (Some(manager), None) => {
             for _ in 0..count {
-                let segment = manager.create(size)?;
-                segment.touch();
-                drop(segment);
+                cycle(manager)?;
             }
         }
+        (Some(manager), Some(depth)) => {
+            // Untimed, but on this variant's CPU bill: the shelf is refilled
+            // before each batch and after the last one.
+            let refilled = || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while manager.pooled(size) < depth && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            };
+            let mut timed = Duration::ZERO;
+            let mut done = 0;
+            while done < count {
+                refilled();
+                let batch = depth.min(count - done);
+                let start = Instant::now();
+                for _ in 0..batch {
+                    cycle(manager)?;
+                }
+                timed += start.elapsed();
+                done += batch;
+            }
+            refilled();
+            return Ok(timed);
+        }
     }
-    Ok(())
+    Ok(start.elapsed())
 }
 
 fn median(samples: &[Duration]) -> Duration {

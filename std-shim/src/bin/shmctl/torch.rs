@@ -21,7 +21,7 @@ mod error;
 mod identity;
 mod running;
 mod sha256;
-mod site;
+pub(crate) mod site;
 mod swap;
 mod trial;
 
