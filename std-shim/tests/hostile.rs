@@ -633,3 +633,114 @@ fn another_user_cannot_squat_the_names_a_client_will_create() {
          {first}), the process's next create failed: {reply}"
     );
 }
+
+// --- 9. /dev/shm as a symlink ------------------------------------------------
+
+/// Shell run in private mount and pid namespaces: `/dev/shm` becomes a
+/// symlink to a tmpfs elsewhere (`$1`), as on systems where it points at
+/// `/run/shm`; a process maps a segment (`$2`) whose creator is dead, and
+/// `shmctl gc` (`$0`) runs. Prints whether the segment was kept.
+const GC_BEHIND_A_SYMLINK: &str = r#"
+SHMCTL="$0"; SCRATCH="$1"; NAME="$2"; PREFIX="$3"; PYTHON="$4"
+set -e
+mkdir -p "$SCRATCH/dev" "$SCRATCH/shm"
+mount --bind /dev "$SCRATCH/dev"
+mount -t tmpfs none "$SCRATCH/shm"
+mount -t tmpfs none /dev
+touch /dev/null
+mount --bind "$SCRATCH/dev/null" /dev/null
+ln -s "$SCRATCH/shm" /dev/shm
+"$PYTHON" -c '
+import mmap, os, struct, sys, time
+fd = os.open("/dev/shm" + sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600)
+os.ftruncate(fd, 64 + 4096)
+mapping = mmap.mmap(fd, 64 + 4096)
+mapping[:4] = struct.pack("=i", 1)
+os.close(fd)
+print("mapped", flush=True)
+time.sleep(30)
+' "$NAME" > "$SCRATCH/mapper" &
+mapper=$!
+while [ ! -s "$SCRATCH/mapper" ]; do sleep 0.01; done
+"$SHMCTL" gc --prefix "$PREFIX" --older-than 0 --yes > /dev/null 2>&1 || true
+if [ -e "/dev/shm$NAME" ]; then echo KEPT; else echo REMOVED; fi
+kill $mapper
+"#;
+
+/// The README says `/dev/shm` "may be a symlink (to `/run/shm` on some
+/// systems)". Then `/proc/<pid>/maps` and `fd/` show a segment under the
+/// symlink's target, and `inspect::users` (std-shim/src/inspect/users.rs),
+/// which matches only paths starting with `/dev/shm/`, finds no user of
+/// anything: a segment whose creator died but that a live process maps
+/// (`orphaned`) is shown `leaked`, and `shmctl gc --yes` (like the recovery
+/// sweep, which shares the judgement) unlinks it. The maps line also carries
+/// the device and inode, which do not depend on the path.
+#[test]
+fn gc_spares_a_mapped_segment_when_dev_shm_is_a_symlink() {
+    if !is_root_or_skip("root, for private mount and pid namespaces") {
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("libshm-hostile-symlink-{}", run_id()));
+    let prefix = format!("/hostileLn{}_", run_id());
+    // A creator pid beyond any pid_max: dead everywhere.
+    let name = format!("{prefix}4194999_1_0");
+    let output = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(GC_BEHIND_A_SYMLINK)
+        .arg(common::SHMCTL)
+        .arg(&scratch)
+        .arg(&name)
+        .arg(&prefix)
+        .arg("/usr/bin/python3")
+        .output()
+        .expect("run unshare");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("KEPT"),
+        "with /dev/shm a symlink to another tmpfs, `shmctl gc --yes` removed {name}, which \
+         a live process maps ({}; {stdout}{})",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// --- 10. LIBSHM_NAME_PREFIX in PyTorch's environment --------------------------
+
+/// `shmctl torch install` makes `import torch` start our manager with no
+/// arguments; it then accepts only names under `$LIBSHM_NAME_PREFIX` when
+/// that is set. PyTorch's names are always `/torch_…`, so in an environment
+/// that sets the variable for libshm's own clients, every registration
+/// PyTorch makes is answered `NO` and `share_memory_()` fails with
+/// "Shared memory manager didn't respond with an OK" (seen with torch 2.15),
+/// and the manager logs nothing about it.
+#[test]
+fn a_manager_started_as_pytorch_starts_it_serves_pytorchs_names_whatever_the_environment() {
+    let log = common::measure::LogFile::new("hostile-prefix");
+    let mut command = Command::new(SHM_MANAGER);
+    command
+        .env("LIBSHM_NAME_PREFIX", "/myapp_")
+        .stderr(log.stdio());
+    let daemon = Daemon::spawn(&mut command);
+    let mut pytorch = daemon.connect();
+    let name = format!("/torch_{}_{}_0", std::process::id(), run_id());
+    pytorch.send(&frame(0, &name));
+    let reply = pytorch.reply();
+    assert_eq!(
+        reply,
+        Some(*b"OK"),
+        "a manager started without arguments (as PyTorch starts it) but with \
+         LIBSHM_NAME_PREFIX=/myapp_ in its environment answered {:?} to PyTorch's {name}; \
+         its log says: {:?}",
+        reply.map(|r| String::from_utf8_lossy(&r).into_owned()),
+        log.text()
+    );
+}
