@@ -744,3 +744,93 @@ fn a_manager_started_as_pytorch_starts_it_serves_pytorchs_names_whatever_the_env
         log.text()
     );
 }
+
+// --- 11. The recovery sweep beside processes with many descriptors ------------
+
+/// Holds `count` descriptors open (PyTorch's default `file_descriptor`
+/// sharing strategy keeps one per shared tensor) until stdin closes.
+const DESCRIPTOR_HOARDER: &str = r#"
+import os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+null = os.open("/dev/null", os.O_RDONLY)
+held = [os.dup(null) for _ in range(int(sys.argv[1]))]
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// A manager that adopts a dead one's handle sweeps for leaked segments at
+/// once and then every second for ten seconds, each time walking every
+/// process's `/proc/<pid>/maps` and `readlink`ing each of its descriptors
+/// (`inspect::users::scan`), inside the event loop. Four processes holding
+/// 15,000 descriptors each (a `file_descriptor`-strategy PyTorch job after
+/// `ulimit -n` was raised) make each sweep hold every client up for about a
+/// third of a second; the scan runs in full even when it will be thrown away
+/// for doubt.
+#[test]
+fn the_recovery_sweep_does_not_stall_other_clients_beside_descriptor_hoarders() {
+    use std::io::BufRead;
+    let _machine = exclusive();
+    let per_process = 15_000;
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit
+        .maximum
+        .is_some_and(|max| max < per_process as u64 + 64)
+    {
+        panic!("this test needs a hard descriptor limit above {per_process}");
+    }
+    let mut hoarders: Vec<Child> = (0..4)
+        .map(|_| {
+            let mut child = Command::new("/usr/bin/python3")
+                .args(["-c", DESCRIPTOR_HOARDER, &per_process.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn python3");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready");
+            child
+        })
+        .collect();
+    let prefix = format!("/hostileSw{}_", run_id());
+    let mut dead = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
+    let handle = dead.handle.clone();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    // It accepts every name (the probe's are not under the prefix) and sweeps
+    // only this test's prefix.
+    let revived = Daemon::start_with_stderr(
+        &[
+            "--name-prefix",
+            "/",
+            "--adopt",
+            &handle,
+            "--sweep-prefix",
+            &prefix,
+        ],
+        Stdio::null(),
+    );
+    let mut probe = Probe::connect(&revived.handle);
+    let mut trips = common::measure::RoundTrips::default();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(11) {
+        probe.round_trip_into(&mut trips);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for hoarder in &mut hoarders {
+        let _ = hoarder.kill();
+        let _ = hoarder.wait();
+    }
+    let bound = Duration::from_millis(50);
+    assert!(
+        trips.max() < bound,
+        "during the recovery sweeps, beside four processes holding {per_process} descriptors \
+         each, another client waited up to {:.0?} (bound {bound:?}); {trips}; worst (since \
+         start, took): {:?}",
+        trips.max(),
+        trips.worst(5, started)
+    );
+}
