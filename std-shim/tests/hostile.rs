@@ -893,3 +893,88 @@ fn many_idle_connections_do_not_slow_another_clients_round_trip() {
         during.percentile(50.0)
     );
 }
+
+// --- 13. A fork worker that outlives its parent ------------------------------
+
+/// Under `fork`, a worker inherits its parent's shared tensors: it maps them
+/// but never registers them, and the header refcount does not count it. The
+/// parent dies (SIGKILL: an OOM kill, a crash); the worker goes on and sends
+/// an inherited tensor to another process, which opens it by name.
+const FORK_WORKER_OUTLIVES_PARENT: &str = r#"
+import os, signal, sys, time
+import torch, torch.multiprocessing as mp
+
+def reader(queue, out):
+    out.put(float(queue.get().sum()))
+
+def worker(ready):
+    ready.put(os.getpid())
+    time.sleep(4)  # the parent is dead by now, and the grace period over
+    ctx = mp.get_context("spawn")
+    queue, out = ctx.Queue(), ctx.Queue()
+    other = ctx.Process(target=reader, args=(queue, out))
+    other.start()
+    try:
+        queue.put(shared)
+        print("summed", out.get(timeout=10), flush=True)
+    except Exception as err:
+        print("failed", type(err).__name__, err, flush=True)
+    other.join(timeout=10)
+    if other.is_alive():
+        other.kill()
+
+if __name__ == "__main__":
+    mp.set_sharing_strategy("file_system")
+    mp.set_start_method("fork")
+    shared = torch.ones(1000).share_memory_()
+    print("name", shared.untyped_storage()._share_filename_cpu_()[1].decode(), flush=True)
+    ready = mp.Queue()
+    mp.Process(target=worker, args=(ready,)).start()
+    ready.get()
+    os.kill(os.getpid(), signal.SIGKILL)
+"#;
+
+/// The parent's holder ends with it (`pid_exited`), the name's one
+/// registration is now dead, and the refcount (1, the parent's) is no larger:
+/// an orphan by the refcount rule, reaped two seconds later while the worker
+/// still maps it. The worker's reader then fails with "No such file or
+/// directory". Under PyTorch's own manager the name lives on (the worker
+/// keeps the connection, so the manager too) and the reader sums the tensor.
+#[test]
+fn a_fork_worker_that_outlives_its_parent_can_still_share_what_it_inherited() {
+    let Some(peer) = common::torch::peer() else {
+        return;
+    };
+    let overlay = common::torch::Overlay::new(&peer);
+    // A file, not `-c`: spawned processes import the main module's functions.
+    let script = overlay.0.join("fork_worker_outlives_parent.py");
+    std::fs::write(&script, FORK_WORKER_OUTLIVES_PARENT).unwrap();
+    let output = Command::new(&peer.python)
+        .arg(&script)
+        .env("PYTHONPATH", &overlay.0)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let name = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("name "))
+        .map(str::to_owned);
+    let _cleanup = Cleanup(name.clone().into_iter().collect());
+    // Let the managers the overlay started finish before the overlay goes.
+    wait_until(Duration::from_secs(10), || {
+        overlay.running_managers().is_empty()
+    });
+    assert!(
+        stdout.lines().any(|line| line == "summed 1000.0"),
+        "a fork worker whose parent was SIGKILLed could not share the tensor {name:?} it \
+         inherited (and still maps): our manager reaped it as an orphan two seconds after \
+         the parent died.\n--- stdout\n{stdout}--- stderr (tail)\n{}",
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
