@@ -498,12 +498,23 @@ fn status_reports_nobody_reads_do_not_pin_the_managers_memory() {
     // Past the frame timeout (5 s): whatever bounds these, it has acted.
     std::thread::sleep(Duration::from_secs(7));
     let grown = status_kib(pid, "VmRSS").saturating_sub(idle);
+    // Either bound will do: little memory, or the askers cut off (memory
+    // freed need not leave the resident set at once).
+    let summary = status_document(&daemon.handle, false);
+    let connections: Option<usize> = summary
+        .lines()
+        .find(|line| line.starts_with("manager "))
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("connections="))
+        })
+        .and_then(|n| n.parse().ok());
     drop(askers);
     assert!(
-        grown < 64 * 1024,
+        grown < 64 * 1024 || connections.is_some_and(|n| n < 10),
         "300 clients asked for the history and did not read it: 7 s later the manager's \
-         resident memory had grown by {} MiB ({} KiB per asker) and stays so for as long \
-         as they keep their connections",
+         resident memory had grown by {} MiB ({} KiB per asker), and it still had {connections:?} \
+         connections: it keeps them, and their reports, for as long as they like",
         grown / 1024,
         grown / 300
     );
