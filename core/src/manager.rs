@@ -98,8 +98,11 @@ pub struct ManagerConfig {
     /// Close a connection that sends nothing this long after connecting: it
     /// holds nothing and costs a descriptor.
     pub silence_timeout: Option<Duration>,
-    /// Accept only names with this prefix.
+    /// Accept only names with this prefix (or [`ManagerConfig::also_prefix`]).
     pub name_prefix: Option<NamePrefix>,
+    /// A second prefix accepted beside `name_prefix` (a manager PyTorch
+    /// starts in an environment naming another prefix serves both).
+    pub also_prefix: Option<NamePrefix>,
     /// Accept only peers with this uid.
     pub owner_uid: Option<u32>,
     /// Refuse connections beyond this many.
@@ -132,6 +135,7 @@ impl Default for ManagerConfig {
             frame_timeout: Some(Duration::from_secs(5)),
             silence_timeout: Some(Duration::from_secs(5)),
             name_prefix: None,
+            also_prefix: None,
             owner_uid: None,
             max_connections: usize::MAX,
             max_names: usize::MAX,
@@ -229,6 +233,11 @@ pub enum Chore {
     Unlink(SegmentName, UnlinkReason),
     /// Measure how full the namespace is (report with [`Manager::measured`]).
     MeasureUsage,
+    /// Ask whether any process maps `name` or holds a descriptor to it
+    /// (report with [`Manager::mapped`]): an orphan whose holder died while
+    /// its connection lived on, so that a process forked from it may have
+    /// inherited the mapping without a word to the manager.
+    CheckMapped(SegmentName),
 }
 
 /// Why a holder ended.
@@ -271,6 +280,12 @@ pub enum Note {
         refcount: i32,
         /// Registrations of ended holders.
         dead: u32,
+    },
+    /// An orphan by the refcount rule that a process still maps (one
+    /// forked from a holder that died, say): kept, and judged again later.
+    StillMapped {
+        /// The name.
+        name: SegmentName,
     },
     /// The manager unlinked a name.
     Unlinked {
@@ -360,6 +375,7 @@ impl Note {
             Self::StrayRelease { .. }
             | Self::InTransit { .. }
             | Self::Orphaned { .. }
+            | Self::StillMapped { .. }
             | Self::Lingering { .. } => Severity::Debug,
             Self::Unlinked {
                 reason: UnlinkReason::Shutdown,
@@ -412,6 +428,10 @@ impl fmt::Display for Note {
             } => write!(
                 f,
                 "{name} is in transit (refcount {refcount}, {dead} registration(s) of ended holders); kept"
+            ),
+            Self::StillMapped { name } => write!(
+                f,
+                "{name} has no holder left, yet a process maps it (a fork of one that died?); kept"
             ),
             Self::Orphaned {
                 name,
@@ -612,8 +632,15 @@ pub struct Holder {
     holds: u32,
     /// It ended; its holds are being turned into dead registrations.
     ending: bool,
+    /// Its process has exited and the driver is reading what it sent before
+    /// that: it takes no new frames (a new process with the same pid would
+    /// otherwise be taken for it), only its own late releases.
+    exiting: bool,
     /// Why it ended (meaningful while `ending`).
     end: HolderEnd,
+    /// Its process ended while its connection lived on: the connection's
+    /// other processes may be its forks, mapping its names unannounced.
+    outlived_by_conn: bool,
 }
 
 /// Where a name without live holders stands.
@@ -650,10 +677,26 @@ pub struct NameRecord {
     suspect: bool,
     /// Held, and reported gone; not reported again.
     vanished: bool,
+    /// Taken on by a recovery sweep (once: a second sweep would count its
+    /// creator again).
+    adopted: bool,
+    /// The adoption counted its unseen creator as one dead registration, a
+    /// guess withdrawn once someone registers the name: a user shows the
+    /// creator may have let go cleanly, its one reference a pickle's.
+    creator_counted: bool,
+    /// Its creator (the pid its name starts with) registered it with this
+    /// manager: its reference is among the registrations counted, so an
+    /// adoption need not count it again.
+    creator_seen: bool,
+    /// A holder of it died while its connection lived on: processes forked
+    /// from that holder share the connection and may map the name without
+    /// having registered it, so an orphan is unlinked only once nobody maps
+    /// it ([`Chore::CheckMapped`]).
+    inherited: bool,
 }
 
 /// Per-connection bookkeeping.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     partial: [u8; FRAME_LEN],
     filled: u8,
@@ -665,7 +708,15 @@ pub struct Connection {
     last: Option<(i32, u32)>,
     /// Untrusted pids remembered as standing for the connection's holder.
     aliases: u16,
+    /// Its holders (a few per connection: its processes, and the one that
+    /// stands for its untrusted pids), so a release need not search them all.
+    holders: heapless::Vec<u32, CONN_HOLDERS>,
+    /// More holders than `holders` has room for: search them all.
+    holders_overflow: bool,
 }
+
+/// Holders a connection keeps a list of.
+const CONN_HOLDERS: usize = 8;
 
 /// The shutdown in progress.
 #[derive(Clone, Copy, Debug)]
@@ -917,6 +968,8 @@ impl<S: Storage> Manager<S> {
             peer,
             last: None,
             aliases: 0,
+            holders: heapless::Vec::new(),
+            holders_overflow: false,
         };
         if self.conns.insert(id, connection).is_err() {
             self.stats.rejected += 1;
@@ -1052,6 +1105,32 @@ impl<S: Storage> Manager<S> {
         }
     }
 
+    /// A watched process has exited, and the driver is about to read what is
+    /// left of its frames: its holders stop taking new frames, so that a new
+    /// process given the same pid is not taken for it, but keep their holds
+    /// (and take the late releases of their own pid) until
+    /// [`Manager::pid_exited`]. A driver that reads nothing between the two
+    /// may skip this call.
+    pub fn pid_exiting(&mut self, pid: i32, now: Timestamp) {
+        self.clock = now;
+        for id in 0..self.holders.id_bound() {
+            let Some(holder) = self.holders.get_mut(id) else {
+                continue;
+            };
+            if holder.lifeline != Lifeline::Pid(pid) || holder.ending {
+                continue;
+            }
+            holder.exiting = true;
+            let key = holder.key;
+            self.holder_index.remove(&key);
+            if let Some(c) = self.conns.get_mut(&key.conn)
+                && c.last.is_some_and(|(_, h)| h == id)
+            {
+                c.last = None;
+            }
+        }
+    }
+
     /// A watched process ended: its holders end, on every connection, while
     /// the connections and their other processes go on.
     pub fn pid_exited(&mut self, pid: i32, now: Timestamp, fx: &mut impl Effects) {
@@ -1069,6 +1148,7 @@ impl<S: Storage> Manager<S> {
                 continue;
             }
             let key = holder.key;
+            holder.outlived_by_conn = self.conns.get(&key.conn).is_some();
             Self::begin_end(holder, HolderEnd::Exited, fx);
             ended += 1;
             self.stats.holders_exited += 1;
@@ -1083,11 +1163,15 @@ impl<S: Storage> Manager<S> {
         self.drop_finished_holders();
     }
 
-    /// Takes on `name` as an orphan whatever its refcount says: a segment
-    /// whose holder died while no manager was watching (a manager that
-    /// replaced a dead one finds these). It is unlinked after the grace
-    /// period unless someone registers it first. A name a live holder holds
-    /// is left alone. Returns whether it was taken on.
+    /// Takes on `name`, a segment whose holder died while no manager was
+    /// watching (a manager that replaced a dead one finds these), counting
+    /// its creator as one more dead registration (unless the creator
+    /// registered it here, and is counted already). The refcount rule judges
+    /// it as any other: an orphan (unlinked after the grace period unless
+    /// someone registers it first) only if nothing else references it; a
+    /// surplus means it is in transit, another family's perhaps, and it is
+    /// kept. A name a live holder holds is left alone. Returns whether it
+    /// was taken on.
     pub fn adopt_orphan(&mut self, name: SegmentName, now: Timestamp) -> bool {
         self.clock = now;
         let id = match self.find(&name) {
@@ -1100,13 +1184,17 @@ impl<S: Storage> Manager<S> {
         let Some(record) = self.names.get_mut(id) else {
             return false;
         };
-        if record.live > 0 || record.dead == u32::MAX {
+        if record.live > 0 || record.adopted {
             return false;
         }
-        record.dead = u32::MAX;
+        record.adopted = true;
+        if !record.creator_seen {
+            record.dead = record.dead.saturating_add(1);
+            record.creator_counted = true;
+        }
         // An orphan already waiting out its grace (or being unlinked) keeps
         // its schedule; anything else is looked at again at once, since the
-        // rule now says orphan whatever its refcount.
+        // count it is judged by changed.
         let on_its_way = matches!(
             record.phase,
             Phase::Orphan | Phase::Confirming | Phase::Unlinking
@@ -1212,6 +1300,10 @@ impl<S: Storage> Manager<S> {
             return self.schedule(id, now.after(backoff).round_up(1_000));
         }
         match (record.phase, grace) {
+            (Phase::Confirming, _) if record.inherited => {
+                record.busy = true;
+                fx.chore(Chore::CheckMapped(*name));
+            }
             (Phase::Confirming, _) => self.unlink(id, UnlinkReason::Orphaned, fx),
             (_, Some(grace)) => {
                 record.phase = Phase::Orphan;
@@ -1317,7 +1409,49 @@ impl<S: Storage> Manager<S> {
                 self.measured(result.as_ref().ok().copied().flatten(), now, fx);
                 result.map(drop)
             }
+            Chore::CheckMapped(name) => {
+                let result = namespace.mapped(&name);
+                self.mapped(&name, result.as_ref().ok().copied(), now, fx);
+                result.map(drop)
+            }
         }
+    }
+
+    /// What [`Chore::CheckMapped`] found: whether some process maps or
+    /// holds `name` (`None`: it could not be told now; asked again later).
+    /// A mapped orphan is kept and judged afresh later; an unmapped one is
+    /// unlinked, unless someone registered it meanwhile.
+    pub fn mapped(
+        &mut self,
+        name: &SegmentName,
+        mapped: Option<bool>,
+        now: Timestamp,
+        fx: &mut impl Effects,
+    ) {
+        self.clock = now;
+        let Some(id) = self.find(name) else {
+            return;
+        };
+        let Some(record) = self.names.get_mut(id) else {
+            return;
+        };
+        record.busy = false;
+        if record.phase != Phase::Confirming || record.live > 0 {
+            return;
+        }
+        // Shutting down, the closing passes judge it afresh by its refcount.
+        let serving = self.closing.is_none();
+        if serving && mapped == Some(false) {
+            return self.unlink(id, UnlinkReason::Orphaned, fx);
+        }
+        if serving && mapped == Some(true) {
+            fx.note(Note::StillMapped { name: *name });
+        }
+        // Judged from the start again: the refcount may have changed too.
+        record.phase = Phase::Released;
+        let backoff = backoff(record.tries, TRANSIT_MAX_SHIFT, 1_000);
+        record.tries = record.tries.saturating_add(1);
+        self.schedule(id, now.after(backoff).round_up(1_000));
     }
 
     /// What [`Chore::MeasureUsage`] found (`None`: nothing could be told).
@@ -1583,6 +1717,10 @@ impl<S: Storage> Manager<S> {
     ) {
         if let Some(prefix) = &self.config.name_prefix
             && !name.has_prefix(prefix)
+            && !self
+                .config
+                .also_prefix
+                .is_some_and(|also| name.has_prefix(&also))
         {
             return match answer {
                 Answer::Reply => self.refuse(conn, fx),
@@ -1610,15 +1748,18 @@ impl<S: Storage> Manager<S> {
             }
             return self.refused(conn, answer, now, fx);
         }
+        let by_creator = self.creator_of(&name) == u32::try_from(pid).ok();
         if let Some(record) = self.names.get_mut(id) {
             record.live += 1;
             record.phase = Phase::Held;
             record.tries = 0;
-            if record.dead == u32::MAX {
-                // Adopted as an orphan, yet someone uses it: the adoption
-                // guessed wrong, and its refcount cannot be judged against
-                // holders nobody saw. Kept until it is gone (or shutdown).
-                record.dead = 0;
+            record.creator_seen |= by_creator;
+            if record.creator_counted {
+                // Someone uses what the sweep took for a leak: its count of
+                // the unseen creator may be wrong, and a surplus it would
+                // hide keeps a name in transit. The dead seen here stay.
+                record.creator_counted = false;
+                record.dead = record.dead.saturating_sub(1);
             }
         }
         self.unschedule(id);
@@ -1627,6 +1768,14 @@ impl<S: Storage> Manager<S> {
             fx.reply(conn, ACK);
         }
         fx.note(Note::Registered { conn, pid, name });
+    }
+
+    /// The pid `name` says created it, under the prefix it was accepted by.
+    fn creator_of(&self, name: &SegmentName) -> Option<u32> {
+        [self.config.name_prefix, self.config.also_prefix]
+            .iter()
+            .flatten()
+            .find_map(|prefix| name.creator_pid(prefix))
     }
 
     /// One more registration of `name` by `holder`; `None` if it cannot be
@@ -1659,7 +1808,7 @@ impl<S: Storage> Manager<S> {
                 .filter(|&h| self.holds.contains(h, id));
             // Another process on the same connection (a forked child dropping
             // its parent's tensor): charged to the connection.
-            let charged = own.or_else(|| self.holder_on_conn_holding(conn, id));
+            let charged = own.or_else(|| self.holder_on_conn_holding(conn, pid, id));
             charged.map(|h| (h, id))
         });
         let Some((holder, id)) = holder else {
@@ -1727,7 +1876,7 @@ impl<S: Storage> Manager<S> {
                 return None;
             };
             if self.holder_index.insert(key, holder).is_err() {
-                self.holders.remove(holder);
+                self.remove_holder(holder);
                 self.release_pid(pid, fx);
                 return None;
             }
@@ -1760,22 +1909,41 @@ impl<S: Storage> Manager<S> {
         }
         let holder = self.new_holder(key, Lifeline::Connection)?;
         if self.holder_index.insert(key, holder).is_err() {
-            self.holders.remove(holder);
+            self.remove_holder(holder);
             return None;
         }
         Some(holder)
     }
 
     fn new_holder(&mut self, key: HolderKey, lifeline: Lifeline) -> Option<u32> {
-        self.holders
+        let id = self
+            .holders
             .insert(Holder {
                 key,
                 lifeline,
                 holds: 0,
                 ending: false,
+                exiting: false,
                 end: HolderEnd::Disconnected,
+                outlived_by_conn: false,
             })
-            .ok()
+            .ok()?;
+        if let Some(c) = self.conns.get_mut(&key.conn)
+            && c.holders.push(id).is_err()
+        {
+            c.holders_overflow = true;
+        }
+        Some(id)
+    }
+
+    /// Removes holder `id` from the slab and from its connection's list.
+    fn remove_holder(&mut self, id: u32) {
+        let Some(holder) = self.holders.remove(id) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&holder.key.conn) {
+            c.holders.retain(|&h| h != id);
+        }
     }
 
     /// The live holder already resolved for `pid` on `conn`.
@@ -1794,14 +1962,39 @@ impl<S: Storage> Manager<S> {
         Some(holder)
     }
 
-    /// Some live holder on `conn` that holds name `id`.
-    fn holder_on_conn_holding(&self, conn: ConnId, id: u32) -> Option<u32> {
-        (0..self.holders.id_bound()).find(|&h| {
+    /// The live holder on `conn` that a release of name `id` by `pid` is
+    /// charged to: `pid`'s own (an exiting one's late release), else any.
+    fn holder_on_conn_holding(&self, conn: ConnId, pid: i32, id: u32) -> Option<u32> {
+        let c = self.conns.get(&conn)?;
+        let holds = |h: &u32| {
             self.holders
-                .get(h)
+                .get(*h)
                 .is_some_and(|holder| holder.key.conn == conn && !holder.ending)
-                && self.holds.contains(h, id)
-        })
+                && self.holds.contains(*h, id)
+        };
+        let own = |h: &u32| {
+            self.holders
+                .get(*h)
+                .is_some_and(|holder| holder.key.pid == Some(pid))
+        };
+        if let Some(&h) = c.holders.iter().filter(|h| holds(h)).find(|h| own(h)) {
+            return Some(h);
+        }
+        if let Some(&h) = c.holders.iter().find(|h| holds(h)) {
+            return Some(h);
+        }
+        if !c.holders_overflow {
+            return None;
+        }
+        let all: fn(u32) -> u32 = |h| h;
+        let mut candidates = (0..self.holders.id_bound()).map(all).filter(|h| holds(h));
+        let first = candidates.next()?;
+        Some(
+            core::iter::once(first)
+                .chain(candidates)
+                .find(|h| own(h))
+                .unwrap_or(first),
+        )
     }
 
     /// Counts one more holder depending on `pid`'s watch. False (and the
@@ -1857,7 +2050,7 @@ impl<S: Storage> Manager<S> {
                 .get(id)
                 .is_some_and(|holder| holder.ending && holder.holds == 0)
             {
-                self.holders.remove(id);
+                self.remove_holder(id);
                 self.ending -= 1;
             }
         }
@@ -1877,6 +2070,7 @@ impl<S: Storage> Manager<S> {
                 continue;
             }
             let mut unheld: heapless::Vec<u32, 64> = heapless::Vec::new();
+            let inherited = self.holders.get(holder).is_some_and(|h| h.outlived_by_conn);
             loop {
                 let room = budget.min(unheld.capacity() - unheld.len());
                 if room == 0 {
@@ -1887,6 +2081,7 @@ impl<S: Storage> Manager<S> {
                     if let Some(record) = names.get_mut(name) {
                         record.live = record.live.saturating_sub(count);
                         record.dead = record.dead.saturating_add(count);
+                        record.inherited |= inherited;
                         if record.live == 0 {
                             let _ = unheld.push(name);
                         }
@@ -1905,7 +2100,7 @@ impl<S: Storage> Manager<S> {
                 }
             }
             if self.holders.get(holder).is_some_and(|h| h.holds == 0) {
-                self.holders.remove(holder);
+                self.remove_holder(holder);
                 self.ending -= 1;
             }
         }
@@ -1996,8 +2191,12 @@ impl<S: Storage> Manager<S> {
             phase: Phase::Held,
             tries: 0,
             busy: false,
+            inherited: false,
             suspect: false,
             vanished: false,
+            adopted: false,
+            creator_counted: false,
+            creator_seen: false,
         };
         let id = self.names.insert(record).ok()?;
         let names = &self.names;

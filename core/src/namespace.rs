@@ -14,7 +14,7 @@
 
 use core::fmt;
 
-use crate::name::{NamePrefix, SegmentName};
+use crate::name::SegmentName;
 use crate::pressure::Usage;
 
 /// What a look at one name found.
@@ -63,22 +63,15 @@ pub trait Namespace {
         Ok(None)
     }
 
+    /// Whether any process maps `name` or holds a descriptor to it. A
+    /// namespace that cannot tell says no: then the refcount rule alone
+    /// judges, as it does for every name whose holders' connections ended.
+    fn mapped(&mut self, _name: &SegmentName) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
     /// How full the namespace's file system is, where that can be told.
     fn usage(&mut self) -> Result<Option<Usage>, Self::Error> {
         Ok(None)
-    }
-
-    /// Calls `each` for every name under `prefix` that belongs to the
-    /// caller's user and looks leaked: its creator is dead and no process
-    /// maps or holds it. Asked only by a manager that took over from a dead
-    /// one and so cannot know what its predecessor knew. An implementation
-    /// that cannot inspect every process finds nothing: under doubt, nothing
-    /// is reaped. The default finds nothing.
-    fn leaked(
-        &mut self,
-        _prefix: &NamePrefix,
-        _each: &mut dyn FnMut(SegmentName),
-    ) -> Result<(), Self::Error> {
-        Ok(())
     }
 }

@@ -35,12 +35,14 @@
 //! - Holders, watched pids, connections and known names are the model's.
 //! - No `Unlink` is asked for while a live holder holds the name, nor while
 //!   the namespace's refcount exceeds the registrations of holders that ended
-//!   without releasing it (counted afresh once an adopted name is registered
-//!   again), unless the name was adopted as an orphan or the
-//!   manager is shutting down past its linger. `Orphaned` unlinks come only
-//!   while serving, with reaping on, and no earlier than the grace period
-//!   after the name became an orphan (a retry of a failed orphan unlink
-//!   excepted); `Shutdown` ones only while closing. Nothing that is not a
+//!   without releasing it (an adopted name's creator counting as one more
+//!   unless it registered the name here, until someone registers the name),
+//!   unless the manager is shutting down past its linger. An orphan once
+//!   held by a process that died while its connection lived on is unlinked
+//!   while serving only after a look finds nobody mapping it. `Orphaned`
+//!   unlinks come only while serving, with reaping on, and no earlier than
+//!   the grace period after the name became an orphan (a retry of a failed
+//!   orphan unlink excepted); `Shutdown` ones only while closing. Nothing that is not a
 //!   segment of ours is ever unlinked.
 //! - Looks and unlinks are judged as the refcount rule says; a failed unlink
 //!   keeps the name known and scheduled; at most one chore per name is out.
@@ -251,12 +253,17 @@ struct HolderModel {
 /// What the model knows of a name beyond its registrations.
 #[derive(Clone, Copy, Debug, Default)]
 struct NameModel {
-    /// Taken on as an orphan by a sweep: an orphan whatever its refcount,
-    /// until someone registers it again, so the refcount rule is waived.
+    /// Taken on by a sweep (only once).
     adopted: bool,
-    /// Registrations of ended holders the manager no longer counts: a
-    /// registration of an adopted name starts its count afresh.
-    dead_offset: u32,
+    /// The adoption counts its unseen creator as one dead registration,
+    /// until someone registers the name.
+    creator_counted: bool,
+    /// Registered by the pid its name says created it: an adoption then
+    /// counts no unseen creator.
+    creator_seen: bool,
+    /// Held by a process that died while its connection lived on (forks of
+    /// it may map it unannounced).
+    inherited: bool,
     /// When the manager first showed it as an orphan (since then).
     orphan_since: Option<u64>,
     /// An unlink of it as an orphan failed and will be retried (its grace
@@ -315,7 +322,7 @@ fn millis(ms: u64) -> Duration {
 
 fn chore_name(chore: &Chore) -> SegmentName {
     match chore {
-        Chore::Observe(name) | Chore::Unlink(name, _) => *name,
+        Chore::Observe(name) | Chore::Unlink(name, _) | Chore::CheckMapped(name) => *name,
         // Measuring is off in these scripts (the pressure alarm has its own
         // tests); a stray one would fail the name checks loudly.
         Chore::MeasureUsage => panic!("the manager measured usage with measuring off"),
@@ -334,6 +341,7 @@ impl<S: Storage> Harness<S> {
             frame_timeout: setup.frame_timeout_ms.map(millis),
             silence_timeout: setup.silence_timeout_ms.map(millis),
             name_prefix: setup.torch_prefix_only.then(NamePrefix::torch),
+            also_prefix: None,
             owner_uid: setup.owner_uid_only.then_some(OWNER_UID),
             max_connections: setup.max_connections.unwrap_or(usize::MAX),
             max_names: setup.max_names.unwrap_or(usize::MAX),
@@ -503,18 +511,29 @@ impl<S: Storage> Harness<S> {
             .sum()
     }
 
-    /// Registrations of `name` by holders that ended without releasing it.
-    fn dead_regs(&self, name: &SegmentName) -> u32 {
-        let offset = self.names.get(name).map_or(0, |record| record.dead_offset);
-        self.all_dead_regs(name) - offset
+    /// Whether an ended holder whose holds are not all converted yet held
+    /// `name`: the manager may still count it as held.
+    fn ending_regs(&self, name: &SegmentName) -> bool {
+        self.regs_of(name)
+            .any(|(h, _)| matches!(self.holders[h].state, HolderState::Ending { .. }))
     }
 
-    /// Every registration of `name` by an ended holder, counted or not.
-    fn all_dead_regs(&self, name: &SegmentName) -> u32 {
+    /// Registrations of `name` by holders that ended without releasing it.
+    fn dead_regs(&self, name: &SegmentName) -> u32 {
         self.regs_of(name)
             .filter(|&(h, _)| self.holders[h].state != HolderState::Live)
             .map(|(_, count)| count)
             .sum()
+    }
+
+    /// The dead registrations the refcount rule weighs for `name`: an
+    /// adopted name's creator counts as one more, unless it registered here.
+    fn judged_dead(&self, name: &SegmentName) -> u32 {
+        let dead = self.dead_regs(name);
+        match self.names.get(name) {
+            Some(record) if record.creator_counted => dead.saturating_add(1),
+            _ => dead,
+        }
     }
 
     /// Entries in the manager's hold table: live holders' names, and ended
@@ -755,15 +774,15 @@ impl<S: Storage> Harness<S> {
             return false;
         }
         *self.regs.entry((name, holder)).or_insert(0) += 1;
-        // An adopted name registered again: the adoption guessed wrong, and
-        // the manager counts dead registrations afresh (none of the holders
-        // ended before can be unconverted: adoption needs no live holds).
-        let all_dead = self.all_dead_regs(&name);
+        let creator = [self.config.name_prefix, self.config.also_prefix]
+            .iter()
+            .flatten()
+            .find_map(|prefix| name.creator_pid(prefix));
         let record = self.names.entry(name).or_default();
-        if record.adopted {
-            record.adopted = false;
-            record.dead_offset = all_dead;
-        }
+        record.creator_seen |= creator == u32::try_from(pid).ok();
+        // A user of an adopted name: the guess that its creator leaked
+        // its reference is withdrawn.
+        record.creator_counted = false;
         record.orphan_since = None;
         record.retrying = false;
         true
@@ -1035,6 +1054,19 @@ impl<S: Storage> Harness<S> {
             if self.conns[conn].last.is_some_and(|(_, h)| h == holder) {
                 self.conns[conn].last = None;
             }
+            if self.conns[conn].live {
+                let held: Vec<SegmentName> = self
+                    .regs
+                    .keys()
+                    .filter(|&&(_, h)| h == holder)
+                    .map(|&(name, _)| name)
+                    .collect();
+                for name in held {
+                    if let Some(record) = self.names.get_mut(&name) {
+                        record.inherited = true;
+                    }
+                }
+            }
         }
         self.end_holders(&ended);
     }
@@ -1056,6 +1088,7 @@ impl<S: Storage> Harness<S> {
         if adopted {
             let record = self.names.entry(name).or_default();
             record.adopted = true;
+            record.creator_counted = !record.creator_seen;
         }
     }
 
@@ -1110,7 +1143,7 @@ impl<S: Storage> Harness<S> {
             );
             // A held name is looked at only by a patrol (or its second
             // look at one it found gone), never to be judged.
-            if self.live_regs(&name) > 0 {
+            if self.live_regs(&name) > 0 || self.ending_regs(&name) {
                 held_looks += 1;
             } else {
                 chores += 1;
@@ -1221,6 +1254,16 @@ impl<S: Storage> Harness<S> {
                 self.expect_look(name, look, held, log);
             }
             Chore::MeasureUsage => unreachable!("chore_name refused it"),
+            Chore::CheckMapped(_) => {
+                let mapped = (!fail).then(|| self.ns.mapped.contains(&name));
+                if fail {
+                    self.manager.mapped(&name, None, now, &mut self.fx);
+                } else {
+                    let _ = self.manager.perform(chore, &mut self.ns, now, &mut self.fx);
+                }
+                let log = self.take_log();
+                self.expect_mapped(name, mapped, held, log);
+            }
             Chore::Unlink(_, reason) => {
                 let outcome = if fail {
                     self.manager
@@ -1266,6 +1309,13 @@ impl<S: Storage> Harness<S> {
             // Registered again (or still counting ended holders' holds as
             // live): nothing to decide yet.
             _ if held => Vec::new(),
+            // Past the linger, what cannot be looked at goes: its unlink
+            // spares whatever is not a segment of ours.
+            None if self.linger_over() => {
+                let live = self.live_regs(&name);
+                assert_eq!(live, 0, "unlink of {name} past the linger while held");
+                vec![Effect::Chore(Chore::Unlink(name, UnlinkReason::Shutdown))]
+            }
             None => Vec::new(),
             Some(Observed::Absent) => {
                 self.forget(name);
@@ -1282,14 +1332,37 @@ impl<S: Storage> Harness<S> {
         assert_eq!(log, expected, "after looking at {name}: {look:?}");
     }
 
+    /// What asking who maps `name` (`None`: the driver could not tell) must
+    /// lead to: an unlink only if nobody does, a note if someone does, and
+    /// nothing once it is held again or while shutting down.
+    fn expect_mapped(
+        &mut self,
+        name: SegmentName,
+        mapped: Option<bool>,
+        held: bool,
+        log: Vec<Effect>,
+    ) {
+        let allowed: &[Effect] = match mapped {
+            _ if held || self.closing() => &[],
+            Some(false) => &[Effect::Chore(Chore::Unlink(name, UnlinkReason::Orphaned))],
+            Some(true) => &[Effect::StillMapped(name)],
+            None => &[],
+        };
+        assert!(
+            log.is_empty() || log == allowed,
+            "after asking who maps {name} ({mapped:?}, held: {held}): {log:?}"
+        );
+        for effect in log {
+            if let Effect::Chore(Chore::Unlink(name, reason)) = effect {
+                self.check_unlink(name, reason);
+            }
+        }
+    }
+
     /// A look found `name`'s segment with `refcount`: the refcount rule.
     fn expect_judgement(&mut self, name: SegmentName, refcount: i32, log: Vec<Effect>) {
         let record = self.names[&name];
-        let dead = if record.adopted {
-            u32::MAX
-        } else {
-            self.dead_regs(&name)
-        };
+        let dead = self.judged_dead(&name);
         let orphan = dead > 0 && i64::from(refcount) <= i64::from(dead);
         let unlink = |reason| Effect::Chore(Chore::Unlink(name, reason));
         let context = || format!("{name} looked at: refcount {refcount}, dead {dead}");
@@ -1313,11 +1386,18 @@ impl<S: Storage> Harness<S> {
             assert_eq!(log, expected, "{}", context());
         } else {
             // An orphan: unlinked if its grace period is over (the manager
-            // looked to confirm it), else its grace period starts.
+            // looked to confirm it), after asking who maps it if a fork may
+            // have inherited it; else its grace period starts.
+            let confirm = if record.inherited {
+                Effect::Chore(Chore::CheckMapped(name))
+            } else {
+                unlink(UnlinkReason::Orphaned)
+            };
             assert!(
-                log.is_empty() || log == [unlink(UnlinkReason::Orphaned)],
-                "{}: {log:?}",
-                context()
+                log.is_empty() || log == [confirm],
+                "{} (inherited: {}): {log:?}",
+                context(),
+                record.inherited
             );
         }
         for effect in log {
@@ -1341,10 +1421,10 @@ impl<S: Storage> Harness<S> {
             live, 0,
             "unlink of {name} ({reason:?}) at {now} ms while live holders hold it: {holders:?}"
         );
-        let dead = self.dead_regs(&name);
+        let dead = self.judged_dead(&name);
         match self.ns.objects.get(&name) {
             Some(&Object::Segment(refcount)) => assert!(
-                record.adopted || self.linger_over() || i64::from(refcount) <= i64::from(dead),
+                self.linger_over() || i64::from(refcount) <= i64::from(dead),
                 "unlink of {name} ({reason:?}) at {now} ms in transit: refcount {refcount}, \
                  {dead} registrations of ended holders (adopted: {})",
                 record.adopted
@@ -1361,9 +1441,10 @@ impl<S: Storage> Harness<S> {
                     .config
                     .reap_grace
                     .unwrap_or_else(|| panic!("reaped {name} at {now} ms with reaping off"));
+                assert!(dead > 0, "reaped {name}, which no ended holder held");
                 assert!(
-                    dead > 0 || record.adopted,
-                    "reaped {name}, which no ended holder held"
+                    !record.inherited || !self.ns.mapped.contains(&name),
+                    "reaped {name} at {now} ms while a fork of its dead holder maps it"
                 );
                 assert!(
                     record.retrying
@@ -1506,7 +1587,7 @@ impl<S: Storage> Harness<S> {
                 }
                 Some(NameState::Released { dead: reported }) => {
                     assert_eq!(live, 0, "{}: released", context());
-                    let dead = if record.adopted { u32::MAX } else { dead };
+                    let dead = self.judged_dead(&name);
                     assert_eq!(reported, dead, "{}: dead registrations", context());
                     waits |= !out.contains(&name);
                 }
@@ -1585,6 +1666,8 @@ impl<S: Storage> Harness<S> {
     fn wind_down(&mut self) {
         self.defer = false;
         self.ns.failing.clear();
+        // The forks that mapped orphans exit: every orphan can go.
+        self.ns.mapped.clear();
         self.perform_all();
         self.check_state();
         if self.keeper_connected() {
@@ -1672,7 +1755,7 @@ impl<S: Storage> Harness<S> {
     /// segment that still exists and is not an orphan, or (reaping off) an
     /// orphan kept for shutdown.
     fn check_settled(&self) {
-        for (name, record) in &self.names {
+        for name in self.names.keys() {
             if self.live_regs(name) > 0 {
                 continue;
             }
@@ -1684,7 +1767,7 @@ impl<S: Storage> Harness<S> {
                 // Kept, without looking, until shutdown.
                 continue;
             }
-            let dead = self.dead_regs(name);
+            let dead = self.judged_dead(name);
             match self.ns.objects.get(name) {
                 None => panic!(
                     "{name} is gone, and the manager still knows it after {SETTLE_MS} ms: {:?}",
@@ -1694,8 +1777,7 @@ impl<S: Storage> Harness<S> {
                     "{name} is not ours, and the manager still knows it after {SETTLE_MS} ms"
                 ),
                 Some(&Object::Segment(refcount)) => {
-                    let orphan =
-                        record.adopted || (dead > 0 && i64::from(refcount) <= i64::from(dead));
+                    let orphan = dead > 0 && i64::from(refcount) <= i64::from(dead);
                     assert!(
                         !orphan || self.config.reap_grace.is_none(),
                         "orphan {name} (refcount {refcount}, {dead} dead registrations) outlived \

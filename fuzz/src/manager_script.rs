@@ -169,6 +169,9 @@ pub enum NsChange {
     SetRefcount(i8),
     /// The next this many unlinks of it fail (out of descriptors, say).
     FailUnlinks(u8),
+    /// Some process maps it now (`true`: a fork of a holder that died,
+    /// unannounced), or nobody does any more.
+    Mapped(bool),
 }
 
 /// One thing that happens to the manager.
@@ -350,7 +353,8 @@ impl NsChange {
             5 => Self::Foreign,
             // -8 to 23: negative, zero and refcounts above any dead count.
             6 => Self::SetRefcount(arg as i8 - 8),
-            _ => Self::FailUnlinks(arg),
+            _ if arg < 16 => Self::FailUnlinks(arg),
+            _ => Self::Mapped(arg & 1 == 1),
         }
     }
 
@@ -367,9 +371,10 @@ impl NsChange {
                 6 | ((value + 8) as u8) << 3
             }
             Self::FailUnlinks(count) => {
-                assert!(count < 32, "{count} failing unlinks");
+                assert!(count < 16, "{count} failing unlinks");
                 7 | count << 3
             }
+            Self::Mapped(mapped) => 7 | (16 + u8::from(mapped)) << 3,
         }
     }
 }
@@ -658,7 +663,11 @@ mod tests {
             },
             Event::Namespace {
                 name: a,
-                change: NsChange::FailUnlinks(31),
+                change: NsChange::FailUnlinks(15),
+            },
+            Event::Namespace {
+                name: a,
+                change: NsChange::Mapped(true),
             },
             Event::Namespace {
                 name: a,

@@ -50,6 +50,10 @@ struct Names {
     unlinked: Vec<SegmentName>,
     /// Fail this many unlinks before succeeding.
     failing_unlinks: usize,
+    /// Names some process maps.
+    mapped: BTreeSet<SegmentName>,
+    /// Names asked about with `mapped`, in order.
+    asked_mapped: Vec<SegmentName>,
     usage: Option<crate::pressure::Usage>,
 }
 
@@ -66,6 +70,10 @@ impl Namespace for Names {
             Some(&refcount) => Observed::Segment { refcount },
             None => Observed::Absent,
         })
+    }
+    fn mapped(&mut self, name: &SegmentName) -> Result<bool, Self::Error> {
+        self.asked_mapped.push(*name);
+        Ok(self.mapped.contains(name))
     }
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
         if self.foreign.contains(name) {
@@ -822,12 +830,17 @@ fn a_journaled_registration_that_does_not_fit_closes_the_connection() {
 }
 
 #[test]
-fn adopted_orphans_are_reaped_unless_someone_registers_them() {
+fn adopted_orphans_are_reaped_unless_someone_registers_them_or_they_are_in_transit() {
     let mut r = Rig::new();
+    // Left by a creator that died unseen: only its own reference.
     for n in ["/lost", "/found"] {
-        r.create(n, 3);
+        r.create(n, 1);
         assert!(r.m.adopt_orphan(name(n), at(0)));
     }
+    // Another family's tensor in a queue: its creator's reference and the
+    // pickle's. Not this manager's to judge an orphan.
+    r.create("/queued", 2);
+    assert!(r.m.adopt_orphan(name("/queued"), at(0)));
     r.now = 100;
     let c = r.connect();
     r.register(c, 1, "/found");
@@ -846,6 +859,8 @@ fn adopted_orphans_are_reaped_unless_someone_registers_them() {
         r.state("/found"),
         Some(NameState::Held { registrations: 1 })
     );
+    r.run_to(60_000);
+    assert!(r.exists("/queued"), "in transit: kept");
 }
 
 #[test]
@@ -1057,4 +1072,162 @@ fn an_adopted_name_registered_again_is_never_reaped_as_an_orphan() {
     r.release(c, 7, "/a"); // and lets go
     r.run_to(60_000);
     assert!(r.exists("/a"), "in transit to its next receiver");
+}
+
+#[test]
+fn an_adoption_counts_the_creator_once_whether_or_not_it_registered_here() {
+    let mut r = Rig::with(ManagerConfig {
+        name_prefix: Some(NamePrefix::torch()),
+        ..ManagerConfig::default()
+    });
+    r.fx.trusted.extend([7, 8]);
+    r.bystander();
+    // Created by pid 5 under a manager that died; pid 7 opened it here,
+    // then died too: two references, both of dead processes, one seen.
+    let opened = "/torch_5_1_0";
+    r.create(opened, 2);
+    let c = r.connect();
+    r.register(c, 7, opened);
+    // Created by pid 8 here, pickled into a queue, then pid 8 died: its
+    // reference and the pickle's, one registration seen.
+    let queued = "/torch_8_1_0";
+    r.create(queued, 2);
+    r.register(c, 8, queued);
+    r.m.pid_exited(7, at(r.now), &mut r.fx);
+    r.m.pid_exited(8, at(r.now), &mut r.fx);
+    r.run_to(1_000);
+    assert!(r.m.adopt_orphan(name(opened), at(r.now)));
+    assert!(r.m.adopt_orphan(name(queued), at(r.now)));
+    r.run_to(60_000);
+    assert!(
+        !r.exists(opened),
+        "its unseen creator and its dead opener: an orphan"
+    );
+    assert!(r.exists(queued), "its creator is counted once: in transit");
+}
+
+#[test]
+fn a_registration_after_an_adoption_keeps_the_dead_seen_here() {
+    let mut r = Rig::with(ManagerConfig {
+        name_prefix: Some(NamePrefix::torch()),
+        ..ManagerConfig::default()
+    });
+    r.fx.trusted.extend([5, 7]);
+    r.bystander();
+    // Pid 5 created it here and died holding it; a sweep finds it too.
+    let n = "/torch_5_1_0";
+    r.create(n, 1);
+    let c = r.connect();
+    r.register(c, 5, n);
+    r.m.pid_exited(5, at(r.now), &mut r.fx);
+    r.run_to(500);
+    assert!(r.m.adopt_orphan(name(n), at(r.now)));
+    // Pid 7 opens it, closes it and lets go: only pid 5's leak is left.
+    r.register(c, 7, n);
+    r.refcount(n, 2);
+    r.refcount(n, 1);
+    r.release(c, 7, n);
+    r.run_to(10_000);
+    assert!(
+        !r.exists(n),
+        "its creator's death is still counted: an orphan"
+    );
+}
+
+#[test]
+fn a_pid_reused_while_its_exit_is_handled_is_not_taken_for_the_dead_process() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([9, 10]);
+    let c = r.connect_as(10);
+    r.register(c, 10, "/parent");
+    r.create("/parent", 2);
+    r.create("/a", 1);
+    r.register(c, 9, "/a"); // process A, pid 9, forked from the parent
+    r.register(c, 9, "/shared");
+    r.register(c, 10, "/shared");
+    r.create("/shared", 2);
+    // A exits; before its end is acted on, the driver reads what is left on
+    // the socket: A's last release, and a new process B that got pid 9.
+    r.m.pid_exiting(9, at(r.now));
+    r.fx.trusted.remove(&9); // the driver no longer trusts pid 9
+    r.refcount("/shared", 1);
+    r.release(c, 9, "/shared"); // A's own late release
+    r.create("/b", 1);
+    r.register(c, 9, "/b"); // B
+    r.m.pid_exited(9, at(r.now), &mut r.fx);
+    let reaped_by = r.now + 2_300;
+    r.run_to(reaped_by);
+    assert!(!r.exists("/a"), "A's orphan is reaped");
+    assert!(r.exists("/b"), "B's segment is not A's");
+    assert!(
+        r.exists("/shared"),
+        "A's late release was charged to A, not the parent"
+    );
+    assert_eq!(
+        r.state("/shared"),
+        Some(NameState::Held { registrations: 1 })
+    );
+    assert_eq!(r.m.stats().stray_releases, 0);
+}
+
+#[test]
+fn a_flood_of_stray_releases_costs_little_per_frame() {
+    let mut r = Rig::new();
+    let c = r.connect();
+    r.register(c, 1, "/held");
+    let mut bytes = Vec::new();
+    for _ in 0..1_000 {
+        bytes.extend_from_slice(&rel("/never"));
+    }
+    r.send(c, &bytes);
+    assert_eq!(r.m.stats().stray_releases, 1_000);
+    assert!(r.fx.closed.is_empty());
+}
+
+#[test]
+fn an_orphan_a_fork_of_its_dead_holder_still_maps_is_kept_until_nobody_maps_it() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([100, 200]);
+    let c = r.connect_as(200);
+    r.create("/inherited", 1);
+    r.register(c, 200, "/inherited");
+    // 200 forks a worker that inherits the mapping (and the connection),
+    // then dies; the worker never says a word to the manager.
+    r.ns.mapped.insert(name("/inherited"));
+    r.now = 1_000;
+    r.m.pid_exited(200, at(r.now), &mut r.fx);
+    r.chores();
+    r.run_to(10_000);
+    assert!(r.exists("/inherited"), "unlinked while a process maps it");
+    assert!(r.ns.asked_mapped.contains(&name("/inherited")));
+    assert!(
+        r.fx.notes
+            .iter()
+            .any(|note| matches!(note, Note::StillMapped { name: n } if *n == name("/inherited")))
+    );
+
+    // The worker unmaps it: reaped at the next judgement.
+    r.ns.mapped.clear();
+    r.run_to(40_000);
+    assert!(!r.exists("/inherited"), "kept after nobody maps it");
+    assert_eq!(r.m.stats().reaped, 1);
+}
+
+#[test]
+fn orphans_of_a_closed_connection_are_reaped_without_asking_who_maps_them() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([100]);
+    let _bystander = r.bystander();
+    let c = r.connect_as(100);
+    r.create("/alone", 1);
+    r.register(c, 100, "/alone");
+    r.now = 1_000;
+    r.m.disconnect(c, at(r.now), &mut r.fx);
+    r.chores();
+    r.run_to(4_000);
+    assert!(!r.exists("/alone"));
+    assert!(
+        r.ns.asked_mapped.is_empty(),
+        "nobody shares a closed connection, so nobody inherited the mapping"
+    );
 }

@@ -30,6 +30,8 @@ pub(super) enum Effect {
     },
     /// A held name a patrol found gone twice.
     Vanished(SegmentName),
+    /// An orphan some process still maps, kept.
+    StillMapped(SegmentName),
 }
 
 /// Records effects, holds chores, and answers `watch_pid`.
@@ -98,6 +100,7 @@ impl Effects for Driver {
                 dead,
             },
             Note::Vanished { name, .. } => Effect::Vanished(name),
+            Note::StillMapped { name } => Effect::StillMapped(name),
             // Log lines and history only; what they report is checked
             // through state.
             Note::HolderEnded { .. }
@@ -128,6 +131,8 @@ pub(super) struct SimNamespace {
     pub(super) objects: BTreeMap<SegmentName, Object>,
     /// Unlinks still to fail, per name.
     pub(super) failing: BTreeMap<SegmentName, u8>,
+    /// Names some process maps.
+    pub(super) mapped: BTreeSet<SegmentName>,
 }
 
 impl SimNamespace {
@@ -149,6 +154,14 @@ impl SimNamespace {
             (NsChange::SetRefcount(value), _) => Some(Some(Object::Segment(i32::from(value)))),
             (NsChange::FailUnlinks(count), _) => {
                 self.failing.insert(name, count);
+                None
+            }
+            (NsChange::Mapped(true), _) => {
+                self.mapped.insert(name);
+                None
+            }
+            (NsChange::Mapped(false), _) => {
+                self.mapped.remove(&name);
                 None
             }
         };
@@ -190,6 +203,10 @@ impl Namespace for SimNamespace {
 
     fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error> {
         Ok(self.look(name))
+    }
+
+    fn mapped(&mut self, name: &SegmentName) -> Result<bool, Self::Error> {
+        Ok(self.mapped.contains(name))
     }
 
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
