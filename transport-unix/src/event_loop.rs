@@ -1,4 +1,4 @@
-//! The manager daemon's event loop: one thread, `poll`, every socket non-blocking.
+//! The manager daemon's event loop: one thread, `epoll`, every socket non-blocking.
 //!
 //! It owns the file descriptors and nothing else; every decision is the core
 //! [`Manager`]'s. Each connection has its own reassembly buffer (in the
@@ -16,28 +16,31 @@
 //! it read here: when they ring the doorbell, before their end of file is
 //! acted on, before every tick, and at least every 100 ms.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libshm_core::journal::JournalMemory;
 use libshm_core::manager::{
     Chore, CloseReason, ConnId, Effects, Manager, ManagerConfig, Note, Peer, Stats, Status,
 };
-use libshm_core::name::NamePrefix;
+use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::namespace::Namespace;
 use libshm_core::status::Detail;
 use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
-use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::event::Timespec;
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
 
+use crate::background::{self, Background, Job};
 use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
+use crate::readiness::{Readiness, Source};
 use crate::report::{self, History, Identity};
 use crate::shared_journal::SharedJournal;
 use crate::spin::Spinner;
@@ -45,11 +48,11 @@ use crate::spin::Spinner;
 /// Reply bytes queued for a client that does not read them, before it is
 /// cut off (checked as each reply is queued).
 const MAX_REPLY_BACKLOG: usize = 1 << 20;
-/// Reads per client per poll round, so one busy client cannot starve the rest.
+/// Reads per client per round, so one busy client cannot starve the rest.
 const READS_PER_ROUND: usize = 4;
 /// Journal frames read per client per round, for the same reason.
 const JOURNAL_FRAMES_PER_ROUND: u32 = 4_096;
-/// Accepts per poll round.
+/// Accepts per round.
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How often journals are read when nothing else makes the manager look: a
 /// release committed to a journal counts from when it is read, so this bounds
@@ -58,6 +61,10 @@ const JOURNAL_READ_INTERVAL: Duration = Duration::from_millis(100);
 /// A manager that took over from a dead one sweeps once a second for this
 /// many seconds.
 const RECOVERY_SWEEPS: u64 = 10;
+/// Status reports being sent at once; more askers are closed.
+const MAX_STATUS_IN_FLIGHT: usize = 4;
+/// A status report not read within this long is dropped with its asker.
+const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// The longest spin after events, by default: a strict client's next frame
 /// comes well within it on an idle machine.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
@@ -65,7 +72,7 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How the loop trades CPU for latency.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tuning {
     /// After a round with events, poll without sleeping for up to this long
     /// (yielding the CPU in between), adapting the window to whether frames
@@ -73,12 +80,51 @@ pub struct Tuning {
     /// client that waits for each `OK` (PyTorch's) is then answered without
     /// a wake-up on either side. Zero always sleeps.
     pub spin: Duration,
-    /// Set when this manager took over from a dead one: the prefix under
-    /// which to look for segments whose holders died while no manager was
-    /// watching. They are looked for at once and then every second for ten
-    /// seconds (clients notice the death, and let go of what they
-    /// re-registered, at their own pace), and reaped like orphans.
-    pub recovery: Option<NamePrefix>,
+    /// Set when this manager took over from a dead one: how to find the
+    /// segments whose holders died while no manager was watching. They are
+    /// looked for at once and then every second for ten seconds (clients
+    /// notice the death, and let go of what they re-registered, at their own
+    /// pace), on a thread of their own (a look walks every process's maps),
+    /// and taken on as orphans.
+    pub recovery: Option<Recovery>,
+    /// Tells which orphans some process still maps, on a thread of its own
+    /// (see [`Chore::CheckMapped`]). Without it the namespace is asked, on
+    /// the loop.
+    pub mapped: Option<MapFinder>,
+}
+
+/// Finds leaked segments: walks `/dev/shm` and `/proc` off the event loop.
+pub type LeakFinder = Arc<dyn Fn() -> Result<Vec<SegmentName>, String> + Send + Sync>;
+
+/// Tells which of the names some process maps or holds: walks `/proc` off
+/// the event loop.
+pub type MapFinder = Arc<dyn Fn(&[SegmentName]) -> Result<Vec<SegmentName>, String> + Send + Sync>;
+
+/// A manager's recovery after taking over from a dead one.
+#[derive(Clone)]
+pub struct Recovery {
+    /// The prefix the sweep looks under, for the log.
+    pub prefix: NamePrefix,
+    /// Finds the leaked segments under it.
+    pub find: LeakFinder,
+}
+
+impl std::fmt::Debug for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuning")
+            .field("spin", &self.spin)
+            .field("recovery", &self.recovery)
+            .field("mapped", &self.mapped.is_some())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 impl Default for Tuning {
@@ -86,6 +132,7 @@ impl Default for Tuning {
         Self {
             spin: DEFAULT_SPIN,
             recovery: None,
+            mapped: None,
         }
     }
 }
@@ -127,8 +174,26 @@ pub fn serve_tuned<N: Namespace>(
     };
     let mut manager: Manager<Growable> =
         Manager::new(config, Timestamp::from_duration(clock.elapsed()));
+    let readiness = match Readiness::new().and_then(|readiness| {
+        readiness
+            .add(&listener, Source::Listener)
+            .map(|()| readiness)
+    }) {
+        Ok(readiness) => readiness,
+        Err(errno) => {
+            // Nothing is registered yet: there is nothing to unlink.
+            tracing::error!("could not set up epoll: {errno}; shutting down");
+            return Summary {
+                stats: manager.stats(),
+            };
+        }
+    };
     let mut driver = Driver {
         clients: HashMap::new(),
+        readiness,
+        journaled: Vec::new(),
+        map_checks: Vec::new(),
+        checks_maps_off_loop: tuning.mapped.is_some(),
         pids: PidWatches::new(rustix::process::geteuid().as_raw()),
         closing: Vec::new(),
         dirty: Vec::new(),
@@ -144,11 +209,11 @@ pub fn serve_tuned<N: Namespace>(
             started: Instant::now(),
         },
         status_requests: Vec::new(),
+        status_clients: Vec::new(),
         clock: Timestamp::ZERO,
     };
-    let mut order: Vec<ConnId> = Vec::new();
-    let mut watched: Vec<i32> = Vec::new();
-    let mut revents: Vec<PollFlags> = Vec::new();
+    let mut ready = Vec::new();
+    let mut listener_armed = true;
     let mut buf = vec![0u8; 64 * 1024];
     let mut accept_paused_until: Option<Instant> = None;
     let mut spinner = Spinner::new(tuning.spin);
@@ -162,23 +227,69 @@ pub fn serve_tuned<N: Namespace>(
         None => Vec::new(),
     };
     let mut journals_read_at = Instant::now();
+    let mut sweep = Background::new("recovery-sweep");
+    let mut map_check: Background<Result<Vec<SegmentName>, String>> = Background::new("map-check");
+    // The names the running map check was asked about.
+    let mut checking: Vec<SegmentName> = Vec::new();
 
     loop {
         if driver.journals_behind || journals_read_at.elapsed() >= JOURNAL_READ_INTERVAL {
             driver.drain_all(&mut manager, Timestamp::from_duration(clock.elapsed()));
             journals_read_at = Instant::now();
         }
-        if let (Some(prefix), Some(due)) = (&tuning.recovery, sweeps.last())
+        if let (Some(recovery), Some(due)) = (&tuning.recovery, sweeps.last())
             && *due <= Instant::now()
+            && !sweep.is_running()
         {
             sweeps.pop();
+            let find = Arc::clone(&recovery.find);
+            if let Err(err) = sweep.start(move || find()) {
+                tracing::warn!("could not look for leaked segments: {err}");
+            }
+        }
+        if let Job::Done(found) = sweep.poll() {
+            // What clients committed meanwhile is read first.
             driver.drain_all(&mut manager, Timestamp::from_duration(clock.elapsed()));
-            recovery_sweep(
-                prefix,
+            take_on_leaked(
+                found,
                 &mut manager,
-                namespace,
                 Timestamp::from_duration(clock.elapsed()),
             );
+        }
+        match map_check.poll() {
+            Job::Idle | Job::Running => {}
+            outcome => {
+                let now = Timestamp::from_duration(clock.elapsed());
+                driver.drain_all(&mut manager, now);
+                let mapped = match outcome {
+                    Job::Done(Ok(mapped)) => Some(mapped.into_iter().collect::<HashSet<_>>()),
+                    Job::Done(Err(err)) => {
+                        tracing::warn!("could not tell who maps orphans: {err}; will retry");
+                        None
+                    }
+                    _ => None,
+                };
+                for name in checking.drain(..) {
+                    let is_mapped = mapped.as_ref().map(|mapped| mapped.contains(&name));
+                    manager.mapped(&name, is_mapped, now, &mut driver);
+                }
+                driver.work(&mut manager, namespace, now);
+            }
+        }
+        if let Some(find) = &tuning.mapped
+            && !map_check.is_running()
+            && !driver.map_checks.is_empty()
+        {
+            checking = std::mem::take(&mut driver.map_checks);
+            let names = checking.clone();
+            let find = Arc::clone(find);
+            if let Err(err) = map_check.start(move || find(&names)) {
+                tracing::warn!("could not tell who maps orphans: {err}; will retry");
+                let now = Timestamp::from_duration(clock.elapsed());
+                for name in checking.drain(..) {
+                    manager.mapped(&name, None, now, &mut driver);
+                }
+            }
         }
         let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
@@ -204,7 +315,13 @@ pub fn serve_tuned<N: Namespace>(
         if let Some(due) = sweeps.last() {
             wake_within(due.saturating_duration_since(Instant::now()));
         }
-        if driver.clients.values().any(|c| c.journal.is_some()) {
+        if sweep.is_running() || map_check.is_running() {
+            wake_within(background::CHECK_INTERVAL);
+        } else if !driver.map_checks.is_empty() {
+            // A tick just asked: start the walk now, not at the next tick.
+            wake_within(Duration::ZERO);
+        }
+        if !driver.journaled.is_empty() {
             wake_within(JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed()));
         }
         if driver.journals_behind {
@@ -212,6 +329,9 @@ pub fn serve_tuned<N: Namespace>(
         }
         if driver.pids.has_polled() {
             wake_within(POLLED_INTERVAL);
+        }
+        if !driver.status_clients.is_empty() {
+            wake_within(STATUS_DEADLINE / 5);
         }
         if let Some(until) = accept_paused_until {
             wake_within(until.saturating_duration_since(Instant::now()));
@@ -224,104 +344,71 @@ pub fn serve_tuned<N: Namespace>(
             timeout = Some(Duration::ZERO);
         }
 
-        order.clear();
-        order.extend(driver.clients.keys().copied());
-        watched.clear();
-        {
-            let mut fds = Vec::with_capacity(order.len() + 1);
-            let listen_events = if accept_paused_until.is_none() {
-                PollFlags::IN
-            } else {
-                PollFlags::empty()
-            };
-            fds.push(PollFd::new(&listener, listen_events));
-            for id in &order {
-                let client = &driver.clients[id];
-                let mut events = PollFlags::IN;
-                if client.sendable() > 0 {
-                    events |= PollFlags::OUT;
-                }
-                fds.push(PollFd::new(&client.fd, events));
+        if listener_armed != accept_paused_until.is_none() {
+            listener_armed = accept_paused_until.is_none();
+            if let Err(errno) =
+                driver
+                    .readiness
+                    .set(&listener, Source::Listener, listener_armed, false)
+            {
+                tracing::error!("could not change what the listener waits for: {errno}");
             }
-            for (pid, fd) in driver.pids.poll_fds() {
-                watched.push(pid);
-                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-            }
-            let timespec = timeout.map(|t| {
-                Timespec::try_from(t).unwrap_or(Timespec {
-                    tv_sec: i64::MAX,
-                    tv_nsec: 0,
-                })
-            });
-            match rustix::event::poll(&mut fds, timespec.as_ref()) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(errno) => {
-                    tracing::error!("poll failed: {errno}; shutting down");
-                    break;
-                }
-            }
-            revents.clear();
-            revents.extend(fds.iter().map(PollFd::revents));
         }
-        if revents.iter().any(|events| !events.is_empty()) {
+        let timespec = timeout.map(|t| {
+            Timespec::try_from(t).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
+        ready.clear();
+        match driver.readiness.wait(timespec.as_ref()) {
+            Ok(events) => ready.extend(events),
+            Err(errno) => {
+                tracing::error!("epoll_wait failed: {errno}; shutting down");
+                break;
+            }
+        }
+        if !ready.is_empty() {
             spinner.events(Instant::now());
         }
         let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
 
-        if revents[0].contains(PollFlags::IN) {
-            for _ in 0..ACCEPTS_PER_ROUND {
-                match listener.accept() {
-                    Ok(Some(accepted)) => match manager.connect(accepted.peer, now) {
-                        Ok(id) => {
-                            tracing::debug!(conn = %id, pid = ?accepted.peer.pid, "client connected");
-                            driver
-                                .clients
-                                .insert(id, Client::new(accepted.fd, accepted.peer));
-                        }
-                        Err(err) => {
-                            tracing::warn!(pid = ?accepted.peer.pid, "refused a connection: {err}");
-                        }
-                    },
-                    Ok(None) => break,
-                    Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                        tracing::warn!(
-                            "out of file descriptors; not accepting until one frees (existing clients are still served)"
-                        );
-                        accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                        break;
-                    }
-                    Err(errno) => {
-                        tracing::warn!("accept failed: {errno}");
-                        break;
-                    }
-                }
+        let mut accepting = false;
+        for event in &ready {
+            match event.source {
+                Source::Listener => accepting = true,
+                Source::Pid(pid) => driver.exited.push(pid),
+                Source::Client(_) => {}
             }
         }
-
-        let (client_events, pid_events) = revents[1..].split_at(order.len());
-        for (id, events) in order.iter().zip(client_events) {
-            if events.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-                driver.read_from(*id, &mut manager, &mut buf, now);
-            }
-            if events.contains(PollFlags::OUT) {
-                driver.dirty.push(*id);
-            }
-        }
-        for (pid, events) in watched.iter().zip(pid_events) {
-            if !events.is_empty() {
-                driver.exited.push(*pid);
-            }
+        if accepting && listener_armed {
+            accept_paused_until = accept(&listener, &mut manager, &mut driver, now);
         }
         driver.pids.check_polled(&mut driver.exited);
+        // Before reading: frames from an exited pid, read below, are either
+        // its last ones or a new process's that got the pid.
+        for &pid in &driver.exited {
+            manager.pid_exiting(pid, now);
+        }
+        for event in &ready {
+            let Source::Client(id) = event.source else {
+                continue;
+            };
+            if event.readable {
+                driver.read_from(id, &mut manager, &mut buf, now);
+            }
+            if event.writable {
+                driver.dirty.push(id);
+            }
+        }
         if !driver.exited.is_empty() {
             // What the process committed to a journal before it died is read
             // before its end is acted on.
             driver.drain_all(&mut manager, now);
             for pid in std::mem::take(&mut driver.exited) {
                 tracing::debug!(pid, "watched process exited");
-                driver.pids.unwatch(pid);
-                driver.freed_descriptor = true;
+                driver.stop_watching(pid);
                 manager.pid_exited(pid, now, &mut driver);
             }
         }
@@ -337,19 +424,64 @@ pub fn serve_tuned<N: Namespace>(
     Summary { stats }
 }
 
-/// Takes on, as orphans, the leaked segments under `prefix` that the manager
-/// does not know.
-fn recovery_sweep<N: Namespace>(
-    prefix: &NamePrefix,
+/// Accepts up to a round's worth of connections. Returns until when
+/// accepting pauses, if the descriptors ran out.
+fn accept(
+    listener: &Listener,
     manager: &mut Manager<Growable>,
-    namespace: &mut N,
+    driver: &mut Driver,
+    now: Timestamp,
+) -> Option<Instant> {
+    for _ in 0..ACCEPTS_PER_ROUND {
+        match listener.accept() {
+            Ok(Some(accepted)) => match manager.connect(accepted.peer, now) {
+                Ok(id) => {
+                    tracing::debug!(conn = %id, pid = ?accepted.peer.pid, "client connected");
+                    if let Err(errno) = driver.readiness.add(&accepted.fd, Source::Client(id)) {
+                        // Out of epoll watches (`max_user_watches`): it could
+                        // never be read.
+                        tracing::warn!(pid = ?accepted.peer.pid, "refused a connection: {errno}");
+                        manager.disconnect(id, now, driver);
+                        continue;
+                    }
+                    driver
+                        .clients
+                        .insert(id, Client::new(accepted.fd, accepted.peer));
+                }
+                Err(err) => {
+                    tracing::warn!(pid = ?accepted.peer.pid, "refused a connection: {err}");
+                }
+            },
+            Ok(None) => break,
+            Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                tracing::warn!(
+                    "out of file descriptors; not accepting until one frees (existing clients are still served)"
+                );
+                return Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+            Err(errno) => {
+                tracing::warn!("accept failed: {errno}");
+                break;
+            }
+        }
+    }
+    None
+}
+
+/// Takes on, as orphans, the leaked segments a sweep found that the manager
+/// does not know.
+fn take_on_leaked(
+    found: Result<Vec<SegmentName>, String>,
+    manager: &mut Manager<Growable>,
     now: Timestamp,
 ) {
-    let mut found = Vec::new();
-    if let Err(err) = namespace.leaked(prefix, &mut |name| found.push(name)) {
-        tracing::warn!("could not look for leaked segments: {err}");
-        return;
-    }
+    let found = match found {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::warn!("could not look for leaked segments: {err}");
+            return;
+        }
+    };
     let adopted = found
         .into_iter()
         .filter(|name| manager.adopt_orphan(*name, now))
@@ -378,6 +510,8 @@ struct Client {
     /// A descriptor that arrived with the client's bytes: its journal offer.
     offered: Option<OwnedFd>,
     journal: Option<SharedJournal>,
+    /// Whether epoll reports it writable: while replies wait for room.
+    waits_to_write: bool,
     /// Whether the next read may carry a descriptor. A client offers its
     /// journal with its very first frame, so only the first read needs the
     /// costlier `recvmsg`.
@@ -387,8 +521,9 @@ struct Client {
     same_pid_namespace: Option<bool>,
     /// Its reply backlog overflowed; it is being cut off.
     evicted: bool,
-    /// It asked for a status report: closed once the report is sent.
-    close_when_sent: bool,
+    /// It asked for a status report: closed once the report is sent, or at
+    /// this deadline if it does not read it.
+    status_until: Option<Instant>,
     /// It rang the doorbell and waits for the `OK`: the reply stays queued
     /// until what it had committed by then is read.
     held_doorbell: Option<HeldDoorbell>,
@@ -411,10 +546,11 @@ impl Client {
             backlog: Vec::new(),
             offered: None,
             journal: None,
+            waits_to_write: false,
             first_read: true,
             same_pid_namespace: None,
             evicted: false,
-            close_when_sent: false,
+            status_until: None,
             held_doorbell: None,
         }
     }
@@ -458,6 +594,13 @@ impl Client {
 /// real namespace.
 struct Driver {
     clients: HashMap<ConnId, Client>,
+    readiness: Readiness,
+    /// Connections with a journal, to read them without a walk over all.
+    journaled: Vec<ConnId>,
+    /// Orphans to ask about, in the next map check off the loop.
+    map_checks: Vec<SegmentName>,
+    /// Whether map checks run off the loop.
+    checks_maps_off_loop: bool,
     pids: PidWatches,
     closing: Vec<ConnId>,
     dirty: Vec<ConnId>,
@@ -478,6 +621,8 @@ struct Driver {
     identity: Identity,
     /// Connections that asked for a status report during a manager call.
     status_requests: Vec<(ConnId, Detail)>,
+    /// Connections a status report is being sent to.
+    status_clients: Vec<ConnId>,
     /// The time of the manager call in progress, for the history.
     clock: Timestamp,
 }
@@ -585,14 +730,8 @@ impl Driver {
     /// Reads a round's worth of every journal, so the manager's view is
     /// current before it decides.
     fn drain_all(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
-        let journaled: Vec<ConnId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.journal.is_some())
-            .map(|(id, _)| *id)
-            .collect();
         let mut behind = false;
-        for id in journaled {
+        for id in self.journaled.clone() {
             behind |= self.drain(id, manager, now).1;
         }
         self.journals_behind = behind;
@@ -609,6 +748,12 @@ impl Driver {
         loop {
             // An outcome may queue another chore (an unlink after a look).
             while let Some(chore) = self.chores.pop_front() {
+                if let Chore::CheckMapped(name) = chore
+                    && self.checks_maps_off_loop
+                {
+                    self.map_checks.push(name);
+                    continue;
+                }
                 if let Err(err) = manager.perform(chore, namespace, now, self) {
                     tracing::warn!("{chore:?} failed: {err}; will retry");
                 }
@@ -618,15 +763,28 @@ impl Driver {
                 manager.evict(id, CloseReason::NotReadingReplies, now, self);
             }
             for (id, detail) in std::mem::take(&mut self.status_requests) {
+                self.status_clients
+                    .retain(|id| self.clients.contains_key(id));
+                if self.status_clients.len() >= MAX_STATUS_IN_FLIGHT {
+                    // Reports nobody reads would pin memory: the asker gets
+                    // OK alone, which it takes for a manager that does not
+                    // report.
+                    tracing::debug!(conn = %id, "too many status reports in flight; closing the asker");
+                    manager.disconnect(id, now, self);
+                    self.closing.push(id);
+                    continue;
+                }
                 let document =
                     report::document(detail, manager, namespace, &self.identity, &self.history);
                 if let Some(client) = self.clients.get_mut(&id) {
-                    // Not a reply: the backlog's cap does not apply.
+                    // Not a reply: the backlog's cap does not apply; the
+                    // report's deadline does.
                     if client.backlog.is_empty() {
                         self.dirty.push(id);
                     }
                     client.backlog.extend_from_slice(document.as_bytes());
-                    client.close_when_sent = true;
+                    client.status_until = Some(Instant::now() + STATUS_DEADLINE);
+                    self.status_clients.push(id);
                 }
             }
             self.settle(manager, now);
@@ -666,7 +824,31 @@ impl Driver {
                     }
                 }
             }
-            if client.close_when_sent && client.backlog.is_empty() {
+            let waits_to_write = client.sendable() > 0;
+            if waits_to_write != client.waits_to_write {
+                client.waits_to_write = waits_to_write;
+                let source = Source::Client(id);
+                if let Err(errno) = self.readiness.set(&client.fd, source, true, waits_to_write) {
+                    tracing::debug!(conn = %id, "could not wait for room to reply: {errno}");
+                    failed.push(id);
+                }
+            }
+            if client
+                .status_until
+                .is_some_and(|until| client.backlog.is_empty() || Instant::now() >= until)
+            {
+                sent.push(id);
+            }
+        }
+        // Reports not read by their deadline go with their askers.
+        for &id in &self.status_clients {
+            if self
+                .clients
+                .get(&id)
+                .and_then(|c| c.status_until)
+                .is_some_and(|until| Instant::now() >= until)
+                && !sent.contains(&id)
+            {
                 sent.push(id);
             }
         }
@@ -680,10 +862,21 @@ impl Driver {
             self.closing.push(id);
         }
         for id in self.closing.drain(..) {
-            if self.clients.remove(&id).is_some() {
+            if let Some(client) = self.clients.remove(&id) {
+                self.readiness.remove(&client.fd);
+                self.journaled.retain(|&journaled| journaled != id);
                 self.freed_descriptor = true;
             }
         }
+    }
+
+    /// Stops watching `pid`, its descriptor first out of epoll.
+    fn stop_watching(&mut self, pid: i32) {
+        if let Some(fd) = self.pids.pidfd(pid) {
+            self.readiness.remove(fd);
+        }
+        self.pids.unwatch(pid);
+        self.freed_descriptor = true;
     }
 }
 
@@ -723,12 +916,24 @@ impl Effects for Driver {
         let same_namespace = *client
             .same_pid_namespace
             .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace));
-        same_namespace && self.pids.watch(pid)
+        if !same_namespace || !self.pids.watch(pid) {
+            return false;
+        }
+        let Some(fd) = self.pids.pidfd(pid) else {
+            // Watched by polling instead.
+            return true;
+        };
+        if let Err(errno) = self.readiness.add(fd, Source::Pid(pid)) {
+            // Its end would go unnoticed: not watched, then.
+            tracing::warn!(pid, "cannot watch process: {errno}");
+            self.pids.unwatch(pid);
+            return false;
+        }
+        true
     }
 
     fn unwatch_pid(&mut self, pid: i32) {
-        self.pids.unwatch(pid);
-        self.freed_descriptor = true;
+        self.stop_watching(pid);
     }
 
     fn attach_journal(&mut self, conn: ConnId) -> bool {
@@ -743,6 +948,7 @@ impl Effects for Driver {
             Ok(journal) => {
                 tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
                 client.journal = Some(journal);
+                self.journaled.push(conn);
                 true
             }
             Err(err) => {

@@ -53,18 +53,22 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod background;
 mod event_loop;
 mod heap;
 mod launcher;
 mod listener;
 mod pid_watch;
+mod readiness;
 mod report;
 mod rundir;
 mod shared_journal;
 mod socket;
 mod spin;
 
-pub use event_loop::{DEFAULT_SPIN, Summary, Tuning, serve, serve_tuned};
+pub use event_loop::{
+    DEFAULT_SPIN, LeakFinder, MapFinder, Recovery, Summary, Tuning, serve, serve_tuned,
+};
 pub use launcher::{LaunchError, Launched, Launcher};
 pub use listener::{Accepted, Listener};
 pub use rundir::{

@@ -1,6 +1,6 @@
 //! Watching client processes end, so that their holds end with them.
 //!
-//! A pidfd per process (`pidfd_open`), polled in the event loop: it turns
+//! A pidfd per process (`pidfd_open`), in the event loop's epoll set: it turns
 //! readable when the process exits, and it names that process even if its pid
 //! is reused. Where pidfds are unavailable (kernels before 5.3, seccomp), a
 //! periodic `kill(pid, 0)` plus the process's start time stand in.
@@ -46,7 +46,13 @@ impl PidWatches {
     /// Starts watching `pid` if it can be trusted; false if not (or if it
     /// cannot be watched). Watching an already watched pid is a no-op.
     pub(crate) fn watch(&mut self, pid: i32) -> bool {
-        if self.fds.contains_key(&pid) || self.polled.contains_key(&pid) {
+        if let Some(fd) = self.fds.get(&pid) {
+            // The process watched under this pid may have exited since, and
+            // the pid gone to a new one: not the process watched, and too
+            // soon to tell who it is.
+            return !has_exited(fd.as_fd());
+        }
+        if self.polled.contains_key(&pid) {
             return true;
         }
         // Zero and negative pids name groups of processes, never a sender
@@ -88,9 +94,10 @@ impl PidWatches {
         self.polled.remove(&pid);
     }
 
-    /// Pids watched through a descriptor, for the poll set.
-    pub(crate) fn poll_fds(&self) -> impl Iterator<Item = (i32, BorrowedFd<'_>)> {
-        self.fds.iter().map(|(&pid, fd)| (pid, fd.as_fd()))
+    /// The descriptor `pid` is watched through, if it is: readable once the
+    /// process has ended.
+    pub(crate) fn pidfd(&self, pid: i32) -> Option<BorrowedFd<'_>> {
+        self.fds.get(&pid).map(AsFd::as_fd)
     }
 
     /// Whether some pids are watched without a descriptor (the loop must
@@ -191,11 +198,11 @@ mod tests {
         let pid = child.id() as i32;
         assert!(same_pid_namespace(std::process::id() as i32));
         assert!(watches.watch(pid));
-        let (_, fd) = watches.poll_fds().find(|(p, _)| *p == pid).unwrap();
+        let fd = watches.pidfd(pid).unwrap();
         assert!(!has_exited(fd));
         child.kill().unwrap();
         child.wait().unwrap();
-        let (_, fd) = watches.poll_fds().find(|(p, _)| *p == pid).unwrap();
+        let fd = watches.pidfd(pid).unwrap();
         assert!(has_exited(fd));
         watches.unwatch(pid);
         assert!(!watches.watch(pid), "a reaped pid is not trusted");

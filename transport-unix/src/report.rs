@@ -15,8 +15,11 @@ use libshm_core::time::Timestamp;
 
 /// Events kept for `shmctl why`; about 100 bytes each.
 const HISTORY_LEN: usize = 8_192;
-/// A status report adds up the sizes of at most this many names per holder.
-const MEASURED_PER_HOLDER: usize = 4_096;
+/// A status report adds up the sizes of at most this many names per holder,
+/// and of this many in all, so that building it never stalls the loop for
+/// long (a size is one `statat`).
+const MEASURED_PER_HOLDER: usize = 1_024;
+const MEASURED_IN_ALL: usize = 4_096;
 
 /// The recent events, oldest first, at most [`HISTORY_LEN`].
 #[derive(Default)]
@@ -96,15 +99,20 @@ fn write_document<N: Namespace>(
             ("unlink_failures", &s.unlink_failures),
         ],
     )?;
+    let mut budget = MEASURED_IN_ALL;
     for holder in manager.holders() {
         let (mut bytes, mut measured) = (0u64, 0usize);
-        manager.names_held_by(&holder, |name, _| {
-            if let Ok(Some(size)) = namespace.size(name) {
-                bytes += size;
-            }
-            measured += 1;
-            measured < MEASURED_PER_HOLDER
-        });
+        let allowed = budget.min(MEASURED_PER_HOLDER);
+        if allowed > 0 {
+            manager.names_held_by(&holder, |name, _| {
+                if let Ok(Some(size)) = namespace.size(name) {
+                    bytes += size;
+                }
+                measured += 1;
+                measured < allowed
+            });
+        }
+        budget -= measured;
         let pid = holder
             .pid
             .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
@@ -189,6 +197,7 @@ fn write_event(out: &mut String, at: Timestamp, note: &Note) -> std::fmt::Result
             "orphaned",
             &[("name", name), ("refcount", refcount), ("dead", dead)],
         ),
+        Note::StillMapped { name } => line(out, "still_mapped", &[("name", name)]),
         Note::Unlinked { name, reason } => {
             let reason = match reason {
                 UnlinkReason::Orphaned => "orphaned",
