@@ -51,7 +51,7 @@
 //! # Ok::<(), libshm::inspect::InspectError>(())
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::time::{Duration, SystemTime};
@@ -148,31 +148,52 @@ pub struct Scan {
     /// or non-dumpable ones), ascending. If there are any, "no users" means
     /// "no users we can see".
     pub uninspected: Vec<u32>,
+    /// This process runs in a nested pid namespace (a container): processes
+    /// outside it, which may share this `/dev/shm`, cannot be seen at all.
+    pub outside_namespace: bool,
 }
 
 impl Scan {
     /// What the scan could not see, for a reader: `None` if it saw every
     /// process.
     pub fn doubt(&self) -> Option<Doubt<'_>> {
-        (!self.uninspected.is_empty()).then_some(Doubt(&self.uninspected))
+        (!self.uninspected.is_empty() || self.outside_namespace).then_some(Doubt {
+            pids: &self.uninspected,
+            outside_namespace: self.outside_namespace,
+        })
     }
 }
 
-/// Processes a scan could not inspect, displayed as `2 processes could not
-/// be inspected (another user's or non-dumpable): pids 1, 4242`.
+/// What a scan could not see, displayed as `2 processes could not be
+/// inspected (another user's or non-dumpable): pids 1, 4242`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Doubt<'a>(pub &'a [u32]);
+pub struct Doubt<'a> {
+    /// Processes that could not be inspected.
+    pub pids: &'a [u32],
+    /// Processes outside this pid namespace cannot be seen at all.
+    pub outside_namespace: bool,
+}
 
 impl fmt::Display for Doubt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.0.len();
+        if self.outside_namespace {
+            f.write_str(
+                "this runs in a nested pid namespace (a container), so processes outside it \
+                 that share /dev/shm cannot be seen",
+            )?;
+            if self.pids.is_empty() {
+                return Ok(());
+            }
+            f.write_str("; and ")?;
+        }
+        let count = self.pids.len();
         write!(
             f,
             "{count} process{} could not be inspected (another user's or non-dumpable): pid{} ",
             if count == 1 { "" } else { "es" },
             if count == 1 { "" } else { "s" },
         )?;
-        for (i, pid) in self.0.iter().enumerate() {
+        for (i, pid) in self.pids.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -236,8 +257,11 @@ pub(crate) fn scan_in(dir: &ShmDir, prefix: &NamePrefix) -> Result<Scan, Inspect
     }
     // The users are read after every object was opened and closed again, so
     // the inspector never sees itself holding one.
-    let names: BTreeSet<SegmentName> = found.iter().map(|object| object.name).collect();
-    let users = users::scan(|name| names.contains(name)).map_err(list_error("/proc"))?;
+    let wanted: BTreeMap<users::FileId, SegmentName> = found
+        .iter()
+        .map(|object| (object.id, object.name))
+        .collect();
+    let users = users::scan(&wanted).map_err(list_error("/proc"))?;
     let mut segments: Vec<SegmentReport> = found
         .into_iter()
         .map(|object| {
@@ -249,7 +273,38 @@ pub(crate) fn scan_in(dir: &ShmDir, prefix: &NamePrefix) -> Result<Scan, Inspect
     Ok(Scan {
         segments,
         uninspected: users.uninspected,
+        outside_namespace: users::in_nested_pid_namespace(),
     })
+}
+
+/// Which of `names` some process maps or holds a descriptor to, by one walk
+/// of `/proc`. Processes we may not inspect count as not using them: a
+/// process that inherited a mapping by fork runs as its parent's user and is
+/// dumpable like it, so it is never among them.
+pub fn mapped(names: &[SegmentName]) -> Result<Vec<SegmentName>, InspectError> {
+    let dir = ShmDir::open().map_err(list_error(SHM_DIR))?;
+    mapped_in(&dir, names)
+}
+
+pub(crate) fn mapped_in(
+    dir: &ShmDir,
+    names: &[SegmentName],
+) -> Result<Vec<SegmentName>, InspectError> {
+    let wanted: BTreeMap<users::FileId, SegmentName> = names
+        .iter()
+        .filter_map(|name| {
+            let stat = dir.stat(name).ok()??;
+            is_regular(&stat).then(|| (users::file_id(&stat), *name))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let users = users::scan(&wanted).map_err(list_error("/proc"))?;
+    Ok(wanted
+        .into_values()
+        .filter(|name| !users.of(name).is_empty())
+        .collect())
 }
 
 /// Observes one name afresh: a scan whose segments are that name alone, or
@@ -267,10 +322,11 @@ fn inspect_one_in(
     let Some(object) = Object::stat(dir, name, SystemTime::now()) else {
         return Ok(Scan::default());
     };
-    let users = users::scan(|seen| seen == name).map_err(list_error("/proc"))?;
+    let users = users::scan(&BTreeMap::from([(object.id, *name)])).map_err(list_error("/proc"))?;
     Ok(Scan {
         segments: vec![object.judge(prefix, users.of(name))],
         uninspected: users.uninspected,
+        outside_namespace: users::in_nested_pid_namespace(),
     })
 }
 
@@ -322,6 +378,8 @@ pub enum Spared {
         /// How many processes could not be inspected.
         processes: usize,
     },
+    /// This runs in a nested pid namespace: processes outside it may use it.
+    OutsideNamespace,
 }
 
 impl fmt::Display for Spared {
@@ -335,6 +393,9 @@ impl fmt::Display for Spared {
                 min_age.as_secs()
             ),
             Self::NotOwned { uid } => write!(f, "it belongs to uid {uid}"),
+            Self::OutsideNamespace => {
+                f.write_str("processes outside this pid namespace cannot be seen and may use it")
+            }
             Self::Uninspected { processes } => write!(
                 f,
                 "{processes} process{} could not be inspected and may use it",
@@ -408,6 +469,9 @@ pub fn collect(
     if let Some(spared) = report.spared_by(policy) {
         return Ok(Collected::Spared(spared));
     }
+    if look.outside_namespace && !policy.force {
+        return Ok(Collected::Spared(Spared::OutsideNamespace));
+    }
     if !look.uninspected.is_empty() && !policy.force {
         return Ok(Collected::Spared(Spared::Uninspected {
             processes: look.uninspected.len(),
@@ -441,6 +505,8 @@ fn name_of_entry(file_name: &[u8]) -> Option<SegmentName> {
 /// What the object itself says, before anyone asks `/proc`.
 struct Object {
     name: SegmentName,
+    /// Device and inode, which users' mappings are matched by.
+    id: users::FileId,
     size: u64,
     owner_uid: u32,
     age: Duration,
@@ -470,6 +536,7 @@ impl Object {
         };
         Some(Self {
             name: *name,
+            id: users::file_id(&stat),
             size,
             owner_uid: stat.st_uid,
             age: now.duration_since(changed).unwrap_or_default(),

@@ -12,6 +12,9 @@ use crate::link::Link;
 use crate::registry;
 use crate::segment::SharedSegment;
 
+/// Fresh names tried when the previous ones already exist.
+const NAME_ATTEMPTS: u32 = 8;
+
 /// This process's link to a manager daemon: what segments are registered
 /// through. Cheap to clone; every clone (and every `ManagerLink` obtained for
 /// the same handle) shares one connection, and so does every segment created
@@ -68,8 +71,16 @@ impl ManagerLink {
         if let Some(segment) = SharedSegment::from_pool(&self.link, size) {
             return Ok(segment);
         }
-        let name = crate::naming::next_name(self.link.prefix())?;
-        SharedSegment::create_with(Arc::clone(&self.link), name, size)
+        // A name someone else took first (another user may create files in
+        // /dev/shm) is skipped for the next.
+        let mut attempts = 0;
+        loop {
+            let name = crate::naming::next_name(self.link.prefix())?;
+            match SharedSegment::create_with(Arc::clone(&self.link), name, size) {
+                Err(Error::Exists { .. }) if attempts < NAME_ATTEMPTS => attempts += 1,
+                created => return created,
+            }
+        }
     }
 
     /// Creates a segment named `name` (it must not exist yet).

@@ -1,43 +1,30 @@
 //! Fresh segment names, PyTorch's shape: `<prefix><pid>_<random u32>_<counter>`.
 //!
-//! The random part is drawn once per process (again after a fork, since the
-//! pid changes), so a recycled pid never reproduces an old name.
+//! The random part is fresh for every name, as PyTorch's is: a keyed hash
+//! (SipHash, with keys drawn from the system) of the counter. A name seen in
+//! `/dev/shm` then tells nobody the next one, so another local user cannot
+//! create our next names first; and a recycled pid never reproduces an old
+//! name.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use libshm_core::name::{NameError, NamePrefix, SegmentName};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-/// `pid << 32 | random`, for the process that drew it.
-static PROCESS_RANDOM: AtomicU64 = AtomicU64::new(0);
+/// The keys of the hash that makes each name's random part.
+static KEYS: OnceLock<RandomState> = OnceLock::new();
 
 pub(crate) use crate::process::current_pid;
 
 /// The next unused name with `prefix`.
 pub(crate) fn next_name(prefix: &NamePrefix) -> Result<SegmentName, NameError> {
     let pid = current_pid();
-    let random = process_random(pid);
     let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = KEYS.get_or_init(RandomState::new).hash_one((pid, counter)) as u32;
     SegmentName::generate(prefix, pid, random, counter)
-}
-
-fn process_random(pid: u32) -> u32 {
-    let cached = PROCESS_RANDOM.load(Ordering::Relaxed);
-    if cached != 0 && (cached >> 32) as u32 == pid {
-        return cached as u32;
-    }
-    let mut bytes = [0u8; 4];
-    if rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()).is_err() {
-        // No entropy source: fall back to the clock, which still differs
-        // between a pid's successive owners.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        bytes = nanos.to_ne_bytes();
-    }
-    let random = u32::from_ne_bytes(bytes);
-    PROCESS_RANDOM.store(u64::from(pid) << 32 | u64::from(random), Ordering::Relaxed);
-    random
 }
 
 #[cfg(test)]
@@ -58,5 +45,7 @@ mod tests {
             .collect();
         assert_eq!(fields.len(), 3);
         assert!(fields.iter().all(|f| f.parse::<u64>().is_ok()));
+        let random = |name: &SegmentName| name.as_str().split('_').nth(2).map(str::to_owned);
+        assert_ne!(random(&a), random(&b), "each name draws its own");
     }
 }

@@ -226,6 +226,14 @@ impl Pool {
     }
 }
 
+/// A pool that goes before the process does (its link dropped) unlinks its
+/// shelves as one drained at exit does.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
 /// `auto`: counts a request of `size`, and gives it a shelf on the fourth.
 fn learn(shelves: &mut Shelves, size: usize) {
     if shelves.requests.len() >= AUTO_SIZES && !shelves.requests.contains_key(&size) {
@@ -269,7 +277,16 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
         }
         for size in missing {
             match make(&link, size) {
-                Ok(ready) => pool.lock().ready.entry(size).or_default().push(ready),
+                Ok(ready) => {
+                    let mut shelves = pool.lock();
+                    if shelves.stopped {
+                        // Drained while this one was made: nobody unlinks it
+                        // but us.
+                        let _ = shm::unlink(&ready.name);
+                        return;
+                    }
+                    shelves.ready.entry(size).or_default().push(ready);
+                }
                 Err(err) => {
                     tracing::warn!("segment pool: {}", crate::error_chain::Chain(&err));
                     // Not again at once: /dev/shm may be full.

@@ -1,8 +1,10 @@
 //! The stress test: workers create, share, open and drop segments at random
 //! and are SIGKILLed at random moments; the manager is SIGKILLed once in the
 //! middle. While it runs, a segment whose last live holder went away is gone
-//! within the grace period plus 1 s; afterwards, nothing with the test's
-//! prefix is left.
+//! within the grace period plus 1 s (a name created before the revived
+//! manager started may carry references of holders that died unseen, which
+//! that manager cannot tell from a pickle's: it keeps such a name until it
+//! shuts down); afterwards, nothing with the test's prefix is left.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, SHMCTL, shm_exists, wait_until};
+use common::{Daemon, SHM_MANAGER, SHMCTL, shm_exists, wait_until};
 
 /// Seconds of reaping latency allowed: the 2 s grace period plus 1 s.
 const GRACE_PLUS_ONE: Duration = Duration::from_secs(3);
@@ -26,6 +28,8 @@ struct Ledger {
     /// When each name last had a live holder: now, if it has one.
     last_held: BTreeMap<String, Instant>,
     alive: BTreeSet<u32>,
+    /// When each name was created.
+    created_at: BTreeMap<String, Instant>,
     /// Everything that happened to each name, for the failure message.
     history: BTreeMap<String, Vec<String>>,
     start: Option<Instant>,
@@ -36,6 +40,9 @@ impl Ledger {
         let Some((what, name)) = line.split_once(' ') else {
             return;
         };
+        if what == "create" {
+            self.created_at.insert(name.to_owned(), Instant::now());
+        }
         let held = self.held.entry(pid).or_default();
         match what {
             "create" | "open" => {
@@ -99,6 +106,7 @@ fn spawn(
         .arg("--board")
         .arg(board)
         .env("LIBSHM_NAME_PREFIX", prefix)
+        .env("LIBSHM_MANAGER", short_linger_manager(board))
         .env("SHM_MANAGER_LOG", "debug")
         .stdout(Stdio::piped())
         .arg("-vv")
@@ -118,6 +126,22 @@ fn spawn(
         }
     });
     Worker { child }
+}
+
+/// A manager the workers' launcher revives with a one-second linger: what it
+/// keeps for a refcount surplus it cannot explain goes soon after the last
+/// worker, within the test's final wait.
+fn short_linger_manager(board: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = board.join("shm-manager-short-linger");
+    if !path.exists() {
+        let script = format!("#!/bin/sh\nexec {SHM_MANAGER} --linger 1s \"$@\"\n");
+        let temporary = board.join("shm-manager-short-linger.tmp");
+        std::fs::write(&temporary, script).unwrap();
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+    path
 }
 
 /// Warnings and errors from the daemon's and the workers' logs, for a failure
@@ -165,7 +189,11 @@ fn random_work_random_kills_and_a_killed_manager_leave_nothing_behind() {
     std::fs::create_dir_all(&logs).unwrap();
     let grace = std::env::var("STRESS_REAP_GRACE").unwrap_or_else(|_| "2s".into());
     let daemon_log = std::fs::File::create(logs.join("daemon.log")).unwrap();
-    let mut daemon = Daemon::start_with_stderr(&["--reap-grace", &grace, "-vv"], daemon_log.into());
+    // Started as our launcher starts it: serving the clients' prefix.
+    let mut daemon = Daemon::start_with_stderr(
+        &["--reap-grace", &grace, "--name-prefix", &prefix, "-vv"],
+        daemon_log.into(),
+    );
     let handle = daemon.handle.clone();
     let ledger = Arc::new(Mutex::new(Ledger {
         start: Some(Instant::now()),
@@ -208,10 +236,25 @@ fn random_work_random_kills_and_a_killed_manager_leave_nothing_behind() {
         // One look at the ledger, so a worker's newer event cannot slip in
         // between deciding a name is an orphan and seeing it still exists.
         let ledger = ledger.lock().unwrap();
+        // A name from before the revived manager may carry references of
+        // holders that died where it could not see them (the ledger misses
+        // some: a process that opens what it created holds it twice). The
+        // revived manager cannot tell those from a pickle's once another
+        // process has used the name, so it keeps such names until it shuts
+        // down; the final check covers them.
+        let from_before_revival = |name: &str| {
+            let created = ledger.created_at.get(name);
+            manager_killed_at
+                .is_some_and(|k| created.is_some_and(|&at| at < k + Duration::from_secs(1)))
+        };
         for name in ledger.orphaned_before(deadline) {
             let last = ledger.last_held[&name];
             let reported = violations.iter().any(|v: &String| v.starts_with(&name));
-            if !reported && !near_manager_death(last) && shm_exists(&name) {
+            if !reported
+                && !near_manager_death(last)
+                && !from_before_revival(&name)
+                && shm_exists(&name)
+            {
                 violations.push(format!(
                     "{name} outlived its last holder by {:?} (manager killed at {:?}): {:?}",
                     last.elapsed(),

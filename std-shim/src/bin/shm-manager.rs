@@ -34,7 +34,7 @@ use std::time::Duration;
 use clap::Parser;
 use libshm::{ENV_PREFIX, ShmNamespace};
 use libshm_core::manager::ManagerConfig;
-use libshm_core::name::NamePrefix;
+use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
 use libshm_unix::{Adoption, BASE_MAX, CreateError, FALLBACK_BASES, Listener, RunDir};
 
@@ -169,6 +169,7 @@ fn main() -> ExitCode {
         }
         Transport::Unix => None,
     };
+    stderr_without_blocking();
     init_logging(&args);
 
     let config = match manager_config(&args) {
@@ -216,7 +217,7 @@ fn serve_unix(args: &Args, config: ManagerConfig, mut namespace: ShmNamespace) -
     tracing::info!(handle = %listener.handle(), "serving");
     let recovery = match &args.adopt {
         Some(_) => match NamePrefix::new(args.sweep_prefix.as_bytes()) {
-            Ok(prefix) => Some(prefix),
+            Ok(prefix) => Some(leak_recovery(prefix)),
             Err(err) => {
                 return fail(&StartupError::Option {
                     option: "--sweep-prefix",
@@ -229,10 +230,37 @@ fn serve_unix(args: &Args, config: ManagerConfig, mut namespace: ShmNamespace) -
     let tuning = libshm_unix::Tuning {
         spin: args.spin,
         recovery,
+        mapped: Some(std::sync::Arc::new(|names: &[SegmentName]| {
+            // Through `ShmError` for its message with every cause.
+            libshm::inspect::mapped(names)
+                .map_err(|err| libshm::ShmError::Scan(Box::new(err)).to_string())
+        })),
     };
     let summary = libshm_unix::serve_tuned(listener, config, &mut namespace, tuning);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
+}
+
+/// A recovery whose sweep judges `/dev/shm` under `prefix` on its own
+/// thread, through a namespace of its own.
+fn leak_recovery(prefix: NamePrefix) -> libshm_unix::Recovery {
+    let finder = std::sync::Mutex::new(None::<ShmNamespace>);
+    let find = move || {
+        let mut namespace = finder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if namespace.is_none() {
+            *namespace = Some(ShmNamespace::for_current_user().map_err(|err| err.to_string())?);
+        }
+        let namespace = namespace.as_mut().expect("set above");
+        namespace
+            .find_leaked(&prefix)
+            .map_err(|err| err.to_string())
+    };
+    libshm_unix::Recovery {
+        prefix,
+        find: std::sync::Arc::new(find),
+    }
 }
 
 fn serve_pipe(
@@ -446,6 +474,9 @@ fn manager_config(args: &Args) -> Result<ManagerConfig, StartupError> {
         linger: args.linger,
         max_names: args.max_names,
         name_prefix: Some(name_prefix(args)?),
+        // Started as PyTorch starts it, it serves PyTorch's names whatever
+        // the environment says besides.
+        also_prefix: args.name_prefix.is_none().then(NamePrefix::torch),
         owner_uid: Some(rustix::process::geteuid().as_raw()),
         max_connections: args.max_clients,
         ..ManagerConfig::default()
@@ -453,10 +484,11 @@ fn manager_config(args: &Args) -> Result<ManagerConfig, StartupError> {
 }
 
 /// The names this manager accepts: `--name-prefix`, else `$LIBSHM_NAME_PREFIX`
-/// (what a client of the same environment names its segments with), else
-/// PyTorch's `/torch_`. Started as PyTorch starts it, with no arguments, it
-/// thus never takes on another program's objects (`/sem.*`, say), which it
-/// would unlink once their registering client is gone.
+/// (what a client of the same environment names its segments with) and
+/// PyTorch's `/torch_`, else `/torch_` alone. Started as PyTorch starts it,
+/// with no arguments, it thus never takes on another program's objects
+/// (`/sem.*`, say), which it would unlink once their registering client is
+/// gone, and always serves PyTorch.
 fn name_prefix(args: &Args) -> Result<NamePrefix, StartupError> {
     let (text, source) = match &args.name_prefix {
         Some(text) => (text.clone(), "--name-prefix"),
@@ -475,6 +507,30 @@ fn name_prefix(args: &Args) -> Result<NamePrefix, StartupError> {
         option: source,
         why: format!("{text:?}: {err}"),
     })
+}
+
+/// Makes our stderr a description of its own that never blocks: PyTorch
+/// passes its stderr to the manager, and a pipe nobody drains must cost log
+/// lines, never the manager's answers. Only pipes, sockets and terminals are
+/// reopened (a file's offset would be lost); where reopening fails, stderr
+/// stays as it was.
+fn stderr_without_blocking() {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let Ok(stat) = rustix::fs::fstat(rustix::stdio::stderr()) else {
+        return;
+    };
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if !matches!(kind, FileType::Fifo | FileType::CharacterDevice) {
+        return;
+    }
+    let reopened = rustix::fs::open(
+        "/proc/self/fd/2",
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    );
+    if let Ok(fd) = reopened {
+        let _ = rustix::stdio::dup2_stderr(&fd);
+    }
 }
 
 /// Prints the handshake line, then points stdout at /dev/null so whoever

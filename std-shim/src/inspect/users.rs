@@ -3,9 +3,11 @@
 //!
 //! A segment can be in use without being mapped (a descriptor passed over a
 //! socket, an opener between `shm_open` and `mmap`) or without a descriptor
-//! (mapped, then closed, as ATen does), so both are read. A mapping or
-//! descriptor whose target is marked ` (deleted)` belongs to an earlier object
-//! of the same name and does not count.
+//! (mapped, then closed, as ATen does), so both are read. Objects are matched
+//! by device and inode, never by path: `/dev/shm` may be a symlink (to
+//! `/run/shm`), and `/proc` shows the target's path. A mapping or descriptor
+//! whose target is marked ` (deleted)` belongs to an earlier object and does
+//! not count.
 //!
 //! Processes we may not inspect (another user's, or non-dumpable ones of our
 //! own) are listed, not guessed at, so a caller can say how far "nobody uses
@@ -19,8 +21,6 @@ use std::os::unix::ffi::OsStrExt;
 
 use libshm_core::name::SegmentName;
 
-/// Where a segment's path points inside `/proc/<pid>/maps` and `fd/*`.
-const SHM_DIR: &[u8] = b"/dev/shm/";
 /// What the kernel appends to the path of an unlinked object.
 const DELETED: &[u8] = b" (deleted)";
 
@@ -43,10 +43,21 @@ impl Users {
     }
 }
 
-/// Walks every process in `/proc` and records who maps or holds the names
-/// `wanted` accepts. Fails only if `/proc` itself cannot be listed; a process
-/// that exits mid-walk is skipped.
-pub(crate) fn scan(wanted: impl Fn(&SegmentName) -> bool) -> io::Result<Users> {
+/// An object's identity: device major, minor, and inode.
+pub(crate) type FileId = (u32, u32, u64);
+
+/// The identity of the object `stat` describes.
+pub(crate) fn file_id(stat: &rustix::fs::Stat) -> FileId {
+    // Widened where the platform's fields are narrower.
+    #[allow(clippy::unnecessary_cast)]
+    let (dev, ino) = (stat.st_dev as u64, stat.st_ino as u64);
+    (rustix::fs::major(dev), rustix::fs::minor(dev), ino)
+}
+
+/// Walks every process in `/proc` and records who maps or holds the objects
+/// in `wanted` (by identity, with their names). Fails only if `/proc` itself
+/// cannot be listed; a process that exits mid-walk is skipped.
+pub(crate) fn scan(wanted: &BTreeMap<FileId, SegmentName>) -> io::Result<Users> {
     let mut users = Users::default();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
@@ -58,23 +69,29 @@ pub(crate) fn scan(wanted: impl Fn(&SegmentName) -> bool) -> io::Result<Users> {
             continue;
         };
         let mut denied = false;
-        let mut found = |name: SegmentName| {
-            if wanted(&name) {
-                users.by_name.entry(name).or_default().insert(pid);
+        let mut found = |id: FileId| {
+            if let Some(name) = wanted.get(&id) {
+                users.by_name.entry(*name).or_default().insert(pid);
             }
         };
         match std::fs::read(format!("/proc/{pid}/maps")) {
             Ok(maps) => maps
                 .split(|&b| b == b'\n')
-                .filter_map(maps_line_path)
-                .filter_map(shm_name_of_path)
+                .filter_map(maps_line_id)
                 .for_each(&mut found),
             Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
         }
         match std::fs::read_dir(format!("/proc/{pid}/fd")) {
             Ok(fds) => fds
-                .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                .filter_map(|target| shm_name_of_path(target.as_os_str().as_bytes()))
+                .filter_map(|fd| {
+                    let path = fd.ok()?.path();
+                    let target = std::fs::read_link(&path).ok()?;
+                    if target.as_os_str().as_bytes().ends_with(DELETED) {
+                        return None;
+                    }
+                    // The descriptor's own object, however it is named.
+                    rustix::fs::stat(&path).ok().map(|stat| file_id(&stat))
+                })
                 .for_each(&mut found),
             Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
         }
@@ -132,14 +149,40 @@ fn maps_line_path(line: &[u8]) -> Option<&[u8]> {
     (!path.is_empty()).then_some(path)
 }
 
-/// `/dev/shm/<name>` as a segment name; `None` for other paths, for objects
-/// already unlinked, and for file names that are not valid segment names.
-fn shm_name_of_path(path: &[u8]) -> Option<SegmentName> {
-    let file = path.strip_prefix(SHM_DIR)?;
-    if file.ends_with(DELETED) {
+/// The identity of the object one `/proc/<pid>/maps` line maps: its device
+/// (`maj:min`, hex) and inode; `None` for anonymous mappings and objects
+/// already unlinked.
+fn maps_line_id(line: &[u8]) -> Option<FileId> {
+    let path = maps_line_path(line)?;
+    if path.ends_with(DELETED) {
         return None;
     }
-    super::name_of_entry(file)
+    let mut fields = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|field| !field.is_empty());
+    let dev = fields.nth(3)?;
+    let inode = fields.next()?;
+    let (major, minor) = std::str::from_utf8(dev).ok()?.split_once(':')?;
+    let major = u32::from_str_radix(major, 16).ok()?;
+    let minor = u32::from_str_radix(minor, 16).ok()?;
+    let inode = std::str::from_utf8(inode).ok()?.parse().ok()?;
+    (inode != 0).then_some((major, minor, inode))
+}
+
+/// Whether this process runs in a pid namespace other than the first one
+/// (a container's), sharing `/dev/shm` with processes it cannot see. The
+/// kernel gives the initial pid namespace a fixed inode
+/// (`PROC_PID_INIT_INO`); a container that mounts its own `/proc` shows no
+/// other sign of it. Unknown (no `/proc`) counts as nested: under doubt,
+/// nothing is reaped. `LIBSHM_SHM_PRIVATE=1` says this `/dev/shm` is the
+/// namespace's own (a container without `--ipc=host`).
+pub(crate) fn in_nested_pid_namespace() -> bool {
+    if std::env::var_os("LIBSHM_SHM_PRIVATE").is_some_and(|v| v == "1") {
+        return false;
+    }
+    const INITIAL: &str = "pid:[4026531836]";
+    std::fs::read_link("/proc/self/ns/pid")
+        .map_or(true, |link| link != std::path::Path::new(INITIAL))
 }
 
 #[cfg(test)]
@@ -158,6 +201,16 @@ mod tests {
             Some(&b"/home/a b/lib.so (deleted)"[..])
         );
         assert_eq!(maps_line_path(b""), None);
+    }
+
+    #[test]
+    fn reads_the_identity_of_what_a_maps_line_maps() {
+        let line = b"7f1c2a000000-7f1c2a101000 rw-s 00000000 00:1a 1234  /run/shm/torch_1_2_3";
+        assert_eq!(maps_line_id(line), Some((0, 0x1a, 1234)));
+        let deleted = b"7f1c-7f1d rw-s 00000000 00:1a 1234 /dev/shm/torch_1_2_3 (deleted)";
+        assert_eq!(maps_line_id(deleted), None);
+        let anonymous = b"7ffd5c1e0000-7ffd5c201000 rw-p 00000000 00:00 0";
+        assert_eq!(maps_line_id(anonymous), None);
     }
 
     #[test]
@@ -183,19 +236,25 @@ mod tests {
     }
 
     #[test]
-    fn only_live_objects_directly_in_dev_shm_are_segments() {
-        let name = |path: &[u8]| shm_name_of_path(path).map(|n| n.as_str().to_owned());
-        assert_eq!(
-            name(b"/dev/shm/torch_1_2_3").as_deref(),
-            Some("/torch_1_2_3")
-        );
-        assert_eq!(name(b"/dev/shm/torch_1_2_3 (deleted)"), None);
-        assert_eq!(name(b"/dev/shm/dir/torch_1_2_3"), None);
-        assert_eq!(name(b"/dev/shm/"), None);
-        assert_eq!(name(b"/home/me/dev/shm/torch_1_2_3"), None);
-        assert_eq!(name(b"/memfd:torch_1_2_3 (deleted)"), None);
-        assert_eq!(name(&[b'/'; 200]), None);
-        let long = [b"/dev/shm/".as_slice(), &[b'a'; 100]].concat();
-        assert_eq!(name(&long), None);
+    fn a_mapped_segment_is_found_by_identity_whatever_its_path() {
+        // A segment of ours, mapped here and reached through a symlinked
+        // directory: /proc shows the target's path, the identity matches.
+        let name =
+            SegmentName::new(format!("/libshm_users_{}", std::process::id()).as_bytes()).unwrap();
+        let fd = rustix::shm::open(
+            name.as_str(),
+            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::EXCL | rustix::shm::OFlags::RDWR,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let map = memmap2::MmapOptions::new().len(4096).map_raw(&fd).unwrap();
+        drop(fd);
+        let stat = rustix::fs::stat(format!("/dev/shm{name}")).unwrap();
+        let wanted = BTreeMap::from([(file_id(&stat), name)]);
+        let users = scan(&wanted).unwrap();
+        let _ = rustix::shm::unlink(name.as_str());
+        assert_eq!(users.of(&name), [std::process::id()]);
+        drop(map);
     }
 }

@@ -26,7 +26,7 @@ const LOOKS: usize = 3;
 pub struct ShmNamespace {
     dir: ShmDir,
     uid: u32,
-    /// Whether [`Namespace::leaked`] has said why it found nothing: the
+    /// Whether [`ShmNamespace::find_leaked`] has said why it found nothing: the
     /// sweep asks repeatedly, and once is enough to read.
     told_doubt: bool,
 }
@@ -94,6 +94,35 @@ impl ShmNamespace {
     fn owns(&self, stat: &Stat) -> bool {
         is_regular(stat) && stat.st_uid == self.uid
     }
+
+    /// Leaked segments of this namespace's user under `prefix`, judged by
+    /// [`inspect`]. While any process could not be inspected (another user's,
+    /// a non-dumpable one), a segment only it maps would look leaked, so
+    /// then nothing is found.
+    pub fn find_leaked(&mut self, prefix: &NamePrefix) -> Result<Vec<SegmentName>, ShmError> {
+        let scan =
+            inspect::scan_in(&self.dir, prefix).map_err(|err| ShmError::Scan(Box::new(err)))?;
+        if let Some(doubt) = scan.doubt() {
+            let why = format!(
+                "not reaping segments under {prefix} that look leaked: {doubt}; any of them may \
+                 use one"
+            );
+            if std::mem::replace(&mut self.told_doubt, true) {
+                tracing::debug!("{why}");
+            } else {
+                tracing::warn!("{why}");
+            }
+            return Ok(Vec::new());
+        }
+        Ok(scan
+            .segments
+            .into_iter()
+            .filter(|segment| {
+                segment.status == inspect::Status::Leaked && segment.owner_uid == self.uid
+            })
+            .map(|segment| segment.name)
+            .collect())
+    }
 }
 
 impl Namespace for ShmNamespace {
@@ -146,40 +175,15 @@ impl Namespace for ShmNamespace {
             .map(|stat| u64::try_from(stat.st_size).unwrap_or(0)))
     }
 
+    fn mapped(&mut self, name: &SegmentName) -> Result<bool, Self::Error> {
+        inspect::mapped_in(&self.dir, &[*name])
+            .map(|mapped| !mapped.is_empty())
+            .map_err(|err| ShmError::Scan(Box::new(err)))
+    }
+
     fn usage(&mut self) -> Result<Option<Usage>, Self::Error> {
         let (used, total) = self.dir.usage().map_err(call("fstatvfs"))?;
         Ok(Some(Usage { used, total }))
-    }
-
-    /// Leaked segments of this namespace's user under `prefix`, judged by
-    /// [`inspect`]. While any process could not be inspected (another user's,
-    /// a non-dumpable one), a segment only it maps would look leaked, so
-    /// then nothing is found.
-    fn leaked(
-        &mut self,
-        prefix: &NamePrefix,
-        each: &mut dyn FnMut(SegmentName),
-    ) -> Result<(), Self::Error> {
-        let scan =
-            inspect::scan_in(&self.dir, prefix).map_err(|err| ShmError::Scan(Box::new(err)))?;
-        if let Some(doubt) = scan.doubt() {
-            let why = format!(
-                "not reaping segments under {prefix} that look leaked: {doubt}; any of them may \
-                 use one"
-            );
-            if std::mem::replace(&mut self.told_doubt, true) {
-                tracing::debug!("{why}");
-            } else {
-                tracing::warn!("{why}");
-            }
-            return Ok(());
-        }
-        for segment in scan.segments {
-            if segment.status == inspect::Status::Leaked && segment.owner_uid == self.uid {
-                each(segment.name);
-            }
-        }
-        Ok(())
     }
 }
 

@@ -148,17 +148,15 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
         out.flush()?;
     }
     if let Some(doubt) = held_back.filter(|_| removed > 0) {
-        let count = doubt.0.len();
         writeln!(
             out,
-            "{}: {count} process{} could not be inspected, so {removed} segment{} that look{} \
+            "{}: {doubt}, so {removed} segment{} that look{} \
              leaked ({}) may still be in use. {}--force removes them anyway",
             if args.yes {
                 "removed nothing"
             } else {
                 "would remove nothing"
             },
-            if count == 1 { "" } else { "es" },
             plural(removed),
             if removed == 1 { "s" } else { "" },
             format_size(freed),

@@ -141,6 +141,9 @@ fn describe(event: &Event) -> String {
             field("refcount"),
             field("dead")
         ),
+        "still_mapped" => {
+            "no holder left, yet a process maps it (a fork of one that died?); kept".to_owned()
+        }
         "unlinked" if field("reason") == "orphaned" => "reaped (orphaned)".to_owned(),
         "unlinked" => "unlinked when the manager shut down".to_owned(),
         "gone" => "released and unlinked by its last user; forgotten".to_owned(),
