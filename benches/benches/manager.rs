@@ -13,7 +13,9 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use libshm_benches::client::{BenchClient, PREFIX, run_if_client};
 use libshm_benches::{Measure, interleaved, our_manager, torch_manager};
 use libshm_core::client::AckMode;
+use libshm_core::frame::Frame;
 use libshm_core::handshake::ManagerHandle;
+use libshm_core::name::SegmentName;
 use libshm_unix::Launcher;
 
 /// Registrations (each with its release) per interleaved round, in all.
@@ -37,6 +39,22 @@ fn run(handle: &ManagerHandle, clients: u64, total: u64, mode: AckMode) -> Durat
     start
         .elapsed()
         .mul_f64(total as f64 / (each * clients) as f64)
+}
+
+/// A connection that registered a name and stays open, so the manager never
+/// runs out of clients (nor closes it for silence).
+fn keep_alive(handle: &ManagerHandle) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(handle.as_str()).expect("connect");
+    let name = format!("{PREFIX}keeper_{}", std::process::id());
+    let frame = Frame::register(
+        std::process::id() as i32,
+        name.parse::<SegmentName>().expect("keeper name"),
+    );
+    stream.write_all(&frame.encode()).expect("register");
+    let mut reply = [0u8; 2];
+    stream.read_exact(&mut reply).expect("OK");
+    stream
 }
 
 fn main() {
@@ -68,6 +86,12 @@ fn main() {
                         .expect("launch manager");
                     (*name, launched)
                 })
+                .collect();
+            // Each manager serves the whole group: one is measured while the
+            // other waits, longer than PyTorch's two idle seconds.
+            let _keepers: Vec<_> = launched
+                .iter()
+                .map(|(_, launched)| keep_alive(&launched.handle))
                 .collect();
             for (name, launched) in &launched {
                 group.bench_with_input(
