@@ -1,8 +1,9 @@
 //! A hostile tester's findings: each test reproduces one way to make
 //! `shm-manager` (or the `libshm` client) unlink a segment someone still uses,
 //! stop answering, or spend memory or time without bound, with real
-//! processes, real sockets and the real `/dev/shm`. They fail on the code
-//! they were written against; each says what went wrong and why.
+//! processes, real sockets and the real `/dev/shm`. They failed on the code
+//! they were written against, and each says what went wrong then and why
+//! (the file:line references are to that code); they guard the fixes now.
 //!
 //! Tests that need root (another user, private pid namespaces, choosing the
 //! next pid, stopping the manager) skip without it and fail under
