@@ -1085,21 +1085,7 @@ impl<S: Storage> Manager<S> {
             return;
         }
         self.holder_index.retain(|key, _| key.conn != conn);
-        for id in 0..self.holders.id_bound() {
-            let Some(holder) = self.holders.get_mut(id) else {
-                continue;
-            };
-            if holder.key.conn != conn || holder.ending {
-                continue;
-            }
-            let lifeline = holder.lifeline;
-            Self::begin_end(holder, HolderEnd::Disconnected, fx);
-            self.ending += 1;
-            if let Lifeline::Pid(pid) = lifeline {
-                self.release_pid(pid, fx);
-            }
-        }
-        self.drop_finished_holders();
+        self.end_holders_where(|holder| holder.key.conn == conn, fx);
         if self.conns.is_empty() {
             self.idle_since = Some(now);
         }
@@ -1637,11 +1623,16 @@ impl<S: Storage> Manager<S> {
     /// Ends every live holder: the manager is going, and with it what the
     /// processes it could no longer hear from still held.
     fn end_all_holders(&mut self, fx: &mut impl Effects) {
+        self.end_holders_where(|_| true, fx);
+    }
+
+    /// Ends the live holders `which` picks, as their connection's end does.
+    fn end_holders_where(&mut self, which: impl Fn(&Holder) -> bool, fx: &mut impl Effects) {
         for id in 0..self.holders.id_bound() {
             let Some(holder) = self.holders.get_mut(id) else {
                 continue;
             };
-            if holder.ending {
+            if holder.ending || !which(holder) {
                 continue;
             }
             let lifeline = holder.lifeline;

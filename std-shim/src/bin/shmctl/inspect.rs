@@ -12,6 +12,7 @@ use libshm::{ENV_PREFIX, NamePrefix};
 
 use crate::Outcome;
 use crate::error_chain::Chain;
+use crate::managers::coarse;
 
 /// Arguments of `shmctl ls`.
 #[derive(clap::Args, Debug)]
@@ -126,7 +127,7 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
                 segment
                     .creator_pid
                     .map_or_else(|| "-".into(), |p| p.to_string()),
-                format_age(segment.age)
+                coarse(segment.age)
             )?;
             freed += segment.size;
             removed += 1;
@@ -258,7 +259,7 @@ fn spared_summary(spared: &[&SegmentReport], policy: &GcPolicy) -> Option<String
         parts.push(format!(
             "{young} leaked segment{} changed less than {} ago (see --older-than)",
             plural(young),
-            format_age(policy.min_age)
+            coarse(policy.min_age)
         ));
     }
     if foreign > 0 {
@@ -268,17 +269,6 @@ fn spared_summary(spared: &[&SegmentReport], policy: &GcPolicy) -> Option<String
         ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
-}
-
-/// Coarse ages for a table: `42s`, `5m`, `3h`, `2d`.
-fn format_age(age: Duration) -> String {
-    let secs = age.as_secs();
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3_600 => format!("{}m", secs / 60),
-        3_600..86_400 => format!("{}h", secs / 3_600),
-        _ => format!("{}d", secs / 86_400),
-    }
 }
 
 /// `12, 34, 56 +2`: a few users, then how many more.
@@ -319,7 +309,7 @@ fn table(segments: &[SegmentReport]) -> String {
                     (None, _) => "-".into(),
                 },
                 format_users(&s.users),
-                format_age(s.age),
+                coarse(s.age),
                 s.status.to_string(),
             ]
         })
@@ -465,10 +455,10 @@ mod tests {
 
     #[test]
     fn ages_and_prefixes() {
-        assert_eq!(format_age(Duration::from_secs(59)), "59s");
-        assert_eq!(format_age(Duration::from_secs(61)), "1m");
-        assert_eq!(format_age(Duration::from_secs(7_200)), "2h");
-        assert_eq!(format_age(Duration::from_secs(172_800)), "2d");
+        assert_eq!(coarse(Duration::from_secs(59)), "59s");
+        assert_eq!(coarse(Duration::from_secs(61)), "1m");
+        assert_eq!(coarse(Duration::from_secs(7_200)), "2h");
+        assert_eq!(coarse(Duration::from_secs(172_800)), "2d");
         assert_eq!(resolve_prefix(Some("/x_")).unwrap().as_str(), "/x_");
         assert!(resolve_prefix(Some("x_")).is_err());
     }

@@ -141,6 +141,7 @@ pub(crate) fn uptime_of(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64((since_boot - started).max(0.0)))
 }
 
+/// Coarse ages for a table: `42s`, `5m`, `3h`, `2d`.
 pub(crate) fn coarse(age: Duration) -> String {
     let secs = age.as_secs();
     match secs {
