@@ -140,7 +140,7 @@ impl Default for ManagerConfig {
             max_connections: usize::MAX,
             max_names: usize::MAX,
             linger: Duration::from_secs(60),
-            batch: 256,
+            batch: 128,
             hash_seed: 0,
             patrol_every: Some(Duration::from_secs(1)),
             patrol_batch: 64,
