@@ -684,6 +684,8 @@ pub struct NameRecord {
     /// guess withdrawn once someone registers the name: a user shows the
     /// creator may have let go cleanly, its one reference a pickle's.
     creator_counted: bool,
+    /// A walk just found nobody mapping it: the next look may unlink it.
+    nobody_maps: bool,
     /// Its creator (the pid its name starts with) registered it with this
     /// manager: its reference is among the registrations counted, so an
     /// adoption need not count it again.
@@ -716,7 +718,7 @@ pub struct Connection {
 }
 
 /// Holders a connection keeps a list of.
-const CONN_HOLDERS: usize = 8;
+const CONN_HOLDERS: usize = 64;
 
 /// The shutdown in progress.
 #[derive(Clone, Copy, Debug)]
@@ -1218,10 +1220,14 @@ impl<S: Storage> Manager<S> {
         };
         let closing = self.closing;
         let grace = self.config.reap_grace;
+        let linger = self.config.linger;
         let Some(record) = self.names.get_mut(id) else {
             return;
         };
         record.busy = false;
+        // Only the look right after a walk that found no mapper may unlink
+        // on its strength.
+        let nobody_maps = core::mem::take(&mut record.nobody_maps);
         if record.live > 0 {
             return self.patrolled(id, observed, now, fx);
         }
@@ -1286,7 +1292,7 @@ impl<S: Storage> Manager<S> {
             return self.schedule(id, now.after(backoff).round_up(1_000));
         }
         match (record.phase, grace) {
-            (Phase::Confirming, _) if record.inherited => {
+            (Phase::Confirming, _) if record.inherited && !nobody_maps => {
                 record.busy = true;
                 fx.chore(Chore::CheckMapped(*name));
             }
@@ -1299,6 +1305,15 @@ impl<S: Storage> Manager<S> {
                     refcount,
                     dead: record.dead,
                 });
+                // An orphan only by the sweep's guess about its creator may
+                // be a tensor its producer pickled into a queue and let go
+                // of cleanly: its receiver gets as long as a lingering
+                // manager would give it.
+                let grace = if record.creator_counted {
+                    grace.max(linger)
+                } else {
+                    grace
+                };
                 self.schedule(id, now.after(grace));
             }
             // Reaping is off: kept until shutdown, as PyTorch keeps it.
@@ -1406,7 +1421,7 @@ impl<S: Storage> Manager<S> {
     /// What [`Chore::CheckMapped`] found: whether some process maps or
     /// holds `name` (`None`: it could not be told now; asked again later).
     /// A mapped orphan is kept and judged afresh later; an unmapped one is
-    /// unlinked, unless someone registered it meanwhile.
+    /// looked at once more and unlinked if it still is an orphan.
     pub fn mapped(
         &mut self,
         name: &SegmentName,
@@ -1428,7 +1443,12 @@ impl<S: Storage> Manager<S> {
         // Shutting down, the closing passes judge it afresh by its refcount.
         let serving = self.closing.is_none();
         if serving && mapped == Some(false) {
-            return self.unlink(id, UnlinkReason::Orphaned, fx);
+            // The refcount may have risen while the walk ran (a fork pickled
+            // the tensor, then exited): judged again by a fresh look.
+            record.nobody_maps = true;
+            record.busy = true;
+            fx.chore(Chore::Observe(*name));
+            return;
         }
         if serving && mapped == Some(true) {
             fx.note(Note::StillMapped { name: *name });
@@ -2186,6 +2206,7 @@ impl<S: Storage> Manager<S> {
             suspect: false,
             vanished: false,
             adopted: false,
+            nobody_maps: false,
             creator_counted: false,
             creator_seen: false,
         };

@@ -264,6 +264,8 @@ struct NameModel {
     /// Held by a process that died while its connection lived on (forks of
     /// it may map it unannounced).
     inherited: bool,
+    /// A walk found nobody mapping it; the look it asked for may unlink.
+    nobody_maps: bool,
     /// When the manager first showed it as an orphan (since then).
     orphan_since: Option<u64>,
     /// An unlink of it as an orphan failed and will be retried (its grace
@@ -1301,6 +1303,27 @@ impl<S: Storage> Harness<S> {
         held: bool,
         log: Vec<Effect>,
     ) {
+        // Only the look a walk asked for may unlink on its strength; the
+        // record keeps the flag for `check_unlink` until the look is judged.
+        let nobody_maps = self
+            .names
+            .get(&name)
+            .is_some_and(|record| record.nobody_maps);
+        self.expect_look_outcome(name, look, held, log);
+        if let Some(record) = self.names.get_mut(&name)
+            && nobody_maps
+        {
+            record.nobody_maps = false;
+        }
+    }
+
+    fn expect_look_outcome(
+        &mut self,
+        name: SegmentName,
+        look: Option<Observed>,
+        held: bool,
+        log: Vec<Effect>,
+    ) {
         let expected = match look {
             // A held name found gone: reported, the second time in a row.
             Some(Observed::Absent) if held && log == [Effect::Vanished(name)] => {
@@ -1344,7 +1367,8 @@ impl<S: Storage> Harness<S> {
     ) {
         let allowed: &[Effect] = match mapped {
             _ if held || self.closing() => &[],
-            Some(false) => &[Effect::Chore(Chore::Unlink(name, UnlinkReason::Orphaned))],
+            // Looked at again: the refcount may have risen during the walk.
+            Some(false) => &[Effect::Chore(Chore::Observe(name))],
             Some(true) => &[Effect::StillMapped(name)],
             None => &[],
         };
@@ -1352,10 +1376,10 @@ impl<S: Storage> Harness<S> {
             log.is_empty() || log == allowed,
             "after asking who maps {name} ({mapped:?}, held: {held}): {log:?}"
         );
-        for effect in log {
-            if let Effect::Chore(Chore::Unlink(name, reason)) = effect {
-                self.check_unlink(name, reason);
-            }
+        if let (Some(record), [Effect::Chore(Chore::Observe(_))]) =
+            (self.names.get_mut(&name), log.as_slice())
+        {
+            record.nobody_maps = true;
         }
     }
 
@@ -1388,7 +1412,7 @@ impl<S: Storage> Harness<S> {
             // An orphan: unlinked if its grace period is over (the manager
             // looked to confirm it), after asking who maps it if a fork may
             // have inherited it; else its grace period starts.
-            let confirm = if record.inherited {
+            let confirm = if record.inherited && !record.nobody_maps {
                 Effect::Chore(Chore::CheckMapped(name))
             } else {
                 unlink(UnlinkReason::Orphaned)
@@ -1443,8 +1467,8 @@ impl<S: Storage> Harness<S> {
                     .unwrap_or_else(|| panic!("reaped {name} at {now} ms with reaping off"));
                 assert!(dead > 0, "reaped {name}, which no ended holder held");
                 assert!(
-                    !record.inherited || !self.ns.mapped.contains(&name),
-                    "reaped {name} at {now} ms while a fork of its dead holder maps it"
+                    !record.inherited || record.nobody_maps,
+                    "reaped {name} at {now} ms without a walk finding nobody mapping it"
                 );
                 assert!(
                     record.retrying

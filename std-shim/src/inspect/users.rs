@@ -54,53 +54,118 @@ pub(crate) fn file_id(stat: &rustix::fs::Stat) -> FileId {
     (rustix::fs::major(dev), rustix::fs::minor(dev), ino)
 }
 
+/// Rounds of listing `/proc` again for processes born during a walk.
+const LATE_ROUNDS: usize = 4;
+
 /// Walks every process in `/proc` and records who maps or holds the objects
 /// in `wanted` (by identity, with their names). Fails only if `/proc` itself
 /// cannot be listed; a process that exits mid-walk is skipped.
+///
+/// A process may fork and exit while the walk runs, handing what it maps to
+/// a child the first listing did not show; so `/proc` is listed again until
+/// it shows nobody new. Processes still being born after a few rounds are
+/// counted as uninspected, so a caller never takes them for non-users.
 pub(crate) fn scan(wanted: &BTreeMap<FileId, SegmentName>) -> io::Result<Users> {
     let mut users = Users::default();
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|dir| dir.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let mut denied = false;
-        let mut found = |id: FileId| {
-            if let Some(name) = wanted.get(&id) {
-                users.by_name.entry(*name).or_default().insert(pid);
-            }
-        };
-        match std::fs::read(format!("/proc/{pid}/maps")) {
-            Ok(maps) => maps
-                .split(|&b| b == b'\n')
-                .filter_map(maps_line_id)
-                .for_each(&mut found),
-            Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
+    let mut walked = BTreeSet::new();
+    // A name's file under /dev/shm: the name without its slash.
+    let files: BTreeSet<&[u8]> = wanted.values().map(|name| &name.as_bytes()[1..]).collect();
+    for round in 0..=LATE_ROUNDS {
+        let unseen: Vec<u32> = list_pids()?
+            .into_iter()
+            .filter(|pid| !walked.contains(pid))
+            .collect();
+        if unseen.is_empty() {
+            break;
         }
-        match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-            Ok(fds) => fds
-                .filter_map(|fd| {
-                    let path = fd.ok()?.path();
-                    let target = std::fs::read_link(&path).ok()?;
-                    if target.as_os_str().as_bytes().ends_with(DELETED) {
-                        return None;
-                    }
-                    // The descriptor's own object, however it is named.
-                    rustix::fs::stat(&path).ok().map(|stat| file_id(&stat))
-                })
-                .for_each(&mut found),
-            Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
+        if round == LATE_ROUNDS {
+            users.uninspected.extend(unseen);
+            break;
         }
-        if denied && can_hold_memory(pid) {
-            users.uninspected.push(pid);
+        for pid in unseen {
+            walked.insert(pid);
+            walk(pid, wanted, &files, &mut users);
         }
     }
     users.uninspected.sort_unstable();
+    users.uninspected.dedup();
     Ok(users)
+}
+
+/// The pids `/proc` lists now.
+fn list_pids() -> io::Result<Vec<u32>> {
+    Ok(std::fs::read_dir("/proc")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect())
+}
+
+/// Records what process `pid` maps or holds among `wanted`.
+fn walk(
+    pid: u32,
+    wanted: &BTreeMap<FileId, SegmentName>,
+    files: &BTreeSet<&[u8]>,
+    users: &mut Users,
+) {
+    let mut denied = false;
+    let mut found = |id: FileId| {
+        if let Some(name) = wanted.get(&id) {
+            users.by_name.entry(*name).or_default().insert(pid);
+        }
+    };
+    let mut base = format!("/proc/{pid}");
+    let mut maps = std::fs::read(format!("{base}/maps"));
+    if matches!(&maps, Ok(maps) if maps.is_empty())
+        && let Some(thread) = live_thread_of_exited_leader(pid)
+    {
+        // The main thread has exited and the others carry on: the leader
+        // shows no memory and no descriptors, a live thread shows them.
+        base = thread;
+        maps = std::fs::read(format!("{base}/maps"));
+    }
+    match maps {
+        Ok(maps) => maps
+            .split(|&b| b == b'\n')
+            .filter_map(maps_line_id)
+            .for_each(&mut found),
+        Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
+    }
+    match std::fs::read_dir(format!("{base}/fd")) {
+        Ok(fds) => fds
+            .filter_map(|fd| {
+                let path = fd.ok()?.path();
+                let target = std::fs::read_link(&path).ok()?;
+                if target.as_os_str().as_bytes().ends_with(DELETED) {
+                    return None;
+                }
+                // `stat` asks the descriptor's file system, which may hang
+                // (a dead NFS or FUSE server): only a file named as one of
+                // ours is asked, and ours live on a tmpfs.
+                if !files.contains(target.file_name()?.as_bytes()) {
+                    return None;
+                }
+                // The descriptor's own object, however it is named.
+                rustix::fs::stat(&path).ok().map(|stat| file_id(&stat))
+            })
+            .for_each(&mut found),
+        Err(err) => denied |= err.kind() == io::ErrorKind::PermissionDenied,
+    }
+    if denied && can_hold_memory(pid) {
+        users.uninspected.push(pid);
+    }
+}
+
+/// `/proc/<pid>/task/<tid>` of a live thread of `pid`, if `pid`'s own
+/// thread has exited (a zombie leader) while others run.
+fn live_thread_of_exited_leader(pid: u32) -> Option<String> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    if state_and_flags(&stat)?.0 != b'Z' {
+        return None;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| tid != pid)
+        .map(|tid| format!("/proc/{pid}/task/{tid}"))
 }
 
 /// `PF_KTHREAD` in the flags of `/proc/<pid>/stat`.
@@ -115,8 +180,10 @@ fn can_hold_memory(pid: u32) -> bool {
         return false;
     };
     match state_and_flags(&stat) {
-        Some((state, flags)) => !(matches!(state, b'Z' | b'X') || flags & PF_KTHREAD != 0),
-        None => true,
+        Some((_, flags)) if flags & PF_KTHREAD != 0 => false,
+        // A zombie leader whose other threads run holds what they hold.
+        Some((b'Z' | b'X', _)) => live_thread_of_exited_leader(pid).is_some(),
+        _ => true,
     }
 }
 
