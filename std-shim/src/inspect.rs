@@ -278,11 +278,10 @@ pub(crate) fn scan_in(dir: &ShmDir, prefix: &NamePrefix) -> Result<Scan, Inspect
 }
 
 /// Which of `names` some process maps or holds a descriptor to, by one walk
-/// of `/proc`. A process of our own uid that we may not inspect (one made
-/// non-dumpable, as sandboxes and hardened runtimes do) may have inherited a
-/// mapping by fork: while there is one, every name counts as used. Other
-/// users' processes count as not using them (they cannot open our mode-0600
-/// segments, nor inherit them by fork without our uid).
+/// of `/proc`. Processes we may not inspect count as not using them: most
+/// machines have some (an init or a daemon made non-dumpable, in a container
+/// without `CAP_SYS_PTRACE`), and counting them as users would keep every
+/// such name. A fork worker that makes itself non-dumpable is missed.
 pub fn mapped(names: &[SegmentName]) -> Result<Vec<SegmentName>, InspectError> {
     let dir = ShmDir::open().map_err(list_error(SHM_DIR))?;
     mapped_in(&dir, names)
@@ -303,19 +302,6 @@ pub(crate) fn mapped_in(
         return Ok(Vec::new());
     }
     let users = users::scan(&wanted).map_err(list_error("/proc"))?;
-    let ours = rustix::process::geteuid().as_raw();
-    let doubt = users.uninspected.iter().find(|&&pid| {
-        std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| {
-            use std::os::unix::fs::MetadataExt;
-            meta.uid() == ours
-        })
-    });
-    if let Some(pid) = doubt {
-        tracing::debug!(
-            "process {pid} of our uid cannot be inspected: every orphan counts as used"
-        );
-        return Ok(wanted.into_values().collect());
-    }
     Ok(wanted
         .into_values()
         .filter(|name| !users.of(name).is_empty())

@@ -171,7 +171,15 @@ fn segments_of_a_process_that_died_while_its_manager_was_dead_are_swept_up() {
         return;
     }
     let prefix = format!("/crashT{}_", common::run_id());
-    let envs = [("LIBSHM_NAME_PREFIX", prefix.as_str())];
+    // A sweep's guessed orphan waits out the linger (a producer that let go
+    // of a pickled tensor looks the same): one second here.
+    let scratch = std::env::temp_dir().join(format!("libshm-crash-{}", common::run_id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let manager = common::short_linger_manager(&scratch);
+    let envs = [
+        ("LIBSHM_NAME_PREFIX", prefix.as_str()),
+        ("LIBSHM_MANAGER", manager.to_str().unwrap()),
+    ];
     let mut daemon = Daemon::start(&["--name-prefix", &prefix]);
     let handle = daemon.handle.clone();
     let unlucky = Holder::spawn(&["create", "--manager", &handle, "--count", "2"], 2, &envs);

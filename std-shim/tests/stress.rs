@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, SHM_MANAGER, SHMCTL, shm_exists, wait_until};
+use common::{Daemon, SHMCTL, shm_exists, wait_until};
 
 /// Seconds of reaping latency allowed: the 2 s grace period plus 1 s.
 const GRACE_PLUS_ONE: Duration = Duration::from_secs(3);
@@ -106,7 +106,7 @@ fn spawn(
         .arg("--board")
         .arg(board)
         .env("LIBSHM_NAME_PREFIX", prefix)
-        .env("LIBSHM_MANAGER", short_linger_manager(board))
+        .env("LIBSHM_MANAGER", common::short_linger_manager(board))
         .env("SHM_MANAGER_LOG", "debug")
         .stdout(Stdio::piped())
         .arg("-vv")
@@ -126,22 +126,6 @@ fn spawn(
         }
     });
     Worker { child }
-}
-
-/// A manager the workers' launcher revives with a one-second linger: what it
-/// keeps for a refcount surplus it cannot explain goes soon after the last
-/// worker, within the test's final wait.
-fn short_linger_manager(board: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = board.join("shm-manager-short-linger");
-    if !path.exists() {
-        let script = format!("#!/bin/sh\nexec {SHM_MANAGER} --linger 1s \"$@\"\n");
-        let temporary = board.join("shm-manager-short-linger.tmp");
-        std::fs::write(&temporary, script).unwrap();
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&temporary, &path).unwrap();
-    }
-    path
 }
 
 /// Warnings and errors from the daemon's and the workers' logs, for a failure

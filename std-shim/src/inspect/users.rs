@@ -63,23 +63,19 @@ const LATE_ROUNDS: usize = 4;
 ///
 /// A process may fork and exit while the walk runs, handing what it maps to
 /// a child the first listing did not show; so `/proc` is listed again until
-/// it shows nobody new. Processes still being born after a few rounds are
-/// counted as uninspected, so a caller never takes them for non-users.
+/// it shows nobody new, a few rounds at most (a busy machine always has
+/// someone new; a fork chain that outruns them is the window left).
 pub(crate) fn scan(wanted: &BTreeMap<FileId, SegmentName>) -> io::Result<Users> {
     let mut users = Users::default();
     let mut walked = BTreeSet::new();
     // A name's file under /dev/shm: the name without its slash.
     let files: BTreeSet<&[u8]> = wanted.values().map(|name| &name.as_bytes()[1..]).collect();
-    for round in 0..=LATE_ROUNDS {
+    for _ in 0..=LATE_ROUNDS {
         let unseen: Vec<u32> = list_pids()?
             .into_iter()
             .filter(|pid| !walked.contains(pid))
             .collect();
         if unseen.is_empty() {
-            break;
-        }
-        if round == LATE_ROUNDS {
-            users.uninspected.extend(unseen);
             break;
         }
         for pid in unseen {

@@ -475,3 +475,20 @@ impl Drop for Holder {
         let _ = self.child.wait();
     }
 }
+
+/// A manager executable (a script in `dir`) that a client's launcher starts
+/// as `shm-manager --linger 1s`: what a revived manager keeps for a refcount
+/// surplus or a guessed orphan goes within a test's wait, not a minute.
+#[allow(dead_code)]
+pub fn short_linger_manager(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("shm-manager-short-linger");
+    if !path.exists() {
+        let script = format!("#!/bin/sh\nexec {SHM_MANAGER} --linger 1s \"$@\"\n");
+        let temporary = dir.join(format!("shm-manager-short-linger.{}", std::process::id()));
+        std::fs::write(&temporary, script).unwrap();
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+    path
+}
