@@ -20,14 +20,13 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::measure::{LogFile, Probe, RoundTrips};
-use common::{Daemon, create_object, shm_exists, unique_name, wait_until};
+use common::{Cleanup, Daemon, Sleeper, create_object, shm_exists, unique_name, wait_until};
 use libshm::SegmentName;
 use libshm::protocol::frame::{FRAME_LEN, Frame};
 use libshm::protocol::journal::{self, JournalMemory};
@@ -316,31 +315,6 @@ fn a_socket_flood_does_not_stall_another_client() {
     assert_unstalled("socket flood", &baseline, &during, frames);
 }
 
-/// A process to name in frames: alive, ours, watched by the manager, and
-/// killed when the test ends.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn spawn() -> Self {
-        Self(Command::new("sleep").arg("600").spawn().unwrap())
-    }
-
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn a_client_that_never_reads_is_cut_off_and_its_live_process_keeps_its_names() {
     let _machine = exclusive();
@@ -448,14 +422,3 @@ fn a_client_that_never_reads_is_cut_off_and_its_live_process_keeps_its_names() {
 
 /// Clients that never read their replies, one after another.
 const NEVER_READERS: usize = 4;
-
-/// Removes names from `/dev/shm` however the test ends.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::fs::remove_file(format!("/dev/shm/{}", name.trim_start_matches('/')));
-        }
-    }
-}

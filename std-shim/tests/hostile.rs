@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use common::measure::{Probe, status_kib};
 use common::{
-    Daemon, Holder, RawClient, SHM_MANAGER, create_segment, frame, frame_from,
-    in_private_pid_namespace, is_root_or_skip, remove_if_abandoned, remove_segment, run_id,
-    shm_exists, unique_name, wait_until,
+    Cleanup, Daemon, Holder, RawClient, SHM_MANAGER, Sleeper, bystander_under, create_segment,
+    frame, frame_from, in_private_pid_namespace, is_root_or_skip, remove_if_abandoned, run_id,
+    shm_exists, story, unique_name, wait_until,
 };
 use rustix::process::{Pid, Signal};
 
@@ -37,52 +37,6 @@ fn exclusive() -> MutexGuard<'static, ()> {
     MACHINE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Removes names from `/dev/shm` however the test ends.
-#[derive(Default)]
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            remove_segment(name);
-        }
-    }
-}
-
-/// A `sleep` process: a live process of ours whose pid a frame can carry.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn spawn() -> Self {
-        Self(
-            Command::new("sleep")
-                .arg("600")
-                .spawn()
-                .expect("spawn sleep"),
-        )
-    }
-
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    /// SIGKILL, and reaped: its pid is free for the next process.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    fn is_alive(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// The manager's status document (`/libshm_history_v1` with the history),
@@ -101,15 +55,6 @@ fn status_document(handle: &str, history: bool) -> String {
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
     text
-}
-
-/// The history lines that mention `name`.
-fn story(handle: &str, name: &str) -> String {
-    status_document(handle, true)
-        .lines()
-        .filter(|line| line.contains(&format!("name={name} ")) || line.ends_with(name))
-        .collect::<Vec<_>>()
-        .join("\n  ")
 }
 
 fn stop(pid: u32) {
@@ -213,13 +158,6 @@ fn an_adopting_manager_in_a_pid_namespace_spares_a_live_segment_outside_it() {
 }
 
 // --- 2. The recovery sweep and another family's tensor in transit ------------
-
-/// A client that stays connected to a manager that accepts only `prefix`.
-fn bystander_under(daemon: &Daemon, prefix: &str) -> RawClient {
-    let mut client = daemon.connect();
-    client.register(&format!("{prefix}bystander"));
-    client
-}
 
 /// Two PyTorch programs of one user, each with its own manager, share the
 /// default prefix `/torch_`. In the second, a worker pickled a tensor into a

@@ -10,79 +10,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Daemon, RawClient, create_segment, frame, frame_from, in_private_pid_namespace, remove_segment,
-    run_id, shm_exists, wait_until,
+    Cleanup, Daemon, RawClient, Sleeper, bystander_under, create_segment, frame, frame_from,
+    in_private_pid_namespace, run_id, shm_exists, story, wait_until,
 };
-
-/// Removes names from `/dev/shm` however the test ends.
-#[derive(Default)]
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            remove_segment(name);
-        }
-    }
-}
-
-/// A `sleep` process: a live process of ours whose pid a frame can carry.
-struct Sleeper(Child);
-
-impl Sleeper {
-    fn spawn() -> Self {
-        Self(
-            Command::new("sleep")
-                .arg("600")
-                .spawn()
-                .expect("spawn sleep"),
-        )
-    }
-
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The manager's history lines that mention `name`, for failure messages.
-fn story(handle: &str, name: &str) -> String {
-    let Ok(mut stream) = UnixStream::connect(handle) else {
-        return String::from("(no manager answers)");
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.write_all(&frame(0, "/libshm_history_v1"));
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .filter(|line| line.contains(name))
-        .collect::<Vec<_>>()
-        .join("\n  ")
-}
-
-/// A client that stays connected to a manager that accepts only `prefix`.
-fn bystander_under(daemon: &Daemon, prefix: &str) -> RawClient {
-    let mut client = daemon.connect();
-    client.register(&format!("{prefix}bystander"));
-    client
-}
 
 // --- 1. The recovery sweep and a tensor its exited producer pickled ----------
 

@@ -492,3 +492,73 @@ pub fn short_linger_manager(dir: &std::path::Path) -> std::path::PathBuf {
     }
     path
 }
+
+/// Removes names from `/dev/shm` however the test ends.
+#[derive(Default)]
+pub struct Cleanup(pub Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            remove_segment(name);
+        }
+    }
+}
+
+/// A `sleep` process: a live process of ours whose pid a frame can carry,
+/// killed when the test ends.
+pub struct Sleeper(pub Child);
+
+impl Sleeper {
+    pub fn spawn() -> Self {
+        Self(
+            Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .expect("spawn sleep"),
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// SIGKILL, and reaped: its pid is free for the next process.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The history lines of the manager at `handle` that mention `name`, for
+/// failure messages.
+pub fn story(handle: &str, name: &str) -> String {
+    let Ok(mut stream) = UnixStream::connect(handle) else {
+        return String::from("(no manager answers)");
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.write_all(&frame(0, "/libshm_history_v1"));
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .filter(|line| line.contains(&format!("name={name} ")) || line.ends_with(name))
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+/// A client that stays connected to a manager that accepts only `prefix`.
+pub fn bystander_under(daemon: &Daemon, prefix: &str) -> RawClient {
+    let mut client = daemon.connect();
+    client.register(&format!("{prefix}bystander"));
+    client
+}
