@@ -145,26 +145,7 @@ fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) 
         // SAFETY: the forked child makes system calls on memory prepared before
         // the fork and on its stack only, and never returns.
         unsafe {
-            let mut bytes = [0u8; 68];
-            bytes[..4].copy_from_slice(&libc::getpid().to_ne_bytes());
-            bytes[5..5 + name.len()].copy_from_slice(name.as_bytes());
-            libc::write(fd, bytes.as_ptr().cast(), 68);
-            let mut ok = [0u8; 2];
-            libc::read(fd, ok.as_mut_ptr().cast(), 2);
-            let shm = libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-            );
-            libc::ftruncate(shm, 64 + 4096);
-            let map = libc::mmap(
-                std::ptr::null_mut(),
-                64 + 4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                shm,
-                0,
-            );
+            let (shm, map) = register_create_and_map(fd, name.as_bytes(), &path);
             *(map as *mut i32) = 1;
             libc::close(shm);
             let worker = libc::fork();
@@ -242,6 +223,45 @@ fn the_map_check_sees_a_worker_whose_main_thread_has_exited() {
          thread. Its story:\n  {}",
         story(&daemon.handle, &name)
     );
+}
+
+/// In a forked child: registers `name` on the connection `fd` under the
+/// child's pid, waits for `OK`, then creates the segment at `path` and maps
+/// it (data 4096 bytes). Returns its descriptor and mapping.
+///
+/// # Safety
+/// Only system calls on memory prepared before the fork and on the stack,
+/// so it is sound in the child of a multi-threaded process.
+unsafe fn register_create_and_map(
+    fd: i32,
+    name: &[u8],
+    path: &std::ffi::CStr,
+) -> (i32, *mut libc::c_void) {
+    // SAFETY: the caller promises a forked child; every pointer below is to
+    // a local buffer or to `path`, which outlives the calls.
+    unsafe {
+        let mut bytes = [0u8; 68];
+        bytes[..4].copy_from_slice(&libc::getpid().to_ne_bytes());
+        bytes[5..5 + name.len()].copy_from_slice(name);
+        libc::write(fd, bytes.as_ptr().cast(), 68);
+        let mut ok = [0u8; 2];
+        libc::read(fd, ok.as_mut_ptr().cast(), 2);
+        let shm = libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        );
+        libc::ftruncate(shm, 64 + 4096);
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            64 + 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            shm,
+            0,
+        );
+        (shm, map)
+    }
 }
 
 /// SIGKILLs `pid` and reaps it.
@@ -341,26 +361,7 @@ fn fork_parent_and_pickling_worker(
         // SAFETY: the forked child makes system calls on memory prepared before
         // the fork and on its stack only, and never returns.
         unsafe {
-            let mut bytes = [0u8; 68];
-            bytes[..4].copy_from_slice(&libc::getpid().to_ne_bytes());
-            bytes[5..5 + name.len()].copy_from_slice(name.as_bytes());
-            libc::write(fd, bytes.as_ptr().cast(), 68);
-            let mut ok = [0u8; 2];
-            libc::read(fd, ok.as_mut_ptr().cast(), 2);
-            let shm = libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-            );
-            libc::ftruncate(shm, 64 + 4096);
-            let map = libc::mmap(
-                std::ptr::null_mut(),
-                64 + 4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                shm,
-                0,
-            );
+            let (shm, map) = register_create_and_map(fd, name.as_bytes(), &path);
             let refcount = &*(map as *const std::sync::atomic::AtomicI32);
             refcount.store(1, std::sync::atomic::Ordering::SeqCst);
             libc::close(shm);
