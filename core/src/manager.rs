@@ -154,9 +154,6 @@ impl Default for ManagerConfig {
 pub enum CloseReason {
     /// The bytes were not a valid frame.
     Malformed(FrameError),
-    /// A journaled frame named something outside the configured prefix
-    /// (on the socket it is refused with `NO` instead).
-    ForeignName(SegmentName),
     /// Half a frame, left unfinished past the frame timeout, or nothing at
     /// all sent that long after connecting.
     StalledFrame,
@@ -174,9 +171,6 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed(err) => write!(f, "malformed frame: {err}"),
-            Self::ForeignName(name) => {
-                write!(f, "journaled {name}, which is outside the accepted prefix")
-            }
             Self::StalledFrame => {
                 f.write_str("half a frame (or nothing) sent within the frame timeout")
             }
@@ -319,6 +313,18 @@ pub enum Note {
         /// The name.
         name: SegmentName,
     },
+    /// A journaled registration of a name outside the accepted prefix,
+    /// skipped: the manager never touches such names, and closing the
+    /// connection would lose the journaled frames behind it (on the socket
+    /// the registration is answered `NO` instead).
+    ForeignSkipped {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The pid in the frame.
+        pid: i32,
+        /// The name.
+        name: SegmentName,
+    },
     /// A holder ended while holding names; they now count as `dead`.
     HolderEnded {
         /// The connection it used.
@@ -382,7 +388,10 @@ impl Note {
                 ..
             } => Severity::Debug,
             Self::HolderEnded { .. } | Self::Unlinked { .. } => Severity::Info,
-            Self::Vanished { .. } | Self::Untouchable { .. } | Self::Pressure(_) => Severity::Warn,
+            Self::Vanished { .. }
+            | Self::Untouchable { .. }
+            | Self::ForeignSkipped { .. }
+            | Self::Pressure(_) => Severity::Warn,
         }
     }
 }
@@ -402,6 +411,10 @@ impl fmt::Display for Note {
             Self::StrayRelease { conn, pid, name } => write!(
                 f,
                 "ignored a release of {name} by pid {pid} on connection {conn}: nobody on that connection holds it"
+            ),
+            Self::ForeignSkipped { conn, pid, name } => write!(
+                f,
+                "pid {pid} on connection {conn} journaled {name}, which is outside the accepted prefix: not managed here, so its owner's manager (or nobody) reaps it"
             ),
             Self::HolderEnded {
                 conn,
@@ -1736,7 +1749,8 @@ impl<S: Storage> Manager<S> {
             return match answer {
                 Answer::Reply => self.refuse(conn, fx),
                 Answer::Silent => {
-                    self.close_for_cause(conn, CloseReason::ForeignName(name), now, fx)
+                    self.stats.refused += 1;
+                    fx.note(Note::ForeignSkipped { conn, pid, name });
                 }
             };
         }

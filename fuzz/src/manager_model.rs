@@ -750,7 +750,12 @@ impl<S: Storage> Harness<S> {
                 Closed::No
             }
             Answer::Silent if outside => {
-                self.expect_close(index, effects.next(), CloseReason::ForeignName(name))
+                assert_eq!(
+                    effects.next(),
+                    Some(Effect::ForeignSkipped { conn: id, pid, name }),
+                    "journaled {name} from pid {pid} on {id}, outside the prefix"
+                );
+                Closed::No
             }
             Answer::Silent if !stored => {
                 self.expect_close(index, effects.next(), CloseReason::RegistryFull)
@@ -1104,7 +1109,10 @@ impl<S: Storage> Harness<S> {
                 status == Status::Serving
                     && log.iter().all(|e| matches!(
                         e,
-                        Effect::Stray { .. } | Effect::Untouchable(_) | Effect::InTransit { .. }
+                        Effect::Stray { .. }
+                            | Effect::ForeignSkipped { .. }
+                            | Effect::Untouchable(_)
+                            | Effect::InTransit { .. }
                     )),
                 "tick at {now} ms, before the next wake-up {wake_before:?}, did {log:?} and {status:?}"
             );

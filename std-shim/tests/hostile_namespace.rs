@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip, remove_if_abandoned,
-    run_id, shm_exists, unique_name, wait_until,
+    Daemon, Holder, Report, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip,
+    remove_if_abandoned, run_id, shm_exists, unique_name, wait_until,
 };
 use libshm::inspect;
 use libshm::protocol::namespace::{Namespace, Observed, Unlinked};
@@ -414,6 +414,48 @@ fn our_launcher_tells_the_manager_the_clients_prefix() {
     assert!(segment.name().as_str().starts_with(&prefix));
     manager.settle().unwrap();
     drop(segment);
+}
+
+#[test]
+fn a_journaled_foreign_name_is_skipped_and_the_frames_behind_it_still_count() {
+    // A journaled registration gets no answer, so a foreign one cannot be
+    // refused with `NO`. Closing the connection for it would drop every
+    // frame the client journals until it notices, and what it creates
+    // meanwhile would outlive its crash.
+    let prefix = format!("/skipT{}_", run_id());
+    let foreign = unique_name("journaled-foreign");
+    common::create_segment(&foreign, 1, 64);
+    let _cleanup = common::Cleanup(vec![foreign.clone()]);
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("skip-{}.log", run_id()));
+    let mut daemon = Daemon::start_with_stderr(
+        &["--reap-grace", "1s", "--name-prefix", &prefix, "-v"],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    // The defaults: pipelined, with a journal.
+    let mut holder = Holder::spawn(
+        &["open", "--manager", &daemon.handle, "--name", &foreign],
+        1,
+        &[(ENV_PREFIX, &prefix)],
+    );
+    let reply = holder.ask("create 64");
+    assert!(reply.starts_with("handle="), "{reply}");
+    let created = Report::parse(&reply).name;
+    assert!(created.starts_with(&prefix), "{created}");
+    holder.kill();
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(4), || !shm_exists(&created)),
+        "{created}, journaled behind the foreign name, outlived its crashed creator"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(2) + Duration::from_millis(500));
+    assert!(
+        shm_exists(&foreign),
+        "the foreign name is not the manager's"
+    );
+    assert!(daemon.is_running());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("closing connection"), "{log}");
+    assert!(log.contains("outside the accepted prefix"), "{log}");
 }
 
 // --- gc and the recovery sweep under doubt -----------------------------------

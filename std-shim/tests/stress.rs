@@ -106,7 +106,11 @@ fn spawn(
         .arg("--board")
         .arg(board)
         .env("LIBSHM_NAME_PREFIX", prefix)
-        .env("LIBSHM_MANAGER", common::short_linger_manager(board))
+        // Beside the board, not on it: everything on the board is a name.
+        .env(
+            "LIBSHM_MANAGER",
+            common::short_linger_manager(&board.with_extension("logs")),
+        )
         .env("SHM_MANAGER_LOG", "debug")
         .stdout(Stdio::piped())
         .arg("-vv")

@@ -160,6 +160,11 @@ fn write_event(out: &mut String, at: Timestamp, note: &Note) -> std::fmt::Result
             "stray_release",
             &[("name", name), ("conn", &conn.0), ("pid", pid)],
         ),
+        Note::ForeignSkipped { conn, pid, name } => line(
+            out,
+            "foreign_skipped",
+            &[("name", name), ("conn", &conn.0), ("pid", pid)],
+        ),
         Note::HolderEnded {
             conn,
             pid,

@@ -320,7 +320,7 @@ fn a_release_from_another_pid_on_the_connection_is_charged_to_it() {
 }
 
 #[test]
-fn names_outside_the_prefix_are_refused_and_peers_of_other_users_rejected() {
+fn names_outside_the_prefix_are_refused_or_skipped_and_peers_of_other_users_rejected() {
     let mut r = Rig::with(ManagerConfig {
         name_prefix: Some(NamePrefix::torch()),
         owner_uid: Some(1000),
@@ -343,9 +343,18 @@ fn names_outside_the_prefix_are_refused_and_peers_of_other_users_rejected() {
     r.send(c, &reg("/torch_1_2_3"));
     assert_eq!(r.fx.replies, [(c, REFUSAL), (c, ACK)]);
     assert!(r.fx.closed.is_empty());
+    // Journaled, nobody waits for an answer: skipped, and the connection
+    // stays, so the frames behind it still count.
     r.m.receive_journaled(c, &reg("/other"), at(0), &mut r.fx);
-    assert_eq!(r.fx.closed, [(c, CloseReason::ForeignName(name("/other")))]);
+    r.m.receive_journaled(c, &reg("/torch_1_2_4"), at(0), &mut r.fx);
+    assert!(r.fx.closed.is_empty());
+    assert!(r.fx.notes.iter().any(|note| matches!(
+        note,
+        Note::ForeignSkipped { conn, name: skipped, .. } if *conn == c && *skipped == name("/other")
+    )));
     assert_eq!(r.state("/sem.lock"), None);
+    assert_eq!(r.state("/other"), None);
+    assert!(r.state("/torch_1_2_4").is_some());
 }
 
 #[test]

@@ -22,6 +22,12 @@ pub(super) enum Effect {
         pid: i32,
         name: SegmentName,
     },
+    /// A journaled registration outside the prefix, skipped.
+    ForeignSkipped {
+        conn: ConnId,
+        pid: i32,
+        name: SegmentName,
+    },
     Untouchable(SegmentName),
     InTransit {
         name: SegmentName,
@@ -89,6 +95,7 @@ impl Effects for Driver {
     fn note(&mut self, note: Note) {
         let effect = match note {
             Note::StrayRelease { conn, pid, name } => Effect::Stray { conn, pid, name },
+            Note::ForeignSkipped { conn, pid, name } => Effect::ForeignSkipped { conn, pid, name },
             Note::Untouchable { name } => Effect::Untouchable(name),
             Note::InTransit {
                 name,
