@@ -316,7 +316,7 @@ pub enum Note {
     /// A journaled registration of a name outside the accepted prefix,
     /// skipped: the manager never touches such names, and closing the
     /// connection would lose the journaled frames behind it (on the socket
-    /// the registration is answered `NO` instead).
+    /// the registration is answered `NO` instead). Noted once per connection.
     ForeignSkipped {
         /// The connection it came on.
         conn: ConnId,
@@ -728,6 +728,9 @@ pub struct Connection {
     holders: heapless::Vec<u32, CONN_HOLDERS>,
     /// More holders than `holders` has room for: search them all.
     holders_overflow: bool,
+    /// A journaled name outside the prefix was logged already: one line per
+    /// connection, however many it sends.
+    noted_foreign: bool,
 }
 
 /// Holders a connection keeps a list of.
@@ -985,6 +988,7 @@ impl<S: Storage> Manager<S> {
             aliases: 0,
             holders: heapless::Vec::new(),
             holders_overflow: false,
+            noted_foreign: false,
         };
         if self.conns.insert(id, connection).is_err() {
             self.stats.rejected += 1;
@@ -1750,7 +1754,11 @@ impl<S: Storage> Manager<S> {
                 Answer::Reply => self.refuse(conn, fx),
                 Answer::Silent => {
                     self.stats.refused += 1;
-                    fx.note(Note::ForeignSkipped { conn, pid, name });
+                    if let Some(c) = self.conns.get_mut(&conn)
+                        && !core::mem::replace(&mut c.noted_foreign, true)
+                    {
+                        fx.note(Note::ForeignSkipped { conn, pid, name });
+                    }
                 }
             };
         }
