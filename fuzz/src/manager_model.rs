@@ -67,8 +67,8 @@ use libshm_core::ack::{ACK, JOURNAL_READY, REFUSAL};
 use libshm_core::frame::{FRAME_LEN, Frame, FrameKind};
 use libshm_core::journal;
 use libshm_core::manager::{
-    Chore, CloseReason, ConnId, ConnectError, Manager, ManagerConfig, NameState, Peer, Status,
-    UnlinkReason,
+    Chore, CloseReason, ConnId, ConnectError, Manager, ManagerConfig, NameState, Note, Peer,
+    Status, UnlinkReason,
 };
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::namespace::{Observed, Unlinked};
@@ -756,7 +756,11 @@ impl<S: Storage> Harness<S> {
                 if !std::mem::replace(&mut self.conns[index].noted_foreign, true) {
                     assert_eq!(
                         effects.next(),
-                        Some(Effect::ForeignSkipped { conn: id, pid, name }),
+                        Some(Effect::Ignored(Note::ForeignSkipped {
+                            conn: id,
+                            pid,
+                            name
+                        })),
                         "journaled {name} from pid {pid} on {id}, outside the prefix"
                     );
                 }
@@ -905,11 +909,11 @@ impl<S: Storage> Harness<S> {
         let Some(holder) = taker else {
             assert_eq!(
                 effects.next(),
-                Some(Effect::Stray {
+                Some(Effect::Ignored(Note::StrayRelease {
                     conn: id,
                     pid,
                     name
-                }),
+                })),
                 "a release of {name} from pid {pid} on {id}, which nobody there holds"
             );
             return;
@@ -1114,10 +1118,7 @@ impl<S: Storage> Harness<S> {
                 status == Status::Serving
                     && log.iter().all(|e| matches!(
                         e,
-                        Effect::Stray { .. }
-                            | Effect::ForeignSkipped { .. }
-                            | Effect::Untouchable(_)
-                            | Effect::InTransit { .. }
+                        Effect::Ignored(_) | Effect::Untouchable(_) | Effect::InTransit { .. }
                     )),
                 "tick at {now} ms, before the next wake-up {wake_before:?}, did {log:?} and {status:?}"
             );

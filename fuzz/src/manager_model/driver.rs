@@ -17,17 +17,10 @@ pub(super) enum Effect {
     Reply(ConnId, [u8; 2]),
     Close(ConnId, CloseReason),
     Chore(Chore),
-    Stray {
-        conn: ConnId,
-        pid: i32,
-        name: SegmentName,
-    },
-    /// A journaled registration outside the prefix, skipped.
-    ForeignSkipped {
-        conn: ConnId,
-        pid: i32,
-        name: SegmentName,
-    },
+    /// A frame the manager ignored, as noted: a stray release
+    /// ([`Note::StrayRelease`]) or a journaled name outside the prefix
+    /// ([`Note::ForeignSkipped`]).
+    Ignored(Note),
     Untouchable(SegmentName),
     InTransit {
         name: SegmentName,
@@ -94,8 +87,7 @@ impl Effects for Driver {
     }
     fn note(&mut self, note: Note) {
         let effect = match note {
-            Note::StrayRelease { conn, pid, name } => Effect::Stray { conn, pid, name },
-            Note::ForeignSkipped { conn, pid, name } => Effect::ForeignSkipped { conn, pid, name },
+            Note::StrayRelease { .. } | Note::ForeignSkipped { .. } => Effect::Ignored(note),
             Note::Untouchable { name } => Effect::Untouchable(name),
             Note::InTransit {
                 name,
