@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use libshm_core::client::AckMode;
+use libshm_core::handshake::ManagerHandle;
 use libshm_core::name::NamePrefix;
+use libshm_pipe::{ChildPipes, PipeTransport};
 use libshm_unix::Launcher;
 
 use crate::error::Error;
@@ -221,13 +223,16 @@ impl Config {
             .quiet(self.quiet_manager))
     }
 
-    /// The launcher for a private manager over pipes, whose transport waits
-    /// for replies as long as [`Config::reply_timeout`] says.
-    pub fn pipe_launcher(&self) -> Result<libshm_pipe::Launcher, Error> {
-        Ok(libshm_pipe::Launcher::new(self.executable()?)
-            .args(self.all_manager_args())
-            .quiet(self.quiet_manager)
-            .reply_timeout(self.reply_timeout))
+    /// Starts a private manager over pipes: this configuration's launcher,
+    /// with the pipes added to its command. Its transport waits for replies
+    /// as long as [`Config::reply_timeout`] says.
+    pub(crate) fn launch_over_pipes(&self) -> Result<(ManagerHandle, PipeTransport), Error> {
+        let pipes = ChildPipes::new(self.reply_timeout).map_err(Error::Pipes)?;
+        let launched = self
+            .launcher()?
+            .launch_with(|command| pipes.prepare(command), ChildPipes::accepts)?;
+        tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
+        Ok((launched.handle, pipes.into_transport()))
     }
 
     /// `--name-prefix <prefix>` (unless [`Config::manager_args`] names one),

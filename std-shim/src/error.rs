@@ -26,9 +26,9 @@ pub enum Error {
     /// Starting the manager failed.
     #[error(transparent)]
     Launch(#[from] LaunchError),
-    /// Starting a private manager over pipes failed.
-    #[error(transparent)]
-    PipeLaunch(#[from] libshm_pipe::LaunchError),
+    /// The pipes for a private manager could not be made.
+    #[error("could not set up a private manager's pipes")]
+    Pipes(#[source] libshm_pipe::PipeError),
     /// The manager at `handle` could not be reached.
     #[error("could not connect to manager {handle}")]
     Connect {

@@ -98,7 +98,7 @@ pub use shm::{ShmError, ShmNamespace};
 pub use wire::{TransportKind, WireError};
 
 /// The errors of starting and reaching managers, which [`Error`] carries.
-pub use libshm_pipe::{LaunchError as PipeLaunchError, PipeError};
+pub use libshm_pipe::PipeError;
 pub use libshm_unix::{LaunchError, SocketError};
 
 /// The protocol itself (`libshm-core`): frames, names, the header, the

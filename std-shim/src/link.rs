@@ -112,11 +112,15 @@ impl Link {
     }
 
     /// A link to a private manager this process just started, over its pipes.
-    pub(crate) fn over_pipes(launched: libshm_pipe::Launched, config: &Config) -> Self {
-        let client = Client::new(Wire::Pipe(launched.transport), config.get_ack_mode());
+    pub(crate) fn over_pipes(
+        handle: ManagerHandle,
+        transport: libshm_pipe::PipeTransport,
+        config: &Config,
+    ) -> Self {
+        let client = Client::new(Wire::Pipe(transport), config.get_ack_mode());
         let session = Session::Connected(Box::new(client));
         Self::with_state(
-            launched.handle,
+            handle,
             Origin::Launched,
             TransportKind::Pipe,
             session,
@@ -395,12 +399,11 @@ impl LinkState {
 
     /// Starts a private pipe manager for this link; it becomes the link's manager.
     fn launch_pipe(&mut self) -> Result<WireClient, Error> {
-        let launched = registry::config()?.pipe_launcher()?.launch()?;
-        tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
-        self.handle = launched.handle;
+        let (handle, transport) = registry::config()?.launch_over_pipes()?;
+        self.handle = handle;
         self.kind = TransportKind::Pipe;
         self.origin = Origin::Launched;
-        Ok(Client::new(Wire::Pipe(launched.transport), self.mode))
+        Ok(Client::new(Wire::Pipe(transport), self.mode))
     }
 
     /// Registers every name still held with `client`'s manager and waits

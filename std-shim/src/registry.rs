@@ -76,9 +76,8 @@ fn launch(config: &Config) -> Result<(ManagerHandle, Link), Error> {
             (launched.handle, link)
         }
         TransportKind::Pipe => {
-            let launched = config.pipe_launcher()?.launch()?;
-            tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
-            (launched.handle, Link::over_pipes(launched, config))
+            let (handle, transport) = config.launch_over_pipes()?;
+            (handle, Link::over_pipes(handle, transport, config))
         }
     })
 }

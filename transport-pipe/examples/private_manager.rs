@@ -4,7 +4,7 @@
 //!
 //! The namespace is a table in memory; `libshm`'s `ShmNamespace` is the real
 //! `/dev/shm`. A real private manager is a child process that
-//! `libshm_pipe::Launcher` starts with the pipes as descriptors 3 and 4.
+//! `libshm_pipe::ChildPipes` hands the pipes as descriptors 3 and 4.
 //!
 //! ```text
 //! cargo run -p libshm-pipe --example private_manager

@@ -9,9 +9,10 @@
 //!   core's [`Manager`](libshm_core::manager::Manager). When the client's pipe
 //!   reaches end of file (it exited, was killed, or closed it), everything it
 //!   registered is unlinked and `serve` returns.
-//! - [`Launcher`]: creates both pipes close-on-exec, fork/execs
-//!   `shm-manager --transport pipe` with them at fds [`REQUEST_FD`] and
-//!   [`REPLY_FD`], and reads its handshake line, `pipe:<pid>`.
+//! - [`ChildPipes`]: both pipes, created close-on-exec, added to the command
+//!   that starts `shm-manager --transport pipe` at fds [`REQUEST_FD`] and
+//!   [`REPLY_FD`]; the launcher (`libshm_unix::Launcher::launch_with`) reads
+//!   its handshake line, `pipe:<pid>`.
 //!
 //! The frames and replies are PyTorch's, as over the socket. What differs is
 //! reach: a pipe manager serves exactly the process that started it and
@@ -78,14 +79,14 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod child_pipes;
 mod handle;
-mod launcher;
 mod serve;
 mod transport;
 
+pub use child_pipes::ChildPipes;
 pub use handle::{
     HANDLE_PREFIX, REPLY_FD, REQUEST_FD, is_pipe_handle, pipe_handle, pipe_handle_pid,
 };
-pub use launcher::{LaunchError, Launched, Launcher};
 pub use serve::{Ended, InheritError, ManagerEnds, Summary, serve};
 pub use transport::{PipeError, PipeTransport};

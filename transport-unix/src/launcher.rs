@@ -1,4 +1,6 @@
 //! Starting a manager: fork/exec the executable, read its handshake line.
+//! Whatever the transport: one over pipes adds its descriptors through
+//! [`Launcher::launch_with`].
 //!
 //! The same steps as PyTorch's `start_manager`: the manager gets no stdin, its
 //! stdout is a pipe we read until the newline, and its stderr is ours. The
@@ -44,6 +46,12 @@ pub enum LaunchError {
     ManagerFailed(String),
     /// It printed nothing within the timeout.
     TimedOut(Duration),
+    /// It printed a handle the caller cannot use (a manager that does not
+    /// serve over the transport asked for); it was killed.
+    Rejected {
+        /// What it printed.
+        handle: ManagerHandle,
+    },
 }
 
 impl fmt::Display for LaunchError {
@@ -56,6 +64,10 @@ impl fmt::Display for LaunchError {
             Self::Handshake(err) => err.fmt(f),
             Self::ManagerFailed(message) => write!(f, "manager failed to start: {message}"),
             Self::TimedOut(after) => write!(f, "manager printed no handle within {after:?}"),
+            Self::Rejected { handle } => write!(
+                f,
+                "manager printed {handle:?}, a handle of a transport other than the one asked for"
+            ),
         }
     }
 }
@@ -125,7 +137,21 @@ impl Launcher {
 
     /// Starts the manager and waits for its handle.
     pub fn launch(&self) -> Result<Launched, LaunchError> {
-        let mut child = Command::new(&self.executable)
+        self.launch_with(|_| {}, |_, _| true)
+    }
+
+    /// Starts the manager with `prepare` applied to its command first (a
+    /// transport's arguments and inherited descriptors, as
+    /// `libshm_pipe::ChildPipes` adds them), and waits for a handle that
+    /// `accepts` (given the handle and the manager's pid) takes; any other
+    /// is [`LaunchError::Rejected`].
+    pub fn launch_with(
+        &self,
+        prepare: impl FnOnce(&mut Command),
+        accepts: impl FnOnce(&ManagerHandle, u32) -> bool,
+    ) -> Result<Launched, LaunchError> {
+        let mut command = Command::new(&self.executable);
+        command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -133,14 +159,20 @@ impl Launcher {
                 Stdio::null()
             } else {
                 Stdio::inherit()
-            })
-            .spawn()
-            .map_err(|source| LaunchError::Spawn {
-                executable: self.executable.clone(),
-                source,
-            })?;
-        let result = self.read_handshake(&mut child);
+            });
+        prepare(&mut command);
+        let mut child = command.spawn().map_err(|source| LaunchError::Spawn {
+            executable: self.executable.clone(),
+            source,
+        })?;
         let pid = child.id();
+        let result = self.read_handshake(&mut child).and_then(|handle| {
+            if accepts(&handle, pid) {
+                Ok(handle)
+            } else {
+                Err(LaunchError::Rejected { handle })
+            }
+        });
         if result.is_err() {
             let _ = child.kill();
         }
@@ -193,5 +225,77 @@ fn reap_in_background(mut child: Child) {
         });
     if let Err(err) = spawned {
         tracing::debug!("could not start a reaper thread: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: &str) -> Launcher {
+        Launcher::new("/bin/sh")
+            .args(["-c", script])
+            .timeout(Duration::from_secs(5))
+    }
+
+    #[test]
+    fn failures_are_typed() {
+        let err = shell("echo 'ERROR: no room'; exit 1").launch().unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::ManagerFailed(m) if m == "no room"),
+            "{err}"
+        );
+        let err = shell("exit 0").launch().unwrap_err();
+        assert!(
+            matches!(err, LaunchError::Handshake(HandshakeError::NoOutput)),
+            "{err}"
+        );
+        let err = shell("sleep 5")
+            .timeout(Duration::from_millis(100))
+            .launch()
+            .unwrap_err();
+        assert!(matches!(err, LaunchError::TimedOut(_)), "{err}");
+        let err = Launcher::new("/nonexistent/shm-manager")
+            .launch()
+            .unwrap_err();
+        assert!(matches!(err, LaunchError::Spawn { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_prepared_command_runs_and_a_rejected_manager_is_killed() {
+        // `prepare` adds `$0` and `$1`; the script prints them as its handle.
+        let launched = shell(r#"echo "/tmp/$0-$1"; exec sleep 10"#)
+            .launch_with(
+                |command| {
+                    command.args(["prepared", "too"]);
+                },
+                |handle, _| handle.as_str() == "/tmp/prepared-too",
+            )
+            .unwrap();
+        let pid = launched.pid;
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        let mut rejected_pid = 0;
+        let err = shell(r#"echo "pipe:1"; exec sleep 10"#)
+            .launch_with(
+                |_| {},
+                |_, pid| {
+                    rejected_pid = pid;
+                    false
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::Rejected { handle } if handle.as_str() == "pipe:1"),
+            "{err}"
+        );
+        let proc = format!("/proc/{rejected_pid}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&proc).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!std::path::Path::new(&proc).exists(), "killed and reaped");
     }
 }

@@ -22,8 +22,8 @@
 //! creates no socket, reads frames from the pipe at the first of `--pipe-fds`
 //! (default 3) and writes replies to the second (default 4), prints the
 //! handle `pipe:<pid>`, and once its client's pipe reaches end of file it
-//! unlinks every name still registered and exits. `libshm_pipe::Launcher`
-//! starts it that way.
+//! unlinks every name still registered and exits. `libshm_unix::Launcher`
+//! with `libshm_pipe::ChildPipes` starts it that way.
 
 use std::io::{self, Write};
 use std::os::fd::RawFd;
@@ -440,7 +440,7 @@ impl std::fmt::Display for StartupError {
             Self::PipeFds { fds, error } => write!(
                 f,
                 "--pipe-fds {fds}: {error}; start a pipe manager through \
-                 libshm_pipe::Launcher, which hands it its pipes as descriptors 3 and 4, \
+                 libshm_pipe::ChildPipes, which hands it its pipes as descriptors 3 and 4, \
                  or name the open descriptors with --pipe-fds"
             ),
         }
