@@ -170,38 +170,154 @@ fn daemon_setup() -> Setup {
     }
 }
 
+/// Pid of the owner's client processes; every `connects` client is one.
+const PARENT: u8 = 42;
+/// Pid of a child forked by a [`PARENT`]: it sends on its parent's connection.
+const CHILD: u8 = 43;
+
+/// A registration sent by [`PARENT`].
+fn register(name: SegmentName) -> Piece {
+    Piece::Register { name, pid: PARENT }
+}
+
+/// A registration whose free flag (byte 4) reads `value`.
+fn bad_free_flag(name: SegmentName, value: u8) -> Piece {
+    Piece::Mangled { name, at: 4, value }
+}
+
+/// A manager script told step by step: each method adds the events its name
+/// says, in order.
+struct Story {
+    setup: Setup,
+    events: Vec<Event>,
+}
+
+impl Story {
+    /// A manager set up as `setup`, to which `clients` clients connect.
+    fn new(setup: Setup, clients: usize) -> Self {
+        let story = Story {
+            setup,
+            events: Vec::new(),
+        };
+        story.connects(clients)
+    }
+
+    /// [`Story::new`] with [`daemon_setup`].
+    fn daemon(clients: usize) -> Self {
+        Self::new(daemon_setup(), clients)
+    }
+
+    fn then(mut self, event: Event) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    /// `count` clients of the owner's, pid [`PARENT`], connect.
+    fn connects(self, count: usize) -> Self {
+        let connect = Event::Connect {
+            uid: PeerUid::Owner,
+            pid: PARENT,
+        };
+        (0..count).fold(self, |story, _| story.then(connect.clone()))
+    }
+
+    fn sends(self, conn: u8, piece: Piece) -> Self {
+        self.then(Event::Send {
+            conn,
+            piece,
+            hold_back: false,
+        })
+    }
+
+    /// Writes `piece` without the manager reading it yet.
+    fn holds(self, conn: u8, piece: Piece) -> Self {
+        self.then(Event::Send {
+            conn,
+            piece,
+            hold_back: true,
+        })
+    }
+
+    fn delivers(self, conn: u8, max_bytes: u8) -> Self {
+        self.then(Event::Deliver { conn, max_bytes })
+    }
+
+    fn registers(self, conn: u8, names: &[SegmentName]) -> Self {
+        self.registers_as(conn, PARENT, names)
+    }
+
+    fn registers_as(self, conn: u8, pid: u8, names: &[SegmentName]) -> Self {
+        names.iter().fold(self, |story, &name| {
+            story.sends(conn, Piece::Register { name, pid })
+        })
+    }
+
+    fn releases(self, conn: u8, names: &[SegmentName]) -> Self {
+        self.releases_as(conn, PARENT, names)
+    }
+
+    fn releases_as(self, conn: u8, pid: u8, names: &[SegmentName]) -> Self {
+        names.iter().fold(self, |story, &name| {
+            story.sends(conn, Piece::Release { name, pid })
+        })
+    }
+
+    fn ns(self, name: SegmentName, change: NsChange) -> Self {
+        self.then(Event::Namespace { name, change })
+    }
+
+    fn creates(self, names: &[SegmentName]) -> Self {
+        names
+            .iter()
+            .fold(self, |story, &name| story.ns(name, NsChange::Create))
+    }
+
+    /// The segments appear, then `conn` registers them.
+    fn creates_then_registers(self, conn: u8, names: &[SegmentName]) -> Self {
+        self.creates(names).registers(conn, names)
+    }
+
+    fn adopts(self, name: SegmentName) -> Self {
+        self.then(Event::Adopt { name })
+    }
+
+    fn disconnects(self, conn: u8) -> Self {
+        self.then(Event::Disconnect { conn })
+    }
+
+    fn dies(self, pid: u8) -> Self {
+        self.then(Event::PidExited { pid })
+    }
+
+    /// The manager ticks at its next wake-up, `times` times over.
+    fn wakes(self, times: usize) -> Self {
+        (0..times).fold(self, |story, _| story.then(Event::TickAtWakeup))
+    }
+
+    /// `seconds` pass, then the manager ticks.
+    fn waits(self, seconds: u8) -> Self {
+        self.then(Event::Tick {
+            advance: 128 + seconds * 4,
+        })
+    }
+
+    fn performs(self, pick: u8, fail: bool) -> Self {
+        self.then(Event::Perform { pick, fail })
+    }
+
+    fn encode(self) -> Vec<u8> {
+        ManagerScript {
+            setup: self.setup,
+            events: self.events,
+        }
+        .encode()
+    }
+}
+
 fn manager_seeds() -> Seeds {
     let a = name_pool::pick(0);
     let b = name_pool::pick(1);
     let c = name_pool::pick(2);
-    const PARENT: u8 = 42;
-    const CHILD: u8 = 43;
-    const CONNECT: Event = Event::Connect {
-        uid: PeerUid::Owner,
-        pid: PARENT,
-    };
-    let send = |conn: u8, piece: Piece| Event::Send {
-        conn,
-        piece,
-        hold_back: false,
-    };
-    let hold = |conn: u8, piece: Piece| Event::Send {
-        conn,
-        piece,
-        hold_back: true,
-    };
-    let register = |name: SegmentName| Piece::Register { name, pid: PARENT };
-    let release = |name: SegmentName| Piece::Release { name, pid: PARENT };
-    let register_as = |pid: u8, name: SegmentName| Piece::Register { name, pid };
-    let release_as = |pid: u8, name: SegmentName| Piece::Release { name, pid };
-    let ns = |name: SegmentName, change: NsChange| Event::Namespace { name, change };
-    let created = |name: SegmentName| ns(name, NsChange::Create);
-    let unlinked = |name: SegmentName| ns(name, NsChange::Remove);
-    let died = |pid: u8| Event::PidExited { pid };
-    let wait = |seconds: u8| Event::Tick {
-        advance: 128 + seconds * 4,
-    };
-    let script = |setup: Setup, events: Vec<Event>| ManagerScript { setup, events }.encode();
     let small = Setup {
         storage: StorageChoice::Small,
         ..daemon_setup()
@@ -211,689 +327,426 @@ fn manager_seeds() -> Seeds {
         owner_uid_only: false,
         ..daemon_setup()
     };
+    let setup_name = SegmentName::new(journal::SETUP_NAME.as_bytes());
+    let setup_name = setup_name.expect("reserved names are valid");
+    let journaled = |piece: Piece| Event::Journaled { conn: 0, piece };
 
-    vec![
+    let stories = [
         (
             "our_client_unlinks_then_releases_then_idle_shutdown",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    unlinked(a),
-                    send(0, release(a)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(1)
+                .creates_then_registers(0, &[a])
+                .ns(a, NsChange::Remove)
+                .releases(0, &[a])
+                .disconnects(0)
+                .wakes(2),
         ),
         (
             "pytorch_client_releases_then_unlinks_so_a_look_forgets",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    send(0, release(a)),
-                    ns(a, NsChange::LastClose),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(1)
+                .creates_then_registers(0, &[a])
+                .releases(0, &[a])
+                .ns(a, NsChange::LastClose)
+                .wakes(2),
         ),
         (
             "crash_while_holding_then_reaped_when_grace_runs_out",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    created(b),
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    send(1, register(b)),
-                    ns(b, NsChange::Incref),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    wait(1),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    send(1, release(b)),
-                    ns(b, NsChange::Decref),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .creates_then_registers(0, &[a, b])
+                .registers(1, &[b])
+                .ns(b, NsChange::Incref)
+                .disconnects(0)
+                .wakes(1)
+                .waits(1)
+                .wakes(2)
+                .releases(1, &[b])
+                .ns(b, NsChange::Decref)
+                .wakes(3),
         ),
         (
             "orphan_registered_again_is_not_reaped",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    Event::Tick { advance: 50 },
-                    send(1, register(a)),
-                    ns(a, NsChange::Incref),
-                    Event::TickAtWakeup,
-                    wait(20),
-                ],
-            ),
+            Story::daemon(2)
+                .creates_then_registers(0, &[a])
+                .disconnects(0)
+                .wakes(1)
+                .then(Event::Tick { advance: 50 })
+                .registers(1, &[a])
+                .ns(a, NsChange::Incref)
+                .wakes(1)
+                .waits(20),
         ),
         (
             "two_pids_on_one_connection_one_killed_only_its_names_reaped",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    created(b),
-                    send(0, register_as(CHILD, b)),
-                    created(c),
-                    send(0, register_as(CHILD, c)),
-                    send(0, register(c)),
-                    ns(c, NsChange::Incref),
-                    died(CHILD),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    wait(2),
-                    Event::TickAtWakeup,
-                    send(0, register(a)),
-                ],
-            ),
+            Story::daemon(1)
+                .creates_then_registers(0, &[a])
+                .creates(&[b])
+                .registers_as(0, CHILD, &[b])
+                .creates(&[c])
+                .registers_as(0, CHILD, &[c])
+                .registers(0, &[c])
+                .ns(c, NsChange::Incref)
+                .dies(CHILD)
+                .wakes(2)
+                .waits(2)
+                .wakes(1)
+                .registers(0, &[a]),
         ),
         (
             "a_forked_child_drops_its_parents_name_on_the_shared_connection",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    send(0, register_as(CHILD, b)),
-                    send(0, release_as(CHILD, a)),
-                    send(0, release_as(CHILD, a)),
-                    died(CHILD),
-                    Event::TickAtWakeup,
-                    wait(3),
-                ],
-            ),
+            Story::daemon(1)
+                .creates_then_registers(0, &[a])
+                .registers_as(0, CHILD, &[b])
+                .releases_as(0, CHILD, &[a, a])
+                .dies(CHILD)
+                .wakes(1)
+                .waits(3),
         ),
         (
             "unwatchable_pids_are_held_as_long_as_their_connection",
-            script(
+            Story::new(
                 Setup {
                     watchable: 1 << (PARENT % 8),
                     ..daemon_setup()
                 },
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    send(1, register(b)),
-                    created(a),
-                    send(0, register_as(CHILD, a)),
-                    send(0, register_as(CHILD + 8, a)),
-                    ns(a, NsChange::Incref),
-                    died(CHILD),
-                    wait(10),
-                    send(0, release_as(CHILD + 16, a)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    wait(3),
-                    Event::TickAtWakeup,
-                ],
-            ),
+                2,
+            )
+            .registers(1, &[b])
+            .creates(&[a])
+            .registers_as(0, CHILD, &[a])
+            .registers_as(0, CHILD + 8, &[a])
+            .ns(a, NsChange::Incref)
+            .dies(CHILD)
+            .waits(10)
+            .releases_as(0, CHILD + 16, &[a])
+            .disconnects(0)
+            .wakes(1)
+            .waits(3)
+            .wakes(1),
         ),
         (
             "in_transit_after_its_sender_died_then_received_and_reaped",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    send(0, register_as(CHILD, a)),
-                    ns(a, NsChange::Incref),
-                    died(CHILD),
-                    Event::TickAtWakeup,
-                    wait(30),
-                    Event::TickAtWakeup,
-                    wait(30),
-                    send(1, register(a)),
-                    ns(a, NsChange::Incref),
-                    ns(a, NsChange::Decref),
-                    send(1, release(a)),
-                    ns(a, NsChange::Decref),
-                    Event::TickAtWakeup,
-                    wait(3),
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .creates(&[a])
+                .registers_as(0, CHILD, &[a])
+                .ns(a, NsChange::Incref)
+                .dies(CHILD)
+                .wakes(1)
+                .waits(30)
+                .wakes(1)
+                .waits(30)
+                .registers(1, &[a])
+                .ns(a, NsChange::Incref)
+                .ns(a, NsChange::Decref)
+                .releases(1, &[a])
+                .ns(a, NsChange::Decref)
+                .wakes(1)
+                .waits(3)
+                .wakes(1),
         ),
         (
             "in_transit_after_a_co_holder_died_survives_the_queue",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    send(0, register_as(CHILD, a)),
-                    ns(a, NsChange::Incref),
-                    died(CHILD),
-                    ns(a, NsChange::Incref),
-                    ns(a, NsChange::Decref),
-                    send(0, release(a)),
-                    Event::TickAtWakeup,
-                    wait(30),
-                    Event::TickAtWakeup,
-                    send(0, register_as(CHILD + 1, a)),
-                    ns(a, NsChange::Incref),
-                    ns(a, NsChange::Decref),
-                    wait(30),
-                    ns(a, NsChange::Decref),
-                    send(0, release_as(CHILD + 1, a)),
-                    Event::TickAtWakeup,
-                    wait(3),
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(1)
+                .creates_then_registers(0, &[a])
+                .registers_as(0, CHILD, &[a])
+                .ns(a, NsChange::Incref)
+                .dies(CHILD)
+                .ns(a, NsChange::Incref)
+                .ns(a, NsChange::Decref)
+                .releases(0, &[a])
+                .wakes(1)
+                .waits(30)
+                .wakes(1)
+                .registers_as(0, CHILD + 1, &[a])
+                .ns(a, NsChange::Incref)
+                .ns(a, NsChange::Decref)
+                .waits(30)
+                .ns(a, NsChange::Decref)
+                .releases_as(0, CHILD + 1, &[a])
+                .wakes(1)
+                .waits(3)
+                .wakes(1),
         ),
         (
             "a_fifo_under_a_name_is_never_unlinked_only_forgotten",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    created(b),
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    send(0, release(a)),
-                    ns(a, NsChange::Foreign),
-                    ns(b, NsChange::Foreign),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    wait(2),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .creates_then_registers(0, &[a, b])
+                .releases(0, &[a])
+                .ns(a, NsChange::Foreign)
+                .ns(b, NsChange::Foreign)
+                .disconnects(0)
+                .wakes(1)
+                .waits(2)
+                .wakes(2),
         ),
         (
             "failed_unlinks_keep_the_name_and_are_retried_later",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    ns(a, NsChange::FailUnlinks(3)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    wait(2),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .creates_then_registers(0, &[a])
+                .ns(a, NsChange::FailUnlinks(3))
+                .disconnects(0)
+                .wakes(1)
+                .waits(2)
+                .wakes(7),
         ),
         (
             "held_chores_done_late_out_of_order_and_failing",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    created(b),
-                    created(c),
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    send(0, register(c)),
-                    Event::DeferChores { on: true },
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::Perform {
-                        pick: 2,
-                        fail: false,
-                    },
-                    Event::Perform {
-                        pick: 0,
-                        fail: true,
-                    },
-                    send(1, register(b)),
-                    Event::PerformAll,
-                    wait(2),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::Perform {
-                        pick: 1,
-                        fail: false,
-                    },
-                    Event::TickAtWakeup,
-                    Event::Perform {
-                        pick: 0,
-                        fail: false,
-                    },
-                    Event::Perform {
-                        pick: 0,
-                        fail: true,
-                    },
-                    Event::DeferChores { on: false },
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .creates_then_registers(0, &[a, b, c])
+                .then(Event::DeferChores { on: true })
+                .disconnects(0)
+                .wakes(2)
+                .performs(2, false)
+                .performs(0, true)
+                .registers(1, &[b])
+                .then(Event::PerformAll)
+                .waits(2)
+                .wakes(2)
+                .performs(1, false)
+                .wakes(1)
+                .performs(0, false)
+                .performs(0, true)
+                .then(Event::DeferChores { on: false })
+                .wakes(1),
         ),
         (
             "shutdown_lingers_for_a_name_in_transit_and_its_receiver_comes",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    created(b),
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    ns(a, NsChange::Incref),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    wait(20),
-                    CONNECT,
-                    send(1, register(a)),
-                    ns(a, NsChange::Incref),
-                    ns(a, NsChange::Decref),
-                    ns(a, NsChange::Decref),
-                    send(1, release(a)),
-                    Event::Disconnect { conn: 1 },
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(1)
+                .creates_then_registers(0, &[a, b])
+                .ns(a, NsChange::Incref)
+                .disconnects(0)
+                .wakes(3)
+                .waits(20)
+                .connects(1)
+                .registers(1, &[a])
+                .ns(a, NsChange::Incref)
+                .ns(a, NsChange::Decref)
+                .ns(a, NsChange::Decref)
+                .releases(1, &[a])
+                .disconnects(1)
+                .wakes(3),
         ),
         (
             "the_linger_is_bounded",
-            script(
+            Story::new(
                 Setup {
                     linger_ms: 5_000,
                     ..daemon_setup()
                 },
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    ns(a, NsChange::SetRefcount(5)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    wait(4),
-                    Event::TickAtWakeup,
-                    wait(4),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+                1,
+            )
+            .creates_then_registers(0, &[a])
+            .ns(a, NsChange::SetRefcount(5))
+            .disconnects(0)
+            .wakes(1)
+            .waits(4)
+            .wakes(1)
+            .waits(4)
+            .wakes(2),
         ),
         (
             "a_connection_closed_for_cause_spares_names_of_live_processes",
-            script(
+            Story::new(
                 Setup {
                     watchable: 1 << (PARENT % 8) | 1 << (CHILD % 8),
                     ..daemon_setup()
                 },
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    send(1, register(c)),
-                    created(a),
-                    created(b),
-                    send(0, register_as(CHILD, a)),
-                    send(0, register_as(CHILD + 1, b)),
-                    send(
-                        0,
-                        Piece::Mangled {
-                            name: a,
-                            at: 4,
-                            value: 9,
-                        },
-                    ),
-                    wait(10),
-                    died(CHILD),
-                    Event::TickAtWakeup,
-                    wait(3),
-                    died(PARENT),
-                    Event::TickAtWakeup,
-                    wait(3),
-                ],
-            ),
+                2,
+            )
+            .registers(1, &[c])
+            .creates(&[a, b])
+            .registers_as(0, CHILD, &[a])
+            .registers_as(0, CHILD + 1, &[b])
+            .sends(0, bad_free_flag(a, 9))
+            .waits(10)
+            .dies(CHILD)
+            .wakes(1)
+            .waits(3)
+            .dies(PARENT)
+            .wakes(1)
+            .waits(3),
         ),
         (
             "a_silent_connection_is_closed_and_a_half_frame_stalls",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    CONNECT,
-                    send(1, register(a)),
-                    hold(2, register(b)),
-                    Event::Deliver {
-                        conn: 2,
-                        max_bytes: 30,
-                    },
-                    wait(4),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(3)
+                .registers(1, &[a])
+                .holds(2, register(b))
+                .delivers(2, 30)
+                .waits(4)
+                .wakes(2),
         ),
         (
             "frames_split_across_reads_then_a_stall_times_out",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    hold(0, register(a)),
-                    hold(0, register(b)),
-                    Event::Deliver {
-                        conn: 0,
-                        max_bytes: 100,
-                    },
-                    Event::Deliver {
-                        conn: 0,
-                        max_bytes: 30,
-                    },
-                    send(1, register(c)),
-                    Event::Tick { advance: 100 },
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .creates(&[a])
+                .holds(0, register(a))
+                .holds(0, register(b))
+                .delivers(0, 100)
+                .delivers(0, 30)
+                .registers(1, &[c])
+                .then(Event::Tick { advance: 100 })
+                .wakes(1),
         ),
         (
             "pipelined_registrations_and_release_in_one_read",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    hold(0, register(a)),
-                    hold(0, register(b)),
-                    hold(0, release(a)),
-                    hold(0, register(c)),
-                    Event::Deliver {
-                        conn: 0,
-                        max_bytes: 0,
+            Story::daemon(1)
+                .holds(0, register(a))
+                .holds(0, register(b))
+                .holds(
+                    0,
+                    Piece::Release {
+                        name: a,
+                        pid: PARENT,
                     },
-                ],
-            ),
+                )
+                .holds(0, register(c))
+                .delivers(0, 0),
         ),
         (
             "bad_free_flag_closes_only_its_connection",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    send(0, register(a)),
-                    hold(
-                        0,
-                        Piece::Mangled {
-                            name: b,
-                            at: 4,
-                            value: 2,
-                        },
-                    ),
-                    hold(0, register(c)),
-                    Event::Deliver {
-                        conn: 0,
-                        max_bytes: 0,
-                    },
-                    send(1, register(b)),
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(2)
+                .registers(0, &[a])
+                .holds(0, bad_free_flag(b, 2))
+                .holds(0, register(c))
+                .delivers(0, 0)
+                .registers(1, &[b])
+                .wakes(1),
         ),
         (
             "garbage_bytes_close_the_connection",
-            script(
-                lenient,
-                vec![
-                    CONNECT,
-                    send(
-                        0,
-                        Piece::Raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3)),
-                    ),
-                ],
+            Story::new(lenient, 1).sends(
+                0,
+                Piece::Raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3)),
             ),
         ),
         (
             "stray_and_double_releases_are_ignored",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    send(1, release(a)),
-                    send(1, release(b)),
-                    send(0, register(b)),
-                    send(0, release(b)),
-                    send(0, release(b)),
-                    wait(10),
-                    send(0, release(a)),
-                ],
-            ),
+            Story::daemon(2)
+                .creates_then_registers(0, &[a])
+                .releases(1, &[a, b])
+                .registers(0, &[b])
+                .releases(0, &[b, b])
+                .waits(10)
+                .releases(0, &[a]),
         ),
         (
             "repeated_registration_needs_as_many_releases",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    created(a),
-                    send(0, register(a)),
-                    send(0, register(a)),
-                    send(0, release(a)),
-                    send(0, release(a)),
-                    send(0, release(a)),
-                ],
-            ),
+            Story::daemon(1)
+                .creates(&[a])
+                .registers(0, &[a, a])
+                .releases(0, &[a, a, a]),
         ),
         (
             "small_tables_refuse_registrations_and_connections",
-            script(
-                small,
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    CONNECT,
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    send(0, register(c)),
-                    send(1, register(name_pool::pick(3))),
-                    send(1, register(name_pool::pick(4))),
-                    send(1, register_as(CHILD, a)),
-                    send(0, register_as(CHILD, a)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::new(small, 3)
+                .registers(0, &[a, b, c])
+                .registers(1, &[name_pool::pick(3), name_pool::pick(4)])
+                .registers_as(1, CHILD, &[a])
+                .registers_as(0, CHILD, &[a])
+                .disconnects(0)
+                .wakes(1),
         ),
         (
             "batch_of_one_works_off_a_big_disconnect",
-            script(
+            Story::new(
                 Setup {
                     batch: 1,
                     ..daemon_setup()
                 },
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    created(b),
-                    created(c),
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    send(0, register(c)),
-                    send(0, register_as(CHILD, b)),
-                    Event::Disconnect { conn: 0 },
-                    Event::TickAtWakeup,
-                    send(1, register(b)),
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                    wait(3),
-                    Event::TickAtWakeup,
-                ],
-            ),
+                2,
+            )
+            .creates_then_registers(0, &[a, b, c])
+            .registers_as(0, CHILD, &[b])
+            .disconnects(0)
+            .wakes(1)
+            .registers(1, &[b])
+            .wakes(3)
+            .waits(3)
+            .wakes(1),
         ),
         (
             "foreign_uid_rejected_and_names_outside_the_prefix_get_no",
-            script(
-                daemon_setup(),
-                vec![
-                    Event::Connect {
-                        uid: PeerUid::Foreign,
-                        pid: 1,
-                    },
-                    Event::Connect {
-                        uid: PeerUid::Unknown,
-                        pid: 2,
-                    },
-                    CONNECT,
-                    send(0, register(a)),
-                    send(0, register(name_pool::pick(5))),
-                    send(0, register(b)),
-                ],
-            ),
+            Story::daemon(0)
+                .then(Event::Connect {
+                    uid: PeerUid::Foreign,
+                    pid: 1,
+                })
+                .then(Event::Connect {
+                    uid: PeerUid::Unknown,
+                    pid: 2,
+                })
+                .connects(1)
+                .registers(0, &[a, name_pool::pick(5), b]),
         ),
         (
             "adopted_orphans_are_reaped_unless_registered_first",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    send(0, register(c)),
-                    ns(a, NsChange::SetRefcount(3)),
-                    ns(b, NsChange::SetRefcount(3)),
-                    Event::Adopt { name: a },
-                    Event::Adopt { name: b },
-                    send(0, register(b)),
-                    Event::Adopt { name: b },
-                    Event::TickAtWakeup,
-                    Event::Adopt { name: a },
-                    wait(3),
-                    Event::TickAtWakeup,
-                ],
-            ),
+            Story::daemon(1)
+                .registers(0, &[c])
+                .ns(a, NsChange::SetRefcount(3))
+                .ns(b, NsChange::SetRefcount(3))
+                .adopts(a)
+                .adopts(b)
+                .registers(0, &[b])
+                .adopts(b)
+                .wakes(1)
+                .adopts(a)
+                .waits(3)
+                .wakes(1),
         ),
         (
             "journal_frames_are_silent_and_misuse_closes",
-            script(
+            Story::new(
                 Setup {
                     journals: true,
                     ..daemon_setup()
                 },
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    send(
-                        0,
-                        Piece::Register {
-                            name: SegmentName::new(journal::SETUP_NAME.as_bytes())
-                                .expect("reserved names are valid"),
-                            pid: PARENT,
-                        },
-                    ),
-                    Event::Journaled {
-                        conn: 0,
-                        piece: register(a),
-                    },
-                    Event::Journaled {
-                        conn: 0,
-                        piece: release(a),
-                    },
-                    Event::Journaled {
-                        conn: 0,
-                        piece: register(b),
-                    },
-                    Event::Journaled {
-                        conn: 0,
-                        piece: Piece::Mangled {
-                            name: c,
-                            at: 4,
-                            value: 3,
-                        },
-                    },
-                    send(1, register(c)),
-                    Event::Evict { conn: 1 },
-                    Event::TickAtWakeup,
-                ],
-            ),
+                2,
+            )
+            .registers(0, &[setup_name])
+            .then(journaled(register(a)))
+            .then(journaled(Piece::Release {
+                name: a,
+                pid: PARENT,
+            }))
+            .then(journaled(register(b)))
+            .then(journaled(bad_free_flag(c, 3)))
+            .registers(1, &[c])
+            .then(Event::Evict { conn: 1 })
+            .wakes(1),
         ),
         (
             "idle_shutdown_unlinks_every_known_name",
-            script(
+            Story::new(
                 Setup {
                     reap_grace_ms: None,
                     linger_ms: 0,
                     ..daemon_setup()
                 },
-                vec![
-                    CONNECT,
-                    CONNECT,
-                    created(a),
-                    created(b),
-                    send(0, register(a)),
-                    send(0, register(b)),
-                    send(0, release(b)),
-                    Event::Disconnect { conn: 0 },
-                    wait(30),
-                    Event::Disconnect { conn: 1 },
-                    Event::TickAtWakeup,
-                    Event::TickAtWakeup,
-                ],
-            ),
+                2,
+            )
+            .creates_then_registers(0, &[a, b])
+            .releases(0, &[b])
+            .disconnects(0)
+            .waits(30)
+            .disconnects(1)
+            .wakes(2),
         ),
         (
             "bytes_to_closed_and_never_issued_connections_vanish",
-            script(
-                daemon_setup(),
-                vec![
-                    CONNECT,
-                    Event::Disconnect { conn: 0 },
-                    CONNECT,
-                    send(1, register(a)),
-                    send(0, register(b)),
-                    send(2, register(c)),
-                    Event::Disconnect { conn: 2 },
-                    Event::Evict { conn: 2 },
-                    send(1, release(a)),
-                ],
-            ),
+            Story::daemon(1)
+                .disconnects(0)
+                .connects(1)
+                .registers(1, &[a])
+                .registers(0, &[b])
+                .registers(2, &[c])
+                .disconnects(2)
+                .then(Event::Evict { conn: 2 })
+                .releases(1, &[a]),
         ),
-    ]
+    ];
+    stories
+        .into_iter()
+        .map(|(name, story)| (name, story.encode()))
+        .collect()
 }
 
 fn client_seeds() -> Seeds {

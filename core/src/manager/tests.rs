@@ -115,6 +115,14 @@ impl Rig {
         }
     }
 
+    /// Like PyTorch's manager: `/torch_` names only.
+    fn torch() -> Self {
+        Self::with(ManagerConfig {
+            name_prefix: Some(NamePrefix::torch()),
+            ..ManagerConfig::default()
+        })
+    }
+
     fn connect(&mut self) -> ConnId {
         self.m.connect(Peer::default(), at(self.now)).unwrap()
     }
@@ -145,8 +153,24 @@ impl Rig {
         self.send(conn, &Frame::register(pid, name(n)).encode());
     }
 
+    /// `pid` on `conn` creates `n` (refcount 1) and registers it.
+    fn create_and_register(&mut self, conn: ConnId, pid: i32, n: &str) {
+        self.create(n, 1);
+        self.register(conn, pid, n);
+    }
+
     fn release(&mut self, conn: ConnId, pid: i32, n: &str) {
         self.send(conn, &Frame::release(pid, name(n)).encode());
+    }
+
+    /// The driver reports `conn` closed, now.
+    fn disconnect(&mut self, conn: ConnId) {
+        self.m.disconnect(conn, at(self.now), &mut self.fx);
+    }
+
+    /// The driver reports `pid` dead, now.
+    fn exited(&mut self, pid: i32) {
+        self.m.pid_exited(pid, at(self.now), &mut self.fx);
     }
 
     fn create(&mut self, n: &str, refcount: i32) {
@@ -291,8 +315,7 @@ fn malformed_frames_close_only_their_connection() {
 fn stray_and_double_releases_are_ignored_and_the_connection_lives() {
     let mut r = Rig::new();
     let c = r.connect();
-    r.create("/held", 1);
-    r.register(c, 1, "/held");
+    r.create_and_register(c, 1, "/held");
     r.release(c, 1, "/never-registered");
     r.register(c, 1, "/twice");
     r.release(c, 1, "/twice");
@@ -311,8 +334,7 @@ fn a_release_from_another_pid_on_the_connection_is_charged_to_it() {
     let mut r = Rig::new();
     r.fx.trusted.extend([10, 11]);
     let c = r.connect();
-    r.create("/parent", 1);
-    r.register(c, 10, "/parent");
+    r.create_and_register(c, 10, "/parent");
     // A forked child drops its inherited copy on the parent's connection.
     r.release(c, 11, "/parent");
     assert_eq!(r.m.stats().stray_releases, 0);
@@ -366,14 +388,12 @@ fn holds_belong_to_connection_and_pid_so_a_forked_childs_death_reaps_only_its_na
     let mut r = Rig::new();
     r.fx.trusted.extend([100, 200]);
     let c = r.connect_as(100);
-    r.create("/parent", 1);
-    r.register(c, 100, "/parent");
-    r.create("/child", 1);
-    r.register(c, 200, "/child");
+    r.create_and_register(c, 100, "/parent");
+    r.create_and_register(c, 200, "/child");
     assert_eq!(r.fx.watched.keys().copied().collect::<Vec<_>>(), [100, 200]);
 
     r.now = 1_000;
-    r.m.pid_exited(200, at(r.now), &mut r.fx);
+    r.exited(200);
     r.chores();
     r.run_to(2_900);
     assert!(r.exists("/child"), "not before the grace period");
@@ -397,12 +417,11 @@ fn an_untrusted_pid_is_held_for_as_long_as_its_connection() {
     let mut r = Rig::new();
     r.bystander();
     let c = r.connect();
-    r.create("/x", 1);
-    r.register(c, 4242, "/x");
-    r.m.pid_exited(4242, at(0), &mut r.fx);
+    r.create_and_register(c, 4242, "/x");
+    r.exited(4242);
     r.run_to(10_000);
     assert!(r.exists("/x"));
-    r.m.disconnect(c, at(r.now), &mut r.fx);
+    r.disconnect(c);
     let reap_after = r.now + 2_000;
     r.run_to(reap_after - 100);
     assert!(r.exists("/x"));
@@ -415,10 +434,8 @@ fn a_connection_closed_for_cause_keeps_its_processes_names_while_they_live() {
     let mut r = Rig::new();
     r.fx.trusted.extend([7, 8]);
     let c = r.connect_as(8);
-    r.create("/trusted", 1);
-    r.register(c, 7, "/trusted");
-    r.create("/untrusted", 1);
-    r.register(c, 999, "/untrusted");
+    r.create_and_register(c, 7, "/trusted");
+    r.create_and_register(c, 999, "/untrusted");
     let mut garbage = reg("/x");
     garbage[4] = 9;
     r.send(c, &garbage);
@@ -427,7 +444,7 @@ fn a_connection_closed_for_cause_keeps_its_processes_names_while_they_live() {
     assert!(r.exists("/trusted") && r.exists("/untrusted"));
     assert_eq!(r.m.holder_count(), 2);
 
-    r.m.pid_exited(7, at(r.now), &mut r.fx);
+    r.exited(7);
     let reaped_by = r.now + 2_300;
     r.run_to(reaped_by);
     assert!(!r.exists("/trusted"));
@@ -435,7 +452,7 @@ fn a_connection_closed_for_cause_keeps_its_processes_names_while_they_live() {
         r.exists("/untrusted"),
         "tied to the connecting process, pid 8"
     );
-    r.m.pid_exited(8, at(r.now), &mut r.fx);
+    r.exited(8);
     let reaped_by = r.now + 2_300;
     r.run_to(reaped_by);
     assert!(!r.exists("/untrusted"));
@@ -446,10 +463,9 @@ fn a_name_in_transit_is_kept_while_its_refcount_exceeds_dead_registrations() {
     let mut r = Rig::new();
     r.fx.trusted.insert(30);
     let c = r.connect();
-    r.create("/t", 1);
-    r.register(c, 30, "/t");
+    r.create_and_register(c, 30, "/t");
     r.refcount("/t", 2); // pickled: _shared_incref
-    r.m.pid_exited(30, at(r.now), &mut r.fx);
+    r.exited(30);
     r.run_to(600_000);
     assert!(r.exists("/t"), "in transit for ten minutes, still there");
     assert_eq!(r.state("/t"), Some(NameState::Released { dead: 1 }));
@@ -477,11 +493,10 @@ fn a_tensor_in_transit_after_a_co_holder_died_is_kept_until_its_receiver_lets_go
     let mut r = Rig::new();
     r.fx.trusted.extend([1, 2, 3]);
     let c = r.connect();
-    r.create("/x", 1);
-    r.register(c, 1, "/x"); // A creates
+    r.create_and_register(c, 1, "/x"); // A creates
     r.register(c, 2, "/x"); // B opens
     r.refcount("/x", 2);
-    r.m.pid_exited(2, at(r.now), &mut r.fx); // B SIGKILLed
+    r.exited(2); // B SIGKILLed
     r.refcount("/x", 3); // A pickles it into a queue
     r.refcount("/x", 2); // A drops its own reference...
     r.release(c, 1, "/x"); // ...and tells the manager
@@ -504,9 +519,8 @@ fn an_orphan_is_unlinked_only_if_it_still_is_one_when_its_grace_ends() {
     let mut r = Rig::new();
     r.fx.trusted.insert(5);
     let c = r.connect();
-    r.create("/o", 1);
-    r.register(c, 5, "/o");
-    r.m.pid_exited(5, at(r.now), &mut r.fx);
+    r.create_and_register(c, 5, "/o");
+    r.exited(5);
     r.run_to(1_000);
     assert!(matches!(r.state("/o"), Some(NameState::Orphaned { .. })));
     r.refcount("/o", 2); // someone pickled it after all
@@ -520,9 +534,8 @@ fn registering_an_orphan_again_cancels_its_reaping() {
     let mut r = Rig::new();
     let a = r.connect();
     let b = r.connect();
-    r.create("/o", 1);
-    r.register(a, 1, "/o");
-    r.m.disconnect(a, at(0), &mut r.fx);
+    r.create_and_register(a, 1, "/o");
+    r.disconnect(a);
     r.run_to(1_000);
     r.register(b, 2, "/o");
     r.refcount("/o", 2);
@@ -536,10 +549,9 @@ fn failed_unlinks_keep_the_name_and_are_retried_and_only_real_ones_count() {
     let mut r = Rig::new();
     r.bystander();
     let c = r.connect();
-    r.create("/f", 1);
-    r.register(c, 1, "/f");
+    r.create_and_register(c, 1, "/f");
     r.ns.failing_unlinks = 3;
-    r.m.disconnect(c, at(0), &mut r.fx);
+    r.disconnect(c);
     r.run_to(2_300);
     assert!(r.exists("/f"));
     assert_eq!(r.m.stats().reaped, 0);
@@ -555,10 +567,9 @@ fn failed_unlinks_keep_the_name_and_are_retried_and_only_real_ones_count() {
 fn what_is_not_ours_is_forgotten_and_never_unlinked() {
     let mut r = Rig::new();
     let c = r.connect();
-    r.create("/fifo", 1);
-    r.register(c, 1, "/fifo");
+    r.create_and_register(c, 1, "/fifo");
     r.ns.foreign.insert(name("/fifo"));
-    r.m.disconnect(c, at(0), &mut r.fx);
+    r.disconnect(c);
     r.run_to(5_000);
     assert!(r.exists("/fifo"));
     assert_eq!(r.state("/fifo"), None);
@@ -572,8 +583,7 @@ fn shuts_down_after_idle_timeout_unlinking_everything_known() {
     let mut r = Rig::new();
     let c = r.connect();
     for n in ["/a", "/b"] {
-        r.create(n, 1);
-        r.register(c, 1, n);
+        r.create_and_register(c, 1, n);
     }
     r.release(c, 1, "/b");
     r.refcount("/b", 0);
@@ -587,10 +597,9 @@ fn shuts_down_after_idle_timeout_unlinking_everything_known() {
 fn shutdown_lingers_for_names_in_transit_and_a_receiver_can_still_come() {
     let mut r = Rig::new();
     let c = r.connect();
-    r.create("/q", 1);
-    r.register(c, 1, "/q");
+    r.create_and_register(c, 1, "/q");
     r.refcount("/q", 2); // pickled, then the sender died
-    r.m.disconnect(c, at(0), &mut r.fx);
+    r.disconnect(c);
     assert_eq!(r.run_to(30_000), Status::Serving, "lingers");
     assert!(r.exists("/q"));
     assert!(r.m.is_closing());
@@ -601,7 +610,7 @@ fn shutdown_lingers_for_names_in_transit_and_a_receiver_can_still_come() {
     r.refcount("/q", 2);
     r.refcount("/q", 1);
     r.release(receiver, 2, "/q");
-    r.m.disconnect(receiver, at(r.now), &mut r.fx);
+    r.disconnect(receiver);
     let until = r.now + 10_000;
     assert_eq!(r.run_to(until), Status::Finished);
     assert!(!r.exists("/q"));
@@ -614,10 +623,9 @@ fn the_linger_is_bounded() {
         ..ManagerConfig::default()
     });
     let c = r.connect();
-    r.create("/q", 1);
-    r.register(c, 1, "/q");
+    r.create_and_register(c, 1, "/q");
     r.refcount("/q", 5);
-    r.m.disconnect(c, at(0), &mut r.fx);
+    r.disconnect(c);
     assert_eq!(r.run_to(11_000), Status::Serving);
     assert!(r.exists("/q"));
     assert_eq!(r.run_to(14_000), Status::Finished);
@@ -643,13 +651,12 @@ fn without_reaping_orphans_wait_for_shutdown_like_pytorch() {
     });
     let a = r.connect();
     let b = r.bystander();
-    r.create("/o", 1);
-    r.register(a, 1, "/o");
-    r.m.disconnect(a, at(0), &mut r.fx);
+    r.create_and_register(a, 1, "/o");
+    r.disconnect(a);
     r.run_to(60_000);
     assert!(r.exists("/o"));
     assert_eq!(r.state("/o"), Some(NameState::Orphaned { reap_at: None }));
-    r.m.disconnect(b, at(r.now), &mut r.fx);
+    r.disconnect(b);
     let until = r.now + 3_000;
     assert_eq!(r.run_to(until), Status::Finished);
     assert!(!r.exists("/o"));
@@ -689,7 +696,7 @@ fn repeated_registrations_are_counted_and_end_as_dead_registrations() {
     r.release(c, 1, "/r");
     assert_eq!(r.state("/r"), Some(NameState::Held { registrations: 2 }));
     r.refcount("/r", 2);
-    r.m.disconnect(c, at(0), &mut r.fx);
+    r.disconnect(c);
     r.run_to(1_000);
     assert!(matches!(r.state("/r"), Some(NameState::Orphaned { .. })));
     r.run_to(2_300);
@@ -701,8 +708,8 @@ fn repeated_registrations_are_counted_and_end_as_dead_registrations() {
 fn bytes_for_unknown_or_closed_connections_are_ignored() {
     let mut r = Rig::new();
     r.send(ConnId(99), &reg("/x"));
-    r.m.disconnect(ConnId(99), at(0), &mut r.fx);
-    r.m.pid_exited(12345, at(0), &mut r.fx);
+    r.disconnect(ConnId(99));
+    r.exited(12345);
     assert!(r.fx.replies.is_empty() && r.fx.closed.is_empty());
 }
 
@@ -885,8 +892,7 @@ fn adopted_orphans_are_reaped_unless_someone_registers_them_or_they_are_in_trans
 fn a_held_name_removed_from_outside_is_reported_once_and_a_late_creator_is_not() {
     let mut r = Rig::new();
     let c = r.connect();
-    r.create("/victim", 1);
-    r.register(c, 1, "/victim");
+    r.create_and_register(c, 1, "/victim");
     // Registered before it is created, as creators do: not a vanishing.
     r.register(c, 1, "/late");
     r.run_to(1_500);
@@ -942,20 +948,19 @@ fn a_filling_namespace_is_reported_when_it_crosses_a_threshold() {
     assert_eq!(levels, [Level::High]);
 }
 
-#[test]
-fn a_failed_shutdown_unlink_is_judged_afresh_once_a_client_returns() {
+/// With reaping off and on: the only client registers "/o" and leaves at 0,
+/// `fail` makes the shutdown pass fail on it, then a client comes back before
+/// the retry; "/o" must stay.
+fn a_failure_at_shutdown_is_judged_afresh(config: ManagerConfig, fail: impl Fn(&mut Rig)) {
     for grace in [None, Some(Duration::from_secs(30))] {
         let mut r = Rig::with(ManagerConfig {
             reap_grace: grace,
-            ..ManagerConfig::default()
+            ..config
         });
         let c = r.connect();
-        r.create("/o", 1);
-        r.register(c, 1, "/o");
-        r.m.disconnect(c, at(0), &mut r.fx);
-        r.ns.failing_unlinks = 1;
-        r.run_to(2_000); // shutdown: the orphan's unlink fails (EMFILE, say)
-        assert!(r.exists("/o") && r.m.is_closing());
+        r.create_and_register(c, 1, "/o");
+        r.disconnect(c);
+        fail(&mut r);
         r.bystander(); // a client comes back before the retry
         r.run_to(20_000);
         assert!(
@@ -966,17 +971,21 @@ fn a_failed_shutdown_unlink_is_judged_afresh_once_a_client_returns() {
 }
 
 #[test]
+fn a_failed_shutdown_unlink_is_judged_afresh_once_a_client_returns() {
+    a_failure_at_shutdown_is_judged_afresh(ManagerConfig::default(), |r| {
+        r.ns.failing_unlinks = 1;
+        r.run_to(2_000); // shutdown: the orphan's unlink fails (EMFILE, say)
+        assert!(r.exists("/o") && r.m.is_closing());
+    });
+}
+
+#[test]
 fn a_failed_look_at_shutdown_is_judged_afresh_once_a_client_returns() {
-    for grace in [None, Some(Duration::from_secs(30))] {
-        let mut r = Rig::with(ManagerConfig {
-            reap_grace: grace,
-            measure_every: None,
-            ..ManagerConfig::default()
-        });
-        let c = r.connect();
-        r.create("/o", 1);
-        r.register(c, 1, "/o");
-        r.m.disconnect(c, at(0), &mut r.fx);
+    let config = ManagerConfig {
+        measure_every: None,
+        ..ManagerConfig::default()
+    };
+    a_failure_at_shutdown_is_judged_afresh(config, |r| {
         r.run_to(1_000);
         assert!(matches!(r.state("/o"), Some(NameState::Orphaned { .. })));
         // At shutdown the pass looks at it, and the look fails.
@@ -987,23 +996,16 @@ fn a_failed_look_at_shutdown_is_judged_afresh_once_a_client_returns() {
             [Chore::Observe(name("/o"))]
         );
         r.m.observed(&name("/o"), None, at(2_000), &mut r.fx);
-        r.bystander(); // a client comes back before the retry
-        r.run_to(20_000);
-        assert!(
-            r.exists("/o"),
-            "grace {grace:?}: reaped as an orphan with reaping off or within its grace"
-        );
-    }
+    });
 }
 
 #[test]
 fn a_name_that_lingered_is_looked_at_again_once_a_client_returns() {
     let mut r = Rig::new();
     let c = r.connect();
-    r.create("/q", 1);
-    r.register(c, 1, "/q");
+    r.create_and_register(c, 1, "/q");
     r.refcount("/q", 2); // pickled, then its sender died
-    r.m.disconnect(c, at(0), &mut r.fx);
+    r.disconnect(c);
     assert_eq!(r.run_to(5_000), Status::Serving, "lingers");
     assert!(r.m.is_closing());
     r.bystander(); // a client returns: the manager serves again
@@ -1094,10 +1096,7 @@ fn an_adopted_name_registered_again_is_never_reaped_as_an_orphan() {
 
 #[test]
 fn an_adoption_counts_the_creator_once_whether_or_not_it_registered_here() {
-    let mut r = Rig::with(ManagerConfig {
-        name_prefix: Some(NamePrefix::torch()),
-        ..ManagerConfig::default()
-    });
+    let mut r = Rig::torch();
     r.fx.trusted.extend([7, 8]);
     r.bystander();
     // Created by pid 5 under a manager that died; pid 7 opened it here,
@@ -1111,8 +1110,8 @@ fn an_adoption_counts_the_creator_once_whether_or_not_it_registered_here() {
     let queued = "/torch_8_1_0";
     r.create(queued, 2);
     r.register(c, 8, queued);
-    r.m.pid_exited(7, at(r.now), &mut r.fx);
-    r.m.pid_exited(8, at(r.now), &mut r.fx);
+    r.exited(7);
+    r.exited(8);
     r.run_to(1_000);
     assert!(r.m.adopt_orphan(name(opened), at(r.now)));
     assert!(r.m.adopt_orphan(name(queued), at(r.now)));
@@ -1126,10 +1125,7 @@ fn an_adoption_counts_the_creator_once_whether_or_not_it_registered_here() {
 
 #[test]
 fn a_registration_after_an_adoption_keeps_the_dead_seen_here() {
-    let mut r = Rig::with(ManagerConfig {
-        name_prefix: Some(NamePrefix::torch()),
-        ..ManagerConfig::default()
-    });
+    let mut r = Rig::torch();
     r.fx.trusted.extend([5, 7]);
     r.bystander();
     // Pid 5 created it here and died holding it; a sweep finds it too.
@@ -1137,7 +1133,7 @@ fn a_registration_after_an_adoption_keeps_the_dead_seen_here() {
     r.create(n, 1);
     let c = r.connect();
     r.register(c, 5, n);
-    r.m.pid_exited(5, at(r.now), &mut r.fx);
+    r.exited(5);
     r.run_to(500);
     assert!(r.m.adopt_orphan(name(n), at(r.now)));
     // Pid 7 opens it, closes it and lets go: only pid 5's leak is left.
@@ -1159,8 +1155,7 @@ fn a_pid_reused_while_its_exit_is_handled_is_not_taken_for_the_dead_process() {
     let c = r.connect_as(10);
     r.register(c, 10, "/parent");
     r.create("/parent", 2);
-    r.create("/a", 1);
-    r.register(c, 9, "/a"); // process A, pid 9, forked from the parent
+    r.create_and_register(c, 9, "/a"); // process A, pid 9, forked from the parent
     r.register(c, 9, "/shared");
     r.register(c, 10, "/shared");
     r.create("/shared", 2);
@@ -1170,9 +1165,8 @@ fn a_pid_reused_while_its_exit_is_handled_is_not_taken_for_the_dead_process() {
     r.fx.trusted.remove(&9); // the driver no longer trusts pid 9
     r.refcount("/shared", 1);
     r.release(c, 9, "/shared"); // A's own late release
-    r.create("/b", 1);
-    r.register(c, 9, "/b"); // B
-    r.m.pid_exited(9, at(r.now), &mut r.fx);
+    r.create_and_register(c, 9, "/b"); // B
+    r.exited(9);
     let reaped_by = r.now + 2_300;
     r.run_to(reaped_by);
     assert!(!r.exists("/a"), "A's orphan is reaped");
@@ -1207,13 +1201,12 @@ fn an_orphan_a_fork_of_its_dead_holder_still_maps_is_kept_until_nobody_maps_it()
     let mut r = Rig::new();
     r.fx.trusted.extend([100, 200]);
     let c = r.connect_as(200);
-    r.create("/inherited", 1);
-    r.register(c, 200, "/inherited");
+    r.create_and_register(c, 200, "/inherited");
     // 200 forks a worker that inherits the mapping (and the connection),
     // then dies; the worker never says a word to the manager.
     r.ns.mapped.insert(name("/inherited"));
     r.now = 1_000;
-    r.m.pid_exited(200, at(r.now), &mut r.fx);
+    r.exited(200);
     r.chores();
     r.run_to(10_000);
     assert!(r.exists("/inherited"), "unlinked while a process maps it");
@@ -1237,10 +1230,9 @@ fn orphans_of_a_closed_connection_are_reaped_without_asking_who_maps_them() {
     r.fx.trusted.extend([100]);
     let _bystander = r.bystander();
     let c = r.connect_as(100);
-    r.create("/alone", 1);
-    r.register(c, 100, "/alone");
+    r.create_and_register(c, 100, "/alone");
     r.now = 1_000;
-    r.m.disconnect(c, at(r.now), &mut r.fx);
+    r.disconnect(c);
     r.chores();
     r.run_to(4_000);
     assert!(!r.exists("/alone"));
