@@ -654,6 +654,12 @@ pub struct Holder {
     /// Its process ended while its connection lived on: the connection's
     /// other processes may be its forks, mapping its names unannounced.
     outlived_by_conn: bool,
+    /// The next newer and the next older holder on its connection
+    /// ([`NO_HOLDER`] at either end), so that finding a connection's holders
+    /// costs what it has, however many it has, and unlinking one is
+    /// constant time.
+    newer_on_conn: u32,
+    older_on_conn: u32,
 }
 
 /// Where a name without live holders stands.
@@ -723,18 +729,17 @@ pub struct Connection {
     last: Option<(i32, u32)>,
     /// Untrusted pids remembered as standing for the connection's holder.
     aliases: u16,
-    /// Its holders (a few per connection: its processes, and the one that
-    /// stands for its untrusted pids), so a release need not search them all.
-    holders: heapless::Vec<u32, CONN_HOLDERS>,
-    /// More holders than `holders` has room for: search them all.
-    holders_overflow: bool,
+    /// The newest of its holders (its processes, and the one that stands for
+    /// its untrusted pids), which link to the older ones: a release not
+    /// taken by its sender's holder searches these, not every holder.
+    newest_holder: u32,
     /// A journaled name outside the prefix was logged already: one line per
     /// connection, however many it sends.
     noted_foreign: bool,
 }
 
-/// Holders a connection keeps a list of.
-const CONN_HOLDERS: usize = 64;
+/// The end of a list of holders.
+const NO_HOLDER: u32 = u32::MAX;
 
 /// The shutdown in progress.
 #[derive(Clone, Copy, Debug)]
@@ -986,8 +991,7 @@ impl<S: Storage> Manager<S> {
             peer,
             last: None,
             aliases: 0,
-            holders: heapless::Vec::new(),
-            holders_overflow: false,
+            newest_holder: NO_HOLDER,
             noted_foreign: false,
         };
         if self.conns.insert(id, connection).is_err() {
@@ -1959,12 +1963,18 @@ impl<S: Storage> Manager<S> {
                 exiting: false,
                 end: HolderEnd::Disconnected,
                 outlived_by_conn: false,
+                newer_on_conn: NO_HOLDER,
+                older_on_conn: NO_HOLDER,
             })
             .ok()?;
-        if let Some(c) = self.conns.get_mut(&key.conn)
-            && c.holders.push(id).is_err()
-        {
-            c.holders_overflow = true;
+        if let Some(c) = self.conns.get_mut(&key.conn) {
+            let older = core::mem::replace(&mut c.newest_holder, id);
+            if let Some(h) = self.holders.get_mut(older) {
+                h.newer_on_conn = id;
+            }
+            if let Some(h) = self.holders.get_mut(id) {
+                h.older_on_conn = older;
+            }
         }
         Some(id)
     }
@@ -1974,9 +1984,27 @@ impl<S: Storage> Manager<S> {
         let Some(holder) = self.holders.remove(id) else {
             return;
         };
-        if let Some(c) = self.conns.get_mut(&holder.key.conn) {
-            c.holders.retain(|&h| h != id);
+        let (newer, older) = (holder.newer_on_conn, holder.older_on_conn);
+        if let Some(h) = self.holders.get_mut(older) {
+            h.newer_on_conn = newer;
         }
+        match self.holders.get_mut(newer) {
+            Some(h) => h.older_on_conn = older,
+            None => {
+                if let Some(c) = self.conns.get_mut(&holder.key.conn) {
+                    c.newest_holder = older;
+                }
+            }
+        }
+    }
+
+    /// `conn`'s holders, newest first.
+    fn holders_on(&self, conn: ConnId) -> impl Iterator<Item = u32> + '_ {
+        let newest = self.conns.get(&conn).map_or(NO_HOLDER, |c| c.newest_holder);
+        core::iter::successors(Some(newest), |&h| {
+            self.holders.get(h).map(|holder| holder.older_on_conn)
+        })
+        .take_while(|&h| h != NO_HOLDER)
     }
 
     /// The live holder already resolved for `pid` on `conn`.
@@ -1996,38 +2024,28 @@ impl<S: Storage> Manager<S> {
     }
 
     /// The live holder on `conn` that a release of name `id` by `pid` is
-    /// charged to: `pid`'s own (an exiting one's late release), else any.
+    /// charged to: `pid`'s own (an exiting one's late release), else the one
+    /// with the lowest id.
     fn holder_on_conn_holding(&self, conn: ConnId, pid: i32, id: u32) -> Option<u32> {
-        let c = self.conns.get(&conn)?;
-        let holds = |h: &u32| {
-            self.holders
-                .get(*h)
-                .is_some_and(|holder| holder.key.conn == conn && !holder.ending)
-                && self.holds.contains(*h, id)
-        };
+        let holding = self.holders_on(conn).filter(|&h| {
+            self.holders.get(h).is_some_and(|holder| !holder.ending) && self.holds.contains(h, id)
+        });
         let own = |h: &u32| {
             self.holders
                 .get(*h)
                 .is_some_and(|holder| holder.key.pid == Some(pid))
         };
-        if let Some(&h) = c.holders.iter().filter(|h| holds(h)).find(|h| own(h)) {
-            return Some(h);
-        }
-        if let Some(&h) = c.holders.iter().find(|h| holds(h)) {
-            return Some(h);
-        }
-        if !c.holders_overflow {
-            return None;
-        }
-        let all: fn(u32) -> u32 = |h| h;
-        let mut candidates = (0..self.holders.id_bound()).map(all).filter(|h| holds(h));
-        let first = candidates.next()?;
-        Some(
-            core::iter::once(first)
-                .chain(candidates)
-                .find(|h| own(h))
-                .unwrap_or(first),
-        )
+        let (own, any) = holding.fold(
+            (None, None),
+            |(own_min, any_min): (Option<u32>, Option<u32>), h| {
+                let lower = |min: Option<u32>| Some(min.map_or(h, |m| m.min(h)));
+                (
+                    if own(&h) { lower(own_min) } else { own_min },
+                    lower(any_min),
+                )
+            },
+        );
+        own.or(any)
     }
 
     /// Counts one more holder depending on `pid`'s watch. False (and the

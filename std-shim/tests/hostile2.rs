@@ -614,22 +614,17 @@ const P99_BOUND: Duration = if cfg!(debug_assertions) {
 };
 
 /// The first round's stray-release flood (hostile.rs, test 4) was fixed by
-/// searching the connection's own list of holders, 8 long, before the whole
-/// holder table. A connection with more than 8 processes on it (a
-/// DataLoader parent with 16 forked workers does this in PyTorch: every
-/// worker sends on the parent's socket) sets `holders_overflow`, and from
-/// then on every release that nobody on the connection holds (a stray,
-/// which PyTorch's client sends) scans the whole holder table again, every
-/// holder of every connection. 160 connections with 64 processes each
-/// (10,240 holders, one hostile user or a few big jobs) and one client
-/// writing strays as fast as it can hold the loop for a long time per
-/// round, and another client's round trip stalls.
-///
-/// Why: `holder_on_conn_holding` (core/src/manager.rs:1653-1663) falls back
-/// to `(0..self.holders.id_bound())` once `holders_overflow` is set, which it
-/// never unsets; `release` (manager.rs:1494) reaches it for every stray.
+/// searching the connection's own list of holders before the whole holder
+/// table. That list had a fixed length (8, then 64): a connection with more
+/// processes on it (a DataLoader parent's socket carries every forked
+/// worker's frames) fell back to scanning every holder of every connection
+/// for each release nobody on the connection holds (a stray, which
+/// PyTorch's client sends). 160 connections with 64 processes each (10,240
+/// holders) and one client writing strays as fast as it can held the loop
+/// for a long time per round, and another client's round trip stalled.
+/// A connection's holders are now linked through the holders themselves,
+/// however many there are.
 #[test]
-#[ignore = "open: a connection with more than 64 processes (the per-connection holder list) still scans every holder for each stray"]
 fn strays_on_a_connection_with_many_processes_do_not_stall_another_client() {
     use common::measure::Probe;
     use std::sync::Arc;

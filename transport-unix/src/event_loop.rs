@@ -48,10 +48,13 @@ use crate::spin::Spinner;
 /// Reply bytes queued for a client that does not read them, before it is
 /// cut off (checked as each reply is queued).
 const MAX_REPLY_BACKLOG: usize = 1 << 20;
-/// Reads per client per round, so one busy client cannot starve the rest.
-const READS_PER_ROUND: usize = 4;
+/// Reads per client per round (one read of the 64 KiB buffer is about 960
+/// frames), so one busy client cannot starve the rest: a frame can cost
+/// microseconds (a stray release searches its connection's holders), and
+/// everyone else waits for a round.
+const READS_PER_ROUND: usize = 1;
 /// Journal frames read per client per round, for the same reason.
-const JOURNAL_FRAMES_PER_ROUND: u32 = 4_096;
+const JOURNAL_FRAMES_PER_ROUND: u32 = 1_024;
 /// Accepts per round.
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How often journals are read when nothing else makes the manager look: a

@@ -342,6 +342,41 @@ fn a_release_from_another_pid_on_the_connection_is_charged_to_it() {
 }
 
 #[test]
+fn a_connection_with_many_processes_finds_who_holds_a_released_name() {
+    let mut r = Rig::new();
+    let pids: Vec<i32> = (100..106).collect();
+    r.fx.trusted.extend(pids.iter().copied());
+    r.fx.trusted.insert(99);
+    let other = r.connect();
+    r.create_and_register(other, 99, "/elsewhere");
+    let c = r.connect();
+    for &pid in &pids {
+        r.create_and_register(c, pid, &std::format!("/held_{pid}"));
+    }
+    // The oldest and the newest of its holders, released by a pid holding
+    // neither: each is charged to its holder.
+    r.release(c, 103, "/held_100");
+    r.release(c, 103, "/held_105");
+    for n in ["/held_100", "/held_105"] {
+        assert_eq!(r.state(n), Some(NameState::Released { dead: 0 }), "{n}");
+    }
+    // A name only another connection holds is a stray here.
+    r.release(c, 103, "/elsewhere");
+    assert_eq!(r.m.stats().stray_releases, 1);
+    assert_eq!(
+        r.state("/elsewhere"),
+        Some(NameState::Held { registrations: 1 })
+    );
+    // Holders leaving from the middle keep the list whole.
+    r.exited(102);
+    r.run_to(10_000);
+    r.release(c, 103, "/held_101");
+    assert_eq!(r.state("/held_101"), Some(NameState::Released { dead: 0 }));
+    r.release(c, 101, "/held_104");
+    assert_eq!(r.state("/held_104"), Some(NameState::Released { dead: 0 }));
+}
+
+#[test]
 fn names_outside_the_prefix_are_refused_or_skipped_and_peers_of_other_users_rejected() {
     let mut r = Rig::with(ManagerConfig {
         name_prefix: Some(NamePrefix::torch()),
