@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use common::measure::{Probe, status_kib};
 use common::{
-    Cleanup, Daemon, Holder, RawClient, SHM_MANAGER, Sleeper, bystander_under, create_segment,
-    frame, frame_from, in_private_pid_namespace, is_root_or_skip, remove_if_abandoned, run_id,
-    shm_exists, story, unique_name, wait_until,
+    Cleanup, Daemon, Holder, RawClient, SHM_MANAGER, Sleeper, SleepersSegment, bystander_under,
+    create_segment, frame, frame_from, in_private_pid_namespace, is_root_or_skip,
+    remove_if_abandoned, run_id, shm_exists, story, unique_name, wait_until,
 };
 use rustix::process::{Pid, Signal};
 
@@ -182,16 +182,12 @@ fn recovery_spares_another_familys_segment_in_transit() {
     // One prefix for both families, as `/torch_` is; unique to this run, so
     // the sweep touches nothing of anyone else's.
     let prefix = format!("/hostileFam{}_", run_id());
-    let family_two = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
+    let family_two = Daemon::quiet_under(&prefix);
     let _receiver = bystander_under(&family_two, &prefix);
-    let mut worker = Sleeper::spawn();
-    let in_transit = format!("{prefix}{}_4242_0", worker.pid());
-    let _cleanup = Cleanup(vec![in_transit.clone()]);
-    let mut registrar = family_two.connect();
-    registrar.register_as(worker.pid(), &in_transit);
     // The worker's own reference and the pickled one.
-    create_segment(&in_transit, 2, 64);
-    worker.kill();
+    let mut worker = SleepersSegment::create(&family_two, &prefix, 2);
+    let in_transit = worker.name.clone();
+    worker.creator.kill();
     assert!(
         wait_until(Duration::from_secs(3), || story(
             &family_two.handle,
@@ -203,21 +199,9 @@ fn recovery_spares_another_familys_segment_in_transit() {
     );
 
     // Family one's manager dies; a client revives it at the same handle.
-    let mut family_one = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
-    let handle = family_one.handle.clone();
-    family_one.child.kill().unwrap();
-    family_one.child.wait().unwrap();
-    let revived = Daemon::start_with_stderr(
-        &[
-            "--name-prefix",
-            &prefix,
-            "--adopt",
-            &handle,
-            "--sweep-prefix",
-            &prefix,
-        ],
-        Stdio::null(),
-    );
+    let mut family_one = Daemon::quiet_under(&prefix);
+    family_one.kill();
+    let revived = family_one.revive(&prefix, &prefix);
     let _client = bystander_under(&revived, &prefix);
     std::thread::sleep(Duration::from_secs(5));
     assert!(
@@ -754,23 +738,11 @@ fn the_recovery_sweep_does_not_stall_other_clients_beside_descriptor_hoarders() 
         })
         .collect();
     let prefix = format!("/hostileSw{}_", run_id());
-    let mut dead = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
-    let handle = dead.handle.clone();
-    dead.child.kill().unwrap();
-    dead.child.wait().unwrap();
+    let mut dead = Daemon::quiet_under(&prefix);
+    dead.kill();
     // It accepts every name (the probe's are not under the prefix) and sweeps
     // only this test's prefix.
-    let revived = Daemon::start_with_stderr(
-        &[
-            "--name-prefix",
-            "/",
-            "--adopt",
-            &handle,
-            "--sweep-prefix",
-            &prefix,
-        ],
-        Stdio::null(),
-    );
+    let revived = dead.revive("/", &prefix);
     let mut probe = Probe::connect(&revived.handle);
     let mut trips = common::measure::RoundTrips::default();
     let started = Instant::now();

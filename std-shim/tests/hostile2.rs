@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Cleanup, Daemon, RawClient, Sleeper, bystander_under, create_segment, frame, frame_from,
+    Cleanup, Daemon, RawClient, Sleeper, SleepersSegment, bystander_under, frame, frame_from,
     in_private_pid_namespace, run_id, shm_exists, story, wait_until,
 };
 
@@ -47,19 +47,17 @@ fn recovery_spares_a_tensor_its_exited_producer_left_in_a_queue() {
         return;
     }
     let prefix = format!("/hostile2Q{}_", run_id());
-    let old = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
+    let mut old = Daemon::quiet_under(&prefix);
     // The consumer: alive, connected, not yet holding the tensor.
     let _consumer = bystander_under(&old, &prefix);
-    let mut producer = Sleeper::spawn();
-    let pickled = format!("{prefix}{}_4242_0", producer.pid());
-    let _cleanup = Cleanup(vec![pickled.clone()]);
-    let mut producers_connection = old.connect();
-    producers_connection.register_as(producer.pid(), &pickled);
     // Created (1), pickled into the queue (2), the producer's tensor freed (1).
-    create_segment(&pickled, 1, 64);
-    producers_connection.send(&frame_from(producer.pid(), 1, &pickled));
-    drop(producers_connection);
-    producer.kill();
+    let mut producer = SleepersSegment::create(&old, &prefix, 1);
+    let pickled = producer.name.clone();
+    producer
+        .connection
+        .send(&frame_from(producer.creator.pid(), 1, &pickled));
+    drop(producer.connection);
+    producer.creator.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         shm_exists(&pickled),
@@ -67,21 +65,8 @@ fn recovery_spares_a_tensor_its_exited_producer_left_in_a_queue() {
     );
 
     // The manager dies; a client of the family revives it at the same handle.
-    let handle = old.handle.clone();
-    let mut old = old;
-    old.child.kill().unwrap();
-    old.child.wait().unwrap();
-    let revived = Daemon::start_with_stderr(
-        &[
-            "--name-prefix",
-            &prefix,
-            "--adopt",
-            &handle,
-            "--sweep-prefix",
-            &prefix,
-        ],
-        Stdio::null(),
-    );
+    old.kill();
+    let revived = old.revive(&prefix, &prefix);
     let _consumer_again = bystander_under(&revived, &prefix);
     std::thread::sleep(Duration::from_secs(6));
     assert!(
@@ -413,6 +398,75 @@ fn refcount_of(name: &str) -> Option<i32> {
     Some(i32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
 }
 
+/// A family caught by the slow `/proc` walk: a descriptor hoarder (forked
+/// first, so that the walk, in pid order, visits it before the worker), a
+/// manager with a consumer connected, and a parent SIGKILLed after its
+/// worker inherited the tensor (see `fork_parent_and_pickling_worker`). Once
+/// started, the orphan's grace (2 s) has ended and the walk is busy with the
+/// hoarder; the worker waits for [`WalkRace::let_the_worker_go`].
+struct WalkRace {
+    _consumer: RawClient,
+    daemon: Daemon,
+    _cleanup: Cleanup,
+    reap: Reap,
+    name: String,
+    hoarder: i32,
+    worker: i32,
+    /// The write end of the worker's pipe; -1 once closed.
+    go: i32,
+}
+
+impl WalkRace {
+    /// The segment is `/torch_hostile2_<tag>_<run>`; `double_fork` as for
+    /// `fork_parent_and_pickling_worker`.
+    fn start(tag: &str, double_fork: bool) -> Self {
+        let hoarder = fork_descriptor_hoarder(150_000);
+        let mut reap = Reap(vec![hoarder]);
+        let name = format!("/torch_hostile2_{tag}_{}", run_id());
+        let cleanup = Cleanup(vec![name.clone()]);
+        let daemon = Daemon::start_with_stderr(&[], Stdio::null());
+        // The consumer, connected, that will open the tensor.
+        let consumer = daemon.bystander();
+        let conn = daemon.connect();
+        let (parent, worker, go) =
+            fork_parent_and_pickling_worker(&conn.stream, &name, double_fork);
+        reap.0.extend([parent, worker]);
+        drop(conn);
+        kill(parent);
+        // The orphan's grace (2 s) ends and the walk starts.
+        let manager = daemon.child.id();
+        assert!(
+            wait_until(Duration::from_secs(8), || walking(manager, hoarder)),
+            "the manager never walked the hoarder's descriptors"
+        );
+        Self {
+            _consumer: consumer,
+            daemon,
+            _cleanup: cleanup,
+            reap,
+            name,
+            hoarder,
+            worker,
+            go,
+        }
+    }
+
+    /// Sends the worker its byte and waits until it has done its part and
+    /// exited.
+    fn let_the_worker_go(&mut self) {
+        let go = std::mem::replace(&mut self.go, -1);
+        assert!(go >= 0, "the worker was let go once already");
+        // SAFETY: one byte to the worker on our own pipe's write end, closed
+        // once, then reaping the worker (our child here: the namespace's init
+        // adopted it).
+        unsafe {
+            libc::write(go, [1u8].as_ptr().cast(), 1);
+            libc::close(go);
+            libc::waitpid(self.worker, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 /// A fork worker inherited its parent's tensor; the parent is SIGKILLed, so
 /// the name is an orphan by the refcount rule (refcount 1, one dead
 /// registration) that the manager unlinks only once a `/proc` walk finds
@@ -434,40 +488,17 @@ fn a_tensor_pickled_while_the_map_check_walks_is_not_unlinked() {
     if !in_private_pid_namespace("a_tensor_pickled_while_the_map_check_walks_is_not_unlinked") {
         return;
     }
-    // First, so that the walk (in pid order) visits it before the worker.
-    let hoarder = fork_descriptor_hoarder(150_000);
-    let mut reap = Reap(vec![hoarder]);
-    let name = format!("/torch_hostile2_walk_{}", run_id());
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
-    // The consumer, connected, that will open the tensor.
-    let _consumer = daemon.bystander();
-    let conn = daemon.connect();
-    let (parent, worker, go) = fork_parent_and_pickling_worker(&conn.stream, &name, false);
-    reap.0.extend([parent, worker]);
-    drop(conn);
-    kill(parent);
-    // The orphan's grace (2 s) ends and the walk starts.
-    let manager = daemon.child.id();
-    assert!(
-        wait_until(Duration::from_secs(8), || walking(manager, hoarder)),
-        "the manager never walked the hoarder's descriptors"
-    );
-    // SAFETY: one byte to the worker, then reaping it (our child here: the
-    // namespace's init adopted it).
-    unsafe {
-        libc::write(go, [1u8].as_ptr().cast(), 1);
-        libc::close(go);
-        libc::waitpid(worker, std::ptr::null_mut(), 0);
-    }
-    assert_eq!(refcount_of(&name), Some(2), "the worker pickled the tensor");
+    let mut race = WalkRace::start("walk", false);
+    race.let_the_worker_go();
+    let name = &race.name;
+    assert_eq!(refcount_of(name), Some(2), "the worker pickled the tensor");
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        shm_exists(&name),
+        shm_exists(name),
         "the manager unlinked {name} though its refcount (2, one dead registration) showed it \
          in transit: the worker pickled it while the /proc walk ran, and the walk's \"nobody \
          maps it\" was taken as the last word. Its story:\n  {}",
-        story(&daemon.handle, &name)
+        story(&race.daemon.handle, name)
     );
 }
 
@@ -738,47 +769,27 @@ fn a_mapping_handed_to_a_fork_behind_the_walk_is_not_unlinked() {
     }
     // The slow process sits high, everything else above it.
     next_pid_after(5000);
-    let hoarder = fork_descriptor_hoarder(150_000);
-    let mut reap = Reap(vec![hoarder]);
-    let name = format!("/torch_hostile2_behind_{}", run_id());
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
-    let _consumer = daemon.bystander();
-    let conn = daemon.connect();
-    let (parent, worker, go) = fork_parent_and_pickling_worker(&conn.stream, &name, true);
-    reap.0.extend([parent, worker]);
-    drop(conn);
-    kill(parent);
-    let manager = daemon.child.id();
-    assert!(
-        wait_until(Duration::from_secs(8), || walking(manager, hoarder)),
-        "the manager never walked the hoarder's descriptors"
-    );
+    let mut race = WalkRace::start("behind", true);
     // Below the hoarder: a pid the walk has passed.
     next_pid_after(100);
-    // SAFETY: one byte to the worker, then reaping it (our child here: the
-    // namespace's init adopted it).
-    unsafe {
-        libc::write(go, [1u8].as_ptr().cast(), 1);
-        libc::close(go);
-        libc::waitpid(worker, std::ptr::null_mut(), 0);
-    }
-    let heirs = who_maps(&name);
-    reap.0.extend(heirs.iter().copied());
+    race.let_the_worker_go();
+    let name = &race.name;
+    let heirs = who_maps(name);
+    race.reap.0.extend(heirs.iter().copied());
     assert!(
-        heirs.iter().any(|&pid| pid > 100 && pid < hoarder),
+        heirs.iter().any(|&pid| pid > 100 && pid < race.hoarder),
         "the worker's fork maps {name} under a pid the walk has passed: {heirs:?}"
     );
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        !who_maps(&name).is_empty(),
+        !who_maps(name).is_empty(),
         "the worker's fork still maps {name}"
     );
     assert!(
-        shm_exists(&name),
+        shm_exists(name),
         "the manager unlinked {name}, which process(es) {heirs:?} map (a fork of the worker \
          that inherited it, made while the /proc walk ran, under a pid the walk had passed). \
          Its story:\n  {}",
-        story(&daemon.handle, &name)
+        story(&race.daemon.handle, name)
     );
 }
