@@ -10,14 +10,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Cleanup, Daemon, RawClient, Sleeper, SleepersSegment, bystander_under, frame, frame_from,
+    Cleanup, Daemon, RawClient, Sleeper, SleepersSegment, bystander_under, frame_from,
     in_private_pid_namespace, run_id, shm_exists, story, wait_until,
 };
 
@@ -111,19 +110,26 @@ extern "C" fn park(_: *mut libc::c_void) -> *mut libc::c_void {
 
 /// Forks the "parent" of a PyTorch family: it registers `name` on `conn`
 /// with its own pid, creates and maps the segment (refcount 1), and forks a
-/// worker that inherits the mapping and the connection. The worker starts a
-/// thread and ends its main thread (`SYS_exit`, the thread alone), as a
-/// program whose main thread returns through `pthread_exit` does, then lives
-/// on in that thread. Returns (parent pid, worker pid); the parent waits to
-/// be killed.
-fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) -> (i32, i32) {
+/// worker that inherits the mapping and the connection and runs `work` on the
+/// mapped refcount, then exits. Returns (parent pid, worker pid); the parent
+/// waits to be killed.
+///
+/// # Safety
+/// `work` runs in a forked child of a multi-threaded process: it may only
+/// make system calls on memory prepared before the fork and on its stack.
+unsafe fn fork_family(
+    conn: &UnixStream,
+    name: &str,
+    work: impl FnOnce(&std::sync::atomic::AtomicI32),
+) -> (i32, i32) {
     let path = std::ffi::CString::new(format!("/dev/shm{name}")).unwrap();
-    let mut pipe = [0i32; 2];
-    // SAFETY: `pipe` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let mut report = [0i32; 2];
+    // SAFETY: `report` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(report.as_mut_ptr()) }, 0);
     let fd = conn.as_raw_fd();
     // SAFETY: the child only makes system calls on memory prepared above and
-    // on its stack, and leaves with `_exit`.
+    // on its stack (and runs `work`, which the caller promises does the
+    // same), and never returns.
     let parent = unsafe { libc::fork() };
     assert!(parent >= 0, "fork");
     if parent == 0 {
@@ -131,20 +137,15 @@ fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) 
         // the fork and on its stack only, and never returns.
         unsafe {
             let (shm, map) = register_create_and_map(fd, name.as_bytes(), &path);
-            *(map as *mut i32) = 1;
+            let refcount = &*(map as *const std::sync::atomic::AtomicI32);
+            refcount.store(1, std::sync::atomic::Ordering::SeqCst);
             libc::close(shm);
             let worker = libc::fork();
             if worker == 0 {
-                if end_main_thread {
-                    let mut thread: libc::pthread_t = 0;
-                    libc::pthread_create(&mut thread, std::ptr::null(), park, std::ptr::null_mut());
-                    libc::syscall(libc::SYS_exit, 0);
-                }
-                loop {
-                    libc::pause();
-                }
+                work(refcount);
+                libc::_exit(0);
             }
-            libc::write(pipe[1], (&raw const worker).cast(), 4);
+            libc::write(report[1], (&raw const worker).cast(), 4);
             loop {
                 libc::pause();
             }
@@ -153,11 +154,33 @@ fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) 
     let mut worker = 0i32;
     // SAFETY: closing our copy of the write end; reading four bytes into an i32.
     unsafe {
-        libc::close(pipe[1]);
-        assert_eq!(libc::read(pipe[0], (&raw mut worker).cast(), 4), 4);
-        libc::close(pipe[0]);
+        libc::close(report[1]);
+        assert_eq!(libc::read(report[0], (&raw mut worker).cast(), 4), 4);
+        libc::close(report[0]);
     }
     (parent, worker)
+}
+
+/// A family from [`fork_family`] whose worker lives on. With
+/// `end_main_thread`, the worker starts a thread and ends its main thread
+/// (`SYS_exit`, the thread alone), as a program whose main thread returns
+/// through `pthread_exit` does, then lives on in that thread. Returns
+/// (parent pid, worker pid).
+fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) -> (i32, i32) {
+    // SAFETY: the worker makes system calls only, on its stack, and never
+    // returns.
+    unsafe {
+        fork_family(conn, name, |_| {
+            if end_main_thread {
+                let mut thread: libc::pthread_t = 0;
+                libc::pthread_create(&mut thread, std::ptr::null(), park, std::ptr::null_mut());
+                libc::syscall(libc::SYS_exit, 0);
+            }
+            loop {
+                libc::pause();
+            }
+        })
+    }
 }
 
 /// A fork worker that inherited its parent's tensor (and connection) runs on
@@ -316,69 +339,41 @@ fn fork_descriptor_hoarder(count: u64) -> i32 {
     pid
 }
 
-/// Forks the parent of a family as `fork_parent_and_worker` does, whose
-/// worker waits for a byte on a pipe, then pickles the inherited tensor
-/// into a queue (raises the header refcount by one, as `_shared_incref`
-/// does) and exits (its queue flushed, the consumer not yet reading).
-/// Returns (parent, worker, the pipe's write end). With `double_fork`, the
-/// worker instead forks a grandchild that inherits the mapping and lives on,
-/// and exits (a daemonizing double fork, or a worker handing over to a
-/// process of its own).
+/// Forks a family with [`fork_family`] whose worker waits for a byte on a
+/// pipe, then pickles the inherited tensor into a queue (raises the header
+/// refcount by one, as `_shared_incref` does) and exits (its queue flushed,
+/// the consumer not yet reading). Returns (parent, worker, the pipe's write
+/// end). With `double_fork`, the worker instead forks a grandchild that
+/// inherits the mapping and lives on, and exits (a daemonizing double fork,
+/// or a worker handing over to a process of its own).
 fn fork_parent_and_pickling_worker(
     conn: &UnixStream,
     name: &str,
     double_fork: bool,
 ) -> (i32, i32, i32) {
-    let path = std::ffi::CString::new(format!("/dev/shm{name}")).unwrap();
     let mut go = [0i32; 2];
-    let mut report = [0i32; 2];
-    // SAFETY: both arrays have room for two descriptors.
-    unsafe {
-        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
-        assert_eq!(libc::pipe(report.as_mut_ptr()), 0);
-    }
-    let fd = conn.as_raw_fd();
-    // SAFETY: the child only makes system calls on memory prepared above and
-    // on its stack, and never returns.
-    let parent = unsafe { libc::fork() };
-    assert!(parent >= 0, "fork");
-    if parent == 0 {
-        // SAFETY: the forked child makes system calls on memory prepared before
-        // the fork and on its stack only, and never returns.
-        unsafe {
-            let (shm, map) = register_create_and_map(fd, name.as_bytes(), &path);
-            let refcount = &*(map as *const std::sync::atomic::AtomicI32);
-            refcount.store(1, std::sync::atomic::Ordering::SeqCst);
-            libc::close(shm);
-            let worker = libc::fork();
-            if worker == 0 {
-                let mut byte = 0u8;
-                libc::read(go[0], (&raw mut byte).cast(), 1);
-                if double_fork {
-                    if libc::fork() == 0 {
-                        loop {
-                            libc::pause();
-                        }
+    // SAFETY: `go` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+    let read_end = go[0];
+    // SAFETY: the worker (and its grandchild) make system calls only, on
+    // their stacks and the mapped refcount, and never return.
+    let (parent, worker) = unsafe {
+        fork_family(conn, name, |refcount| {
+            let mut byte = 0u8;
+            libc::read(read_end, (&raw mut byte).cast(), 1);
+            if double_fork {
+                if libc::fork() == 0 {
+                    loop {
+                        libc::pause();
                     }
-                } else {
-                    refcount.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
-                libc::_exit(0);
+            } else {
+                refcount.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            libc::write(report[1], (&raw const worker).cast(), 4);
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    let mut worker = 0i32;
-    // SAFETY: closing ends we do not use; reading four bytes into an i32.
-    unsafe {
-        libc::close(go[0]);
-        libc::close(report[1]);
-        assert_eq!(libc::read(report[0], (&raw mut worker).cast(), 4), 4);
-        libc::close(report[0]);
-    }
+        })
+    };
+    // SAFETY: closing the read end, which only the worker uses.
+    unsafe { libc::close(read_end) };
     (parent, worker, go[1])
 }
 
@@ -635,15 +630,6 @@ fn the_map_check_does_not_take_an_uninspectable_worker_of_our_uid_for_none() {
 
 // --- 5. Stray releases on a connection with many processes -------------------
 
-/// Issue 10's bound on another client's round trip during a flood, at p99,
-/// for the release manager; 20 times it for the unoptimised one a plain
-/// `cargo test` builds (as in `flood.rs` and hostile.rs).
-const P99_BOUND: Duration = if cfg!(debug_assertions) {
-    Duration::from_millis(100)
-} else {
-    Duration::from_millis(5)
-};
-
 /// The first round's stray-release flood (hostile.rs, test 4) was fixed by
 /// searching the connection's own list of holders, 8 long, before the whole
 /// holder table. A connection with more than 8 processes on it (a
@@ -662,9 +648,7 @@ const P99_BOUND: Duration = if cfg!(debug_assertions) {
 #[test]
 #[ignore = "open: a connection with more than 64 processes (the per-connection holder list) still scans every holder for each stray"]
 fn strays_on_a_connection_with_many_processes_do_not_stall_another_client() {
-    use common::measure::Probe;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use common::measure::{FLOOD_P99_BOUND, probe_beside_strays};
     let daemon = Daemon::start_with_stderr(&[], Stdio::null());
     let sleepers: Vec<Sleeper> = (0..64).map(|_| Sleeper::spawn()).collect();
     let mut connections: Vec<RawClient> = (0..160).map(|_| daemon.connect()).collect();
@@ -687,43 +671,14 @@ fn strays_on_a_connection_with_many_processes_do_not_stall_another_client() {
     }
     // A name another connection holds: on the flooder's connection, a stray.
     let held = format!("/torch_h2stray_{}_0_0", run_id());
-    let mut probe = Probe::connect(&daemon.handle);
-    let baseline = probe.sample(300, Duration::from_millis(1));
-
-    let stop_flood = Arc::new(AtomicBool::new(false));
-    let flooded = Arc::new(AtomicU64::new(0));
-    let flood = {
-        let (stop_flood, flooded) = (Arc::clone(&stop_flood), Arc::clone(&flooded));
-        let mut flooder = connections.pop().unwrap();
-        let burst: Vec<u8> = std::iter::repeat_n(frame(1, &held), 1000)
-            .flatten()
-            .collect();
-        flooder
-            .stream
-            .set_write_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        std::thread::spawn(move || {
-            while !stop_flood.load(Ordering::Relaxed) {
-                if flooder.stream.write_all(&burst).is_ok() {
-                    flooded.fetch_add(1000, Ordering::Relaxed);
-                }
-            }
-            flooder
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let running = probe.spawn(Duration::from_millis(1));
-    std::thread::sleep(Duration::from_secs(2));
-    stop_flood.store(true, Ordering::Relaxed);
-    let _flooder = flood.join().unwrap();
-    let during = running.finish();
-    let bound = P99_BOUND + baseline.percentile(99.0);
+    let (baseline, during, flooded) =
+        probe_beside_strays(&daemon.handle, 300, &held, || connections.pop().unwrap());
+    let bound = FLOOD_P99_BOUND + baseline.percentile(99.0);
     assert!(
         during.percentile(99.0) < bound,
-        "beside a client sending stray releases on a connection with 64 processes ({} in about \
-         2.3 s; 10,240 holders in all), another client's p99 round trip was {:.3?} (bound \
+        "beside a client sending stray releases on a connection with 64 processes ({flooded} in \
+         about 2.3 s; 10,240 holders in all), another client's p99 round trip was {:.3?} (bound \
          {bound:.3?}); during: {during}; idle: {baseline}",
-        flooded.load(Ordering::Relaxed),
         during.percentile(99.0)
     );
 }
