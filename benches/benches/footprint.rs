@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use libshm::client::Client;
-use libshm_benches::{median_of, our_manager, torch_manager};
+use libshm_benches::{median_of, our_manager, stop_manager, torch_manager};
 use libshm_core::client::AckMode;
 use libshm_core::name::{NamePrefix, SegmentName};
-use libshm_unix::{Launched, Launcher, UnixTransport};
+use libshm_unix::{Launcher, UnixTransport};
 
 const LAUNCHES: usize = 15;
 
@@ -29,7 +29,7 @@ fn main() {
                 .launch()
                 .expect("launch");
             times.push(start.elapsed());
-            stop(&launched);
+            stop_manager(&launched);
         }
         println!(
             "  {name:<18} {:>10.2?}",
@@ -72,7 +72,7 @@ fn main() {
         line.push_str(&format!("  released: {rss}/{anon}"));
         println!("{line}");
         drop(client);
-        stop(&launched);
+        stop_manager(&launched);
     }
 }
 
@@ -87,16 +87,4 @@ fn memory(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("RssAnon:"))
-}
-
-/// Stops a manager at once and removes its socket directory.
-fn stop(launched: &Launched) {
-    if let Some(pid) = rustix::process::Pid::from_raw(launched.pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-    let socket = std::path::Path::new(launched.handle.as_str());
-    let _ = std::fs::remove_file(socket);
-    if let Some(dir) = socket.parent() {
-        let _ = std::fs::remove_dir(dir);
-    }
 }

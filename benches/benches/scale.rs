@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use libshm_benches::our_manager;
 use libshm_benches::scale::{
     Probe, cpu_ticks, hold_many, percentile, register_frame, short_client, status_kib,
 };
-use libshm_unix::{Launched, Launcher};
+use libshm_benches::{our_manager, stop_manager};
+use libshm_unix::Launcher;
 
 /// The names clients register here; the manager accepts only these.
 const PREFIX: &str = "/benchscale_";
@@ -117,7 +117,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(2_500));
     let empty_kib = status_kib(pid, "VmRSS");
     drop(keeper);
-    stop(&launched);
+    stop_manager(&launched);
 
     let per_name = (full_kib.saturating_sub(idle_kib) * 1024) as f64 / names as f64;
     let (idle_median, idle_p99) = (percentile(&idle_short, 50.0), percentile(&idle_short, 99.0));
@@ -297,17 +297,5 @@ fn busy_until_idle(pid: u32, since: Instant) -> Duration {
             since.elapsed() < Duration::from_secs(300),
             "busy for 5 minutes"
         );
-    }
-}
-
-/// Stops the manager at once and removes its socket directory.
-fn stop(launched: &Launched) {
-    if let Some(pid) = rustix::process::Pid::from_raw(launched.pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-    }
-    let socket = std::path::Path::new(launched.handle.as_str());
-    let _ = std::fs::remove_file(socket);
-    if let Some(dir) = socket.parent() {
-        let _ = std::fs::remove_dir(dir);
     }
 }

@@ -48,6 +48,19 @@ pub fn torch_manager() -> Option<PathBuf> {
     from_env.filter(|p| p.is_file()).or_else(from_venv)
 }
 
+/// Stops a launched manager at once (SIGKILL) and removes its socket and
+/// directory, which a killed manager leaves behind.
+pub fn stop_manager(launched: &libshm_unix::Launched) {
+    if let Some(pid) = rustix::process::Pid::from_raw(launched.pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let socket = Path::new(launched.handle.as_str());
+    let _ = std::fs::remove_file(socket);
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// The median of some durations.
 pub fn median_of(values: &[Duration]) -> Option<Duration> {
     let mut sorted = values.to_vec();

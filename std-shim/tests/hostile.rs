@@ -16,15 +16,14 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::measure::{Probe, status_kib};
+use common::measure::{FLOOD_P99_BOUND, Probe, probe_beside_strays, status_kib};
 use common::{
-    Cleanup, Daemon, Holder, RawClient, SHM_MANAGER, Sleeper, bystander_under, create_segment,
-    frame, frame_from, in_private_pid_namespace, is_root_or_skip, remove_if_abandoned, run_id,
-    shm_exists, story, unique_name, wait_until,
+    Cleanup, Daemon, Holder, RawClient, SHM_MANAGER, Sleeper, SleepersSegment, bystander_under,
+    create_segment, frame, frame_from, in_private_pid_namespace, is_root_or_skip,
+    remove_if_abandoned, run_id, shm_exists, story, unique_name, wait_until,
 };
 use rustix::process::{Pid, Signal};
 
@@ -182,16 +181,12 @@ fn recovery_spares_another_familys_segment_in_transit() {
     // One prefix for both families, as `/torch_` is; unique to this run, so
     // the sweep touches nothing of anyone else's.
     let prefix = format!("/hostileFam{}_", run_id());
-    let family_two = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
+    let family_two = Daemon::quiet_under(&prefix);
     let _receiver = bystander_under(&family_two, &prefix);
-    let mut worker = Sleeper::spawn();
-    let in_transit = format!("{prefix}{}_4242_0", worker.pid());
-    let _cleanup = Cleanup(vec![in_transit.clone()]);
-    let mut registrar = family_two.connect();
-    registrar.register_as(worker.pid(), &in_transit);
     // The worker's own reference and the pickled one.
-    create_segment(&in_transit, 2, 64);
-    worker.kill();
+    let mut worker = SleepersSegment::create(&family_two, &prefix, 2);
+    let in_transit = worker.name.clone();
+    worker.creator.kill();
     assert!(
         wait_until(Duration::from_secs(3), || story(
             &family_two.handle,
@@ -203,21 +198,9 @@ fn recovery_spares_another_familys_segment_in_transit() {
     );
 
     // Family one's manager dies; a client revives it at the same handle.
-    let mut family_one = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
-    let handle = family_one.handle.clone();
-    family_one.child.kill().unwrap();
-    family_one.child.wait().unwrap();
-    let revived = Daemon::start_with_stderr(
-        &[
-            "--name-prefix",
-            &prefix,
-            "--adopt",
-            &handle,
-            "--sweep-prefix",
-            &prefix,
-        ],
-        Stdio::null(),
-    );
+    let mut family_one = Daemon::quiet_under(&prefix);
+    family_one.kill();
+    let revived = family_one.revive(&prefix, &prefix);
     let _client = bystander_under(&revived, &prefix);
     std::thread::sleep(Duration::from_secs(5));
     assert!(
@@ -323,15 +306,6 @@ fn a_reused_pid_on_the_same_connection_keeps_its_new_owners_segment() {
 
 // --- 4. A flood of stray releases -------------------------------------------
 
-/// Issue 10's bound on another client's round trip during a flood, at p99,
-/// for the release manager; 20 times it for the unoptimised one a plain
-/// `cargo test` builds (as in `flood.rs`).
-const P99_BOUND: Duration = if cfg!(debug_assertions) {
-    Duration::from_millis(100)
-} else {
-    Duration::from_millis(5)
-};
-
 /// A release of a name that another connection holds is a stray, and PyTorch's
 /// client sends strays (issue 9), so they must be cheap. Each one costs a
 /// scan of the whole holder table, at least 4,096 slots (one `ChunkedSlab`
@@ -346,42 +320,16 @@ fn a_flood_of_stray_releases_does_not_stall_another_client() {
     let held = unique_name("stray_target");
     let mut owner = daemon.connect();
     owner.register(&held);
-    let mut probe = Probe::connect(&daemon.handle);
-    let baseline = probe.sample(500, Duration::from_millis(1));
-
-    let stop_flood = Arc::new(AtomicBool::new(false));
-    let flooded = Arc::new(AtomicU64::new(0));
-    let flood = {
-        let (stop_flood, flooded) = (Arc::clone(&stop_flood), Arc::clone(&flooded));
+    let (baseline, during, flooded) = probe_beside_strays(&daemon.handle, 500, &held, || {
         let mut flooder = daemon.connect();
         assert!(flooder.answers_registration(&unique_name("flooder")));
-        let burst: Vec<u8> = std::iter::repeat_n(frame(1, &held), 1000)
-            .flatten()
-            .collect();
         flooder
-            .stream
-            .set_write_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        std::thread::spawn(move || {
-            while !stop_flood.load(Ordering::Relaxed) {
-                if flooder.stream.write_all(&burst).is_ok() {
-                    flooded.fetch_add(1000, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let running = probe.spawn(Duration::from_millis(1));
-    std::thread::sleep(Duration::from_secs(2));
-    stop_flood.store(true, Ordering::Relaxed);
-    flood.join().unwrap();
-    let during = running.finish();
-    let bound = P99_BOUND + baseline.percentile(99.0);
+    });
+    let bound = FLOOD_P99_BOUND + baseline.percentile(99.0);
     assert!(
         during.percentile(99.0) < bound,
-        "beside a client sending stray releases ({} in about 2.3 s), another client's p99 \
-         round trip was {:.3?} (bound {bound:.3?}); during: {during}; idle: {baseline}",
-        flooded.load(Ordering::Relaxed),
+        "beside a client sending stray releases ({flooded} in about 2.3 s), another client's \
+         p99 round trip was {:.3?} (bound {bound:.3?}); during: {during}; idle: {baseline}",
         during.percentile(99.0)
     );
 }
@@ -754,23 +702,11 @@ fn the_recovery_sweep_does_not_stall_other_clients_beside_descriptor_hoarders() 
         })
         .collect();
     let prefix = format!("/hostileSw{}_", run_id());
-    let mut dead = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
-    let handle = dead.handle.clone();
-    dead.child.kill().unwrap();
-    dead.child.wait().unwrap();
+    let mut dead = Daemon::quiet_under(&prefix);
+    dead.kill();
     // It accepts every name (the probe's are not under the prefix) and sweeps
     // only this test's prefix.
-    let revived = Daemon::start_with_stderr(
-        &[
-            "--name-prefix",
-            "/",
-            "--adopt",
-            &handle,
-            "--sweep-prefix",
-            &prefix,
-        ],
-        Stdio::null(),
-    );
+    let revived = dead.revive("/", &prefix);
     let mut probe = Probe::connect(&revived.handle);
     let mut trips = common::measure::RoundTrips::default();
     let started = Instant::now();

@@ -10,14 +10,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Cleanup, Daemon, RawClient, Sleeper, bystander_under, create_segment, frame, frame_from,
+    Cleanup, Daemon, RawClient, Sleeper, SleepersSegment, bystander_under, frame_from,
     in_private_pid_namespace, run_id, shm_exists, story, wait_until,
 };
 
@@ -47,19 +46,17 @@ fn recovery_spares_a_tensor_its_exited_producer_left_in_a_queue() {
         return;
     }
     let prefix = format!("/hostile2Q{}_", run_id());
-    let old = Daemon::start_with_stderr(&["--name-prefix", &prefix], Stdio::null());
+    let mut old = Daemon::quiet_under(&prefix);
     // The consumer: alive, connected, not yet holding the tensor.
     let _consumer = bystander_under(&old, &prefix);
-    let mut producer = Sleeper::spawn();
-    let pickled = format!("{prefix}{}_4242_0", producer.pid());
-    let _cleanup = Cleanup(vec![pickled.clone()]);
-    let mut producers_connection = old.connect();
-    producers_connection.register_as(producer.pid(), &pickled);
     // Created (1), pickled into the queue (2), the producer's tensor freed (1).
-    create_segment(&pickled, 1, 64);
-    producers_connection.send(&frame_from(producer.pid(), 1, &pickled));
-    drop(producers_connection);
-    producer.kill();
+    let mut producer = SleepersSegment::create(&old, &prefix, 1);
+    let pickled = producer.name.clone();
+    producer
+        .connection
+        .send(&frame_from(producer.creator.pid(), 1, &pickled));
+    drop(producer.connection);
+    producer.creator.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         shm_exists(&pickled),
@@ -67,21 +64,8 @@ fn recovery_spares_a_tensor_its_exited_producer_left_in_a_queue() {
     );
 
     // The manager dies; a client of the family revives it at the same handle.
-    let handle = old.handle.clone();
-    let mut old = old;
-    old.child.kill().unwrap();
-    old.child.wait().unwrap();
-    let revived = Daemon::start_with_stderr(
-        &[
-            "--name-prefix",
-            &prefix,
-            "--adopt",
-            &handle,
-            "--sweep-prefix",
-            &prefix,
-        ],
-        Stdio::null(),
-    );
+    old.kill();
+    let revived = old.revive(&prefix, &prefix);
     let _consumer_again = bystander_under(&revived, &prefix);
     std::thread::sleep(Duration::from_secs(6));
     assert!(
@@ -126,19 +110,26 @@ extern "C" fn park(_: *mut libc::c_void) -> *mut libc::c_void {
 
 /// Forks the "parent" of a PyTorch family: it registers `name` on `conn`
 /// with its own pid, creates and maps the segment (refcount 1), and forks a
-/// worker that inherits the mapping and the connection. The worker starts a
-/// thread and ends its main thread (`SYS_exit`, the thread alone), as a
-/// program whose main thread returns through `pthread_exit` does, then lives
-/// on in that thread. Returns (parent pid, worker pid); the parent waits to
-/// be killed.
-fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) -> (i32, i32) {
+/// worker that inherits the mapping and the connection and runs `work` on the
+/// mapped refcount, then exits. Returns (parent pid, worker pid); the parent
+/// waits to be killed.
+///
+/// # Safety
+/// `work` runs in a forked child of a multi-threaded process: it may only
+/// make system calls on memory prepared before the fork and on its stack.
+unsafe fn fork_family(
+    conn: &UnixStream,
+    name: &str,
+    work: impl FnOnce(&std::sync::atomic::AtomicI32),
+) -> (i32, i32) {
     let path = std::ffi::CString::new(format!("/dev/shm{name}")).unwrap();
-    let mut pipe = [0i32; 2];
-    // SAFETY: `pipe` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let mut report = [0i32; 2];
+    // SAFETY: `report` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(report.as_mut_ptr()) }, 0);
     let fd = conn.as_raw_fd();
     // SAFETY: the child only makes system calls on memory prepared above and
-    // on its stack, and leaves with `_exit`.
+    // on its stack (and runs `work`, which the caller promises does the
+    // same), and never returns.
     let parent = unsafe { libc::fork() };
     assert!(parent >= 0, "fork");
     if parent == 0 {
@@ -146,20 +137,15 @@ fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) 
         // the fork and on its stack only, and never returns.
         unsafe {
             let (shm, map) = register_create_and_map(fd, name.as_bytes(), &path);
-            *(map as *mut i32) = 1;
+            let refcount = &*(map as *const std::sync::atomic::AtomicI32);
+            refcount.store(1, std::sync::atomic::Ordering::SeqCst);
             libc::close(shm);
             let worker = libc::fork();
             if worker == 0 {
-                if end_main_thread {
-                    let mut thread: libc::pthread_t = 0;
-                    libc::pthread_create(&mut thread, std::ptr::null(), park, std::ptr::null_mut());
-                    libc::syscall(libc::SYS_exit, 0);
-                }
-                loop {
-                    libc::pause();
-                }
+                work(refcount);
+                libc::_exit(0);
             }
-            libc::write(pipe[1], (&raw const worker).cast(), 4);
+            libc::write(report[1], (&raw const worker).cast(), 4);
             loop {
                 libc::pause();
             }
@@ -168,11 +154,33 @@ fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) 
     let mut worker = 0i32;
     // SAFETY: closing our copy of the write end; reading four bytes into an i32.
     unsafe {
-        libc::close(pipe[1]);
-        assert_eq!(libc::read(pipe[0], (&raw mut worker).cast(), 4), 4);
-        libc::close(pipe[0]);
+        libc::close(report[1]);
+        assert_eq!(libc::read(report[0], (&raw mut worker).cast(), 4), 4);
+        libc::close(report[0]);
     }
     (parent, worker)
+}
+
+/// A family from [`fork_family`] whose worker lives on. With
+/// `end_main_thread`, the worker starts a thread and ends its main thread
+/// (`SYS_exit`, the thread alone), as a program whose main thread returns
+/// through `pthread_exit` does, then lives on in that thread. Returns
+/// (parent pid, worker pid).
+fn fork_parent_and_worker(conn: &UnixStream, name: &str, end_main_thread: bool) -> (i32, i32) {
+    // SAFETY: the worker makes system calls only, on its stack, and never
+    // returns.
+    unsafe {
+        fork_family(conn, name, |_| {
+            if end_main_thread {
+                let mut thread: libc::pthread_t = 0;
+                libc::pthread_create(&mut thread, std::ptr::null(), park, std::ptr::null_mut());
+                libc::syscall(libc::SYS_exit, 0);
+            }
+            loop {
+                libc::pause();
+            }
+        })
+    }
 }
 
 /// A fork worker that inherited its parent's tensor (and connection) runs on
@@ -331,69 +339,41 @@ fn fork_descriptor_hoarder(count: u64) -> i32 {
     pid
 }
 
-/// Forks the parent of a family as `fork_parent_and_worker` does, whose
-/// worker waits for a byte on a pipe, then pickles the inherited tensor
-/// into a queue (raises the header refcount by one, as `_shared_incref`
-/// does) and exits (its queue flushed, the consumer not yet reading).
-/// Returns (parent, worker, the pipe's write end). With `double_fork`, the
-/// worker instead forks a grandchild that inherits the mapping and lives on,
-/// and exits (a daemonizing double fork, or a worker handing over to a
-/// process of its own).
+/// Forks a family with [`fork_family`] whose worker waits for a byte on a
+/// pipe, then pickles the inherited tensor into a queue (raises the header
+/// refcount by one, as `_shared_incref` does) and exits (its queue flushed,
+/// the consumer not yet reading). Returns (parent, worker, the pipe's write
+/// end). With `double_fork`, the worker instead forks a grandchild that
+/// inherits the mapping and lives on, and exits (a daemonizing double fork,
+/// or a worker handing over to a process of its own).
 fn fork_parent_and_pickling_worker(
     conn: &UnixStream,
     name: &str,
     double_fork: bool,
 ) -> (i32, i32, i32) {
-    let path = std::ffi::CString::new(format!("/dev/shm{name}")).unwrap();
     let mut go = [0i32; 2];
-    let mut report = [0i32; 2];
-    // SAFETY: both arrays have room for two descriptors.
-    unsafe {
-        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
-        assert_eq!(libc::pipe(report.as_mut_ptr()), 0);
-    }
-    let fd = conn.as_raw_fd();
-    // SAFETY: the child only makes system calls on memory prepared above and
-    // on its stack, and never returns.
-    let parent = unsafe { libc::fork() };
-    assert!(parent >= 0, "fork");
-    if parent == 0 {
-        // SAFETY: the forked child makes system calls on memory prepared before
-        // the fork and on its stack only, and never returns.
-        unsafe {
-            let (shm, map) = register_create_and_map(fd, name.as_bytes(), &path);
-            let refcount = &*(map as *const std::sync::atomic::AtomicI32);
-            refcount.store(1, std::sync::atomic::Ordering::SeqCst);
-            libc::close(shm);
-            let worker = libc::fork();
-            if worker == 0 {
-                let mut byte = 0u8;
-                libc::read(go[0], (&raw mut byte).cast(), 1);
-                if double_fork {
-                    if libc::fork() == 0 {
-                        loop {
-                            libc::pause();
-                        }
+    // SAFETY: `go` has room for two descriptors.
+    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
+    let read_end = go[0];
+    // SAFETY: the worker (and its grandchild) make system calls only, on
+    // their stacks and the mapped refcount, and never return.
+    let (parent, worker) = unsafe {
+        fork_family(conn, name, |refcount| {
+            let mut byte = 0u8;
+            libc::read(read_end, (&raw mut byte).cast(), 1);
+            if double_fork {
+                if libc::fork() == 0 {
+                    loop {
+                        libc::pause();
                     }
-                } else {
-                    refcount.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
-                libc::_exit(0);
+            } else {
+                refcount.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            libc::write(report[1], (&raw const worker).cast(), 4);
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    let mut worker = 0i32;
-    // SAFETY: closing ends we do not use; reading four bytes into an i32.
-    unsafe {
-        libc::close(go[0]);
-        libc::close(report[1]);
-        assert_eq!(libc::read(report[0], (&raw mut worker).cast(), 4), 4);
-        libc::close(report[0]);
-    }
+        })
+    };
+    // SAFETY: closing the read end, which only the worker uses.
+    unsafe { libc::close(read_end) };
     (parent, worker, go[1])
 }
 
@@ -411,6 +391,75 @@ fn walking(manager: u32, pid: i32) -> bool {
 fn refcount_of(name: &str) -> Option<i32> {
     let bytes = std::fs::read(format!("/dev/shm{name}")).ok()?;
     Some(i32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// A family caught by the slow `/proc` walk: a descriptor hoarder (forked
+/// first, so that the walk, in pid order, visits it before the worker), a
+/// manager with a consumer connected, and a parent SIGKILLed after its
+/// worker inherited the tensor (see `fork_parent_and_pickling_worker`). Once
+/// started, the orphan's grace (2 s) has ended and the walk is busy with the
+/// hoarder; the worker waits for [`WalkRace::let_the_worker_go`].
+struct WalkRace {
+    _consumer: RawClient,
+    daemon: Daemon,
+    _cleanup: Cleanup,
+    reap: Reap,
+    name: String,
+    hoarder: i32,
+    worker: i32,
+    /// The write end of the worker's pipe; -1 once closed.
+    go: i32,
+}
+
+impl WalkRace {
+    /// The segment is `/torch_hostile2_<tag>_<run>`; `double_fork` as for
+    /// `fork_parent_and_pickling_worker`.
+    fn start(tag: &str, double_fork: bool) -> Self {
+        let hoarder = fork_descriptor_hoarder(150_000);
+        let mut reap = Reap(vec![hoarder]);
+        let name = format!("/torch_hostile2_{tag}_{}", run_id());
+        let cleanup = Cleanup(vec![name.clone()]);
+        let daemon = Daemon::start_with_stderr(&[], Stdio::null());
+        // The consumer, connected, that will open the tensor.
+        let consumer = daemon.bystander();
+        let conn = daemon.connect();
+        let (parent, worker, go) =
+            fork_parent_and_pickling_worker(&conn.stream, &name, double_fork);
+        reap.0.extend([parent, worker]);
+        drop(conn);
+        kill(parent);
+        // The orphan's grace (2 s) ends and the walk starts.
+        let manager = daemon.child.id();
+        assert!(
+            wait_until(Duration::from_secs(8), || walking(manager, hoarder)),
+            "the manager never walked the hoarder's descriptors"
+        );
+        Self {
+            _consumer: consumer,
+            daemon,
+            _cleanup: cleanup,
+            reap,
+            name,
+            hoarder,
+            worker,
+            go,
+        }
+    }
+
+    /// Sends the worker its byte and waits until it has done its part and
+    /// exited.
+    fn let_the_worker_go(&mut self) {
+        let go = std::mem::replace(&mut self.go, -1);
+        assert!(go >= 0, "the worker was let go once already");
+        // SAFETY: one byte to the worker on our own pipe's write end, closed
+        // once, then reaping the worker (our child here: the namespace's init
+        // adopted it).
+        unsafe {
+            libc::write(go, [1u8].as_ptr().cast(), 1);
+            libc::close(go);
+            libc::waitpid(self.worker, std::ptr::null_mut(), 0);
+        }
+    }
 }
 
 /// A fork worker inherited its parent's tensor; the parent is SIGKILLed, so
@@ -434,40 +483,17 @@ fn a_tensor_pickled_while_the_map_check_walks_is_not_unlinked() {
     if !in_private_pid_namespace("a_tensor_pickled_while_the_map_check_walks_is_not_unlinked") {
         return;
     }
-    // First, so that the walk (in pid order) visits it before the worker.
-    let hoarder = fork_descriptor_hoarder(150_000);
-    let mut reap = Reap(vec![hoarder]);
-    let name = format!("/torch_hostile2_walk_{}", run_id());
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
-    // The consumer, connected, that will open the tensor.
-    let _consumer = daemon.bystander();
-    let conn = daemon.connect();
-    let (parent, worker, go) = fork_parent_and_pickling_worker(&conn.stream, &name, false);
-    reap.0.extend([parent, worker]);
-    drop(conn);
-    kill(parent);
-    // The orphan's grace (2 s) ends and the walk starts.
-    let manager = daemon.child.id();
-    assert!(
-        wait_until(Duration::from_secs(8), || walking(manager, hoarder)),
-        "the manager never walked the hoarder's descriptors"
-    );
-    // SAFETY: one byte to the worker, then reaping it (our child here: the
-    // namespace's init adopted it).
-    unsafe {
-        libc::write(go, [1u8].as_ptr().cast(), 1);
-        libc::close(go);
-        libc::waitpid(worker, std::ptr::null_mut(), 0);
-    }
-    assert_eq!(refcount_of(&name), Some(2), "the worker pickled the tensor");
+    let mut race = WalkRace::start("walk", false);
+    race.let_the_worker_go();
+    let name = &race.name;
+    assert_eq!(refcount_of(name), Some(2), "the worker pickled the tensor");
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        shm_exists(&name),
+        shm_exists(name),
         "the manager unlinked {name} though its refcount (2, one dead registration) showed it \
          in transit: the worker pickled it while the /proc walk ran, and the walk's \"nobody \
          maps it\" was taken as the last word. Its story:\n  {}",
-        story(&daemon.handle, &name)
+        story(&race.daemon.handle, name)
     );
 }
 
@@ -604,15 +630,6 @@ fn the_map_check_does_not_take_an_uninspectable_worker_of_our_uid_for_none() {
 
 // --- 5. Stray releases on a connection with many processes -------------------
 
-/// Issue 10's bound on another client's round trip during a flood, at p99,
-/// for the release manager; 20 times it for the unoptimised one a plain
-/// `cargo test` builds (as in `flood.rs` and hostile.rs).
-const P99_BOUND: Duration = if cfg!(debug_assertions) {
-    Duration::from_millis(100)
-} else {
-    Duration::from_millis(5)
-};
-
 /// The first round's stray-release flood (hostile.rs, test 4) was fixed by
 /// searching the connection's own list of holders before the whole holder
 /// table. That list had a fixed length (8, then 64): a connection with more
@@ -626,9 +643,7 @@ const P99_BOUND: Duration = if cfg!(debug_assertions) {
 /// however many there are.
 #[test]
 fn strays_on_a_connection_with_many_processes_do_not_stall_another_client() {
-    use common::measure::Probe;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use common::measure::{FLOOD_P99_BOUND, probe_beside_strays};
     let daemon = Daemon::start_with_stderr(&[], Stdio::null());
     let sleepers: Vec<Sleeper> = (0..64).map(|_| Sleeper::spawn()).collect();
     let mut connections: Vec<RawClient> = (0..160).map(|_| daemon.connect()).collect();
@@ -651,43 +666,14 @@ fn strays_on_a_connection_with_many_processes_do_not_stall_another_client() {
     }
     // A name another connection holds: on the flooder's connection, a stray.
     let held = format!("/torch_h2stray_{}_0_0", run_id());
-    let mut probe = Probe::connect(&daemon.handle);
-    let baseline = probe.sample(300, Duration::from_millis(1));
-
-    let stop_flood = Arc::new(AtomicBool::new(false));
-    let flooded = Arc::new(AtomicU64::new(0));
-    let flood = {
-        let (stop_flood, flooded) = (Arc::clone(&stop_flood), Arc::clone(&flooded));
-        let mut flooder = connections.pop().unwrap();
-        let burst: Vec<u8> = std::iter::repeat_n(frame(1, &held), 1000)
-            .flatten()
-            .collect();
-        flooder
-            .stream
-            .set_write_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        std::thread::spawn(move || {
-            while !stop_flood.load(Ordering::Relaxed) {
-                if flooder.stream.write_all(&burst).is_ok() {
-                    flooded.fetch_add(1000, Ordering::Relaxed);
-                }
-            }
-            flooder
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    let running = probe.spawn(Duration::from_millis(1));
-    std::thread::sleep(Duration::from_secs(2));
-    stop_flood.store(true, Ordering::Relaxed);
-    let _flooder = flood.join().unwrap();
-    let during = running.finish();
-    let bound = P99_BOUND + baseline.percentile(99.0);
+    let (baseline, during, flooded) =
+        probe_beside_strays(&daemon.handle, 300, &held, || connections.pop().unwrap());
+    let bound = FLOOD_P99_BOUND + baseline.percentile(99.0);
     assert!(
         during.percentile(99.0) < bound,
-        "beside a client sending stray releases on a connection with 64 processes ({} in about \
-         2.3 s; 10,240 holders in all), another client's p99 round trip was {:.3?} (bound \
+        "beside a client sending stray releases on a connection with 64 processes ({flooded} in \
+         about 2.3 s; 10,240 holders in all), another client's p99 round trip was {:.3?} (bound \
          {bound:.3?}); during: {during}; idle: {baseline}",
-        flooded.load(Ordering::Relaxed),
         during.percentile(99.0)
     );
 }
@@ -733,47 +719,27 @@ fn a_mapping_handed_to_a_fork_behind_the_walk_is_not_unlinked() {
     }
     // The slow process sits high, everything else above it.
     next_pid_after(5000);
-    let hoarder = fork_descriptor_hoarder(150_000);
-    let mut reap = Reap(vec![hoarder]);
-    let name = format!("/torch_hostile2_behind_{}", run_id());
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
-    let _consumer = daemon.bystander();
-    let conn = daemon.connect();
-    let (parent, worker, go) = fork_parent_and_pickling_worker(&conn.stream, &name, true);
-    reap.0.extend([parent, worker]);
-    drop(conn);
-    kill(parent);
-    let manager = daemon.child.id();
-    assert!(
-        wait_until(Duration::from_secs(8), || walking(manager, hoarder)),
-        "the manager never walked the hoarder's descriptors"
-    );
+    let mut race = WalkRace::start("behind", true);
     // Below the hoarder: a pid the walk has passed.
     next_pid_after(100);
-    // SAFETY: one byte to the worker, then reaping it (our child here: the
-    // namespace's init adopted it).
-    unsafe {
-        libc::write(go, [1u8].as_ptr().cast(), 1);
-        libc::close(go);
-        libc::waitpid(worker, std::ptr::null_mut(), 0);
-    }
-    let heirs = who_maps(&name);
-    reap.0.extend(heirs.iter().copied());
+    race.let_the_worker_go();
+    let name = &race.name;
+    let heirs = who_maps(name);
+    race.reap.0.extend(heirs.iter().copied());
     assert!(
-        heirs.iter().any(|&pid| pid > 100 && pid < hoarder),
+        heirs.iter().any(|&pid| pid > 100 && pid < race.hoarder),
         "the worker's fork maps {name} under a pid the walk has passed: {heirs:?}"
     );
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        !who_maps(&name).is_empty(),
+        !who_maps(name).is_empty(),
         "the worker's fork still maps {name}"
     );
     assert!(
-        shm_exists(&name),
+        shm_exists(name),
         "the manager unlinked {name}, which process(es) {heirs:?} map (a fork of the worker \
          that inherited it, made while the /proc walk ran, under a pid the walk had passed). \
          Its story:\n  {}",
-        story(&daemon.handle, &name)
+        story(&race.daemon.handle, name)
     );
 }

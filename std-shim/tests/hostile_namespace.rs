@@ -101,6 +101,13 @@ fn promptly<T: Send + 'static>(
         .unwrap_or_else(|_| panic!("a look into /dev/shm took longer than {limit:?}"))
 }
 
+/// Asserts that `namespace` sees `name` as foreign and will not unlink it.
+fn assert_foreign(namespace: &mut ShmNamespace, name: &str) {
+    let segment = segment_name(name);
+    assert_eq!(namespace.observe(&segment).unwrap(), Observed::Foreign);
+    assert_eq!(namespace.unlink(&segment).unwrap(), Unlinked::Foreign);
+}
+
 // --- ShmNamespace, one kind of entry at a time --------------------------------
 
 #[test]
@@ -134,14 +141,7 @@ fn a_symlink_is_foreign_and_neither_it_nor_its_target_is_removed() {
     write_segment(&target_path, 64, 1);
     std::os::unix::fs::symlink(&target_path, &link_path).unwrap();
     let mut namespace = ShmNamespace::for_current_user().unwrap();
-    assert_eq!(
-        namespace.observe(&segment_name(&link)).unwrap(),
-        Observed::Foreign
-    );
-    assert_eq!(
-        namespace.unlink(&segment_name(&link)).unwrap(),
-        Unlinked::Foreign
-    );
+    assert_foreign(&mut namespace, &link);
     assert!(is_symlink(&link_path), "the link is still there");
     assert!(target_path.is_file(), "and so is its target");
     assert_eq!(
@@ -157,14 +157,7 @@ fn a_directory_is_foreign() {
     let name = unique_name("dir");
     std::fs::create_dir(cleanup.add(&name)).unwrap();
     let mut namespace = ShmNamespace::for_current_user().unwrap();
-    assert_eq!(
-        namespace.observe(&segment_name(&name)).unwrap(),
-        Observed::Foreign
-    );
-    assert_eq!(
-        namespace.unlink(&segment_name(&name)).unwrap(),
-        Unlinked::Foreign
-    );
+    assert_foreign(&mut namespace, &name);
     assert!(path_of(&name).is_dir());
 }
 
@@ -179,14 +172,7 @@ fn another_users_file_is_foreign_and_not_removed() {
     write_segment(&path, 64, 1);
     std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
     let mut namespace = ShmNamespace::for_current_user().unwrap();
-    assert_eq!(
-        namespace.observe(&segment_name(&name)).unwrap(),
-        Observed::Foreign
-    );
-    assert_eq!(
-        namespace.unlink(&segment_name(&name)).unwrap(),
-        Unlinked::Foreign
-    );
+    assert_foreign(&mut namespace, &name);
     assert!(
         path.is_file(),
         "root's manager left uid {NOBODY}'s file alone"
@@ -328,22 +314,9 @@ fn a_symlink_under_an_orphaned_name_is_not_reaped() {
 
 /// `shm-manager <args>` as PyTorch starts it: no prefix in the environment.
 fn default_daemon(args: &[&str]) -> Daemon {
-    let mut child = Command::new(SHM_MANAGER)
-        .args(args)
-        .env_remove(ENV_PREFIX)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn shm-manager");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.starts_with("ERROR"), "{line}");
-    Daemon {
-        child,
-        handle: line.trim_end().to_owned(),
-    }
+    let mut command = Command::new(SHM_MANAGER);
+    command.args(args).env_remove(ENV_PREFIX);
+    Daemon::spawn(&mut command)
 }
 
 #[test]

@@ -183,25 +183,13 @@ fn refuses_clients_of_another_user() {
     }
     // The manager runs as `nobody`; root can reach its socket despite the 0700
     // directory, so only the SO_PEERCRED check stands in the way.
-    use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(common::SHM_MANAGER)
-        .args(["--run-dir", "/tmp"])
-        .uid(65534)
-        .gid(65534)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.starts_with("ERROR"), "{line}");
-    let mut client = RawClient::connect(line.trim_end());
+    let mut command = Command::new(common::SHM_MANAGER);
+    command.args(["--run-dir", "/tmp"]).uid(65534).gid(65534);
+    let daemon = Daemon::spawn(&mut command);
+    let mut client = daemon.connect();
     client.send(&frame(0, &unique_name("intruder")));
     assert_eq!(client.reply(), None, "connection closed without an answer");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]

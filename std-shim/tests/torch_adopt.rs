@@ -15,8 +15,9 @@ mod common;
 mod torch_venv;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::{Daemon, RawClient};
 use torch_venv::{REQUIRE, Run, Venv, peer_python};
 
 fn ours_version() -> String {
@@ -176,42 +177,31 @@ fn errors_name_the_problem_and_the_fix() {
 }
 
 /// A manager started from torch's path, as torch starts it, with a client
-/// connected so that it stays.
+/// connected so that it stays. Killed when dropped (killed, neither manager
+/// removes its directory; [`Daemon`]'s drop does).
 struct RunningManager {
-    child: Child,
-    handle: String,
-    _client: std::os::unix::net::UnixStream,
+    manager: Daemon,
+    _client: RawClient,
 }
 
 impl RunningManager {
     fn start(path: &Path) -> Self {
-        use std::io::BufRead;
-        let mut child = Command::new(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let handle = line.trim_end().to_owned();
-        let client = std::os::unix::net::UnixStream::connect(&handle).unwrap();
+        let manager = Daemon::spawn(&mut Command::new(path));
+        let client = manager.connect();
         Self {
-            child,
-            handle,
+            manager,
             _client: client,
         }
     }
+
+    fn pid(&self) -> u32 {
+        self.manager.child.id()
+    }
 }
 
-impl Drop for RunningManager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Killed, neither manager removes its directory.
-        common::remove_if_abandoned(&self.handle);
-    }
+/// What `shmctl torch status` says of our manager running as `pid`.
+fn ours_running_as(pid: u32) -> String {
+    format!("running from it: pid {pid}, {}", ours_version())
 }
 
 #[test]
@@ -223,7 +213,7 @@ fn a_running_manager_blocks_the_swap_unless_forced() {
     let theirs = RunningManager::start(&venv.manager());
     let run = venv.torch(&["install"]).expect(1);
     assert!(
-        run.has(&format!("is still running (pid {})", theirs.child.id())) && run.has("--force"),
+        run.has(&format!("is still running (pid {})", theirs.pid())) && run.has("--force"),
         "{run}"
     );
     assert_eq!(std::fs::read(venv.manager()).unwrap(), original);
@@ -234,28 +224,14 @@ fn a_running_manager_blocks_the_swap_unless_forced() {
     venv.wait_for_managers_to_exit();
     let ours = RunningManager::start(&venv.manager());
     let run = venv.torch(&["status"]).expect(0);
-    assert!(
-        run.has(&format!(
-            "running from it: pid {}, {}",
-            ours.child.id(),
-            ours_version()
-        )),
-        "{run}"
-    );
+    assert!(run.has(&ours_running_as(ours.pid())), "{run}");
     venv.torch(&["restore"]).expect(1);
     let forced = venv.torch(&["restore", "--force"]).expect(0);
     assert!(forced.has("keep the binary they started with"), "{forced}");
     assert_eq!(std::fs::read(venv.manager()).unwrap(), original);
     // The running manager now shows its replaced binary, still ours.
     let run = venv.torch(&["status"]).expect(1);
-    assert!(
-        run.has(&format!(
-            "running from it: pid {}, {}",
-            ours.child.id(),
-            ours_version()
-        )),
-        "{run}"
-    );
+    assert!(run.has(&ours_running_as(ours.pid())), "{run}");
 }
 
 #[test]

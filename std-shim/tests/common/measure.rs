@@ -3,11 +3,11 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -239,4 +239,59 @@ impl RunningProbe {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the probe thread")
     }
+}
+
+/// Issue 10's bound on another client's round trip during a flood, at p99,
+/// for the release manager; 20 times it for the unoptimised one a plain
+/// `cargo test` builds (as in `flood.rs`).
+pub const FLOOD_P99_BOUND: Duration = if cfg!(debug_assertions) {
+    Duration::from_millis(100)
+} else {
+    Duration::from_millis(5)
+};
+
+/// Times a probe's round trips to the manager at `handle` beside a flood of
+/// stray releases of `held` (a name another connection holds; PyTorch's
+/// client sends strays): first `idle` round trips 1 ms apart on the quiet
+/// manager, then the client `flooder` returns writes the strays as fast as it
+/// can, 1,000 frames a write, and once it has run 300 ms the probe runs for
+/// 2 s. Returns (idle, during, frames flooded).
+pub fn probe_beside_strays(
+    handle: &str,
+    idle: usize,
+    held: &str,
+    flooder: impl FnOnce() -> RawClient,
+) -> (RoundTrips, RoundTrips, u64) {
+    let mut probe = Probe::connect(handle);
+    let baseline = probe.sample(idle, Duration::from_millis(1));
+
+    let stop_flood = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop_flood, flooded) = (Arc::clone(&stop_flood), Arc::clone(&flooded));
+        let mut flooder = flooder();
+        let burst: Vec<u8> = std::iter::repeat_n(frame(1, held), 1000)
+            .flatten()
+            .collect();
+        flooder
+            .stream
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        std::thread::spawn(move || {
+            while !stop_flood.load(Ordering::Relaxed) {
+                if flooder.stream.write_all(&burst).is_ok() {
+                    flooded.fetch_add(1000, Ordering::Relaxed);
+                }
+            }
+            flooder
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let running = probe.spawn(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(2));
+    stop_flood.store(true, Ordering::Relaxed);
+    // The flooder stays connected until the probe has finished.
+    let _flooder = flood.join().unwrap();
+    let during = running.finish();
+    (baseline, during, flooded.load(Ordering::Relaxed))
 }

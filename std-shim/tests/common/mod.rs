@@ -197,10 +197,40 @@ impl Daemon {
             .read_line(&mut line)
             .unwrap();
         assert!(line.ends_with('\n'), "handshake line {line:?}");
+        assert!(!line.starts_with("ERROR"), "{line}");
         Self {
             child,
             handle: line.trim_end().to_owned(),
         }
+    }
+
+    /// A manager that accepts only names under `prefix`, its log discarded.
+    pub fn quiet_under(prefix: &str) -> Self {
+        Self::start_with_stderr(&["--name-prefix", prefix], Stdio::null())
+    }
+
+    /// SIGKILLs the manager and reaps it, as the OOM killer would. Its socket
+    /// and directory stay, for a manager that adopts them, until this drops.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// A manager that adopts this killed one's handle, as a client of the
+    /// family revives it: it accepts names under `accept` and its recovery
+    /// sweep looks at those under `sweep`. Its log is discarded.
+    pub fn revive(&self, accept: &str, sweep: &str) -> Self {
+        Self::start_with_stderr(
+            &[
+                "--name-prefix",
+                accept,
+                "--adopt",
+                &self.handle,
+                "--sweep-prefix",
+                sweep,
+            ],
+            Stdio::null(),
+        )
     }
 
     /// Waits up to `timeout` for the daemon to exit.
@@ -537,6 +567,34 @@ impl Sleeper {
 impl Drop for Sleeper {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A segment registered for a live process of ours (a [`Sleeper`]) on a
+/// connection of its own, as a PyTorch worker's would be, then created with
+/// `refcount` in its header. Its name, `<prefix><pid>_4242_0`, has the shape
+/// of PyTorch's, so a recovery sweep reads its creator from it.
+pub struct SleepersSegment {
+    pub name: String,
+    pub creator: Sleeper,
+    pub connection: RawClient,
+    _cleanup: Cleanup,
+}
+
+impl SleepersSegment {
+    pub fn create(daemon: &Daemon, prefix: &str, refcount: i32) -> Self {
+        let creator = Sleeper::spawn();
+        let name = format!("{prefix}{}_4242_0", creator.pid());
+        let cleanup = Cleanup(vec![name.clone()]);
+        let mut connection = daemon.connect();
+        connection.register_as(creator.pid(), &name);
+        create_segment(&name, refcount, 64);
+        Self {
+            name,
+            creator,
+            connection,
+            _cleanup: cleanup,
+        }
     }
 }
 

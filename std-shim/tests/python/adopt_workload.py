@@ -16,19 +16,14 @@ import torch
 import torch.multiprocessing as mp
 import torch.utils.data
 
+# The shared module beside this script: no bytecode cache in the source tree.
+sys.dont_write_bytecode = True
+from workload import echo_round_trips, report_pids  # noqa: E402
+
 mp.set_sharing_strategy("file_system")
 
 OUR_IDENTITY = b"libshm-rs shm-manager "
 LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix's Flags
-
-
-def _echo_double(q_in, q_out):
-    q_out.put(os.getpid())
-    while True:
-        t = q_in.get()
-        if t is None:
-            break
-        q_out.put(t * 2)
 
 
 class Rows(torch.utils.data.Dataset):
@@ -74,18 +69,7 @@ def main():
     handle = handle.decode()
 
     for method in ("fork", "spawn"):
-        ctx = mp.get_context(method)
-        q_in, q_out = ctx.Queue(), ctx.Queue()
-        p = ctx.Process(target=_echo_double, args=(q_in, q_out))
-        p.start()
-        pids.append(q_out.get())
-        for k in range(20):
-            t = torch.arange(4096, dtype=torch.float32) + k
-            q_in.put(t)
-            assert torch.equal(q_out.get(), t * 2), (method, k)
-        q_in.put(None)
-        p.join()
-        assert p.exitcode == 0, (method, p.exitcode)
+        pids.append(echo_round_trips(method, 4096))
 
     loader = torch.utils.data.DataLoader(Rows(), batch_size=4, num_workers=2)
     seen = 0
@@ -104,7 +88,7 @@ def main():
     what = "ours" if ours else "pytorch"
     print(f"served_by={pid} {what} {exe}", flush=True)
     assert what == expect, f"torch ran {what}'s manager, expected {expect}'s"
-    print("pids=" + ",".join(str(p) for p in sorted(set(pids))), flush=True)
+    report_pids(pids)
     print("PASS", flush=True)
 
 

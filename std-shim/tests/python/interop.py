@@ -14,6 +14,10 @@ import time
 import torch
 import torch.multiprocessing as mp
 
+# The shared module beside this script: no bytecode cache in the source tree.
+sys.dont_write_bytecode = True
+from workload import echo_round_trips, report_pids  # noqa: E402
+
 mp.set_sharing_strategy("file_system")
 
 
@@ -23,20 +27,7 @@ def refcount(name):
         return int.from_bytes(f.read(4), sys.byteorder, signed=True)
 
 
-def report_pids(pids):
-    print("pids=" + ",".join(str(p) for p in sorted(set(pids))), flush=True)
-
-
 # --- our manager as a drop-in torch_shm_manager --------------------------------
-
-def _echo_double(q_in, q_out):
-    q_out.put(os.getpid())
-    while True:
-        t = q_in.get()
-        if t is None:
-            break
-        q_out.put(t * 2)
-
 
 def _pool_square(n):
     return torch.full((256,), float(n)) ** 2, os.getpid()
@@ -55,19 +46,7 @@ def drop_in():
     print("manager=" + os.path.join(os.path.dirname(torch.__file__), "bin", "torch_shm_manager"), flush=True)
     pids = [os.getpid()]
     for method in ("spawn", "fork"):
-        ctx = mp.get_context(method)
-        q_in, q_out = ctx.Queue(), ctx.Queue()
-        p = ctx.Process(target=_echo_double, args=(q_in, q_out))
-        p.start()
-        pids.append(q_out.get())
-        for k in range(20):
-            t = torch.arange(1000, dtype=torch.float32) + k
-            q_in.put(t)  # parent -> child
-            r = q_out.get()  # child -> parent
-            assert torch.equal(r, t * 2), (method, k)
-        q_in.put(None)
-        p.join()
-        assert p.exitcode == 0
+        pids.append(echo_round_trips(method, 1000))
 
     with mp.get_context("spawn").Pool(2) as pool:
         for n, (t, pid) in enumerate(pool.map(_pool_square, range(16))):
