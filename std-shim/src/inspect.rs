@@ -277,11 +277,14 @@ pub(crate) fn scan_in(dir: &ShmDir, prefix: &NamePrefix) -> Result<Scan, Inspect
     })
 }
 
-/// Which of `names` some process maps or holds a descriptor to, by one walk
-/// of `/proc`. Processes we may not inspect count as not using them: most
-/// machines have some (an init or a daemon made non-dumpable, in a container
-/// without `CAP_SYS_PTRACE`), and counting them as users would keep every
-/// such name. A fork worker that makes itself non-dumpable is missed.
+/// Which of `names` some process maps or holds a descriptor to, or may, by
+/// one walk of `/proc`. A process we may not inspect counts as a possible
+/// user of a name only if it is of our uid and started after the name's
+/// segment was made: a fork worker that made itself non-dumpable may map
+/// what it inherited, while a process older than the segment could only
+/// have opened it by name (and registered it). Most machines have such old
+/// processes (an init or a daemon made non-dumpable, in a container without
+/// `CAP_SYS_PTRACE`); counting them would keep every name.
 pub fn mapped(names: &[SegmentName]) -> Result<Vec<SegmentName>, InspectError> {
     let dir = ShmDir::open().map_err(list_error(SHM_DIR))?;
     mapped_in(&dir, names)
@@ -291,10 +294,15 @@ pub(crate) fn mapped_in(
     dir: &ShmDir,
     names: &[SegmentName],
 ) -> Result<Vec<SegmentName>, InspectError> {
+    let mut made: BTreeMap<SegmentName, SystemTime> = BTreeMap::new();
     let wanted: BTreeMap<users::FileId, SegmentName> = names
         .iter()
         .filter_map(|name| {
             let stat = dir.stat(name).ok()??;
+            // Widened where the platform's fields are narrower.
+            #[allow(clippy::unnecessary_cast)]
+            let changed = timestamp(stat.st_ctime as i64, stat.st_ctime_nsec as i64);
+            made.insert(*name, changed);
             is_regular(&stat).then(|| (users::file_id(&stat), *name))
         })
         .collect();
@@ -302,11 +310,32 @@ pub(crate) fn mapped_in(
         return Ok(Vec::new());
     }
     let users = users::scan(&wanted).map_err(list_error("/proc"))?;
+    // The uninspected processes of our uid, and when each started.
+    let me = rustix::process::geteuid().as_raw();
+    let doubtful: Vec<SystemTime> = users
+        .uninspected
+        .iter()
+        .filter(|&&pid| users::owner(pid) == Some(me))
+        .filter_map(|&pid| users::started_at(pid))
+        .collect();
     Ok(wanted
         .into_values()
-        .filter(|name| !users.of(name).is_empty())
+        .filter(|name| {
+            // The segment's change time is its making (ATen truncates and
+            // maps it once); start times are good to about a second.
+            let made = made[name].checked_sub(START_TIME_SLACK);
+            !users.of(name).is_empty()
+                || doubtful
+                    .iter()
+                    .any(|&started| made.is_none_or(|made| started >= made))
+        })
         .collect())
 }
+
+/// How much earlier than a segment's making a process may seem to start and
+/// still be taken for one that could have inherited its mapping (the boot
+/// time is whole seconds).
+const START_TIME_SLACK: Duration = Duration::from_secs(2);
 
 /// Observes one name afresh: a scan whose segments are that name alone, or
 /// none if it no longer exists (or is not a regular file).

@@ -573,15 +573,15 @@ fn nobody_may_read_maps(pid: i32) -> bool {
 /// not mapping it, and the manager unlinks the name while the worker, of
 /// the manager's own uid, maps it.
 ///
-/// Why: `inspect::mapped_in` (std-shim/src/inspect.rs:289-306) drops
-/// `users.uninspected`; the README's reason ("a process of another uid
-/// cannot open our mode-0600 segments anyway") does not hold for a
-/// non-dumpable process of the manager's own uid, which is exactly who
-/// inherits a mapping by fork. The recovery sweep, by contrast, reaps
-/// nothing under the same doubt. (The same run with a dumpable worker
-/// passes: the walk sees its mapping and the name is kept.)
+/// It did: `inspect::mapped_in` dropped `users.uninspected`, on the
+/// README's reason ("a process of another uid cannot open our mode-0600
+/// segments anyway"), which does not hold for a non-dumpable process of the
+/// manager's own uid, exactly who inherits a mapping by fork. Counting every
+/// uninspectable process as a user would keep every name where pid 1 is
+/// non-dumpable; so one of our uid counts if it started after the segment
+/// was made, as a fork that inherited it must have. (The same run with a
+/// dumpable worker passes either way: the walk sees its mapping.)
 #[test]
-#[ignore = "open: processes the walk may not inspect count as non-users (counting them as users kept every name where pid 1 is non-dumpable)"]
 fn the_map_check_does_not_take_an_uninspectable_worker_of_our_uid_for_none() {
     if !in_private_pid_namespace(
         "the_map_check_does_not_take_an_uninspectable_worker_of_our_uid_for_none",
@@ -590,14 +590,7 @@ fn the_map_check_does_not_take_an_uninspectable_worker_of_our_uid_for_none() {
     }
     let name = format!("/torch_hostile2_undumpable_{}", run_id());
     let _cleanup = Cleanup(vec![name.clone()]);
-    let mut command = Command::new(common::SHM_MANAGER);
-    command
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .env("TMPDIR", "/tmp")
-        .stderr(Stdio::null());
-    use std::os::unix::process::CommandExt;
-    let daemon = Daemon::spawn(&mut command);
+    let daemon = nobody_manager();
     // With a dumpable worker (`true` here) the name is kept: the walk sees it.
     let dumpable = false;
     let (mut parent, worker) = parent_and_worker_as_nobody(&daemon.handle, &name, dumpable);
@@ -625,6 +618,71 @@ fn the_map_check_does_not_take_an_uninspectable_worker_of_our_uid_for_none() {
         "the manager (uid {NOBODY}) unlinked {name}, which its own uid's worker {worker} maps \
          (inherited from SIGKILLed parent {parent}): a process it may not inspect counted as \
          not mapping it."
+    );
+}
+
+/// A manager run as [`NOBODY`], as an ordinary user's PyTorch job runs it.
+fn nobody_manager() -> Daemon {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(common::SHM_MANAGER);
+    command
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env("TMPDIR", "/tmp")
+        .stderr(Stdio::null());
+    Daemon::spawn(&mut command)
+}
+
+/// The other side of the rule above: a process of the manager's uid that it
+/// may not inspect but that started before the segment was made (a daemon
+/// made non-dumpable, as pid 1 often is) cannot have inherited its mapping,
+/// and does not keep an orphan nobody maps.
+#[test]
+fn an_uninspectable_process_older_than_the_segment_does_not_keep_it() {
+    if !in_private_pid_namespace("an_uninspectable_process_older_than_the_segment_does_not_keep_it")
+    {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut old = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes, time; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); print(flush=True); \
+             time.sleep(600)",
+        ])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    std::io::BufReader::new(old.stdout.take().unwrap())
+        .read_line(&mut String::new())
+        .unwrap();
+    let old = Sleeper(old);
+    assert!(!nobody_may_read_maps(old.pid()), "made non-dumpable");
+    // Older than the segment by more than start times can be told apart.
+    std::thread::sleep(Duration::from_secs(3));
+    let name = format!("/torch_hostile2_older_{}", run_id());
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let daemon = nobody_manager();
+    let (mut parent, worker) = parent_and_worker_as_nobody(&daemon.handle, &name, true);
+    let _reap_worker = Reap(vec![worker]);
+    assert!(
+        wait_until(Duration::from_secs(5), || shm_exists(&name)
+            && some_thread_maps(worker, &name)),
+        "the family made {name}"
+    );
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    kill(worker);
+    assert!(
+        wait_until(Duration::from_secs(10), || !shm_exists(&name)),
+        "{name} outlived its family: the uninspectable process {} of the manager's uid is older \
+         than the segment and cannot map it. Its story:\n  {}",
+        old.pid(),
+        story(&daemon.handle, &name)
     );
 }
 

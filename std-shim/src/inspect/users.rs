@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime};
 
 use libshm_core::name::SegmentName;
 
@@ -196,6 +197,49 @@ fn state_and_flags(stat: &[u8]) -> Option<(u8, u64)> {
     let flags = fields.nth(5)?;
     let flags = std::str::from_utf8(flags).ok()?.parse().ok()?;
     Some((state, flags))
+}
+
+/// When process `pid` started, from its `/proc/<pid>/stat` (readable even
+/// for a process we may not otherwise inspect): boot time plus its start
+/// (field 22, in clock ticks since boot). Precise to about a second, as the
+/// boot time is.
+pub(crate) fn started_at(pid: u32) -> Option<SystemTime> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    // Fields from 3 (the state) on; the start time is field 22.
+    let ticks: u64 = std::str::from_utf8(
+        stat[close + 1..]
+            .split(u8::is_ascii_whitespace)
+            .filter(|field| !field.is_empty())
+            .nth(19)?,
+    )
+    .ok()?
+    .parse()
+    .ok()?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    let since_boot = Duration::from_secs(ticks / per_second)
+        + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second);
+    Some(boot_time()? + since_boot)
+}
+
+/// When the machine booted: `btime` in `/proc/stat`.
+fn boot_time() -> Option<SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The uid that owns process `pid`.
+pub(crate) fn owner(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
 }
 
 /// The path column of one `/proc/<pid>/maps` line: what follows the address
