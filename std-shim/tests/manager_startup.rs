@@ -176,7 +176,7 @@ fn start_up_failures_are_one_error_line_with_the_cause_and_the_fix() {
         "40,41",
     ]));
     assert!(
-        line.contains("--pipe-fds 40,41") && line.contains("Launcher"),
+        line.contains("--pipe-fds 40,41") && line.contains("ChildPipes"),
         "{line}"
     );
 }
