@@ -114,6 +114,26 @@ fn open_descriptors(pid: u32) -> usize {
         .count()
 }
 
+/// Asks `client` (a `shmctl create --hold` process) for one more segment
+/// while the registry is full, until the client reports it made (its
+/// settle succeeded), up to five times: the manager's periodic read of the
+/// ring may beat the client's doorbell, and the client then sees the close
+/// and fails that one (and recovers). Returns the reply and the name made.
+fn create_over_the_limit(client: &mut Holder, cleanup: &mut Cleanup) -> (String, Option<String>) {
+    let mut reply = String::new();
+    for _ in 0..5 {
+        reply = client.ask("create 64");
+        if let Some(name) = reply
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("name="))
+        {
+            cleanup.0.push(name.to_owned());
+            return (reply.clone(), Some(name.to_owned()));
+        }
+    }
+    (reply, None)
+}
+
 // --- Findings ---------------------------------------------------------------
 
 /// A client commits the registration of a segment to its journal, creates the
@@ -223,14 +243,8 @@ fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator(
     );
     let fits = client.segments[0].name.clone(); // The second.
     let mut cleanup = Cleanup(vec![fits.clone()]);
-    let reply = client.ask("create 64"); // The third: over the limit.
-    let over = reply
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("name="))
-        .map(str::to_owned);
-    if let Some(over) = &over {
-        cleanup.0.push(over.clone());
-    }
+    // The third: over the limit.
+    let (reply, over) = create_over_the_limit(&mut client, &mut cleanup);
     client.kill();
     assert!(
         wait_until(Duration::from_secs(4), || !shm_exists(&fits)),
@@ -247,6 +261,53 @@ fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator(
         "{over}, which the client created and settled (\"{reply}\") though the full registry \
          could not take it, outlived its crashed creator and the manager"
     );
+}
+
+/// The same close, seen by a client that lives on. On the socket a full
+/// registry answers `NO` and the connection goes on; through the journal
+/// the manager closes the connection (`CloseReason::RegistryFull`), while
+/// its `OK` to the doorbell tells the client all is well, so the client
+/// does not reconnect until it next registers something. Its holders
+/// outlive the connection while its process lives, but a closed connection
+/// does not keep the manager serving: once the other clients leave, the
+/// manager shuts down, lingers (`--linger`, 60 s by default) and then
+/// (`Manager::shut_down_when_idle`, core/src/manager.rs: `end_all_holders`
+/// once `linger_until` passes) unlinks every name the live client holds and
+/// maps. Any process that then opens one of them by name (a tensor the
+/// client shares) gets "No such file or directory".
+///
+/// Suggested fix: do not close a connection for a journaled registration
+/// that did not fit (see above); failing that, a live holder of a closed
+/// connection should not be unlinked from under it at shutdown, or the
+/// client must learn of the close at once (no `OK`).
+#[test]
+#[ignore = "open: a client whose journal overflowed --max-names is dropped by the manager, which at shutdown unlinks the segments the live client still maps"]
+fn a_live_client_whose_journal_overflowed_the_registry_keeps_its_segments_past_shutdown() {
+    let mut daemon = Daemon::start_with_stderr(
+        &["--reap-grace", "1s", "--linger", "1s", "--max-names", "2"],
+        Stdio::null(),
+    );
+    let bystander = daemon.bystander(); // The first name.
+    let mut client = Holder::spawn(
+        &["create", "--manager", &daemon.handle, "--size", "64"],
+        1,
+        &[],
+    );
+    let kept = client.segments[0].name.clone(); // The second.
+    let mut cleanup = Cleanup(vec![kept.clone()]);
+    // The third: over the limit.
+    let (reply, over) = create_over_the_limit(&mut client, &mut cleanup);
+    assert!(over.is_some(), "the client reported a failure: {reply}");
+    drop(bystander);
+    // Shutdown after 2 s without a client, then the 1 s linger.
+    let exited = daemon.wait_exit(Duration::from_secs(8)).is_some();
+    assert!(
+        shm_exists(&kept),
+        "{kept}, created and mapped by a live client (pid {}), was unlinked when the \
+         manager shut down (manager exited: {exited}; the client was told {reply:?})",
+        client.pid()
+    );
+    assert_eq!(client.ask("check 0").split_whitespace().next(), Some("ok"));
 }
 
 /// The doorbell's `OK` promises that the manager has read every frame
@@ -274,20 +335,25 @@ fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator(
 fn a_doorbell_is_not_answered_ok_by_a_manager_that_closed_the_connection() {
     let daemon = Daemon::start_with_stderr(&["--max-names", "1"], Stdio::null());
     let _bystander = daemon.bystander(); // The only name there is room for.
-    let mut client = JournalClient::attach(&daemon.handle, 64);
     let creator = Sleeper::spawn();
-    let over = unique_name("h3over");
-    let behind = unique_name("h3behind");
-    client.register(creator.pid(), &over);
-    client.register(creator.pid(), &behind);
-    let answer = client.ring();
+    // A few tries: the manager's periodic read may take the frames before
+    // the doorbell comes, and then closes before it is answered.
+    let answers: Vec<Option<[u8; 2]>> = (0..3)
+        .map(|_| {
+            let mut client = JournalClient::attach(&daemon.handle, 64);
+            client.register(creator.pid(), &unique_name("h3over"));
+            client.register(creator.pid(), &unique_name("h3behind"));
+            let answer = client.ring();
+            assert!(
+                client.is_closed_by_peer(Duration::from_secs(3)),
+                "a journaled registration that does not fit closes the connection"
+            );
+            answer
+        })
+        .collect();
     assert!(
-        client.is_closed_by_peer(Duration::from_secs(3)),
-        "a journaled registration that does not fit closes the connection"
-    );
-    assert_eq!(
-        answer, None,
-        "the doorbell covering a registration that closed the connection was answered OK"
+        answers.iter().all(Option::is_none),
+        "doorbells covering a registration that closed the connection were answered: {answers:?}"
     );
 }
 
