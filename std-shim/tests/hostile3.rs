@@ -430,6 +430,66 @@ fn a_client_whose_names_the_manager_skips_is_told_before_its_segments_leak() {
     }
 }
 
+/// Every frame whose pid the manager cannot watch (here: pids nobody has)
+/// is remembered as an alias of its connection's holder, up to 1,024 per
+/// connection (`MAX_ALIASES`, core/src/manager.rs:1918-1927), in the one
+/// `holder_index` shared by all connections. Each disconnect (and each close
+/// for cause) then removes its connection's keys with
+/// `self.holder_index.retain(|key, _| key.conn != conn)`
+/// (core/src/manager.rs:1106 and 2177): a walk over every key of every
+/// connection. A few hundred connections that each sent 1,024 frames (70 KB)
+/// and then close together cost the manager a quadratic number of steps in
+/// one round, during which nobody is answered: about 2 s for 300 connections
+/// here (debug build), 4 s for 400, and the product grows with
+/// `--max-clients` (65,536 by default, i.e. up to 67 million aliases, also
+/// gigabytes of memory).
+///
+/// Suggested fix: remove a connection's keys by range (the `BTreeMap` is
+/// ordered by connection first: collect `range(HolderKey { conn, pid: None
+/// }..)` while `key.conn == conn`, or add a `remove_conn`/range removal to
+/// the `Table` trait), or keep aliases in a per-connection map dropped with
+/// the connection; and bound aliases globally, not only per connection.
+#[test]
+#[ignore = "open: each disconnect walks every connection's pid aliases (holder_index.retain), so a few hundred connections closing together stall the manager for seconds"]
+fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_client() {
+    const CONNECTIONS: i32 = 400;
+    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
+    let mut probe = daemon.bystander();
+    let name = unique_name("h3alias");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    // Pids at the top of the range, which nothing here uses.
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let frames: Vec<u8> = (0..1024)
+        .flat_map(|k| common::frame_from(pid_max - 2 - k, 0, &name))
+        .collect();
+    let clients: Vec<RawClient> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut client = daemon.connect();
+            client.send(&frames);
+            let mut replies = vec![0u8; 2 * 1024];
+            client.stream.read_exact(&mut replies).unwrap();
+            assert!(replies.chunks(2).all(|reply| reply == b"OK"));
+            client
+        })
+        .collect();
+    let start = Instant::now();
+    assert!(probe.answers_registration(&unique_name("h3probe")));
+    let baseline = start.elapsed();
+    drop(clients);
+    let start = Instant::now();
+    assert!(probe.answers_registration(&unique_name("h3probe")));
+    let during = start.elapsed();
+    assert!(
+        during < Duration::from_secs(2),
+        "a registration took {during:?} while {CONNECTIONS} connections with 1,024 pid \
+         aliases each closed (baseline {baseline:?})"
+    );
+}
+
 // --- Withstood ----------------------------------------------------------------
 
 /// Releases journaled on one connection, of a name another connection holds,
