@@ -490,6 +490,78 @@ fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_clie
     );
 }
 
+/// Our client recovers from a manager that did not answer in time (the
+/// reply timeout, 10 s by default; a stalled manager, a loaded machine, see
+/// the stall above) by reconnecting to the same manager: `LinkState::enter`
+/// (std-shim/src/link.rs:352-358) drops the old connection and registers everything
+/// it holds on the new one. The manager sees the old connection's end of
+/// file and, by its rule "a process that closed its connection is done
+/// with it" (`Manager::disconnect`, core/src/manager.rs:1101-1112), ends its
+/// holder: every name the live client holds gets one *dead* registration,
+/// though the client is alive and still owns the reference behind it.
+///
+/// The refcount rule then misjudges the everyday hand-off: the client
+/// shares a tensor (the pickle raises the refcount to 2), drops its own
+/// (refcount 1) and releases it. No live holder, `dead` 1, refcount 1: an
+/// "orphan", unlinked after the grace period while the pickle waits in the
+/// queue; the consumer's open fails with "No such file or directory".
+///
+/// Suggested fix (manager): on a disconnect, a holder whose watched pid is
+/// still alive keeps its holds until that process exits (as
+/// `close_for_cause` already does), instead of turning them into dead
+/// registrations; or (client) release everything held on the old
+/// connection, while it is still writable, before closing it.
+#[test]
+#[ignore = "open: a client that reconnects after a reply timeout leaves dead registrations behind, and a tensor it later shares is reaped in transit"]
+fn a_tensor_shared_after_the_client_reconnected_is_not_reaped_in_transit() {
+    let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let manager = daemon.child.id();
+    libshm::Config::default()
+        .reply_timeout(Some(Duration::from_millis(300)))
+        .install();
+    let link = libshm::ManagerLink::connect(&daemon.handle.parse().unwrap()).unwrap();
+    let segment = link.create(64).unwrap();
+    let name = segment.name().as_str().to_owned();
+    let _cleanup = Cleanup(vec![name.clone()]);
+    link.settle().unwrap();
+    // The manager stalls past the reply timeout, then comes back.
+    let stop = |signal| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(manager as i32).unwrap(),
+            signal,
+        )
+        .unwrap()
+    };
+    stop(rustix::process::Signal::STOP);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{manager}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        }),
+        "the manager stopped"
+    );
+    assert!(link.settle().is_err(), "the settle times out");
+    stop(rustix::process::Signal::CONT);
+    // The next use reconnects and registers what is held there.
+    let other = link.create(64).unwrap();
+    let _cleanup_other = Cleanup(vec![other.name().as_str().to_owned()]);
+    link.settle().unwrap();
+    // The hand-off: shared (refcount 2), our reference dropped (1).
+    let handle = segment.share().unwrap();
+    drop(segment);
+    link.settle().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let history = story(&daemon.handle, &name);
+    assert!(
+        shm_exists(&name),
+        "{name}, shared by a live client and waiting to be opened, was reaped:\n  {history}"
+    );
+    handle.open().unwrap();
+    assert!(daemon.is_running());
+}
+
 // --- Withstood ----------------------------------------------------------------
 
 /// Releases journaled on one connection, of a name another connection holds,
