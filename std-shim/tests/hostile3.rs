@@ -562,6 +562,59 @@ fn a_tensor_shared_after_the_client_reconnected_is_not_reaped_in_transit() {
     assert!(daemon.is_running());
 }
 
+/// Each watched process's end walks every holder of every connection:
+/// `pid_exiting` (core/src/manager.rs:1119-1137) and `pid_exited`
+/// (1141-1170) scan `0..holders.id_bound()` for the holders whose lifeline
+/// is that pid, and `drop_finished_holders` (2076-2091) and
+/// `convert_ending` (2094-) scan them all again. A holder is one (connection,
+/// live pid) pair, so connections that each name the same few hundred live
+/// processes of ours (any frame may carry any pid) make holders × exits
+/// steps when those processes end: 150 connections naming 600 `sleep`
+/// processes, killed together, keep the manager from answering anyone for
+/// about 4 s here (debug build), growing with the product.
+///
+/// Suggested fix: index holders by pid (the `pids` table could map a pid to
+/// its holder ids), and keep the ending holders in a list instead of
+/// finding them by a scan.
+#[test]
+#[ignore = "open: each process exit scans every holder of every connection, so many connections naming many processes stall the manager for seconds when those processes end"]
+fn many_processes_named_on_many_connections_ending_together_do_not_stall_another_client() {
+    const PROCESSES: usize = 600;
+    const CONNECTIONS: usize = 150;
+    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
+    let mut probe = daemon.bystander();
+    let name = unique_name("h3exits");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let mut sleepers: Vec<Sleeper> = (0..PROCESSES).map(|_| Sleeper::spawn()).collect();
+    let frames: Vec<u8> = sleepers
+        .iter()
+        .flat_map(|sleeper| common::frame_from(sleeper.pid(), 0, &name))
+        .collect();
+    let _clients: Vec<RawClient> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut client = daemon.connect();
+            client.send(&frames);
+            let mut replies = vec![0u8; 2 * PROCESSES];
+            client.stream.read_exact(&mut replies).unwrap();
+            client
+        })
+        .collect();
+    let start = Instant::now();
+    assert!(probe.answers_registration(&unique_name("h3probe")));
+    let baseline = start.elapsed();
+    for sleeper in &mut sleepers {
+        let _ = sleeper.0.kill();
+    }
+    let start = Instant::now();
+    assert!(probe.answers_registration(&unique_name("h3probe")));
+    let during = start.elapsed();
+    assert!(
+        during < Duration::from_secs(2),
+        "a registration took {during:?} while {PROCESSES} processes named on {CONNECTIONS} \
+         connections ended (baseline {baseline:?})"
+    );
+}
+
 // --- Withstood ----------------------------------------------------------------
 
 /// Releases journaled on one connection, of a name another connection holds,
