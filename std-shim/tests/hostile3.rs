@@ -618,10 +618,10 @@ fn many_processes_named_on_many_connections_ending_together_do_not_stall_another
 // --- Withstood ----------------------------------------------------------------
 
 /// Releases journaled on one connection, of a name another connection holds,
-/// under every pid in sight (the holder's, a live stranger's, its own), then
-/// a registration and death of a process on the attacker's connection that
-/// makes the name look like an orphan (`dead` 1, refcount 1) if the other
-/// connection's hold were taken away. The holder's segment must survive.
+/// under every pid in sight (its own, a live stranger's, pid 1), then a
+/// registration by a process on the attacker's connection that dies: that
+/// makes the name an orphan (`dead` 1, refcount 1) if any release had been
+/// charged to the other connection's hold. The holder's segment survives.
 #[test]
 fn journaled_releases_cannot_free_a_name_another_connection_holds() {
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
@@ -634,12 +634,15 @@ fn journaled_releases_cannot_free_a_name_another_connection_holds() {
     let stranger = Sleeper::spawn();
     let mut dying = Sleeper::spawn();
     let me = std::process::id() as i32;
-    attacker.register(dying.pid(), &victim);
     for pid in [me, stranger.pid(), dying.pid(), me, stranger.pid(), 1] {
         for _ in 0..20 {
             attacker.release(pid, &victim);
         }
     }
+    // Then one registration that ends with its process: were the owner's
+    // hold released above, the name would now be an orphan (no live
+    // holder, dead 1, refcount 1).
+    attacker.register(dying.pid(), &victim);
     assert_eq!(attacker.ring(), Some(*b"OK"));
     dying.kill();
     // Grace 1 s, and the look after it.
