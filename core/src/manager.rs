@@ -660,6 +660,18 @@ pub struct Holder {
     /// constant time.
     newer_on_conn: u32,
     older_on_conn: u32,
+    /// The same for the holders tied to its pid (while its lifeline is a
+    /// pid), so that a process's end finds its holders at once.
+    newer_same_pid: u32,
+    older_same_pid: u32,
+}
+
+/// A watched pid: how many live holders depend on its watch, and the newest
+/// holder tied to it, which links to the older ones.
+#[derive(Clone, Copy, Debug)]
+pub struct PidEntry {
+    holders: u32,
+    newest_holder: u32,
 }
 
 /// Where a name without live holders stands.
@@ -800,8 +812,10 @@ const PROBE_MAX_SHIFT: u8 = 6;
 const TRANSIT_MAX_SHIFT: u8 = 1;
 /// Retries of failed unlinks back off from 100 ms to about 13 s.
 const RETRY_MAX_SHIFT: u8 = 7;
-/// Untrusted pids remembered per connection (beyond, each costs a watch attempt).
-const MAX_ALIASES: u16 = 1024;
+/// Untrusted pids remembered per connection (beyond, each costs a watch
+/// attempt). Few: a connection's untrusted pids are its peers in another
+/// pid namespace, and every alias is memory a hostile client chooses.
+const MAX_ALIASES: u16 = 64;
 /// How often a lingering shutdown looks at what it waits for.
 const LINGER_PASS: Duration = Duration::from_secs(1);
 
@@ -1104,11 +1118,17 @@ impl<S: Storage> Manager<S> {
     /// lifeline: a process that closed its connection is done with it.
     pub fn disconnect(&mut self, conn: ConnId, now: Timestamp, fx: &mut impl Effects) {
         self.clock = now;
-        if self.conns.remove(&conn).is_none() {
+        let Some(c) = self.conns.remove(&conn) else {
             return;
+        };
+        self.holder_index
+            .remove_run(&HolderKey { conn, pid: None }, |key| key.conn == conn);
+        let mut next = c.newest_holder;
+        while let Some(holder) = self.holders.get(next) {
+            let id = next;
+            next = holder.older_on_conn;
+            self.end_holder(id, fx);
         }
-        self.holder_index.retain(|key, _| key.conn != conn);
-        self.end_holders_where(|holder| holder.key.conn == conn, fx);
         if self.conns.is_empty() {
             self.idle_since = Some(now);
         }
@@ -1122,10 +1142,10 @@ impl<S: Storage> Manager<S> {
     /// may skip this call.
     pub fn pid_exiting(&mut self, pid: i32, now: Timestamp) {
         self.clock = now;
-        for id in 0..self.holders.id_bound() {
-            let Some(holder) = self.holders.get_mut(id) else {
-                continue;
-            };
+        let mut next = self.pids.get(&pid).map_or(NO_HOLDER, |e| e.newest_holder);
+        while let Some(holder) = self.holders.get_mut(next) {
+            let id = next;
+            next = holder.older_same_pid;
             if holder.lifeline != Lifeline::Pid(pid) || holder.ending {
                 continue;
             }
@@ -1144,22 +1164,21 @@ impl<S: Storage> Manager<S> {
     /// the connections and their other processes go on.
     pub fn pid_exited(&mut self, pid: i32, now: Timestamp, fx: &mut impl Effects) {
         self.clock = now;
-        if self.pids.remove(&pid).is_none() {
+        let Some(entry) = self.pids.remove(&pid) else {
             return;
-        }
+        };
         fx.unwatch_pid(pid);
-        let mut ended = 0;
-        for id in 0..self.holders.id_bound() {
-            let Some(holder) = self.holders.get_mut(id) else {
-                continue;
-            };
+        let mut next = entry.newest_holder;
+        while let Some(holder) = self.holders.get_mut(next) {
+            let id = next;
+            next = holder.older_same_pid;
             if holder.lifeline != Lifeline::Pid(pid) || holder.ending {
                 continue;
             }
             let key = holder.key;
             holder.outlived_by_conn = self.conns.get(&key.conn).is_some();
             Self::begin_end(holder, HolderEnd::Exited, fx);
-            ended += 1;
+            self.ending += 1;
             self.stats.holders_exited += 1;
             self.holder_index.remove(&key);
             if let Some(c) = self.conns.get_mut(&key.conn)
@@ -1167,9 +1186,8 @@ impl<S: Storage> Manager<S> {
             {
                 c.last = None;
             }
+            self.drop_if_finished(id);
         }
-        self.ending += ended;
-        self.drop_finished_holders();
     }
 
     /// Takes on `name`, a segment whose holder died while no manager was
@@ -1664,26 +1682,27 @@ impl<S: Storage> Manager<S> {
     /// Ends every live holder: the manager is going, and with it what the
     /// processes it could no longer hear from still held.
     fn end_all_holders(&mut self, fx: &mut impl Effects) {
-        self.end_holders_where(|_| true, fx);
+        for id in 0..self.holders.id_bound() {
+            self.end_holder(id, fx);
+        }
     }
 
-    /// Ends the live holders `which` picks, as their connection's end does.
-    fn end_holders_where(&mut self, which: impl Fn(&Holder) -> bool, fx: &mut impl Effects) {
-        for id in 0..self.holders.id_bound() {
-            let Some(holder) = self.holders.get_mut(id) else {
-                continue;
-            };
-            if holder.ending || !which(holder) {
-                continue;
-            }
-            let lifeline = holder.lifeline;
-            Self::begin_end(holder, HolderEnd::Disconnected, fx);
-            self.ending += 1;
-            if let Lifeline::Pid(pid) = lifeline {
-                self.release_pid(pid, fx);
-            }
+    /// Ends live holder `id` as its connection's end does, and drops it at
+    /// once if it holds nothing.
+    fn end_holder(&mut self, id: u32, fx: &mut impl Effects) {
+        let Some(holder) = self.holders.get_mut(id) else {
+            return;
+        };
+        if holder.ending {
+            return;
         }
-        self.drop_finished_holders();
+        let lifeline = holder.lifeline;
+        Self::begin_end(holder, HolderEnd::Disconnected, fx);
+        self.ending += 1;
+        if let Lifeline::Pid(pid) = lifeline {
+            self.release_pid(pid, fx);
+        }
+        self.drop_if_finished(id);
     }
 
     fn close_stalled(&mut self, now: Timestamp, fx: &mut impl Effects) {
@@ -1965,8 +1984,13 @@ impl<S: Storage> Manager<S> {
                 outlived_by_conn: false,
                 newer_on_conn: NO_HOLDER,
                 older_on_conn: NO_HOLDER,
+                newer_same_pid: NO_HOLDER,
+                older_same_pid: NO_HOLDER,
             })
             .ok()?;
+        if let Lifeline::Pid(pid) = lifeline {
+            self.link_to_pid(id, pid);
+        }
         if let Some(c) = self.conns.get_mut(&key.conn) {
             let older = core::mem::replace(&mut c.newest_holder, id);
             if let Some(h) = self.holders.get_mut(older) {
@@ -1979,7 +2003,8 @@ impl<S: Storage> Manager<S> {
         Some(id)
     }
 
-    /// Removes holder `id` from the slab and from its connection's list.
+    /// Removes holder `id` from the slab and from its connection's and its
+    /// pid's lists.
     fn remove_holder(&mut self, id: u32) {
         let Some(holder) = self.holders.remove(id) else {
             return;
@@ -1991,10 +2016,44 @@ impl<S: Storage> Manager<S> {
         match self.holders.get_mut(newer) {
             Some(h) => h.older_on_conn = older,
             None => {
-                if let Some(c) = self.conns.get_mut(&holder.key.conn) {
+                if let Some(c) = self.conns.get_mut(&holder.key.conn)
+                    && c.newest_holder == id
+                {
                     c.newest_holder = older;
                 }
             }
+        }
+        let (newer, older) = (holder.newer_same_pid, holder.older_same_pid);
+        if let Some(h) = self.holders.get_mut(older) {
+            h.newer_same_pid = newer;
+        }
+        match self.holders.get_mut(newer) {
+            Some(h) => h.older_same_pid = older,
+            None => {
+                // A pid watched again after its end starts a list of its
+                // own: only its head is ours to move.
+                if let Lifeline::Pid(pid) = holder.lifeline
+                    && let Some(entry) = self.pids.get_mut(&pid)
+                    && entry.newest_holder == id
+                {
+                    entry.newest_holder = older;
+                }
+            }
+        }
+    }
+
+    /// Ties holder `id` to `pid`'s list (its lifeline is now that pid, whose
+    /// watch it has retained).
+    fn link_to_pid(&mut self, id: u32, pid: i32) {
+        let Some(entry) = self.pids.get_mut(&pid) else {
+            return;
+        };
+        let older = core::mem::replace(&mut entry.newest_holder, id);
+        if let Some(h) = self.holders.get_mut(older) {
+            h.newer_same_pid = id;
+        }
+        if let Some(h) = self.holders.get_mut(id) {
+            h.older_same_pid = older;
         }
     }
 
@@ -2052,11 +2111,15 @@ impl<S: Storage> Manager<S> {
     /// watch dropped if nobody else needs it) when the pid table is full:
     /// the holder then stands for its connection instead.
     fn retain_pid(&mut self, pid: i32, fx: &mut impl Effects) -> bool {
-        if let Some(count) = self.pids.get_mut(&pid) {
-            *count += 1;
+        if let Some(entry) = self.pids.get_mut(&pid) {
+            entry.holders += 1;
             return true;
         }
-        if self.pids.insert(pid, 1).is_ok() {
+        let entry = PidEntry {
+            holders: 1,
+            newest_holder: NO_HOLDER,
+        };
+        if self.pids.insert(pid, entry).is_ok() {
             return true;
         }
         fx.unwatch_pid(pid);
@@ -2064,11 +2127,11 @@ impl<S: Storage> Manager<S> {
     }
 
     fn release_pid(&mut self, pid: i32, fx: &mut impl Effects) {
-        let Some(count) = self.pids.get_mut(&pid) else {
+        let Some(entry) = self.pids.get_mut(&pid) else {
             return;
         };
-        *count = count.saturating_sub(1);
-        if *count == 0 {
+        entry.holders = entry.holders.saturating_sub(1);
+        if entry.holders == 0 {
             self.pids.remove(&pid);
             fx.unwatch_pid(pid);
         }
@@ -2090,20 +2153,15 @@ impl<S: Storage> Manager<S> {
         }
     }
 
-    /// Removes ended holders that hold nothing (any more).
-    fn drop_finished_holders(&mut self) {
-        if self.ending == 0 {
-            return;
-        }
-        for id in 0..self.holders.id_bound() {
-            if self
-                .holders
-                .get(id)
-                .is_some_and(|holder| holder.ending && holder.holds == 0)
-            {
-                self.remove_holder(id);
-                self.ending -= 1;
-            }
+    /// Removes holder `id` if it has ended and holds nothing (any more).
+    fn drop_if_finished(&mut self, id: u32) {
+        if self
+            .holders
+            .get(id)
+            .is_some_and(|holder| holder.ending && holder.holds == 0)
+        {
+            self.remove_holder(id);
+            self.ending -= 1;
         }
     }
 
@@ -2179,21 +2237,17 @@ impl<S: Storage> Manager<S> {
                 Some(pid) => {
                     if let Some(h) = self.holders.get_mut(holder) {
                         h.lifeline = Lifeline::Pid(pid);
+                        self.link_to_pid(holder, pid);
                     }
                 }
-                _ => {
-                    if let Some(h) = self.holders.get_mut(holder) {
-                        Self::begin_end(h, HolderEnd::Disconnected, fx);
-                        self.ending += 1;
-                    }
-                }
+                _ => self.end_holder(holder, fx),
             }
         }
         fx.close(conn, reason);
         self.stats.closed_for_cause += 1;
         self.conns.remove(&conn);
-        self.holder_index.retain(|key, _| key.conn != conn);
-        self.drop_finished_holders();
+        self.holder_index
+            .remove_run(&HolderKey { conn, pid: None }, |key| key.conn == conn);
         if self.conns.is_empty() {
             self.idle_since = Some(now);
         }

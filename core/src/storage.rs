@@ -11,7 +11,7 @@
 //! logic is written once; each trait names only the operations it needs, with
 //! the cost it promises.
 
-use crate::manager::{ConnId, Connection, Holder, HolderKey, NameRecord};
+use crate::manager::{ConnId, Connection, Holder, HolderKey, NameRecord, PidEntry};
 use crate::name::SegmentName;
 
 /// A map with the few operations the manager needs for its small tables
@@ -27,6 +27,13 @@ pub trait Table<K, V>: Default {
     fn remove(&mut self, key: &K) -> Option<V>;
     /// Keeps the entries for which `keep` returns true. Visits every entry.
     fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool);
+    /// Removes the run of keys that starts at `first` and goes on while
+    /// `within` holds (in key order). Ordered tables visit only that run;
+    /// the default visits every entry.
+    fn remove_run(&mut self, first: &K, within: impl Fn(&K) -> bool) {
+        let _ = first;
+        self.retain(|key, _| !within(key));
+    }
     /// Number of entries.
     fn len(&self) -> usize;
     /// Whether the table is empty.
@@ -139,7 +146,7 @@ pub trait Storage {
     /// Holder ids by (connection, pid).
     type HolderIndex: Table<HolderKey, u32>;
     /// Watched pids, with how many live holders depend on each.
-    type Pids: Table<i32, u32>;
+    type Pids: Table<i32, PidEntry>;
     /// Live connections and their half-read frames.
     type Conns: Table<ConnId, Connection>;
     /// When to look at each name next.
@@ -158,7 +165,7 @@ impl<const NAMES: usize, const CONNS: usize> Storage for Fixed<NAMES, CONNS> {
     type Holds = heapless::index_map::FnvIndexMap<(u32, u32), u32, NAMES>;
     type Holders = FixedSlab<Holder, CONNS>;
     type HolderIndex = heapless::index_map::FnvIndexMap<HolderKey, u32, CONNS>;
-    type Pids = heapless::index_map::FnvIndexMap<i32, u32, CONNS>;
+    type Pids = heapless::index_map::FnvIndexMap<i32, PidEntry, CONNS>;
     type Conns = heapless::index_map::FnvIndexMap<ConnId, Connection, CONNS>;
     type Timers = heapless::index_map::FnvIndexMap<u32, u32, NAMES>;
 }
@@ -351,12 +358,12 @@ mod growable {
         type Holds = BTreeMap<(u32, u32), u32>;
         type Holders = ChunkedSlab<Holder>;
         type HolderIndex = BTreeMap<HolderKey, u32>;
-        type Pids = BTreeMap<i32, u32>;
+        type Pids = BTreeMap<i32, PidEntry>;
         type Conns = BTreeMap<ConnId, Connection>;
         type Timers = BTreeSet<(u32, u32)>;
     }
 
-    impl<K: Ord, V> Table<K, V> for BTreeMap<K, V> {
+    impl<K: Ord + Clone, V> Table<K, V> for BTreeMap<K, V> {
         fn get(&self, key: &K) -> Option<&V> {
             BTreeMap::get(self, key)
         }
@@ -372,6 +379,16 @@ mod growable {
         }
         fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
             BTreeMap::retain(self, keep)
+        }
+        fn remove_run(&mut self, first: &K, within: impl Fn(&K) -> bool) {
+            while let Some(key) = self
+                .range(first..)
+                .next()
+                .map(|(key, _)| key.clone())
+                .filter(|key| within(key))
+            {
+                BTreeMap::remove(self, &key);
+            }
         }
         fn len(&self) -> usize {
             BTreeMap::len(self)

@@ -500,13 +500,10 @@ fn a_client_whose_names_the_manager_skips_is_told_before_its_segments_leak() {
 /// `--max-clients` (65,536 by default, i.e. up to 67 million aliases, also
 /// gigabytes of memory).
 ///
-/// Suggested fix: remove a connection's keys by range (the `BTreeMap` is
-/// ordered by connection first: collect `range(HolderKey { conn, pid: None
-/// }..)` while `key.conn == conn`, or add a `remove_conn`/range removal to
-/// the `Table` trait), or keep aliases in a per-connection map dropped with
-/// the connection; and bound aliases globally, not only per connection.
+/// Fixed: a connection's keys are removed as the run they are in the
+/// ordered index (`Table::remove_run`), and a connection remembers 64
+/// untrusted pids, not 1,024.
 #[test]
-#[ignore = "open: each disconnect walks every connection's pid aliases (holder_index.retain), so a few hundred connections closing together stall the manager for seconds"]
 fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_client() {
     const CONNECTIONS: i32 = 400;
     let daemon = Daemon::start_with_stderr(&[], Stdio::null());
@@ -629,11 +626,10 @@ fn a_tensor_shared_after_the_client_reconnected_is_not_reaped_in_transit() {
 /// processes, killed together, keep the manager from answering anyone for
 /// about 4 s here (debug build), growing with the product.
 ///
-/// Suggested fix: index holders by pid (the `pids` table could map a pid to
-/// its holder ids), and keep the ending holders in a list instead of
-/// finding them by a scan.
+/// Fixed: a watched pid's holders are linked from its `pids` entry, and a
+/// connection's from the connection, so an exit or a disconnect visits only
+/// its own holders.
 #[test]
-#[ignore = "open: each process exit scans every holder of every connection, so many connections naming many processes stall the manager for seconds when those processes end"]
 fn many_processes_named_on_many_connections_ending_together_do_not_stall_another_client() {
     const PROCESSES: usize = 600;
     const CONNECTIONS: usize = 150;
