@@ -672,6 +672,8 @@ pub struct Holder {
 pub struct PidEntry {
     holders: u32,
     newest_holder: u32,
+    /// Some of its holders are on connections closed for cause.
+    detached: bool,
 }
 
 /// Where a name without live holders stands.
@@ -1804,9 +1806,17 @@ impl<S: Storage> Manager<S> {
             }
             return self.refused(conn, answer, now, fx);
         }
+        // The process registered it before its old connection was closed
+        // for cause (a client re-registering what it holds after
+        // reconnecting): that registration moves here, not counted twice.
+        let moved = self
+            .detached_holder_holding(pid, id)
+            .is_some_and(|stale| self.take_hold(stale, id));
         let by_creator = self.creator_of(&name) == u32::try_from(pid).ok();
         if let Some(record) = self.names.get_mut(id) {
-            record.live += 1;
+            if !moved {
+                record.live += 1;
+            }
             record.phase = Phase::Held;
             record.tries = 0;
             record.creator_seen |= by_creator;
@@ -1850,6 +1860,43 @@ impl<S: Storage> Manager<S> {
         Some(())
     }
 
+    /// Takes one of `holder`'s registrations of name `id` away; false if it
+    /// had none. The name's live count is the caller's.
+    fn take_hold(&mut self, holder: u32, id: u32) -> bool {
+        let Some(count) = self.holds.get_mut(holder, id) else {
+            return false;
+        };
+        if *count > 1 {
+            *count -= 1;
+        } else {
+            self.holds.remove(holder, id);
+            if let Some(h) = self.holders.get_mut(holder) {
+                h.holds = h.holds.saturating_sub(1);
+            }
+        }
+        true
+    }
+
+    /// The live holder with the lowest id that `pid` has on a connection
+    /// closed for cause and that holds name `id`.
+    fn detached_holder_holding(&self, pid: i32, id: u32) -> Option<u32> {
+        let entry = self.pids.get(&pid).filter(|entry| entry.detached)?;
+        let mut next = entry.newest_holder;
+        let mut lowest = None;
+        while let Some(holder) = self.holders.get(next) {
+            let h = next;
+            next = holder.older_same_pid;
+            if holder.lifeline == Lifeline::Pid(pid)
+                && !holder.ending
+                && self.conns.get(&holder.key.conn).is_none()
+                && self.holds.contains(h, id)
+            {
+                lowest = Some(lowest.map_or(h, |l: u32| l.min(h)));
+            }
+        }
+        lowest
+    }
+
     fn release(
         &mut self,
         conn: ConnId,
@@ -1865,6 +1912,8 @@ impl<S: Storage> Manager<S> {
             // Another process on the same connection (a forked child dropping
             // its parent's tensor): charged to the connection.
             let charged = own.or_else(|| self.holder_on_conn_holding(conn, pid, id));
+            // Registered before its old connection was closed for cause.
+            let charged = charged.or_else(|| self.detached_holder_holding(pid, id));
             charged.map(|h| (h, id))
         });
         let Some((holder, id)) = holder else {
@@ -1874,16 +1923,8 @@ impl<S: Storage> Manager<S> {
         };
         self.stats.releases += 1;
         fx.note(Note::Released { conn, pid, name });
-        let Some(count) = self.holds.get_mut(holder, id) else {
+        if !self.take_hold(holder, id) {
             return;
-        };
-        if *count > 1 {
-            *count -= 1;
-        } else {
-            self.holds.remove(holder, id);
-            if let Some(h) = self.holders.get_mut(holder) {
-                h.holds = h.holds.saturating_sub(1);
-            }
         }
         let Some(record) = self.names.get_mut(id) else {
             return;
@@ -2118,6 +2159,7 @@ impl<S: Storage> Manager<S> {
         let entry = PidEntry {
             holders: 1,
             newest_holder: NO_HOLDER,
+            detached: false,
         };
         if self.pids.insert(pid, entry).is_ok() {
             return true;
@@ -2241,6 +2283,16 @@ impl<S: Storage> Manager<S> {
                     }
                 }
                 _ => self.end_holder(holder, fx),
+            }
+        }
+        // What their processes registered again elsewhere moves there.
+        let mut next = self.conns.get(&conn).map_or(NO_HOLDER, |c| c.newest_holder);
+        while let Some(holder) = self.holders.get(next) {
+            next = holder.older_on_conn;
+            if let (Lifeline::Pid(pid), false) = (holder.lifeline, holder.ending)
+                && let Some(entry) = self.pids.get_mut(&pid)
+            {
+                entry.detached = true;
             }
         }
         fx.close(conn, reason);

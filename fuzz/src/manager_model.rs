@@ -790,6 +790,11 @@ impl<S: Storage> Harness<S> {
             return false;
         }
         *self.regs.entry((name, holder)).or_insert(0) += 1;
+        // The pid's registration from before its old connection was closed
+        // for cause moves here.
+        if let Some(stale) = self.detached_holder_holding(pid, name) {
+            self.take_reg(name, stale);
+        }
         let creator = [self.config.name_prefix, self.config.also_prefix]
             .iter()
             .flatten()
@@ -802,6 +807,32 @@ impl<S: Storage> Harness<S> {
         record.orphan_since = None;
         record.retrying = false;
         true
+    }
+
+    /// The live holder with the lowest id that `pid` has on a connection
+    /// closed for cause and that holds `name`.
+    fn detached_holder_holding(&self, pid: i32, name: SegmentName) -> Option<usize> {
+        self.regs_of(&name)
+            .map(|(h, _)| h)
+            .filter(|&h| {
+                let holder = &self.holders[h];
+                holder.watching == Some(pid)
+                    && holder.state == HolderState::Live
+                    && !self.conns[holder.conn].live
+            })
+            .min_by_key(|&h| self.holders[h].id)
+    }
+
+    /// One registration of `name` by `holder` fewer.
+    fn take_reg(&mut self, name: SegmentName, holder: usize) {
+        let count = self
+            .regs
+            .get_mut(&(name, holder))
+            .unwrap_or_else(|| panic!("{name} not held by holder {holder}"));
+        *count -= 1;
+        if *count == 0 {
+            self.regs.remove(&(name, holder));
+        }
     }
 
     /// The holder frames from `pid` on connection `index` belong to, created
@@ -903,6 +934,7 @@ impl<S: Storage> Harness<S> {
                     })
                     .min_by_key(|&h| self.holders[h].id)
             })
+            .or_else(|| self.detached_holder_holding(pid, name))
         } else {
             None
         };
@@ -918,14 +950,7 @@ impl<S: Storage> Harness<S> {
             );
             return;
         };
-        let count = self
-            .regs
-            .get_mut(&(name, holder))
-            .unwrap_or_else(|| panic!("{name} not held by holder {holder}"));
-        *count -= 1;
-        if *count == 0 {
-            self.regs.remove(&(name, holder));
-        }
+        self.take_reg(name, holder);
     }
 
     fn expect_close(

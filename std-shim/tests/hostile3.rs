@@ -280,13 +280,11 @@ fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator(
 /// tensor is kept.
 ///
 /// Here the close is a journaled registration over `--max-names` (legit; a
-/// corrupt ring or unread replies do the same). Suggested fix: a release
-/// by a pid should release that pid's hold on a connection the manager
-/// closed (its holder outlived the connection and can receive nothing
-/// else), or a process's first registration on a new connection should
-/// take over its holders of closed connections.
+/// corrupt ring or unread replies do the same). Fixed: a process's
+/// registration on a new connection takes over its registration on the
+/// closed one, and a release there of a name it registered only before the
+/// close is charged to the old holder.
 #[test]
-#[ignore = "open: a producer closed for cause re-registers on a new connection; its stale holder turns into a dead registration when it exits, and the tensor it left in a queue is reaped"]
 fn a_tensor_left_in_a_queue_by_a_producer_once_closed_for_cause_is_not_reaped() {
     let daemon =
         Daemon::start_with_stderr(&["--reap-grace", "1s", "--max-names", "2"], Stdio::null());

@@ -377,6 +377,38 @@ fn a_connection_with_many_processes_finds_who_holds_a_released_name() {
 }
 
 #[test]
+fn a_registration_from_before_a_close_for_cause_moves_to_the_new_connection() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(10);
+    let old = r.connect_as(10);
+    r.create_and_register(old, 10, "/moved");
+    r.create_and_register(old, 10, "/released");
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(old, &malformed);
+    assert!(matches!(r.fx.closed[..], [(c, CloseReason::Malformed(_))] if c == old));
+    // Its holds live on with the process, which reconnects and registers
+    // again what it holds: once, not twice.
+    let new = r.connect_as(10);
+    r.register(new, 10, "/moved");
+    assert_eq!(
+        r.state("/moved"),
+        Some(NameState::Held { registrations: 1 })
+    );
+    // A release on the new connection of what it registered only before
+    // the close is charged to the old holds.
+    r.release(new, 10, "/released");
+    assert_eq!(r.m.stats().stray_releases, 0);
+    assert_eq!(r.state("/released"), Some(NameState::Released { dead: 0 }));
+    // Handed on (a pickle) and released, then the process exits cleanly:
+    // no dead registration is left to make the pickled name an orphan.
+    r.release(new, 10, "/moved");
+    r.exited(10);
+    r.run_to(10_000);
+    assert_eq!(r.state("/moved"), Some(NameState::Released { dead: 0 }));
+}
+
+#[test]
 fn names_outside_the_prefix_are_refused_or_skipped_and_peers_of_other_users_rejected() {
     let mut r = Rig::with(ManagerConfig {
         name_prefix: Some(NamePrefix::torch()),
