@@ -1737,7 +1737,8 @@ impl<S: Storage> Manager<S> {
     fn handle(&mut self, conn: ConnId, frame: Frame, now: Timestamp, fx: &mut impl Effects) {
         match journal::Control::of(&frame) {
             Some(journal::Control::Offer) => {
-                let attached = fx.attach_journal(conn);
+                // A full registry takes registrations it can refuse only.
+                let attached = self.names.len() < self.config.max_names && fx.attach_journal(conn);
                 fx.reply(conn, journal::Control::offer_reply(attached));
             }
             Some(journal::Control::Doorbell) => {
@@ -1787,9 +1788,16 @@ impl<S: Storage> Manager<S> {
                 }
             };
         }
+        // A journaled registration cannot be refused (its segment may exist
+        // already): past the limit, journals already attached may go on to
+        // twice it, and only past that is the connection closed.
+        let limit = match answer {
+            Answer::Reply => self.config.max_names,
+            Answer::Silent => self.config.max_names.saturating_mul(2),
+        };
         let (id, is_new) = match self.find(&name) {
             Some(id) => (id, false),
-            None if self.names.len() >= self.config.max_names => {
+            None if self.names.len() >= limit => {
                 return self.refused(conn, answer, now, fx);
             }
             None => match self.insert_name(name) {

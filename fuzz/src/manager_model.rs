@@ -704,7 +704,7 @@ impl<S: Storage> Harness<S> {
             // of it enters the tables.
             if frame.kind == FrameKind::Register {
                 let reply = match name == journal::SETUP {
-                    true if self.fx.journals => {
+                    true if self.fx.journals && self.names.len() < self.config.max_names => {
                         self.conns[index].journal = true;
                         JOURNAL_READY
                     }
@@ -741,7 +741,7 @@ impl<S: Storage> Harness<S> {
             .config
             .name_prefix
             .is_some_and(|prefix| !name.has_prefix(&prefix));
-        let stored = !outside && self.store_registration(index, pid, name);
+        let stored = !outside && self.store_registration(index, pid, name, answer);
         match answer {
             Answer::Reply => {
                 let reply = if stored { ACK } else { REFUSAL };
@@ -776,9 +776,20 @@ impl<S: Storage> Harness<S> {
     /// Stores a registration as the manager must, if it fits: the name, the
     /// holder (which may be created even if the hold then does not fit),
     /// the hold.
-    fn store_registration(&mut self, index: usize, pid: i32, name: SegmentName) -> bool {
+    fn store_registration(
+        &mut self,
+        index: usize,
+        pid: i32,
+        name: SegmentName,
+        answer: Answer,
+    ) -> bool {
         let known = self.names.contains_key(&name);
-        let names_limit = self.config.max_names.min(self.capacity.names);
+        // Journaled registrations may go on to twice the limit.
+        let limit = match answer {
+            Answer::Reply => self.config.max_names,
+            Answer::Silent => self.config.max_names.saturating_mul(2),
+        };
+        let names_limit = limit.min(self.capacity.names);
         if !known && self.names.len() >= names_limit {
             return false;
         }

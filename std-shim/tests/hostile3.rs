@@ -224,15 +224,11 @@ fn a_registration_committed_just_before_its_sender_died_does_not_outlive_it() {
 /// reaped: not after the grace period, not at the manager's shutdown. It
 /// outlives the manager.
 ///
-/// Suggested fix: treat `--max-names` as a soft limit for journaled
-/// registrations (the segment exists already; one more name costs a few
-/// dozen bytes and is bounded by the ring's capacity per doorbell), and
-/// while at or over the limit decline new journal offers (`NO`), so clients
-/// fall back to the socket, where `NO` arrives before the segment is
-/// created. Closing is the one answer that guarantees the leak; at the very
-/// least the doorbell must not be answered `OK`.
+/// Fixed as suggested: a journal already attached may register up to twice
+/// `--max-names` (only past that is it closed), and a manager at the limit
+/// declines new journal offers, so clients use the socket, where `NO`
+/// arrives before the segment is made.
 #[test]
-#[ignore = "open: a journaled registration over --max-names closes the connection, the client's settle still succeeds, and the segment outlives its crashed creator and the manager"]
 fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator() {
     let mut daemon = Daemon::start_with_stderr(
         &["--reap-grace", "1s", "--linger", "1s", "--max-names", "2"],
@@ -279,25 +275,28 @@ fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator(
 /// in the queue. Without the close the same steps leave `dead` 0 and the
 /// tensor is kept.
 ///
-/// Here the close is a journaled registration over `--max-names` (legit; a
-/// corrupt ring or unread replies do the same). Fixed: a process's
+/// Here the close is a malformed frame (a journaled registration over
+/// `--max-names` did it when the tester wrote this; a corrupt ring or
+/// unread replies do the same). Fixed: a process's
 /// registration on a new connection takes over its registration on the
 /// closed one, and a release there of a name it registered only before the
 /// close is charged to the old holder.
 #[test]
 fn a_tensor_left_in_a_queue_by_a_producer_once_closed_for_cause_is_not_reaped() {
-    let daemon =
-        Daemon::start_with_stderr(&["--reap-grace", "1s", "--max-names", "2"], Stdio::null());
-    let _bystander = daemon.bystander(); // The first name.
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let _bystander = daemon.bystander();
     let mut producer = Sleeper::spawn();
     let pid = producer.pid();
     let tensor = unique_name("h3queued");
     let _cleanup = Cleanup(vec![tensor.clone()]);
     let mut old = JournalClient::attach(&daemon.handle, 64);
-    old.register(pid, &tensor); // The second name.
+    old.register(pid, &tensor);
     create_segment(&tensor, 1, 64);
-    old.register(pid, &unique_name("h3over")); // Over the limit.
-    let _ = old.ring();
+    assert_eq!(old.ring(), Some(*b"OK"));
+    // Closed for cause: a frame whose free flag is neither 0 nor 1.
+    let mut malformed = Frame::register(pid, segment_name(&unique_name("h3bad"))).encode();
+    malformed[4] = 2;
+    old.stream.write_all(&malformed).unwrap();
     assert!(old.is_closed_by_peer(Duration::from_secs(3)));
     // The recovered connection: everything held registered again.
     let mut new = daemon.connect();
@@ -330,12 +329,9 @@ fn a_tensor_left_in_a_queue_by_a_producer_once_closed_for_cause_is_not_reaped() 
 /// maps. Any process that then opens one of them by name (a tensor the
 /// client shares) gets "No such file or directory".
 ///
-/// Suggested fix: do not close a connection for a journaled registration
-/// that did not fit (see above); failing that, a live holder of a closed
-/// connection should not be unlinked from under it at shutdown, or the
-/// client must learn of the close at once (no `OK`).
+/// Fixed with the test above: the registration that did not fit no longer
+/// closes the connection.
 #[test]
-#[ignore = "open: a client whose journal overflowed --max-names is dropped by the manager, which at shutdown unlinks the segments the live client still maps"]
 fn a_live_client_whose_journal_overflowed_the_registry_keeps_its_segments_past_shutdown() {
     let mut daemon = Daemon::start_with_stderr(
         &["--reap-grace", "1s", "--linger", "1s", "--max-names", "2"],

@@ -103,6 +103,9 @@ struct Args {
     linger: Duration,
 
     /// Refuse (answer `NO` to) registrations of new names beyond this many.
+    /// No journal is attached at the limit; a journal attached before may
+    /// register up to twice it (a journaled registration cannot be refused:
+    /// its segment may exist already), and past that its connection is closed.
     #[arg(long, default_value_t = 4_194_304)]
     max_names: usize,
 
