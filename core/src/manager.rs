@@ -524,6 +524,13 @@ pub trait Effects {
     }
     /// No holder depends on `pid` any more.
     fn unwatch_pid(&mut self, _pid: i32) {}
+    /// Whether `pid`, which [`Effects::watch_pid`] just declined for `conn`,
+    /// is a process of `conn`'s pid namespace that has already exited (a
+    /// journaled frame read after its sender died): its registration is
+    /// then a dead one at once. Drivers that cannot tell keep the default.
+    fn pid_is_gone(&mut self, _conn: ConnId, _pid: i32) -> bool {
+        false
+    }
     /// `conn` offers a registration journal (the memory travelled with the
     /// offer). Return whether it is now attached; drivers without journal
     /// support keep the default.
@@ -664,6 +671,15 @@ pub struct Holder {
     /// pid), so that a process's end finds its holders at once.
     newer_same_pid: u32,
     older_same_pid: u32,
+}
+
+/// Who sent a frame, as far as holds go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    /// This holder's process.
+    Holder(u32),
+    /// A process of the connection's pid namespace that has exited.
+    Gone,
 }
 
 /// A watched pid: how many live holders depend on its watch, and the newest
@@ -1805,27 +1821,42 @@ impl<S: Storage> Manager<S> {
                 None => return self.refused(conn, answer, now, fx),
             },
         };
-        let stored = self
-            .holder_for(conn, pid, fx)
-            .and_then(|holder| self.add_hold(holder, id));
+        let sender = self.holder_for(conn, pid, fx);
+        let stored = match sender {
+            Some(Sender::Holder(holder)) => self.add_hold(holder, id),
+            Some(Sender::Gone) => Some(()),
+            None => None,
+        };
         if stored.is_none() {
             if is_new {
                 self.forget(id);
             }
             return self.refused(conn, answer, now, fx);
         }
+        // Read after its sender exited: a registration nobody will release.
+        let gone = sender == Some(Sender::Gone);
         // The process registered it before its old connection was closed
         // for cause (a client re-registering what it holds after
         // reconnecting): that registration moves here, not counted twice.
-        let moved = self
-            .detached_holder_holding(pid, id)
-            .is_some_and(|stale| self.take_hold(stale, id));
+        let moved = !gone
+            && self
+                .detached_holder_holding(pid, id)
+                .is_some_and(|stale| self.take_hold(stale, id));
         let by_creator = self.creator_of(&name) == u32::try_from(pid).ok();
+        let mut unheld = false;
         if let Some(record) = self.names.get_mut(id) {
-            if !moved {
+            if gone {
+                // Its connection lives on, and a fork of the sender may map
+                // the name unannounced.
+                record.dead = record.dead.saturating_add(1);
+                record.inherited = true;
+                unheld = record.live == 0;
+            } else if !moved {
                 record.live += 1;
             }
-            record.phase = Phase::Held;
+            if !unheld {
+                record.phase = Phase::Held;
+            }
             record.tries = 0;
             record.creator_seen |= by_creator;
             if record.creator_counted {
@@ -1836,7 +1867,11 @@ impl<S: Storage> Manager<S> {
                 record.dead = record.dead.saturating_sub(1);
             }
         }
-        self.unschedule(id);
+        if unheld {
+            self.unheld(id, true, now);
+        } else {
+            self.unschedule(id);
+        }
         self.stats.registrations += 1;
         if answer == Answer::Reply {
             fx.reply(conn, ACK);
@@ -1965,13 +2000,17 @@ impl<S: Storage> Manager<S> {
     }
 
     /// The holder for frames from `pid` on `conn`, created (and its pid
-    /// watched) on first sight.
-    fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
+    /// watched) on first sight; or that the sender has already exited.
+    fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<Sender> {
         if let Some(holder) = self.known_holder(conn, pid) {
-            return Some(holder);
+            return Some(Sender::Holder(holder));
         }
         self.conns.get(&conn)?;
-        let holder = if fx.watch_pid(conn, pid) && self.retain_pid(pid, fx) {
+        let watched = fx.watch_pid(conn, pid);
+        if !watched && fx.pid_is_gone(conn, pid) {
+            return Some(Sender::Gone);
+        }
+        let holder = if watched && self.retain_pid(pid, fx) {
             let key = HolderKey {
                 conn,
                 pid: Some(pid),
@@ -2003,7 +2042,7 @@ impl<S: Storage> Manager<S> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last = Some((pid, holder));
         }
-        Some(holder)
+        Some(Sender::Holder(holder))
     }
 
     /// The holder standing for `conn`'s untrusted pids, created on first need.

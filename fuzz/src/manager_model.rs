@@ -793,24 +793,41 @@ impl<S: Storage> Harness<S> {
         if !known && self.names.len() >= names_limit {
             return false;
         }
-        let Some(holder) = self.resolve_holder(index, pid) else {
-            return false;
-        };
-        let has_entry = self.regs.contains_key(&(name, holder));
-        if !has_entry && self.hold_entries() >= self.capacity.names {
-            return false;
-        }
-        *self.regs.entry((name, holder)).or_insert(0) += 1;
-        // The pid's registration from before its old connection was closed
-        // for cause moves here.
-        if let Some(stale) = self.detached_holder_holding(pid, name) {
-            self.take_reg(name, stale);
+        let gone = self.known_holder(index, pid).is_none()
+            && !self.fx.can_watch(pid)
+            && self.fx.is_gone(pid);
+        if gone {
+            // Read after its sender exited: a dead registration at once, as
+            // of a holder already gone (the manager keeps no holder).
+            self.holders.push(HolderModel {
+                conn: index,
+                key_pid: Some(pid),
+                watching: None,
+                state: HolderState::Gone,
+                id: u32::MAX,
+            });
+            self.regs.insert((name, self.holders.len() - 1), 1);
+        } else {
+            let Some(holder) = self.resolve_holder(index, pid) else {
+                return false;
+            };
+            let has_entry = self.regs.contains_key(&(name, holder));
+            if !has_entry && self.hold_entries() >= self.capacity.names {
+                return false;
+            }
+            *self.regs.entry((name, holder)).or_insert(0) += 1;
+            // The pid's registration from before its old connection was
+            // closed for cause moves here.
+            if let Some(stale) = self.detached_holder_holding(pid, name) {
+                self.take_reg(name, stale);
+            }
         }
         let creator = [self.config.name_prefix, self.config.also_prefix]
             .iter()
             .flatten()
             .find_map(|prefix| name.creator_pid(prefix));
         let record = self.names.entry(name).or_default();
+        record.inherited |= gone;
         record.creator_seen |= creator == u32::try_from(pid).ok();
         // A user of an adopted name: the guess that its creator leaked
         // its reference is withdrawn.

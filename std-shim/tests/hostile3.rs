@@ -159,14 +159,11 @@ fn create_over_the_limit(client: &mut Holder, cleanup: &mut Cleanup) -> (String,
 /// journal, which lets the client create right after committing, opens the
 /// window.
 ///
-/// Suggested fix: a registration whose pid is in the manager's pid namespace
-/// but no longer alive is its (dead) sender's last word, not an untrusted
-/// pid: count it as a dead registration at once (a holder that is already
-/// ending, `HolderEnd::Exited`), so the name is judged by the refcount rule
-/// like the rest of what the dead process held. Keep the connection holder
-/// only for pids that cannot be judged (another namespace, another user).
+/// Fixed: a registration whose sender is a process of the connection's pid
+/// namespace that has exited (`Effects::pid_is_gone`) counts as a dead
+/// registration at once, judged by the refcount rule and, as its connection
+/// lives on, the map check.
 #[test]
-#[ignore = "open: a journaled registration read after its sender died is charged to the connection, so a crashed creator's segment lives as long as the connection"]
 fn a_registration_committed_just_before_its_sender_died_does_not_outlive_it() {
     let prefix = "/torch_";
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());

@@ -939,6 +939,14 @@ impl Effects for Driver {
         self.stop_watching(pid);
     }
 
+    fn pid_is_gone(&mut self, conn: ConnId, pid: i32) -> bool {
+        // `watch_pid` has just looked the namespace up.
+        self.clients
+            .get(&conn)
+            .is_some_and(|client| client.same_pid_namespace == Some(true))
+            && pid_watch::is_gone(pid)
+    }
+
     fn attach_journal(&mut self, conn: ConnId) -> bool {
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;

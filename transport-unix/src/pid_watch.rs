@@ -138,6 +138,27 @@ pub(crate) fn same_pid_namespace(peer_pid: i32) -> bool {
     ProcStatus::read(peer_pid).is_some_and(|status| status.nspid_levels == 1)
 }
 
+/// Whether `pid` names no running process of our pid namespace: none at
+/// all, or one that has exited and not been reaped yet.
+pub(crate) fn is_gone(pid: i32) -> bool {
+    let Some(raw) = Pid::from_raw(pid).filter(|_| pid > 0) else {
+        return false;
+    };
+    match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(fd) => has_exited(fd.as_fd()),
+        Err(Errno::SRCH) => true,
+        // No pidfds: a missing or zombie /proc entry says the same.
+        Err(_) => match std::fs::read(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .iter()
+                .rposition(|&b| b == b')')
+                .and_then(|close| stat.get(close + 2))
+                .is_some_and(|state| matches!(state, b'Z' | b'X')),
+            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+        },
+    }
+}
+
 fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
     matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)

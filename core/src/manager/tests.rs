@@ -13,6 +13,8 @@ struct Recorder {
     closed: Vec<(ConnId, CloseReason)>,
     chores: Vec<Chore>,
     trusted: BTreeSet<i32>,
+    /// Pids of processes that have exited.
+    gone: BTreeSet<i32>,
     watched: BTreeMap<i32, usize>,
     notes: Vec<Note>,
 }
@@ -36,6 +38,9 @@ impl Effects for Recorder {
     }
     fn unwatch_pid(&mut self, pid: i32) {
         self.watched.remove(&pid);
+    }
+    fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
+        self.gone.contains(&pid)
     }
     fn note(&mut self, note: Note) {
         self.notes.push(note);
@@ -406,6 +411,22 @@ fn a_registration_from_before_a_close_for_cause_moves_to_the_new_connection() {
     r.exited(10);
     r.run_to(10_000);
     assert_eq!(r.state("/moved"), Some(NameState::Released { dead: 0 }));
+}
+
+#[test]
+fn a_registration_read_after_its_sender_exited_is_a_dead_one() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(10);
+    let c = r.connect_as(10);
+    r.create("/late", 1);
+    // Journaled before the crash, read after it: nobody will release it.
+    r.fx.gone.insert(20);
+    r.register(c, 20, "/late");
+    assert_eq!(r.state("/late"), Some(NameState::Released { dead: 1 }));
+    // The connection lives on (a fork has it): the name waits for the map
+    // check, then goes.
+    r.run_to(10_000);
+    assert!(!r.exists("/late"), "{:?}", r.state("/late"));
 }
 
 #[test]

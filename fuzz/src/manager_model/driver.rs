@@ -56,6 +56,12 @@ impl Driver {
     pub(super) fn can_watch(&self, pid: i32) -> bool {
         self.watchable >> pid.rem_euclid(8) & 1 == 1 && !self.dead.contains(&pid)
     }
+
+    /// What `pid_is_gone` answers: a process of the driver's own user and
+    /// namespace that died.
+    pub(super) fn is_gone(&self, pid: i32) -> bool {
+        self.watchable >> pid.rem_euclid(8) & 1 == 1 && self.dead.contains(&pid)
+    }
 }
 
 impl Effects for Driver {
@@ -75,6 +81,9 @@ impl Effects for Driver {
             self.watched.insert(pid);
         }
         watch
+    }
+    fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
+        self.is_gone(pid)
     }
     fn unwatch_pid(&mut self, pid: i32) {
         assert!(
