@@ -370,24 +370,16 @@ fn a_live_client_whose_journal_overflowed_the_registry_keeps_its_segments_past_s
 /// committed before it; a client's settle returns on it. When those frames
 /// make the manager close the connection (a registration over `--max-names`
 /// here; a journaled reserved name or malformed frame does the same), the
-/// `OK` is still sent, then the connection is closed.
+/// `OK` must not be sent: the client sees end of file and recovers.
 ///
-/// Why: `Driver::drain` (transport-unix/src/event_loop.rs:680-712) releases
-/// the held doorbell once `owed` frames are read, whether or not
-/// `read_journal` closed the connection meanwhile (`Effects::close` only
-/// queues the close in `closing`; the client is still in `clients`), and
-/// `settle` writes every connection's backlog before it drops the closed
-/// ones. The frames behind the one that closed the connection were consumed
-/// and dropped too (`receive_journaled` returns early for a closed
-/// connection), yet they are covered by the same `OK`.
-///
-/// Suggested fix: when a connection is closed for cause, truncate its
-/// backlog at the held doorbell (`held.at`) so its `OK` is never sent (and
-/// don't release a held doorbell when `read_journal` returned an error or
-/// closed the connection); the client then sees end of file instead of `OK`
-/// and recovers.
+/// Was open: `Driver::drain` (transport-unix/src/event_loop.rs) released the
+/// held doorbell once `owed` frames were read, whether or not `read_journal`
+/// closed the connection meanwhile (`Effects::close` only queues the close),
+/// and `settle` wrote every connection's backlog before it dropped the
+/// closed ones; the frames behind the one that closed the connection were
+/// dropped, yet covered by the same `OK`. Now a close for cause cuts the
+/// backlog at the held doorbell (`Effects::close` in the event loop).
 #[test]
-#[ignore = "open: a doorbell is answered OK even when the frames it covers made the manager close the connection (settle succeeds over lost registrations)"]
 fn a_doorbell_is_not_answered_ok_by_a_manager_that_closed_the_connection() {
     let daemon = Daemon::start_with_stderr(&["--max-names", "1"], Stdio::null());
     let _bystander = daemon.bystander(); // The only name there is room for.
