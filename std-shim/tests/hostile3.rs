@@ -540,13 +540,13 @@ fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_clie
 
 /// Our client recovers from a manager that did not answer in time (the
 /// reply timeout, 10 s by default; a stalled manager, a loaded machine, see
-/// the stall above) by reconnecting to the same manager: `LinkState::enter`
-/// (std-shim/src/link.rs:352-358) drops the old connection and registers everything
-/// it holds on the new one. The manager sees the old connection's end of
-/// file and, by its rule "a process that closed its connection is done
-/// with it" (`Manager::disconnect`, core/src/manager.rs:1101-1112), ends its
-/// holder: every name the live client holds gets one *dead* registration,
-/// though the client is alive and still owns the reference behind it.
+/// the stall above) by reconnecting to the same manager and registering
+/// everything it holds on the new connection. The manager sees the old
+/// connection's end of file and, by its rule "a process that closed its
+/// connection is done with it" (`Manager::disconnect`), ends its holder:
+/// every name the live client still held *there* gets one *dead*
+/// registration, though the client is alive and still owns the reference
+/// behind it.
 ///
 /// The refcount rule then misjudges the everyday hand-off: the client
 /// shares a tensor (the pickle raises the refcount to 2), drops its own
@@ -554,13 +554,12 @@ fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_clie
 /// "orphan", unlinked after the grace period while the pickle waits in the
 /// queue; the consumer's open fails with "No such file or directory".
 ///
-/// Suggested fix (manager): on a disconnect, a holder whose watched pid is
-/// still alive keeps its holds until that process exits (as
-/// `close_for_cause` already does), instead of turning them into dead
-/// registrations; or (client) release everything held on the old
-/// connection, while it is still writable, before closing it.
+/// Was open; fixed on the client: before the link gives up a connection
+/// (`LinkState::abandon`, std-shim/src/link.rs) it releases everything it
+/// holds there, without waiting (through the journal if the manager took
+/// one, else on the socket), so the manager reads the releases before the
+/// end of file and nothing is left to turn dead.
 #[test]
-#[ignore = "open: a client that reconnects after a reply timeout leaves dead registrations behind, and a tensor it later shares is reaped in transit"]
 fn a_tensor_shared_after_the_client_reconnected_is_not_reaped_in_transit() {
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
     let manager = daemon.child.id();
