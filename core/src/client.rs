@@ -41,7 +41,7 @@ use core::fmt;
 
 use crate::ack::{BadReply, JOURNAL_READY, Reply, ReplyReader};
 use crate::frame::{AllocInfo, Frame};
-use crate::journal::{Answer, Appended, JournalMemory, NoJournal, Route};
+use crate::journal::{Answer, Appended, Journal, JournalMemory, NoJournal, Route};
 use crate::name::SegmentName;
 
 /// The most bytes a [`Step`] asks its driver to read at once: the size of
@@ -385,6 +385,15 @@ impl<const N: usize, M: JournalMemory> ClientSession<N, M> {
     /// Whether frames go through a journal the manager accepted.
     pub fn is_journaled(&self) -> bool {
         self.route.is_journal()
+    }
+
+    /// The journal frames go through, once the manager accepted it. The
+    /// manager reads what is committed there before it acts on the
+    /// connection's end, so frames committed here directly (bypassing the
+    /// session) still count: a driver giving up on the connection hands its
+    /// holds back this way.
+    pub fn journal(&self) -> Option<Journal<'_>> {
+        self.route.journal()
     }
 
     /// Whether an earlier error made the connection unusable.

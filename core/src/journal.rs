@@ -263,6 +263,14 @@ impl<M: JournalMemory> Route<M> {
         matches!(self.state, RouteState::Journal { .. })
     }
 
+    /// The journal frames go through, once the manager accepted it.
+    pub(crate) fn journal(&self) -> Option<Journal<'_>> {
+        match &self.state {
+            RouteState::Journal { memory, .. } => Some(memory.journal()),
+            _ => None,
+        }
+    }
+
     /// The memory on offer, while its answer is awaited.
     pub(crate) fn offered(&self) -> Option<&M> {
         match &self.state {

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use libshm_core::client::{AckMode, ClientError, ClientSession, READ_MAX, Step};
+use libshm_core::frame::Frame;
 use libshm_core::journal::{JournalMemory, NoJournal};
 use libshm_core::name::SegmentName;
 use libshm_core::transport::{ErrorKind, Transport, TransportError};
@@ -107,6 +108,43 @@ impl<T: Transport, const N: usize, M: JournalMemory> Client<T, N, M> {
             None => transport.send_all(bytes),
         })?;
         Ok(self.session.is_journaled())
+    }
+
+    /// Closes the connection, first telling its manager, as far as that
+    /// goes without waiting, that the caller lets go of what it registered
+    /// there: each of `releases` (frames for names registered on this
+    /// connection) is committed to the journal if the manager took one (it
+    /// reads a journal before it acts on the connection's end), else written
+    /// with `try_send` (which writes what fits without waiting, 0 bytes if
+    /// nothing does). The manager reads them in order, before the end of
+    /// file. Returns whether all of them went; a full journal or socket
+    /// buffer, or a broken connection, ends the attempt quietly (a frame cut
+    /// short by a full buffer is dropped at the end of file).
+    ///
+    /// For a connection given up on while it may still be alive (a reply
+    /// timed out): otherwise its manager ends those holds when it sees the
+    /// connection close, and a hold ended by a close counts against the
+    /// segment as a dead registration, though the caller, alive, holds the
+    /// names on another connection.
+    pub fn hand_back(
+        mut self,
+        releases: impl IntoIterator<Item = Frame>,
+        mut try_send: impl FnMut(&mut T, &[u8]) -> Result<usize, T::Error>,
+    ) -> bool {
+        if let Some(journal) = self.session.journal() {
+            return releases
+                .into_iter()
+                .all(|frame| journal.append(&frame.to_raw()).is_ok());
+        }
+        let bytes: Vec<u8> = releases.into_iter().flat_map(|f| f.encode()).collect();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match try_send(&mut self.transport, rest) {
+                Ok(n) if n > 0 => rest = &rest[n..],
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Carries out the session's steps until the operation is done.
@@ -294,6 +332,87 @@ mod tests {
             client.register(7, name(2)),
             Err(ClientError::Poisoned)
         ));
+    }
+
+    /// A client over one end of a socket pair, and the other end.
+    fn socket_pair() -> (
+        Client<libshm_unix::UnixTransport>,
+        std::os::unix::net::UnixStream,
+    ) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let transport = libshm_unix::UnixTransport::from_fd(ours.into());
+        (Client::new(transport, AckMode::default()), theirs)
+    }
+
+    fn try_send(
+        socket: &mut libshm_unix::UnixTransport,
+        bytes: &[u8],
+    ) -> Result<usize, libshm_unix::SocketError> {
+        socket.try_send(bytes)
+    }
+
+    #[test]
+    fn holds_handed_back_on_a_socket_are_released_in_order_before_the_end_of_file() {
+        use std::io::Read;
+        let (client, mut manager) = socket_pair();
+        let releases = [name(1), name(2), name(1)].map(|n| Frame::release(7, n));
+        assert!(client.hand_back(releases, try_send));
+        let mut bytes = Vec::new();
+        manager.read_to_end(&mut bytes).unwrap();
+        let frames: Vec<_> = bytes
+            .chunks(FRAME_LEN)
+            .map(|chunk| Frame::parse(chunk).unwrap())
+            .collect();
+        assert_eq!(frames, releases);
+    }
+
+    #[test]
+    fn handing_back_on_a_socket_nobody_reads_gives_up_without_waiting() {
+        let (mut client, manager) = socket_pair();
+        // Fill the socket's buffers: the manager is stalled.
+        let filler = [0u8; 4096];
+        while client.transport_mut().try_send(&filler).unwrap() > 0 {}
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let all = client.hand_back([Frame::release(7, name(1))], try_send);
+            done.send(all).unwrap();
+        });
+        let all = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("handing back returned");
+        assert!(!all, "nothing fit");
+        drop(manager);
+    }
+
+    #[test]
+    fn holds_handed_back_with_a_journal_are_committed_to_it() {
+        let memory: Vec<_> = (0..journal_len(16) / 4)
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect();
+        let journal = Journal::from_words(&memory).unwrap();
+        let wire: Loopback<Fixed<16, 4>> =
+            Loopback::with_journal(ManagerConfig::default(), journal);
+        let mut client: Client<_, 8, Journal<'_>> = Client::new(wire, AckMode::default());
+        assert!(
+            client
+                .offer_journal(7, journal, |wire, bytes, _| wire.send_all(bytes))
+                .unwrap()
+        );
+        client.register(7, name(1)).unwrap();
+        client.settle().unwrap();
+        assert_eq!(journal.unread().unwrap(), 0);
+        let releases = [Frame::release(7, name(1))];
+        let mut sent = 0;
+        assert!(client.hand_back(releases, |_, bytes| {
+            sent += bytes.len();
+            Ok(bytes.len())
+        }));
+        assert_eq!(sent, 0, "nothing written to the socket");
+        let mut frames = Vec::new();
+        journal
+            .drain(|raw| frames.push(Frame::parse(&raw).unwrap()))
+            .unwrap();
+        assert_eq!(frames, releases);
     }
 
     #[test]

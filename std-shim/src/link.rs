@@ -13,7 +13,9 @@
 //! so no path (first use, recovery, a retry after a failed recovery) can
 //! forget a name.
 //!
-//! Recovery: a failed call (the manager was killed, say) drops the connection,
+//! Recovery: a failed call (the manager was killed, say) drops the connection
+//! (releasing there, without waiting, what it held: the manager may only have
+//! been slow, and would count the holds of a closed connection as dead),
 //! finds a live manager (a new one started by us if the dead one was ours,
 //! else this process's default manager), re-registers every name still held,
 //! and carries on. After a `fork` the child never touches the parent's
@@ -29,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use libshm_core::client::{AckMode, ClientError, ClientFault};
+use libshm_core::frame::Frame;
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::name::{NamePrefix, SegmentName};
 use libshm_core::transport::Transport;
@@ -212,7 +215,14 @@ impl Link {
                     break;
                 }
                 Err(err) => {
-                    state.session = Session::Disconnected;
+                    // A registration the error cut short may have reached
+                    // the manager: it is taken back with the rest.
+                    let in_flight = match err {
+                        RegisterError::Client(ClientError::Poisoned)
+                        | RegisterError::Connect(_) => None,
+                        RegisterError::Client(_) => Some(name),
+                    };
+                    state.abandon(in_flight);
                     if recovered {
                         return Err(err.into_error(state.handle));
                     }
@@ -251,7 +261,8 @@ impl Link {
                 "manager {} failed during a release: {err}; recovering",
                 state.handle
             );
-            state.session = Session::Disconnected;
+            // The release may not have been written: it goes with the rest.
+            state.abandon(Some(name));
             if let Err(err) = state.recover() {
                 tracing::warn!("could not recover a manager: {}", Chain(&err));
             }
@@ -316,6 +327,45 @@ impl LinkState {
         }
     }
 
+    /// Gives up the connection, if there is one. Its manager may still be
+    /// alive (a reply timed out, say) and would end this process's holds
+    /// there as dead registrations when it sees the close, although the
+    /// process lives on and registers the same names elsewhere (the same
+    /// manager, reconnected): a segment it then shares and lets go of counts
+    /// as an orphan and is reaped in transit. So, first, everything held
+    /// (and `in_flight`, a registration or release an error cut short) is
+    /// released there, as far as that goes without waiting.
+    ///
+    /// Not over pipes: a pipe manager serves this process alone and ends
+    /// with its pipes, unlinking every name it knows, released or not.
+    /// Not after a fork either: the connection is the parent's
+    /// ([`LinkState::adopt_after_fork`] drops the child's copy unused).
+    fn abandon(&mut self, in_flight: Option<SegmentName>) {
+        let Session::Connected(client) = std::mem::take(&mut self.session) else {
+            return;
+        };
+        if matches!(client.transport(), Wire::Pipe(_)) {
+            return;
+        }
+        let pid = self.pid as i32;
+        let releases = self
+            .held
+            .iter()
+            .flat_map(|(&name, &count)| std::iter::repeat_n(name, count as usize))
+            .chain(in_flight)
+            .map(|name| Frame::release(pid, name));
+        let handed_back = client.hand_back(releases, |wire, bytes| match wire {
+            Wire::Unix(socket) => socket.try_send(bytes).map_err(WireError::Unix),
+            Wire::Pipe(_) => Ok(0),
+        });
+        if !handed_back {
+            tracing::debug!(
+                "could not release every held name on the abandoned connection to manager {}",
+                self.handle
+            );
+        }
+    }
+
     /// Removes one hold of `name`; false if it was not held.
     fn forget(&mut self, name: &SegmentName) -> bool {
         match self.held.get_mut(name) {
@@ -352,13 +402,17 @@ impl LinkState {
     /// The one way into *connected*: registers everything held with
     /// `fresh`'s manager (nothing is registered there yet), waits for its
     /// answers, then makes it the link's connection. On failure the link
-    /// stays disconnected.
+    /// stays disconnected, and what did get registered with `fresh` is
+    /// released there again.
     fn enter(&mut self, mut fresh: WireClient) -> Result<(), Error> {
         // The old connection (and its journal memory) goes first.
-        self.session = Session::Disconnected;
-        self.register_held(&mut fresh)?;
+        self.abandon(None);
+        let registered = self.register_held(&mut fresh);
         self.session = Session::Connected(Box::new(fresh));
-        Ok(())
+        if registered.is_err() {
+            self.abandon(None);
+        }
+        registered
     }
 
     /// Connects to a Unix manager and, when pipelined, offers it a journal.
@@ -471,7 +525,7 @@ impl LinkState {
     /// Failing that, a manager of our own.
     fn recover(&mut self) -> Result<(), Error> {
         let old = self.handle;
-        self.session = Session::Disconnected;
+        self.abandon(None);
         let fresh = match self.kind {
             TransportKind::Pipe => self.launch_pipe()?,
             TransportKind::Unix => match self.revive(old) {

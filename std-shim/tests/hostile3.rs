@@ -361,24 +361,16 @@ fn a_live_client_whose_journal_overflowed_the_registry_keeps_its_segments_past_s
 /// committed before it; a client's settle returns on it. When those frames
 /// make the manager close the connection (a registration over `--max-names`
 /// here; a journaled reserved name or malformed frame does the same), the
-/// `OK` is still sent, then the connection is closed.
+/// `OK` must not be sent: the client sees end of file and recovers.
 ///
-/// Why: `Driver::drain` (transport-unix/src/event_loop.rs:680-712) releases
-/// the held doorbell once `owed` frames are read, whether or not
-/// `read_journal` closed the connection meanwhile (`Effects::close` only
-/// queues the close in `closing`; the client is still in `clients`), and
-/// `settle` writes every connection's backlog before it drops the closed
-/// ones. The frames behind the one that closed the connection were consumed
-/// and dropped too (`receive_journaled` returns early for a closed
-/// connection), yet they are covered by the same `OK`.
-///
-/// Suggested fix: when a connection is closed for cause, truncate its
-/// backlog at the held doorbell (`held.at`) so its `OK` is never sent (and
-/// don't release a held doorbell when `read_journal` returned an error or
-/// closed the connection); the client then sees end of file instead of `OK`
-/// and recovers.
+/// Was open: `Driver::drain` (transport-unix/src/event_loop.rs) released the
+/// held doorbell once `owed` frames were read, whether or not `read_journal`
+/// closed the connection meanwhile (`Effects::close` only queues the close),
+/// and `settle` wrote every connection's backlog before it dropped the
+/// closed ones; the frames behind the one that closed the connection were
+/// dropped, yet covered by the same `OK`. Now a close for cause cuts the
+/// backlog at the held doorbell (`Effects::close` in the event loop).
 #[test]
-#[ignore = "open: a doorbell is answered OK even when the frames it covers made the manager close the connection (settle succeeds over lost registrations)"]
 fn a_doorbell_is_not_answered_ok_by_a_manager_that_closed_the_connection() {
     let daemon = Daemon::start_with_stderr(&["--max-names", "1"], Stdio::null());
     let _bystander = daemon.bystander(); // The only name there is room for.
@@ -536,13 +528,13 @@ fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_clie
 
 /// Our client recovers from a manager that did not answer in time (the
 /// reply timeout, 10 s by default; a stalled manager, a loaded machine, see
-/// the stall above) by reconnecting to the same manager: `LinkState::enter`
-/// (std-shim/src/link.rs:352-358) drops the old connection and registers everything
-/// it holds on the new one. The manager sees the old connection's end of
-/// file and, by its rule "a process that closed its connection is done
-/// with it" (`Manager::disconnect`, core/src/manager.rs:1101-1112), ends its
-/// holder: every name the live client holds gets one *dead* registration,
-/// though the client is alive and still owns the reference behind it.
+/// the stall above) by reconnecting to the same manager and registering
+/// everything it holds on the new connection. The manager sees the old
+/// connection's end of file and, by its rule "a process that closed its
+/// connection is done with it" (`Manager::disconnect`), ends its holder:
+/// every name the live client still held *there* gets one *dead*
+/// registration, though the client is alive and still owns the reference
+/// behind it.
 ///
 /// The refcount rule then misjudges the everyday hand-off: the client
 /// shares a tensor (the pickle raises the refcount to 2), drops its own
@@ -550,13 +542,12 @@ fn connections_full_of_untrusted_pids_closing_together_do_not_stall_another_clie
 /// "orphan", unlinked after the grace period while the pickle waits in the
 /// queue; the consumer's open fails with "No such file or directory".
 ///
-/// Suggested fix (manager): on a disconnect, a holder whose watched pid is
-/// still alive keeps its holds until that process exits (as
-/// `close_for_cause` already does), instead of turning them into dead
-/// registrations; or (client) release everything held on the old
-/// connection, while it is still writable, before closing it.
+/// Was open; fixed on the client: before the link gives up a connection
+/// (`LinkState::abandon`, std-shim/src/link.rs) it releases everything it
+/// holds there, without waiting (through the journal if the manager took
+/// one, else on the socket), so the manager reads the releases before the
+/// end of file and nothing is left to turn dead.
 #[test]
-#[ignore = "open: a client that reconnects after a reply timeout leaves dead registrations behind, and a tensor it later shares is reaped in transit"]
 fn a_tensor_shared_after_the_client_reconnected_is_not_reaped_in_transit() {
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
     let manager = daemon.child.id();

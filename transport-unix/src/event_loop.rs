@@ -528,7 +528,8 @@ struct Client {
     /// this deadline if it does not read it.
     status_until: Option<Instant>,
     /// It rang the doorbell and waits for the `OK`: the reply stays queued
-    /// until what it had committed by then is read.
+    /// until what it had committed by then is read, and is dropped if the
+    /// connection is closed first.
     held_doorbell: Option<HeldDoorbell>,
 }
 
@@ -903,8 +904,17 @@ impl Effects for Driver {
     }
 
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
-        let pid = self.clients.get(&conn).and_then(|c| c.peer.pid);
-        tracing::warn!(conn = %conn, ?pid, "closing connection: {reason}");
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        tracing::warn!(conn = %conn, pid = ?client.peer.pid, "closing connection: {reason}");
+        // A held doorbell covers frames the manager has not all accepted (the
+        // close may come from one of them, and those behind it are dropped):
+        // its `OK`, and anything queued after it, is never sent, so the
+        // client sees end of file instead of a settle that succeeded.
+        if let Some(held) = client.held_doorbell.take() {
+            client.backlog.truncate(held.at);
+        }
         self.closing.push(conn);
     }
 

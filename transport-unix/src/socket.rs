@@ -116,6 +116,20 @@ impl UnixTransport {
         self.send_all(&bytes[sent..])
     }
 
+    /// Writes what fits of `bytes` without waiting; returns how many bytes
+    /// that was (0 when the socket's buffer is full). For a last word on a
+    /// connection being abandoned, which must not wait for a stalled peer.
+    pub fn try_send(&mut self, bytes: &[u8]) -> Result<usize, SocketError> {
+        loop {
+            match rustix::net::send(&self.fd, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => return Ok(n),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Ok(0),
+                Err(errno) => return Err(SocketError { op: "send", errno }),
+            }
+        }
+    }
+
     /// Wraps a connected stream socket (one end of a `socketpair`, say).
     pub fn from_fd(fd: OwnedFd) -> Self {
         Self { fd }
