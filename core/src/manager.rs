@@ -525,10 +525,11 @@ pub trait Effects {
     /// No holder depends on `pid` any more.
     fn unwatch_pid(&mut self, _pid: i32) {}
     /// `conn` offers a registration journal (the memory travelled with the
-    /// offer). Return whether it is now attached; drivers without journal
+    /// offer). Return a view of it if it is now attached (the manager writes
+    /// its advertisement there before answering); drivers without journal
     /// support keep the default.
-    fn attach_journal(&mut self, _conn: ConnId) -> bool {
-        false
+    fn attach_journal(&mut self, _conn: ConnId) -> Option<journal::Journal<'_>> {
+        None
     }
     /// `conn` asked for the manager's status ([`status`]):
     /// after the `OK` this call queues, send the document and close `conn`.
@@ -1716,8 +1717,10 @@ impl<S: Storage> Manager<S> {
     fn handle(&mut self, conn: ConnId, frame: Frame, now: Timestamp, fx: &mut impl Effects) {
         match journal::Control::of(&frame) {
             Some(journal::Control::Offer) => {
-                let attached = fx.attach_journal(conn);
-                fx.reply(conn, journal::Control::offer_reply(attached));
+                let accepted =
+                    journal::Accepted::by_manager(self.config.name_prefix, self.config.also_prefix);
+                let reply = journal::Control::accept_offer(fx.attach_journal(conn), &accepted);
+                fx.reply(conn, reply);
             }
             Some(journal::Control::Doorbell) => {
                 fx.drain_journal(conn);
