@@ -404,10 +404,11 @@ impl<const N: usize, M: JournalMemory> ClientSession<N, M> {
     /// Registers `name` before the caller creates or opens it. Done in strict
     /// mode once the manager said `OK`; pipelined, once the frame is written
     /// (or committed to the journal). Refusals seen in earlier replies are
-    /// reported here too.
+    /// reported here too. With a journal, names the manager did not
+    /// advertise taking go through the socket, where a refusal is answered.
     pub fn register(&mut self, pid: i32, name: SegmentName) -> Result<(), Broken> {
         let frame = Frame::register(pid, name);
-        self.begin(if self.route.is_journal() {
+        self.begin(if self.route.journals(&name) {
             Op::Journal {
                 frame,
                 stage: Journaling::Collect,
@@ -422,10 +423,10 @@ impl<const N: usize, M: JournalMemory> ClientSession<N, M> {
 
     /// Tells the manager the caller no longer uses `name`. `deferrable` says
     /// the caller unlinked it itself, so the release may ride along with the
-    /// next write.
+    /// next write. It takes the route its registration took.
     pub fn release(&mut self, pid: i32, name: SegmentName, deferrable: bool) -> Result<(), Broken> {
         let frame = Frame::release(pid, name);
-        if self.route.is_journal() {
+        if self.route.journals(&name) {
             return self.begin(Op::Journal {
                 frame,
                 stage: Journaling::Append,

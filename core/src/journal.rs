@@ -23,12 +23,14 @@
 //! | 1 | capacity in frames |
 //! | 2 | frames committed by the client (wrapping counter) |
 //! | 3 | frames consumed by the manager (wrapping counter) |
-//! | 4..16 | reserved, zero |
+//! | 4 | the manager's [advertisement](advert) tag: `0` nothing said, [`ADVERT_EVERY`], [`ADVERT_PREFIXES`] |
+//! | 5..16 | with [`ADVERT_PREFIXES`]: its prefixes, each a length byte and the bytes (44 bytes, zero after) |
 //! | 16.. | `capacity` slots of 17 words (one 68-byte frame each) |
 //!
 //! Only the client writes words 0 to 2 and the slots; only the manager writes
-//! word 3. The manager trusts nothing it reads: counters out of range and
-//! frames that do not parse close the connection.
+//! words 3 to 15. The manager trusts nothing it reads: counters out of range
+//! and frames that do not parse close the connection. The client trusts
+//! nothing either: an advertisement that does not parse says nothing.
 //!
 //! # The protocol, all of it here
 //! - Offer: the client registers [`SETUP`] with the memory attached (a file
@@ -36,7 +38,17 @@
 //!   [`JOURNAL_READY`] if it took the memory, `NO` if not; PyTorch's answers
 //!   `OK`. Any answer but `JR` is a decline, and the client releases
 //!   [`SETUP`] again so a manager that stored it forgets it.
-//! - Append: the client commits frames to the ring ([`Journal::append`]).
+//! - Advertisement: before it answers `JR`, the manager writes which names it
+//!   takes into words 4 to 15 ([`Control::accept_offer`]); after `JR`, the
+//!   client reads them ([`Journal::advertised`]). A manager skips a journaled
+//!   registration it would refuse (nobody waits to hear `NO`), so the client
+//!   sends those names through the socket, where the refusal is answered
+//!   before the segment exists; nothing said, or nothing readable, means
+//!   every name is journaled.
+//! - Append: the client commits frames to the ring ([`Journal::append`]),
+//!   registrations and releases of the names the manager advertised; the
+//!   rest take the socket, so each name keeps to one route and its frames
+//!   stay in order.
 //! - Doorbell: registering [`DOORBELL`] asks the manager to read the ring now;
 //!   it answers `OK` once it has. The client rings when the ring is half full,
 //!   when it is full (and waits), and when it settles.
@@ -57,6 +69,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::ack::{ACK, JOURNAL_READY, REFUSAL, Reply};
 use crate::frame::{AllocInfo, FRAME_LEN, Frame, FrameKind};
 use crate::name::SegmentName;
+
+pub mod advert;
+
+pub use advert::{ADVERT_EVERY, ADVERT_PREFIXES, Accepted, AdvertError};
 
 /// "LSJ1".
 pub const MAGIC: u32 = 0x314a_534c;
@@ -171,7 +187,7 @@ impl JournalMemory for NoJournal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
     /// The client offers its journal (the memory came with the frame).
-    /// Answer with [`Control::offer_reply`].
+    /// Answer with [`Control::accept_offer`].
     Offer,
     /// Read the client's journal now, then answer `OK`.
     Doorbell,
@@ -196,8 +212,18 @@ impl Control {
 
     /// The answer to an offer: [`JOURNAL_READY`] once the journal is
     /// attached, `NO` if it was not.
-    pub fn offer_reply(attached: bool) -> [u8; 2] {
+    fn offer_reply(attached: bool) -> [u8; 2] {
         if attached { JOURNAL_READY } else { REFUSAL }
+    }
+
+    /// Answers an offer: with the journal attached, first tells the client
+    /// which names the manager takes (`accepted`, see [`advert`]), then
+    /// [`JOURNAL_READY`]; `NO` if nothing was attached.
+    pub fn accept_offer(attached: Option<Journal<'_>>, accepted: &Accepted) -> [u8; 2] {
+        if let Some(journal) = attached {
+            journal.advertise(accepted);
+        }
+        Self::offer_reply(attached.is_some())
     }
 
     /// The answer to a doorbell, once the journal has been read.
@@ -218,9 +244,11 @@ enum RouteState<M> {
     Socket,
     /// Through the socket while the offer of `M` awaits its answer.
     Offered(M),
-    /// Through the journal in `memory`.
+    /// Through the journal in `memory`, for the names the manager takes.
     Journal {
         memory: M,
+        /// Which names the manager said it takes.
+        accepted: Accepted,
         /// A doorbell is written and not yet answered (so it is in the
         /// session's list of frames awaiting an answer).
         rung: bool,
@@ -271,6 +299,16 @@ impl<M: JournalMemory> Route<M> {
         }
     }
 
+    /// Whether frames for `name` go through the journal: there is one, and
+    /// the manager takes `name` from it (others take the socket, where a
+    /// refusal is answered).
+    pub(crate) fn journals(&self, name: &SegmentName) -> bool {
+        match &self.state {
+            RouteState::Journal { accepted, .. } => accepted.journals(name),
+            _ => false,
+        }
+    }
+
     /// The memory on offer, while its answer is awaited.
     pub(crate) fn offered(&self) -> Option<&M> {
         match &self.state {
@@ -316,10 +354,16 @@ impl<M: JournalMemory> Route<M> {
             // else (PyTorch's `OK`, our `NO`) declines.
             let state = core::mem::replace(&mut self.state, RouteState::Socket);
             self.state = match (state, reply) {
-                (RouteState::Offered(memory), Reply::JournalReady) => RouteState::Journal {
-                    memory,
-                    rung: false,
-                },
+                (RouteState::Offered(memory), Reply::JournalReady) => {
+                    // A manager that wrote garbage said nothing: journal
+                    // every name, as before managers advertised.
+                    let accepted = memory.journal().advertised().unwrap_or(Accepted::Unknown);
+                    RouteState::Journal {
+                        memory,
+                        accepted,
+                        rung: false,
+                    }
+                }
                 (RouteState::Offered(_), _) => RouteState::Socket,
                 (other, _) => other,
             };

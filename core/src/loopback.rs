@@ -31,7 +31,7 @@ pub struct Loopback<'j, S: Storage> {
     now: Timestamp,
     journal: Option<Journal<'j>>,
     writes: usize,
-    far: Far,
+    far: Far<'j>,
     names: SimulatedNames,
 }
 
@@ -66,18 +66,18 @@ impl TransportError for LoopbackError {
 
 /// The manager's side of the wire: what it sends and closes, and the chores
 /// it asks for.
-struct Far {
+struct Far<'j> {
     inbox: heapless::Deque<u8, INBOX_LEN>,
     chores: heapless::Deque<Chore, CHORES_LEN>,
     closed_for: Option<CloseReason>,
-    /// Whether a journal offer on this call can be accepted.
-    journal_offered: bool,
+    /// The journal an offer on this call attaches, if one can be accepted.
+    journal_offered: Option<Journal<'j>>,
     journal_attached: bool,
     /// Set when the doorbell rang during this call.
     drain_requested: bool,
 }
 
-impl Effects for Far {
+impl<'j> Effects for Far<'j> {
     fn reply(&mut self, _conn: ConnId, reply: [u8; 2]) {
         for byte in reply {
             // A client that never reads its replies overflows this; they are
@@ -93,8 +93,8 @@ impl Effects for Far {
         // the queue is emptied after every call.
         let _ = self.chores.push_back(chore);
     }
-    fn attach_journal(&mut self, _conn: ConnId) -> bool {
-        self.journal_attached = self.journal_offered;
+    fn attach_journal(&mut self, _conn: ConnId) -> Option<Journal<'_>> {
+        self.journal_attached = self.journal_offered.is_some();
         self.journal_offered
     }
     fn drain_journal(&mut self, _conn: ConnId) {
@@ -148,7 +148,7 @@ impl<'j, S: Storage> Loopback<'j, S> {
                 inbox: heapless::Deque::new(),
                 chores: heapless::Deque::new(),
                 closed_for: conn.is_none().then_some(CloseReason::StalledFrame),
-                journal_offered: false,
+                journal_offered: None,
                 journal_attached: false,
                 drain_requested: false,
             },
@@ -191,7 +191,7 @@ impl<'j, S: Storage> Loopback<'j, S> {
         else {
             return;
         };
-        self.far.journal_offered = false;
+        self.far.journal_offered = None;
         let _ = self
             .manager
             .read_journal(conn, journal, u32::MAX, self.now, &mut self.far);
@@ -248,7 +248,7 @@ impl<'j, S: Storage> Loopback<'j, S> {
     pub fn advance_to(&mut self, now: Timestamp) -> crate::manager::Status {
         self.now = now;
         self.drain_journal();
-        self.far.journal_offered = false;
+        self.far.journal_offered = None;
         let status = self.manager.tick(now, &mut self.far);
         self.run_chores();
         status
@@ -263,7 +263,7 @@ impl<S: Storage> Transport for Loopback<'_, S> {
             return Err(LoopbackError::Closed);
         };
         self.writes += 1;
-        self.far.journal_offered = self.journal.is_some();
+        self.far.journal_offered = self.journal;
         self.far.drain_requested = false;
         self.manager.receive(conn, bytes, self.now, &mut self.far);
         if self.far.drain_requested {

@@ -532,10 +532,11 @@ pub trait Effects {
         false
     }
     /// `conn` offers a registration journal (the memory travelled with the
-    /// offer). Return whether it is now attached; drivers without journal
+    /// offer). Return a view of it if it is now attached (the manager writes
+    /// its advertisement there before answering); drivers without journal
     /// support keep the default.
-    fn attach_journal(&mut self, _conn: ConnId) -> bool {
-        false
+    fn attach_journal(&mut self, _conn: ConnId) -> Option<journal::Journal<'_>> {
+        None
     }
     /// `conn` asked for the manager's status ([`status`]):
     /// after the `OK` this call queues, send the document and close `conn`.
@@ -1754,8 +1755,14 @@ impl<S: Storage> Manager<S> {
         match journal::Control::of(&frame) {
             Some(journal::Control::Offer) => {
                 // A full registry takes registrations it can refuse only.
-                let attached = self.names.len() < self.config.max_names && fx.attach_journal(conn);
-                fx.reply(conn, journal::Control::offer_reply(attached));
+                let journal = match self.names.len() < self.config.max_names {
+                    true => fx.attach_journal(conn),
+                    false => None,
+                };
+                let accepted =
+                    journal::Accepted::by_manager(self.config.name_prefix, self.config.also_prefix);
+                let reply = journal::Control::accept_offer(journal, &accepted);
+                fx.reply(conn, reply);
             }
             Some(journal::Control::Doorbell) => {
                 fx.drain_journal(conn);

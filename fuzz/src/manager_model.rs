@@ -363,6 +363,7 @@ impl<S: Storage> Harness<S> {
             fx: Driver {
                 watchable: setup.watchable,
                 journals: setup.journals,
+                journal: Driver::journal_memory(),
                 ..Driver::default()
             },
             ns: SimNamespace::default(),
@@ -716,6 +717,19 @@ impl<S: Storage> Harness<S> {
                     Some(Effect::Reply(id, reply)),
                     "answer to {name} on {id}"
                 );
+                if reply == JOURNAL_READY {
+                    let advertised = journal::Journal::from_words(&self.fx.journal)
+                        .map_err(drop)
+                        .and_then(|journal| journal.advertised().map_err(drop));
+                    assert_eq!(
+                        advertised,
+                        Ok(journal::Accepted::by_manager(
+                            self.config.name_prefix,
+                            self.config.also_prefix
+                        )),
+                        "the manager says which names it takes before it answers {name} on {id}"
+                    );
+                }
             }
             return Closed::No;
         }

@@ -417,14 +417,11 @@ fn a_doorbell_is_not_answered_ok_by_a_manager_that_closed_the_connection() {
 /// when it crashes, silently. Before the change the client at least saw its
 /// connection closed, and on re-registering got `NO` and a warning.
 ///
-/// Suggested fix: tell the client. E.g. answer the doorbell that covers a
-/// skipped registration with `NO` (and have the client report
-/// `ClientFault::Refused`, as on the socket: the segment is unprotected), or
-/// have the manager state its prefixes in the `JR` answer's stead (a reply
-/// the client checks at offer time) so a client whose names would be
-/// skipped keeps to the socket, where they are refused before creation.
+/// Fixed: before it answers the offer `JR`, the manager writes the prefixes
+/// it accepts into the journal's header (`journal::advert`), and the client
+/// sends every name outside them through the socket, where it is answered
+/// `NO` and `create` fails with `Error::Refused` before anything exists.
 #[test]
-#[ignore = "open: a client whose prefix the manager does not accept creates segments through the journal without any error, and they leak when it crashes (on the socket the same create fails with Refused)"]
 fn a_client_whose_names_the_manager_skips_is_told_before_its_segments_leak() {
     let manager_prefix = format!("/h3mgr{}_", run_id());
     let client_prefix = format!("/h3cli{}_", run_id());

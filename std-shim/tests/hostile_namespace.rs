@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, Holder, Report, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip,
+    Daemon, Holder, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip,
     remove_if_abandoned, run_id, shm_exists, unique_name, wait_until,
 };
 use libshm::inspect;
@@ -390,35 +390,70 @@ fn our_launcher_tells_the_manager_the_clients_prefix() {
 }
 
 #[test]
-fn a_journaled_foreign_name_is_skipped_and_the_frames_behind_it_still_count() {
-    // A journaled registration gets no answer, so a foreign one cannot be
-    // refused with `NO`. Closing the connection for it would drop every
-    // frame the client journals until it notices, and what it creates
-    // meanwhile would outlive its crash.
+fn a_foreign_name_is_refused_on_the_socket_beside_a_journal_and_what_follows_still_counts() {
+    // A journaled registration gets no answer, so a manager cannot refuse a
+    // foreign one there; it can only skip it, and the client would create
+    // what nobody reaps. So the manager advertises its prefix in the journal,
+    // and our client sends a foreign name through the socket, where it is
+    // refused before the client relies on it, and the connection goes on.
+    // (A client that journals a foreign name anyway is skipped without
+    // closing its connection: hostile3's
+    // foreign_names_interleaved_in_a_journal_neither_fill_the_registry_nor_cost_the_real_ones.)
     let prefix = format!("/skipT{}_", run_id());
     let foreign = unique_name("journaled-foreign");
     common::create_segment(&foreign, 1, 64);
-    let _cleanup = common::Cleanup(vec![foreign.clone()]);
+    let mut cleanup = common::Cleanup(vec![foreign.clone()]);
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("skip-{}.log", run_id()));
     let mut daemon = Daemon::start_with_stderr(
         &["--reap-grace", "1s", "--name-prefix", &prefix, "-v"],
         std::fs::File::create(&log).unwrap().into(),
     );
     // The defaults: pipelined, with a journal.
-    let mut holder = Holder::spawn(
-        &["open", "--manager", &daemon.handle, "--name", &foreign],
+    let manager = ManagerLink::connect(&daemon.handle.parse().unwrap()).unwrap();
+    let foreign_name = SegmentName::new(foreign.as_bytes()).unwrap();
+    let opened = manager
+        .open(&foreign_name, 64)
+        .and_then(|segment| manager.settle().map(|()| segment));
+    // Pipelined, the refusal comes with the settle.
+    use libshm::protocol::client::{ClientError, ClientFault};
+    let refused = match &opened {
+        Err(libshm::Error::Refused { name, .. }) => Some(*name),
+        Err(libshm::Error::Manager {
+            source: ClientError::Fault(ClientFault::Refused(name)),
+            ..
+        }) => Some(*name),
+        _ => None,
+    };
+    assert_eq!(
+        refused,
+        Some(foreign_name),
+        "{:?}",
+        opened.map(|segment| segment.name().to_string())
+    );
+    let own_name = SegmentName::new(format!("{prefix}own_{}", run_id()).as_bytes()).unwrap();
+    cleanup.0.push(own_name.to_string());
+    let own = manager.create_named(&own_name, 64).unwrap();
+    manager.settle().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.child.id())).unwrap();
+    assert!(
+        maps.contains("memfd:libshm-journal"),
+        "the refusal came with a journal attached"
+    );
+    drop(own);
+    // A journaled create under the prefix still outlives nothing.
+    let holder = Holder::spawn(
+        &["create", "--manager", &daemon.handle, "--size", "64"],
         1,
         &[(ENV_PREFIX, &prefix)],
     );
-    let reply = holder.ask("create 64");
-    assert!(reply.starts_with("handle="), "{reply}");
-    let created = Report::parse(&reply).name;
+    let created = holder.segments[0].name.clone();
     assert!(created.starts_with(&prefix), "{created}");
+    cleanup.0.push(created.clone());
     holder.kill();
     let killed = Instant::now();
     assert!(
         wait_until(Duration::from_secs(4), || !shm_exists(&created)),
-        "{created}, journaled behind the foreign name, outlived its crashed creator"
+        "{created} outlived its crashed creator"
     );
     assert!(killed.elapsed() < Duration::from_secs(2) + Duration::from_millis(500));
     assert!(
@@ -428,7 +463,10 @@ fn a_journaled_foreign_name_is_skipped_and_the_frames_behind_it_still_count() {
     assert!(daemon.is_running());
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("closing connection"), "{log}");
-    assert!(log.contains("outside the accepted prefix"), "{log}");
+    assert!(
+        !log.contains("outside the accepted prefix"),
+        "our client journaled a foreign name: {log}"
+    );
 }
 
 // --- gc and the recovery sweep under doubt -----------------------------------

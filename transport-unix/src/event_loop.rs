@@ -23,7 +23,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libshm_core::journal::JournalMemory;
+use libshm_core::journal::{Journal, JournalMemory};
 use libshm_core::manager::{
     Chore, CloseReason, ConnId, Effects, Manager, ManagerConfig, Note, Peer, Stats, Status,
 };
@@ -957,24 +957,21 @@ impl Effects for Driver {
             && pid_watch::is_gone(pid)
     }
 
-    fn attach_journal(&mut self, conn: ConnId) -> bool {
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return false;
-        };
+    fn attach_journal(&mut self, conn: ConnId) -> Option<Journal<'_>> {
+        let client = self.clients.get_mut(&conn)?;
         let Some(fd) = client.offered.take() else {
             tracing::debug!(conn = %conn, "journal offer without memory attached");
-            return false;
+            return None;
         };
         match SharedJournal::adopt(fd) {
             Ok(journal) => {
                 tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
-                client.journal = Some(journal);
                 self.journaled.push(conn);
-                true
+                Some(client.journal.insert(journal).journal())
             }
             Err(err) => {
                 tracing::warn!(conn = %conn, pid = ?client.peer.pid, "refused a journal: {err}");
-                false
+                None
             }
         }
     }

@@ -634,6 +634,73 @@ fn journaled_registrations_of_a_crashed_client_are_reaped() {
 }
 
 #[test]
+fn names_the_manager_does_not_take_go_through_the_socket_and_are_refused() {
+    let memory = memory(64);
+    let journal = Journal::from_words(&memory).unwrap();
+    let mine = NamePrefix::new(b"/mine_").unwrap();
+    let config = ManagerConfig {
+        name_prefix: Some(mine),
+        ..ManagerConfig::default()
+    };
+    let mut c: Wired<Wire, 8, Journal<'_>> =
+        Wired::new(Loopback::with_journal(config, journal), AckMode::default());
+    c.call(|s| s.offer_journal(7, journal)).unwrap();
+    assert!(c.session.is_journaled());
+    assert_eq!(
+        journal.advertised(),
+        Ok(crate::journal::Accepted::by_manager(Some(mine), None))
+    );
+
+    let ours = SegmentName::generate(&mine, 7, 1, 0).unwrap();
+    let writes = c.wire.writes();
+    c.call(|s| s.register(7, ours)).unwrap();
+    assert_eq!(c.wire.writes(), writes, "a name it takes is journaled");
+
+    // A name outside its prefix is written to the socket and answered `NO`,
+    // so the caller hears of it before it creates the segment.
+    c.call(|s| s.register(7, name(0))).unwrap();
+    assert_eq!(
+        c.wire.writes(),
+        writes + 1,
+        "a foreign name takes the socket"
+    );
+    let err = c.call(ClientSession::settle).unwrap_err();
+    assert!(
+        matches!(err, ClientError::Fault(ClientFault::Refused(refused)) if refused == name(0)),
+        "{err:?}"
+    );
+    // Its release goes the way its registration went; the connection goes on.
+    c.call(|s| s.release(7, name(0), false)).unwrap();
+    c.call(|s| s.release(7, ours, true)).unwrap();
+    c.call(ClientSession::settle).unwrap();
+    let stats = c.wire.manager().stats();
+    assert_eq!((stats.registrations, stats.releases), (1, 1));
+    assert_eq!(stats.closed_for_cause, 0);
+}
+
+#[test]
+fn an_advertisement_that_does_not_parse_journals_every_name() {
+    let memory = memory(4);
+    let journal = Journal::from_words(&memory).unwrap();
+    let mut s: ClientSession<4, Journal<'_>> = ClientSession::new(AckMode::default());
+    s.offer_journal(7, journal).unwrap();
+    assert!(matches!(s.step(), Step::Offer { .. }));
+    s.sent();
+    // A hostile manager writes garbage over the header's manager words.
+    for word in &memory[4..16] {
+        word.store(0xffff_ffff, core::sync::atomic::Ordering::Relaxed);
+    }
+    s.received(b"JR");
+    assert_eq!(s.step(), Step::Done(Ok(())));
+    assert!(s.is_journaled());
+    s.register(7, name(0)).unwrap();
+    assert_eq!(s.step(), Step::TryReceive { max: READ_MAX });
+    s.nothing_ready();
+    assert_eq!(s.step(), Step::Done(Ok(())), "journaled, as before adverts");
+    assert_eq!(journal.unread(), Ok(1));
+}
+
+#[test]
 fn a_manager_without_journals_declines_and_the_socket_path_goes_on() {
     let memory = memory(8);
     let journal = Journal::from_words(&memory).unwrap();

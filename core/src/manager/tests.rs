@@ -836,8 +836,9 @@ fn a_big_disconnect_is_worked_off_in_batches() {
 
 #[test]
 fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
-    #[derive(Default)]
-    struct JournalFx(Recorder, bool);
+    use crate::journal::{Accepted, Journal, journal_len};
+    use core::sync::atomic::AtomicU32;
+    struct JournalFx(Recorder, bool, Vec<AtomicU32>);
     impl Effects for JournalFx {
         fn reply(&mut self, conn: ConnId, reply: [u8; 2]) {
             self.0.reply(conn, reply);
@@ -848,18 +849,24 @@ fn journal_frames_are_silent_and_reserved_names_are_kept_out_of_the_table() {
         fn chore(&mut self, chore: Chore) {
             self.0.chore(chore);
         }
-        fn attach_journal(&mut self, _conn: ConnId) -> bool {
-            true
+        fn attach_journal(&mut self, _conn: ConnId) -> Option<Journal<'_>> {
+            Journal::from_words(&self.2).ok()
         }
         fn drain_journal(&mut self, _conn: ConnId) {
             self.1 = true;
         }
     }
     let mut m = TestManager::new(ManagerConfig::default(), at(0));
-    let mut fx = JournalFx::default();
+    let words = (0..journal_len(4) / 4).map(|_| AtomicU32::new(0)).collect();
+    let mut fx = JournalFx(Recorder::default(), false, words);
     let c = m.connect(Peer::default(), at(0)).unwrap();
     m.receive(c, &reg(crate::journal::SETUP_NAME), at(0), &mut fx);
     assert_eq!(fx.0.replies, [(c, crate::ack::JOURNAL_READY)]);
+    assert_eq!(
+        Journal::from_words(&fx.2).unwrap().advertised(),
+        Ok(Accepted::Every),
+        "before it answers, the manager says which names it takes"
+    );
     m.receive_journaled(c, &reg("/j"), at(0), &mut fx);
     assert_eq!(
         fx.0.replies.len(),

@@ -4,7 +4,9 @@
 //! namespace with header refcounts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU32;
 
+use libshm_core::journal::{Journal, journal_len};
 use libshm_core::manager::{Chore, CloseReason, ConnId, Effects, Note};
 use libshm_core::name::SegmentName;
 use libshm_core::namespace::{Namespace, Observed, Unlinked};
@@ -48,6 +50,9 @@ pub(super) struct Driver {
     pub(super) watched: BTreeSet<i32>,
     /// Whether journal offers are taken.
     pub(super) journals: bool,
+    /// The memory of the journal an offer attaches (one, shared by every
+    /// connection: the model reads only the manager's advertisement in it).
+    pub(super) journal: Vec<AtomicU32>,
 }
 
 impl Driver {
@@ -61,6 +66,11 @@ impl Driver {
     /// namespace that died.
     pub(super) fn is_gone(&self, pid: i32) -> bool {
         self.watchable >> pid.rem_euclid(8) & 1 == 1 && self.dead.contains(&pid)
+    }
+
+    /// Memory for the journal offers take.
+    pub(super) fn journal_memory() -> Vec<AtomicU32> {
+        (0..journal_len(1) / 4).map(|_| AtomicU32::new(0)).collect()
     }
 }
 
@@ -91,8 +101,13 @@ impl Effects for Driver {
             "the manager unwatched pid {pid}, which it was not watching"
         );
     }
-    fn attach_journal(&mut self, _conn: ConnId) -> bool {
-        self.journals
+    fn attach_journal(&mut self, _conn: ConnId) -> Option<Journal<'_>> {
+        if !self.journals {
+            return None;
+        }
+        let journal = Journal::from_words(&self.journal).ok()?;
+        journal.initialize();
+        Some(journal)
     }
     fn note(&mut self, note: Note) {
         let effect = match note {
