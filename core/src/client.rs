@@ -78,7 +78,8 @@ pub enum ClientFault {
         /// Registrations that never got a reply.
         unanswered: usize,
     },
-    /// The manager refused this registration (its registry is full).
+    /// The manager refused this registration (its registry is full, or the
+    /// name is outside its prefix).
     Refused(SegmentName),
     /// The journal's counters say the manager read more than was written.
     JournalCorrupt,

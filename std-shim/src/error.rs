@@ -47,8 +47,12 @@ pub enum Error {
         #[source]
         source: ClientError<WireError>,
     },
-    /// The manager refused a registration (its registry is full).
-    #[error("manager {handle} refused to register {name}: its registry is full")]
+    /// The manager refused a registration: its registry is full, or the
+    /// name is outside the prefix it accepts (`--name-prefix`).
+    #[error(
+        "manager {handle} refused to register {name}: its registry is full, or the name is \
+         outside the prefix it accepts (--name-prefix; set LIBSHM_NAME_PREFIX to match)"
+    )]
     Refused {
         /// The manager's handle.
         handle: String,
