@@ -384,15 +384,24 @@ mod tests {
         drop(manager);
     }
 
+    /// Memory for a journal of 16 frames.
+    fn journal_words() -> Vec<std::sync::atomic::AtomicU32> {
+        (0..journal_len(16) / 4)
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect()
+    }
+
+    /// A client over a loopback manager that takes `journal` when offered.
+    fn over_loopback(journal: Journal<'_>) -> Client<Loopback<'_, Fixed<16, 4>>, 8, Journal<'_>> {
+        let wire = Loopback::with_journal(ManagerConfig::default(), journal);
+        Client::new(wire, AckMode::default())
+    }
+
     #[test]
     fn holds_handed_back_with_a_journal_are_committed_to_it() {
-        let memory: Vec<_> = (0..journal_len(16) / 4)
-            .map(|_| std::sync::atomic::AtomicU32::new(0))
-            .collect();
+        let memory = journal_words();
         let journal = Journal::from_words(&memory).unwrap();
-        let wire: Loopback<Fixed<16, 4>> =
-            Loopback::with_journal(ManagerConfig::default(), journal);
-        let mut client: Client<_, 8, Journal<'_>> = Client::new(wire, AckMode::default());
+        let mut client = over_loopback(journal);
         assert!(
             client
                 .offer_journal(7, journal, |wire, bytes, _| wire.send_all(bytes))
@@ -417,13 +426,9 @@ mod tests {
 
     #[test]
     fn the_offer_is_written_with_its_memory_and_the_session_keeps_it() {
-        let memory: Vec<_> = (0..journal_len(16) / 4)
-            .map(|_| std::sync::atomic::AtomicU32::new(0))
-            .collect();
+        let memory = journal_words();
         let journal = Journal::from_words(&memory).unwrap();
-        let wire: Loopback<Fixed<16, 4>> =
-            Loopback::with_journal(ManagerConfig::default(), journal);
-        let mut client: Client<_, 8, Journal<'_>> = Client::new(wire, AckMode::default());
+        let mut client = over_loopback(journal);
         let mut offers = 0;
         let accepted = client
             .offer_journal(7, journal, |wire, bytes, memory| {

@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::journal_client::JournalClient;
 use common::measure::{LogFile, Probe, RoundTrips};
 use common::{Cleanup, Daemon, Sleeper, create_object, shm_exists, unique_name, wait_until};
 use libshm::SegmentName;
 use libshm::protocol::frame::{FRAME_LEN, Frame};
 use libshm::protocol::journal::{self, JournalMemory};
-use libshm_unix::{SharedJournal, UnixTransport};
 
 /// Issue 10's bound on another client's round trip during a flood, at p99.
 const P99_TARGET: Duration = Duration::from_millis(5);
@@ -122,18 +122,8 @@ enum Doorbell {
 /// Fills a journal of the largest size a manager accepts, rings the
 /// doorbell, and fills it again, forever.
 fn journal_flood(handle: &str, doorbell_answer: Doorbell) -> Flood {
-    let memory = SharedJournal::create(journal::MAX_CAPACITY).unwrap();
-    let mut stream = UnixStream::connect(handle).unwrap();
+    let JournalClient { mut stream, memory } = JournalClient::attach(handle, journal::MAX_CAPACITY);
     let pid = std::process::id() as i32;
-    // The offer travels with the journal's descriptor.
-    let mut offer = UnixTransport::from_fd(stream.try_clone().unwrap().into());
-    offer
-        .send_with_fd(&Frame::register(pid, journal::SETUP).encode(), memory.fd())
-        .unwrap();
-    drop(offer);
-    let mut reply = [0u8; 2];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply, b"JR", "the manager took the journal");
     let frames: Vec<_> = frame_cycle(pid, &flood_names("jflood", 4096))
         .iter()
         .map(Frame::to_raw)

@@ -15,96 +15,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::journal_client::JournalClient;
 use common::{
     Cleanup, Daemon, Holder, RawClient, Sleeper, create_segment, run_id, shm_exists, story,
     unique_name, wait_until,
 };
 use libshm::SegmentName;
 use libshm::protocol::frame::Frame;
-use libshm::protocol::journal::{self, JournalMemory};
-use libshm_unix::{SharedJournal, UnixTransport};
-
-/// A raw client whose frames go through a journal the manager took.
-struct JournalClient {
-    stream: UnixStream,
-    memory: SharedJournal,
-}
-
-impl JournalClient {
-    /// Connects and offers a journal of `capacity` frames; panics unless the
-    /// manager answers `JR`.
-    fn attach(handle: &str, capacity: usize) -> Self {
-        let memory = SharedJournal::create(capacity).unwrap();
-        let mut stream = UnixStream::connect(handle).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let pid = std::process::id() as i32;
-        let mut offer = UnixTransport::from_fd(stream.try_clone().unwrap().into());
-        offer
-            .send_with_fd(&Frame::register(pid, journal::SETUP).encode(), memory.fd())
-            .unwrap();
-        drop(offer);
-        let mut reply = [0u8; 2];
-        stream.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"JR", "the manager took the journal");
-        Self { stream, memory }
-    }
-
-    /// Commits a registration of `name` by `pid`.
-    fn register(&self, pid: i32, name: &str) {
-        self.append(Frame::register(pid, segment_name(name)));
-    }
-
-    /// Commits a release of `name` by `pid`.
-    fn release(&self, pid: i32, name: &str) {
-        self.append(Frame::release(pid, segment_name(name)));
-    }
-
-    fn append(&self, frame: Frame) {
-        self.memory
-            .journal()
-            .append(&frame.to_raw())
-            .expect("room in the journal");
-    }
-
-    /// Rings the doorbell; the answer (`OK` once the manager read the ring),
-    /// or `None` if it closed the connection instead.
-    fn ring(&mut self) -> Option<[u8; 2]> {
-        let pid = std::process::id() as i32;
-        if self
-            .stream
-            .write_all(&Frame::register(pid, journal::DOORBELL).encode())
-            .is_err()
-        {
-            return None;
-        }
-        let mut reply = [0u8; 2];
-        match self.stream.read_exact(&mut reply) {
-            Ok(()) => Some(reply),
-            Err(_) => None,
-        }
-    }
-
-    /// Overwrites word `index` of the ring's header, as a buggy or hostile
-    /// client may (the memory is shared and writable).
-    fn poke_word(&self, index: u64, value: u32) {
-        let file = std::fs::File::from(self.memory.fd().try_clone_to_owned().unwrap());
-        file.write_all_at(&value.to_ne_bytes(), index * 4).unwrap();
-    }
-
-    /// Whether the manager closed the connection (end of file within `timeout`).
-    fn is_closed_by_peer(&mut self, timeout: Duration) -> bool {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
-        let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0))
-    }
-}
+use libshm::protocol::journal::JournalMemory;
 
 fn segment_name(name: &str) -> SegmentName {
     SegmentName::new(name.as_bytes()).unwrap()
@@ -135,6 +56,49 @@ fn create_over_the_limit(client: &mut Holder, cleanup: &mut Cleanup) -> (String,
         }
     }
     (reply, None)
+}
+
+/// A manager with room for two names (`--max-names 2`, grace and linger
+/// 1 s): a bystander holds the first, a `shmctl create --hold` client made
+/// the second and then asked for a third, over the limit.
+struct OverTheLimit {
+    daemon: Daemon,
+    bystander: RawClient,
+    client: Holder,
+    /// The client's first segment: the second name, which fits.
+    second: String,
+    /// What the client answered when asked for the third.
+    reply: String,
+    /// The third, if the client reports it made.
+    over: Option<String>,
+    cleanup: Cleanup,
+}
+
+impl OverTheLimit {
+    fn create() -> Self {
+        let daemon = Daemon::start_with_stderr(
+            &["--reap-grace", "1s", "--linger", "1s", "--max-names", "2"],
+            Stdio::null(),
+        );
+        let bystander = daemon.bystander();
+        let mut client = Holder::spawn(
+            &["create", "--manager", &daemon.handle, "--size", "64"],
+            1,
+            &[],
+        );
+        let second = client.segments[0].name.clone();
+        let mut cleanup = Cleanup(vec![second.clone()]);
+        let (reply, over) = create_over_the_limit(&mut client, &mut cleanup);
+        Self {
+            daemon,
+            bystander,
+            client,
+            second,
+            reply,
+            over,
+            cleanup,
+        }
+    }
 }
 
 // --- Findings ---------------------------------------------------------------
@@ -227,20 +191,15 @@ fn a_registration_committed_just_before_its_sender_died_does_not_outlive_it() {
 /// arrives before the segment is made.
 #[test]
 fn a_journaled_registration_over_max_names_does_not_outlive_its_crashed_creator() {
-    let mut daemon = Daemon::start_with_stderr(
-        &["--reap-grace", "1s", "--linger", "1s", "--max-names", "2"],
-        Stdio::null(),
-    );
-    let bystander = daemon.bystander(); // The first name.
-    let mut client = Holder::spawn(
-        &["create", "--manager", &daemon.handle, "--size", "64"],
-        1,
-        &[],
-    );
-    let fits = client.segments[0].name.clone(); // The second.
-    let mut cleanup = Cleanup(vec![fits.clone()]);
-    // The third: over the limit.
-    let (reply, over) = create_over_the_limit(&mut client, &mut cleanup);
+    let OverTheLimit {
+        mut daemon,
+        bystander,
+        client,
+        second: fits,
+        reply,
+        over,
+        cleanup: _cleanup,
+    } = OverTheLimit::create();
     client.kill();
     assert!(
         wait_until(Duration::from_secs(4), || !shm_exists(&fits)),
@@ -330,20 +289,15 @@ fn a_tensor_left_in_a_queue_by_a_producer_once_closed_for_cause_is_not_reaped() 
 /// closes the connection.
 #[test]
 fn a_live_client_whose_journal_overflowed_the_registry_keeps_its_segments_past_shutdown() {
-    let mut daemon = Daemon::start_with_stderr(
-        &["--reap-grace", "1s", "--linger", "1s", "--max-names", "2"],
-        Stdio::null(),
-    );
-    let bystander = daemon.bystander(); // The first name.
-    let mut client = Holder::spawn(
-        &["create", "--manager", &daemon.handle, "--size", "64"],
-        1,
-        &[],
-    );
-    let kept = client.segments[0].name.clone(); // The second.
-    let mut cleanup = Cleanup(vec![kept.clone()]);
-    // The third: over the limit.
-    let (reply, over) = create_over_the_limit(&mut client, &mut cleanup);
+    let OverTheLimit {
+        mut daemon,
+        bystander,
+        mut client,
+        second: kept,
+        reply,
+        over,
+        cleanup: _cleanup,
+    } = OverTheLimit::create();
     assert!(over.is_some(), "the client reported a failure: {reply}");
     drop(bystander);
     // Shutdown after 2 s without a client, then the 1 s linger.

@@ -168,6 +168,13 @@ impl Rig {
         self.send(conn, &Frame::release(pid, name(n)).encode());
     }
 
+    /// `pid` on `conn` releases `n`, its last live registration, which
+    /// nobody dead holds either.
+    fn release_last(&mut self, conn: ConnId, pid: i32, n: &str) {
+        self.release(conn, pid, n);
+        assert_eq!(self.state(n), Some(NameState::Released { dead: 0 }), "{n}");
+    }
+
     /// The driver reports `conn` closed, now.
     fn disconnect(&mut self, conn: ConnId) {
         self.m.disconnect(conn, at(self.now), &mut self.fx);
@@ -375,10 +382,8 @@ fn a_connection_with_many_processes_finds_who_holds_a_released_name() {
     // Holders leaving from the middle keep the list whole.
     r.exited(102);
     r.run_to(10_000);
-    r.release(c, 103, "/held_101");
-    assert_eq!(r.state("/held_101"), Some(NameState::Released { dead: 0 }));
-    r.release(c, 101, "/held_104");
-    assert_eq!(r.state("/held_104"), Some(NameState::Released { dead: 0 }));
+    r.release_last(c, 103, "/held_101");
+    r.release_last(c, 101, "/held_104");
 }
 
 #[test]

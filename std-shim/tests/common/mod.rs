@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)]
+pub mod journal_client;
 pub mod measure;
 
 pub const SHM_MANAGER: &str = env!("CARGO_BIN_EXE_shm-manager");
