@@ -4,6 +4,7 @@
 //! `libshm_init`).
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +37,14 @@ pub const ENV_POOL: &str = "LIBSHM_POOL";
 
 /// Our manager's file name, looked for next to the running executable and on `PATH`.
 pub const MANAGER_BIN: &str = "shm-manager";
+
+/// A private manager over pipes, just started.
+pub(crate) struct PipeManager {
+    pub(crate) handle: ManagerHandle,
+    pub(crate) transport: PipeTransport,
+    /// For killing it once given up on (see `Link`).
+    pub(crate) pidfd: Option<OwnedFd>,
+}
 
 /// How this process uses managers.
 ///
@@ -226,13 +235,17 @@ impl Config {
     /// Starts a private manager over pipes: this configuration's launcher,
     /// with the pipes added to its command. Its transport waits for replies
     /// as long as [`Config::reply_timeout`] says.
-    pub(crate) fn launch_over_pipes(&self) -> Result<(ManagerHandle, PipeTransport), Error> {
+    pub(crate) fn launch_over_pipes(&self) -> Result<PipeManager, Error> {
         let pipes = ChildPipes::new(self.reply_timeout).map_err(Error::Pipes)?;
         let launched = self
             .launcher()?
             .launch_with(|command| pipes.prepare(command), ChildPipes::accepts)?;
         tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
-        Ok((launched.handle, pipes.into_transport()))
+        Ok(PipeManager {
+            handle: launched.handle,
+            transport: pipes.into_transport(),
+            pidfd: launched.pidfd,
+        })
     }
 
     /// `--name-prefix <prefix>` (unless [`Config::manager_args`] names one),

@@ -27,6 +27,7 @@
 //! link's.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use libshm_core::transport::Transport;
 use libshm_unix::{SharedJournal, UnixTransport};
 
 use crate::client::Client;
-use crate::config::Config;
+use crate::config::{Config, PipeManager};
 use crate::error::Error;
 use crate::error_chain::Chain;
 use crate::naming::current_pid;
@@ -90,6 +91,10 @@ struct LinkState {
     /// Names this process holds through the link, with repeats. While
     /// connected, every one of them is registered with the manager.
     held: HashMap<SegmentName, u32>,
+    /// A pidfd of the private pipe manager this process started, if that
+    /// is the manager: given up on, it is killed, not left to unlink, at
+    /// its end of file, the names its successor now holds for us.
+    pipe_manager: Option<OwnedFd>,
 }
 
 /// Whether the link has a manager connection.
@@ -115,20 +120,18 @@ impl Link {
     }
 
     /// A link to a private manager this process just started, over its pipes.
-    pub(crate) fn over_pipes(
-        handle: ManagerHandle,
-        transport: libshm_pipe::PipeTransport,
-        config: &Config,
-    ) -> Self {
-        let client = Client::new(Wire::Pipe(transport), config.get_ack_mode());
+    pub(crate) fn over_pipes(launched: PipeManager, config: &Config) -> Self {
+        let client = Client::new(Wire::Pipe(launched.transport), config.get_ack_mode());
         let session = Session::Connected(Box::new(client));
-        Self::with_state(
-            handle,
+        let link = Self::with_state(
+            launched.handle,
             Origin::Launched,
             TransportKind::Pipe,
             session,
             config,
-        )
+        );
+        link.lock().pipe_manager = launched.pidfd;
+        link
     }
 
     fn with_state(
@@ -149,6 +152,7 @@ impl Link {
             offer_journal: config.get_journal(),
             prefix: *config.get_name_prefix(),
             held: HashMap::new(),
+            pipe_manager: None,
         };
         Self {
             prefix: *config.get_name_prefix(),
@@ -316,6 +320,8 @@ impl LinkState {
             self.pid = pid;
             self.session = Session::Disconnected;
             self.held.clear();
+            // The parent's; closing our copy signals nothing.
+            self.pipe_manager = None;
         }
     }
 
@@ -345,6 +351,14 @@ impl LinkState {
             return;
         };
         if matches!(client.transport(), Wire::Pipe(_)) {
+            // A pipe manager unlinks every name it knows once its pipes
+            // close, released or not: stopped first, it unlinks nothing.
+            if let Some(pidfd) = self.pipe_manager.take()
+                && let Err(errno) =
+                    rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL)
+            {
+                tracing::debug!("could not stop the pipe manager given up on: {errno}");
+            }
             return;
         }
         let pid = self.pid as i32;
@@ -453,11 +467,12 @@ impl LinkState {
 
     /// Starts a private pipe manager for this link; it becomes the link's manager.
     fn launch_pipe(&mut self) -> Result<WireClient, Error> {
-        let (handle, transport) = registry::config()?.launch_over_pipes()?;
-        self.handle = handle;
+        let launched = registry::config()?.launch_over_pipes()?;
+        self.handle = launched.handle;
         self.kind = TransportKind::Pipe;
         self.origin = Origin::Launched;
-        Ok(Client::new(Wire::Pipe(transport), self.mode))
+        self.pipe_manager = launched.pidfd;
+        Ok(Client::new(Wire::Pipe(launched.transport), self.mode))
     }
 
     /// Registers every name still held with `client`'s manager and waits

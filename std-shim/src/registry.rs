@@ -76,8 +76,8 @@ fn launch(config: &Config) -> Result<(ManagerHandle, Link), Error> {
             (launched.handle, link)
         }
         TransportKind::Pipe => {
-            let (handle, transport) = config.launch_over_pipes()?;
-            (handle, Link::over_pipes(handle, transport, config))
+            let launched = config.launch_over_pipes()?;
+            (launched.handle, Link::over_pipes(launched, config))
         }
     })
 }

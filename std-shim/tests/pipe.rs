@@ -225,6 +225,50 @@ fn in_process_a_pipe_manager_is_private_and_replaced_when_killed() {
     assert_eq!(manager.held(), 0);
 }
 
+/// A private manager that stalls past the reply timeout is given up on and
+/// replaced, and what is held is registered with its successor. The stalled
+/// one must not come back to its end of file and unlink every name it knew:
+/// the link kills it before letting its pipes go.
+#[test]
+fn a_pipe_manager_given_up_on_is_killed_and_unlinks_nothing_its_successor_holds() {
+    let config = pipe_mode().reply_timeout(Some(Duration::from_millis(300)));
+    let manager = ManagerLink::launch(&config).unwrap();
+    let first_pid = pipe_manager_pid(manager.handle().as_str());
+    let kept = manager.create(128).unwrap();
+    kept.fill(7);
+    manager.settle().unwrap();
+    let signal = |signal| {
+        let pid = rustix::process::Pid::from_raw(first_pid as i32).unwrap();
+        rustix::process::kill_process(pid, signal)
+    };
+    signal(rustix::process::Signal::STOP).unwrap();
+    let late = manager.create(128).unwrap();
+    assert!(
+        manager.settle().is_err(),
+        "the stalled manager's reply timed out"
+    );
+    // The next use replaces it, and registers what is held there.
+    let next = manager.create(128).unwrap();
+    manager.settle().unwrap();
+    assert_ne!(pipe_manager_pid(manager.handle().as_str()), first_pid);
+    // Had it only been let go, it would wake now and unlink what it knew.
+    let _ = signal(rustix::process::Signal::CONT);
+    assert!(
+        wait_until(Duration::from_secs(3), || process_gone(first_pid)),
+        "the manager given up on was stopped for good"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for segment in [&kept, &late, &next] {
+        assert!(shm_exists(segment.name().as_str()), "{}", segment.name());
+    }
+    let mut data = [0u8; 128];
+    kept.read_at(0, &mut data).unwrap();
+    assert!(data.iter().all(|&b| b == 7), "its data is intact");
+    drop((kept, late, next));
+    manager.settle().unwrap();
+    assert_eq!(manager.held(), 0);
+}
+
 #[test]
 fn a_pipe_configured_process_still_uses_unix_managers_it_is_given() {
     let daemon = Daemon::start(&[]);

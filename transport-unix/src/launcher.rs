@@ -11,6 +11,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,14 +19,19 @@ use std::time::{Duration, Instant};
 use libshm_core::handshake::{HandshakeError, HandshakeReader, ManagerHandle, NoHandle};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
+use rustix::process::PidfdFlags;
 
 /// A manager that printed its handle.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Launched {
     /// Where to connect.
     pub handle: ManagerHandle,
     /// The manager's pid.
     pub pid: u32,
+    /// A pidfd of the manager, taken before anyone could reap it (so it
+    /// names this process even after the pid is reused), where the kernel
+    /// has pidfds: for signalling a manager that only its launcher uses.
+    pub pidfd: Option<OwnedFd>,
 }
 
 /// Why a manager could not be started.
@@ -166,6 +172,9 @@ impl Launcher {
             source,
         })?;
         let pid = child.id();
+        // Not reaped before the reaper thread below: the pid is still this child.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|raw| rustix::process::pidfd_open(raw, PidfdFlags::empty()).ok());
         let result = self.read_handshake(&mut child).and_then(|handle| {
             if accepts(&handle, pid) {
                 Ok(handle)
@@ -177,7 +186,7 @@ impl Launcher {
             let _ = child.kill();
         }
         reap_in_background(child);
-        result.map(|handle| Launched { handle, pid })
+        result.map(|handle| Launched { handle, pid, pidfd })
     }
 
     fn read_handshake(&self, child: &mut Child) -> Result<ManagerHandle, LaunchError> {
