@@ -526,8 +526,11 @@ pub trait Effects {
     fn unwatch_pid(&mut self, _pid: i32) {}
     /// Whether `pid`, which [`Effects::watch_pid`] just declined for `conn`,
     /// is a process of `conn`'s pid namespace that has already exited (a
-    /// journaled frame read after its sender died): its registration is
-    /// then a dead one at once. Drivers that cannot tell keep the default.
+    /// frame read after its sender died). True promises to report its end
+    /// as for a watched pid ([`Manager::pid_exited`]), once what else it
+    /// sent has been read: its holds then turn dead, and its releases among
+    /// those frames still reach them. Drivers that cannot tell keep the
+    /// default (its frames then count for the connection).
     fn pid_is_gone(&mut self, _conn: ConnId, _pid: i32) -> bool {
         false
     }
@@ -672,15 +675,6 @@ pub struct Holder {
     /// pid), so that a process's end finds its holders at once.
     newer_same_pid: u32,
     older_same_pid: u32,
-}
-
-/// Who sent a frame, as far as holds go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sender {
-    /// This holder's process.
-    Holder(u32),
-    /// A process of the connection's pid namespace that has exited.
-    Gone,
 }
 
 /// A watched pid: how many live holders depend on its watch, and the newest
@@ -1151,6 +1145,18 @@ impl<S: Storage> Manager<S> {
         if self.conns.is_empty() {
             self.idle_since = Some(now);
         }
+    }
+
+    /// The live connections `pid`'s holders are on: where what it sent last
+    /// may still wait to be read when it exits.
+    pub fn connections_of(&self, pid: i32) -> impl Iterator<Item = ConnId> + '_ {
+        let newest = self.pids.get(&pid).map_or(NO_HOLDER, |e| e.newest_holder);
+        core::iter::successors(self.holders.get(newest).map(|h| (newest, h)), |(_, h)| {
+            let older = h.older_same_pid;
+            self.holders.get(older).map(|holder| (older, holder))
+        })
+        .map(|(_, holder)| holder.key.conn)
+        .filter(|conn| self.conns.get(conn).is_some())
     }
 
     /// A watched process has exited, and the driver is about to read what is
@@ -1828,42 +1834,27 @@ impl<S: Storage> Manager<S> {
                 None => return self.refused(conn, answer, now, fx),
             },
         };
-        let sender = self.holder_for(conn, pid, fx);
-        let stored = match sender {
-            Some(Sender::Holder(holder)) => self.add_hold(holder, id),
-            Some(Sender::Gone) => Some(()),
-            None => None,
-        };
+        let stored = self
+            .holder_for(conn, pid, fx)
+            .and_then(|holder| self.add_hold(holder, id));
         if stored.is_none() {
             if is_new {
                 self.forget(id);
             }
             return self.refused(conn, answer, now, fx);
         }
-        // Read after its sender exited: a registration nobody will release.
-        let gone = sender == Some(Sender::Gone);
         // The process registered it before its old connection was closed
         // for cause (a client re-registering what it holds after
         // reconnecting): that registration moves here, not counted twice.
-        let moved = !gone
-            && self
-                .detached_holder_holding(pid, id)
-                .is_some_and(|stale| self.take_hold(stale, id));
+        let moved = self
+            .detached_holder_holding(pid, id)
+            .is_some_and(|stale| self.take_hold(stale, id));
         let by_creator = self.creator_of(&name) == u32::try_from(pid).ok();
-        let mut unheld = false;
         if let Some(record) = self.names.get_mut(id) {
-            if gone {
-                // Its connection lives on, and a fork of the sender may map
-                // the name unannounced.
-                record.dead = record.dead.saturating_add(1);
-                record.inherited = true;
-                unheld = record.live == 0;
-            } else if !moved {
+            if !moved {
                 record.live += 1;
             }
-            if !unheld {
-                record.phase = Phase::Held;
-            }
+            record.phase = Phase::Held;
             record.tries = 0;
             record.creator_seen |= by_creator;
             if record.creator_counted {
@@ -1874,11 +1865,7 @@ impl<S: Storage> Manager<S> {
                 record.dead = record.dead.saturating_sub(1);
             }
         }
-        if unheld {
-            self.unheld(id, true, now);
-        } else {
-            self.unschedule(id);
-        }
+        self.unschedule(id);
         self.stats.registrations += 1;
         if answer == Answer::Reply {
             fx.reply(conn, ACK);
@@ -2007,17 +1994,16 @@ impl<S: Storage> Manager<S> {
     }
 
     /// The holder for frames from `pid` on `conn`, created (and its pid
-    /// watched) on first sight; or that the sender has already exited.
-    fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<Sender> {
+    /// watched) on first sight. A sender that has already exited (its frame
+    /// read late) gets a holder of its own too, ended when the driver reports
+    /// the exit, after reading what else it sent.
+    fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
         if let Some(holder) = self.known_holder(conn, pid) {
-            return Some(Sender::Holder(holder));
+            return Some(holder);
         }
         self.conns.get(&conn)?;
-        let watched = fx.watch_pid(conn, pid);
-        if !watched && fx.pid_is_gone(conn, pid) {
-            return Some(Sender::Gone);
-        }
-        let holder = if watched && self.retain_pid(pid, fx) {
+        let ends_reported = fx.watch_pid(conn, pid) || fx.pid_is_gone(conn, pid);
+        let holder = if ends_reported && self.retain_pid(pid, fx) {
             let key = HolderKey {
                 conn,
                 pid: Some(pid),
@@ -2049,7 +2035,7 @@ impl<S: Storage> Manager<S> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last = Some((pid, holder));
         }
-        Some(Sender::Holder(holder))
+        Some(holder)
     }
 
     /// The holder standing for `conn`'s untrusted pids, created on first need.

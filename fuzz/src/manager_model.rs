@@ -451,6 +451,11 @@ impl<S: Storage> Harness<S> {
             Event::Journaled { conn, piece } => self.journaled(*conn, piece),
             Event::Evict { conn } => self.evict(*conn),
         }
+        // Senders found gone while frames were read: the driver reports
+        // their end once the reading is over.
+        for pid in std::mem::take(&mut self.fx.gone_reported) {
+            self.pid_exited(pid);
+        }
         Flow::Continue
     }
 
@@ -807,41 +812,24 @@ impl<S: Storage> Harness<S> {
         if !known && self.names.len() >= names_limit {
             return false;
         }
-        let gone = self.known_holder(index, pid).is_none()
-            && !self.fx.can_watch(pid)
-            && self.fx.is_gone(pid);
-        if gone {
-            // Read after its sender exited: a dead registration at once, as
-            // of a holder already gone (the manager keeps no holder).
-            self.holders.push(HolderModel {
-                conn: index,
-                key_pid: Some(pid),
-                watching: None,
-                state: HolderState::Gone,
-                id: u32::MAX,
-            });
-            self.regs.insert((name, self.holders.len() - 1), 1);
-        } else {
-            let Some(holder) = self.resolve_holder(index, pid) else {
-                return false;
-            };
-            let has_entry = self.regs.contains_key(&(name, holder));
-            if !has_entry && self.hold_entries() >= self.capacity.names {
-                return false;
-            }
-            *self.regs.entry((name, holder)).or_insert(0) += 1;
-            // The pid's registration from before its old connection was
-            // closed for cause moves here.
-            if let Some(stale) = self.detached_holder_holding(pid, name) {
-                self.take_reg(name, stale);
-            }
+        let Some(holder) = self.resolve_holder(index, pid) else {
+            return false;
+        };
+        let has_entry = self.regs.contains_key(&(name, holder));
+        if !has_entry && self.hold_entries() >= self.capacity.names {
+            return false;
+        }
+        *self.regs.entry((name, holder)).or_insert(0) += 1;
+        // The pid's registration from before its old connection was closed
+        // for cause moves here.
+        if let Some(stale) = self.detached_holder_holding(pid, name) {
+            self.take_reg(name, stale);
         }
         let creator = [self.config.name_prefix, self.config.also_prefix]
             .iter()
             .flatten()
             .find_map(|prefix| name.creator_pid(prefix));
         let record = self.names.entry(name).or_default();
-        record.inherited |= gone;
         record.creator_seen |= creator == u32::try_from(pid).ok();
         // A user of an adopted name: the guess that its creator leaked
         // its reference is withdrawn.
@@ -889,7 +877,10 @@ impl<S: Storage> Harness<S> {
         let full = |len: usize| len >= capacity;
         let watching = self.watching();
         let countable = watching.contains(&pid) || !full(watching.len());
-        let holder = if self.fx.can_watch(pid) && countable {
+        // A pid found gone is watched as if it had just exited: the driver
+        // reports its end.
+        let ends_reported = self.fx.can_watch(pid) || self.fx.is_gone(pid);
+        let holder = if ends_reported && countable {
             let holder = self.new_holder(index, Some(pid), Some(pid))?;
             if full(self.index.len()) {
                 self.discard_holder(holder);

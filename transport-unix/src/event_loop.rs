@@ -399,17 +399,24 @@ pub fn serve_tuned<N: Namespace>(
                 continue;
             };
             if event.readable {
-                driver.read_from(id, &mut manager, &mut buf, now);
+                let budget = READS_PER_ROUND * buf.len();
+                driver.read_from(id, &mut manager, &mut buf, budget, now);
             }
             if event.writable {
                 driver.dirty.push(id);
             }
         }
         if !driver.exited.is_empty() {
-            // What the process committed to a journal before it died is read
-            // before its end is acted on.
             driver.drain_all(&mut manager, now);
             for pid in std::mem::take(&mut driver.exited) {
+                // Everything it sent before it died is read before its end is
+                // acted on, however much waits (its releases among it): all
+                // that is queued on its connections now, and all committed
+                // to their journals. Whatever comes later is someone else's.
+                let conns: Vec<ConnId> = manager.connections_of(pid).collect();
+                for id in conns {
+                    driver.read_queued(id, &mut manager, &mut buf, now);
+                }
                 tracing::debug!(pid, "watched process exited");
                 driver.stop_watching(pid);
                 manager.pid_exited(pid, now, &mut driver);
@@ -632,18 +639,22 @@ struct Driver {
 }
 
 impl Driver {
+    /// Reads what `id` sent, up to `budget` bytes, and hands it to the
+    /// manager.
     fn read_from(
         &mut self,
         id: ConnId,
         manager: &mut Manager<Growable>,
         buf: &mut [u8],
+        mut budget: usize,
         now: Timestamp,
     ) {
-        for _ in 0..READS_PER_ROUND {
+        while budget > 0 {
             let Some(client) = self.clients.get_mut(&id) else {
                 return;
             };
-            match client.read(buf) {
+            let want = budget.min(buf.len());
+            match client.read(&mut buf[..want]) {
                 Ok(0) => {
                     tracing::debug!(conn = %id, "client disconnected");
                     // What it committed before it went is still its word.
@@ -653,6 +664,7 @@ impl Driver {
                     return;
                 }
                 Ok(n) => {
+                    budget -= n;
                     manager.receive(id, &buf[..n], now, self);
                     // Read at the top of the next round, a round's worth per
                     // client however often it rang, its OK held back until
@@ -661,7 +673,7 @@ impl Driver {
                         self.doorbells.clear();
                         self.journals_behind = true;
                     }
-                    if n < buf.len() || self.closing.contains(&id) {
+                    if n < want || self.closing.contains(&id) {
                         return;
                     }
                 }
@@ -729,6 +741,29 @@ impl Driver {
             }
             owed = owed.saturating_sub(read);
         }
+    }
+
+    /// Reads everything queued on `id` now, on its socket and in its journal.
+    fn read_queued(
+        &mut self,
+        id: ConnId,
+        manager: &mut Manager<Growable>,
+        buf: &mut [u8],
+        now: Timestamp,
+    ) {
+        let queued = self
+            .clients
+            .get(&id)
+            .and_then(|client| rustix::io::ioctl_fionread(&client.fd).ok())
+            .unwrap_or(0);
+        self.read_from(
+            id,
+            manager,
+            buf,
+            usize::try_from(queued).unwrap_or(usize::MAX),
+            now,
+        );
+        self.drain_at_end(id, manager, now);
     }
 
     /// Reads a round's worth of every journal, so the manager's view is
@@ -951,10 +986,16 @@ impl Effects for Driver {
 
     fn pid_is_gone(&mut self, conn: ConnId, pid: i32) -> bool {
         // `watch_pid` has just looked the namespace up.
-        self.clients
+        let gone = self
+            .clients
             .get(&conn)
             .is_some_and(|client| client.same_pid_namespace == Some(true))
-            && pid_watch::is_gone(pid)
+            && pid_watch::is_gone(pid);
+        // Its end is reported this round, after the reads.
+        if gone && !self.exited.contains(&pid) {
+            self.exited.push(pid);
+        }
+        gone
     }
 
     fn attach_journal(&mut self, conn: ConnId) -> Option<Journal<'_>> {

@@ -141,7 +141,12 @@ pub(crate) fn same_pid_namespace(peer_pid: i32) -> bool {
 /// Whether `pid` names no running process of our pid namespace: none at
 /// all, or one that has exited and not been reaped yet.
 pub(crate) fn is_gone(pid: i32) -> bool {
-    let Some(raw) = Pid::from_raw(pid).filter(|_| pid > 0) else {
+    // Zero and negative pids name groups, never a sender (and `Pid` must
+    // not be given one).
+    if pid <= 0 {
+        return false;
+    }
+    let Some(raw) = Pid::from_raw(pid) else {
         return false;
     };
     match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {

@@ -419,19 +419,25 @@ fn a_registration_from_before_a_close_for_cause_moves_to_the_new_connection() {
 }
 
 #[test]
-fn a_registration_read_after_its_sender_exited_is_a_dead_one() {
+fn a_sender_that_exited_before_its_frames_were_read_holds_them_until_its_end_is_reported() {
     let mut r = Rig::new();
     r.fx.trusted.insert(10);
     let c = r.connect_as(10);
     r.create("/late", 1);
-    // Journaled before the crash, read after it: nobody will release it.
+    r.create("/pickled", 2);
+    // Journaled before the crash, read after it: the driver reports the
+    // exit once it has read the rest.
     r.fx.gone.insert(20);
     r.register(c, 20, "/late");
-    assert_eq!(r.state("/late"), Some(NameState::Released { dead: 1 }));
-    // The connection lives on (a fork has it): the name waits for the map
-    // check, then goes.
+    r.register(c, 20, "/pickled");
+    assert_eq!(r.m.connections_of(20).collect::<Vec<_>>(), [c]);
+    // Its release among those frames still counts: a pickle it handed on
+    // and let go of is not left with its registration turned dead.
+    r.release_last(c, 20, "/pickled");
+    r.exited(20);
     r.run_to(10_000);
     assert!(!r.exists("/late"), "{:?}", r.state("/late"));
+    assert_eq!(r.state("/pickled"), Some(NameState::Released { dead: 0 }));
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub(super) struct Driver {
     pub(super) watched: BTreeSet<i32>,
     /// Whether journal offers are taken.
     pub(super) journals: bool,
+    /// Pids `pid_is_gone` said had exited, whose end is reported after the
+    /// reading in progress.
+    pub(super) gone_reported: Vec<i32>,
     /// The memory of the journal an offer attaches (one, shared by every
     /// connection: the model reads only the manager's advertisement in it).
     pub(super) journal: Vec<AtomicU32>,
@@ -93,7 +96,14 @@ impl Effects for Driver {
         watch
     }
     fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
-        self.is_gone(pid)
+        let gone = self.is_gone(pid);
+        if gone {
+            self.watched.insert(pid);
+            if !self.gone_reported.contains(&pid) {
+                self.gone_reported.push(pid);
+            }
+        }
+        gone
     }
     fn unwatch_pid(&mut self, pid: i32) {
         assert!(
