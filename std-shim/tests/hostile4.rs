@@ -11,9 +11,9 @@
 //! would see had it been slow (a loaded machine), with nothing left to
 //! timing.
 //!
-//! Tests marked `#[ignore = "open: ..."]` reproduce a finding and say why it
-//! happens; the others are attacks the manager withstands, kept because they
-//! fail if it stops withstanding them.
+//! The first four tests reproduced findings (all fixed since) and say why
+//! they happened; the others are attacks the manager withstands, kept
+//! because they fail if it stops withstanding them.
 
 mod common;
 
@@ -68,14 +68,9 @@ fn name_of(tag: &str, pid: i32) -> String {
 /// lived (the control), the same two frames leave `dead` 0 and the segment
 /// is kept.
 ///
-/// Suggested fix: let a gone sender's registration be taken back by its own
-/// later releases on the same connection, as an exiting holder's are
-/// (`pid_exiting`): e.g. give the gone pid an `exiting` holder on the
-/// connection (a holder that takes no new frames but its own pid's
-/// releases) and end it (turning what it still holds dead) when the read
-/// that found it is over, instead of adding to `dead` directly.
+/// Fixed: a gone sender gets a holder like a watched pid's, which its later
+/// releases reach; the driver reports its exit once what it left is read.
 #[test]
-#[ignore = "open: a journaled register+release read after the sender died leaves dead=1, reaping the pickled tensor in transit"]
 fn a_producer_that_released_before_the_manager_read_its_ring_does_not_orphan_its_pickle() {
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
     let mut connection = JournalClient::attach(&daemon.handle, 64);
@@ -139,14 +134,10 @@ fn a_producer_that_released_before_the_manager_read_its_ring_does_not_orphan_its
 /// whose short ring is read whole before its end is acted on, keeps its
 /// tensor.
 ///
-/// Suggested fix: before `pid_exited`, read every ring whose connection the
-/// exited pid has holders on to the end of what is committed (as
-/// `drain_at_end` does at end of file: a dead process commits nothing
-/// more), or keep the exiting holders `exiting` (taking their own late
-/// releases) until the rings they may have written are read up to where
-/// they stood at the exit.
+/// Fixed: before `pid_exited` the driver reads, on every connection the pid
+/// has holders on, all that is committed to the journal and queued on the
+/// socket at that moment (`Manager::connections_of`, `read_queued`).
 #[test]
-#[ignore = "open: pid_exited runs after one 1,024-frame round of the dead process's ring; its unread releases turn dead and reap a pickle in transit"]
 fn a_release_beyond_one_rounds_budget_is_read_before_its_senders_holds_turn_dead() {
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
     // The connections that outlive their processes (their forks' copies).
@@ -209,13 +200,8 @@ fn a_release_beyond_one_rounds_budget_is_read_before_its_senders_holds_turn_dead
 /// registration turns dead, the release that follows is ignored as stray,
 /// and the pickle in the queue (refcount 1, `dead` 1) is reaped.
 ///
-/// Suggested fix: as above; for sockets, read every connection the exited
-/// pid has holders on until it would block (a dead process sends nothing
-/// more; what is in the socket is bounded by its buffer) before
-/// `pid_exited`, or postpone `pid_exited` to a round in which those
-/// connections were read dry.
+/// Fixed with the test above (the socket's queued bytes, `FIONREAD`).
 #[test]
-#[ignore = "open: pid_exited runs after one 64 KiB read of a shared connection; a dead worker's unread release turns dead and reaps a pickle"]
 fn a_workers_release_behind_a_full_buffer_on_a_shared_connection_is_read_before_its_end() {
     use std::io::Write;
     let mut daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
@@ -268,10 +254,9 @@ fn a_workers_release_behind_a_full_buffer_on_a_shared_connection_is_read_before_
 /// never does, but the style rule is "no panics on anything from outside the
 /// process". Release builds only skip the assertion.
 ///
-/// Suggested fix: `if pid <= 0 { return false; }` before `Pid::from_raw`
-/// in `is_gone` (as `PidWatches::watch` already does).
+/// Fixed: `is_gone` returns false for a pid of 0 or less before building a
+/// `Pid`.
 #[test]
-#[ignore = "open: a frame with a negative pid panics a debug-build manager (Pid::from_raw before the pid > 0 check in pid_watch::is_gone)"]
 fn a_frame_with_a_negative_pid_does_not_kill_the_manager() {
     let mut daemon = Daemon::start_with_stderr(&[], Stdio::null());
     let mut client = daemon.connect();
