@@ -796,6 +796,9 @@ pub struct Manager<S: Storage> {
     stall_wake: Option<Timestamp>,
     /// Holders whose holds are still being converted.
     ending: usize,
+    /// Watched pids with holders on connections closed for cause: while
+    /// none, a registration need not look for a holder to move.
+    detached_pids: usize,
     closing: Option<Closing>,
     /// Where the next patrol of held names starts, and when.
     patrol_cursor: u32,
@@ -866,6 +869,7 @@ impl<S: Storage> Manager<S> {
             idle_since: Some(now),
             stall_wake: None,
             ending: 0,
+            detached_pids: 0,
             closing: None,
             patrol_cursor: 0,
             patrol_at: config.patrol_every.map(|every| now.after(every)),
@@ -1192,6 +1196,9 @@ impl<S: Storage> Manager<S> {
         let Some(entry) = self.pids.remove(&pid) else {
             return;
         };
+        self.detached_pids = self
+            .detached_pids
+            .saturating_sub(usize::from(entry.detached));
         fx.unwatch_pid(pid);
         let mut next = entry.newest_holder;
         while let Some(holder) = self.holders.get_mut(next) {
@@ -1917,6 +1924,9 @@ impl<S: Storage> Manager<S> {
     /// The live holder with the lowest id that `pid` has on a connection
     /// closed for cause and that holds name `id`.
     fn detached_holder_holding(&self, pid: i32, id: u32) -> Option<u32> {
+        if self.detached_pids == 0 {
+            return None;
+        }
         let entry = self.pids.get(&pid).filter(|entry| entry.detached)?;
         let mut next = entry.newest_holder;
         let mut lowest = None;
@@ -2214,6 +2224,9 @@ impl<S: Storage> Manager<S> {
         };
         entry.holders = entry.holders.saturating_sub(1);
         if entry.holders == 0 {
+            self.detached_pids = self
+                .detached_pids
+                .saturating_sub(usize::from(entry.detached));
             self.pids.remove(&pid);
             fx.unwatch_pid(pid);
         }
@@ -2331,8 +2344,9 @@ impl<S: Storage> Manager<S> {
             next = holder.older_on_conn;
             if let (Lifeline::Pid(pid), false) = (holder.lifeline, holder.ending)
                 && let Some(entry) = self.pids.get_mut(&pid)
+                && !core::mem::replace(&mut entry.detached, true)
             {
-                entry.detached = true;
+                self.detached_pids += 1;
             }
         }
         fx.close(conn, reason);
