@@ -153,14 +153,7 @@ pub(crate) fn is_gone(pid: i32) -> bool {
         Ok(fd) => has_exited(fd.as_fd()),
         Err(Errno::SRCH) => true,
         // No pidfds: a missing or zombie /proc entry says the same.
-        Err(_) => match std::fs::read(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat
-                .iter()
-                .rposition(|&b| b == b')')
-                .and_then(|close| stat.get(close + 2))
-                .is_some_and(|state| matches!(state, b'Z' | b'X')),
-            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
-        },
+        Err(_) => matches!(proc_stat(pid), Ok(None)) || has_no_proc_entry(pid),
     }
 }
 
@@ -199,14 +192,28 @@ impl ProcStatus {
 /// Field 22 of `/proc/<pid>/stat`: when the process started. A pid reused by
 /// another process has another start time.
 fn start_time(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    proc_stat(pid).ok().flatten()
+}
+
+/// The start time (field 22) of a running `pid` from `/proc/<pid>/stat`;
+/// `Ok(None)` for a zombie or a process being reaped.
+fn proc_stat(pid: i32) -> std::io::Result<Option<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold anything.
-    let after_name = &text[text.rfind(')')? + 1..];
-    let state = after_name.split_whitespace().next()?;
-    if state == "Z" || state == "X" {
-        return None;
+    let bad = || std::io::Error::from(std::io::ErrorKind::InvalidData);
+    let after_name = &text[text.rfind(')').ok_or_else(bad)? + 1..];
+    let mut fields = after_name.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return Ok(None);
     }
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let start = fields.nth(18).and_then(|start| start.parse().ok());
+    start.map(Some).ok_or_else(bad)
+}
+
+/// Whether `/proc` has no entry for `pid`.
+fn has_no_proc_entry(pid: i32) -> bool {
+    std::fs::metadata(format!("/proc/{pid}"))
+        .is_err_and(|err| err.kind() == std::io::ErrorKind::NotFound)
 }
 
 #[cfg(test)]

@@ -184,14 +184,21 @@ fn can_hold_memory(pid: u32) -> bool {
     }
 }
 
-/// The state (field 3) and flags (field 9) of a `/proc/<pid>/stat` line. The
+/// The fields of a `/proc/<pid>/stat` line from field 3 (the state) on. The
 /// command name (field 2) is parenthesised and may hold anything, spaces
 /// and parentheses included, so fields are counted from the last `)`.
-fn state_and_flags(stat: &[u8]) -> Option<(u8, u64)> {
+fn stat_fields(stat: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
     let close = stat.iter().rposition(|&b| b == b')')?;
-    let mut fields = stat[close + 1..]
-        .split(u8::is_ascii_whitespace)
-        .filter(|field| !field.is_empty());
+    Some(
+        stat[close + 1..]
+            .split(u8::is_ascii_whitespace)
+            .filter(|field| !field.is_empty()),
+    )
+}
+
+/// The state (field 3) and flags (field 9) of a `/proc/<pid>/stat` line.
+fn state_and_flags(stat: &[u8]) -> Option<(u8, u64)> {
+    let mut fields = stat_fields(stat)?;
     let state = *fields.next()?.first()?;
     // Fields 4 to 8 (ppid, pgrp, session, tty, tpgid) lie between.
     let flags = fields.nth(5)?;
@@ -205,17 +212,10 @@ fn state_and_flags(stat: &[u8]) -> Option<(u8, u64)> {
 /// boot time is.
 pub(crate) fn started_at(pid: u32) -> Option<SystemTime> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    // Fields from 3 (the state) on; the start time is field 22.
-    let ticks: u64 = std::str::from_utf8(
-        stat[close + 1..]
-            .split(u8::is_ascii_whitespace)
-            .filter(|field| !field.is_empty())
-            .nth(19)?,
-    )
-    .ok()?
-    .parse()
-    .ok()?;
+    let ticks: u64 = std::str::from_utf8(stat_fields(&stat)?.nth(19)?)
+        .ok()?
+        .parse()
+        .ok()?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
     let since_boot = Duration::from_secs(ticks / per_second)
         + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second);
