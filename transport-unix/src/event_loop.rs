@@ -204,6 +204,7 @@ pub fn serve_tuned<N: Namespace>(
         chores: VecDeque::new(),
         evict: Vec::new(),
         exited: Vec::new(),
+        gone: HashSet::new(),
         journals_behind: false,
         freed_descriptor: false,
         history: History::default(),
@@ -327,7 +328,7 @@ pub fn serve_tuned<N: Namespace>(
         if !driver.journaled.is_empty() {
             wake_within(JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed()));
         }
-        if driver.journals_behind {
+        if driver.journals_behind || !driver.exited.is_empty() {
             wake_within(Duration::ZERO);
         }
         if driver.pids.has_polled() {
@@ -408,19 +409,7 @@ pub fn serve_tuned<N: Namespace>(
         }
         if !driver.exited.is_empty() {
             driver.drain_all(&mut manager, now);
-            for pid in std::mem::take(&mut driver.exited) {
-                // Everything it sent before it died is read before its end is
-                // acted on, however much waits (its releases among it): all
-                // that is queued on its connections now, and all committed
-                // to their journals. Whatever comes later is someone else's.
-                let conns: Vec<ConnId> = manager.connections_of(pid).collect();
-                for id in conns {
-                    driver.read_queued(id, &mut manager, &mut buf, now);
-                }
-                tracing::debug!(pid, "watched process exited");
-                driver.stop_watching(pid);
-                manager.pid_exited(pid, now, &mut driver);
-            }
+            driver.end_exited(&mut manager, &mut buf, now);
         }
         driver.work(&mut manager, namespace, now);
     }
@@ -623,6 +612,8 @@ struct Driver {
     evict: Vec<ConnId>,
     /// Watched processes that ended.
     exited: Vec<i32>,
+    /// Senders found gone since their ends were last acted on.
+    gone: HashSet<i32>,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A descriptor was closed since accepting paused.
@@ -741,6 +732,36 @@ impl Driver {
             }
             owed = owed.saturating_sub(read);
         }
+    }
+
+    /// Acts on the ends of the processes in `exited`, each once, after
+    /// reading what is queued on their connections (each connection once:
+    /// its socket's bytes and its journal's commits at that moment, however
+    /// much; their last releases count). Senders found gone during those
+    /// reads are handled the same way in the same call, before a new process
+    /// could be given their pid and taken for them.
+    fn end_exited(&mut self, manager: &mut Manager<Growable>, buf: &mut [u8], now: Timestamp) {
+        let mut read = HashSet::new();
+        while !self.exited.is_empty() {
+            let pids = std::mem::take(&mut self.exited);
+            for &pid in &pids {
+                manager.pid_exiting(pid, now);
+            }
+            let conns: Vec<ConnId> = pids
+                .iter()
+                .flat_map(|&pid| manager.connections_of(pid))
+                .filter(|&id| read.insert(id))
+                .collect();
+            for id in conns {
+                self.read_queued(id, manager, buf, now);
+            }
+            for pid in pids {
+                tracing::debug!(pid, "watched process exited");
+                self.stop_watching(pid);
+                manager.pid_exited(pid, now, self);
+            }
+        }
+        self.gone.clear();
     }
 
     /// Reads everything queued on `id` now, on its socket and in its journal.
@@ -992,7 +1013,7 @@ impl Effects for Driver {
             .is_some_and(|client| client.same_pid_namespace == Some(true))
             && pid_watch::is_gone(pid);
         // Its end is reported this round, after the reads.
-        if gone && !self.exited.contains(&pid) {
+        if gone && self.gone.insert(pid) {
             self.exited.push(pid);
         }
         gone
