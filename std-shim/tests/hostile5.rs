@@ -120,7 +120,10 @@ fn a_gone_pid_reported_a_round_late_does_not_end_the_holds_of_the_process_that_r
     bytes.extend_from_slice(&frame_from(pid, 0, &late));
     while_stopped(&daemon, || {
         shared.stream.set_nonblocking(true).unwrap();
-        shared.stream.write_all(&bytes).expect("the socket buffers 100 KB");
+        shared
+            .stream
+            .write_all(&bytes)
+            .expect("the socket buffers 100 KB");
         shared.stream.set_nonblocking(false).unwrap();
         exiting.kill();
     });
@@ -369,4 +372,72 @@ fn many_exits_on_a_flooded_shared_connection_do_not_stall_other_clients() {
         beside_exits.max(),
         alone.max()
     );
+}
+
+// --- Withstood --------------------------------------------------------------
+
+/// The tid of a thread that has exited (joined), free for reuse.
+fn exited_thread_id() -> i32 {
+    std::thread::spawn(|| {
+        let link = std::fs::read_link("/proc/thread-self").unwrap();
+        link.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Registrations by gone senders (an exited process's pid, an exited
+/// thread's tid) on a connection a live process shares: each gone sender's
+/// holder ends once what it sent is read, so its segment (refcount 1, nobody
+/// maps it) is reaped, while the live process's segment in transit on the
+/// same connection, registered before and after the gone frames, is kept:
+/// a gone pid's exit report ends its own holds only.
+#[test]
+fn gone_senders_on_a_shared_connection_end_only_their_own_holds() {
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let mut shared = daemon.connect();
+    let live = Sleeper::spawn();
+    let before = name_of("live_before", live.pid());
+    let after = name_of("live_after", live.pid());
+    let gone_pid = free_pid();
+    let gone_tid = exited_thread_id();
+    let by_pid = name_of("gone_pid", gone_pid);
+    let by_tid = name_of("gone_tid", gone_tid);
+    let _cleanup = Cleanup(vec![
+        before.clone(),
+        after.clone(),
+        by_pid.clone(),
+        by_tid.clone(),
+    ]);
+    for name in [&before, &after, &by_pid, &by_tid] {
+        create_segment(name, 1, 64);
+    }
+    shared.register_as(live.pid(), &before);
+    shared.register_as(gone_pid, &by_pid);
+    shared.register_as(gone_tid, &by_tid);
+    shared.register_as(live.pid(), &after);
+
+    for name in [&by_pid, &by_tid] {
+        assert!(
+            common::wait_until(Duration::from_secs(8), || !shm_exists(name)),
+            "{name}, registered by a sender that had exited and never released, is reaped:\n  {}",
+            story(&daemon.handle, name)
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for name in [&before, &after] {
+        assert!(
+            shm_exists(name),
+            "{name}, held by live pid {} on the connection the gone senders used, was \
+             reaped:\n  {}",
+            live.pid(),
+            story(&daemon.handle, name)
+        );
+    }
+    assert!(shared.answers_registration(&unique_name("h5after_gone")));
 }
