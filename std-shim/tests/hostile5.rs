@@ -85,14 +85,9 @@ fn sleeper_with_pid(pid: i32) -> Sleeper {
 /// `Lifeline::Pid(pid)`, including one made after `pid_exiting` for a live
 /// process whose pid is watched (by pidfd) at that moment.
 ///
-/// Suggested fix: handle the pids pushed during the exit block in the same
-/// block (loop `while let Some(pid) = driver.exited.pop()`, with
-/// `pid_exiting` before the reads), and, as a second guard, have
-/// `pid_exited` end only holders that were marked `exiting` (or created
-/// before it) rather than every holder of the number, or keep gone senders'
-/// holders under a lifeline of their own.
+/// Fixed: `Driver::end_exited` handles the senders found gone during the
+/// exit reads in the same call, before the event loop waits again.
 #[test]
-#[ignore = "open: a gone pid pending a round late ends the holds of a live process that reused the pid (event_loop.rs:411/418, manager.rs:1207)"]
 fn a_gone_pid_reported_a_round_late_does_not_end_the_holds_of_the_process_that_reused_it() {
     let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
     // The connection a process and its late frames share, and the reuser's.
@@ -224,15 +219,9 @@ fn probe_beside_journal_flood(
 ///   4 x 65,536 distinct gone pids in one round: ~70x the 30,000 case's
 ///   quadratic part.
 ///
-/// Suggested fix: keep `exited` as a set (or flag the pid's entry in the
-/// manager); and instead of reading everything at once, fence: at the exit
-/// record, per connection of the pid, the journal's commit count and the
-/// socket's queued bytes, keep the pid's holders `exiting` (they take no new
-/// pid's frames already) and call `pid_exited` only once the ordinary
-/// per-round reads have passed every fence, so each round's work stays
-/// bounded and the other clients are served between.
+/// Fixed: gone senders are kept in a set, and each connection is read at
+/// most once per round's exits (`Driver::end_exited`).
 #[test]
-#[ignore = "open: gone-pid frames make the manager read whole rings in one round and scan `exited` linearly per frame: another client waits seconds (event_loop.rs:418/732/995)"]
 fn registrations_by_thousands_of_gone_pids_do_not_stall_other_clients() {
     const JOURNALS: usize = 4;
     const FRAMES: usize = 60_000;
@@ -300,14 +289,10 @@ fn widen_send_buffer(stream: &std::os::unix::net::UnixStream) {
 /// its send buffer (here ~425 KiB, ~6,000 frames, each) in one round, and
 /// nobody else is served until it ends.
 ///
-/// Suggested fix: gather the connections of all pids exited this round,
-/// read each once (its `FIONREAD` and journal commit count taken once,
-/// before any of the reads), then call `pid_exited` for them all; better,
-/// fence as described for
-/// `registrations_by_thousands_of_gone_pids_do_not_stall_other_clients`, so
-/// the reading stays within the per-round budgets.
+/// Fixed: the connections of all pids that exited in a round are read once
+/// each, what was queued at that moment, before any of those ends is acted
+/// on (`Driver::end_exited`).
 #[test]
-#[ignore = "open: K exits on a flooded shared connection read K x its send buffer in one round; others wait seconds (event_loop.rs:411-418, :747)"]
 fn many_exits_on_a_flooded_shared_connection_do_not_stall_other_clients() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
