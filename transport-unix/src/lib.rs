@@ -59,6 +59,7 @@ mod heap;
 mod launcher;
 mod listener;
 mod pid_watch;
+mod pressure;
 mod readiness;
 mod report;
 mod rundir;

@@ -137,10 +137,11 @@ struct Args {
 
     /// After a round with events, poll up to this long without sleeping
     /// (yielding the CPU), so a client that waits for each reply (PyTorch's)
-    /// is answered without wake-ups. The window adapts: it shrinks when frames
-    /// do not come in time, and spinning rests while other tasks want the
-    /// CPU. `0` always sleeps.
-    #[arg(long, default_value = "50us", value_parser = parse_duration)]
+    /// is answered without waking the manager. The window adapts: it shrinks
+    /// when frames do not come in time, and spinning rests while other tasks
+    /// wait for a CPU (/proc/pressure/cpu; without it, never spins). `0`
+    /// always sleeps.
+    #[arg(long, default_value = "200us", value_parser = parse_duration)]
     spin: Duration,
 
     /// More logging on stderr: -v info, -vv debug, -vvv trace (default: warnings).
