@@ -66,6 +66,7 @@ mod rundir;
 mod shared_journal;
 mod socket;
 mod spin;
+mod throttle;
 
 pub use event_loop::{
     DEFAULT_SPIN, LeakFinder, MapFinder, Recovery, Summary, Tuning, serve, serve_tuned,

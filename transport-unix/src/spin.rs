@@ -20,11 +20,15 @@
 //! while spinning, the kernel's CPU pressure is sampled (see `pressure`): if
 //! other tasks waited for a CPU for 6 % of the time in two samples in a row,
 //! spinning rests, for longer each time in a row (the wait only shows while
-//! spinning).
+//! spinning). Nor may it spin into a CPU quota: a sample in which the
+//! quota of the manager's cgroup ran out (see `throttle`) rests spinning at
+//! once, as the pressure does after two, since the waits it causes are
+//! hidden among the manager's own.
 
 use std::time::{Duration, Instant};
 
 use crate::pressure::CpuPressure;
+use crate::throttle::CpuThrottling;
 
 /// Smallest window; below it spinning rests.
 const MIN_WINDOW: Duration = Duration::from_micros(5);
@@ -57,8 +61,11 @@ pub(crate) struct Spinner {
     /// A window ran out and the frame that ends the wait will judge it.
     ran_out: bool,
     pressure: Option<CpuPressure>,
+    throttling: Option<CpuThrottling>,
     /// The last pressure sample: when, and the stall total then.
     sampled: Option<(Instant, u64)>,
+    /// How many times the cgroup's quota had run out at the last sample.
+    throttled: Option<u64>,
     stalled_samples: u32,
     pressure_rest: Duration,
 }
@@ -82,7 +89,11 @@ impl Spinner {
                 Duration::ZERO
             }
         };
-        Self::with_pressure(max, pressure)
+        let mut spinner = Self::with_pressure(max, pressure);
+        if !spinner.max.is_zero() {
+            spinner.throttling = CpuThrottling::open();
+        }
+        spinner
     }
 
     fn with_pressure(max: Duration, pressure: Option<CpuPressure>) -> Self {
@@ -94,7 +105,9 @@ impl Spinner {
             was_spinning: false,
             ran_out: false,
             pressure,
+            throttling: None,
             sampled: None,
+            throttled: None,
             stalled_samples: 0,
             pressure_rest: PRESSURE_REST,
         }
@@ -117,16 +130,37 @@ impl Spinner {
                 .pressure
                 .as_mut()
                 .and_then(CpuPressure::others_waited_us);
-            if let Some(stalled) = stalled {
-                self.pressure_sampled(now, stalled);
-                spinning = self.rest_until.is_none_or(|until| now >= until);
+            let throttled = self
+                .throttling
+                .as_ref()
+                .and_then(CpuThrottling::times_throttled);
+            if let Some(throttled) = throttled {
+                self.throttle_sampled(now, throttled);
             }
+            if let Some(stalled) = stalled
+                && self.rest_until.is_none_or(|until| now >= until)
+            {
+                self.pressure_sampled(now, stalled);
+            }
+            spinning = self.rest_until.is_none_or(|until| now >= until);
         }
         if self.was_spinning && !spinning {
             self.ran_out = true;
         }
         self.was_spinning = spinning;
         spinning
+    }
+
+    /// A sample of how often the cgroup's CPU quota ran out, while spinning.
+    fn throttle_sampled(&mut self, now: Instant, throttled: u64) {
+        if self.throttled.is_some_and(|before| throttled > before) {
+            let rest = self.pressure_rest;
+            tracing::debug!("the cgroup's CPU quota ran out while spinning: resting {rest:?}");
+            self.pressure_rest = (rest * 2).min(PRESSURE_REST_MAX);
+            self.rest(now + rest);
+            return;
+        }
+        self.throttled = Some(throttled);
     }
 
     /// A pressure sample while spinning: `stalled_us` is the kernel's total,
@@ -184,6 +218,7 @@ impl Spinner {
         // The time resting shows no waits caused by spinning: judge the
         // next spin from its own first sample.
         self.sampled = None;
+        self.throttled = None;
     }
 }
 
@@ -289,6 +324,27 @@ mod tests {
         s.pressure_sampled(t4, 70_000);
         s.pressure_sampled(t4 + step, 70_000);
         assert_eq!(s.pressure_rest, PRESSURE_REST, "a calm sample starts over");
+    }
+
+    #[test]
+    fn a_quota_that_ran_out_while_spinning_rests_the_spinning_at_once() {
+        let t0 = Instant::now();
+        let mut s = Spinner::with_pressure(MAX, None);
+        s.throttle_sampled(t0, 7);
+        s.throttle_sampled(t0 + PRESSURE_INTERVAL, 7);
+        assert!(s.rest_until.is_none(), "the quota lasted");
+        let t1 = t0 + PRESSURE_INTERVAL * 2;
+        s.throttle_sampled(t1, 8);
+        assert_eq!(s.rest_until, Some(t1 + PRESSURE_REST), "it ran out once");
+        let t2 = t1 + PRESSURE_REST;
+        s.throttle_sampled(t2, 9);
+        assert_eq!(s.rest_until, Some(t1 + PRESSURE_REST), "a baseline first");
+        s.throttle_sampled(t2 + PRESSURE_INTERVAL, 10);
+        assert_eq!(
+            s.rest_until,
+            Some(t2 + PRESSURE_INTERVAL + PRESSURE_REST * 2),
+            "in a row: doubled"
+        );
     }
 
     #[test]
