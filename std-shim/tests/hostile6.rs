@@ -143,3 +143,39 @@ fn in_a_cpu_limited_cgroup_a_spinning_manager_leaves_the_quota_to_its_neighbours
         "spinning took the cgroup's CPU: its neighbour got {spinning:?} against {quiet:?}"
     );
 }
+
+/// One byte of a release frame (never answered) every 150 us, inside the
+/// 200 us window: before answers alone restarted the window, it held an
+/// otherwise idle manager at about 80 % of a CPU for the attacker's 10 %.
+#[test]
+fn bytes_that_are_never_answered_do_not_keep_the_manager_spinning() {
+    let daemon = Daemon::quiet_under("/torch_test_");
+    let mut attacker = RawClient::connect(&daemon.handle);
+    // One answered registration first, so the manager is spinning when the
+    // drip begins.
+    let held = unique_name("drip-held");
+    attacker.register(&held);
+    let stray = common::frame(1, &unique_name("drip"));
+    let pid = daemon.child.id();
+    let before = cpu_time(pid);
+    let how_long = Duration::from_secs(2);
+    let start = Instant::now();
+    let mut next = start;
+    let mut sent = 0usize;
+    while start.elapsed() < how_long {
+        // Paced by the clock, not by sleeping: a sleep here overshoots the
+        // window by itself.
+        while Instant::now() < next {
+            std::hint::spin_loop();
+        }
+        next += Duration::from_micros(150);
+        attacker.send(&stray[sent % stray.len()..][..1]);
+        sent += 1;
+    }
+    let used = cpu_time(pid) - before;
+    eprintln!("{sent} bytes in {how_long:?}: the manager used {used:?} of CPU");
+    assert!(
+        used < how_long / 4,
+        "the manager used {used:?} of CPU in {how_long:?} for {sent} unanswered bytes"
+    );
+}

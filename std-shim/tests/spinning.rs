@@ -1,4 +1,4 @@
-//! The manager spins after events only while it pays: it goes quiet when
+//! The manager spins after answering only while it pays: it goes quiet when
 //! frames stop, and it stops spinning while the CPUs are busy.
 
 mod common;

@@ -7,8 +7,9 @@
 //! clients may need, so it pays only when frames do come that fast and nobody
 //! else waits for a CPU.
 //!
-//! The window follows KVM's halt-polling: after a round with events, poll for
-//! up to a window. A frame caught inside it doubles the window (up to the
+//! The window follows KVM's halt-polling: after a round that answered a
+//! client (only an answer predicts a quick next frame), poll for up to a
+//! window. A frame caught inside it doubles the window (up to the
 //! maximum). A window that runs out is judged when the next frame comes: if
 //! it came within the maximum, a longer spin would have caught it and the
 //! window goes back to the maximum; if later, spinning would not have paid and
@@ -71,7 +72,7 @@ pub(crate) struct Spinner {
 }
 
 impl Spinner {
-    /// Spins for at most `max` after events; zero never spins, and neither
+    /// Spins for at most `max` after an answer; zero never spins, and neither
     /// does a manager that cannot tell whether the CPUs are busy.
     pub(crate) fn new(max: Duration) -> Self {
         let pressure = if max.is_zero() {

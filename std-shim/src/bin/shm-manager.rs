@@ -135,12 +135,12 @@ struct Args {
     #[arg(long, default_value_t = 65_536)]
     max_clients: usize,
 
-    /// After a round with events, poll up to this long without sleeping
-    /// (yielding the CPU), so a client that waits for each reply (PyTorch's)
-    /// is answered without waking the manager. The window adapts: it shrinks
-    /// when frames do not come in time, and spinning rests while other tasks
-    /// wait for a CPU (/proc/pressure/cpu; without it, never spins). `0`
-    /// always sleeps.
+    /// After a round that answered a client, poll up to this long without
+    /// sleeping (yielding the CPU), so a client that waits for each reply
+    /// (PyTorch's) is answered without waking the manager. The window adapts:
+    /// it shrinks when frames do not come in time, and spinning rests while
+    /// other tasks wait for a CPU (/proc/pressure/cpu; without it, never
+    /// spins) or the cgroup's CPU quota runs out. `0` always sleeps.
     #[arg(long, default_value = "200us", value_parser = parse_duration)]
     spin: Duration,
 
