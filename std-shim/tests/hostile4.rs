@@ -17,30 +17,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::journal_client::JournalClient;
 use common::{
     Cleanup, Daemon, Sleeper, create_segment, run_id, shm_exists, story, unique_name, wait_until,
 };
-
-/// Sends `signal` (`STOP`, `CONT`) to `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-/// The manager, stopped while `during` runs and continued after it, so that
-/// everything `during` does (commits, kills) is seen by it at once.
-fn while_stopped(daemon: &Daemon, during: impl FnOnce()) {
-    signal(daemon.child.id(), "STOP");
-    during();
-    signal(daemon.child.id(), "CONT");
-}
 
 /// A name of PyTorch's shape for a segment created by `pid`.
 fn name_of(tag: &str, pid: i32) -> String {
@@ -90,7 +73,7 @@ fn a_producer_that_released_before_the_manager_read_its_ring_does_not_orphan_its
     let pid = producer.pid();
     let name = name_of("pickle", pid);
     let _cleanup = Cleanup(vec![name.clone()]);
-    while_stopped(&daemon, || {
+    daemon.while_stopped(|| {
         connection.register(pid, &name);
         // Created (1), pickled into a queue (2), dropped by its producer (1).
         create_segment(&name, 1, 64);
@@ -158,7 +141,7 @@ fn a_release_beyond_one_rounds_budget_is_read_before_its_senders_holds_turn_dead
     create_segment(&control, 1, 64);
 
     let junk = unique_name("h4junk");
-    while_stopped(&daemon, || {
+    daemon.while_stopped(|| {
         // Three rounds' worth of releases of something it never held (a
         // double free; any frames do), then the tensor's release.
         for _ in 0..3_500 {
@@ -221,7 +204,7 @@ fn a_workers_release_behind_a_full_buffer_on_a_shared_connection_is_read_before_
         bytes.extend_from_slice(&common::frame_from(pid, 1, &junk));
     }
     bytes.extend_from_slice(&common::frame_from(pid, 1, &name));
-    while_stopped(&daemon, || {
+    daemon.while_stopped(|| {
         shared.stream.set_nonblocking(true).unwrap();
         shared
             .stream

@@ -21,22 +21,6 @@ use common::{
     Cleanup, Daemon, Sleeper, create_segment, frame_from, run_id, shm_exists, story, unique_name,
 };
 
-/// Sends `signal` (`STOP`, `CONT`) to `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{signal} {pid}");
-}
-
-/// The manager, stopped while `during` runs and continued after it.
-fn while_stopped(daemon: &Daemon, during: impl FnOnce()) {
-    signal(daemon.child.id(), "STOP");
-    during();
-    signal(daemon.child.id(), "CONT");
-}
-
 /// A name of PyTorch's shape for a segment created by `pid`.
 fn name_of(tag: &str, pid: i32) -> String {
     format!("/torch_test_h5{tag}_{}_{pid}", run_id())
@@ -113,7 +97,7 @@ fn a_gone_pid_reported_a_round_late_does_not_end_the_holds_of_the_process_that_r
         bytes.extend_from_slice(&frame_from(watched, 1, &junk));
     }
     bytes.extend_from_slice(&frame_from(pid, 0, &late));
-    while_stopped(&daemon, || {
+    daemon.while_stopped(|| {
         shared.stream.set_nonblocking(true).unwrap();
         shared
             .stream
@@ -179,7 +163,7 @@ fn probe_beside_journal_flood(
         .collect();
     let mut probe = Probe::connect(&daemon.handle);
     probe.round_trip();
-    while_stopped(daemon, || {
+    daemon.while_stopped(|| {
         for client in &clients {
             for i in 0..frames {
                 client.register(senders[i % senders.len()], &name);

@@ -91,15 +91,7 @@ fn neighbour_cpu_beside(spin: &str, cgroup: &QuotaCgroup, how_long: Duration) ->
     );
     let mut client = RawClient::connect(&daemon.handle);
     let before = cpu_time(busy.0.id());
-    let start = Instant::now();
-    let mut answered = 0;
-    while start.elapsed() < how_long {
-        let name = unique_name("h6quota");
-        client.register(&name);
-        client.release(&name);
-        answered += 1;
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    let answered = client.strict_traffic("h6quota", how_long, Duration::from_micros(100));
     let used = cpu_time(busy.0.id()) - before;
     drop(busy);
     daemon.kill();

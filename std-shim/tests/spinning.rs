@@ -5,32 +5,19 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::measure::{LogFile, cpu_time};
-use common::{Daemon, RawClient, unique_name};
+use common::{Daemon, RawClient};
 
 /// Set (CI sets it) where the kernel must report CPU pressure.
 const REQUIRE_PSI: &str = "LIBSHM_REQUIRE_PSI";
-
-/// A strict client's registrations, each released, for `how_long`.
-fn strict_traffic(client: &mut RawClient, how_long: Duration) -> usize {
-    let start = Instant::now();
-    let mut count = 0;
-    while start.elapsed() < how_long {
-        let name = unique_name("spin");
-        client.register(&name);
-        client.release(&name);
-        count += 1;
-    }
-    count
-}
 
 #[test]
 fn after_a_burst_of_strict_traffic_the_manager_goes_quiet() {
     let daemon = Daemon::quiet_under("/torch_test_");
     let mut client = RawClient::connect(&daemon.handle);
-    let sent = strict_traffic(&mut client, Duration::from_millis(500));
+    let sent = client.strict_traffic("spin", Duration::from_millis(500), Duration::ZERO);
     let pid = daemon.child.id();
     // Its longest window is 200 us: well within this pause it sleeps.
     std::thread::sleep(Duration::from_millis(50));
@@ -71,7 +58,7 @@ fn while_every_cpu_is_busy_the_manager_stops_spinning() {
         })
         .collect();
     let mut client = RawClient::connect(&daemon.handle);
-    let sent = strict_traffic(&mut client, Duration::from_secs(2));
+    let sent = client.strict_traffic("spin", Duration::from_secs(2), Duration::ZERO);
     stop.store(true, Ordering::Relaxed);
     for hog in hogs {
         hog.join().unwrap();

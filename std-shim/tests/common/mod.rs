@@ -211,6 +211,17 @@ impl Daemon {
         Self::start_with_stderr(&["--name-prefix", prefix], Stdio::null())
     }
 
+    /// The manager, stopped (`SIGSTOP`) while `during` runs and continued
+    /// after it, so that everything `during` does (commits, kills) is seen
+    /// by it at once.
+    pub fn while_stopped(&self, during: impl FnOnce()) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let pid = Pid::from_raw(self.child.id() as i32).expect("a manager's pid");
+        kill_process(pid, Signal::STOP).expect("stop the manager");
+        during();
+        kill_process(pid, Signal::CONT).expect("continue the manager");
+    }
+
     /// SIGKILLs the manager and reaps it, as the OOM killer would. Its socket
     /// and directory stay, for a manager that adopts them, until this drops.
     pub fn kill(&mut self) {
@@ -359,6 +370,24 @@ impl RawClient {
 
     pub fn release(&mut self, name: &str) {
         self.send(&frame(1, name));
+    }
+
+    /// A strict client's traffic for `how_long`: registrations of fresh
+    /// names, each answered and then released, `pause` apart. Returns how
+    /// many were answered.
+    pub fn strict_traffic(&mut self, tag: &str, how_long: Duration, pause: Duration) -> usize {
+        let start = Instant::now();
+        let mut answered = 0;
+        while start.elapsed() < how_long {
+            let name = unique_name(tag);
+            self.register(&name);
+            self.release(&name);
+            answered += 1;
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+        answered
     }
 
     /// Registers `name` on behalf of `pid`, as a forked child would.
