@@ -32,8 +32,9 @@ pub fn run_if_client() {
     std::process::exit(code);
 }
 
-/// `handle|count|strict or window`: waits for a line on stdin, then registers
-/// and releases `count` fresh names, then prints `done`.
+/// `handle|count|strict or window`: connects and prints `ready`, waits for a
+/// line on stdin, registers and releases `count` fresh names, then prints
+/// `done`. The two lines keep process start-up and exit off the clock.
 fn serve(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut parts = spec.split('|');
     let handle = ManagerHandle::new(parts.next().unwrap_or_default().as_bytes())?;
@@ -48,6 +49,9 @@ fn serve(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut client: Client<_, 64> = Client::new(transport, mode);
     let prefix = NamePrefix::new(PREFIX.as_bytes())?;
     let pid = std::process::id();
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
     let mut go = String::new();
     std::io::stdin().lock().read_line(&mut go)?;
     for i in 0..count {
@@ -56,28 +60,52 @@ fn serve(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
         client.release(pid as i32, name, false)?;
     }
     client.settle()?;
-    println!("done");
+    writeln!(stdout, "done")?;
+    stdout.flush()?;
     Ok(())
 }
 
 /// A started client, waiting for `go`.
 pub struct BenchClient {
     child: Child,
+    lines: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl BenchClient {
-    /// Starts a client process against `handle`.
+    /// Starts a client process against `handle` and returns once it is
+    /// connected.
     pub fn spawn(handle: &ManagerHandle, count: u64, mode: AckMode) -> std::io::Result<Self> {
         let mode = match mode {
             AckMode::Strict => "strict".to_owned(),
             AckMode::Pipelined { max_in_flight } => max_in_flight.to_string(),
         };
-        let child = Command::new(std::env::current_exe()?)
+        let mut child = Command::new(std::env::current_exe()?)
             .env(ROLE, format!("{handle}|{count}|{mode}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
-        Ok(Self { child })
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut client = Self {
+            child,
+            lines: std::io::BufReader::new(stdout),
+        };
+        client.expect_line("ready")?;
+        Ok(client)
+    }
+
+    fn expect_line(&mut self, expected: &str) -> std::io::Result<()> {
+        let mut line = String::new();
+        self.lines.read_line(&mut line)?;
+        if line.trim_end() == expected {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "bench client said {line:?}, expected {expected:?}"
+            )))
+        }
     }
 
     /// Lets it start.
@@ -91,7 +119,12 @@ impl BenchClient {
         stdin.flush()
     }
 
-    /// Waits until it has finished.
+    /// Waits until it has made its registrations.
+    pub fn done(&mut self) -> std::io::Result<()> {
+        self.expect_line("done")
+    }
+
+    /// Waits for the process to exit.
     pub fn finish(mut self) -> std::io::Result<()> {
         let status = self.child.wait()?;
         if status.success() {
