@@ -4,9 +4,13 @@
 //! connections; they are started before the clock starts.
 //!
 //! Criterion reports its statistics per manager; the table printed at the
-//! end comes from interleaved rounds (ours and PyTorch's taking turns, the
-//! order rotating), warm-up excluded.
+//! end comes from interleaved rounds (the managers taking turns, the order
+//! rotating), warm-up excluded. The table also has the ceiling:
+//! `answer-only-manager`, which answers and keeps nothing, blocking and
+//! spinning 200 us after each answer, so it shows how much of a gap is left
+//! on the manager's side.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -69,10 +73,17 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let mut managers = vec![("shm-manager", our_manager())];
+    let ceiling = Path::new(env!("CARGO_BIN_EXE_answer-only-manager"));
+    let mut managers = vec![("shm-manager", our_manager(), vec![])];
     if let Some(torch) = torch_manager() {
-        managers.push(("torch_shm_manager", torch));
+        managers.push(("torch_shm_manager", torch, vec![]));
     }
+    managers.push(("answer-only", ceiling.to_path_buf(), vec![]));
+    managers.push((
+        "answer-only spin",
+        ceiling.to_path_buf(),
+        vec!["--spin", "200"],
+    ));
     let mut table = Vec::new();
     for (mode_name, mode) in [
         ("strict", AckMode::Strict),
@@ -83,9 +94,10 @@ fn main() {
             group.throughput(Throughput::Elements(1));
             let launched: Vec<_> = managers
                 .iter()
-                .map(|(name, executable)| {
+                .map(|(name, executable, args)| {
                     let launched = Launcher::new(executable)
                         .args(["--name-prefix", PREFIX])
+                        .args(args)
                         .quiet(true)
                         .launch()
                         .expect("launch manager");
@@ -98,7 +110,12 @@ fn main() {
                 .iter()
                 .map(|(_, launched)| keep_alive(&launched.handle))
                 .collect();
-            for (name, launched) in &launched {
+            // Criterion's statistics for ours and PyTorch's; the ceilings are
+            // in the table only.
+            for (name, launched) in launched
+                .iter()
+                .filter(|(name, _)| !name.starts_with("answer"))
+            {
                 group.bench_with_input(
                     BenchmarkId::new(*name, format!("{clients} clients")),
                     &clients,
