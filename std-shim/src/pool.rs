@@ -28,6 +28,7 @@ use libshm_core::header::{HEADER_LEN, Refcount};
 use libshm_core::name::SegmentName;
 use memmap2::MmapRaw;
 
+use crate::fork_gate;
 use crate::link::Link;
 use crate::naming::{current_pid, next_name};
 use crate::shm;
@@ -42,6 +43,8 @@ const AUTO_BUDGET: usize = 64 << 20;
 const AUTO_SIZES: usize = 64;
 /// How long the filler sleeps when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long the filler waits before trying a link another thread uses.
+const BUSY_WAIT: Duration = Duration::from_micros(200);
 
 /// Which sizes to pool, and how many of each to keep ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +192,11 @@ impl Pool {
 
     /// Segments of `size` on the shelf now.
     pub(crate) fn ready(&self, size: usize) -> usize {
+        if current_pid() != self.owner_pid {
+            // A forked child has no shelves (and its copy of the lock may be
+            // held by the parent's thread).
+            return 0;
+        }
         self.lock().ready.get(&size).map_or(0, Vec::len)
     }
 
@@ -301,11 +309,12 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
 /// Creates, registers and maps one segment of `size` data bytes, pages in.
 fn make(link: &Link, size: usize) -> Result<Ready, crate::Error> {
     let name = next_name(link.prefix())?;
-    link.register(name)?;
+    beside_forks(|| link.register_unless_busy(name))?;
     let map = match shm::create_populated(&name, size) {
         Ok(map) => map,
         Err(err) => {
-            link.release(name, !matches!(err, crate::Error::Exists { .. }));
+            let gone = !matches!(err, crate::Error::Exists { .. });
+            beside_forks(|| link.release_unless_busy(name, gone));
             return Err(err);
         }
     };
@@ -317,6 +326,21 @@ fn make(link: &Link, size: usize) -> Result<Ready, crate::Error> {
         unsafe { Refcount::from_header(std::ptr::NonNull::new_unchecked(map.as_mut_ptr())) };
     refcount.initialize();
     Ok(Ready { name, map })
+}
+
+/// Runs `op` (something done with the link's lock, `None` while another
+/// thread holds it) inside the fork gate, so that no `fork` copies the lock
+/// while this thread holds it; never waits for the lock inside the gate,
+/// where a fork would wait for us while we waited for its thread.
+fn beside_forks<T>(mut op: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let inside = fork_gate::enter();
+        if let Some(done) = op() {
+            return done;
+        }
+        drop(inside);
+        std::thread::sleep(BUSY_WAIT);
+    }
 }
 
 /// Unlinking the shelves when the process exits.
