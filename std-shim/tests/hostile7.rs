@@ -149,3 +149,44 @@ fn a_child_forked_while_the_pool_refills_can_create() {
         link.close().unwrap();
     }
 }
+
+/// Finding 2 (a panic, and memory without bound, on an environment
+/// variable): `LIBSHM_POOL=4KiB:4000000000` aborted the process ("memory
+/// allocation of 32000000000 bytes failed"), and a depth of `usize::MAX`
+/// killed the pool's thread ("capacity overflow"). The depth was taken as
+/// given (pool.rs:74), and the filler listed every missing segment one by
+/// one (`Shelves::missing`, pool.rs:120) before making the first.
+#[test]
+fn an_absurd_pool_depth_neither_aborts_nor_panics() {
+    let prefix = format!("/h7depth{}_", run_id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let daemon = common::Daemon::quiet_under(&prefix);
+    for pool in ["4KiB:4000000000", "4KiB:18446744073709551615"] {
+        let mut child = Command::new(common::SHMCTL)
+            .args(["create", "--hold", "--manager", &daemon.handle])
+            .env("LIBSHM_POOL", pool)
+            .env("LIBSHM_NAME_PREFIX", &prefix)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shmctl");
+        // Time for the pool's thread to start on its shelf.
+        std::thread::sleep(Duration::from_millis(500));
+        drop(child.stdin.take());
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            status.is_some_and(|s| s.code().is_some())
+                && !stderr.contains("panicked")
+                && !stderr.contains("memory allocation"),
+            "LIBSHM_POOL={pool}: {status:?}\n{stderr}"
+        );
+    }
+}
