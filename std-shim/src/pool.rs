@@ -16,7 +16,7 @@
 //! parent's shelves (they are registered to the parent).
 //!
 //! `LIBSHM_POOL`: a comma-separated list of `<size>[:<depth>]` (`4KiB:16,1MiB`;
-//! depth 8 by default), or `auto`: every size asked for four times gets a
+//! depth 8 by default, 1024 at most), or `auto`: every size asked for four times gets a
 //! shelf of four, while the pool holds at most 64 MiB.
 
 use std::collections::HashMap;
@@ -35,6 +35,9 @@ use crate::shm;
 
 /// Depth of a shelf whose size names none.
 const DEFAULT_DEPTH: usize = 8;
+/// Deepest shelf: a pool is a few segments ahead of need, and a depth from
+/// the environment is not trusted to be sane.
+const MAX_DEPTH: usize = 1024;
 /// `auto`: requests of one size before it gets a shelf, and its depth.
 const AUTO_AFTER: u32 = 4;
 const AUTO_DEPTH: usize = 4;
@@ -57,7 +60,9 @@ pub enum PoolSizes {
 
 /// Why a `LIBSHM_POOL` value is not one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not `auto` or a list of <size>[:<depth>] such as 4KiB:16,1MiB")]
+#[error(
+    "{0:?} is not `auto` or a list of <size>[:<depth>] such as 4KiB:16,1MiB (depth at most 1024)"
+)]
 pub struct PoolSizesError(String);
 
 impl FromStr for PoolSizes {
@@ -72,7 +77,13 @@ impl FromStr for PoolSizes {
             .split(',')
             .map(|part| {
                 let (size, depth) = match part.trim().split_once(':') {
-                    Some((size, depth)) => (size, depth.parse().map_err(|_| error())?),
+                    Some((size, depth)) => {
+                        let depth = depth.parse().map_err(|_| error())?;
+                        if depth > MAX_DEPTH {
+                            return Err(error());
+                        }
+                        (size, depth)
+                    }
                     None => (part.trim(), DEFAULT_DEPTH),
                 };
                 let size = crate::units::parse_size(size).map_err(|_| error())?;
@@ -116,13 +127,15 @@ impl Shelves {
         self.depth.iter().map(|(size, depth)| size * depth).sum()
     }
 
-    fn missing(&self) -> Vec<usize> {
-        let mut missing = Vec::new();
-        for (&size, &depth) in &self.depth {
-            let have = self.ready.get(&size).map_or(0, Vec::len);
-            missing.extend(std::iter::repeat_n(size, depth.saturating_sub(have)));
-        }
-        missing
+    /// Sizes short of their depth, with how many each lacks.
+    fn missing(&self) -> Vec<(usize, usize)> {
+        self.depth
+            .iter()
+            .filter_map(|(&size, &depth)| {
+                let have = self.ready.get(&size).map_or(0, Vec::len);
+                Some((size, depth.checked_sub(have).filter(|&lack| lack > 0)?))
+            })
+            .collect()
     }
 }
 
@@ -151,7 +164,11 @@ impl Pool {
     pub(crate) fn start(link: &Arc<Link>, sizes: &PoolSizes) -> Arc<Self> {
         let mut shelves = Shelves::default();
         if let PoolSizes::Fixed(sizes) = sizes {
-            shelves.depth = sizes.iter().copied().collect();
+            // Built in code rather than parsed, a depth may be any number.
+            shelves.depth = sizes
+                .iter()
+                .map(|&(size, depth)| (size, depth.min(MAX_DEPTH)))
+                .collect();
         }
         let pool = Arc::new(Self {
             owner_pid: current_pid(),
@@ -283,23 +300,25 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
                 tracing::warn!("{}", crate::error_chain::Chain(&err));
             }
         }
-        for size in missing {
-            match make(&link, size) {
-                Ok(ready) => {
-                    let mut shelves = pool.lock();
-                    if shelves.stopped {
-                        // Drained while this one was made: nobody unlinks it
-                        // but us.
-                        let _ = shm::unlink(&ready.name);
-                        return;
+        'refill: for (size, lack) in missing {
+            for _ in 0..lack {
+                match make(&link, size) {
+                    Ok(ready) => {
+                        let mut shelves = pool.lock();
+                        if shelves.stopped {
+                            // Drained while this one was made: nobody unlinks
+                            // it but us.
+                            let _ = shm::unlink(&ready.name);
+                            return;
+                        }
+                        shelves.ready.entry(size).or_default().push(ready);
                     }
-                    shelves.ready.entry(size).or_default().push(ready);
-                }
-                Err(err) => {
-                    tracing::warn!("segment pool: {}", crate::error_chain::Chain(&err));
-                    // Not again at once: /dev/shm may be full.
-                    std::thread::sleep(IDLE_WAIT);
-                    break;
+                    Err(err) => {
+                        tracing::warn!("segment pool: {}", crate::error_chain::Chain(&err));
+                        // Not again at once: /dev/shm may be full.
+                        std::thread::sleep(IDLE_WAIT);
+                        break 'refill;
+                    }
                 }
             }
         }
@@ -393,6 +412,8 @@ mod tests {
         );
         assert!("".parse::<PoolSizes>().is_err());
         assert!("4KiB:x".parse::<PoolSizes>().is_err());
+        assert!("4KiB:1025".parse::<PoolSizes>().is_err(), "too deep");
+        assert!("4KiB:18446744073709551615".parse::<PoolSizes>().is_err());
     }
 
     #[test]
@@ -406,6 +427,6 @@ mod tests {
             learn(&mut shelves, AUTO_BUDGET);
         }
         assert!(!shelves.depth.contains_key(&AUTO_BUDGET), "over the budget");
-        assert_eq!(shelves.missing().len(), AUTO_DEPTH);
+        assert_eq!(shelves.missing(), [(4096, AUTO_DEPTH)]);
     }
 }
