@@ -9,14 +9,20 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{SHM_MANAGER, run_id, wait_until};
 use libshm::{AckMode, Config, ManagerLink, NamePrefix, PoolSizes};
 
-/// Set in a test re-run by [`in_own_process`].
+/// Set in a test re-run by [`in_own_process`]: the outer run's pid.
 const INNER: &str = "LIBSHM_HOSTILE7_INNER";
+
+/// This run's id, the outer run's inside a re-run (names made inside and
+/// looked for outside agree).
+fn id() -> String {
+    std::env::var(INNER).unwrap_or_else(|_| run_id().to_string())
+}
 
 /// Runs the test named `test` again in a process of its own (this binary,
 /// one test, one test thread) and waits up to `timeout` for it. Returns
@@ -27,9 +33,21 @@ fn in_own_process(test: &str, timeout: Duration) -> bool {
     if std::env::var_os(INNER).is_some() {
         return true;
     }
+    let (status, stdout, stderr) = run_alone(test, timeout);
+    assert!(
+        status.is_some_and(|s| s.success()) && stdout.contains("test result: ok. 1 passed"),
+        "{test} in its own process: {status:?}\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+/// Runs the test named `test` in a process of its own (as
+/// [`in_own_process`] does), killed if it has not ended within `timeout`
+/// (status `None`); returns how it ended and what it printed.
+fn run_alone(test: &str, timeout: Duration) -> (Option<ExitStatus>, String, String) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(INNER, "1")
+        .env(INNER, std::process::id().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,13 +65,11 @@ fn in_own_process(test: &str, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     };
     let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        status.is_some_and(|s| s.success()) && stdout.contains("test result: ok. 1 passed"),
-        "{test} in its own process: {status:?}\n{stdout}\n{stderr}"
-    );
-    false
+    (
+        status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Removes every `/dev/shm` entry whose name starts with `prefix` when
@@ -70,6 +86,16 @@ impl PrefixCleanup {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+impl PrefixCleanup {
+    /// The names, and the cleanup forgotten (for a look from inside a
+    /// re-run whose outer run cleans up).
+    fn names_kept(self) -> Vec<String> {
+        let names = self.names();
+        std::mem::forget(self);
+        names
     }
 }
 
@@ -117,7 +143,7 @@ fn a_child_forked_while_the_pool_refills_can_create() {
     ) {
         return;
     }
-    let prefix = format!("/h7fork{}_", run_id());
+    let prefix = format!("/h7fork{}_", id());
     let _cleanup = PrefixCleanup(prefix.clone());
     for mode in [AckMode::Strict, AckMode::default()] {
         let config = Config::default()
@@ -189,4 +215,80 @@ fn an_absurd_pool_depth_neither_aborts_nor_panics() {
             "LIBSHM_POOL={pool}: {status:?}\n{stderr}"
         );
     }
+}
+
+/// Finding 3 (a leak for as long as the manager lives): a pooled segment
+/// dropped as its process's last reference stayed in `/dev/shm` when the
+/// process was killed soon after, until its manager shut down, while the
+/// segments the process still held were reaped. The drop told the manager
+/// at once that the name was released and unlinked (`link.release(name,
+/// last)`, segment.rs:257), but left the unlinking to the pool's thread
+/// (`give_back`, segment.rs:256), which gets to it only once it has topped
+/// up its shelves (`fill` takes its list at the top of a round, pool.rs:270,
+/// and the round's refills come first, pool.rs:278). The manager keeps a
+/// released name that still exists only to unlink it at shutdown, and a
+/// shared manager's shutdown may be hours away. Here the release is written
+/// by a settle; the thread's own next registration writes it as surely.
+#[test]
+fn a_pooled_segment_dropped_just_before_a_crash_is_not_leaked() {
+    const TEST: &str = "a_pooled_segment_dropped_just_before_a_crash_is_not_leaked";
+    const SIZE: usize = 64 << 20;
+    let prefix = format!("/h7spent{}_", id());
+    if std::env::var_os(INNER).is_some() {
+        let config = Config::default()
+            .manager_executable(SHM_MANAGER)
+            .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+            .pool(Some(PoolSizes::Fixed(vec![(SIZE, 4)])))
+            .quiet_manager(true);
+        let link = ManagerLink::launch(&config).unwrap();
+        assert!(wait_until(Duration::from_secs(20), || link.pooled(SIZE) == 4));
+        // Three taken: the thread sets about making three more (paging in
+        // 64 MiB each); the drop of the fourth waits on its list meanwhile.
+        let kept: Vec<_> = (0..3).map(|_| link.create(SIZE).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(2));
+        let dropped = link.create(SIZE).unwrap();
+        let name = *dropped.name();
+        drop(dropped);
+        link.settle().unwrap();
+        println!(
+            "handle={} dropped={name} there={}",
+            link.handle(),
+            std::path::Path::new("/dev/shm")
+                .join(name.as_str().trim_start_matches('/'))
+                .exists()
+        );
+        std::mem::forget(kept);
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+            .unwrap();
+        unreachable!("killed");
+    }
+    let cleanup = PrefixCleanup(prefix.clone());
+    let (status, stdout, stderr) = run_alone(TEST, Duration::from_secs(60));
+    let handle = stdout
+        .lines()
+        .find_map(|line| line.split("handle=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert!(
+        stdout.contains("there=true"),
+        "the pool's thread unlinked the dropped segment before the kill; no race: {stdout}"
+    );
+    let mut bystander = common::RawClient::connect(handle);
+    bystander.register(&format!("{prefix}bystander"));
+    let dropped = stdout
+        .lines()
+        .find_map(|line| line.split("dropped=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the inner run said nothing: {status:?}\n{stdout}\n{stderr}"))
+        .to_owned();
+    // The manager reaps what the dead process held after its grace (1 s);
+    // the bystander keeps it running.
+    let reaped = wait_until(Duration::from_secs(6), || cleanup.names().is_empty());
+    assert!(
+        reaped,
+        "left in /dev/shm 6 s after the process died, its manager still running: {:?} \
+         (the dropped one: {dropped})",
+        cleanup.names()
+    );
+    drop(bystander);
 }
