@@ -5,7 +5,8 @@
 //! A background thread keeps a few segments of each pooled size created,
 //! registered with the manager, sized, reserved and mapped with their pages
 //! already faulted in; a create of that size takes one off the shelf, and a
-//! drop hands the unmapping and unlinking back to the thread. The hot path is
+//! drop hands the unmapping, the unlinking and then the release with the
+//! manager back to the thread. The hot path is
 //! then a lock and a pop, and the system calls happen on another core.
 //!
 //! A pooled segment is indistinguishable from a fresh one: created for the
@@ -103,8 +104,8 @@ struct Ready {
     map: MmapRaw,
 }
 
-/// A pooled segment that was dropped: unmapped (and unlinked, if ours was
-/// the last reference) by the filler.
+/// A pooled segment that was dropped: unmapped (and, if ours was the last
+/// reference, unlinked and then released with the manager) by the filler.
 struct Spent {
     name: SegmentName,
     map: MmapRaw,
@@ -218,7 +219,7 @@ impl Pool {
     }
 
     /// Takes back a pooled segment's mapping to unmap (and its name to
-    /// unlink) off the caller's path.
+    /// unlink, then release with the manager) off the caller's path.
     pub(crate) fn give_back(&self, name: SegmentName, map: MmapRaw, unlink: bool) {
         if current_pid() != self.owner_pid {
             drop(map);
@@ -294,10 +295,12 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
         };
         for spent in spent {
             drop(spent.map);
-            if spent.unlink
-                && let Err(err) = shm::unlink(&spent.name)
-            {
-                tracing::warn!("{}", crate::error_chain::Chain(&err));
+            if spent.unlink {
+                if let Err(err) = shm::unlink(&spent.name) {
+                    tracing::warn!("{}", crate::error_chain::Chain(&err));
+                }
+                // The release its drop left to us, now that it is unlinked.
+                beside_forks(|| link.release_unless_busy(spent.name, true));
             }
         }
         'refill: for (size, lack) in missing {
