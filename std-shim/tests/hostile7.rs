@@ -334,3 +334,70 @@ fn gc_keeps_a_segment_a_live_manager_holds_in_transit() {
         common::story(&daemon.handle, &name)
     );
 }
+
+/// Finding 5 (a leak for as long as a child lives): a process whose private
+/// pipe manager held its segments was killed while a child it had forked
+/// (one that never used libshm: a worker, a helper) lived on with copies of
+/// the pipes, and its segments stayed until that child exited. The pipe
+/// manager watches no pid (its `Effects` keep the default `watch_pid`,
+/// false: transport-pipe/src/serve.rs:344, core/src/manager.rs:522), so its
+/// client's holds last as long as the request pipe, and the pipe reaches
+/// end of file (serve.rs:289) only once every copy is closed.
+#[test]
+fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
+    const TEST: &str = "a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child";
+    let prefix = format!("/h7pipe{}_", id());
+    if std::env::var_os(INNER).is_some() {
+        let config = Config::default()
+            .manager_executable(SHM_MANAGER)
+            .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+            .transport(libshm::TransportKind::Pipe)
+            .quiet_manager(true);
+        let link = ManagerLink::launch(&config).unwrap();
+        let segment = link.create(4096).unwrap();
+        link.settle().unwrap();
+        println!("name={} handle={}", segment.name(), link.handle());
+        // SAFETY: the test runs alone in its process; the child sleeps
+        // and `_exit`s without touching anything of the parent's.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: closing our own copies of stdout and stderr, so that
+            // the outer run reads the parent's output to its end.
+            unsafe {
+                libc::close(1);
+                libc::close(2);
+            }
+            std::thread::sleep(Duration::from_secs(8));
+            // SAFETY: skipping destructors and atexit handlers on purpose.
+            unsafe { libc::_exit(0) };
+        }
+        println!("child={pid}");
+        std::mem::forget(segment);
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+            .unwrap();
+        unreachable!("killed");
+    }
+    let cleanup = PrefixCleanup(prefix.clone());
+    let (status, stdout, stderr) = run_alone(TEST, Duration::from_secs(30));
+    let field = |key: &str| {
+        stdout
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                panic!("no {key} from the inner run: {status:?}\n{stdout}\n{stderr}")
+            })
+    };
+    let name = field("name=");
+    let child: i32 = field("child=").parse().unwrap();
+    let reaped = wait_until(Duration::from_secs(5), || cleanup.names().is_empty());
+    let child_alive = !common::process_gone(child as u32);
+    if let Some(pid) = rustix::process::Pid::from_raw(child) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    assert!(
+        reaped,
+        "{name} still in /dev/shm 5 s after its creator was killed (forked child alive: \
+         {child_alive})"
+    );
+}
