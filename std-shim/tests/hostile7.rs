@@ -340,9 +340,9 @@ fn gc_keeps_a_segment_a_live_manager_holds_in_transit() {
 /// (one that never used libshm: a worker, a helper) lived on with copies of
 /// the pipes, and its segments stayed until that child exited. The pipe
 /// manager watches no pid (its `Effects` keep the default `watch_pid`,
-/// false: transport-pipe/src/serve.rs:344, core/src/manager.rs:522), so its
+/// false: transport-pipe/src/serve.rs:352, core/src/manager.rs:522), so its
 /// client's holds last as long as the request pipe, and the pipe reaches
-/// end of file (serve.rs:289) only once every copy is closed.
+/// end of file (serve.rs:285) only once every copy is closed.
 #[test]
 fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
     const TEST: &str = "a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child";
