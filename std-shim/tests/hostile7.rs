@@ -337,12 +337,14 @@ fn gc_keeps_a_segment_a_live_manager_holds_in_transit() {
 
 /// Finding 5 (a leak for as long as a child lives): a process whose private
 /// pipe manager held its segments was killed while a child it had forked
-/// (one that never used libshm: a worker, a helper) lived on with copies of
-/// the pipes, and its segments stayed until that child exited. The pipe
-/// manager watches no pid (its `Effects` keep the default `watch_pid`,
-/// false: transport-pipe/src/serve.rs:352, core/src/manager.rs:522), so its
+/// earlier (one that never used libshm, and maps none of the segments: a
+/// worker, a helper) lived on with copies of the pipes, and its segments
+/// stayed until that child exited. The pipe manager watches no pid (its
+/// `Effects` keep the default `watch_pid`, false:
+/// transport-pipe/src/serve.rs:352, core/src/manager.rs:522), so its
 /// client's holds last as long as the request pipe, and the pipe reaches
-/// end of file (serve.rs:285) only once every copy is closed.
+/// end of file (serve.rs:285) only once every copy is closed. (A child
+/// forked after the segment was made maps it, and keeps it rightly.)
 #[test]
 fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
     const TEST: &str = "a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child";
@@ -354,9 +356,7 @@ fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
             .transport(libshm::TransportKind::Pipe)
             .quiet_manager(true);
         let link = ManagerLink::launch(&config).unwrap();
-        let segment = link.create(4096).unwrap();
         link.settle().unwrap();
-        println!("name={} handle={}", segment.name(), link.handle());
         // SAFETY: the test runs alone in its process; the child sleeps
         // and `_exit`s without touching anything of the parent's.
         let pid = unsafe { libc::fork() };
@@ -371,6 +371,10 @@ fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
             // SAFETY: skipping destructors and atexit handlers on purpose.
             unsafe { libc::_exit(0) };
         }
+        // Made after the fork: the child does not map it.
+        let segment = link.create(4096).unwrap();
+        link.settle().unwrap();
+        println!("name={}", segment.name());
         println!("child={pid}");
         std::mem::forget(segment);
         rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
