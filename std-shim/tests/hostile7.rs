@@ -347,8 +347,23 @@ fn gc_keeps_a_segment_a_live_manager_holds_in_transit() {
 /// forked after the segment was made maps it, and keeps it rightly.)
 #[test]
 fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
-    const TEST: &str = "a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child";
-    let prefix = format!("/h7pipe{}_", id());
+    pipe_client_dies_beside_a_child(
+        "a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child",
+        false,
+    );
+}
+
+/// With finding 5's fix: a segment the forked child maps (it was made before
+/// the fork) is kept while the child lives, though its creator is dead.
+#[test]
+fn a_dead_pipe_clients_segment_its_child_maps_is_kept() {
+    pipe_client_dies_beside_a_child("a_dead_pipe_clients_segment_its_child_maps_is_kept", true);
+}
+
+/// A pipe client forks a child that sleeps 8 s, makes a segment (before
+/// the fork when `child_maps`), and is killed.
+fn pipe_client_dies_beside_a_child(test: &str, child_maps: bool) {
+    let prefix = format!("/h7pipe{}_{}_", id(), u8::from(child_maps));
     if std::env::var_os(INNER).is_some() {
         let config = Config::default()
             .manager_executable(SHM_MANAGER)
@@ -356,6 +371,8 @@ fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
             .transport(libshm::TransportKind::Pipe)
             .quiet_manager(true);
         let link = ManagerLink::launch(&config).unwrap();
+        link.settle().unwrap();
+        let early = child_maps.then(|| link.create(4096).unwrap());
         link.settle().unwrap();
         // SAFETY: the test runs alone in its process; the child sleeps
         // and `_exit`s without touching anything of the parent's.
@@ -371,8 +388,8 @@ fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
             // SAFETY: skipping destructors and atexit handlers on purpose.
             unsafe { libc::_exit(0) };
         }
-        // Made after the fork: the child does not map it.
-        let segment = link.create(4096).unwrap();
+        // Made after the fork, the child does not map it.
+        let segment = early.unwrap_or_else(|| link.create(4096).unwrap());
         link.settle().unwrap();
         println!("name={}", segment.name());
         println!("child={pid}");
@@ -382,7 +399,7 @@ fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
         unreachable!("killed");
     }
     let cleanup = PrefixCleanup(prefix.clone());
-    let (status, stdout, stderr) = run_alone(TEST, Duration::from_secs(30));
+    let (status, stdout, stderr) = run_alone(test, Duration::from_secs(30));
     let field = |key: &str| {
         stdout
             .split_whitespace()
@@ -394,6 +411,19 @@ fn a_pipe_clients_segments_are_reaped_when_it_dies_beside_a_forked_child() {
     };
     let name = field("name=");
     let child: i32 = field("child=").parse().unwrap();
+    if child_maps {
+        // Past the reap grace (1 s) and then some, the child still maps it.
+        let kept = !wait_until(Duration::from_secs(3), || cleanup.names().is_empty());
+        let child_alive = !common::process_gone(child as u32);
+        if let Some(pid) = rustix::process::Pid::from_raw(child) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        assert!(
+            kept && child_alive,
+            "{name} was unlinked while a live child mapped it (child alive: {child_alive})"
+        );
+        return;
+    }
     let reaped = wait_until(Duration::from_secs(5), || cleanup.names().is_empty());
     let child_alive = !common::process_gone(child as u32);
     if let Some(pid) = rustix::process::Pid::from_raw(child) {
