@@ -435,3 +435,32 @@ fn pipe_client_dies_beside_a_child(test: &str, child_maps: bool) {
          {child_alive})"
     );
 }
+
+/// Finding 6 (a panic on a caller's size): with `LIBSHM_POOL=auto`, the
+/// fourth create of a size past a quarter of the address space panicked
+/// ("attempt to multiply with overflow") instead of failing as every create
+/// of it had: `learn` weighs a size against the budget as `size *
+/// AUTO_DEPTH` (pool.rs:244), unchecked; in a release build the product
+/// wraps, and the pool keeps a shelf of a size it can never make.
+#[test]
+fn auto_pooling_an_impossible_size_fails_the_create_and_nothing_else() {
+    let prefix = format!("/h7auto{}_", id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let config = Config::default()
+        .manager_executable(SHM_MANAGER)
+        .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+        .pool(Some(PoolSizes::Auto))
+        .quiet_manager(true);
+    let link = ManagerLink::launch(&config).unwrap();
+    for size in [usize::MAX / 2, usize::MAX - 64] {
+        for attempt in 0..6 {
+            let created = std::panic::catch_unwind(|| link.create(size).map(drop));
+            match created {
+                Ok(result) => assert!(result.is_err(), "a segment of {size} bytes"),
+                Err(_) => panic!("create({size}) panicked on attempt {attempt}"),
+            }
+        }
+        assert_eq!(link.pooled(size), 0, "a shelf for {size} bytes");
+    }
+    link.close().unwrap();
+}
