@@ -125,7 +125,9 @@ struct Shelves {
 
 impl Shelves {
     fn bytes_wanted(&self) -> usize {
-        self.depth.iter().map(|(size, depth)| size * depth).sum()
+        self.depth.iter().fold(0, |sum: usize, (size, depth)| {
+            sum.saturating_add(size.saturating_mul(*depth))
+        })
     }
 
     /// Sizes short of their depth, with how many each lacks.
@@ -267,7 +269,13 @@ fn learn(shelves: &mut Shelves, size: usize) {
     }
     let seen = shelves.requests.entry(size).or_insert(0);
     *seen += 1;
-    if *seen >= AUTO_AFTER && shelves.bytes_wanted() + size * AUTO_DEPTH <= AUTO_BUDGET {
+    let seen = *seen;
+    // A size the caller asked for may be any number: checked, not wrapped.
+    let fits = size
+        .checked_mul(AUTO_DEPTH)
+        .and_then(|bytes| bytes.checked_add(shelves.bytes_wanted()))
+        .is_some_and(|total| total <= AUTO_BUDGET);
+    if seen >= AUTO_AFTER && fits {
         shelves.depth.insert(size, AUTO_DEPTH);
     }
 }
@@ -430,6 +438,10 @@ mod tests {
             learn(&mut shelves, AUTO_BUDGET);
         }
         assert!(!shelves.depth.contains_key(&AUTO_BUDGET), "over the budget");
+        for _ in 0..AUTO_AFTER {
+            learn(&mut shelves, usize::MAX / 2);
+        }
+        assert!(!shelves.depth.contains_key(&(usize::MAX / 2)), "no wrap");
         assert_eq!(shelves.missing(), [(4096, AUTO_DEPTH)]);
     }
 }
