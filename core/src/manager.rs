@@ -914,7 +914,19 @@ impl<S: Storage> Manager<S> {
     /// What the manager knows about `name`.
     pub fn name_state(&self, name: &SegmentName) -> Option<NameState> {
         let record = self.names.get(self.find(name)?)?;
-        Some(match record.phase {
+        Some(self.state_of(record))
+    }
+
+    /// Every name the manager knows, with its state, for a status report.
+    pub fn names(&self) -> impl Iterator<Item = (&SegmentName, NameState)> + '_ {
+        (0..self.names.id_bound()).filter_map(|id| {
+            let record = self.names.get(id)?;
+            Some((&record.name, self.state_of(record)))
+        })
+    }
+
+    fn state_of(&self, record: &NameRecord) -> NameState {
+        match record.phase {
             _ if record.live > 0 => NameState::Held {
                 registrations: record.live,
             },
@@ -926,7 +938,7 @@ impl<S: Storage> Manager<S> {
             },
             Phase::Unlinking => NameState::Unlinking,
             Phase::Held | Phase::Released => NameState::Released { dead: record.dead },
-        })
+        }
     }
 
     /// Every live holder, for a status report.

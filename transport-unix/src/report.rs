@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use libshm_core::manager::{Manager, Note, Severity, UnlinkReason};
+use libshm_core::manager::{Manager, NameState, Note, Severity, UnlinkReason};
 use libshm_core::namespace::Namespace;
 use libshm_core::pressure::Pressure;
 use libshm_core::status::{self, Detail, write_line};
@@ -132,6 +132,17 @@ fn write_document<N: Namespace>(
     if detail == Detail::History {
         for (at, note) in &history.events {
             write_event(out, *at, note)?;
+        }
+    }
+    if detail == Detail::Names {
+        for (name, state) in manager.names() {
+            let state = match state {
+                NameState::Held { .. } => "held",
+                NameState::Released { .. } => "released",
+                NameState::Orphaned { .. } => "orphaned",
+                NameState::Unlinking => "unlinking",
+            };
+            write_line(out, "name", &[("name", name), ("state", &state)])?;
         }
     }
     writeln!(out, "{}", status::END)
