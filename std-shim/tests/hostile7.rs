@@ -289,12 +289,10 @@ fn a_pooled_segment_dropped_just_before_a_crash_is_not_leaked() {
 /// judges a segment by its creator's liveness and by who maps it now
 /// (inspect.rs:14-20); a handle in a queue maps nothing, so after
 /// `--older-than` (1 minute by default, 3 s here) a tensor a slow consumer
-/// has not reached yet "looks leaked". The manager that knows better is not
-/// asked (`gc`, bin/shmctl/inspect.rs:96).
+/// has not reached yet "looks leaked". The manager that knows better was not
+/// asked (`gc`, bin/shmctl/inspect.rs:96); its status documents listed
+/// holders with counts, not names.
 #[test]
-#[ignore = "open: gc would have to ask live managers which names they still track; their \
-            status documents list holders with counts, not names (core/src/status.rs), and \
-            the recent history alone forgets a busy manager's old registrations"]
 fn gc_keeps_a_segment_a_live_manager_holds_in_transit() {
     if !common::in_private_pid_namespace("gc_keeps_a_segment_a_live_manager_holds_in_transit") {
         return;
