@@ -462,3 +462,76 @@ fn auto_pooling_an_impossible_size_fails_the_create_and_nothing_else() {
     }
     link.close().unwrap();
 }
+
+/// Finding 7 (a client that stops working): a link started with a
+/// configuration of its own (`ManagerLink::launch(&config)`) replaced its
+/// manager with one started from the process-wide configuration (the
+/// environment's), which refuses the link's names when their prefixes
+/// differ. Hit by a forked child over pipes (it starts a private manager:
+/// `launch_pipe`, link.rs:470, `registry::config()`) and by recovery from a
+/// killed manager (`revive`, link.rs:499, and `replace_manager`,
+/// link.rs:516): every create then failed ("refused", or the child's new
+/// manager "failed"), and held names lost their protection.
+#[test]
+fn a_link_with_its_own_configuration_replaces_its_manager_with_the_same() {
+    if !in_own_process(
+        "a_link_with_its_own_configuration_replaces_its_manager_with_the_same",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let prefix = format!("/h7own{}_", id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let config = |transport| {
+        Config::default()
+            .manager_executable(SHM_MANAGER)
+            .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+            .transport(transport)
+            .quiet_manager(true)
+    };
+
+    // A forked child of a process whose private pipe manager it cannot use.
+    let link = ManagerLink::launch(&config(libshm::TransportKind::Pipe)).unwrap();
+    let kept = link.create(4096).unwrap();
+    let status = fork_and_wait(|| match link.create(4096).and_then(|_| link.settle()) {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("the forked child's create: {err}");
+            false
+        }
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "a forked child could not create through its parent's link (status {status:#x})"
+    );
+    drop(kept);
+    link.close().unwrap();
+
+    // A process whose Unix manager was killed.
+    let link = ManagerLink::launch(&config(libshm::TransportKind::Unix)).unwrap();
+    let held = link.create(4096).unwrap();
+    link.settle().unwrap();
+    let manager = libshm::status::query(link.handle().as_str(), libshm::status::Detail::Summary)
+        .unwrap()
+        .manager
+        .pid as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(manager).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || common::process_gone(
+        manager as u32
+    )));
+    let after = link
+        .create(4096)
+        .and_then(|segment| link.settle().map(|()| segment));
+    assert!(
+        after.is_ok(),
+        "no create after the manager was replaced: {}",
+        after.unwrap_err()
+    );
+    assert_eq!(link.held(), 2, "both names held, and registered again");
+    drop(held);
+    link.close().unwrap();
+}
