@@ -88,6 +88,10 @@ struct LinkState {
     offer_journal: bool,
     /// Prefix of the names this link creates (told to a manager it revives).
     prefix: NamePrefix,
+    /// The configuration the link was made with: a manager that replaces
+    /// its own (a fork's, a recovery's) is started with it, so it accepts
+    /// the link's names (the process-wide one may name another prefix).
+    config: Config,
     /// Names this process holds through the link, with repeats. While
     /// connected, every one of them is registered with the manager.
     held: HashMap<SegmentName, u32>,
@@ -151,6 +155,7 @@ impl Link {
             session,
             offer_journal: config.get_journal(),
             prefix: *config.get_name_prefix(),
+            config: config.clone(),
             held: HashMap::new(),
             pipe_manager: None,
         };
@@ -500,7 +505,7 @@ impl LinkState {
 
     /// Starts a private pipe manager for this link; it becomes the link's manager.
     fn launch_pipe(&mut self) -> Result<WireClient, Error> {
-        let launched = registry::config()?.launch_over_pipes()?;
+        let launched = self.config.launch_over_pipes()?;
         self.handle = launched.handle;
         self.kind = TransportKind::Pipe;
         self.origin = Origin::Launched;
@@ -529,7 +534,7 @@ impl LinkState {
         if let Ok(connected) = self.connect_unix(handle) {
             return Ok(connected);
         }
-        let launcher = registry::config()?.launcher()?.args([
+        let launcher = self.config.launcher()?.args([
             "--adopt",
             handle.as_str(),
             "--sweep-prefix",
@@ -546,7 +551,7 @@ impl LinkState {
     /// this process's default.
     fn replace_manager(&mut self, old: ManagerHandle) -> Result<WireClient, Error> {
         if self.origin == Origin::Launched {
-            let launcher = registry::config()?.launcher()?;
+            let launcher = self.config.launcher()?;
             let new = crate::fork_gate::exec_at_once(|| launcher.launch())?.handle;
             self.handle = new;
             return self.connect_unix(new);
