@@ -535,3 +535,71 @@ fn a_link_with_its_own_configuration_replaces_its_manager_with_the_same() {
     drop(held);
     link.close().unwrap();
 }
+
+/// Withstood: a process that execs another program (same pid) with
+/// segments still registered, here its pool's shelves and one it held: the
+/// exec closes its connection and drops its mappings, and nothing of the
+/// old program is left to release them. The manager reaps them while the
+/// new program runs, not once it exits.
+#[test]
+fn segments_of_a_process_that_execs_are_reaped_while_the_new_program_runs() {
+    const TEST: &str = "segments_of_a_process_that_execs_are_reaped_while_the_new_program_runs";
+    let prefix = format!("/h7exec{}_", id());
+    if std::env::var_os(INNER).is_some() {
+        let config = Config::default()
+            .manager_executable(SHM_MANAGER)
+            .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+            .pool(Some("4KiB:3".parse::<PoolSizes>().unwrap()))
+            .quiet_manager(true);
+        let link = ManagerLink::launch(&config).unwrap();
+        assert!(wait_until(Duration::from_secs(5), || link.pooled(4096) == 3));
+        let held = link.create(8192).unwrap();
+        link.settle().unwrap();
+        println!("handle={} pid={}", link.handle(), std::process::id());
+        std::mem::forget(held);
+        use std::os::unix::process::CommandExt;
+        // Our stdout and stderr go with the exec: the outer run reads to
+        // their end only once the new program exits.
+        let err = Command::new("sleep")
+            .arg("6")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .exec();
+        panic!("exec: {err}");
+    }
+    let cleanup = PrefixCleanup(prefix.clone());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(INNER, std::process::id().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !line.contains("handle=") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    assert!(line.contains("handle="), "the inner run said nothing");
+    // After the exec: a bystander keeps the manager running.
+    let handle = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("handle="))
+        .unwrap()
+        .to_owned();
+    let mut bystander = common::RawClient::connect(&handle);
+    bystander.register(&format!("{prefix}bystander"));
+    std::thread::sleep(Duration::from_millis(500));
+    let reaped = wait_until(Duration::from_secs(4), || cleanup.names().is_empty());
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        reaped,
+        "left while the exec'd program still ran ({running}): {:?}",
+        cleanup.names()
+    );
+}
