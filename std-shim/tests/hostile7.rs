@@ -603,3 +603,42 @@ fn segments_of_a_process_that_execs_are_reaped_while_the_new_program_runs() {
         cleanup.names()
     );
 }
+
+/// Finding 8 (a live manager's directory called stale): `shmctl doctor`
+/// told root to `rm -r` the directory of a live manager of ours that
+/// listens in another network namespace (a container sharing `/tmp`):
+/// managers are found by their listening sockets in `/proc/net/unix`, which
+/// lists this namespace's only (`stale_dirs`, bin/shmctl/managers.rs:71),
+/// and the lock every manager of ours holds on its directory was not
+/// looked at. Removing it leaves that manager's clients, and every handle
+/// to it in flight, unable to connect.
+#[test]
+fn doctor_does_not_call_a_live_managers_directory_stale() {
+    if !common::is_root_or_skip("root, to run a manager in a network namespace of its own") {
+        return;
+    }
+    let prefix = format!("/h7netns{}_", id());
+    let mut command = Command::new("unshare");
+    command
+        .args(["--net", "--", SHM_MANAGER, "--name-prefix", &prefix])
+        .stderr(Stdio::null());
+    let daemon = common::Daemon::spawn(&mut command);
+    // Reachable by path from here, unseen in our /proc/net/unix.
+    let _bystander = common::bystander_under(&daemon, &prefix);
+    let dir = std::path::Path::new(&daemon.handle)
+        .parent()
+        .unwrap()
+        .to_owned();
+    // Doctor leaves directories younger than 10 s alone (a manager starting).
+    std::thread::sleep(Duration::from_secs(11));
+    let doctor = Command::new(common::SHMCTL)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        !said.contains(dir.to_str().unwrap()),
+        "doctor calls the live manager's {} stale:\n{said}",
+        dir.display()
+    );
+}
