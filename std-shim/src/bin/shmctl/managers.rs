@@ -74,6 +74,9 @@ pub(crate) fn stale_dirs(live: &[LiveManager]) -> Vec<PathBuf> {
         .iter()
         .flat_map(|base| manager_dirs(base))
         .filter(|dir| !handles.contains(dir.join(SOCKET_NAME).to_string_lossy().as_ref()))
+        // A manager listening in another network namespace (a container
+        // sharing /tmp) is missing from our /proc/net/unix; its lock shows.
+        .filter(|dir| !RunDir::is_served(dir))
         .collect()
 }
 
