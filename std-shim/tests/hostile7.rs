@@ -297,9 +297,35 @@ fn gc_keeps_a_segment_a_live_manager_holds_in_transit() {
     if !common::in_private_pid_namespace("gc_keeps_a_segment_a_live_manager_holds_in_transit") {
         return;
     }
-    let prefix = format!("/h7gc{}_", run_id());
+    gc_beside_a_segment_in_transit(false);
+}
+
+/// Findings 4 and 8 together: the manager that keeps the segment in transit
+/// listens in another network namespace, where gc did not look for it.
+#[test]
+fn gc_keeps_a_segment_a_manager_in_another_network_namespace_holds_in_transit() {
+    if !common::in_private_pid_namespace(
+        "gc_keeps_a_segment_a_manager_in_another_network_namespace_holds_in_transit",
+    ) {
+        return;
+    }
+    gc_beside_a_segment_in_transit(true);
+}
+
+/// A producer leaves a segment in transit and exits; gc runs; the receiver
+/// must still open it.
+fn gc_beside_a_segment_in_transit(manager_in_own_netns: bool) {
+    let prefix = format!("/h7gc{}_{}_", run_id(), u8::from(manager_in_own_netns));
     let _cleanup = PrefixCleanup(prefix.clone());
-    let daemon = common::Daemon::quiet_under(&prefix);
+    let daemon = if manager_in_own_netns {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--net", "--", SHM_MANAGER, "--name-prefix", &prefix])
+            .stderr(Stdio::null());
+        common::Daemon::spawn(&mut command)
+    } else {
+        common::Daemon::quiet_under(&prefix)
+    };
     let _bystander = common::bystander_under(&daemon, &prefix);
     // The producer: creates, shares (the refcount raised for the handle in
     // transit) and exits, as a DataLoader worker that put its last batch.
