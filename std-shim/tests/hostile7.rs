@@ -661,10 +661,30 @@ fn doctor_does_not_call_a_live_managers_directory_stale() {
         .args(["doctor", "--json"])
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&doctor.stdout);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let managers = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["id"] == "managers")
+        .unwrap();
+    let stale = &managers["details"]["stale_dirs"];
     assert!(
-        !said.contains(dir.to_str().unwrap()),
-        "doctor calls the live manager's {} stale:\n{said}",
+        !stale
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == dir.to_str().unwrap()),
+        "doctor calls the live manager's {} stale: {stale}",
         dir.display()
+    );
+    let live = &managers["details"]["live"];
+    assert!(
+        live.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["handle"] == daemon.handle.as_str()),
+        "doctor does not list the live manager {}: {live}",
+        daemon.handle
     );
 }
