@@ -688,3 +688,78 @@ fn doctor_does_not_call_a_live_managers_directory_stale() {
         daemon.handle
     );
 }
+
+/// Finding 5, read late: the pipe client's registrations are read only
+/// after it died (its manager was slow: stopped here while the client
+/// wrote them and was killed), beside a forked child that keeps the pipes
+/// open. They must still end with the client, not with the pipes.
+#[test]
+fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child() {
+    const TEST: &str =
+        "a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child";
+    let prefix = format!("/h7late{}_", id());
+    if std::env::var_os(INNER).is_some() {
+        let config = Config::default()
+            .manager_executable(SHM_MANAGER)
+            .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+            .transport(libshm::TransportKind::Pipe)
+            .ack_mode(AckMode::Pipelined { max_in_flight: 32 })
+            .quiet_manager(true);
+        let link = ManagerLink::launch(&config).unwrap();
+        let handle = link.handle().to_string();
+        let manager: i32 = handle.strip_prefix("pipe:").unwrap().parse().unwrap();
+        // SAFETY: the test runs alone in its process; the child sleeps
+        // and `_exit`s without touching anything of the parent's.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: closing our own copies of stdout and stderr, so that
+            // the outer run reads the parent's output to its end.
+            unsafe {
+                libc::close(1);
+                libc::close(2);
+            }
+            std::thread::sleep(Duration::from_secs(8));
+            // SAFETY: skipping destructors and atexit handlers on purpose.
+            unsafe { libc::_exit(0) };
+        }
+        let stop = |signal| {
+            rustix::process::kill_process(rustix::process::Pid::from_raw(manager).unwrap(), signal)
+                .unwrap();
+        };
+        stop(rustix::process::Signal::STOP);
+        let segments: Vec<_> = (0..3).map(|_| link.create(4096).unwrap()).collect();
+        println!("manager={manager} child={pid}");
+        std::mem::forget(segments);
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+            .unwrap();
+        unreachable!("killed");
+    }
+    let cleanup = PrefixCleanup(prefix.clone());
+    let (status, stdout, stderr) = run_alone(TEST, Duration::from_secs(30));
+    let field = |key: &str| -> i32 {
+        stdout
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("no {key} from the inner run: {status:?}\n{stdout}\n{stderr}")
+            })
+    };
+    let (manager, child) = (field("manager="), field("child="));
+    let signal = |pid: i32, signal| {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    };
+    assert_eq!(cleanup.names().len(), 3, "three segments made");
+    signal(manager, rustix::process::Signal::CONT);
+    let reaped = wait_until(Duration::from_secs(5), || cleanup.names().is_empty());
+    let child_alive = !common::process_gone(child as u32);
+    signal(child, rustix::process::Signal::KILL);
+    assert!(
+        reaped,
+        "{:?} still in /dev/shm 5 s after their creator was killed (forked child alive: \
+         {child_alive})",
+        cleanup.names()
+    );
+}
