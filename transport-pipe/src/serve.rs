@@ -303,17 +303,10 @@ fn run<N: Namespace>(
         let client_exited = client_at.is_some_and(|at| !fds[at].revents().is_empty());
         let now = Timestamp::from_duration(clock.elapsed());
 
-        if client_exited {
-            // What it wrote before dying first, then its end.
-            if let Some(ended) = read_all_queued(ends, conn, manager, driver, &mut buf, now) {
-                return ended;
-            }
-            if let Some(client) = driver.client.as_mut() {
-                client.watched = false;
-                let pid = client.pid;
-                manager.pid_exited(pid, now, driver);
-            }
-            driver.work(manager, namespace, now);
+        if client_exited
+            && let Some(ended) = end_client(ends, conn, manager, driver, namespace, &mut buf, now)
+        {
+            return ended;
         }
 
         // Requests first, always: a frame the client wrote just before dying
@@ -329,6 +322,15 @@ fn run<N: Namespace>(
             if let Some(reason) = driver.cut.take() {
                 return Ended::ClosedForCause(reason);
             }
+            // Frames read after the client died (`pid_is_gone`): its end
+            // follows them.
+            let gone = driver.client.as_ref().is_some_and(|c| c.gone_unreported);
+            if gone
+                && let Some(ended) =
+                    end_client(ends, conn, manager, driver, namespace, &mut buf, now)
+            {
+                return ended;
+            }
         }
         if !driver.backlog.is_empty() || replies.intersects(PollFlags::ERR | PollFlags::HUP) {
             driver.flush(&ends.replies);
@@ -337,6 +339,28 @@ fn run<N: Namespace>(
             return Ended::NotReadingReplies;
         }
     }
+}
+
+/// The client process ended: what it wrote before dying is read first, then
+/// its end reported, once. `Some` if the session ended meanwhile.
+fn end_client<N: Namespace>(
+    ends: &ManagerEnds,
+    conn: ConnId,
+    manager: &mut Manager<Growable>,
+    driver: &mut Driver,
+    namespace: &mut N,
+    buf: &mut [u8],
+    now: Timestamp,
+) -> Option<Ended> {
+    let ended = read_all_queued(ends, conn, manager, driver, buf, now);
+    if let Some(client) = driver.client.as_mut() {
+        client.watched = false;
+        client.gone_unreported = false;
+        let pid = client.pid;
+        manager.pid_exited(pid, now, driver);
+    }
+    driver.work(manager, namespace, now);
+    ended
 }
 
 /// Reads every request queued now; `Some` if the session ended meanwhile.
@@ -368,6 +392,9 @@ struct Client {
     pidfd: OwnedFd,
     /// Whether some hold depends on it (the manager asked to watch it).
     watched: bool,
+    /// Frames of it were read after it died, and its end is still to be
+    /// reported (see `Effects::pid_is_gone`).
+    gone_unreported: bool,
 }
 
 impl Client {
@@ -386,6 +413,7 @@ impl Client {
             pid: pid.as_raw_nonzero().get(),
             pidfd,
             watched: false,
+            gone_unreported: false,
         })
     }
 
@@ -467,6 +495,18 @@ impl Effects for Driver {
         match self.client.as_mut() {
             Some(client) if client.pid == pid && !client.has_exited() => {
                 client.watched = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The client, dead before its frames were read: its end is reported
+    /// once the rest of what it wrote has been read.
+    fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
+        match self.client.as_mut() {
+            Some(client) if client.pid == pid && client.has_exited() => {
+                client.gone_unreported = true;
                 true
             }
             _ => false,
