@@ -61,10 +61,15 @@ pub(crate) fn enter() -> Inside {
 
 /// Runs `spawn`, which forks only to exec, without waiting at the gate.
 pub(crate) fn exec_at_once<T>(spawn: impl FnOnce() -> T) -> T {
-    let before = EXECS_AT_ONCE.replace(true);
-    let result = spawn();
-    EXECS_AT_ONCE.set(before);
-    result
+    /// Puts the flag back however `spawn` ends.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXECS_AT_ONCE.set(self.0);
+        }
+    }
+    let _restore = Restore(EXECS_AT_ONCE.replace(true));
+    spawn()
 }
 
 fn install() {
