@@ -1,11 +1,18 @@
 //! Hostile round 7, aimed at what the earlier rounds touched least: the
 //! opt-in segment pool (`Config::pool`, `LIBSHM_POOL`), the client across
-//! `fork`, the launcher, and PyTorch itself through our manager.
+//! `fork` and `exec`, the pipe transport, and `shmctl gc` and `doctor` run
+//! by root beside managers they cannot see.
+//!
+//! Each "Finding" test failed on the code it was written against (0d46ae0)
+//! and says what went wrong and why (file:line references are to that
+//! code); it guards the fix now. The others are attacks the code withstands,
+//! kept because they fail if it stops withstanding them.
 //!
 //! Tests that fork our client re-run themselves in a process of their own
 //! (this binary, `--exact <test>`), where no other test's thread holds a
-//! lock the child would inherit. Names carry this run's id, and everything
-//! a test puts in `/dev/shm` is removed however it ends.
+//! lock the child would inherit; tests that need root fail without it under
+//! `LIBSHM_REQUIRE_ROOT=1`. Names carry this run's id, and everything a
+//! test puts in `/dev/shm` is removed however it ends.
 
 mod common;
 
