@@ -770,3 +770,60 @@ fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child
         cleanup.names()
     );
 }
+
+/// The names report that gc asks for (finding 4's fix) beside 262,144 held
+/// names must not stall another client, as the summary must not (hostile
+/// round 1): it lists every name, so it is written in pieces between rounds
+/// of the loop, not built whole in one.
+#[test]
+fn a_names_report_beside_many_held_names_does_not_stall_another_client() {
+    use std::io::{Read, Write};
+    let daemon = common::Daemon::start_with_stderr(&[], Stdio::null());
+    let tag = format!("/torch_h7many_{}", id());
+    let mut holders = Vec::new();
+    for holder in 0..64 {
+        let mut client = daemon.connect();
+        let bytes: Vec<u8> = (0..4_096)
+            .flat_map(|i| common::frame(0, &format!("{tag}_{holder}_{i}")))
+            .collect();
+        let mut reader = client.stream.try_clone().unwrap();
+        let replies = std::thread::spawn(move || {
+            let mut replies = vec![0u8; 2 * 4_096];
+            reader.read_exact(&mut replies).map(|()| replies)
+        });
+        client.send(&bytes);
+        replies.join().unwrap().expect("replies");
+        holders.push(client);
+    }
+    let mut probe = common::measure::Probe::connect(&daemon.handle);
+    let baseline = probe.sample(300, Duration::from_millis(1));
+    let running = probe.spawn(Duration::from_millis(1));
+    let started = Instant::now();
+    let mut lines = 0;
+    for _ in 0..3 {
+        let mut stream = std::os::unix::net::UnixStream::connect(&daemon.handle).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(&common::frame(0, "/libshm_names_v1"))
+            .unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        lines = text
+            .lines()
+            .filter(|line| line.starts_with("name "))
+            .count();
+    }
+    let took = started.elapsed() / 3;
+    let during = running.finish();
+    assert!(lines >= 64 * 4_096, "every name reported: {lines}");
+    let bound = Duration::from_millis(50) + baseline.max();
+    assert!(
+        during.max() < bound,
+        "while three names reports were made (each took {took:.0?}) beside 262,144 names \
+         held by 64 clients, another client waited up to {:.0?} for an answer (bound \
+         {bound:.0?}); during: {during}; idle: {baseline}",
+        during.max()
+    );
+}
