@@ -917,12 +917,30 @@ impl<S: Storage> Manager<S> {
         Some(self.state_of(record))
     }
 
-    /// Every name the manager knows, with its state, for a status report.
-    pub fn names(&self) -> impl Iterator<Item = (&SegmentName, NameState)> + '_ {
-        (0..self.names.id_bound()).filter_map(|id| {
-            let record = self.names.get(id)?;
-            Some((&record.name, self.state_of(record)))
-        })
+    /// The names the manager knows, with their states, for a status report
+    /// written a piece at a time: up to `limit` of them from `cursor` (0 at
+    /// first) on. Returns where the next piece starts, `None` once all were
+    /// given. A name made or forgotten between pieces may be missed.
+    pub fn names_from(
+        &self,
+        cursor: u32,
+        limit: usize,
+        mut each: impl FnMut(&SegmentName, NameState),
+    ) -> Option<u32> {
+        let bound = self.names.id_bound();
+        let mut given = 0;
+        let mut id = cursor;
+        while id < bound {
+            if given == limit {
+                return Some(id);
+            }
+            if let Some(record) = self.names.get(id) {
+                each(&record.name, self.state_of(record));
+                given += 1;
+            }
+            id += 1;
+        }
+        None
     }
 
     fn state_of(&self, record: &NameRecord) -> NameState {
