@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 use common::{SHM_MANAGER, run_id, wait_until};
 use libshm::{AckMode, Config, ManagerLink, NamePrefix, PoolSizes};
 
+/// Held by the test that times another client's answers and by the one
+/// that forks hundreds of times, so that neither runs beside the other.
+static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    MACHINE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Set in a test re-run by [`in_own_process`]: the outer run's pid.
 const INNER: &str = "LIBSHM_HOSTILE7_INNER";
 
@@ -134,6 +144,7 @@ fn fork_and_wait(child: impl FnOnce() -> bool) -> i32 {
 /// (link.rs:165). Within 200 forks at varying points of a refill, one hit it.
 #[test]
 fn a_child_forked_while_the_pool_refills_can_create() {
+    let _machine = exclusive();
     if !in_own_process(
         "a_child_forked_while_the_pool_refills_can_create",
         Duration::from_secs(120),
@@ -778,6 +789,7 @@ fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child
 #[test]
 fn a_names_report_beside_many_held_names_does_not_stall_another_client() {
     use std::io::{Read, Write};
+    let _machine = exclusive();
     let daemon = common::Daemon::start_with_stderr(&[], Stdio::null());
     let tag = format!("/torch_h7many_{}", id());
     let mut holders = Vec::new();
