@@ -914,7 +914,37 @@ impl<S: Storage> Manager<S> {
     /// What the manager knows about `name`.
     pub fn name_state(&self, name: &SegmentName) -> Option<NameState> {
         let record = self.names.get(self.find(name)?)?;
-        Some(match record.phase {
+        Some(self.state_of(record))
+    }
+
+    /// The names the manager knows, with their states, for a status report
+    /// written a piece at a time: up to `limit` of them from `cursor` (0 at
+    /// first) on. Returns where the next piece starts, `None` once all were
+    /// given. A name made or forgotten between pieces may be missed.
+    pub fn names_from(
+        &self,
+        cursor: u32,
+        limit: usize,
+        mut each: impl FnMut(&SegmentName, NameState),
+    ) -> Option<u32> {
+        let bound = self.names.id_bound();
+        let mut given = 0;
+        let mut id = cursor;
+        while id < bound {
+            if given == limit {
+                return Some(id);
+            }
+            if let Some(record) = self.names.get(id) {
+                each(&record.name, self.state_of(record));
+                given += 1;
+            }
+            id += 1;
+        }
+        None
+    }
+
+    fn state_of(&self, record: &NameRecord) -> NameState {
+        match record.phase {
             _ if record.live > 0 => NameState::Held {
                 registrations: record.live,
             },
@@ -926,7 +956,7 @@ impl<S: Storage> Manager<S> {
             },
             Phase::Unlinking => NameState::Unlinking,
             Phase::Held | Phase::Released => NameState::Released { dead: record.dead },
-        })
+        }
     }
 
     /// Every live holder, for a status report.

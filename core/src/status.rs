@@ -19,7 +19,11 @@
 //!   bytes cover);
 //! - `event`, oldest first ([`HISTORY`] only): `t_ms`, `what`, and `name`,
 //!   `conn`, `pid`, `refcount`, `dead`, `reason`, `registrations`,
-//!   `percent` as the event has them.
+//!   `percent` as the event has them;
+//! - `name`, one per name the manager knows ([`NAMES`] only): `name`,
+//!   `state` (`held`, `released`: in transit or not yet seen gone,
+//!   `orphaned`, `unlinking`). A garbage collector spares these: the
+//!   manager still answers for them.
 
 use core::fmt;
 
@@ -29,10 +33,14 @@ use crate::name::SegmentName;
 pub const SUMMARY_NAME: &str = "/libshm_status_v1";
 /// Registering this asks for the summary and the recent history.
 pub const HISTORY_NAME: &str = "/libshm_history_v1";
+/// Registering this asks for the summary and every name known.
+pub const NAMES_NAME: &str = "/libshm_names_v1";
 /// [`SUMMARY_NAME`] as a name.
 pub const SUMMARY: SegmentName = SegmentName::from_known(SUMMARY_NAME);
 /// [`HISTORY_NAME`] as a name.
 pub const HISTORY: SegmentName = SegmentName::from_known(HISTORY_NAME);
+/// [`NAMES_NAME`] as a name.
+pub const NAMES: SegmentName = SegmentName::from_known(NAMES_NAME);
 /// The document's first line.
 pub const HEADER: &str = "libshm-status v=1";
 /// The document's last line.
@@ -45,6 +53,8 @@ pub enum Detail {
     Summary,
     /// The summary and the recent history of events.
     History,
+    /// The summary and every name known, with its state.
+    Names,
 }
 
 /// The request `name` makes, if it is one.
@@ -53,6 +63,8 @@ pub fn request(name: &SegmentName) -> Option<Detail> {
         Some(Detail::Summary)
     } else if *name == HISTORY {
         Some(Detail::History)
+    } else if *name == NAMES {
+        Some(Detail::Names)
     } else {
         None
     }
@@ -104,6 +116,8 @@ mod tests {
         assert_eq!(SegmentName::new(HISTORY_NAME.as_bytes()), Ok(HISTORY));
         assert_eq!(request(&SUMMARY), Some(Detail::Summary));
         assert_eq!(request(&HISTORY), Some(Detail::History));
+        assert_eq!(SegmentName::new(NAMES_NAME.as_bytes()), Ok(NAMES));
+        assert_eq!(request(&NAMES), Some(Detail::Names));
         assert_eq!(request(&SegmentName::new(b"/torch_1_2_3").unwrap()), None);
     }
 

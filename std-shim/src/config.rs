@@ -237,9 +237,10 @@ impl Config {
     /// as long as [`Config::reply_timeout`] says.
     pub(crate) fn launch_over_pipes(&self) -> Result<PipeManager, Error> {
         let pipes = ChildPipes::new(self.reply_timeout).map_err(Error::Pipes)?;
-        let launched = self
-            .launcher()?
-            .launch_with(|command| pipes.prepare(command), ChildPipes::accepts)?;
+        let launcher = self.launcher()?;
+        let launched = crate::fork_gate::exec_at_once(|| {
+            launcher.launch_with(|command| pipes.prepare(command), ChildPipes::accepts)
+        })?;
         tracing::debug!(handle = %launched.handle, pid = launched.pid, "started pipe manager");
         Ok(PipeManager {
             handle: launched.handle,

@@ -68,6 +68,7 @@ mod error_chain;
 // makes, so it lives beside them. Not part of the API.
 #[doc(hidden)]
 pub mod floor;
+mod fork_gate;
 pub mod inspect;
 mod link;
 mod manager_link;

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::Duration;
 
 use libshm_core::client::{AckMode, ClientError, ClientFault};
@@ -88,6 +88,10 @@ struct LinkState {
     offer_journal: bool,
     /// Prefix of the names this link creates (told to a manager it revives).
     prefix: NamePrefix,
+    /// The configuration the link was made with: a manager that replaces
+    /// its own (a fork's, a recovery's) is started with it, so it accepts
+    /// the link's names (the process-wide one may name another prefix).
+    config: Config,
     /// Names this process holds through the link, with repeats. While
     /// connected, every one of them is registered with the manager.
     held: HashMap<SegmentName, u32>,
@@ -151,6 +155,7 @@ impl Link {
             session,
             offer_journal: config.get_journal(),
             prefix: *config.get_name_prefix(),
+            config: config.clone(),
             held: HashMap::new(),
             pipe_manager: None,
         };
@@ -192,9 +197,32 @@ impl Link {
         state.held.values().map(|&n| n as usize).sum()
     }
 
+    /// The lock, unless another thread holds it.
+    fn lock_unless_busy(&self) -> Option<MutexGuard<'_, LinkState>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Registers `name` before it is created or opened.
     pub(crate) fn register(&self, name: SegmentName) -> Result<(), Error> {
-        let mut state = self.lock();
+        Self::register_locked(self.lock(), name)
+    }
+
+    /// [`register`](Self::register), unless another thread holds the
+    /// link's lock (`None`): for a thread that must not wait for it (see
+    /// `fork_gate`).
+    pub(crate) fn register_unless_busy(&self, name: SegmentName) -> Option<Result<(), Error>> {
+        self.lock_unless_busy()
+            .map(|state| Self::register_locked(state, name))
+    }
+
+    fn register_locked(
+        mut state: MutexGuard<'_, LinkState>,
+        name: SegmentName,
+    ) -> Result<(), Error> {
         state.adopt_after_fork();
         let pid = state.pid as i32;
         let mut recovered = false;
@@ -248,7 +276,17 @@ impl Link {
     /// manager that cannot be told is replaced, and the replacement is told
     /// only about names still held.
     pub(crate) fn release(&self, name: SegmentName, deferrable: bool) {
-        let mut state = self.lock();
+        Self::release_locked(self.lock(), name, deferrable);
+    }
+
+    /// [`release`](Self::release), unless another thread holds the link's
+    /// lock (`None`).
+    pub(crate) fn release_unless_busy(&self, name: SegmentName, deferrable: bool) -> Option<()> {
+        self.lock_unless_busy()
+            .map(|state| Self::release_locked(state, name, deferrable))
+    }
+
+    fn release_locked(mut state: MutexGuard<'_, LinkState>, name: SegmentName, deferrable: bool) {
         if state.pid != current_pid() {
             // A forked child dropping its parent's segment: not ours to release.
             return;
@@ -467,7 +505,7 @@ impl LinkState {
 
     /// Starts a private pipe manager for this link; it becomes the link's manager.
     fn launch_pipe(&mut self) -> Result<WireClient, Error> {
-        let launched = registry::config()?.launch_over_pipes()?;
+        let launched = self.config.launch_over_pipes()?;
         self.handle = launched.handle;
         self.kind = TransportKind::Pipe;
         self.origin = Origin::Launched;
@@ -496,7 +534,7 @@ impl LinkState {
         if let Ok(connected) = self.connect_unix(handle) {
             return Ok(connected);
         }
-        let launcher = registry::config()?.launcher()?.args([
+        let launcher = self.config.launcher()?.args([
             "--adopt",
             handle.as_str(),
             "--sweep-prefix",
@@ -504,7 +542,7 @@ impl LinkState {
         ]);
         // Our manager answers with the same handle; one that cannot adopt
         // (PyTorch's ignores the option) with a handle of its own.
-        let revived = launcher.launch()?.handle;
+        let revived = crate::fork_gate::exec_at_once(|| launcher.launch())?.handle;
         self.handle = revived;
         self.connect_unix(revived)
     }
@@ -513,7 +551,8 @@ impl LinkState {
     /// this process's default.
     fn replace_manager(&mut self, old: ManagerHandle) -> Result<WireClient, Error> {
         if self.origin == Origin::Launched {
-            let new = registry::config()?.launcher()?.launch()?.handle;
+            let launcher = self.config.launcher()?;
+            let new = crate::fork_gate::exec_at_once(|| launcher.launch())?.handle;
             self.handle = new;
             return self.connect_unix(new);
         }

@@ -5,7 +5,8 @@
 //! A background thread keeps a few segments of each pooled size created,
 //! registered with the manager, sized, reserved and mapped with their pages
 //! already faulted in; a create of that size takes one off the shelf, and a
-//! drop hands the unmapping and unlinking back to the thread. The hot path is
+//! drop hands the unmapping, the unlinking and then the release with the
+//! manager back to the thread. The hot path is
 //! then a lock and a pop, and the system calls happen on another core.
 //!
 //! A pooled segment is indistinguishable from a fresh one: created for the
@@ -16,7 +17,7 @@
 //! parent's shelves (they are registered to the parent).
 //!
 //! `LIBSHM_POOL`: a comma-separated list of `<size>[:<depth>]` (`4KiB:16,1MiB`;
-//! depth 8 by default), or `auto`: every size asked for four times gets a
+//! depth 8 by default, 1024 at most), or `auto`: every size asked for four times gets a
 //! shelf of four, while the pool holds at most 64 MiB.
 
 use std::collections::HashMap;
@@ -28,12 +29,16 @@ use libshm_core::header::{HEADER_LEN, Refcount};
 use libshm_core::name::SegmentName;
 use memmap2::MmapRaw;
 
+use crate::fork_gate;
 use crate::link::Link;
 use crate::naming::{current_pid, next_name};
 use crate::shm;
 
 /// Depth of a shelf whose size names none.
 const DEFAULT_DEPTH: usize = 8;
+/// Deepest shelf: a pool is a few segments ahead of need, and a depth from
+/// the environment is not trusted to be sane.
+const MAX_DEPTH: usize = 1024;
 /// `auto`: requests of one size before it gets a shelf, and its depth.
 const AUTO_AFTER: u32 = 4;
 const AUTO_DEPTH: usize = 4;
@@ -42,6 +47,8 @@ const AUTO_BUDGET: usize = 64 << 20;
 const AUTO_SIZES: usize = 64;
 /// How long the filler sleeps when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long the filler waits before trying a link another thread uses.
+const BUSY_WAIT: Duration = Duration::from_micros(200);
 
 /// Which sizes to pool, and how many of each to keep ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +61,9 @@ pub enum PoolSizes {
 
 /// Why a `LIBSHM_POOL` value is not one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not `auto` or a list of <size>[:<depth>] such as 4KiB:16,1MiB")]
+#[error(
+    "{0:?} is not `auto` or a list of <size>[:<depth>] such as 4KiB:16,1MiB (depth at most 1024)"
+)]
 pub struct PoolSizesError(String);
 
 impl FromStr for PoolSizes {
@@ -69,7 +78,13 @@ impl FromStr for PoolSizes {
             .split(',')
             .map(|part| {
                 let (size, depth) = match part.trim().split_once(':') {
-                    Some((size, depth)) => (size, depth.parse().map_err(|_| error())?),
+                    Some((size, depth)) => {
+                        let depth = depth.parse().map_err(|_| error())?;
+                        if depth > MAX_DEPTH {
+                            return Err(error());
+                        }
+                        (size, depth)
+                    }
                     None => (part.trim(), DEFAULT_DEPTH),
                 };
                 let size = crate::units::parse_size(size).map_err(|_| error())?;
@@ -89,8 +104,8 @@ struct Ready {
     map: MmapRaw,
 }
 
-/// A pooled segment that was dropped: unmapped (and unlinked, if ours was
-/// the last reference) by the filler.
+/// A pooled segment that was dropped: unmapped (and, if ours was the last
+/// reference, unlinked and then released with the manager) by the filler.
 struct Spent {
     name: SegmentName,
     map: MmapRaw,
@@ -110,16 +125,20 @@ struct Shelves {
 
 impl Shelves {
     fn bytes_wanted(&self) -> usize {
-        self.depth.iter().map(|(size, depth)| size * depth).sum()
+        self.depth.iter().fold(0, |sum: usize, (size, depth)| {
+            sum.saturating_add(size.saturating_mul(*depth))
+        })
     }
 
-    fn missing(&self) -> Vec<usize> {
-        let mut missing = Vec::new();
-        for (&size, &depth) in &self.depth {
-            let have = self.ready.get(&size).map_or(0, Vec::len);
-            missing.extend(std::iter::repeat_n(size, depth.saturating_sub(have)));
-        }
-        missing
+    /// Sizes short of their depth, with how many each lacks.
+    fn missing(&self) -> Vec<(usize, usize)> {
+        self.depth
+            .iter()
+            .filter_map(|(&size, &depth)| {
+                let have = self.ready.get(&size).map_or(0, Vec::len);
+                Some((size, depth.checked_sub(have).filter(|&lack| lack > 0)?))
+            })
+            .collect()
     }
 }
 
@@ -148,7 +167,11 @@ impl Pool {
     pub(crate) fn start(link: &Arc<Link>, sizes: &PoolSizes) -> Arc<Self> {
         let mut shelves = Shelves::default();
         if let PoolSizes::Fixed(sizes) = sizes {
-            shelves.depth = sizes.iter().copied().collect();
+            // Built in code rather than parsed, a depth may be any number.
+            shelves.depth = sizes
+                .iter()
+                .map(|&(size, depth)| (size, depth.min(MAX_DEPTH)))
+                .collect();
         }
         let pool = Arc::new(Self {
             owner_pid: current_pid(),
@@ -189,11 +212,16 @@ impl Pool {
 
     /// Segments of `size` on the shelf now.
     pub(crate) fn ready(&self, size: usize) -> usize {
+        if current_pid() != self.owner_pid {
+            // A forked child has no shelves (and its copy of the lock may be
+            // held by the parent's thread).
+            return 0;
+        }
         self.lock().ready.get(&size).map_or(0, Vec::len)
     }
 
     /// Takes back a pooled segment's mapping to unmap (and its name to
-    /// unlink) off the caller's path.
+    /// unlink, then release with the manager) off the caller's path.
     pub(crate) fn give_back(&self, name: SegmentName, map: MmapRaw, unlink: bool) {
         if current_pid() != self.owner_pid {
             drop(map);
@@ -241,7 +269,13 @@ fn learn(shelves: &mut Shelves, size: usize) {
     }
     let seen = shelves.requests.entry(size).or_insert(0);
     *seen += 1;
-    if *seen >= AUTO_AFTER && shelves.bytes_wanted() + size * AUTO_DEPTH <= AUTO_BUDGET {
+    let seen = *seen;
+    // A size the caller asked for may be any number: checked, not wrapped.
+    let fits = size
+        .checked_mul(AUTO_DEPTH)
+        .and_then(|bytes| bytes.checked_add(shelves.bytes_wanted()))
+        .is_some_and(|total| total <= AUTO_BUDGET);
+    if seen >= AUTO_AFTER && fits {
         shelves.depth.insert(size, AUTO_DEPTH);
     }
 }
@@ -269,29 +303,33 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
         };
         for spent in spent {
             drop(spent.map);
-            if spent.unlink
-                && let Err(err) = shm::unlink(&spent.name)
-            {
-                tracing::warn!("{}", crate::error_chain::Chain(&err));
+            if spent.unlink {
+                if let Err(err) = shm::unlink(&spent.name) {
+                    tracing::warn!("{}", crate::error_chain::Chain(&err));
+                }
+                // The release its drop left to us, now that it is unlinked.
+                beside_forks(|| link.release_unless_busy(spent.name, true));
             }
         }
-        for size in missing {
-            match make(&link, size) {
-                Ok(ready) => {
-                    let mut shelves = pool.lock();
-                    if shelves.stopped {
-                        // Drained while this one was made: nobody unlinks it
-                        // but us.
-                        let _ = shm::unlink(&ready.name);
-                        return;
+        'refill: for (size, lack) in missing {
+            for _ in 0..lack {
+                match make(&link, size) {
+                    Ok(ready) => {
+                        let mut shelves = pool.lock();
+                        if shelves.stopped {
+                            // Drained while this one was made: nobody unlinks
+                            // it but us.
+                            let _ = shm::unlink(&ready.name);
+                            return;
+                        }
+                        shelves.ready.entry(size).or_default().push(ready);
                     }
-                    shelves.ready.entry(size).or_default().push(ready);
-                }
-                Err(err) => {
-                    tracing::warn!("segment pool: {}", crate::error_chain::Chain(&err));
-                    // Not again at once: /dev/shm may be full.
-                    std::thread::sleep(IDLE_WAIT);
-                    break;
+                    Err(err) => {
+                        tracing::warn!("segment pool: {}", crate::error_chain::Chain(&err));
+                        // Not again at once: /dev/shm may be full.
+                        std::thread::sleep(IDLE_WAIT);
+                        break 'refill;
+                    }
                 }
             }
         }
@@ -301,11 +339,12 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
 /// Creates, registers and maps one segment of `size` data bytes, pages in.
 fn make(link: &Link, size: usize) -> Result<Ready, crate::Error> {
     let name = next_name(link.prefix())?;
-    link.register(name)?;
+    beside_forks(|| link.register_unless_busy(name))?;
     let map = match shm::create_populated(&name, size) {
         Ok(map) => map,
         Err(err) => {
-            link.release(name, !matches!(err, crate::Error::Exists { .. }));
+            let gone = !matches!(err, crate::Error::Exists { .. });
+            beside_forks(|| link.release_unless_busy(name, gone));
             return Err(err);
         }
     };
@@ -317,6 +356,21 @@ fn make(link: &Link, size: usize) -> Result<Ready, crate::Error> {
         unsafe { Refcount::from_header(std::ptr::NonNull::new_unchecked(map.as_mut_ptr())) };
     refcount.initialize();
     Ok(Ready { name, map })
+}
+
+/// Runs `op` (something done with the link's lock, `None` while another
+/// thread holds it) inside the fork gate, so that no `fork` copies the lock
+/// while this thread holds it; never waits for the lock inside the gate,
+/// where a fork would wait for us while we waited for its thread.
+fn beside_forks<T>(mut op: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let inside = fork_gate::enter();
+        if let Some(done) = op() {
+            return done;
+        }
+        drop(inside);
+        std::thread::sleep(BUSY_WAIT);
+    }
 }
 
 /// Unlinking the shelves when the process exits.
@@ -369,6 +423,8 @@ mod tests {
         );
         assert!("".parse::<PoolSizes>().is_err());
         assert!("4KiB:x".parse::<PoolSizes>().is_err());
+        assert!("4KiB:1025".parse::<PoolSizes>().is_err(), "too deep");
+        assert!("4KiB:18446744073709551615".parse::<PoolSizes>().is_err());
     }
 
     #[test]
@@ -382,6 +438,10 @@ mod tests {
             learn(&mut shelves, AUTO_BUDGET);
         }
         assert!(!shelves.depth.contains_key(&AUTO_BUDGET), "over the budget");
-        assert_eq!(shelves.missing().len(), AUTO_DEPTH);
+        for _ in 0..AUTO_AFTER {
+            learn(&mut shelves, usize::MAX / 2);
+        }
+        assert!(!shelves.depth.contains_key(&(usize::MAX / 2)), "no wrap");
+        assert_eq!(shelves.missing(), [(4096, AUTO_DEPTH)]);
     }
 }

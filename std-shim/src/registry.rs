@@ -70,7 +70,8 @@ pub(crate) fn default_link() -> Result<Arc<Link>, Error> {
 fn launch(config: &Config) -> Result<(ManagerHandle, Link), Error> {
     Ok(match config.get_transport() {
         TransportKind::Unix => {
-            let launched = config.launcher()?.launch()?;
+            let launcher = config.launcher()?;
+            let launched = crate::fork_gate::exec_at_once(|| launcher.launch())?;
             tracing::debug!(handle = %launched.handle, pid = launched.pid, "started manager");
             let link = Link::new(launched.handle, Origin::Launched, config);
             (launched.handle, link)

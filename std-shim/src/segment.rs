@@ -254,7 +254,13 @@ impl SharedSegment {
             // SAFETY: as below: taken exactly once, never read again.
             let map = unsafe { ManuallyDrop::take(&mut self.map) };
             pool.give_back(self.name, map, last);
-            self.link.release(self.name, last);
+            if !last {
+                self.link.release(self.name, false);
+            }
+            // Else the pool's thread tells the manager once it has unlinked
+            // the name: told before, and killed in between, this process
+            // would leave the name to nobody (a manager keeps a released
+            // name that still exists only to unlink it at its shutdown).
             return Closed { unlinked: last };
         }
         let unlinked = ours && self.drop_reference();

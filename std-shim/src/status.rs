@@ -46,6 +46,19 @@ pub struct Report {
     pub holders: Vec<HolderReport>,
     /// Recent events, oldest first ([`Detail::History`] only).
     pub events: Vec<Event>,
+    /// Every name it knows ([`Detail::Names`] only).
+    pub names: Vec<KnownName>,
+}
+
+/// A name a manager knows: it still answers for the segment (holds it for
+/// a live process, keeps it in transit, or is about to reap it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownName {
+    /// The segment's name.
+    pub name: String,
+    /// `held`, `released` (in transit, or not yet seen gone), `orphaned`
+    /// or `unlinking`.
+    pub state: String,
 }
 
 /// The manager's own line.
@@ -159,6 +172,7 @@ pub fn query(handle: &str, detail: Detail) -> Result<Report, StatusError> {
     let name = match detail {
         Detail::Summary => protocol::SUMMARY,
         Detail::History => protocol::HISTORY,
+        Detail::Names => protocol::NAMES,
     };
     let pid = std::process::id() as i32;
     socket
@@ -251,6 +265,10 @@ fn parse(answer: &[u8]) -> Result<Report, String> {
                     fields: rest,
                 });
             }
+            "name" => report.names.push(KnownName {
+                name: fields.get("name").cloned().unwrap_or_default(),
+                state: fields.get("state").cloned().unwrap_or_default(),
+            }),
             // Lines of later versions are skipped.
             _ => {}
         }
@@ -289,6 +307,7 @@ mod tests {
             stats registrations=3 reaped=1\n\
             holder conn=0 pid=42 connected=true names=2 bytes=8320 measured=2\n\
             event t_ms=10 what=registered name=/torch_1_2_3 conn=0 pid=42\n\
+            name name=/torch_1_2_3 state=released\n\
             future kind=ignored\n\
             end\n";
         let report = parse(text.as_bytes()).unwrap();
@@ -302,6 +321,8 @@ mod tests {
         );
         assert_eq!(report.events[0].name(), Some("/torch_1_2_3"));
         assert_eq!(report.events[0].fields["pid"], "42");
+        assert_eq!(report.names[0].name, "/torch_1_2_3");
+        assert_eq!(report.names[0].state, "released");
         assert!(parse(&text.as_bytes()[..text.len() - 4]).is_err());
         assert!(parse(b"NO").is_err());
     }

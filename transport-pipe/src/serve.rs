@@ -6,6 +6,12 @@
 //! end of file (every copy of the client's end is closed: it exited, was
 //! killed, or dropped its transport), the manager unlinks everything it still
 //! knows, as a Unix manager does at shutdown, and [`serve`] returns.
+//!
+//! A child the client forked holds copies of the client's pipe end, and
+//! holds off that end of file for as long as it lives. So the manager also
+//! watches the client process itself (a pidfd of the process that started
+//! it): when it exits, its holds end, as a Unix manager ends a watched
+//! process's, and its segments are reaped unless a live process maps them.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -192,7 +198,9 @@ pub struct Summary {
 /// whoever started it (there are no credentials to check on a pipe, and
 /// nobody else can reach it), and finishes as soon as that client goes.
 /// A client cut off for misbehaving (only a broken client of ours can be: the
-/// pipe is private) ends the session the same way.
+/// pipe is private) ends the session the same way. The client is the process
+/// that started this one: frames with its pid end their holds when it exits,
+/// even while the pipe stays open; any other pid's last as long as the pipe.
 pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: &mut N) -> Summary {
     let config = ManagerConfig {
         shutdown_after: Duration::ZERO,
@@ -211,6 +219,7 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
         backlog: Vec::new(),
         replies_closed: false,
         cut: None,
+        client: Client::parent(),
     };
     let ended = match manager.connect(Peer::default(), Timestamp::from_duration(clock.elapsed())) {
         Ok(conn) => {
@@ -264,19 +273,41 @@ fn run<N: Namespace>(
                 tv_nsec: 0,
             })
         });
+        let watched_client = driver.client.as_ref().filter(|client| client.watched);
+        // The requests, then what else is watched this round; the unused
+        // slots (copies of the first) are left out of the poll.
         let mut fds = [
             PollFd::new(&ends.requests, PollFlags::IN),
-            PollFd::new(&ends.replies, PollFlags::OUT),
+            PollFd::new(&ends.requests, PollFlags::IN),
+            PollFd::new(&ends.requests, PollFlags::IN),
         ];
+        let mut watched = 1;
         // Watch the reply end only while replies wait for room: once the
         // client's read end is gone it would report POLLERR for ever.
-        let watched = if driver.backlog.is_empty() { 1 } else { 2 };
+        let replies_at = (!driver.backlog.is_empty()).then(|| {
+            fds[watched] = PollFd::new(&ends.replies, PollFlags::OUT);
+            watched += 1;
+            watched - 1
+        });
+        let client_at = watched_client.map(|client| {
+            fds[watched] = PollFd::new(&client.pidfd, PollFlags::IN);
+            watched += 1;
+            watched - 1
+        });
         match rustix::event::poll(&mut fds[..watched], timeout.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(errno) => return Ended::Failed { op: "poll", errno },
         }
-        let (requests, replies) = (fds[0].revents(), fds[1].revents());
+        let requests = fds[0].revents();
+        let replies = replies_at.map_or(PollFlags::empty(), |at| fds[at].revents());
+        let client_exited = client_at.is_some_and(|at| !fds[at].revents().is_empty());
         let now = Timestamp::from_duration(clock.elapsed());
+
+        if client_exited
+            && let Some(ended) = end_client(ends, conn, manager, driver, namespace, &mut buf, now)
+        {
+            return ended;
+        }
 
         // Requests first, always: a frame the client wrote just before dying
         // must be seen before its end of file, or what it names would leak.
@@ -291,6 +322,15 @@ fn run<N: Namespace>(
             if let Some(reason) = driver.cut.take() {
                 return Ended::ClosedForCause(reason);
             }
+            // Frames read after the client died (`pid_is_gone`): its end
+            // follows them.
+            let gone = driver.client.as_ref().is_some_and(|c| c.gone_unreported);
+            if gone
+                && let Some(ended) =
+                    end_client(ends, conn, manager, driver, namespace, &mut buf, now)
+            {
+                return ended;
+            }
         }
         if !driver.backlog.is_empty() || replies.intersects(PollFlags::ERR | PollFlags::HUP) {
             driver.flush(&ends.replies);
@@ -298,6 +338,88 @@ fn run<N: Namespace>(
         if driver.backlog.len() > MAX_REPLY_BACKLOG {
             return Ended::NotReadingReplies;
         }
+    }
+}
+
+/// The client process ended: what it wrote before dying is read first, then
+/// its end reported, once. `Some` if the session ended meanwhile.
+fn end_client<N: Namespace>(
+    ends: &ManagerEnds,
+    conn: ConnId,
+    manager: &mut Manager<Growable>,
+    driver: &mut Driver,
+    namespace: &mut N,
+    buf: &mut [u8],
+    now: Timestamp,
+) -> Option<Ended> {
+    let ended = read_all_queued(ends, conn, manager, driver, buf, now);
+    if let Some(client) = driver.client.as_mut() {
+        client.watched = false;
+        client.gone_unreported = false;
+        let pid = client.pid;
+        manager.pid_exited(pid, now, driver);
+    }
+    driver.work(manager, namespace, now);
+    ended
+}
+
+/// Reads every request queued now; `Some` if the session ended meanwhile.
+fn read_all_queued(
+    ends: &ManagerEnds,
+    conn: ConnId,
+    manager: &mut Manager<Growable>,
+    driver: &mut Driver,
+    buf: &mut [u8],
+    now: Timestamp,
+) -> Option<Ended> {
+    loop {
+        match rustix::io::read(&ends.requests, &mut *buf) {
+            Ok(0) => return Some(Ended::EndOfFile),
+            Ok(n) => manager.receive(conn, &buf[..n], now, driver),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return None,
+            Err(errno) => return Some(Ended::Failed { op: "read", errno }),
+        }
+        if let Some(reason) = driver.cut.take() {
+            return Some(Ended::ClosedForCause(reason));
+        }
+    }
+}
+
+/// The client process, through a pidfd taken at start.
+struct Client {
+    pid: i32,
+    pidfd: OwnedFd,
+    /// Whether some hold depends on it (the manager asked to watch it).
+    watched: bool,
+    /// Frames of it were read after it died, and its end is still to be
+    /// reported (see `Effects::pid_is_gone`).
+    gone_unreported: bool,
+}
+
+impl Client {
+    /// The process that started this manager: its one client. `None` where
+    /// pidfds are unavailable, or it has already gone (the manager is then
+    /// an orphan; its holds last as long as the pipes, as before).
+    fn parent() -> Option<Self> {
+        let pid = rustix::process::getppid()?;
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+        // Orphaned before the pidfd was taken: its pid is init's (or a
+        // subreaper's), never the client's.
+        if rustix::process::getppid() != Some(pid) {
+            return None;
+        }
+        Some(Self {
+            pid: pid.as_raw_nonzero().get(),
+            pidfd,
+            watched: false,
+            gone_unreported: false,
+        })
+    }
+
+    fn has_exited(&self) -> bool {
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
     }
 }
 
@@ -309,6 +431,8 @@ struct Driver {
     /// still read until end of file (they may register names to clean up).
     replies_closed: bool,
     cut: Option<CloseReason>,
+    /// The client process, the one sender it trusts a pid from.
+    client: Option<Client>,
 }
 
 impl Driver {
@@ -363,6 +487,36 @@ impl Effects for Driver {
 
     fn chore(&mut self, chore: Chore) {
         self.chores.push_back(chore);
+    }
+
+    /// Only the client's own pid is watched: a frame with another pid (a
+    /// child writing on the pipe it inherited) counts for the pipe.
+    fn watch_pid(&mut self, _conn: ConnId, pid: i32) -> bool {
+        match self.client.as_mut() {
+            Some(client) if client.pid == pid && !client.has_exited() => {
+                client.watched = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The client, dead before its frames were read: its end is reported
+    /// once the rest of what it wrote has been read.
+    fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
+        match self.client.as_mut() {
+            Some(client) if client.pid == pid && client.has_exited() => {
+                client.gone_unreported = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn unwatch_pid(&mut self, pid: i32) {
+        if let Some(client) = self.client.as_mut().filter(|client| client.pid == pid) {
+            client.watched = false;
+        }
     }
 
     fn note(&mut self, note: Note) {

@@ -525,6 +525,8 @@ struct Client {
     /// It asked for a status report: closed once the report is sent, or at
     /// this deadline if it does not read it.
     status_until: Option<Instant>,
+    /// Its names report goes on from here once the backlog is sent.
+    names_cursor: Option<u32>,
     /// It rang the doorbell and waits for the `OK`: the reply stays queued
     /// until what it had committed by then is read, and is dropped if the
     /// connection is closed first.
@@ -553,6 +555,7 @@ impl Client {
             same_pid_namespace: None,
             evicted: false,
             status_until: None,
+            names_cursor: None,
             held_doorbell: None,
         }
     }
@@ -847,6 +850,7 @@ impl Driver {
                         self.dirty.push(id);
                     }
                     client.backlog.extend_from_slice(document.as_bytes());
+                    client.names_cursor = (detail == Detail::Names).then_some(0);
                     client.status_until = Some(Instant::now() + STATUS_DEADLINE);
                     self.status_clients.push(id);
                 }
@@ -888,6 +892,12 @@ impl Driver {
                     }
                 }
             }
+            if client.backlog.is_empty()
+                && let Some(cursor) = client.names_cursor
+            {
+                // The next piece goes when the socket has room: a round later.
+                client.names_cursor = report::names_piece(manager, cursor, &mut client.backlog);
+            }
             let waits_to_write = client.sendable() > 0;
             if waits_to_write != client.waits_to_write {
                 client.waits_to_write = waits_to_write;
@@ -897,9 +907,10 @@ impl Driver {
                     failed.push(id);
                 }
             }
+            let sent_whole = client.backlog.is_empty() && client.names_cursor.is_none();
             if client
                 .status_until
-                .is_some_and(|until| client.backlog.is_empty() || Instant::now() >= until)
+                .is_some_and(|until| sent_whole || Instant::now() >= until)
             {
                 sent.push(id);
             }

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use libshm_core::manager::{Manager, Note, Severity, UnlinkReason};
+use libshm_core::manager::{Manager, NameState, Note, Severity, UnlinkReason};
 use libshm_core::namespace::Namespace;
 use libshm_core::pressure::Pressure;
 use libshm_core::status::{self, Detail, write_line};
@@ -134,7 +134,41 @@ fn write_document<N: Namespace>(
             write_event(out, *at, note)?;
         }
     }
+    if detail == Detail::Names {
+        // The names follow in pieces, then the end (see `names_piece`).
+        return Ok(());
+    }
     writeln!(out, "{}", status::END)
+}
+
+/// Names a names report writes per round of the event loop: a report of
+/// many is written between other clients' rounds, never built whole in one.
+const NAMES_PER_ROUND: usize = 2048;
+
+/// Appends to `out` the next piece of a names report from `cursor` (0 first);
+/// returns where the next starts, `None` once the report is complete (its
+/// end line written).
+pub(crate) fn names_piece(
+    manager: &Manager<Growable>,
+    cursor: u32,
+    out: &mut Vec<u8>,
+) -> Option<u32> {
+    let mut text = String::new();
+    let next = manager.names_from(cursor, NAMES_PER_ROUND, |name, state| {
+        let state = match state {
+            NameState::Held { .. } => "held",
+            NameState::Released { .. } => "released",
+            NameState::Orphaned { .. } => "orphaned",
+            NameState::Unlinking => "unlinking",
+        };
+        // Writing into a String cannot fail.
+        let _ = write_line(&mut text, "name", &[("name", name), ("state", &state)]);
+    });
+    if next.is_none() {
+        let _ = writeln!(text, "{}", status::END);
+    }
+    out.extend_from_slice(text.as_bytes());
+    next
 }
 
 fn write_event(out: &mut String, at: Timestamp, note: &Note) -> std::fmt::Result {

@@ -266,6 +266,21 @@ impl RunDir {
         }))
     }
 
+    /// Whether a live manager of ours serves `dir`: it holds the
+    /// directory's lock, whatever namespace its socket listens in. A
+    /// directory we may not open (another user's) says nothing: `false`.
+    pub fn is_served(dir: &Path) -> bool {
+        let Ok(lock) = open_dir(dir) else {
+            return false;
+        };
+        // A shared lock, held only for this call: the test must not keep
+        // an adopting manager from its exclusive one for long.
+        matches!(
+            rustix::fs::flock(&lock, FlockOperation::NonBlockingLockShared),
+            Err(Errno::WOULDBLOCK)
+        )
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -321,12 +336,14 @@ mod tests {
             RunDir::adopt(&live.socket_path()),
             Ok(Adoption::Served)
         ));
+        assert!(RunDir::is_served(live.path()));
 
         // "Kill" it: the lock goes, the directory and socket stay behind.
         let path = live.path().to_owned();
         let socket = live.socket_path();
         rustix::fs::flock(&live._lock, FlockOperation::Unlock).unwrap();
         std::mem::forget(live);
+        assert!(!RunDir::is_served(&path));
         let adopted = match RunDir::adopt(&socket).unwrap() {
             Adoption::Adopted(dir) => dir,
             Adoption::Served => panic!("the lock was free"),

@@ -1,6 +1,7 @@
 //! `shmctl ls` and `shmctl gc`: what is in `/dev/shm`, and removing what was
 //! leaked. The judging is `libshm::inspect`'s; this module only prints.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use crate::units::{format_size, parse_duration};
 use libshm::inspect::{self, Collected, GcPolicy, SegmentReport, Spared, Status};
+use libshm::status::Detail;
 use libshm::{ENV_PREFIX, NamePrefix};
 
 use crate::Outcome;
@@ -102,12 +104,28 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     let scan = inspect::scan(&prefix)?;
     let (candidates, spared): (Vec<&SegmentReport>, Vec<&SegmentReport>) =
         with_status(&scan.segments, Status::Leaked).partition(|s| s.spared_by(&policy).is_none());
+    // A live manager of ours that still knows a name answers for it: a
+    // segment in transit (its handle in a queue, its creator gone) maps
+    // nothing and looks leaked, yet its receiver will open it.
+    let tracked = if candidates.is_empty() {
+        BTreeMap::new()
+    } else {
+        tracked_names()
+    };
+    let (tracked_candidates, candidates): (Vec<&SegmentReport>, Vec<&SegmentReport>) = candidates
+        .into_iter()
+        .partition(|s| tracked.contains_key(s.name.as_str()));
     // Under doubt, a segment that looks leaked may be used by a process we
     // cannot see: nothing goes unless the caller says so.
     let held_back = scan.doubt().filter(|_| !args.force);
     let mut out = std::io::stdout().lock();
     if let Some(doubt) = held_back {
         writeln!(out, "note: {doubt}; {UNSEEN_USERS}")?;
+    }
+    for segment in &tracked_candidates {
+        if let Some(why) = tracked.get(segment.name.as_str()) {
+            writeln!(out, "kept    {}: {why}", segment.name)?;
+        }
     }
     let mut freed = 0u64;
     let mut removed = 0usize;
@@ -195,6 +213,25 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
         return Err(format!("{failed} segment{} could not be removed", plural(failed)).into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The names live managers of ours still answer for, each with who and how.
+/// PyTorch's managers cannot be asked; theirs are judged as before.
+fn tracked_names() -> BTreeMap<String, String> {
+    let mut tracked = BTreeMap::new();
+    for manager in crate::managers::live() {
+        let Ok(report) = manager.status(Detail::Names) else {
+            continue;
+        };
+        for known in report.names {
+            let why = format!(
+                "live manager {} (pid {}) still answers for it ({})",
+                report.manager.handle, report.manager.pid, known.state
+            );
+            tracked.entry(known.name).or_insert(why);
+        }
+    }
+    tracked
 }
 
 /// `--prefix`, else `$LIBSHM_NAME_PREFIX` (what the client would use), else `/torch_`.

@@ -39,7 +39,9 @@ impl LiveManager {
     }
 }
 
-/// The managers listening now.
+/// The managers listening now: those whose sockets listen in our network
+/// namespace, and those of ours that hold their directory's lock though
+/// they listen in another (a container sharing `/tmp`), reachable by path.
 pub(crate) fn live() -> Vec<LiveManager> {
     let sockets = unix_sockets::bound();
     let listening: Vec<&unix_sockets::Entry> = sockets
@@ -48,7 +50,7 @@ pub(crate) fn live() -> Vec<LiveManager> {
         .collect();
     let inodes: BTreeSet<u64> = listening.iter().map(|e| e.inode).collect();
     let holders = unix_sockets::holders(&inodes);
-    listening
+    let mut live: Vec<LiveManager> = listening
         .iter()
         .map(|entry| {
             let pid = holders.get(&entry.inode).copied();
@@ -64,7 +66,23 @@ pub(crate) fn live() -> Vec<LiveManager> {
                     .count(),
             }
         })
-        .collect()
+        .collect();
+    let elsewhere: Vec<LiveManager> = bases()
+        .iter()
+        .flat_map(|base| manager_dirs(base, Duration::ZERO))
+        .map(|dir| dir.join(SOCKET_NAME).to_string_lossy().into_owned())
+        .filter(|handle| !live.iter().any(|m| m.handle == *handle))
+        .filter(|handle| Path::new(handle).parent().is_some_and(RunDir::is_served))
+        .map(|handle| LiveManager {
+            handle,
+            pid: None,
+            runs: None,
+            uptime: None,
+            connections: 0,
+        })
+        .collect();
+    live.extend(elsewhere);
+    live
 }
 
 /// Directories of managers that died, given the live ones.
@@ -72,7 +90,7 @@ pub(crate) fn stale_dirs(live: &[LiveManager]) -> Vec<PathBuf> {
     let handles: BTreeSet<&str> = live.iter().map(|m| m.handle.as_str()).collect();
     bases()
         .iter()
-        .flat_map(|base| manager_dirs(base))
+        .flat_map(|base| manager_dirs(base, SETTLE))
         .filter(|dir| !handles.contains(dir.join(SOCKET_NAME).to_string_lossy().as_ref()))
         .collect()
 }
@@ -97,8 +115,8 @@ fn bases() -> Vec<PathBuf> {
     bases
 }
 
-/// `torch-shm-dir-*` directories under `base` older than [`SETTLE`].
-fn manager_dirs(base: &Path) -> Vec<PathBuf> {
+/// `torch-shm-dir-*` directories under `base` at least `min_age` old.
+fn manager_dirs(base: &Path, min_age: Duration) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(base) else {
         return Vec::new();
     };
@@ -110,7 +128,7 @@ fn manager_dirs(base: &Path) -> Vec<PathBuf> {
             e.metadata().is_ok_and(|meta| {
                 let changed =
                     SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime().max(0) as u64);
-                meta.is_dir() && now.duration_since(changed).is_ok_and(|age| age >= SETTLE)
+                meta.is_dir() && now.duration_since(changed).is_ok_and(|age| age >= min_age)
             })
         })
         .map(|e| e.path())
