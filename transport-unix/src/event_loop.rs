@@ -421,6 +421,7 @@ pub fn serve_tuned<N: Namespace>(
     }
     let stats = manager.stats();
     tracing::info!(?stats, "manager finished");
+    tracing::debug!(spinning = ?spinner.stats, "how spinning went");
     drop(listener);
     Summary { stats }
 }

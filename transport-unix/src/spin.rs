@@ -50,6 +50,21 @@ const STALLED_SAMPLES: u32 = 2;
 const PRESSURE_REST: Duration = Duration::from_millis(500);
 const PRESSURE_REST_MAX: Duration = Duration::from_secs(8);
 
+/// What spinning did, for the log at shutdown: whether it paid.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SpinStats {
+    /// Answered rounds whose frames came while spinning.
+    pub(crate) caught: u64,
+    /// Answered rounds whose frames woke the manager.
+    pub(crate) woken: u64,
+    /// Rests because frames came too late for spinning to pay.
+    pub(crate) futile_rests: u64,
+    /// Rests because other tasks waited for a CPU.
+    pub(crate) pressure_rests: u64,
+    /// Rests because the cgroup's CPU quota ran out.
+    pub(crate) quota_rests: u64,
+}
+
 /// The spinning policy's state.
 #[derive(Debug)]
 pub(crate) struct Spinner {
@@ -69,6 +84,7 @@ pub(crate) struct Spinner {
     throttled: Option<u64>,
     stalled_samples: u32,
     pressure_rest: Duration,
+    pub(crate) stats: SpinStats,
 }
 
 impl Spinner {
@@ -111,6 +127,7 @@ impl Spinner {
             throttled: None,
             stalled_samples: 0,
             pressure_rest: PRESSURE_REST,
+            stats: SpinStats::default(),
         }
     }
 
@@ -159,6 +176,7 @@ impl Spinner {
             tracing::debug!("the cgroup's CPU quota ran out while spinning: resting {rest:?}");
             self.pressure_rest = (rest * 2).min(PRESSURE_REST_MAX);
             self.rest(now + rest);
+            self.stats.quota_rests += 1;
             return;
         }
         self.throttled = Some(throttled);
@@ -183,6 +201,7 @@ impl Spinner {
                 );
                 self.pressure_rest = (rest * 2).min(PRESSURE_REST_MAX);
                 self.rest(now + rest);
+                self.stats.pressure_rests += 1;
                 return;
             }
         }
@@ -193,8 +212,13 @@ impl Spinner {
     pub(crate) fn events(&mut self, now: Instant) {
         if self.was_spinning {
             // Caught awake: spinning paid.
+            self.stats.caught += 1;
             self.window = (self.window * 2).min(self.max);
-        } else if std::mem::take(&mut self.ran_out)
+            self.last_event = Some(now);
+            return;
+        }
+        self.stats.woken += 1;
+        if std::mem::take(&mut self.ran_out)
             && let Some(last) = self.last_event
         {
             if now.saturating_duration_since(last) <= self.max {
@@ -202,6 +226,7 @@ impl Spinner {
             } else if self.window <= MIN_WINDOW {
                 self.window = self.max;
                 self.rest(now + FUTILE_REST);
+                self.stats.futile_rests += 1;
                 return;
             } else {
                 self.window = (self.window / 2).max(MIN_WINDOW);
@@ -246,6 +271,7 @@ mod tests {
         assert_eq!(s.window, MAX, "judged only when the next frame comes");
         s.events(t0 + us(1_200));
         assert_eq!(s.window, MAX / 2, "came later than the maximum: halved");
+        assert_eq!((s.stats.caught, s.stats.woken), (1, 2));
     }
 
     #[test]
@@ -282,6 +308,7 @@ mod tests {
             assert!(rounds <= 5, "80, 40, 20, 10, 5 us, then rest");
         }
         assert_eq!(rounds, 5);
+        assert_eq!(s.stats.futile_rests, 1);
         assert!(!s.spin_now(t + us(1)), "resting");
         s.events(t + FUTILE_REST);
         assert!(s.spin_now(t + FUTILE_REST + us(1)), "back after the rest");
@@ -321,6 +348,7 @@ mod tests {
             "in a row: doubled"
         );
 
+        assert_eq!(s.stats.pressure_rests, 2);
         let t4 = t3 + PRESSURE_REST * 2;
         s.pressure_sampled(t4, 70_000);
         s.pressure_sampled(t4 + step, 70_000);
@@ -346,6 +374,7 @@ mod tests {
             Some(t2 + PRESSURE_INTERVAL + PRESSURE_REST * 2),
             "in a row: doubled"
         );
+        assert_eq!(s.stats.quota_rests, 2);
     }
 
     #[test]
