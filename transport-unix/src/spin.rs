@@ -24,10 +24,14 @@
 //! spinning). Nor may it spin into a CPU quota: a sample in which the
 //! quota of the manager's cgroup ran out (see `throttle`) rests spinning at
 //! once, as the pressure does after two, since the waits it causes are
-//! hidden among the manager's own.
+//! hidden among the manager's own. Pressure counts only if, in its sample,
+//! more tasks were runnable than there are CPUs at some look (every
+//! millisecond, see `crowding`): a virtual machine counts the wake-up of an
+//! idle CPU as waiting too.
 
 use std::time::{Duration, Instant};
 
+use crate::crowding::Crowding;
 use crate::pressure::CpuPressure;
 use crate::throttle::CpuThrottling;
 
@@ -38,6 +42,9 @@ const MIN_WINDOW: Duration = Duration::from_micros(5);
 const FUTILE_REST: Duration = Duration::from_millis(20);
 /// How often pressure is sampled while spinning.
 const PRESSURE_INTERVAL: Duration = Duration::from_millis(10);
+/// How often, while spinning, the manager looks whether more tasks are
+/// runnable than there are CPUs.
+const CROWDING_INTERVAL: Duration = Duration::from_millis(1);
 /// Other tasks waiting for a CPU this share of the time, in this many
 /// samples in a row, means the CPUs are busy; one such sample is often a
 /// start-up burst. Here PyTorch's client and a spinning manager alone made
@@ -63,6 +70,9 @@ pub(crate) struct SpinStats {
     pub(crate) pressure_rests: u64,
     /// Rests because the cgroup's CPU quota ran out.
     pub(crate) quota_rests: u64,
+    /// Pressure samples over the limit with no more tasks runnable than
+    /// CPUs seen: not counted.
+    pub(crate) uncrowded_samples: u64,
 }
 
 /// The spinning policy's state.
@@ -78,6 +88,11 @@ pub(crate) struct Spinner {
     ran_out: bool,
     pressure: Option<CpuPressure>,
     throttling: Option<CpuThrottling>,
+    crowding: Option<Crowding>,
+    /// When the manager last looked for crowding, and whether it has seen
+    /// any since the last pressure sample.
+    crowding_looked: Option<Instant>,
+    crowded: bool,
     /// The last pressure sample: when, and the stall total then.
     sampled: Option<(Instant, u64)>,
     /// How many times the cgroup's quota had run out at the last sample.
@@ -109,6 +124,7 @@ impl Spinner {
         let mut spinner = Self::with_pressure(max, pressure);
         if !spinner.max.is_zero() {
             spinner.throttling = CpuThrottling::open();
+            spinner.crowding = Crowding::open();
         }
         spinner
     }
@@ -123,6 +139,9 @@ impl Spinner {
             ran_out: false,
             pressure,
             throttling: None,
+            crowding: None,
+            crowding_looked: None,
+            crowded: false,
             sampled: None,
             throttled: None,
             stalled_samples: 0,
@@ -139,6 +158,15 @@ impl Spinner {
             && self
                 .last_event
                 .is_some_and(|at| now.saturating_duration_since(at) < self.window);
+        if spinning
+            && let Some(crowding) = &self.crowding
+            && self
+                .crowding_looked
+                .is_none_or(|at| now >= at + CROWDING_INTERVAL)
+        {
+            self.crowding_looked = Some(now);
+            self.crowded |= crowding.is_crowded().unwrap_or(true);
+        }
         if spinning
             && self
                 .sampled
@@ -188,7 +216,13 @@ impl Spinner {
         if let Some((at, before)) = self.sampled {
             let elapsed_us = now.saturating_duration_since(at).as_micros();
             let waited_us = u128::from(stalled_us.saturating_sub(before));
-            if waited_us * 100 >= elapsed_us * u128::from(STALL_LIMIT_PERCENT) {
+            // Without a look at crowding, pressure alone decides.
+            let crowded = std::mem::take(&mut self.crowded) || self.crowding.is_none();
+            let over = waited_us * 100 >= elapsed_us * u128::from(STALL_LIMIT_PERCENT);
+            if over && !crowded {
+                self.stats.uncrowded_samples += 1;
+            }
+            if over && crowded {
                 self.stalled_samples += 1;
             } else {
                 self.stalled_samples = 0;
@@ -241,6 +275,7 @@ impl Spinner {
         self.ran_out = false;
         self.last_event = None;
         self.stalled_samples = 0;
+        self.crowded = false;
         // The time resting shows no waits caused by spinning: judge the
         // next spin from its own first sample.
         self.sampled = None;
@@ -353,6 +388,30 @@ mod tests {
         s.pressure_sampled(t4, 70_000);
         s.pressure_sampled(t4 + step, 70_000);
         assert_eq!(s.pressure_rest, PRESSURE_REST, "a calm sample starts over");
+    }
+
+    #[test]
+    fn pressure_counts_only_when_more_tasks_were_runnable_than_cpus() {
+        let t0 = Instant::now();
+        let step = PRESSURE_INTERVAL;
+        let limit = step.as_micros() as u64 * STALL_LIMIT_PERCENT / 100;
+        let mut s = Spinner::with_pressure(MAX, None);
+        s.crowding = Crowding::open();
+        assert!(s.crowding.is_some(), "/proc/loadavg is readable");
+        for n in 0..4 {
+            s.pressure_sampled(t0 + step * n, 1_000 + limit * 2 * u64::from(n));
+        }
+        assert!(s.rest_until.is_none(), "a virtual CPU waking up");
+        assert_eq!(s.stats.uncrowded_samples, 3);
+        s.crowded = true;
+        s.pressure_sampled(t0 + step * 4, 1_000 + limit * 8);
+        s.crowded = true;
+        s.pressure_sampled(t0 + step * 5, 1_000 + limit * 10);
+        assert_eq!(
+            s.rest_until,
+            Some(t0 + step * 5 + PRESSURE_REST),
+            "crowded: rest"
+        );
     }
 
     #[test]
