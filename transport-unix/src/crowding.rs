@@ -1,5 +1,6 @@
-//! Whether more tasks are runnable than there are CPUs (`/proc/loadavg`'s
-//! count of runnable tasks against the online CPUs).
+//! Whether more tasks are runnable than the manager has CPUs
+//! (`/proc/loadavg`'s count of runnable tasks, machine-wide, against the
+//! CPUs its affinity and CPU quota give it).
 //!
 //! The pressure stall count alone cannot tell a busy machine from a virtual
 //! one waking an idle CPU: a task woken onto a halted virtual CPU waits for
@@ -8,12 +9,14 @@
 //! "wait" 6.5–7 % of the time with the other CPU idle, and spinning rested.
 //! A task can only be queued behind another's work when more tasks are
 //! runnable than there are CPUs, and the count says whether that happened.
+//! It is compared with the manager's own CPUs, not the machine's: in a
+//! container pinned to two of eight CPUs, three runnable tasks crowd it.
+//! Tasks elsewhere on the machine count too, which errs towards resting.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 const LOADAVG: &str = "/proc/loadavg";
-const STAT: &str = "/proc/stat";
 
 /// `/proc/loadavg`, kept open so a look is one `pread`, and the CPU count.
 #[derive(Debug)]
@@ -25,8 +28,7 @@ pub(crate) struct Crowding {
 impl Crowding {
     /// `None` where the counts cannot be read.
     pub(crate) fn open() -> Option<Self> {
-        let stat = std::fs::read(STAT).ok()?;
-        let cpus = online_cpus(&stat)?;
+        let cpus = u32::try_from(std::thread::available_parallelism().ok()?.get()).ok()?;
         let crowding = Self {
             loadavg: File::open(LOADAVG).ok()?,
             cpus,
@@ -52,19 +54,6 @@ fn runnable(text: &[u8]) -> Option<u32> {
     field.split_once('/')?.0.parse().ok()
 }
 
-/// The `cpu<N>` lines of `/proc/stat`.
-fn online_cpus(stat: &[u8]) -> Option<u32> {
-    let count = core::str::from_utf8(stat)
-        .ok()?
-        .lines()
-        .filter(|line| {
-            line.strip_prefix("cpu")
-                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .count();
-    u32::try_from(count).ok().filter(|&n| n > 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,15 +73,8 @@ mod tests {
     }
 
     #[test]
-    fn counts_the_online_cpus() {
-        let stat = b"cpu  1 2 3\ncpu0 1 2 3\ncpu1 1 2 3\nintr 5\ncpufreq 1\n";
-        assert_eq!(online_cpus(stat), Some(2));
-        assert_eq!(online_cpus(b"intr 5\n"), None);
-    }
-
-    #[test]
     fn reads_this_machine() {
-        let crowding = Crowding::open().expect("/proc/loadavg and /proc/stat");
+        let crowding = Crowding::open().expect("/proc/loadavg and the CPU count");
         assert!(crowding.cpus >= 1);
         assert!(crowding.is_crowded().is_some());
     }
