@@ -232,12 +232,23 @@ fn run(
             rustix::process::Signal::KILL,
         );
     }
-    let pids: Vec<u32> = std::fs::read_to_string(&pids_file)
+    let noted: Vec<(u32, u64)> = std::fs::read_to_string(&pids_file)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .filter_map(|l| {
+            let (pid, started) = l.trim().split_once(' ')?;
+            Some((pid.parse().ok()?, started.parse().ok()?))
+        })
         .collect();
-    let left = torch_segments_of(&pids);
+    let pids: Vec<u32> = noted.iter().map(|&(pid, _)| pid).collect();
+    // A pid a new process has taken since (other tests churn through the
+    // 32,768 pids in seconds) names that process's segments, not ours.
+    let ours: Vec<u32> = noted
+        .iter()
+        .filter(|&&(pid, started)| started_at(pid).is_none_or(|now| now == started))
+        .map(|&(pid, _)| pid)
+        .collect();
+    let left = torch_segments_of(&ours);
     // Recorded; the next run should not trip over them.
     left.iter().for_each(|n| common::remove_segment(n));
     let run = Run {
@@ -259,6 +270,17 @@ fn run(
         run.stdout
     );
     run
+}
+
+/// When process `pid` started (field 22 of its `stat`), if it runs now.
+fn started_at(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// The start methods to run, `LIBSHM_START_METHODS` (comma-separated) or all.

@@ -12,7 +12,7 @@ first manager it knows); one that shares a tensor before that starts a manager
 of its own.
 
 Environment:
-  PIDS_FILE       every process that may create segments appends its pid here
+  PIDS_FILE       every process that may create segments appends "<pid> <start time>" here
                   (the test looks for `/torch_<pid>_*` names of these pids)
   REAP_GRACE      the manager's grace period in seconds (default 2)
   EXPECT_REAPING  `0` when the manager never reaps while clients live
@@ -55,12 +55,16 @@ class Failure(Exception):
 # --- helpers --------------------------------------------------------------------
 
 def note_pid():
-    """Records this process as one that may create segments."""
+    """Records this process as one that may create segments: its pid and its
+    start time (field 22 of /proc/self/stat), so that a later process given
+    the same pid is not taken for it."""
     path = os.environ.get("PIDS_FILE")
     if path:
+        with open("/proc/self/stat") as stat:
+            started = stat.read().rsplit(")", 1)[1].split()[19]
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, f"{os.getpid()} {started}\n".encode())
         finally:
             os.close(fd)
 
