@@ -248,6 +248,14 @@ fn run(
         .filter(|&&(pid, started)| started_at(pid).is_none_or(|now| now == started))
         .map(|&(pid, _)| pid)
         .collect();
+    if ours.len() < pids.len() {
+        eprintln!(
+            "{scenario} under {method}: pids taken by new processes since, not searched: {:?}",
+            pids.iter()
+                .filter(|p| !ours.contains(p))
+                .collect::<Vec<_>>()
+        );
+    }
     let left = torch_segments_of(&ours);
     // Recorded; the next run should not trip over them.
     left.iter().for_each(|n| common::remove_segment(n));
