@@ -419,21 +419,7 @@ fn a_status_report_beside_many_held_names_does_not_stall_another_client() {
     let _machine = exclusive();
     let daemon = Daemon::start_with_stderr(&[], Stdio::null());
     let tag = format!("/torch_hostile_many_{}", run_id());
-    let mut holders = Vec::new();
-    for holder in 0..64 {
-        let mut client = daemon.connect();
-        let bytes: Vec<u8> = (0..4_096)
-            .flat_map(|i| frame(0, &format!("{tag}_{holder}_{i}")))
-            .collect();
-        let mut reader = client.stream.try_clone().unwrap();
-        let replies = std::thread::spawn(move || {
-            let mut replies = vec![0u8; 2 * 4_096];
-            reader.read_exact(&mut replies).map(|()| replies)
-        });
-        client.send(&bytes);
-        replies.join().unwrap().expect("replies");
-        holders.push(client);
-    }
+    let _holders = daemon.holders(&tag, 64, 4_096);
     let mut probe = Probe::connect(&daemon.handle);
     let baseline = probe.sample(300, Duration::from_millis(1));
     let running = probe.spawn(Duration::from_millis(1));

@@ -114,6 +114,27 @@ impl Drop for PrefixCleanup {
     }
 }
 
+/// Forks a child that keeps copies of everything the process has open (its
+/// link's pipes too) for 8 s and then `_exit`s; returns its pid.
+fn fork_sleeping_child() -> i32 {
+    // SAFETY: the test runs alone in its process; the child sleeps and
+    // `_exit`s without touching anything of the parent's.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: closing our own copies of stdout and stderr, so that the
+        // outer run reads the parent's output to its end.
+        unsafe {
+            libc::close(1);
+            libc::close(2);
+        }
+        std::thread::sleep(Duration::from_secs(8));
+        // SAFETY: skipping destructors and atexit handlers on purpose.
+        unsafe { libc::_exit(0) };
+    }
+    pid
+}
+
 /// Forks; the child runs `child` under a 10 s alarm and `_exit`s with its
 /// result. Returns the child's wait status.
 fn fork_and_wait(child: impl FnOnce() -> bool) -> i32 {
@@ -416,20 +437,7 @@ fn pipe_client_dies_beside_a_child(test: &str, child_maps: bool) {
         link.settle().unwrap();
         let early = child_maps.then(|| link.create(4096).unwrap());
         link.settle().unwrap();
-        // SAFETY: the test runs alone in its process; the child sleeps
-        // and `_exit`s without touching anything of the parent's.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: closing our own copies of stdout and stderr, so that
-            // the outer run reads the parent's output to its end.
-            unsafe {
-                libc::close(1);
-                libc::close(2);
-            }
-            std::thread::sleep(Duration::from_secs(8));
-            // SAFETY: skipping destructors and atexit handlers on purpose.
-            unsafe { libc::_exit(0) };
-        }
+        let pid = fork_sleeping_child();
         // Made after the fork, the child does not map it.
         let segment = early.unwrap_or_else(|| link.create(4096).unwrap());
         link.settle().unwrap();
@@ -726,20 +734,7 @@ fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child
         let link = ManagerLink::launch(&config).unwrap();
         let handle = link.handle().to_string();
         let manager: i32 = handle.strip_prefix("pipe:").unwrap().parse().unwrap();
-        // SAFETY: the test runs alone in its process; the child sleeps
-        // and `_exit`s without touching anything of the parent's.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: closing our own copies of stdout and stderr, so that
-            // the outer run reads the parent's output to its end.
-            unsafe {
-                libc::close(1);
-                libc::close(2);
-            }
-            std::thread::sleep(Duration::from_secs(8));
-            // SAFETY: skipping destructors and atexit handlers on purpose.
-            unsafe { libc::_exit(0) };
-        }
+        let pid = fork_sleeping_child();
         let stop = |signal| {
             rustix::process::kill_process(rustix::process::Pid::from_raw(manager).unwrap(), signal)
                 .unwrap();
@@ -792,21 +787,7 @@ fn a_names_report_beside_many_held_names_does_not_stall_another_client() {
     let _machine = exclusive();
     let daemon = common::Daemon::start_with_stderr(&[], Stdio::null());
     let tag = format!("/torch_h7many_{}", id());
-    let mut holders = Vec::new();
-    for holder in 0..64 {
-        let mut client = daemon.connect();
-        let bytes: Vec<u8> = (0..4_096)
-            .flat_map(|i| common::frame(0, &format!("{tag}_{holder}_{i}")))
-            .collect();
-        let mut reader = client.stream.try_clone().unwrap();
-        let replies = std::thread::spawn(move || {
-            let mut replies = vec![0u8; 2 * 4_096];
-            reader.read_exact(&mut replies).map(|()| replies)
-        });
-        client.send(&bytes);
-        replies.join().unwrap().expect("replies");
-        holders.push(client);
-    }
+    let _holders = daemon.holders(&tag, 64, 4_096);
     let mut probe = common::measure::Probe::connect(&daemon.handle);
     let baseline = probe.sample(300, Duration::from_millis(1));
     let running = probe.spawn(Duration::from_millis(1));

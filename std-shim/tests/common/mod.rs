@@ -271,6 +271,29 @@ impl Daemon {
         RawClient::connect(&self.handle)
     }
 
+    /// `clients` connections that registered `names` names each (named
+    /// after `tag`), every one answered, and stay connected: a manager
+    /// holding many names.
+    pub fn holders(&self, tag: &str, clients: usize, names: usize) -> Vec<RawClient> {
+        (0..clients)
+            .map(|holder| {
+                let mut client = self.connect();
+                let bytes: Vec<u8> = (0..names)
+                    .flat_map(|i| frame(0, &format!("{tag}_{holder}_{i}")))
+                    .collect();
+                let mut reader = client.stream.try_clone().unwrap();
+                // Read while writing: the answers would fill the socket.
+                let replies = std::thread::spawn(move || {
+                    let mut replies = vec![0u8; 2 * names];
+                    std::io::Read::read_exact(&mut reader, &mut replies).map(|()| replies)
+                });
+                client.send(&bytes);
+                replies.join().unwrap().expect("replies");
+                client
+            })
+            .collect()
+    }
+
     /// A client that stays connected (keeping the manager from shutting
     /// down) and has said something, so it is not closed as a connection
     /// that never speaks.
