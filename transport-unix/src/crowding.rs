@@ -12,6 +12,8 @@
 //! It is compared with the manager's own CPUs, not the machine's: in a
 //! container pinned to two of eight CPUs, three runnable tasks crowd it.
 //! Tasks elsewhere on the machine count too, which errs towards resting.
+//! The affinity is read again at every pressure sample: a manager moved onto
+//! fewer CPUs after it started must not judge by the CPUs it had.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -22,6 +24,9 @@ const LOADAVG: &str = "/proc/loadavg";
 #[derive(Debug)]
 pub(crate) struct Crowding {
     loadavg: File,
+    /// The CPUs at start (affinity and quota): never more than these.
+    most_cpus: u32,
+    /// The CPUs at the last [`refresh`](Self::refresh).
     cpus: u32,
 }
 
@@ -29,11 +34,20 @@ impl Crowding {
     /// `None` where the counts cannot be read.
     pub(crate) fn open() -> Option<Self> {
         let cpus = u32::try_from(std::thread::available_parallelism().ok()?.get()).ok()?;
-        let crowding = Self {
+        let mut crowding = Self {
             loadavg: File::open(LOADAVG).ok()?,
+            most_cpus: cpus,
             cpus,
         };
+        crowding.refresh();
         crowding.is_crowded().map(|_| crowding)
+    }
+
+    /// Reads this thread's affinity again (one system call; the quota is
+    /// taken as it was at start).
+    pub(crate) fn refresh(&mut self) {
+        self.cpus = rustix::thread::sched_getaffinity(None)
+            .map_or(self.most_cpus, |set| set.count().clamp(1, self.most_cpus));
     }
 
     /// Whether more tasks are runnable now, the caller included, than there
@@ -70,6 +84,24 @@ mod tests {
         ] {
             assert_eq!(runnable(text), None, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_thread_moved_onto_one_cpu_judges_by_one() {
+        let mut crowding = Crowding::open().expect("/proc/loadavg and the CPU count");
+        let before = rustix::thread::sched_getaffinity(None).unwrap();
+        let first = (0..rustix::thread::CpuSet::MAX_CPU)
+            .find(|&cpu| before.is_set(cpu))
+            .unwrap();
+        let mut one = rustix::thread::CpuSet::new();
+        one.set(first);
+        rustix::thread::sched_setaffinity(None, &one).unwrap();
+        crowding.refresh();
+        let judged_by = crowding.cpus;
+        rustix::thread::sched_setaffinity(None, &before).unwrap();
+        assert_eq!(judged_by, 1);
+        crowding.refresh();
+        assert_eq!(crowding.cpus, crowding.most_cpus.min(before.count()));
     }
 
     #[test]

@@ -172,6 +172,9 @@ impl Spinner {
                 .sampled
                 .is_none_or(|(at, _)| now >= at + PRESSURE_INTERVAL)
         {
+            if let Some(crowding) = self.crowding.as_mut() {
+                crowding.refresh();
+            }
             let stalled = self
                 .pressure
                 .as_mut()
