@@ -20,7 +20,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::torch::{Overlay, Peer, peer, rand_suffix, torch_segments_of};
 use common::wait_until;
@@ -202,6 +202,7 @@ fn run(
             .expect("run python")
     };
     let started = Instant::now();
+    let started_wall = SystemTime::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -256,9 +257,24 @@ fn run(
                 .collect::<Vec<_>>()
         );
     }
-    let left = torch_segments_of(&ours);
+    let (left, older): (Vec<_>, Vec<_>) = torch_segments_of(&ours)
+        .into_iter()
+        .partition(|name| created(name).is_none_or(|at| at >= started_wall));
+    if !older.is_empty() {
+        // A process of an earlier pid cycle (since exited) left these.
+        eprintln!(
+            "{scenario} under {method}: names of its pids created before it started, \
+             not its own: {older:?}"
+        );
+    }
+    let left: Vec<String> = left
+        .into_iter()
+        .map(|name| describe_leftover(name, started_wall))
+        .collect();
     // Recorded; the next run should not trip over them.
-    left.iter().for_each(|n| common::remove_segment(n));
+    left.iter()
+        .filter_map(|n| n.split(' ').next())
+        .for_each(common::remove_segment);
     let run = Run {
         scenario,
         method,
@@ -278,6 +294,37 @@ fn run(
         run.stdout
     );
     run
+}
+
+/// When `/dev/shm/<name>` was created (its change time where the file
+/// system keeps no birth time; nothing changes a segment's inode after
+/// `ftruncate`).
+fn created(name: &str) -> Option<SystemTime> {
+    let meta = std::fs::metadata(Path::new("/dev/shm").join(name)).ok()?;
+    meta.created().ok().or_else(|| {
+        use std::os::unix::fs::MetadataExt;
+        let secs = u64::try_from(meta.ctime()).ok()?;
+        let nanos = u32::try_from(meta.ctime_nsec()).ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+    })
+}
+
+/// A leftover name with what tells whose it was: when it was created
+/// relative to the program's start, its size and its header's refcount.
+fn describe_leftover(name: String, started: SystemTime) -> String {
+    let path = Path::new("/dev/shm").join(&name);
+    let after = created(&name)
+        .and_then(|at| at.duration_since(started).ok())
+        .map_or("?".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let refcount = std::fs::File::open(&path).ok().and_then(|mut file| {
+        let mut header = [0u8; 4];
+        std::io::Read::read_exact(&mut file, &mut header).ok()?;
+        Some(i32::from_ne_bytes(header))
+    });
+    format!(
+        "{name} (created {after} after the program started, {size} bytes, refcount {refcount:?})"
+    )
 }
 
 /// When process `pid` started (field 22 of its `stat`), if it runs now.
