@@ -74,6 +74,22 @@ fn a_name_removed_from_outside_while_registered_is_reported_with_its_likely_caus
         "refcount=1",
         "the holder's mapping is intact"
     );
+
+    // Someone puts a FIFO under the name: `why` says so without blocking
+    // on it, and still tells the story.
+    let path = format!("/dev/shm{name}");
+    let _fifo = common::Cleanup(vec![name.clone()]);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path.as_str(),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+    let story = shmctl(&["why", &name]);
+    assert!(story.contains("in /dev/shm now, but a FIFO"), "{story}");
+    assert!(story.contains("removed from outside"), "{story}");
 }
 
 #[test]
@@ -161,6 +177,10 @@ fn ls_managers_shows_each_client_with_its_names_and_bytes() {
         text.contains(&format!("pid {}: 1 name(s), 1.0 MiB", big.child.id())),
         "{text}"
     );
+    // Let go cleanly: killed holders' names would outlive the manager, which
+    // the test kills before it could reap them.
+    assert!(small.finish().success());
+    assert!(big.finish().success());
 }
 
 #[test]

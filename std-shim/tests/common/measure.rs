@@ -241,6 +241,32 @@ impl RunningProbe {
     }
 }
 
+/// Fails unless a probe client's round trips to the manager at `handle`
+/// stay within 50 ms plus their idle maximum while `work` runs three times:
+/// a report that walks every name (hostile rounds 1 and 7) must not hold the
+/// other clients up. `what` names the work, and `beside` what the manager
+/// holds, for the failure message.
+#[allow(dead_code)]
+pub fn assert_no_stall_while(handle: &str, what: &str, beside: &str, mut work: impl FnMut()) {
+    let mut probe = Probe::connect(handle);
+    let baseline = probe.sample(300, Duration::from_millis(1));
+    let running = probe.spawn(Duration::from_millis(1));
+    let started = Instant::now();
+    for _ in 0..3 {
+        work();
+    }
+    let took = started.elapsed() / 3;
+    let during = running.finish();
+    let bound = Duration::from_millis(50) + baseline.max();
+    assert!(
+        during.max() < bound,
+        "while three {what} were made (each took {took:.0?}) beside {beside}, another \
+         client waited up to {:.0?} for an answer (bound {bound:.0?}); during: {during}; \
+         idle: {baseline}",
+        during.max()
+    );
+}
+
 /// Issue 10's bound on another client's round trip during a flood, at p99,
 /// for the release manager; 20 times it for the unoptimised one a plain
 /// `cargo test` builds (as in `flood.rs`).

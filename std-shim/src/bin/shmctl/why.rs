@@ -14,6 +14,27 @@ use libshm::status::{Detail, Event};
 use crate::Outcome;
 use crate::managers;
 
+/// What stands under `name` when it is not a segment (a FIFO, a symlink,
+/// a directory someone put there), without opening or following it.
+fn not_a_segment(name: &SegmentName) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let path = std::path::Path::new("/dev/shm").join(name.as_str().trim_start_matches('/'));
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    Some(if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device node"
+    } else {
+        "a file that cannot be read as a segment"
+    })
+}
+
 /// Arguments of `shmctl why`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -42,7 +63,14 @@ pub(crate) fn run(args: &Args) -> Outcome {
                 .map_or_else(|| "unknown".to_owned(), |r| r.to_string()),
             segment.status
         )?,
-        None => writeln!(out, "{name}: not in /dev/shm now")?,
+        None => match not_a_segment(&name) {
+            Some(kind) => writeln!(
+                out,
+                "{name}: in /dev/shm now, but {kind}, not a segment: no manager of ours \
+                 opens, follows or unlinks it"
+            )?,
+            None => writeln!(out, "{name}: not in /dev/shm now")?,
+        },
     }
 
     let mut told = false;
