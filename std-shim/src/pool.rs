@@ -19,6 +19,9 @@
 //! `LIBSHM_POOL`: a comma-separated list of `<size>[:<depth>]` (`4KiB:16,1MiB`;
 //! depth 8 by default, 1024 at most), or `auto`: every size asked for four times gets a
 //! shelf of four, while the pool holds at most 64 MiB.
+//!
+//! Whatever the depths, the pool never takes the last eighth of `/dev/shm`:
+//! segments made ahead of need must not fail someone else's allocation.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -45,6 +48,9 @@ const AUTO_DEPTH: usize = 4;
 /// `auto`: most bytes kept on the shelves, and most sizes tracked.
 const AUTO_BUDGET: usize = 64 << 20;
 const AUTO_SIZES: usize = 64;
+/// The share of `/dev/shm` the pool leaves free for allocations as they come
+/// (one part in this many).
+const LEAVE_FREE_PARTS: u64 = 8;
 /// How long the filler sleeps when nothing wakes it.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How long the filler waits before trying a link another thread uses.
@@ -313,6 +319,14 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
         }
         'refill: for (size, lack) in missing {
             for _ in 0..lack {
+                if !leaves_room(size) {
+                    tracing::debug!(
+                        "segment pool: not making a {size}-byte segment ahead: /dev/shm would \
+                         keep less than 1/{LEAVE_FREE_PARTS} free"
+                    );
+                    std::thread::sleep(IDLE_WAIT);
+                    break 'refill;
+                }
                 match make(&link, size) {
                     Ok(ready) => {
                         let mut shelves = pool.lock();
@@ -334,6 +348,22 @@ fn fill(pool: &Weak<Pool>, link: &Weak<Link>) {
             }
         }
     }
+}
+
+/// Whether `/dev/shm` keeps [`LEAVE_FREE_PARTS`] free after a segment of
+/// `size` data bytes is made; a file system that cannot be asked is given
+/// the benefit of the doubt (creation reserves its pages, so a full one is
+/// an error, not a `SIGBUS`).
+fn leaves_room(size: usize) -> bool {
+    let Ok(fs) = rustix::fs::statvfs(shm::dir::SHM_DIR) else {
+        return true;
+    };
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let needs = u64::try_from(size)
+        .unwrap_or(u64::MAX)
+        .saturating_add(HEADER_LEN as u64);
+    free.saturating_sub(needs) >= total / LEAVE_FREE_PARTS
 }
 
 /// Creates, registers and maps one segment of `size` data bytes, pages in.

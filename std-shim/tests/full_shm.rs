@@ -11,6 +11,12 @@ mod common;
 use std::process::Command;
 
 fn in_small_shm(script: &str) -> Option<std::process::Output> {
+    in_shm_of("1m", script)
+}
+
+/// Runs `script` with a private tmpfs of `size` (as `mount -o size=`) over
+/// /dev/shm.
+fn in_shm_of(size: &str, script: &str) -> Option<std::process::Output> {
     let probe = Command::new("unshare")
         .args([
             "--mount",
@@ -27,7 +33,7 @@ fn in_small_shm(script: &str) -> Option<std::process::Output> {
     ) {
         return None;
     }
-    let full = format!("mount -t tmpfs -o size=1m tmpfs /dev/shm && {script}");
+    let full = format!("mount -t tmpfs -o size={size} tmpfs /dev/shm && {script}");
     Some(
         Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c", &full])
@@ -74,4 +80,45 @@ fn filling_up_segment_by_segment_stops_cleanly_at_the_limit() {
         stdout.contains("left=0"),
         "the segments that fit were dropped on exit: {stdout}"
     );
+}
+
+#[test]
+fn a_pool_deeper_than_dev_shm_leaves_an_eighth_free_for_others() {
+    // 64 segments of 256 KiB wanted ahead, in 4 MiB: the pool stops while an
+    // eighth (512 KiB) is free, so another process's 256 KiB still fits.
+    let Some(out) = in_shm_of(
+        "4m",
+        r#"(sleep 3) | LIBSHM_POOL=256KiB:64 "$SHMCTL" create --size 4K --hold > /dev/null &
+           sleep 2
+           echo "free_kib=$(df -k --output=avail /dev/shm | tail -1 | tr -d ' ')"
+           echo "pooled=$(ls /dev/shm | wc -l)"
+           "$SHMCTL" create --size 256K > /dev/null; echo "other=$?"
+           wait
+           echo "left=$(ls /dev/shm | wc -l)""#,
+    ) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let field = |key: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {stdout} {stderr}"))
+    };
+    assert!(
+        field("pooled") >= 8,
+        "the pool did fill what it may: {stdout} {stderr}"
+    );
+    assert!(
+        field("free_kib") >= 512,
+        "the pool took more than 7/8 of /dev/shm: {stdout} {stderr}"
+    );
+    assert_eq!(
+        field("other"),
+        0,
+        "another allocation fit: {stdout} {stderr}"
+    );
+    assert_eq!(field("left"), 0, "the pool unlinked at exit: {stdout}");
 }
