@@ -1,0 +1,138 @@
+//! Hostile round 9: `shmctl gc` beside managers that cannot answer, pid
+//! reuse, and manager death with a tensor in transit.
+//!
+//! Each "Finding" test failed on the code it was written against (f527494)
+//! and says what went wrong and why (file:line references are to that
+//! code); it guards the fix now. The others are attacks the code withstands,
+//! kept because they fail if it stops withstanding them.
+//!
+//! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
+//! Names carry this run's id, and everything a test puts in `/dev/shm` is
+//! removed however it ends.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Daemon, SHMCTL, run_id};
+
+/// Removes every `/dev/shm` entry whose name starts with `prefix` when
+/// dropped, however the test ends.
+struct PrefixCleanup(String);
+
+impl PrefixCleanup {
+    fn names(&self) -> Vec<String> {
+        let start = self.0.trim_start_matches('/');
+        std::fs::read_dir("/dev/shm")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.starts_with(start))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PrefixCleanup {
+    fn drop(&mut self) {
+        for name in self.names() {
+            let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+        }
+    }
+}
+
+/// Sends `signal` to `pid`, if it names a process.
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Continues a stopped manager however the test ends, so that dropping its
+/// [`Daemon`] (a SIGKILL) and its clients never hang.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// A producer (`shmctl create --share`) that made a segment under `prefix`
+/// with `daemon`, shared it (the refcount raised for the handle in transit,
+/// as PyTorch's pickling does) and exited. Returns the share line a receiver
+/// opens with and the segment's name.
+fn produce_in_transit(daemon: &Daemon, prefix: &str) -> (String, String) {
+    let produced = Command::new(SHMCTL)
+        .args(["create", "--share", "--manager", &daemon.handle])
+        .env("LIBSHM_NAME_PREFIX", prefix)
+        .output()
+        .unwrap();
+    assert!(produced.status.success(), "{produced:?}");
+    let share = String::from_utf8(produced.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let name = share.split_whitespace().nth(1).unwrap().to_owned();
+    (share, name)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Finding 1 (a segment in transit unlinked): `shmctl gc --yes` removed a
+/// segment in transit (its creator exited after sharing it, its receiver
+/// had yet to open it) while the one manager that kept it was stopped
+/// (SIGSTOP here; a debugger, `docker pause`, a cgroup freezer, a manager
+/// swapped out or starved for half a second do the same). gc asks each live
+/// manager of ours for the names it answers for (hostile round 7, finding
+/// 4), but `tracked_names` (bin/shmctl/inspect.rs:140) skips a manager whose
+/// answer fails, and `status::query` (status.rs:183-190) reads silence for
+/// 500 ms as "not ours" (PyTorch's manager, which only says `OK`). So the
+/// manager that knows better was counted as knowing nothing, and the
+/// segment (creator dead, mapped by nobody) was removed as leaked.
+#[test]
+fn gc_keeps_a_segment_in_transit_while_its_manager_is_stopped() {
+    if !common::in_private_pid_namespace(
+        "gc_keeps_a_segment_in_transit_while_its_manager_is_stopped",
+    ) {
+        return;
+    }
+    let prefix = format!("/h9stop{}_", run_id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let daemon = Daemon::quiet_under(&prefix);
+    let _bystander = common::bystander_under(&daemon, &prefix);
+    let (share, name) = produce_in_transit(&daemon, &prefix);
+    std::thread::sleep(Duration::from_secs(4));
+    let manager = daemon.child.id();
+    signal(manager, rustix::process::Signal::STOP);
+    let resume = Continue(manager);
+    let gc = Command::new(SHMCTL)
+        .args(["gc", "--prefix", &prefix, "--older-than", "3s", "--yes"])
+        .output()
+        .unwrap();
+    drop(resume);
+    println!("gc said: {}", text(&gc));
+    let opened = Command::new(SHMCTL)
+        .args(["open", "--share", &share])
+        .output()
+        .unwrap();
+    assert!(
+        opened.status.success(),
+        "the receiver could not open {name} after gc beside its stopped manager: {}\n\
+         gc said: {}",
+        String::from_utf8_lossy(&opened.stderr),
+        text(&gc)
+    );
+    assert!(
+        String::from_utf8_lossy(&gc.stdout).contains(&daemon.handle),
+        "gc does not say which manager did not answer: {}",
+        text(&gc)
+    );
+}
