@@ -37,6 +37,16 @@ impl LiveManager {
     pub(crate) fn status(&self, detail: Detail) -> Result<Report, StatusError> {
         status::query(&self.handle, detail)
     }
+
+    /// Whether it is a manager of ours, whatever it answers: its executable
+    /// says so, or it holds its directory's lock (as only ours do). One of
+    /// ours that is stopped or starved answers nothing, as PyTorch's does.
+    pub(crate) fn is_ours(&self) -> bool {
+        self.runs.as_ref().is_some_and(Identity::is_ours)
+            || Path::new(&self.handle)
+                .parent()
+                .is_some_and(RunDir::is_served)
+    }
 }
 
 /// The managers listening now: those whose sockets listen in our network
