@@ -136,3 +136,83 @@ fn gc_keeps_a_segment_in_transit_while_its_manager_is_stopped() {
         text(&gc)
     );
 }
+
+/// Finding 2 (a segment in transit unlinked): `shmctl gc --yes` removed a
+/// segment in transit that a live manager of ours kept, when that manager
+/// ran in a mount namespace of its own: a service with systemd's
+/// `PrivateTmp=yes` (its `/tmp` private, `/dev/shm` shared), or a container
+/// sharing the host's `/dev/shm` (`--ipc=host`) with a network namespace
+/// of its own too. gc found live managers by their sockets' paths in our
+/// `/proc/net/unix` and in our `/tmp` (`live`, bin/shmctl/managers.rs:44):
+/// the first manager's path names nothing in our `/tmp`, so it could not be
+/// asked (and after finding 1's fix, gc then removed nothing at all); the
+/// second was not found at all. Either is reachable through its process's
+/// root, `/proc/<pid>/root/<path>`.
+#[test]
+fn gc_asks_a_manager_in_a_mount_namespace_of_its_own() {
+    if !common::in_private_pid_namespace("gc_asks_a_manager_in_a_mount_namespace_of_its_own") {
+        return;
+    }
+    gc_beside_a_manager_with_a_private_tmp(false);
+}
+
+/// Finding 2, the container: its own mount and network namespaces.
+#[test]
+fn gc_asks_a_manager_in_a_mount_and_network_namespace_of_its_own() {
+    if !common::in_private_pid_namespace(
+        "gc_asks_a_manager_in_a_mount_and_network_namespace_of_its_own",
+    ) {
+        return;
+    }
+    gc_beside_a_manager_with_a_private_tmp(true);
+}
+
+/// A manager with a `/tmp` of its own (and a network namespace of its own
+/// with `own_netns`) keeps a segment in transit; gc runs from outside.
+fn gc_beside_a_manager_with_a_private_tmp(own_netns: bool) {
+    let prefix = format!("/h9mnt{}_{}_", run_id(), u8::from(own_netns));
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private"]);
+    if own_netns {
+        command.arg("--net");
+    }
+    command
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /tmp && exec \"$@\"",
+            "sh",
+            common::SHM_MANAGER,
+            "--name-prefix",
+            &prefix,
+        ])
+        .stderr(std::process::Stdio::null());
+    let mut daemon = Daemon::spawn(&mut command);
+    // Its clients share its /tmp; from here, its root leads there.
+    daemon.handle = format!("/proc/{}/root{}", daemon.child.id(), daemon.handle);
+    let _bystander = common::bystander_under(&daemon, &prefix);
+    let (share, name) = produce_in_transit(&daemon, &prefix);
+    std::thread::sleep(Duration::from_secs(4));
+    let gc = Command::new(SHMCTL)
+        .args(["gc", "--prefix", &prefix, "--older-than", "3s", "--yes"])
+        .output()
+        .unwrap();
+    println!("gc said: {}", text(&gc));
+    let opened = Command::new(SHMCTL)
+        .args(["open", "--share", &share])
+        .output()
+        .unwrap();
+    assert!(
+        opened.status.success(),
+        "the receiver could not open {name} after gc: {}\ngc said: {}",
+        String::from_utf8_lossy(&opened.stderr),
+        text(&gc)
+    );
+    assert!(
+        String::from_utf8_lossy(&gc.stdout).contains(&format!("kept    {name}: live manager")),
+        "gc did not hear from the manager that keeps {name}: {}",
+        text(&gc)
+    );
+}
