@@ -49,9 +49,11 @@ impl LiveManager {
     }
 }
 
-/// The managers listening now: those whose sockets listen in our network
-/// namespace, and those of ours that hold their directory's lock though
-/// they listen in another (a container sharing `/tmp`), reachable by path.
+/// The managers listening now: those whose sockets listen in a network
+/// namespace we see a process of (reached through the process's root when
+/// it has a filesystem of its own), and those of ours that hold their
+/// directory's lock though they listen where we see nobody (a container
+/// sharing `/tmp`), reachable by path.
 pub(crate) fn live() -> Vec<LiveManager> {
     let sockets = unix_sockets::bound();
     let listening: Vec<&unix_sockets::Entry> = sockets
@@ -65,7 +67,7 @@ pub(crate) fn live() -> Vec<LiveManager> {
         .map(|entry| {
             let pid = holders.get(&entry.inode).copied();
             LiveManager {
-                handle: entry.path.clone(),
+                handle: reachable_path(&entry.path, pid),
                 pid,
                 runs: pid
                     .and_then(|pid| identify(Path::new(&format!("/proc/{pid}/exe")), None).ok()),
@@ -93,6 +95,18 @@ pub(crate) fn live() -> Vec<LiveManager> {
         .collect();
     live.extend(elsewhere);
     live
+}
+
+/// Where we reach a socket bound at `path` by process `pid`: the path
+/// itself, or, when the process sees another filesystem (a service with a
+/// private `/tmp`, a container), the path under its root.
+fn reachable_path(path: &str, pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) if unix_sockets::shares_our_mounts(pid) == Some(false) => {
+            format!("/proc/{pid}/root{path}")
+        }
+        _ => path.to_owned(),
+    }
 }
 
 /// Directories of managers that died, given the live ones.
