@@ -216,3 +216,83 @@ fn gc_beside_a_manager_with_a_private_tmp(own_netns: bool) {
         text(&gc)
     );
 }
+
+/// A stand-in for a manager of ours that stalls half-way through a names
+/// report: it holds its directory's lock (as only ours do), answers `OK`
+/// and the report's first lines, and says no more for `stall`.
+struct HalfAnswering {
+    dir: std::path::PathBuf,
+    handle: String,
+}
+
+impl HalfAnswering {
+    fn start(stall: Duration) -> Self {
+        use std::io::{Read, Write};
+        let dir = std::env::temp_dir().join(format!("torch-shm-dir-h9half{}", run_id()));
+        std::fs::create_dir(&dir).unwrap();
+        let handle = dir.join("manager.sock").to_str().unwrap().to_owned();
+        let lock = std::fs::File::open(&dir).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&handle).unwrap();
+        std::thread::spawn(move || {
+            let _lock = lock;
+            for mut stream in listener.incoming().map_while(Result::ok) {
+                std::thread::spawn(move || {
+                    let mut frame = [0u8; 68];
+                    if stream.read_exact(&mut frame).is_ok() {
+                        let _ = stream.write_all(b"OKlibshm-status v=1\nmanager pid=1 names=1\n");
+                        std::thread::sleep(stall);
+                    }
+                });
+            }
+        });
+        Self { dir, handle }
+    }
+}
+
+impl Drop for HalfAnswering {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Finding 1, cut short: a manager of ours that stops half-way through its
+/// names report (stopped, starved or swapped out between two pieces; the
+/// report is written in pieces between rounds of its loop) tells gc only
+/// some of the names it answers for, and gc read a report without its end
+/// as "not a status report" (`Malformed`) and went on as if that manager
+/// knew nothing. With finding 1's fix it removes nothing and says which
+/// manager did not finish.
+#[test]
+fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
+    if !common::in_private_pid_namespace(
+        "gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way",
+    ) {
+        return;
+    }
+    let prefix = format!("/h9half{}_", run_id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let fake = HalfAnswering::start(Duration::from_secs(5));
+    // A segment that looks leaked: its creator (named by the pid in its
+    // name) has exited, nobody maps it, refcount 1.
+    let mut creator = Command::new("true").spawn().unwrap();
+    let dead = creator.id();
+    creator.wait().unwrap();
+    let name = format!("{prefix}{dead}_1_0");
+    common::create_segment(&name, 1, 4096);
+    let gc = Command::new(SHMCTL)
+        .args(["gc", "--prefix", &prefix, "--older-than", "0", "--yes"])
+        .output()
+        .unwrap();
+    println!("gc said: {}", text(&gc));
+    assert!(
+        common::shm_exists(&name),
+        "gc removed {name} though a manager of ours did not finish its report: {}",
+        text(&gc)
+    );
+    assert!(
+        String::from_utf8_lossy(&gc.stdout).contains(&fake.handle),
+        "gc does not say which manager did not finish: {}",
+        text(&gc)
+    );
+}
