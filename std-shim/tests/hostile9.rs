@@ -219,39 +219,59 @@ fn gc_beside_a_manager_with_a_private_tmp(own_netns: bool) {
 
 /// A stand-in for a manager of ours that stalls half-way through a names
 /// report: it holds its directory's lock (as only ours do), answers `OK`
-/// and the report's first lines, and says no more for `stall`.
+/// and the report's first lines, and says no more for a while. A process of
+/// its own, started with `LIBSHM_NAME_PREFIX=prefix` (what gc reads to tell
+/// which names a manager may answer for).
 struct HalfAnswering {
+    child: std::process::Child,
     dir: std::path::PathBuf,
     handle: String,
 }
 
+const HALF_ANSWERING: &str = r#"
+import fcntl, os, socket, sys, threading, time
+d = sys.argv[1]
+os.mkdir(d)
+lock = os.open(d, os.O_RDONLY)
+fcntl.flock(lock, fcntl.LOCK_EX)
+s = socket.socket(socket.AF_UNIX)
+s.bind(d + "/manager.sock")
+s.listen(16)
+print("ready", flush=True)
+def serve(c):
+    if len(c.recv(68, socket.MSG_WAITALL)) == 68:
+        c.sendall(b"OKlibshm-status v=1\nmanager pid=1 names=1\n")
+        time.sleep(30)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"#;
+
 impl HalfAnswering {
-    fn start(stall: Duration) -> Self {
-        use std::io::{Read, Write};
-        let dir = std::env::temp_dir().join(format!("torch-shm-dir-h9half{}", run_id()));
-        std::fs::create_dir(&dir).unwrap();
+    fn start(prefix: &str) -> Self {
+        use std::io::BufRead;
+        let tag = prefix.trim_matches(|c| c == '/' || c == '_');
+        let dir = std::env::temp_dir().join(format!("torch-shm-dir-{tag}"));
+        let mut child = Command::new("python3")
+            .args(["-c", HALF_ANSWERING])
+            .arg(&dir)
+            .env("LIBSHM_NAME_PREFIX", prefix)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "the stand-in did not start");
         let handle = dir.join("manager.sock").to_str().unwrap().to_owned();
-        let lock = std::fs::File::open(&dir).unwrap();
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-        let listener = std::os::unix::net::UnixListener::bind(&handle).unwrap();
-        std::thread::spawn(move || {
-            let _lock = lock;
-            for mut stream in listener.incoming().map_while(Result::ok) {
-                std::thread::spawn(move || {
-                    let mut frame = [0u8; 68];
-                    if stream.read_exact(&mut frame).is_ok() {
-                        let _ = stream.write_all(b"OKlibshm-status v=1\nmanager pid=1 names=1\n");
-                        std::thread::sleep(stall);
-                    }
-                });
-            }
-        });
-        Self { dir, handle }
+        Self { child, dir, handle }
     }
 }
 
 impl Drop for HalfAnswering {
     fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -262,7 +282,8 @@ impl Drop for HalfAnswering {
 /// some of the names it answers for, and gc read a report without its end
 /// as "not a status report" (`Malformed`) and went on as if that manager
 /// knew nothing. With finding 1's fix it removes nothing and says which
-/// manager did not finish.
+/// manager did not finish; a silent manager that takes no name under gc's
+/// prefix holds nothing back (the next test).
 #[test]
 fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
     if !common::in_private_pid_namespace(
@@ -272,7 +293,7 @@ fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
     }
     let prefix = format!("/h9half{}_", run_id());
     let _cleanup = PrefixCleanup(prefix.clone());
-    let fake = HalfAnswering::start(Duration::from_secs(5));
+    let fake = HalfAnswering::start(&prefix);
     // A segment that looks leaked: its creator (named by the pid in its
     // name) has exited, nobody maps it, refcount 1.
     let mut creator = Command::new("true").spawn().unwrap();
@@ -293,6 +314,35 @@ fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
     assert!(
         String::from_utf8_lossy(&gc.stdout).contains(&fake.handle),
         "gc does not say which manager did not finish: {}",
+        text(&gc)
+    );
+}
+
+/// Finding 1's fix, bounded: a silent manager of ours that takes no name
+/// under gc's prefix (by its `--name-prefix`, `$LIBSHM_NAME_PREFIX`, or
+/// `--sweep-prefix` when adopting) cannot keep one in transit, and holds
+/// nothing back. Else one stopped manager anywhere on the machine would
+/// stop every gc.
+#[test]
+fn gc_is_not_held_back_by_a_silent_manager_of_other_names() {
+    if !common::in_private_pid_namespace("gc_is_not_held_back_by_a_silent_manager_of_other_names") {
+        return;
+    }
+    let prefix = format!("/h9other{}_", run_id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let _fake = HalfAnswering::start(&format!("/h9elsewhere{}_", run_id()));
+    let mut creator = Command::new("true").spawn().unwrap();
+    let dead = creator.id();
+    creator.wait().unwrap();
+    let name = format!("{prefix}{dead}_1_0");
+    common::create_segment(&name, 1, 4096);
+    let gc = Command::new(SHMCTL)
+        .args(["gc", "--prefix", &prefix, "--older-than", "0", "--yes"])
+        .output()
+        .unwrap();
+    assert!(
+        !common::shm_exists(&name),
+        "gc kept a leaked {name} for a silent manager of other names: {}",
         text(&gc)
     );
 }

@@ -110,7 +110,7 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     let tracked = if candidates.is_empty() {
         Tracked::default()
     } else {
-        tracked_names()
+        tracked_names(&prefix)
     };
     let (tracked_candidates, candidates): (Vec<&SegmentReport>, Vec<&SegmentReport>) = candidates
         .into_iter()
@@ -263,14 +263,14 @@ impl fmt::Display for Silent {
 /// PyTorch's managers cannot be asked; theirs are judged as before. One of
 /// ours that does not answer (stopped, swapped out, its backlog full) may
 /// keep a segment in transit that only it knows: it is listed as silent,
-/// never taken to know nothing.
-fn tracked_names() -> Tracked {
+/// never taken to know nothing, unless it takes no name under `prefix`.
+fn tracked_names(prefix: &NamePrefix) -> Tracked {
     let mut tracked = Tracked::default();
     for manager in crate::managers::live() {
         let report = match manager.status(Detail::Names) {
             Ok(report) => report,
             Err(why) => {
-                if manager.is_ours() {
+                if manager.is_ours() && manager.may_know(prefix.as_str()) {
                     tracked.silent.push(Silent {
                         handle: manager.handle.clone(),
                         pid: manager.pid,

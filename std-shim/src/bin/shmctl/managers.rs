@@ -38,6 +38,20 @@ impl LiveManager {
         status::query(&self.handle, detail)
     }
 
+    /// Whether it may answer for names starting with `prefix`: it accepts
+    /// (or, adopting a dead one's handle, sweeps) names under a prefix that
+    /// starts with `prefix` or that `prefix` starts with. Read from its
+    /// command line and environment as `shm-manager` reads them; `true` when
+    /// they cannot be read.
+    pub(crate) fn may_know(&self, prefix: &str) -> bool {
+        let Some(prefixes) = self.pid.and_then(prefixes_of) else {
+            return true;
+        };
+        prefixes
+            .iter()
+            .any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+    }
+
     /// Whether it is a manager of ours, whatever it answers: its executable
     /// says so, or it holds its directory's lock (as only ours do). One of
     /// ours that is stopped or starved answers nothing, as PyTorch's does.
@@ -95,6 +109,52 @@ pub(crate) fn live() -> Vec<LiveManager> {
         .collect();
     live.extend(elsewhere);
     live
+}
+
+/// The name prefixes `shm-manager` process `pid` accepts or sweeps, from
+/// its arguments and environment (see its `name_prefix`): `--name-prefix`,
+/// else `$LIBSHM_NAME_PREFIX` and `/torch_`; with `--adopt`, its
+/// `--sweep-prefix` (`/torch_` by default) too.
+fn prefixes_of(pid: u32) -> Option<Vec<String>> {
+    const TORCH: &str = "/torch_";
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .skip(1)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    let option = |name: &str| {
+        let flag = format!("--{name}");
+        args.iter().enumerate().find_map(|(i, arg)| {
+            if *arg == flag {
+                args.get(i + 1).cloned()
+            } else {
+                arg.strip_prefix(&format!("{flag}=")).map(str::to_owned)
+            }
+        })
+    };
+    let mut prefixes = Vec::new();
+    match option("name-prefix") {
+        Some(prefix) => prefixes.push(prefix),
+        None => {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let from_env = environ
+                .split(|&b| b == 0)
+                .find_map(|var| var.strip_prefix(format!("{}=", libshm::ENV_PREFIX).as_bytes()))
+                .filter(|value| !value.is_empty());
+            if let Some(value) = from_env {
+                prefixes.push(String::from_utf8_lossy(value).into_owned());
+            }
+            prefixes.push(TORCH.to_owned());
+        }
+    }
+    if args
+        .iter()
+        .any(|arg| arg == "--adopt" || arg.starts_with("--adopt="))
+    {
+        prefixes.push(option("sweep-prefix").unwrap_or_else(|| TORCH.to_owned()));
+    }
+    Some(prefixes)
 }
 
 /// Where we reach a socket bound at `path` by process `pid`: the path
