@@ -17,6 +17,18 @@ use std::time::Duration;
 
 use common::{Daemon, SHMCTL, run_id};
 
+/// Taken by every test here: a stopped or half-answering manager of one
+/// test is a live manager of ours to another's gc (its pid unseen from a
+/// private pid namespace, so gc cannot tell which names it takes), and
+/// would hold that gc back.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Removes every `/dev/shm` entry whose name starts with `prefix` when
 /// dropped, however the test ends.
 struct PrefixCleanup(String);
@@ -99,6 +111,7 @@ fn text(output: &Output) -> String {
 /// segment (creator dead, mapped by nobody) was removed as leaked.
 #[test]
 fn gc_keeps_a_segment_in_transit_while_its_manager_is_stopped() {
+    let _serial = one_at_a_time();
     if !common::in_private_pid_namespace(
         "gc_keeps_a_segment_in_transit_while_its_manager_is_stopped",
     ) {
@@ -150,6 +163,7 @@ fn gc_keeps_a_segment_in_transit_while_its_manager_is_stopped() {
 /// root, `/proc/<pid>/root/<path>`.
 #[test]
 fn gc_asks_a_manager_in_a_mount_namespace_of_its_own() {
+    let _serial = one_at_a_time();
     if !common::in_private_pid_namespace("gc_asks_a_manager_in_a_mount_namespace_of_its_own") {
         return;
     }
@@ -159,6 +173,7 @@ fn gc_asks_a_manager_in_a_mount_namespace_of_its_own() {
 /// Finding 2, the container: its own mount and network namespaces.
 #[test]
 fn gc_asks_a_manager_in_a_mount_and_network_namespace_of_its_own() {
+    let _serial = one_at_a_time();
     if !common::in_private_pid_namespace(
         "gc_asks_a_manager_in_a_mount_and_network_namespace_of_its_own",
     ) {
@@ -286,6 +301,7 @@ impl Drop for HalfAnswering {
 /// prefix holds nothing back (the next test).
 #[test]
 fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
+    let _serial = one_at_a_time();
     if !common::in_private_pid_namespace(
         "gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way",
     ) {
@@ -325,6 +341,7 @@ fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
 /// stop every gc.
 #[test]
 fn gc_is_not_held_back_by_a_silent_manager_of_other_names() {
+    let _serial = one_at_a_time();
     if !common::in_private_pid_namespace("gc_is_not_held_back_by_a_silent_manager_of_other_names") {
         return;
     }
