@@ -2,14 +2,14 @@
 //! leaked. The judging is `libshm::inspect`'s; this module only prints.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::units::{format_size, parse_duration};
 use libshm::inspect::{self, Collected, GcPolicy, SegmentReport, Spared, Status};
-use libshm::status::Detail;
+use libshm::status::{Detail, StatusError};
 use libshm::{ENV_PREFIX, NamePrefix};
 
 use crate::Outcome;
@@ -108,22 +108,33 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     // segment in transit (its handle in a queue, its creator gone) maps
     // nothing and looks leaked, yet its receiver will open it.
     let tracked = if candidates.is_empty() {
-        BTreeMap::new()
+        Tracked::default()
     } else {
-        tracked_names()
+        tracked_names(&prefix)
     };
     let (tracked_candidates, candidates): (Vec<&SegmentReport>, Vec<&SegmentReport>) = candidates
         .into_iter()
-        .partition(|s| tracked.contains_key(s.name.as_str()));
+        .partition(|s| tracked.names.contains_key(s.name.as_str()));
     // Under doubt, a segment that looks leaked may be used by a process we
-    // cannot see: nothing goes unless the caller says so.
-    let held_back = scan.doubt().filter(|_| !args.force);
+    // cannot see, or kept in transit by a manager of ours that did not say
+    // so: nothing goes unless the caller says so.
+    let mut doubts = Vec::new();
+    if let Some(doubt) = scan.doubt() {
+        doubts.push(doubt.to_string());
+    }
+    doubts.extend(tracked.silent.iter().map(ToString::to_string));
+    let held_back = (!doubts.is_empty() && !args.force).then(|| doubts.join("; "));
     let mut out = std::io::stdout().lock();
-    if let Some(doubt) = held_back {
-        writeln!(out, "note: {doubt}; {UNSEEN_USERS}")?;
+    if held_back.is_some() {
+        if let Some(doubt) = scan.doubt() {
+            writeln!(out, "note: {doubt}; {UNSEEN_USERS}")?;
+        }
+        for silent in &tracked.silent {
+            writeln!(out, "note: {silent}; {UNTOLD_NAMES}")?;
+        }
     }
     for segment in &tracked_candidates {
-        if let Some(why) = tracked.get(segment.name.as_str()) {
+        if let Some(why) = tracked.names.get(segment.name.as_str()) {
             writeln!(out, "kept    {}: {why}", segment.name)?;
         }
     }
@@ -166,7 +177,8 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
         }
         out.flush()?;
     }
-    if let Some(doubt) = held_back.filter(|_| removed > 0) {
+    if let Some(doubt) = held_back.as_ref().filter(|_| removed > 0) {
+        let uninspected = scan.doubt().is_some_and(|d| !d.pids.is_empty());
         writeln!(
             out,
             "{}: {doubt}, so {removed} segment{} that look{} \
@@ -179,10 +191,10 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
             plural(removed),
             if removed == 1 { "s" } else { "" },
             format_size(freed),
-            if rustix::process::geteuid().is_root() {
-                ""
-            } else {
+            if uninspected && !rustix::process::geteuid().is_root() {
                 "Root may inspect them; "
+            } else {
+                ""
             }
         )?;
     } else if args.yes && held_back.is_none() {
@@ -205,8 +217,10 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     if let Some(kept) = spared_summary(&spared, &policy) {
         writeln!(out, "kept: {kept}")?;
     }
-    if let (Some(doubt), true) = (scan.doubt(), args.force) {
-        writeln!(out, "note: {doubt}; not held back (--force)")?;
+    if args.force {
+        for doubt in &doubts {
+            writeln!(out, "note: {doubt}; not held back (--force)")?;
+        }
     }
     out.flush()?;
     if failed > 0 {
@@ -215,20 +229,63 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the live managers said about the names they answer for.
+#[derive(Default)]
+struct Tracked {
+    /// Each name a manager of ours still answers for, with who and how.
+    names: BTreeMap<String, String>,
+    /// Managers of ours that did not tell: stopped, starved, or cut short.
+    silent: Vec<Silent>,
+}
+
+/// A live manager of ours that did not report its names.
+struct Silent {
+    handle: String,
+    pid: Option<u32>,
+    why: StatusError,
+}
+
+impl fmt::Display for Silent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the live manager {}", self.handle)?;
+        if let Some(pid) = self.pid {
+            write!(f, " (pid {pid})")?;
+        }
+        write!(
+            f,
+            " did not report the names it answers for ({})",
+            Chain(&self.why)
+        )
+    }
+}
+
 /// The names live managers of ours still answer for, each with who and how.
-/// PyTorch's managers cannot be asked; theirs are judged as before.
-fn tracked_names() -> BTreeMap<String, String> {
-    let mut tracked = BTreeMap::new();
+/// PyTorch's managers cannot be asked; theirs are judged as before. One of
+/// ours that does not answer (stopped, swapped out, its backlog full) may
+/// keep a segment in transit that only it knows: it is listed as silent,
+/// never taken to know nothing, unless it takes no name under `prefix`.
+fn tracked_names(prefix: &NamePrefix) -> Tracked {
+    let mut tracked = Tracked::default();
     for manager in crate::managers::live() {
-        let Ok(report) = manager.status(Detail::Names) else {
-            continue;
+        let report = match manager.status(Detail::Names) {
+            Ok(report) => report,
+            Err(why) => {
+                if manager.is_ours() && manager.may_know(prefix.as_str()) {
+                    tracked.silent.push(Silent {
+                        handle: manager.handle.clone(),
+                        pid: manager.pid,
+                        why,
+                    });
+                }
+                continue;
+            }
         };
         for known in report.names {
             let why = format!(
                 "live manager {} (pid {}) still answers for it ({})",
                 report.manager.handle, report.manager.pid, known.state
             );
-            tracked.entry(known.name).or_insert(why);
+            tracked.names.entry(known.name).or_insert(why);
         }
     }
     tracked
@@ -256,6 +313,9 @@ fn plural(n: usize) -> &'static str {
 
 /// What a scan that missed processes means for its verdicts.
 const UNSEEN_USERS: &str = "a segment only they use is shown as unused";
+
+/// What a manager that did not answer means for the verdicts.
+const UNTOLD_NAMES: &str = "a segment it keeps in transit is shown as leaked";
 
 /// `3 segments, 12.2 KiB: 1 in use, 2 leaked`.
 fn summary(segments: &[SegmentReport]) -> String {

@@ -37,11 +37,37 @@ impl LiveManager {
     pub(crate) fn status(&self, detail: Detail) -> Result<Report, StatusError> {
         status::query(&self.handle, detail)
     }
+
+    /// Whether it may answer for names starting with `prefix`: it accepts
+    /// (or, adopting a dead one's handle, sweeps) names under a prefix that
+    /// starts with `prefix` or that `prefix` starts with. Read from its
+    /// command line and environment as `shm-manager` reads them; `true` when
+    /// they cannot be read.
+    pub(crate) fn may_know(&self, prefix: &str) -> bool {
+        let Some(prefixes) = self.pid.and_then(prefixes_of) else {
+            return true;
+        };
+        prefixes
+            .iter()
+            .any(|p| p.starts_with(prefix) || prefix.starts_with(p.as_str()))
+    }
+
+    /// Whether it is a manager of ours, whatever it answers: its executable
+    /// says so, or it holds its directory's lock (as only ours do). One of
+    /// ours that is stopped or starved answers nothing, as PyTorch's does.
+    pub(crate) fn is_ours(&self) -> bool {
+        self.runs.as_ref().is_some_and(Identity::is_ours)
+            || Path::new(&self.handle)
+                .parent()
+                .is_some_and(RunDir::is_served)
+    }
 }
 
-/// The managers listening now: those whose sockets listen in our network
-/// namespace, and those of ours that hold their directory's lock though
-/// they listen in another (a container sharing `/tmp`), reachable by path.
+/// The managers listening now: those whose sockets listen in a network
+/// namespace we see a process of (reached through the process's root when
+/// it has a filesystem of its own), and those of ours that hold their
+/// directory's lock though they listen where we see nobody (a container
+/// sharing `/tmp`), reachable by path.
 pub(crate) fn live() -> Vec<LiveManager> {
     let sockets = unix_sockets::bound();
     let listening: Vec<&unix_sockets::Entry> = sockets
@@ -55,7 +81,7 @@ pub(crate) fn live() -> Vec<LiveManager> {
         .map(|entry| {
             let pid = holders.get(&entry.inode).copied();
             LiveManager {
-                handle: entry.path.clone(),
+                handle: reachable_path(&entry.path, pid),
                 pid,
                 runs: pid
                     .and_then(|pid| identify(Path::new(&format!("/proc/{pid}/exe")), None).ok()),
@@ -83,6 +109,64 @@ pub(crate) fn live() -> Vec<LiveManager> {
         .collect();
     live.extend(elsewhere);
     live
+}
+
+/// The name prefixes `shm-manager` process `pid` accepts or sweeps, from
+/// its arguments and environment (see its `name_prefix`): `--name-prefix`,
+/// else `$LIBSHM_NAME_PREFIX` and `/torch_`; with `--adopt`, its
+/// `--sweep-prefix` (`/torch_` by default) too.
+fn prefixes_of(pid: u32) -> Option<Vec<String>> {
+    const TORCH: &str = "/torch_";
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .skip(1)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    let option = |name: &str| {
+        let flag = format!("--{name}");
+        args.iter().enumerate().find_map(|(i, arg)| {
+            if *arg == flag {
+                args.get(i + 1).cloned()
+            } else {
+                arg.strip_prefix(&format!("{flag}=")).map(str::to_owned)
+            }
+        })
+    };
+    let mut prefixes = Vec::new();
+    match option("name-prefix") {
+        Some(prefix) => prefixes.push(prefix),
+        None => {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let from_env = environ
+                .split(|&b| b == 0)
+                .find_map(|var| var.strip_prefix(format!("{}=", libshm::ENV_PREFIX).as_bytes()))
+                .filter(|value| !value.is_empty());
+            if let Some(value) = from_env {
+                prefixes.push(String::from_utf8_lossy(value).into_owned());
+            }
+            prefixes.push(TORCH.to_owned());
+        }
+    }
+    if args
+        .iter()
+        .any(|arg| arg == "--adopt" || arg.starts_with("--adopt="))
+    {
+        prefixes.push(option("sweep-prefix").unwrap_or_else(|| TORCH.to_owned()));
+    }
+    Some(prefixes)
+}
+
+/// Where we reach a socket bound at `path` by process `pid`: the path
+/// itself, or, when the process sees another filesystem (a service with a
+/// private `/tmp`, a container), the path under its root.
+fn reachable_path(path: &str, pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) if unix_sockets::shares_our_mounts(pid) == Some(false) => {
+            format!("/proc/{pid}/root{path}")
+        }
+        _ => path.to_owned(),
+    }
 }
 
 /// Directories of managers that died, given the live ones.

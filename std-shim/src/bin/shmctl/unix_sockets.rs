@@ -3,6 +3,7 @@
 //! would count as a client and keep an idle manager alive).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 /// `__SO_ACCEPTCON` in the Flags column: a listening socket.
 const LISTENING: u32 = 0x10000;
@@ -16,11 +17,48 @@ pub(crate) struct Entry {
     pub(crate) path: String,
 }
 
-/// Every socket of this network namespace bound to a filesystem path.
+/// Every socket bound to a filesystem path in every network namespace we
+/// can see a process of: ours first, then each other one (a container's,
+/// sharing our `/dev/shm`) through the first of its processes we may read.
+/// A socket's inode is unique across namespaces.
 pub(crate) fn bound() -> Vec<Entry> {
-    std::fs::read_to_string("/proc/net/unix")
-        .map(|table| parse(&table))
-        .unwrap_or_default()
+    let mut tables = vec![PathBuf::from("/proc/net/unix")];
+    let mut seen = BTreeSet::new();
+    if let Ok(ours) = std::fs::read_link("/proc/self/ns/net") {
+        seen.insert(ours);
+    }
+    for pid in pids() {
+        if let Ok(netns) = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            && seen.insert(netns)
+        {
+            tables.push(PathBuf::from(format!("/proc/{pid}/net/unix")));
+        }
+    }
+    let mut inodes = BTreeSet::new();
+    tables
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| parse(&table))
+        .filter(|entry| inodes.insert(entry.inode))
+        .collect()
+}
+
+/// The pids in `/proc`.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// Whether process `pid` sees the filesystem as we do: the same mount
+/// namespace, so a socket's path names the same file for both. `None` if
+/// that cannot be read.
+pub(crate) fn shares_our_mounts(pid: u32) -> Option<bool> {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+    Some(ours == theirs)
 }
 
 fn parse(table: &str) -> Vec<Entry> {
@@ -54,13 +92,7 @@ fn parse(table: &str) -> Vec<Entry> {
 /// we may not inspect are not seen).
 pub(crate) fn holders(inodes: &BTreeSet<u64>) -> BTreeMap<u64, u32> {
     let mut found = BTreeMap::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for pid in procs
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-    {
+    for pid in pids() {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
