@@ -363,3 +363,76 @@ fn gc_is_not_held_back_by_a_silent_manager_of_other_names() {
         text(&gc)
     );
 }
+
+/// gc beside PyTorch's manager, which cannot be asked what it keeps: one
+/// serving a DataLoader keeps the batches its killed worker pickled into the
+/// queue, and they look leaked (creator dead, mapped by nobody). A segment
+/// made since that manager started is kept (the manager unlinks it itself
+/// when it exits), one made before it started is removed, and `--force`
+/// removes both. Without the rule, gc removed the first.
+#[test]
+fn gc_keeps_what_pytorchs_manager_may_keep_in_transit() {
+    use std::io::BufRead;
+    let _serial = one_at_a_time();
+    if !common::in_private_pid_namespace("gc_keeps_what_pytorchs_manager_may_keep_in_transit") {
+        return;
+    }
+    let Some(peer) = common::torch::peer() else {
+        return;
+    };
+    let prefix = format!("/h9torch{}_", run_id());
+    let _cleanup = PrefixCleanup(prefix.clone());
+    let leaked = |tag: u32| {
+        let mut creator = Command::new("true").spawn().unwrap();
+        let dead = creator.id();
+        creator.wait().unwrap();
+        let name = format!("{prefix}{dead}_{tag}_0");
+        common::create_segment(&name, 1, 4096);
+        name
+    };
+    let before = leaked(1);
+    // Past gc's allowance for coarse process start times.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut manager = Command::new(peer.torch_shm_manager())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut handle = String::new();
+    std::io::BufReader::new(manager.stdout.take().unwrap())
+        .read_line(&mut handle)
+        .unwrap();
+    // A client, so that it does not shut down.
+    let _client = std::os::unix::net::UnixStream::connect(handle.trim()).unwrap();
+    let since = leaked(2);
+    let gc = |force: bool| {
+        let mut args = vec!["gc", "--prefix", &prefix, "--older-than", "0", "--yes"];
+        if force {
+            args.push("--force");
+        }
+        let out = Command::new(SHMCTL).args(&args).output().unwrap();
+        println!("gc said: {}", text(&out));
+        out
+    };
+    let kept = gc(false);
+    let (before_gone, since_kept) = (!common::shm_exists(&before), common::shm_exists(&since));
+    let forced = gc(true);
+    let since_forced_gone = !common::shm_exists(&since);
+    let _ = manager.kill();
+    let _ = manager.wait();
+    assert!(
+        since_kept,
+        "gc removed {since}, made while PyTorch's manager ran: {}",
+        text(&kept)
+    );
+    assert!(
+        String::from_utf8_lossy(&kept.stdout).contains("made while the manager"),
+        "{}",
+        text(&kept)
+    );
+    assert!(
+        before_gone,
+        "gc kept {before}, made before PyTorch's manager started: {}",
+        text(&kept)
+    );
+    assert!(since_forced_gone, "--force: {}", text(&forced));
+}

@@ -115,6 +115,12 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     let (tracked_candidates, candidates): (Vec<&SegmentReport>, Vec<&SegmentReport>) = candidates
         .into_iter()
         .partition(|s| tracked.names.contains_key(s.name.as_str()));
+    // PyTorch's managers cannot be asked. What one of them may have
+    // registered (made since it started) it unlinks itself when it exits; a
+    // tensor in a queue must not be lost to us before that.
+    let (unasked_candidates, candidates): (Vec<&SegmentReport>, Vec<&SegmentReport>) = candidates
+        .into_iter()
+        .partition(|s| !args.force && tracked.unaskable.iter().any(|m| m.may_have_registered(s)));
     // Under doubt, a segment that looks leaked may be used by a process we
     // cannot see, or kept in transit by a manager of ours that did not say
     // so: nothing goes unless the caller says so.
@@ -136,6 +142,20 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
     for segment in &tracked_candidates {
         if let Some(why) = tracked.names.get(segment.name.as_str()) {
             writeln!(out, "kept    {}: {why}", segment.name)?;
+        }
+    }
+    for segment in &unasked_candidates {
+        if let Some(manager) = tracked
+            .unaskable
+            .iter()
+            .find(|m| m.may_have_registered(segment))
+        {
+            writeln!(
+                out,
+                "kept    {}: made while {manager} runs, which cannot be asked whether it \
+                 waits in a queue and unlinks it itself when it exits (--force removes it)",
+                segment.name
+            )?;
         }
     }
     let mut freed = 0u64;
@@ -221,6 +241,12 @@ pub(crate) fn gc(args: &GcArgs) -> Outcome {
         for doubt in &doubts {
             writeln!(out, "note: {doubt}; not held back (--force)")?;
         }
+        for manager in &tracked.unaskable {
+            writeln!(
+                out,
+                "note: {manager} cannot be asked what it keeps in transit; not held back (--force)"
+            )?;
+        }
     }
     out.flush()?;
     if failed > 0 {
@@ -236,6 +262,37 @@ struct Tracked {
     names: BTreeMap<String, String>,
     /// Managers of ours that did not tell: stopped, starved, or cut short.
     silent: Vec<Silent>,
+    /// Other managers (PyTorch's), which cannot be asked.
+    unaskable: Vec<Unaskable>,
+}
+
+/// A live manager that is not ours: it answers `OK` to anything and keeps
+/// every name registered with it until it exits.
+struct Unaskable {
+    handle: String,
+    pid: Option<u32>,
+    uptime: Option<Duration>,
+}
+
+impl Unaskable {
+    /// Whether `segment` may be registered with it: made since it started
+    /// (start times are good to about a second), or it is not known when it
+    /// started.
+    fn may_have_registered(&self, segment: &SegmentReport) -> bool {
+        const START_TIME_SLACK: Duration = Duration::from_secs(2);
+        self.uptime
+            .is_none_or(|uptime| segment.age <= uptime.saturating_add(START_TIME_SLACK))
+    }
+}
+
+impl fmt::Display for Unaskable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the manager {}", self.handle)?;
+        if let Some(pid) = self.pid {
+            write!(f, " (pid {pid})")?;
+        }
+        Ok(())
+    }
 }
 
 /// A live manager of ours that did not report its names.
@@ -260,7 +317,7 @@ impl fmt::Display for Silent {
 }
 
 /// The names live managers of ours still answer for, each with who and how.
-/// PyTorch's managers cannot be asked; theirs are judged as before. One of
+/// PyTorch's managers cannot be asked: they are listed as such. One of
 /// ours that does not answer (stopped, swapped out, its backlog full) may
 /// keep a segment in transit that only it knows: it is listed as silent,
 /// never taken to know nothing, unless it takes no name under `prefix`.
@@ -270,7 +327,13 @@ fn tracked_names(prefix: &NamePrefix) -> Tracked {
         let report = match manager.status(Detail::Names) {
             Ok(report) => report,
             Err(why) => {
-                if manager.is_ours() && manager.may_know(prefix.as_str()) {
+                if !manager.is_ours() {
+                    tracked.unaskable.push(Unaskable {
+                        handle: manager.handle.clone(),
+                        pid: manager.pid,
+                        uptime: manager.uptime,
+                    });
+                } else if manager.may_know(prefix.as_str()) {
                     tracked.silent.push(Silent {
                         handle: manager.handle.clone(),
                         pid: manager.pid,
