@@ -19,7 +19,7 @@ mod common;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{SHM_MANAGER, run_id, wait_until};
+use common::{PrefixCleanup, SHM_MANAGER, run_id, wait_until};
 use libshm::{AckMode, Config, ManagerLink, NamePrefix, PoolSizes};
 
 /// Held by the test that times another client's answers and by the one
@@ -87,31 +87,6 @@ fn run_alone(test: &str, timeout: Duration) -> (Option<ExitStatus>, String, Stri
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// Removes every `/dev/shm` entry whose name starts with `prefix` when
-/// dropped, however the test ends.
-struct PrefixCleanup(String);
-
-impl PrefixCleanup {
-    fn names(&self) -> Vec<String> {
-        let start = self.0.trim_start_matches('/');
-        std::fs::read_dir("/dev/shm")
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|name| name.starts_with(start))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for PrefixCleanup {
-    fn drop(&mut self) {
-        for name in self.names() {
-            let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
-        }
-    }
 }
 
 /// Forks a child that keeps copies of everything the process has open (its

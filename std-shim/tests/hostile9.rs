@@ -15,7 +15,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, SHMCTL, run_id};
+use common::{Daemon, PrefixCleanup, SHMCTL, run_id};
 
 /// Taken by every test here: a stopped or half-answering manager of one
 /// test is a live manager of ours to another's gc (its pid unseen from a
@@ -27,31 +27,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Removes every `/dev/shm` entry whose name starts with `prefix` when
-/// dropped, however the test ends.
-struct PrefixCleanup(String);
-
-impl PrefixCleanup {
-    fn names(&self) -> Vec<String> {
-        let start = self.0.trim_start_matches('/');
-        std::fs::read_dir("/dev/shm")
-            .map(|dir| {
-                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .filter(|name| name.starts_with(start))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for PrefixCleanup {
-    fn drop(&mut self) {
-        for name in self.names() {
-            let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
-        }
-    }
 }
 
 /// Sends `signal` to `pid`, if it names a process.
@@ -90,6 +65,36 @@ fn produce_in_transit(daemon: &Daemon, prefix: &str) -> (String, String) {
     (share, name)
 }
 
+/// A segment under `prefix` that looks leaked: its creator (the pid in its
+/// name) has exited, nobody maps it, its refcount is 1.
+fn leaked_segment(prefix: &str, tag: u32) -> String {
+    let mut creator = Command::new("true").spawn().unwrap();
+    let dead = creator.id();
+    creator.wait().unwrap();
+    let name = format!("{prefix}{dead}_{tag}_0");
+    common::create_segment(&name, 1, 4096);
+    name
+}
+
+/// `shmctl gc --yes` under `prefix`, for segments unchanged for
+/// `older_than`, printing what it said.
+fn gc(prefix: &str, older_than: &str, force: bool) -> Output {
+    let mut args = vec![
+        "gc",
+        "--prefix",
+        prefix,
+        "--older-than",
+        older_than,
+        "--yes",
+    ];
+    if force {
+        args.push("--force");
+    }
+    let out = Command::new(SHMCTL).args(&args).output().unwrap();
+    println!("gc said: {}", text(&out));
+    out
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -126,12 +131,8 @@ fn gc_keeps_a_segment_in_transit_while_its_manager_is_stopped() {
     let manager = daemon.child.id();
     signal(manager, rustix::process::Signal::STOP);
     let resume = Continue(manager);
-    let gc = Command::new(SHMCTL)
-        .args(["gc", "--prefix", &prefix, "--older-than", "3s", "--yes"])
-        .output()
-        .unwrap();
+    let gc = gc(&prefix, "3s", false);
     drop(resume);
-    println!("gc said: {}", text(&gc));
     let opened = Command::new(SHMCTL)
         .args(["open", "--share", &share])
         .output()
@@ -210,11 +211,7 @@ fn gc_beside_a_manager_with_a_private_tmp(own_netns: bool) {
     let _bystander = common::bystander_under(&daemon, &prefix);
     let (share, name) = produce_in_transit(&daemon, &prefix);
     std::thread::sleep(Duration::from_secs(4));
-    let gc = Command::new(SHMCTL)
-        .args(["gc", "--prefix", &prefix, "--older-than", "3s", "--yes"])
-        .output()
-        .unwrap();
-    println!("gc said: {}", text(&gc));
+    let gc = gc(&prefix, "3s", false);
     let opened = Command::new(SHMCTL)
         .args(["open", "--share", &share])
         .output()
@@ -310,18 +307,8 @@ fn gc_removes_nothing_beside_a_manager_of_ours_that_stops_half_way() {
     let prefix = format!("/h9half{}_", run_id());
     let _cleanup = PrefixCleanup(prefix.clone());
     let fake = HalfAnswering::start(&prefix);
-    // A segment that looks leaked: its creator (named by the pid in its
-    // name) has exited, nobody maps it, refcount 1.
-    let mut creator = Command::new("true").spawn().unwrap();
-    let dead = creator.id();
-    creator.wait().unwrap();
-    let name = format!("{prefix}{dead}_1_0");
-    common::create_segment(&name, 1, 4096);
-    let gc = Command::new(SHMCTL)
-        .args(["gc", "--prefix", &prefix, "--older-than", "0", "--yes"])
-        .output()
-        .unwrap();
-    println!("gc said: {}", text(&gc));
+    let name = leaked_segment(&prefix, 1);
+    let gc = gc(&prefix, "0", false);
     assert!(
         common::shm_exists(&name),
         "gc removed {name} though a manager of ours did not finish its report: {}",
@@ -348,15 +335,8 @@ fn gc_is_not_held_back_by_a_silent_manager_of_other_names() {
     let prefix = format!("/h9other{}_", run_id());
     let _cleanup = PrefixCleanup(prefix.clone());
     let _fake = HalfAnswering::start(&format!("/h9elsewhere{}_", run_id()));
-    let mut creator = Command::new("true").spawn().unwrap();
-    let dead = creator.id();
-    creator.wait().unwrap();
-    let name = format!("{prefix}{dead}_1_0");
-    common::create_segment(&name, 1, 4096);
-    let gc = Command::new(SHMCTL)
-        .args(["gc", "--prefix", &prefix, "--older-than", "0", "--yes"])
-        .output()
-        .unwrap();
+    let name = leaked_segment(&prefix, 1);
+    let gc = gc(&prefix, "0", false);
     assert!(
         !common::shm_exists(&name),
         "gc kept a leaked {name} for a silent manager of other names: {}",
@@ -382,15 +362,7 @@ fn gc_keeps_what_pytorchs_manager_may_keep_in_transit() {
     };
     let prefix = format!("/h9torch{}_", run_id());
     let _cleanup = PrefixCleanup(prefix.clone());
-    let leaked = |tag: u32| {
-        let mut creator = Command::new("true").spawn().unwrap();
-        let dead = creator.id();
-        creator.wait().unwrap();
-        let name = format!("{prefix}{dead}_{tag}_0");
-        common::create_segment(&name, 1, 4096);
-        name
-    };
-    let before = leaked(1);
+    let before = leaked_segment(&prefix, 1);
     // Past gc's allowance for coarse process start times.
     std::thread::sleep(Duration::from_secs(3));
     let mut manager = Command::new(peer.torch_shm_manager())
@@ -403,19 +375,10 @@ fn gc_keeps_what_pytorchs_manager_may_keep_in_transit() {
         .unwrap();
     // A client, so that it does not shut down.
     let _client = std::os::unix::net::UnixStream::connect(handle.trim()).unwrap();
-    let since = leaked(2);
-    let gc = |force: bool| {
-        let mut args = vec!["gc", "--prefix", &prefix, "--older-than", "0", "--yes"];
-        if force {
-            args.push("--force");
-        }
-        let out = Command::new(SHMCTL).args(&args).output().unwrap();
-        println!("gc said: {}", text(&out));
-        out
-    };
-    let kept = gc(false);
+    let since = leaked_segment(&prefix, 2);
+    let kept = gc(&prefix, "0", false);
     let (before_gone, since_kept) = (!common::shm_exists(&before), common::shm_exists(&since));
-    let forced = gc(true);
+    let forced = gc(&prefix, "0", true);
     let since_forced_gone = !common::shm_exists(&since);
     let _ = manager.kill();
     let _ = manager.wait();

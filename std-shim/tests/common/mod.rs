@@ -596,6 +596,31 @@ impl Drop for Cleanup {
     }
 }
 
+/// Removes every `/dev/shm` entry whose name starts with `prefix` when
+/// dropped, however the test ends.
+pub struct PrefixCleanup(pub String);
+
+impl PrefixCleanup {
+    pub fn names(&self) -> Vec<String> {
+        let start = self.0.trim_start_matches('/');
+        std::fs::read_dir("/dev/shm")
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.starts_with(start))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PrefixCleanup {
+    fn drop(&mut self) {
+        for name in self.names() {
+            let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+        }
+    }
+}
+
 /// A `sleep` process: a live process of ours whose pid a frame can carry,
 /// killed when the test ends.
 pub struct Sleeper(pub Child);
