@@ -326,6 +326,7 @@ fn tracked_names(prefix: &NamePrefix) -> Tracked {
     for manager in crate::managers::live() {
         let report = match manager.status(Detail::Names) {
             Ok(report) => report,
+            Err(_) if !serves_our_user(&manager) => continue,
             Err(why) => {
                 if !manager.is_ours() {
                     tracked.unaskable.push(Unaskable {
@@ -352,6 +353,20 @@ fn tracked_names(prefix: &NamePrefix) -> Tracked {
         }
     }
     tracked
+}
+
+/// Whether `manager` may have been told of segments gc may remove (ours:
+/// the effective user's). A manager's directory is its owner's alone (mode
+/// 0700), so only its owner's processes reach it, and another user's
+/// manager knows only segments gc leaves alone. One whose owner cannot be
+/// read is counted.
+fn serves_our_user(manager: &crate::managers::LiveManager) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = rustix::process::geteuid().as_raw();
+    std::path::Path::new(&manager.handle)
+        .parent()
+        .and_then(|dir| std::fs::metadata(dir).ok())
+        .is_none_or(|dir| dir.uid() == me)
 }
 
 /// `--prefix`, else `$LIBSHM_NAME_PREFIX` (what the client would use), else `/torch_`.
