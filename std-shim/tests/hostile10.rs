@@ -15,6 +15,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::journal_client::JournalClient;
 use common::{
     Cleanup, Daemon, create_segment, frame_from, in_private_pid_namespace, shm_exists,
     sleeper_with_pid, story, unique_name,
@@ -164,6 +165,20 @@ mod hold {
             panic!("the manager's waits returned no events");
         }
 
+        /// Runs it until a wait for events returns (with events or none).
+        pub(crate) fn until_wait_returns(&mut self) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let (false, ret) = self.next_syscall()
+                    && EPOLL_WAITS.contains(&self.entered)
+                    && ret >= 0
+                {
+                    return;
+                }
+            }
+            panic!("the manager's waits never returned");
+        }
+
         /// Lets it run on, untraced.
         pub(crate) fn resume(mut self) {
             self.detach();
@@ -241,6 +256,55 @@ fn a_reused_pids_frame_read_before_its_old_owners_end_is_not_charged_to_it() {
         "{b_name}, registered by a live process B (pid {pid}) on the family's connection, \
          was unlinked: its frame was read before the manager heard that A, pid {pid} before \
          it, had ended, and joined A's holder. The manager's story:\n  {}",
+        story(&daemon.handle, &b_name)
+    );
+    assert!(
+        !shm_exists(&a_name),
+        "{a_name}, A's, is reaped after A's end"
+    );
+}
+
+/// Finding 1 through a registration journal: A's and then B's registrations
+/// are committed to the family's ring, and the manager reads B's at the top
+/// of its loop (it reads every ring every 100 ms), before the wait that
+/// would tell it A had ended.
+#[test]
+fn a_reused_pids_journaled_frame_read_before_its_old_owners_end_is_not_charged_to_it() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "a_reused_pids_journaled_frame_read_before_its_old_owners_end_is_not_charged_to_it",
+    ) {
+        return;
+    }
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let _bystander = daemon.bystander();
+    let mut family = JournalClient::attach(&daemon.handle, 64);
+    let (a_name, b_name) = (unique_name("h10jreuse_a"), unique_name("h10jreuse_b"));
+    let _cleanup = Cleanup(vec![a_name.clone(), b_name.clone()]);
+    let mut a = common::Sleeper::spawn();
+    let pid = a.pid();
+    family.register(pid, &a_name);
+    assert_eq!(family.ring(), Some(*b"OK"));
+    create_segment(&a_name, 1, 64);
+
+    let mut held = hold::Held::seize(daemon.child.id());
+    held.until_waiting();
+    held.until_wait_returns();
+    a.kill();
+    let mut b = sleeper_with_pid(pid);
+    family.register(pid, &b_name);
+    create_segment(&b_name, 1, 64);
+    // Past the ring's read interval: the next round reads it first.
+    std::thread::sleep(Duration::from_millis(150));
+    held.resume();
+    assert_eq!(family.ring(), Some(*b"OK"));
+
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(b.is_alive());
+    assert!(
+        shm_exists(&b_name),
+        "{b_name}, journaled by a live process B (pid {pid}) on the family's connection, \
+         was unlinked: it joined the holder of A, pid {pid} before it. The manager's story:\n  {}",
         story(&daemon.handle, &b_name)
     );
     assert!(

@@ -94,6 +94,17 @@ impl PidWatches {
         self.polled.remove(&pid);
     }
 
+    /// Whether the process watched as `pid` has ended (and not been
+    /// reported yet); false for a pid not watched.
+    pub(crate) fn has_ended(&self, pid: i32) -> bool {
+        if let Some(fd) = self.fds.get(&pid) {
+            return has_exited(fd.as_fd());
+        }
+        self.polled
+            .get(&pid)
+            .is_some_and(|&started| start_time(pid) != Some(started))
+    }
+
     /// The descriptor `pid` is watched through, if it is: readable once the
     /// process has ended.
     pub(crate) fn pidfd(&self, pid: i32) -> Option<BorrowedFd<'_>> {
