@@ -424,3 +424,72 @@ fn a_worker_in_a_pid_namespace_of_its_own_on_its_familys_connection_keeps_its_te
         story(&daemon.handle, &name)
     );
 }
+
+// --- Finding 3: another connection's ring offered as one's own ---------------
+
+/// A client's ring is a memory file only it and the manager should map, but
+/// any process of the user can open it again through
+/// `/proc/<client>/fd/<n>` and offer it as its own journal on a connection
+/// of its own; the manager takes it (`SharedJournal::adopt` checks the seals,
+/// the size and the header, transport-unix/src/shared_journal.rs:83). Then
+/// whichever connection the manager reads first consumes the frames: the
+/// attacker closes its connection right after the victim commits a
+/// registration, the manager reads the ring on the attacker's end of file
+/// (`drain_at_end`), charges the registration to the attacker's connection
+/// and ends it there. The victim's segment, registered by a live process and
+/// mapped by it, has no live registration and one dead one: it is unlinked
+/// after the grace period (no map check: the connection it was charged to
+/// is gone). Here the test hands over its own descriptor of the victim's
+/// ring: the same memory file.
+#[test]
+fn a_ring_offered_by_another_connection_cannot_steal_its_owners_frames() {
+    use libshm::protocol::frame::Frame;
+    use libshm::protocol::journal;
+    use libshm_unix::UnixTransport;
+    use std::io::Read;
+
+    let _serial = one_at_a_time();
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let _bystander = daemon.bystander();
+    let victim = JournalClient::attach(&daemon.handle, 64);
+    let name = unique_name("h10stolen");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let creator = common::Sleeper::spawn();
+
+    let mut attacker = std::os::unix::net::UnixStream::connect(&daemon.handle).unwrap();
+    attacker
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut offer = UnixTransport::from_fd(attacker.try_clone().unwrap().into());
+    let me = std::process::id() as i32;
+    offer
+        .send_with_fd(
+            &Frame::register(me, journal::SETUP).encode(),
+            victim.memory.fd(),
+        )
+        .unwrap();
+    drop(offer);
+    let mut answer = [0u8; 2];
+    attacker.read_exact(&mut answer).unwrap();
+    println!(
+        "the manager answered the stolen offer {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Held, so that the manager reads the ring first on the attacker's end.
+    let mut held = hold::Held::seize(daemon.child.id());
+    held.until_waiting();
+    victim.register(creator.pid(), &name);
+    create_segment(&name, 1, 64);
+    drop(attacker);
+    held.resume();
+
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        shm_exists(&name),
+        "{name}, registered in its ring by a live process, was unlinked: another connection \
+         offered the same ring and its end took the registration with it. The manager's \
+         story:\n  {}",
+        story(&daemon.handle, &name)
+    );
+}
