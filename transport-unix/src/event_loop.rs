@@ -1056,21 +1056,35 @@ impl Effects for Driver {
 
     fn attach_journal(&mut self, conn: ConnId) -> Option<Journal<'_>> {
         let client = self.clients.get_mut(&conn)?;
+        let pid = client.peer.pid;
         let Some(fd) = client.offered.take() else {
             tracing::debug!(conn = %conn, "journal offer without memory attached");
             return None;
         };
-        match SharedJournal::adopt(fd) {
-            Ok(journal) => {
-                tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
-                self.journaled.push(conn);
-                Some(client.journal.insert(journal).journal())
-            }
+        let journal = match SharedJournal::adopt(fd) {
+            Ok(journal) => journal,
             Err(err) => {
-                tracing::warn!(conn = %conn, pid = ?client.peer.pid, "refused a journal: {err}");
-                None
+                tracing::warn!(conn = %conn, ?pid, "refused a journal: {err}");
+                return None;
             }
+        };
+        // Another connection's ring (any process of the user can open it
+        // again through /proc): whichever end read it first would take the
+        // other's frames, and end them with its own connection.
+        let taken = self.journaled.iter().any(|other| {
+            self.clients
+                .get(other)
+                .and_then(|c| c.journal.as_ref())
+                .is_some_and(|other| other.is_same_file(&journal))
+        });
+        if taken {
+            tracing::warn!(conn = %conn, ?pid, "refused a journal: another connection's journal memory");
+            return None;
         }
+        tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
+        self.journaled.push(conn);
+        let client = self.clients.get_mut(&conn)?;
+        Some(client.journal.insert(journal).journal())
     }
 
     fn drain_journal(&mut self, conn: ConnId) {
