@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::journal_client::JournalClient;
 use common::{
     Cleanup, Daemon, create_segment, frame_from, in_private_pid_namespace, shm_exists,
-    sleeper_with_pid, story, unique_name,
+    sleeper_with_pid, story, unique_name, wait_until,
 };
 
 /// Taken by every test here: a manager held still by one test must not be
@@ -491,5 +491,126 @@ fn a_ring_offered_by_another_connection_cannot_steal_its_owners_frames() {
          offered the same ring and its end took the registration with it. The manager's \
          story:\n  {}",
         story(&daemon.handle, &name)
+    );
+}
+
+// --- Finding 4: pid reuse where pidfds are unavailable -------------------------
+
+/// Makes `pidfd_open` fail with `ENOSYS` in the process `command` starts, as
+/// a container runtime's seccomp profile (Docker's before 20.10) or an old
+/// kernel does: the manager then watches processes by polling their start
+/// times.
+fn without_pidfds(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump_eq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    // seccomp_data: nr at offset 0, arch at 4.
+    let filter = [
+        stmt(load, 4),
+        jump_eq(AUDIT_ARCH, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(load, 0),
+        jump_eq(libc::SYS_pidfd_open as u32, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec only `prctl`, on memory prepared before
+    // the fork (`filter`, moved into the closure and alive until exec).
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Round 1's pid reuse (`a_reused_pid_on_another_connection_keeps_its_new_owners_segment`
+/// in hostile.rs) where pidfds are unavailable. Process A (pid P, watched
+/// by polling) registered a name and died; before the manager's next poll,
+/// process B got pid P and registered its own segment on another
+/// connection. `PidWatches::watch` trusted P because it was polled already
+/// (transport-unix/src/pid_watch.rs:51), without looking at its start time;
+/// and had the poll come first, `check_polled` (pid_watch.rs:111) dropped
+/// P before B's frame was read, which then trusted B afresh and tied it to
+/// A's pid entry. Either way A's end, polled, ended B's holder too: B's
+/// segment (refcount 1, one dead registration) was unlinked while B lived.
+#[test]
+fn without_pidfds_a_reused_pid_keeps_its_new_owners_segment() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace("without_pidfds_a_reused_pid_keeps_its_new_owners_segment") {
+        return;
+    }
+    let mut command = std::process::Command::new(common::SHM_MANAGER);
+    command.args(["--reap-grace", "1s"]).stderr(Stdio::null());
+    without_pidfds(&mut command);
+    let daemon = Daemon::spawn(&mut command);
+    let _bystander = daemon.bystander();
+    let mut first = daemon.connect();
+    let mut second = daemon.connect();
+    assert!(second.answers_registration(&unique_name("h10second")));
+    let (a_name, b_name) = (unique_name("h10poll_a"), unique_name("h10poll_b"));
+    let _cleanup = Cleanup(vec![a_name.clone(), b_name.clone()]);
+    let mut a = common::Sleeper::spawn();
+    let pid = a.pid();
+    first.register_as(pid, &a_name);
+    create_segment(&a_name, 1, 64);
+    // Start times count in clock ticks (10 ms): B starts ticks after A.
+    std::thread::sleep(Duration::from_millis(50));
+
+    // Held before its wait: it reads B's frame in the round that wait
+    // starts, whether or not that round polls A's end first.
+    let mut held = hold::Held::seize(daemon.child.id());
+    held.until_waiting();
+    a.kill();
+    let b = sleeper_with_pid(pid);
+    second.send(&frame_from(pid, 0, &b_name));
+    create_segment(&b_name, 1, 64);
+    held.until_events_in_hand();
+    held.resume();
+    assert_eq!(second.reply(), Some(*b"OK"), "B's registration");
+    // Grace (1 s), a poll, and slack.
+    std::thread::sleep(Duration::from_secs(3));
+    let b_lives = !common::process_gone(b.pid() as u32);
+    let kept = shm_exists(&b_name);
+    drop(b);
+    assert!(b_lives);
+    assert!(
+        kept,
+        "{b_name}, registered by a live process B (pid {pid}) beside a manager without \
+         pidfds, was unlinked: B was taken for A, pid {pid} before it. The manager's story:\n  {}",
+        story(&daemon.handle, &b_name)
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || !shm_exists(&a_name)),
+        "{a_name}, A's, is reaped after A's end"
     );
 }
