@@ -614,3 +614,43 @@ fn without_pidfds_a_reused_pid_keeps_its_new_owners_segment() {
         "{a_name}, A's, is reaped after A's end"
     );
 }
+
+// --- Finding 5: a client outside the manager's pid namespace -----------------
+
+/// A manager in a pid namespace of its own (a container, a sandbox) is
+/// reached by a client outside it, through a socket path both see (a shared
+/// `/tmp`). The kernel gives the manager the peer's credentials with pid 0:
+/// the peer has no pid in the manager's namespace. rustix's `UCred` holds
+/// the pid as a `NonZeroI32`, so `socket_peercred`
+/// (transport-unix/src/listener.rs:72) made an invalid value, which came out
+/// as an error (the zero is the niche of its `Result`): the manager took the
+/// credentials for unknown and refused the client ("peer credentials are
+/// unknown"), whose every `share_memory_()` then fails. Frames of a peer
+/// outside its namespace were meant to be served, their holds lasting as
+/// long as the connection.
+#[test]
+fn a_manager_in_a_pid_namespace_of_its_own_serves_a_client_outside_it() {
+    let _serial = one_at_a_time();
+    if !common::is_root_or_skip("root, to start a manager in a pid namespace of its own") {
+        return;
+    }
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--kill-child", common::SHM_MANAGER])
+        .args(["--reap-grace", "1s"])
+        .stderr(Stdio::null());
+    let daemon = Daemon::spawn(&mut command);
+    let name = unique_name("h10outside");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let mut client = daemon.connect();
+    assert!(
+        client.answers_registration(&name),
+        "a client outside the manager's pid namespace is refused"
+    );
+    create_segment(&name, 1, 64);
+    drop(client);
+    assert!(
+        wait_until(Duration::from_secs(4), || !shm_exists(&name)),
+        "{name}, registered by a client that then closed its connection, is reaped"
+    );
+}
