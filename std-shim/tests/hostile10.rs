@@ -654,3 +654,128 @@ fn a_manager_in_a_pid_namespace_of_its_own_serves_a_client_outside_it() {
         "{name}, registered by a client that then closed its connection, is reaped"
     );
 }
+
+// --- Withstood ----------------------------------------------------------------
+
+/// Frames whose pid names no sender (0, -1, `i32::MIN`, `i32::MAX`), names
+/// at the frame's limit (59 bytes) and the protocol's reserved names sent as
+/// ordinary frames: none closes the connection or stalls another client,
+/// every real name is registered, and once the connection closes every one
+/// of them is reaped (none outlives everyone involved). Fails if an odd pid
+/// got a holder that never ends (a leak past the connection), or closed the
+/// connection.
+#[test]
+fn odd_pids_and_names_at_the_limits_neither_close_nor_leak() {
+    let _serial = one_at_a_time();
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let mut bystander = daemon.bystander();
+    let mut client = daemon.connect();
+    let base = unique_name("h10odd");
+    let mut names: Vec<String> = [0, -1, i32::MIN, i32::MAX]
+        .iter()
+        .map(|pid| format!("{base}_{}", *pid as u32))
+        .collect();
+    // The longest name a frame holds.
+    let mut longest = format!("{base}_long_");
+    while longest.len() < 59 {
+        longest.push('x');
+    }
+    names.push(longest);
+    let _cleanup = Cleanup(names.clone());
+    for (name, pid) in names.iter().zip([0, -1, i32::MIN, i32::MAX, i32::MAX]) {
+        client.send(&frame_from(pid, 0, name));
+        assert_eq!(client.reply(), Some(*b"OK"), "{name} for pid {pid}");
+        create_segment(name, 1, 64);
+    }
+    // Reserved names as ordinary frames: a doorbell without a journal is
+    // answered, an offer without memory is declined, their releases ignored.
+    for (free, reserved, answer) in [
+        (0, "/libshm_doorbell_v1", Some(*b"OK")),
+        (0, "/libshm_journal_v1", Some(*b"NO")),
+        (1, "/libshm_doorbell_v1", None),
+        (1, "/libshm_journal_v1", None),
+    ] {
+        client.send(&frame_from(i32::MAX, free, reserved));
+        if let Some(answer) = answer {
+            assert_eq!(client.reply(), Some(answer), "{reserved}");
+        }
+    }
+    assert!(client.answers_registration(&format!("{base}_after")));
+    assert!(bystander.answers_registration(&unique_name("h10odd_bystander")));
+    drop(client);
+    for name in &names {
+        assert!(
+            wait_until(Duration::from_secs(5), || !shm_exists(name)),
+            "{name} outlived its connection: {}",
+            story(&daemon.handle, name)
+        );
+    }
+}
+
+/// Journal offers a client may get wrong or make hostile: one whose memory
+/// is not sealed, one sent twice on the same connection. The first is
+/// declined (`NO`) and the connection goes on over the socket; the second
+/// offer is declined and the journal already attached keeps working.
+#[test]
+fn bad_and_repeated_journal_offers_are_declined_and_the_connection_goes_on() {
+    use libshm::protocol::frame::Frame;
+    use libshm::protocol::journal;
+    use libshm_unix::UnixTransport;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+
+    let _serial = one_at_a_time();
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let me = std::process::id() as i32;
+    let offer = Frame::register(me, journal::SETUP).encode();
+
+    // Unsealed memory of a journal's size, with a valid header.
+    let unsealed = rustix::fs::memfd_create("h10", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = std::fs::File::from(unsealed);
+    file.set_len(journal::journal_len(64) as u64).unwrap();
+    file.write_all_at(&journal::MAGIC.to_ne_bytes(), 0).unwrap();
+    file.write_all_at(&64u32.to_ne_bytes(), 4).unwrap();
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.handle).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut transport = UnixTransport::from_fd(stream.try_clone().unwrap().into());
+    transport.send_with_fd(&offer, file.as_fd()).unwrap();
+    let mut answer = [0u8; 2];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"NO", "unsealed memory is declined");
+    let name = unique_name("h10unsealed");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    stream.write_all(&frame_from(me, 0, &name)).unwrap();
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"OK", "the socket still serves");
+
+    // A journal attached, then offered again.
+    let mut client = JournalClient::attach(&daemon.handle, 64);
+    let other = libshm_unix::SharedJournal::create(64).unwrap();
+    let mut again = UnixTransport::from_fd(client.stream.try_clone().unwrap().into());
+    again.send_with_fd(&offer, other.fd()).unwrap();
+    client.stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"NO", "a second offer is declined");
+    let creator = common::Sleeper::spawn();
+    let journaled = unique_name("h10journaled");
+    let _cleanup2 = Cleanup(vec![journaled.clone()]);
+    client.register(creator.pid(), &journaled);
+    assert_eq!(
+        client.ring(),
+        Some(*b"OK"),
+        "the first journal is still read"
+    );
+    create_segment(&journaled, 1, 64);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        shm_exists(&journaled),
+        "{journaled}, journaled in the first ring by a live process, is held"
+    );
+    drop(creator);
+    assert!(
+        wait_until(Duration::from_secs(4), || !shm_exists(&journaled)),
+        "{journaled} is reaped after its creator's end"
+    );
+}
