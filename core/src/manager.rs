@@ -524,6 +524,17 @@ pub trait Effects {
     }
     /// No holder depends on `pid` any more.
     fn unwatch_pid(&mut self, _pid: i32) {}
+    /// Whether the process watched as `pid` has ended, though its end is not
+    /// reported yet ([`Manager::pid_exited`]), as of a moment after the
+    /// frame being handled was read. Asked before a frame carrying `pid`
+    /// joins the holder tied to that process: once it has ended, the pid may
+    /// name a new process (a fork sharing the connection), and the frame may
+    /// be that one's. True promises the report, as for any watched pid.
+    /// Drivers that cannot tell keep the default (the end then counts from
+    /// its report).
+    fn pid_has_ended(&mut self, _pid: i32) -> bool {
+        false
+    }
     /// Whether `pid`, which [`Effects::watch_pid`] just declined for `conn`,
     /// is a process of `conn`'s pid namespace that has already exited (a
     /// frame read after its sender died). True promises to report its end
@@ -1984,7 +1995,7 @@ impl<S: Storage> Manager<S> {
     ) {
         let holder = self.find(&name).and_then(|id| {
             let own = self
-                .known_holder(conn, pid)
+                .known_holder(conn, pid, fx)
                 .filter(|&h| self.holds.contains(h, id));
             // Another process on the same connection (a forked child dropping
             // its parent's tensor): charged to the connection.
@@ -2038,7 +2049,7 @@ impl<S: Storage> Manager<S> {
     /// read late) gets a holder of its own too, ended when the driver reports
     /// the exit, after reading what else it sent.
     fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
-        if let Some(holder) = self.known_holder(conn, pid) {
+        if let Some(holder) = self.known_holder(conn, pid, fx) {
             return Some(holder);
         }
         self.conns.get(&conn)?;
@@ -2187,19 +2198,32 @@ impl<S: Storage> Manager<S> {
         .take_while(|&h| h != NO_HOLDER)
     }
 
-    /// The live holder already resolved for `pid` on `conn`.
-    fn known_holder(&mut self, conn: ConnId, pid: i32) -> Option<u32> {
+    /// The live holder already resolved for `pid` on `conn`. If it is tied
+    /// to a process that has ended unreported, `pid` may name a new process
+    /// by now (a frame read between the end and its report is either the
+    /// ended process's last or the new one's): that holder takes no more
+    /// frames ([`Manager::pid_exiting`]) and there is none.
+    fn known_holder(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
         let c = self.conns.get_mut(&conn)?;
-        if let Some((last_pid, holder)) = c.last
-            && last_pid == pid
-        {
-            return Some(holder);
+        let holder = match c.last {
+            Some((last_pid, holder)) if last_pid == pid => holder,
+            _ => {
+                let holder = *self.holder_index.get(&HolderKey {
+                    conn,
+                    pid: Some(pid),
+                })?;
+                c.last = Some((pid, holder));
+                holder
+            }
+        };
+        let tied = self
+            .holders
+            .get(holder)
+            .is_some_and(|h| h.lifeline == Lifeline::Pid(pid));
+        if tied && fx.pid_has_ended(pid) {
+            self.pid_exiting(pid, self.clock);
+            return None;
         }
-        let holder = *self.holder_index.get(&HolderKey {
-            conn,
-            pid: Some(pid),
-        })?;
-        c.last = Some((pid, holder));
         Some(holder)
     }
 

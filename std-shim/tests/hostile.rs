@@ -23,7 +23,7 @@ use common::measure::{FLOOD_P99_BOUND, Probe, probe_beside_strays, status_kib};
 use common::{
     Cleanup, Daemon, Holder, RawClient, SHM_MANAGER, Sleeper, SleepersSegment, bystander_under,
     create_segment, frame, frame_from, in_private_pid_namespace, is_root_or_skip,
-    remove_if_abandoned, run_id, shm_exists, story, unique_name, wait_until,
+    remove_if_abandoned, run_id, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
 };
 use rustix::process::{Pid, Signal};
 
@@ -213,22 +213,6 @@ fn recovery_spares_another_familys_segment_in_transit() {
 }
 
 // --- 3. A pid reused before the manager heard of its first owner's end -------
-
-/// Writes `pid - 1` to `ns_last_pid` and starts a `sleep`, until it gets
-/// `pid` (in a private pid namespace nobody else forks, so the first try
-/// does).
-fn sleeper_with_pid(pid: i32) -> Sleeper {
-    for _ in 0..50 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("write ns_last_pid (root, in our own pid namespace)");
-        let mut sleeper = Sleeper::spawn();
-        if sleeper.pid() == pid {
-            return sleeper;
-        }
-        sleeper.kill();
-    }
-    panic!("could not start a process with pid {pid}");
-}
 
 /// Process A (pid P, watched) registered a name and died; before the manager
 /// handled A's end (stopped here; a busy, throttled or swapped-out manager

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use common::journal_client::JournalClient;
 use common::measure::Probe;
 use common::{
-    Cleanup, Daemon, Sleeper, create_segment, frame_from, run_id, shm_exists, story, unique_name,
+    Cleanup, Daemon, Sleeper, create_segment, frame_from, run_id, shm_exists, sleeper_with_pid,
+    story, unique_name,
 };
 
 /// A name of PyTorch's shape for a segment created by `pid`.
@@ -32,21 +33,6 @@ fn free_pid() -> i32 {
     let pid = gone.pid();
     gone.kill();
     pid
-}
-
-/// A live `sleep` given exactly `pid` (the kernel's next pid set through
-/// `ns_last_pid`; other processes forking meanwhile make a try miss, so it
-/// tries again). Panics if it never gets it: the test needs root.
-fn sleeper_with_pid(pid: i32) -> Sleeper {
-    for _ in 0..500 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("write ns_last_pid (needs root)");
-        let sleeper = Sleeper::spawn();
-        if sleeper.pid() == pid {
-            return sleeper;
-        }
-    }
-    panic!("could not get pid {pid} for a new process");
 }
 
 // --- Attacks ----------------------------------------------------------------

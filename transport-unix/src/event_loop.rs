@@ -206,6 +206,7 @@ pub fn serve_tuned<N: Namespace>(
         evict: Vec::new(),
         exited: Vec::new(),
         gone: HashSet::new(),
+        running_since_read: HashSet::new(),
         journals_behind: false,
         replied: false,
         freed_descriptor: false,
@@ -620,6 +621,9 @@ struct Driver {
     exited: Vec<i32>,
     /// Senders found gone since their ends were last acted on.
     gone: HashSet<i32>,
+    /// Watched pids found running since the last read: one look serves all
+    /// the frames of a read, which were all sent before it.
+    running_since_read: HashSet<i32>,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -664,6 +668,7 @@ impl Driver {
                 }
                 Ok(n) => {
                     budget -= n;
+                    self.running_since_read.clear();
                     manager.receive(id, &buf[..n], now, self);
                     // Read at the top of the next round, a round's worth per
                     // client however often it rang, its OK held back until
@@ -703,6 +708,8 @@ impl Driver {
         let Some(journal) = self.clients.get_mut(&id).and_then(|c| c.journal.take()) else {
             return (0, false);
         };
+        // The frames are read (committed) before any look at their senders.
+        self.running_since_read.clear();
         let read = manager.read_journal(id, journal.journal(), JOURNAL_FRAMES_PER_ROUND, now, self);
         let read = read.unwrap_or_else(|err| {
             tracing::warn!(conn = %id, "closed the connection: {err}");
@@ -1022,6 +1029,17 @@ impl Effects for Driver {
         self.stop_watching(pid);
     }
 
+    fn pid_has_ended(&mut self, pid: i32) -> bool {
+        if self.running_since_read.contains(&pid) {
+            return false;
+        }
+        let ended = self.pids.has_ended(pid);
+        if !ended {
+            self.running_since_read.insert(pid);
+        }
+        ended
+    }
+
     fn pid_is_gone(&mut self, conn: ConnId, pid: i32) -> bool {
         // `watch_pid` has just looked the namespace up.
         let gone = self
@@ -1038,21 +1056,35 @@ impl Effects for Driver {
 
     fn attach_journal(&mut self, conn: ConnId) -> Option<Journal<'_>> {
         let client = self.clients.get_mut(&conn)?;
+        let pid = client.peer.pid;
         let Some(fd) = client.offered.take() else {
             tracing::debug!(conn = %conn, "journal offer without memory attached");
             return None;
         };
-        match SharedJournal::adopt(fd) {
-            Ok(journal) => {
-                tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
-                self.journaled.push(conn);
-                Some(client.journal.insert(journal).journal())
-            }
+        let journal = match SharedJournal::adopt(fd) {
+            Ok(journal) => journal,
             Err(err) => {
-                tracing::warn!(conn = %conn, pid = ?client.peer.pid, "refused a journal: {err}");
-                None
+                tracing::warn!(conn = %conn, ?pid, "refused a journal: {err}");
+                return None;
             }
+        };
+        // Another connection's ring (any process of the user can open it
+        // again through /proc): whichever end read it first would take the
+        // other's frames, and end them with its own connection.
+        let taken = self.journaled.iter().any(|other| {
+            self.clients
+                .get(other)
+                .and_then(|c| c.journal.as_ref())
+                .is_some_and(|other| other.is_same_file(&journal))
+        });
+        if taken {
+            tracing::warn!(conn = %conn, ?pid, "refused a journal: another connection's journal memory");
+            return None;
         }
+        tracing::debug!(conn = %conn, capacity = journal.journal().capacity(), "journal attached");
+        self.journaled.push(conn);
+        let client = self.clients.get_mut(&conn)?;
+        Some(client.journal.insert(journal).journal())
     }
 
     fn drain_journal(&mut self, conn: ConnId) {

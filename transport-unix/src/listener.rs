@@ -1,13 +1,13 @@
 //! The manager's listening socket, and who is on the other end of each accept.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::manager::Peer;
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::rundir::RunDir;
 
@@ -69,14 +69,41 @@ impl Listener {
                 Err(errno) => return Err(errno),
             }
         };
-        let peer = match sockopt::socket_peercred(&fd) {
-            Ok(cred) => Peer {
-                pid: Some(cred.pid.as_raw_nonzero().get()),
-                uid: Some(cred.uid.as_raw()),
-            },
-            Err(_) => Peer::default(),
-        };
+        let peer = peer_credentials(fd.as_fd());
         Ok(Some(Accepted { fd, peer }))
+    }
+}
+
+/// Who is on the other end of `fd` (`SO_PEERCRED`): its uid, and its pid
+/// unless it has none in our pid namespace (the kernel says 0: a client
+/// outside a container the manager runs in). Read as plain integers, since
+/// rustix's `UCred` holds the pid as a `NonZeroI32`: a zero there is an
+/// invalid value, which came out as an error, and the client was refused.
+fn peer_credentials(fd: BorrowedFd<'_>) -> Peer {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let size = std::mem::size_of::<libc::ucred>();
+    let mut len = size as libc::socklen_t;
+    // SAFETY: `cred` and `len` are ours to write, `len` is `cred`'s size,
+    // and `fd` stays open for the call.
+    let got = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 || len as usize != size {
+        return Peer::default();
+    }
+    Peer {
+        pid: (cred.pid > 0).then_some(cred.pid),
+        uid: Some(cred.uid),
     }
 }
 

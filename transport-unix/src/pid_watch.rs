@@ -52,8 +52,10 @@ impl PidWatches {
             // soon to tell who it is.
             return !has_exited(fd.as_fd());
         }
-        if self.polled.contains_key(&pid) {
-            return true;
+        if let Some(&started) = self.polled.get(&pid) {
+            // The same, for a process watched by polling: still the one
+            // that started then, or not to be trusted.
+            return start_time(pid) == Some(started);
         }
         // Zero and negative pids name groups of processes, never a sender
         // (and `Pid` must not be given one).
@@ -94,6 +96,17 @@ impl PidWatches {
         self.polled.remove(&pid);
     }
 
+    /// Whether the process watched as `pid` has ended (and not been
+    /// reported yet); false for a pid not watched.
+    pub(crate) fn has_ended(&self, pid: i32) -> bool {
+        if let Some(fd) = self.fds.get(&pid) {
+            return has_exited(fd.as_fd());
+        }
+        self.polled
+            .get(&pid)
+            .is_some_and(|&started| start_time(pid) != Some(started))
+    }
+
     /// The descriptor `pid` is watched through, if it is: readable once the
     /// process has ended.
     pub(crate) fn pidfd(&self, pid: i32) -> Option<BorrowedFd<'_>> {
@@ -107,19 +120,20 @@ impl PidWatches {
     }
 
     /// Appends to `exited` the polled pids that ended since the last check,
-    /// if a check is due, and stops watching them.
+    /// if a check is due. They stay watched until [`PidWatches::unwatch`]
+    /// (after what they sent has been read), so that meanwhile a new process
+    /// given the pid is not taken for the one that ended, as with a pidfd.
     pub(crate) fn check_polled(&mut self, exited: &mut Vec<i32>) {
         if self.polled.is_empty() || self.polled_at.elapsed() < POLLED_INTERVAL {
             return;
         }
         self.polled_at = Instant::now();
-        self.polled.retain(|&pid, started| {
-            let alive = start_time(pid) == Some(*started);
-            if !alive {
-                exited.push(pid);
-            }
-            alive
-        });
+        exited.extend(
+            self.polled
+                .iter()
+                .filter(|&(&pid, &started)| start_time(pid) != Some(started))
+                .map(|(&pid, _)| pid),
+        );
     }
 
     /// Whether `pid` runs as our user in our pid namespace.
@@ -249,6 +263,26 @@ mod tests {
     }
 
     #[test]
+    fn the_fallback_does_not_trust_a_pid_now_another_process_s() {
+        let uid = rustix::process::geteuid().as_raw();
+        let mut watches = PidWatches::new(uid);
+        watches.pidfds_work = false;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(watches.watch(pid) && watches.watch(pid));
+        // As if the process watched had ended and this one got its pid:
+        // another start time.
+        *watches.polled.get_mut(&pid).unwrap() -= 1;
+        assert!(!watches.watch(pid), "a pid reused since it was watched");
+        assert!(watches.has_ended(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn the_fallback_notices_an_exit() {
         let uid = rustix::process::geteuid().as_raw();
         let mut watches = PidWatches::new(uid);
@@ -266,5 +300,10 @@ mod tests {
         let mut exited = Vec::new();
         watches.check_polled(&mut exited);
         assert_eq!(exited, [pid]);
+        // Watched until the driver has read what it sent and lets go: its
+        // pid is not trusted meanwhile, whoever has it now.
+        assert!(watches.has_polled() && !watches.watch(pid));
+        watches.unwatch(pid);
+        assert!(!watches.has_polled());
     }
 }

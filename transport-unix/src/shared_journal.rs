@@ -21,6 +21,9 @@ pub struct SharedJournal {
     fd: OwnedFd,
     base: NonNull<u8>,
     len: usize,
+    /// Which memory file it is (device and inode): the same file reached
+    /// through another descriptor has the same.
+    file: (u64, u64),
     /// The view of the mapping, validated once. It never leaves this struct
     /// with a lifetime longer than a borrow of it.
     journal: Journal<'static>,
@@ -77,7 +80,9 @@ impl SharedJournal {
         )?;
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let shared = Self::map(fd, len).map_err(|err| match err {
+        let stat = rustix::fs::fstat(&fd)?;
+        let file = (stat.st_dev, stat.st_ino);
+        let shared = Self::map(fd, len, file).map_err(|err| match err {
             AdoptError::Os(errno) => io::Error::from(errno),
             other => io::Error::other(other.to_string()),
         })?;
@@ -100,12 +105,12 @@ impl SharedJournal {
         if len > journal::journal_len(journal::MAX_CAPACITY) {
             return Err(AdoptError::Journal(JournalError::BadLength { len }));
         }
-        let shared = Self::map(fd, len)?;
+        let shared = Self::map(fd, len, (stat.st_dev, stat.st_ino))?;
         shared.journal.validate().map_err(AdoptError::Journal)?;
         Ok(shared)
     }
 
-    fn map(fd: OwnedFd, len: usize) -> Result<Self, AdoptError> {
+    fn map(fd: OwnedFd, len: usize, file: (u64, u64)) -> Result<Self, AdoptError> {
         // Validate the length before mapping, so nothing is mapped in vain.
         if len == 0 || !len.is_multiple_of(4) {
             return Err(AdoptError::Journal(JournalError::BadLength { len }));
@@ -139,8 +144,15 @@ impl SharedJournal {
             fd,
             base,
             len,
+            file,
             journal,
         })
+    }
+
+    /// Whether `other` maps the same memory file (offered twice, perhaps
+    /// through another descriptor of it).
+    pub fn is_same_file(&self, other: &Self) -> bool {
+        self.file == other.file
     }
 
     /// The memory file, to send with the offer.
@@ -196,6 +208,16 @@ mod tests {
             Ok(0),
             "the client sees the manager's progress"
         );
+    }
+
+    #[test]
+    fn the_same_memory_through_two_descriptors_is_told_apart_from_another() {
+        let client = SharedJournal::create(16).unwrap();
+        let once = SharedJournal::adopt(client.fd().try_clone_to_owned().unwrap()).unwrap();
+        let again = SharedJournal::adopt(client.fd().try_clone_to_owned().unwrap()).unwrap();
+        let other = SharedJournal::create(16).unwrap();
+        assert!(once.is_same_file(&again) && once.is_same_file(&client));
+        assert!(!once.is_same_file(&other));
     }
 
     #[test]

@@ -15,6 +15,8 @@ struct Recorder {
     trusted: BTreeSet<i32>,
     /// Pids of processes that have exited.
     gone: BTreeSet<i32>,
+    /// Watched pids whose process has ended, not yet reported.
+    ended: BTreeSet<i32>,
     watched: BTreeMap<i32, usize>,
     notes: Vec<Note>,
 }
@@ -41,6 +43,9 @@ impl Effects for Recorder {
     }
     fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
         self.gone.contains(&pid)
+    }
+    fn pid_has_ended(&mut self, pid: i32) -> bool {
+        self.ended.contains(&pid)
     }
     fn note(&mut self, note: Note) {
         self.notes.push(note);
@@ -1272,6 +1277,42 @@ fn a_pid_reused_while_its_exit_is_handled_is_not_taken_for_the_dead_process() {
     r.refcount("/shared", 1);
     r.release(c, 9, "/shared"); // A's own late release
     r.create_and_register(c, 9, "/b"); // B
+    r.exited(9);
+    let reaped_by = r.now + 2_300;
+    r.run_to(reaped_by);
+    assert!(!r.exists("/a"), "A's orphan is reaped");
+    assert!(r.exists("/b"), "B's segment is not A's");
+    assert!(
+        r.exists("/shared"),
+        "A's late release was charged to A, not the parent"
+    );
+    assert_eq!(
+        r.state("/shared"),
+        Some(NameState::Held { registrations: 1 })
+    );
+    assert_eq!(r.m.stats().stray_releases, 0);
+}
+
+#[test]
+fn a_pid_reused_before_its_old_processs_end_is_reported_is_not_taken_for_it() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([9, 10]);
+    let c = r.connect_as(10);
+    r.register(c, 10, "/parent");
+    r.create("/parent", 2);
+    r.create_and_register(c, 9, "/a"); // process A, pid 9, forked from the parent
+    r.register(c, 9, "/shared");
+    r.register(c, 10, "/shared");
+    r.create("/shared", 2);
+    // A has ended, unreported: the driver's watch says so when asked, and
+    // no longer trusts pid 9. What it reads now is A's last release, then a
+    // new process B that got pid 9.
+    r.fx.ended.insert(9);
+    r.fx.trusted.remove(&9);
+    r.refcount("/shared", 1);
+    r.release(c, 9, "/shared"); // A's own late release
+    r.create_and_register(c, 9, "/b"); // B
+    r.fx.ended.clear();
     r.exited(9);
     let reaped_by = r.now + 2_300;
     r.run_to(reaped_by);

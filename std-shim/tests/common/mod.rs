@@ -656,6 +656,23 @@ impl Drop for Sleeper {
     }
 }
 
+/// Writes `pid - 1` to `ns_last_pid` and starts a `sleep`, until it gets
+/// `pid` (in a private pid namespace nobody else forks, so the first try
+/// does; elsewhere, other processes forking meanwhile make a try miss).
+/// Panics if it never gets it: the test needs root.
+pub fn sleeper_with_pid(pid: i32) -> Sleeper {
+    for _ in 0..500 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("write ns_last_pid (root, in our own pid namespace)");
+        let mut sleeper = Sleeper::spawn();
+        if sleeper.pid() == pid {
+            return sleeper;
+        }
+        sleeper.kill();
+    }
+    panic!("could not start a process with pid {pid}");
+}
+
 /// A segment registered for a live process of ours (a [`Sleeper`]) on a
 /// connection of its own, as a PyTorch worker's would be, then created with
 /// `refcount` in its header. Its name, `<prefix><pid>_4242_0`, has the shape
