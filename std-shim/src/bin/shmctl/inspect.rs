@@ -276,12 +276,13 @@ struct Unaskable {
 
 impl Unaskable {
     /// Whether `segment` may be registered with it: made since it started
-    /// (start times are good to about a second), or it is not known when it
-    /// started.
+    /// (start times are good to about a second). One whose process we cannot
+    /// see (another pid namespace) is judged by gc's age rule alone, as
+    /// before: counting it would let any hidden manager stop every gc.
     fn may_have_registered(&self, segment: &SegmentReport) -> bool {
         const START_TIME_SLACK: Duration = Duration::from_secs(2);
         self.uptime
-            .is_none_or(|uptime| segment.age <= uptime.saturating_add(START_TIME_SLACK))
+            .is_some_and(|uptime| segment.age <= uptime.saturating_add(START_TIME_SLACK))
     }
 }
 
