@@ -728,7 +728,8 @@ pub struct NameRecord {
     tries: u8,
     /// A chore about it is out.
     busy: bool,
-    /// Held, yet a patrol found it gone once; looked at again to be sure.
+    /// Found gone once (held, by a patrol; or with dead registrations);
+    /// looked at again a second later to be sure.
     suspect: bool,
     /// Held, and reported gone; not reported again.
     vanished: bool,
@@ -1357,6 +1358,15 @@ impl<S: Storage> Manager<S> {
                 record.tries = record.tries.saturating_add(1);
                 return self.schedule(id, now.after(backoff));
             }
+            // A holder that ended without releasing it may have been judged
+            // ended by a pid that never named its sender (a frame whose pid
+            // is of no live process, though its sender lives): the sender
+            // creates right after registering, so absence is believed only
+            // when a second look a second later agrees, as for held names.
+            Some(Observed::Absent) if record.dead > 0 && !record.suspect && closing.is_none() => {
+                record.suspect = true;
+                return self.schedule(id, now.after(Duration::from_secs(1)));
+            }
             Some(Observed::Absent) => {
                 self.stats.forgotten += 1;
                 fx.note(Note::Gone { name: *name });
@@ -1367,7 +1377,10 @@ impl<S: Storage> Manager<S> {
                 fx.note(Note::Untouchable { name: *name });
                 return self.forget(id);
             }
-            Some(Observed::Segment { refcount }) => refcount,
+            Some(Observed::Segment { refcount }) => {
+                record.suspect = false;
+                refcount
+            }
         };
         let orphan = record.dead > 0 && i64::from(refcount) <= i64::from(record.dead);
         if let Some(closing) = closing {
@@ -1899,6 +1912,10 @@ impl<S: Storage> Manager<S> {
             .is_some_and(|stale| self.take_hold(stale, id));
         let by_creator = self.creator_of(&name) == u32::try_from(pid).ok();
         if let Some(record) = self.names.get_mut(id) {
+            if record.live == 0 {
+                // A second look at an unheld name's absence is moot now.
+                record.suspect = false;
+            }
             if !moved {
                 record.live += 1;
             }

@@ -445,6 +445,34 @@ fn a_sender_that_exited_before_its_frames_were_read_holds_them_until_its_end_is_
     assert_eq!(r.state("/pickled"), Some(NameState::Released { dead: 0 }));
 }
 
+/// A frame whose pid names no live process (its sender lives on the
+/// connection) ends its holder at once; the name is looked at before its
+/// sender creates it. One absence is not believed: the segment created right
+/// after is reaped, not forgotten and leaked.
+#[test]
+fn a_name_absent_once_after_its_holder_ended_is_looked_at_again_before_it_is_forgotten() {
+    let mut r = Rig::new();
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    r.fx.gone.insert(i32::MAX);
+    r.register(c, i32::MAX, "/late_create");
+    r.exited(i32::MAX);
+    r.run_to(r.now + 10);
+    assert!(
+        r.state("/late_create").is_some(),
+        "forgotten on one look, before its creator made it"
+    );
+    r.create("/late_create", 1);
+    r.run_to(r.now + 10_000);
+    assert!(!r.exists("/late_create"), "{:?}", r.state("/late_create"));
+    // Absent on both looks: forgotten, never unlinked.
+    r.register(c, i32::MAX, "/never_made");
+    r.exited(i32::MAX);
+    r.run_to(r.now + 10_000);
+    assert_eq!(r.state("/never_made"), None);
+    assert!(!r.ns.unlinked.contains(&name("/never_made")));
+}
+
 #[test]
 fn names_outside_the_prefix_are_refused_or_skipped_and_peers_of_other_users_rejected() {
     let mut r = Rig::with(ManagerConfig {
