@@ -273,6 +273,9 @@ struct NameModel {
     /// An unlink of it as an orphan failed and will be retried (its grace
     /// period is over).
     retrying: bool,
+    /// Unheld with dead registrations and found absent once: the next
+    /// absent look forgets it.
+    absent_once: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -819,6 +822,7 @@ impl<S: Storage> Harness<S> {
         if !has_entry && self.hold_entries() >= self.capacity.names {
             return false;
         }
+        let was_unheld = self.live_regs(&name) == 0;
         *self.regs.entry((name, holder)).or_insert(0) += 1;
         // The pid's registration from before its old connection was closed
         // for cause moves here.
@@ -836,6 +840,9 @@ impl<S: Storage> Harness<S> {
         record.creator_counted = false;
         record.orphan_since = None;
         record.retrying = false;
+        if was_unheld {
+            record.absent_once = false;
+        }
         true
     }
 
@@ -1150,7 +1157,14 @@ impl<S: Storage> Harness<S> {
             // A sweep finds segments; the reserved names never are.
             return;
         }
-        let held = matches!(self.manager.name_state(&name), Some(NameState::Held { .. }));
+        let state = self.manager.name_state(&name);
+        let held = matches!(state, Some(NameState::Held { .. }));
+        // Judged afresh at once unless on its way out or a chore about it
+        // is out: then a look found absent before counts no more.
+        let judged_afresh = !matches!(
+            state,
+            Some(NameState::Orphaned { .. } | NameState::Unlinking)
+        ) && !self.fx.held.iter().any(|chore| chore_name(chore) == name);
         let expected = match self.names.get(&name) {
             Some(record) => !held && !record.adopted,
             None => self.names.len() < self.capacity.names,
@@ -1163,6 +1177,9 @@ impl<S: Storage> Harness<S> {
             let record = self.names.entry(name).or_default();
             record.adopted = true;
             record.creator_counted = !record.creator_seen;
+            if judged_afresh {
+                record.absent_once = false;
+            }
         }
     }
 
@@ -1412,6 +1429,17 @@ impl<S: Storage> Harness<S> {
                 vec![Effect::Chore(Chore::Unlink(name, UnlinkReason::Shutdown))]
             }
             None => Vec::new(),
+            // Gone with dead registrations: believed on the second look a
+            // second later (its sender may not have created it yet).
+            Some(Observed::Absent)
+                if self.judged_dead(&name) > 0
+                    && !self.closing()
+                    && self.names.get_mut(&name).is_some_and(|record| {
+                        !std::mem::replace(&mut record.absent_once, true)
+                    }) =>
+            {
+                Vec::new()
+            }
             Some(Observed::Absent) => {
                 self.forget(name);
                 Vec::new()
@@ -1421,6 +1449,9 @@ impl<S: Storage> Harness<S> {
                 vec![Effect::Untouchable(name)]
             }
             Some(Observed::Segment { refcount }) => {
+                if let Some(record) = self.names.get_mut(&name) {
+                    record.absent_once = false;
+                }
                 return self.expect_judgement(name, refcount, log);
             }
         };
