@@ -355,8 +355,11 @@ sys.stdin.read()
 /// in a queue and releases it (a stray now), and the segment in transit,
 /// refcount 1 and one dead registration, is unlinked before its receiver
 /// opens it.
+///
+/// Fixed: the kernel names each read's writer (`SO_PASSCRED`), and a pid
+/// that is neither the writer's nor a child's of the writer ties nothing to
+/// the process it names; the worker's holds last as long as the connection.
 #[test]
-#[ignore = "open finding: frame pids are trusted per connection, not per sender"]
 fn a_worker_in_a_pid_namespace_of_its_own_on_its_familys_connection_keeps_its_tensor() {
     use std::io::{BufRead, BufReader, Write};
     use std::os::fd::AsRawFd;

@@ -27,14 +27,6 @@ fn name_of(tag: &str, pid: i32) -> String {
     format!("/torch_test_h5{tag}_{}_{pid}", run_id())
 }
 
-/// A pid no process has now (a reaped `sleep`'s).
-fn free_pid() -> i32 {
-    let mut gone = Sleeper::spawn();
-    let pid = gone.pid();
-    gone.kill();
-    pid
-}
-
 // --- Attacks ----------------------------------------------------------------
 
 /// A gone pid's frame read by `read_queued` (the exit block, after the
@@ -68,21 +60,20 @@ fn a_gone_pid_reported_a_round_late_does_not_end_the_holds_of_the_process_that_r
     let first = name_of("reuse_first", watched);
     shared.register_as(watched, &first);
     shared.send(&frame_from(watched, 1, &first));
-    let pid = free_pid();
-    let late = name_of("reuse_late", pid);
-    let reused = name_of("reuse_live", pid);
-    let _cleanup = Cleanup(vec![first.clone(), late.clone(), reused.clone()]);
+    let late = name_of("reuse_late", 0);
+    let mut cleanup = Cleanup(vec![first.clone(), late.clone()]);
     // Let the release's whole-second look pass: nothing scheduled after.
     std::thread::sleep(Duration::from_millis(2_500));
 
-    // More than a round's one 64 KiB read, then the late registration by the
-    // gone pid: read by `read_queued` when `watched`'s exit is handled.
+    // More than a round's one 64 KiB read, then the late registration by a
+    // forked child, gone by then: read by `read_queued` when `watched`'s
+    // exit is handled.
     let junk = unique_name("h5junk");
     let mut bytes = Vec::new();
     for _ in 0..1_500 {
         bytes.extend_from_slice(&frame_from(watched, 1, &junk));
     }
-    bytes.extend_from_slice(&frame_from(pid, 0, &late));
+    let mut pid = 0;
     daemon.while_stopped(|| {
         shared.stream.set_nonblocking(true).unwrap();
         shared
@@ -90,8 +81,11 @@ fn a_gone_pid_reported_a_round_late_does_not_end_the_holds_of_the_process_that_r
             .write_all(&bytes)
             .expect("the socket buffers 100 KB");
         shared.stream.set_nonblocking(false).unwrap();
+        pid = shared.register_from_exited_child(&[&late]);
         exiting.kill();
     });
+    let reused = name_of("reuse_live", pid);
+    cleanup.0.push(reused.clone());
     assert_eq!(shared.reply(), Some(*b"OK"), "the late registration");
     // The manager is idle again, `pid` still pending in its `exited`.
     std::thread::sleep(Duration::from_millis(300));
@@ -346,12 +340,14 @@ fn exited_thread_id() -> i32 {
     .unwrap()
 }
 
-/// Registrations by gone senders (an exited process's pid, an exited
-/// thread's tid) on a connection a live process shares: each gone sender's
-/// holder ends once what it sent is read, so its segment (refcount 1, nobody
-/// maps it) is reaped, while the live process's segment in transit on the
-/// same connection, registered before and after the gone frames, is kept:
-/// a gone pid's exit report ends its own holds only.
+/// Registrations by a gone sender (a forked child that wrote them on a
+/// connection a live process shares, and exited) end with it: its segment
+/// (refcount 1, nobody maps it) is reaped, while the live process's segment
+/// in transit on the same connection, registered before and after the gone
+/// frames, is kept: a gone pid's exit report ends its own holds only. A
+/// frame naming an exited thread's tid is not its writer's (the kernel names
+/// the writer, `SO_PASSCRED`): its hold lasts as long as the connection, and
+/// ends with it.
 #[test]
 fn gone_senders_on_a_shared_connection_end_only_their_own_holds() {
     let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
@@ -359,40 +355,51 @@ fn gone_senders_on_a_shared_connection_end_only_their_own_holds() {
     let live = Sleeper::spawn();
     let before = name_of("live_before", live.pid());
     let after = name_of("live_after", live.pid());
-    let gone_pid = free_pid();
     let gone_tid = exited_thread_id();
-    let by_pid = name_of("gone_pid", gone_pid);
+    let by_child = name_of("gone_child", 0);
     let by_tid = name_of("gone_tid", gone_tid);
     let _cleanup = Cleanup(vec![
         before.clone(),
         after.clone(),
-        by_pid.clone(),
+        by_child.clone(),
         by_tid.clone(),
     ]);
-    for name in [&before, &after, &by_pid, &by_tid] {
+    for name in [&before, &after, &by_child, &by_tid] {
         create_segment(name, 1, 64);
     }
     shared.register_as(live.pid(), &before);
-    shared.register_as(gone_pid, &by_pid);
+    let child = shared.register_from_exited_child(&[&by_child]);
+    assert_eq!(shared.reply(), Some(*b"OK"), "the child's registration");
     shared.register_as(gone_tid, &by_tid);
     shared.register_as(live.pid(), &after);
 
-    for name in [&by_pid, &by_tid] {
-        assert!(
-            common::wait_until(Duration::from_secs(8), || !shm_exists(name)),
-            "{name}, registered by a sender that had exited and never released, is reaped:\n  {}",
-            story(&daemon.handle, name)
-        );
-    }
+    assert!(
+        common::wait_until(Duration::from_secs(8), || !shm_exists(&by_child)),
+        "{by_child}, registered by child {child}, which exited and never released, is \
+         reaped:\n  {}",
+        story(&daemon.handle, &by_child)
+    );
     std::thread::sleep(Duration::from_secs(2));
     for name in [&before, &after] {
         assert!(
             shm_exists(name),
-            "{name}, held by live pid {} on the connection the gone senders used, was \
+            "{name}, held by live pid {} on the connection the gone sender used, was \
              reaped:\n  {}",
             live.pid(),
             story(&daemon.handle, name)
         );
     }
+    assert!(
+        shm_exists(&by_tid),
+        "{by_tid}, registered for a tid its writer does not have, was reaped while the \
+         connection lives:\n  {}",
+        story(&daemon.handle, &by_tid)
+    );
     assert!(shared.answers_registration(&unique_name("h5after_gone")));
+    drop(shared);
+    assert!(
+        common::wait_until(Duration::from_secs(8), || !shm_exists(&by_tid)),
+        "{by_tid} outlived its connection:\n  {}",
+        story(&daemon.handle, &by_tid)
+    );
 }

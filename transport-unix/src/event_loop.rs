@@ -17,9 +17,7 @@
 //! acted on, before every tick, and at least every 100 ms.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +32,7 @@ use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
 use rustix::event::Timespec;
 use rustix::io::Errno;
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags};
+use rustix::net::SendFlags;
 
 use crate::background::{self, Background, Job};
 use crate::heap::HeapTrimmer;
@@ -42,6 +40,7 @@ use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
 use crate::readiness::{Readiness, Source};
 use crate::report::{self, History, Identity};
+use crate::sender;
 use crate::shared_journal::SharedJournal;
 use crate::spin::Spinner;
 
@@ -207,6 +206,7 @@ pub fn serve_tuned<N: Namespace>(
         exited: Vec::new(),
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
+        writer: None,
         journals_behind: false,
         replied: false,
         freed_descriptor: false,
@@ -569,31 +569,19 @@ impl Client {
             .map_or(self.backlog.len(), |held| held.at)
     }
 
-    /// Reads what is there. On the first read, descriptors sent along are
-    /// collected too (the last one is kept as the offer); any others, and any
-    /// sent later, are closed by the kernel or by us.
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
-        if !self.first_read {
-            return rustix::net::recv(&self.fd, buf, RecvFlags::DONTWAIT).map(|(n, _)| n);
-        }
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let received = rustix::net::recvmsg(
-            &self.fd,
-            &mut [IoSliceMut::new(buf)],
-            &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-        )?;
-        for message in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = message {
-                for fd in fds {
-                    self.offered = Some(fd);
-                }
+    /// Reads what is there, and who wrote it. On the first read, descriptors
+    /// sent along are collected too (the last one is kept as the offer); any
+    /// others, and any sent later, are closed.
+    fn read(&mut self, buf: &mut [u8]) -> Result<(usize, Option<i32>), Errno> {
+        let received = sender::receive(self.fd.as_fd(), buf)?;
+        if self.first_read {
+            if let Some(fd) = received.fds.into_iter().last() {
+                self.offered = Some(fd);
             }
+            // Descriptors travel with the first byte of what they were sent with.
+            self.first_read = received.bytes == 0;
         }
-        // Descriptors travel with the first byte of what they were sent with.
-        self.first_read = received.bytes == 0;
-        Ok(received.bytes)
+        Ok((received.bytes, received.writer))
     }
 }
 
@@ -621,6 +609,9 @@ struct Driver {
     exited: Vec<i32>,
     /// Senders found gone since their ends were last acted on.
     gone: HashSet<i32>,
+    /// Who wrote the bytes the manager is reading now, if a socket's and the
+    /// kernel said (see `sender`); `None` for a journal's.
+    writer: Option<i32>,
     /// Watched pids found running since the last read: one look serves all
     /// the frames of a read, which were all sent before it.
     running_since_read: HashSet<i32>,
@@ -642,6 +633,19 @@ struct Driver {
 }
 
 impl Driver {
+    /// Whether a frame's `pid` may stand for the bytes being read: it is
+    /// their writer's, or a child's of the writer (a process may speak for
+    /// the children it forked), or the kernel did not say who wrote them.
+    /// A pid that names another process (a worker in a pid namespace of its
+    /// own sends its namespace's pid, which names some unrelated process in
+    /// ours) must not tie holds to that process's life.
+    fn writer_speaks_for(&self, pid: i32) -> bool {
+        match self.writer {
+            None => true,
+            Some(writer) => writer == pid || pid_watch::parent_of(pid) == Some(writer),
+        }
+    }
+
     /// Reads what `id` sent, up to `budget` bytes, and hands it to the
     /// manager.
     fn read_from(
@@ -658,7 +662,7 @@ impl Driver {
             };
             let want = budget.min(buf.len());
             match client.read(&mut buf[..want]) {
-                Ok(0) => {
+                Ok((0, _)) => {
                     tracing::debug!(conn = %id, "client disconnected");
                     // What it committed before it went is still its word.
                     self.drain_at_end(id, manager, now);
@@ -666,10 +670,12 @@ impl Driver {
                     self.closing.push(id);
                     return;
                 }
-                Ok(n) => {
+                Ok((n, writer)) => {
                     budget -= n;
                     self.running_since_read.clear();
+                    self.writer = writer;
                     manager.receive(id, &buf[..n], now, self);
+                    self.writer = None;
                     // Read at the top of the next round, a round's worth per
                     // client however often it rang, its OK held back until
                     // then (see `held_doorbell`).
@@ -1003,6 +1009,11 @@ impl Effects for Driver {
     }
 
     fn watch_pid(&mut self, conn: ConnId, pid: i32) -> bool {
+        if !self.writer_speaks_for(pid) {
+            tracing::debug!(conn = %conn, pid, writer = ?self.writer,
+                "a frame's pid names neither its writer nor the writer's child: its holds last as long as the connection");
+            return false;
+        }
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;
         };
@@ -1041,11 +1052,12 @@ impl Effects for Driver {
     }
 
     fn pid_is_gone(&mut self, conn: ConnId, pid: i32) -> bool {
-        // `watch_pid` has just looked the namespace up.
-        let gone = self
-            .clients
-            .get(&conn)
-            .is_some_and(|client| client.same_pid_namespace == Some(true))
+        // `watch_pid` has just looked the namespace up, and the writer.
+        let gone = self.writer_speaks_for(pid)
+            && self
+                .clients
+                .get(&conn)
+                .is_some_and(|client| client.same_pid_namespace == Some(true))
             && pid_watch::is_gone(pid);
         // Its end is reported this round, after the reads.
         if gone && self.gone.insert(pid) {

@@ -64,6 +64,7 @@ mod pressure;
 mod readiness;
 mod report;
 mod rundir;
+mod sender;
 mod shared_journal;
 mod socket;
 mod spin;

@@ -70,6 +70,10 @@ impl Listener {
             }
         };
         let peer = peer_credentials(fd.as_fd());
+        // Without it, frames' pids are taken at their word, as before.
+        if let Err(errno) = crate::sender::name_writers(fd.as_fd()) {
+            tracing::debug!("cannot learn who writes on a connection: {errno}");
+        }
         Ok(Some(Accepted { fd, peer }))
     }
 }

@@ -224,6 +224,18 @@ fn proc_stat(pid: i32) -> std::io::Result<Option<u64>> {
     start.map(Some).ok_or_else(bad)
 }
 
+/// The parent (field 4 of `/proc/<pid>/stat`) of `pid`, running or a
+/// zombie; `None` once it is reaped, or if `/proc` cannot tell.
+pub(crate) fn parent_of(pid: i32) -> Option<i32> {
+    if pid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let after_name = &text[text.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Whether `/proc` has no entry for `pid`.
 fn has_no_proc_entry(pid: i32) -> bool {
     std::fs::metadata(format!("/proc/{pid}"))

@@ -430,6 +430,47 @@ impl RawClient {
         );
     }
 
+    /// Has a forked child, sharing this connection, write registrations of
+    /// `names` under its own pid and exit at once; returns its pid, reaped
+    /// (free for reuse). The manager reads them from their real writer,
+    /// alive or already gone, as it would a worker's last frames. The `OK`s
+    /// are left for the caller to read.
+    pub fn register_from_exited_child(&mut self, names: &[&str]) -> i32 {
+        use std::os::fd::AsRawFd;
+        let mut bytes = Vec::new();
+        for name in names {
+            bytes.extend_from_slice(&frame_from(0, 0, name));
+        }
+        let frame_len = bytes.len() / names.len().max(1);
+        let fd = self.stream.as_raw_fd();
+        // SAFETY: the child only calls `getpid`, writes into its own copy of
+        // `bytes` (no allocation), `write`s and `_exit`s: all
+        // async-signal-safe, as a fork of a threaded process requires.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: as above; `bytes` is this process's own copy.
+            unsafe {
+                let pid = libc::getpid().to_ne_bytes();
+                let base = bytes.as_ptr().cast_mut();
+                for at in (0..bytes.len()).step_by(frame_len.max(1)) {
+                    std::ptr::copy_nonoverlapping(pid.as_ptr(), base.add(at), pid.len());
+                }
+                let wrote = libc::write(fd, base.cast(), bytes.len());
+                libc::_exit(i32::from(wrote != bytes.len() as isize));
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let waited = unsafe { libc::waitpid(child, &raw mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child's write failed: {status}"
+        );
+        child
+    }
+
     /// Whether a registration of `name` is still answered `OK` (rather than
     /// the connection being closed).
     pub fn answers_registration(&mut self, name: &str) -> bool {
