@@ -343,8 +343,9 @@ fn parse_pid(text: &str) -> Result<rustix::process::Pid, String> {
     text.trim()
         .parse::<i32>()
         .ok()
+        // Checked first: `Pid::from_raw` asserts a pid is not negative.
+        .filter(|&pid| pid > 0)
         .and_then(rustix::process::Pid::from_raw)
-        .filter(|pid| pid.as_raw_nonzero().get() > 0)
         .ok_or_else(|| format!("{text:?} is not a process id"))
 }
 
@@ -608,6 +609,22 @@ fn raise_fd_limit() {
         };
         if let Err(err) = setrlimit(Resource::Nofile, raised) {
             tracing::debug!("could not raise the descriptor limit: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_pid_is_a_positive_number_and_anything_else_an_error_not_a_panic() {
+        assert_eq!(
+            parse_pid("42").map(|pid| pid.as_raw_nonzero().get()),
+            Ok(42)
+        );
+        for text in ["0", "-5", "abc", "", "4294967296"] {
+            assert!(parse_pid(text).is_err(), "{text:?}");
         }
     }
 }
