@@ -110,6 +110,37 @@ fn fork_sleeping_child() -> i32 {
     pid
 }
 
+/// A manager executable (a script) that prints a pipe manager's handshake,
+/// `pipe:<its pid>`, stops itself, and once continued runs `shm-manager`
+/// with its arguments in its place: a pipe manager stopped before it has
+/// looked for its client.
+fn manager_stopped_at_start() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join("shm-manager-stopped-at-start");
+    let script = format!(
+        "#!/bin/sh\necho \"pipe:$$\"\nkill -STOP $$\nexec {SHM_MANAGER} \"$@\" >/dev/null\n"
+    );
+    if std::fs::read_to_string(&path).ok() != Some(script.clone()) {
+        let temporary = dir.join(format!(
+            "shm-manager-stopped-at-start.{}",
+            std::process::id()
+        ));
+        std::fs::write(&temporary, &script).unwrap();
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+    }
+    path
+}
+
+/// Whether the process `pid` is stopped (state `T`).
+fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
+}
+
 /// Forks; the child runs `child` under a 10 s alarm and `_exit`s with its
 /// result. Returns the child's wait status.
 fn fork_and_wait(child: impl FnOnce() -> bool) -> i32 {
@@ -695,21 +726,23 @@ fn doctor_does_not_call_a_live_managers_directory_stale() {
 /// wrote them and was killed), beside a forked child that keeps the pipes
 /// open. They must still end with the client, not with the pipes.
 ///
-/// Open finding (about 1 run in 4 under load): a pipe manager stopped
-/// before it takes its parent's pidfd (`Client::parent`, transport-pipe's
-/// serve.rs) resumes after its client died, is reparented, and takes init
-/// as its client; the client's frames then last as long as the pipes. The
-/// fix is for the launcher to name the client's pid (`--client-pid`) and
-/// the manager to treat a parent already gone as an ended client.
+/// Guards a finding that failed about 1 run in 4 under load (94a43bf): a
+/// pipe manager stopped before it took its parent's pidfd resumed after its
+/// client died, reparented, and took init for its client; the client's
+/// frames then lasted as long as the pipes. The launcher now names the
+/// client (`--client-pid`) and a manager that finds it gone ends its holds
+/// as it reads them. The manager here is started through a script that
+/// prints its handshake and stops itself before it runs `shm-manager`, so
+/// the manager always looks for its client after the client died: without
+/// the fix this fails every run.
 #[test]
-#[ignore = "open finding: a pipe manager stopped before it took its parent's pidfd takes init as its client"]
 fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child() {
     const TEST: &str =
         "a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child";
     let prefix = format!("/h7late{}_", id());
     if std::env::var_os(INNER).is_some() {
         let config = Config::default()
-            .manager_executable(SHM_MANAGER)
+            .manager_executable(manager_stopped_at_start())
             .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
             .transport(libshm::TransportKind::Pipe)
             .ack_mode(AckMode::Pipelined { max_in_flight: 32 })
@@ -717,12 +750,13 @@ fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child
         let link = ManagerLink::launch(&config).unwrap();
         let handle = link.handle().to_string();
         let manager: i32 = handle.strip_prefix("pipe:").unwrap().parse().unwrap();
+        // Stopped by itself, or a continue sent after our death would be
+        // spent before its stop, which nothing would then end.
+        assert!(
+            wait_until(Duration::from_secs(5), || is_stopped(manager)),
+            "the manager {manager} did not stop"
+        );
         let pid = fork_sleeping_child();
-        let stop = |signal| {
-            rustix::process::kill_process(rustix::process::Pid::from_raw(manager).unwrap(), signal)
-                .unwrap();
-        };
-        stop(rustix::process::Signal::STOP);
         let segments: Vec<_> = (0..3).map(|_| link.create(4096).unwrap()).collect();
         println!("manager={manager} child={pid}");
         std::mem::forget(segments);

@@ -18,7 +18,7 @@ use libshm_core::manager::ManagerConfig;
 use libshm_core::name::SegmentName;
 use libshm_core::namespace::{Namespace, Observed, Unlinked};
 use libshm_core::transport::Transport;
-use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
+use libshm_pipe::{ClientProcess, Ended, ManagerEnds, PipeTransport, serve};
 use rustix::pipe::{PipeFlags, pipe_with};
 
 /// Segments that "exist", each with one reference.
@@ -54,7 +54,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC)?;
     let ends = ManagerEnds::new(request_read, reply_write)?;
     let mut namespace = InMemory(names.into_iter().collect());
-    let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut namespace));
+    // Its client is this process, not a parent; the pipes' end of file is
+    // what ends it here.
+    let manager = std::thread::spawn(move || {
+        serve(
+            ends,
+            ClientProcess::Parent,
+            ManagerConfig::default(),
+            &mut namespace,
+        )
+    });
 
     let mut pipes = PipeTransport::new(request_write, reply_read, None)?;
     // Pipelined: every registration written at once, the OKs read after.

@@ -45,14 +45,20 @@ impl ChildPipes {
         })
     }
 
-    /// Adds `--transport pipe --pipe-fds 3,4` to `command`, and the step
-    /// that puts the child's ends there between fork and exec.
+    /// Adds `--transport pipe --pipe-fds 3,4 --client-pid <our pid>` to
+    /// `command`, and the step that puts the child's ends there between fork
+    /// and exec. Spawn the command from this process: the manager takes the
+    /// pid for its parent's, and a manager that starts only after this
+    /// process died (it was stopped meanwhile) can then tell that its client
+    /// has ended, rather than take its new parent (init) for it.
     pub fn prepare(&self, command: &mut Command) {
         command
             .arg("--transport")
             .arg("pipe")
             .arg("--pipe-fds")
-            .arg(format!("{REQUEST_FD},{REPLY_FD}"));
+            .arg(format!("{REQUEST_FD},{REPLY_FD}"))
+            .arg("--client-pid")
+            .arg(rustix::process::getpid().as_raw_nonzero().to_string());
         let child_ends = (self.child_ends.0.as_raw_fd(), self.child_ends.1.as_raw_fd());
         // SAFETY: the hook runs in the forked child before exec, where only
         // async-signal-safe calls are allowed. `place_child_ends` makes raw
@@ -188,6 +194,26 @@ mod tests {
         assert!(!gone(launched.pid));
         drop(launched.transport);
         assert!(wait_until(|| gone(launched.pid)), "exited and was reaped");
+    }
+
+    #[test]
+    fn the_manager_is_told_our_pid_as_its_clients() {
+        // `sh -c script` takes what `prepare` adds as $0, $1, ...: it sends
+        // the last two back on fd 4, then closes it.
+        let script =
+            r#"echo "pipe:$$"; printf '%s %s' "$4" "$5" >&4; exec 4>&-; cat <&3 >/dev/null"#;
+        let mut launched = shell(script);
+        let (mut told, mut buf) = (Vec::new(), [0u8; 64]);
+        loop {
+            match launched.transport.receive(&mut buf).unwrap() {
+                0 => break,
+                n => told.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(
+            String::from_utf8(told).unwrap(),
+            format!("--client-pid {}", std::process::id())
+        );
     }
 
     #[test]

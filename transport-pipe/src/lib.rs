@@ -11,8 +11,9 @@
 //!   registered is unlinked and `serve` returns.
 //! - [`ChildPipes`]: both pipes, created close-on-exec, added to the command
 //!   that starts `shm-manager --transport pipe` at fds [`REQUEST_FD`] and
-//!   [`REPLY_FD`]; the launcher (`libshm_unix::Launcher::launch_with`) reads
-//!   its handshake line, `pipe:<pid>`.
+//!   [`REPLY_FD`], with the client's pid ([`ClientProcess`]); the launcher
+//!   (`libshm_unix::Launcher::launch_with`) reads its handshake line,
+//!   `pipe:<pid>`.
 //!
 //! The frames and replies are PyTorch's, as over the socket. What differs is
 //! reach: a pipe manager serves exactly the process that started it and
@@ -41,7 +42,7 @@
 //! use libshm_core::name::SegmentName;
 //! use libshm_core::namespace::{Namespace, Observed, Unlinked};
 //! use libshm_core::transport::Transport;
-//! use libshm_pipe::{Ended, ManagerEnds, PipeTransport, serve};
+//! use libshm_pipe::{ClientProcess, Ended, ManagerEnds, PipeTransport, serve};
 //! use rustix::pipe::{PipeFlags, pipe_with};
 //!
 //! /// Every name exists, with one reference, until it is unlinked.
@@ -57,7 +58,10 @@
 //! let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC)?;
 //! let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC)?;
 //! let ends = ManagerEnds::new(request_read, reply_write)?;
-//! let manager = std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut EverythingExists));
+//! // In a thread, its client is our process: whoever is our parent stands in.
+//! let manager = std::thread::spawn(move || {
+//!     serve(ends, ClientProcess::Parent, ManagerConfig::default(), &mut EverythingExists)
+//! });
 //!
 //! let mut pipes = PipeTransport::new(request_write, reply_read, None)?;
 //! pipes.send_all(&Frame::register(1, SegmentName::new(b"/torch_1_2_3")?).encode())?;
@@ -88,5 +92,5 @@ pub use child_pipes::ChildPipes;
 pub use handle::{
     HANDLE_PREFIX, REPLY_FD, REQUEST_FD, is_pipe_handle, pipe_handle, pipe_handle_pid,
 };
-pub use serve::{Ended, InheritError, ManagerEnds, Summary, serve};
+pub use serve::{ClientProcess, Ended, InheritError, ManagerEnds, Summary, serve};
 pub use transport::{PipeError, PipeTransport};

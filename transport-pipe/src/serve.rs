@@ -10,8 +10,11 @@
 //! A child the client forked holds copies of the client's pipe end, and
 //! holds off that end of file for as long as it lives. So the manager also
 //! watches the client process itself (a pidfd of the process that started
-//! it): when it exits, its holds end, as a Unix manager ends a watched
-//! process's, and its segments are reaped unless a live process maps them.
+//! it, [`ClientProcess`]): when it exits, its holds end, as a Unix manager
+//! ends a watched process's, and its segments are reaped unless a live
+//! process maps them. A client that ended before the manager looked (the
+//! manager was stopped or starved meanwhile) is known by the pid its
+//! launcher named: its frames, read late, end their holds as a dead client's.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -28,6 +31,7 @@ use libshm_core::storage::Growable;
 use libshm_core::time::Timestamp;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::{Errno, FdFlags};
+use rustix::process::Pid;
 
 /// Replies queued for a client that does not read them, before it is cut off.
 const MAX_REPLY_BACKLOG: usize = 1 << 20;
@@ -147,6 +151,29 @@ fn prepare(fd: BorrowedFd<'_>) -> Result<(), InheritError> {
     rustix::io::ioctl_fionbio(fd, true).map_err(setup("ioctl(FIONBIO)"))
 }
 
+/// Which process is the manager's one client: frames with its pid end their
+/// holds when it exits, even while a child it forked keeps the pipes open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientProcess {
+    /// Whatever process is the manager's parent when it looks (`getppid`),
+    /// for launchers that do not name their client. A manager that looks
+    /// only after its client died (stopped or starved since its start) takes
+    /// its new parent, init or a subreaper, for its client, and the dead
+    /// client's frames then last as long as the pipes.
+    Parent,
+    /// The process with this pid (in the manager's pid namespace), which
+    /// launched the manager: `shm-manager --client-pid`, which
+    /// [`ChildPipes`](crate::ChildPipes) passes. While it is the manager's
+    /// parent, it is watched. Once no process has that pid, or the one that
+    /// has it started after the manager (the pid was reused), the client has
+    /// ended: its frames read from then on end their holds as those of a
+    /// client that died. A live process that started before the manager but
+    /// is not its parent (a launcher that starts it through a forking
+    /// wrapper) is watched: taking a live client for a dead one would unlink
+    /// what it still uses.
+    Launcher(Pid),
+}
+
 /// How the client's session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -201,7 +228,13 @@ pub struct Summary {
 /// pipe is private) ends the session the same way. The client is the process
 /// that started this one: frames with its pid end their holds when it exits,
 /// even while the pipe stays open; any other pid's last as long as the pipe.
-pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: &mut N) -> Summary {
+/// `client` says which process that is.
+pub fn serve<N: Namespace>(
+    ends: ManagerEnds,
+    client: ClientProcess,
+    config: ManagerConfig,
+    namespace: &mut N,
+) -> Summary {
     let config = ManagerConfig {
         shutdown_after: Duration::ZERO,
         linger: Duration::ZERO,
@@ -219,7 +252,7 @@ pub fn serve<N: Namespace>(ends: ManagerEnds, config: ManagerConfig, namespace: 
         backlog: Vec::new(),
         replies_closed: false,
         cut: None,
-        client: Client::parent(),
+        client: Client::find(client),
     };
     let ended = match manager.connect(Peer::default(), Timestamp::from_duration(clock.elapsed())) {
         Ok(conn) => {
@@ -273,7 +306,11 @@ fn run<N: Namespace>(
                 tv_nsec: 0,
             })
         });
-        let watched_client = driver.client.as_ref().filter(|client| client.watched);
+        let watched_pidfd = driver
+            .client
+            .as_ref()
+            .filter(|client| client.watched)
+            .and_then(Client::pidfd);
         // The requests, then what else is watched this round; the unused
         // slots (copies of the first) are left out of the poll.
         let mut fds = [
@@ -289,8 +326,8 @@ fn run<N: Namespace>(
             watched += 1;
             watched - 1
         });
-        let client_at = watched_client.map(|client| {
-            fds[watched] = PollFd::new(&client.pidfd, PollFlags::IN);
+        let client_at = watched_pidfd.map(|pidfd| {
+            fds[watched] = PollFd::new(pidfd, PollFlags::IN);
             watched += 1;
             watched - 1
         });
@@ -386,10 +423,10 @@ fn read_all_queued(
     }
 }
 
-/// The client process, through a pidfd taken at start.
+/// The client process, as the manager found it at start.
 struct Client {
     pid: i32,
-    pidfd: OwnedFd,
+    process: Process,
     /// Whether some hold depends on it (the manager asked to watch it).
     watched: bool,
     /// Frames of it were read after it died, and its end is still to be
@@ -397,30 +434,106 @@ struct Client {
     gone_unreported: bool,
 }
 
+/// What the manager holds of its client's process.
+enum Process {
+    /// A pidfd, which reports its exit.
+    Open(OwnedFd),
+    /// It ended before the manager could open one.
+    EndedBeforeStart,
+}
+
 impl Client {
-    /// The process that started this manager: its one client. `None` where
-    /// pidfds are unavailable, or it has already gone (the manager is then
-    /// an orphan; its holds last as long as the pipes, as before).
-    fn parent() -> Option<Self> {
-        let pid = rustix::process::getppid()?;
-        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
-        // Orphaned before the pidfd was taken: its pid is init's (or a
-        // subreaper's), never the client's.
-        if rustix::process::getppid() != Some(pid) {
-            return None;
+    /// The client `which` names. `None` where it cannot be told apart from
+    /// another process (pidfds are unavailable, the parent is another pid
+    /// namespace's, or the parent named by `getppid` has already gone): its
+    /// holds then last as long as the pipes, as those of any other pid.
+    fn find(which: ClientProcess) -> Option<Self> {
+        let (pid, process) = match which {
+            ClientProcess::Parent => {
+                let pid = rustix::process::getppid()?;
+                let pidfd =
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+                // Orphaned before the pidfd was taken: its pid is init's (or a
+                // subreaper's), never the client's.
+                if rustix::process::getppid() != Some(pid) {
+                    return None;
+                }
+                (pid, Process::Open(pidfd))
+            }
+            ClientProcess::Launcher(pid) => (pid, Self::launcher(pid)?),
+        };
+        if matches!(process, Process::EndedBeforeStart) {
+            tracing::info!(
+                pid = pid.as_raw_nonzero().get(),
+                "the client ended before this manager started watching it; \
+                 its frames end their holds as they are read"
+            );
         }
         Some(Self {
             pid: pid.as_raw_nonzero().get(),
-            pidfd,
+            process,
             watched: false,
             gone_unreported: false,
         })
     }
 
-    fn has_exited(&self) -> bool {
-        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-        matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
+    /// The process that launched this manager as `pid`, or `None` if that
+    /// cannot be judged.
+    fn launcher(pid: Pid) -> Option<Process> {
+        // A parent in another pid namespace (`getppid` is 0): `pid` is
+        // another namespace's, and means nothing here.
+        rustix::process::getppid()?;
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(pidfd) => pidfd,
+            // Nobody has the pid the client had: it ended.
+            Err(Errno::SRCH) => return Some(Process::EndedBeforeStart),
+            Err(_) => return None,
+        };
+        // Still our parent after the open: the pidfd names it, for a parent
+        // stays ours until it exits, and its pid is free only after that.
+        if rustix::process::getppid() == Some(pid) {
+            return Some(Process::Open(pidfd));
+        }
+        // Not our parent: it exited since (we were reparented; if it is a
+        // zombie still, its pidfd reports the exit at once), its pid went to
+        // a process that started after us, or a wrapper came between us.
+        match started_after_this_process(pid) {
+            // Read while the pidfd's process was alive, so of that process.
+            Some(true) if !has_exited(&pidfd) => Some(Process::EndedBeforeStart),
+            _ => Some(Process::Open(pidfd)),
+        }
     }
+
+    /// The pidfd to poll for the client's exit, if it is still to come.
+    fn pidfd(&self) -> Option<&OwnedFd> {
+        match &self.process {
+            Process::Open(pidfd) => Some(pidfd),
+            Process::EndedBeforeStart => None,
+        }
+    }
+
+    fn has_exited(&self) -> bool {
+        self.pidfd().is_none_or(has_exited)
+    }
+}
+
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    matches!(rustix::event::poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
+}
+
+/// Whether the process `pid` started after this one, by the start times in
+/// `/proc`; `None` where they cannot be read (no `/proc`, or `pid` exited).
+fn started_after_this_process(pid: Pid) -> Option<bool> {
+    let start = |who: &str| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?;
+        // The command name, in parentheses, may hold spaces and parentheses
+        // itself; the fields after it start at the third (the state), and the
+        // start time is the 22nd.
+        let (_, fields) = stat.rsplit_once(')')?;
+        fields.split_whitespace().nth(22 - 3)?.parse().ok()
+    };
+    Some(start(&pid.as_raw_nonzero().to_string())? > start("self")?)
 }
 
 /// Carries out the manager's effects on the reply pipe, and queues its chores.
@@ -541,6 +654,7 @@ mod tests {
     use rustix::pipe::{PipeFlags, pipe_with};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     /// A namespace in memory that records what was unlinked.
     #[derive(Clone, Default)]
@@ -585,8 +699,14 @@ mod tests {
         let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
         let ends = ManagerEnds::new(request_read, reply_write).unwrap();
         let mut namespace = names.clone();
-        let thread =
-            std::thread::spawn(move || serve(ends, ManagerConfig::default(), &mut namespace));
+        let thread = std::thread::spawn(move || {
+            serve(
+                ends,
+                ClientProcess::Parent,
+                ManagerConfig::default(),
+                &mut namespace,
+            )
+        });
         (thread, request_write, reply_read)
     }
 
@@ -663,7 +783,8 @@ mod tests {
             frame_timeout: Some(Duration::from_millis(50)),
             ..ManagerConfig::default()
         };
-        let thread = std::thread::spawn(move || serve(ends, config, &mut namespace));
+        let thread =
+            std::thread::spawn(move || serve(ends, ClientProcess::Parent, config, &mut namespace));
         let mut transport =
             PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
         names.create(name(4));
@@ -676,6 +797,115 @@ mod tests {
             Ended::ClosedForCause(CloseReason::StalledFrame)
         );
         assert_eq!(names.unlinked(), [name(4)]);
+    }
+
+    /// A manager serving `client` in a thread, reaping orphans 50 ms after
+    /// their holders end, and the client's transport.
+    fn manager_for(
+        names: &Names,
+        client: ClientProcess,
+    ) -> (std::thread::JoinHandle<Summary>, PipeTransport) {
+        let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let ends = ManagerEnds::new(request_read, reply_write).unwrap();
+        let mut namespace = names.clone();
+        let config = ManagerConfig {
+            reap_grace: Some(Duration::from_millis(50)),
+            ..ManagerConfig::default()
+        };
+        let thread = std::thread::spawn(move || serve(ends, client, config, &mut namespace));
+        let transport =
+            PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
+        (thread, transport)
+    }
+
+    /// Registers `name` as `pid` and waits for the `OK`.
+    fn register_as(transport: &mut PipeTransport, pid: i32, name: SegmentName) {
+        transport
+            .send_all(&Frame::register(pid, name).encode())
+            .unwrap();
+        let (mut reply, mut got) = ([0u8; 2], 0);
+        while got < reply.len() {
+            let n = transport.receive(&mut reply[got..]).unwrap();
+            assert_ne!(n, 0, "the manager closed before answering");
+            got += n;
+        }
+        assert_eq!(reply, libshm_core::ack::ACK);
+    }
+
+    fn unlinked_within(names: &Names, name: SegmentName, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if names.unlinked().contains(&name) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    fn pid(raw: u32) -> Pid {
+        Pid::from_raw(i32::try_from(raw).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_launcher_gone_before_the_manager_looked_ends_its_holds_as_they_are_read() {
+        // A process that has exited and been reaped: nobody has its pid.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let launcher = gone.id();
+        gone.wait().unwrap();
+        let names = Names::default();
+        let (thread, mut transport) = manager_for(&names, ClientProcess::Launcher(pid(launcher)));
+        names.create(name(1));
+        register_as(&mut transport, launcher as i32, name(1));
+        // The pipe stays open (as a child the client forked keeps it).
+        assert!(
+            unlinked_within(&names, name(1), Duration::from_secs(5)),
+            "the dead launcher's name outlived it while the pipe was open"
+        );
+        drop(transport);
+        assert_eq!(thread.join().unwrap().ended, Ended::EndOfFile);
+    }
+
+    #[test]
+    fn a_launchers_pid_taken_by_a_process_younger_than_the_manager_is_not_the_client() {
+        // Started after this process, which serves here: whoever has the
+        // launcher's pid now, it is not the process that launched us.
+        let mut younger = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let reused = younger.id();
+        let names = Names::default();
+        let (thread, mut transport) = manager_for(&names, ClientProcess::Launcher(pid(reused)));
+        names.create(name(2));
+        register_as(&mut transport, reused as i32, name(2));
+        let reaped = unlinked_within(&names, name(2), Duration::from_secs(5));
+        let _ = younger.kill();
+        let _ = younger.wait();
+        assert!(
+            reaped,
+            "a process younger than the manager was taken for its client"
+        );
+        drop(transport);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_live_launcher_older_than_the_manager_is_watched_even_if_not_its_parent() {
+        // Init: alive, older than everything, and not this process's parent
+        // (as a launcher with a forking wrapper between it and the manager).
+        let names = Names::default();
+        let (thread, mut transport) = manager_for(&names, ClientProcess::Launcher(pid(1)));
+        names.create(name(3));
+        register_as(&mut transport, 1, name(3));
+        assert!(
+            !unlinked_within(&names, name(3), Duration::from_millis(500)),
+            "a live client's name was reaped"
+        );
+        drop(transport);
+        assert_eq!(thread.join().unwrap().ended, Ended::EndOfFile);
+        assert_eq!(names.unlinked(), [name(3)], "reaped at the end of file");
     }
 
     #[test]

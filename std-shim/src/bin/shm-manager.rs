@@ -22,8 +22,10 @@
 //! creates no socket, reads frames from the pipe at the first of `--pipe-fds`
 //! (default 3) and writes replies to the second (default 4), prints the
 //! handle `pipe:<pid>`, and once its client's pipe reaches end of file it
-//! unlinks every name still registered and exits. `libshm_unix::Launcher`
-//! with `libshm_pipe::ChildPipes` starts it that way.
+//! unlinks every name still registered and exits. Its client is the process
+//! `--client-pid` names (else its parent): what that process registered ends
+//! with it, even while a child it forked keeps the pipes open.
+//! `libshm_unix::Launcher` with `libshm_pipe::ChildPipes` starts it that way.
 
 use std::io::{self, Write};
 use std::os::fd::RawFd;
@@ -35,7 +37,7 @@ use clap::Parser;
 use libshm::{ENV_PREFIX, ShmNamespace};
 use libshm_core::manager::ManagerConfig;
 use libshm_core::name::{NamePrefix, SegmentName};
-use libshm_pipe::{InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
+use libshm_pipe::{ClientProcess, InheritError, ManagerEnds, REPLY_FD, REQUEST_FD};
 use libshm_unix::{Adoption, BASE_MAX, CreateError, FALLBACK_BASES, Listener, RunDir};
 
 use units::{parse_duration, parse_optional_duration};
@@ -80,6 +82,14 @@ struct Args {
     /// one to write replies to.
     #[arg(long, default_value_t = FdPair(REQUEST_FD, REPLY_FD), value_parser = parse_fd_pair)]
     pipe_fds: FdPair,
+
+    /// With --transport pipe: the pid of the client, the process that starts
+    /// this manager. If that process has already ended when the manager
+    /// looks (it was stopped meanwhile), what the client registered ends at
+    /// once. Without it the manager takes its parent at that moment for its
+    /// client, which is init once the client has died.
+    #[arg(long, value_name = "PID", value_parser = parse_pid)]
+    client_pid: Option<rustix::process::Pid>,
 
     /// Exit after this long with no client connected (unix transport only).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -288,7 +298,10 @@ fn serve_pipe(
         return ExitCode::FAILURE;
     }
     tracing::info!(%handle, "serving one client over pipes");
-    let summary = libshm_pipe::serve(ends, config, &mut namespace);
+    let client = args
+        .client_pid
+        .map_or(ClientProcess::Parent, ClientProcess::Launcher);
+    let summary = libshm_pipe::serve(ends, client, config, &mut namespace);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
 }
@@ -324,6 +337,16 @@ fn parse_fd_pair(text: &str) -> Result<FdPair, String> {
             .ok_or_else(|| format!("{part:?} is not a file descriptor"))
     };
     Ok(FdPair(fd(read)?, fd(write)?))
+}
+
+fn parse_pid(text: &str) -> Result<rustix::process::Pid, String> {
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        // Checked first: `Pid::from_raw` asserts a pid is not negative.
+        .filter(|&pid| pid > 0)
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{text:?} is not a process id"))
 }
 
 /// A duration that `off` disables (clap reads `Option` as "may be omitted").
@@ -586,6 +609,22 @@ fn raise_fd_limit() {
         };
         if let Err(err) = setrlimit(Resource::Nofile, raised) {
             tracing::debug!("could not raise the descriptor limit: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_pid_is_a_positive_number_and_anything_else_an_error_not_a_panic() {
+        assert_eq!(
+            parse_pid("42").map(|pid| pid.as_raw_nonzero().get()),
+            Ok(42)
+        );
+        for text in ["0", "-5", "abc", "", "4294967296"] {
+            assert!(parse_pid(text).is_err(), "{text:?}");
         }
     }
 }
