@@ -647,20 +647,23 @@ impl Driver {
     }
 
     /// Reads what `id` sent, up to `budget` bytes, and hands it to the
-    /// manager.
+    /// manager. Stops early at a short read: the socket is drained, or the
+    /// bytes after it are another writer's (the kernel returns one writer's
+    /// at a time). Returns how many bytes it handed over.
     fn read_from(
         &mut self,
         id: ConnId,
         manager: &mut Manager<Growable>,
         buf: &mut [u8],
-        mut budget: usize,
+        budget: usize,
         now: Timestamp,
-    ) {
-        while budget > 0 {
+    ) -> usize {
+        let mut left = budget;
+        while left > 0 {
             let Some(client) = self.clients.get_mut(&id) else {
-                return;
+                break;
             };
-            let want = budget.min(buf.len());
+            let want = left.min(buf.len());
             match client.read(&mut buf[..want]) {
                 Ok((0, _)) => {
                     tracing::debug!(conn = %id, "client disconnected");
@@ -668,10 +671,10 @@ impl Driver {
                     self.drain_at_end(id, manager, now);
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
-                    return;
+                    break;
                 }
                 Ok((n, writer)) => {
-                    budget -= n;
+                    left -= n;
                     self.running_since_read.clear();
                     self.writer = writer;
                     manager.receive(id, &buf[..n], now, self);
@@ -684,20 +687,21 @@ impl Driver {
                         self.journals_behind = true;
                     }
                     if n < want || self.closing.contains(&id) {
-                        return;
+                        break;
                     }
                 }
-                Err(Errno::AGAIN) => return,
+                Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
                     tracing::debug!(conn = %id, "client connection failed: {errno}");
                     self.drain_at_end(id, manager, now);
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
-                    return;
+                    break;
                 }
             }
         }
+        budget - left
     }
 
     /// Hands up to a round's worth of `id`'s unread journal frames to the
@@ -798,13 +802,16 @@ impl Driver {
             .get(&id)
             .and_then(|client| rustix::io::ioctl_fionread(&client.fd).ok())
             .unwrap_or(0);
-        self.read_from(
-            id,
-            manager,
-            buf,
-            usize::try_from(queued).unwrap_or(usize::MAX),
-            now,
-        );
+        // One read returns one writer's bytes: what an exited member wrote
+        // last may wait behind other members' runs, and must be read before
+        // its holders end, or its releases come too late.
+        let mut left = usize::try_from(queued).unwrap_or(usize::MAX);
+        while left > 0 && !self.closing.contains(&id) {
+            match self.read_from(id, manager, buf, left, now) {
+                0 => break,
+                read => left = left.saturating_sub(read),
+            }
+        }
         self.drain_at_end(id, manager, now);
     }
 
