@@ -247,16 +247,13 @@ fn an_exiting_members_release_behind_two_other_writers_is_read_before_its_end() 
 /// opens it. This is README's "known limit", and it loses a segment, not
 /// only holds one too long.
 ///
-/// Proposed fix: ask the driver, when a frame's pid resolves to a holder
-/// tied to that pid, whether this read's writer speaks for it (a new
-/// `Effects` call, answered from the writer and one `/proc` look per pid
-/// per read); if not, the frame goes to the connection's holder (without an
-/// alias). The core's tests and the fuzz model (fuzz/src/manager_model.rs)
-/// need the same rule.
+/// Fixed: for every frame whose pid resolves to a holder tied to that pid,
+/// the manager asks the driver whether the read's writer speaks for it
+/// (`Effects::speaks_for`: the writer, or its parent, one `/proc` look per
+/// pid per read); if not, the frame goes to the connection's holder, and
+/// that writer's pid is neither aliased over the process's holder nor
+/// remembered as the connection's shortcut to it.
 #[test]
-#[ignore = "open finding: a frame from a writer that does not speak for its pid joins the holder \
-            of the process the pid names (core known_holder checks no writer); fix: an Effects \
-            call per frame for pid-tied holders, the frame going to the connection's holder"]
 fn a_nested_workers_pid_equal_to_a_live_siblings_does_not_tie_its_tensor_to_the_sibling() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(

@@ -206,6 +206,7 @@ pub fn serve_tuned<N: Namespace>(
         exited: Vec::new(),
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
+        speaks_this_read: HashMap::new(),
         writer: None,
         journals_behind: false,
         replied: false,
@@ -615,6 +616,9 @@ struct Driver {
     /// Watched pids found running since the last read: one look serves all
     /// the frames of a read, which were all sent before it.
     running_since_read: HashSet<i32>,
+    /// Whether this read's writer speaks for a pid not its own (its child's):
+    /// one look at `/proc` per pid per read.
+    speaks_this_read: HashMap<i32, bool>,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -676,6 +680,7 @@ impl Driver {
                 Ok((n, writer)) => {
                     left -= n;
                     self.running_since_read.clear();
+                    self.speaks_this_read.clear();
                     self.writer = writer;
                     manager.receive(id, &buf[..n], now, self);
                     self.writer = None;
@@ -1045,6 +1050,18 @@ impl Effects for Driver {
 
     fn unwatch_pid(&mut self, pid: i32) {
         self.stop_watching(pid);
+    }
+
+    fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
+        if self.writer.is_none_or(|writer| writer == pid) {
+            return true;
+        }
+        if let Some(&speaks) = self.speaks_this_read.get(&pid) {
+            return speaks;
+        }
+        let speaks = self.writer_speaks_for(pid);
+        self.speaks_this_read.insert(pid, speaks);
+        speaks
     }
 
     fn pid_has_ended(&mut self, pid: i32) -> bool {
