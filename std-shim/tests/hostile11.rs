@@ -288,6 +288,11 @@ fn a_nested_workers_pid_equal_to_a_live_siblings_does_not_tie_its_tensor_to_the_
          joined X's holder and ended with X. The manager's story:\n  {}",
         story(&daemon.handle, &name)
     );
+    assert!(
+        wait_until(Duration::from_secs(3), || !shm_exists(&sibling_name)),
+        "{sibling_name}, X's, is reaped after X's end: its holder is still tied to X. {}",
+        story(&daemon.handle, &sibling_name)
+    );
 }
 
 // --- Withstood ----------------------------------------------------------------
