@@ -535,6 +535,17 @@ pub trait Effects {
     fn pid_has_ended(&mut self, _pid: i32) -> bool {
         false
     }
+    /// Whether the frame being handled may speak for `pid`, which a holder
+    /// on `conn` is tied to: the bytes' writer is that process (or its
+    /// parent). Asked for every frame that would join such a holder, since
+    /// another writer on the connection may use the same pid (a worker in a
+    /// pid namespace of its own sends its pid there, which may be a
+    /// sibling's here): its frame goes to the connection's holder, or it
+    /// would end with the sibling. Drivers that cannot tell keep the
+    /// default.
+    fn speaks_for(&mut self, _conn: ConnId, _pid: i32) -> bool {
+        true
+    }
     /// Whether `pid`, which [`Effects::watch_pid`] just declined for `conn`,
     /// is a process of `conn`'s pid namespace that has already exited (a
     /// frame read after its sender died). True promises to report its end
@@ -2088,20 +2099,31 @@ impl<S: Storage> Manager<S> {
             holder
         } else {
             let holder = self.connection_holder(conn)?;
+            let alias = HolderKey {
+                conn,
+                pid: Some(pid),
+            };
+            // Not over a process's own holder, whose pid this writer shares.
+            let taken = self.holder_index.get(&alias).is_some();
             let c = self.conns.get_mut(&conn)?;
-            if c.aliases < MAX_ALIASES {
-                let alias = HolderKey {
-                    conn,
-                    pid: Some(pid),
-                };
-                if self.holder_index.insert(alias, holder).is_ok() {
-                    c.aliases += 1;
-                }
+            if c.aliases < MAX_ALIASES && !taken && self.holder_index.insert(alias, holder).is_ok()
+            {
+                c.aliases += 1;
             }
             holder
         };
+        // Not remembered for `pid` if the pid has another holder here (a
+        // process's, whose pid this writer only shares): the shortcut
+        // would send that process's frames here.
+        let shared = self
+            .holder_index
+            .get(&HolderKey {
+                conn,
+                pid: Some(pid),
+            })
+            .is_some_and(|&h| h != holder);
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.last = Some((pid, holder));
+            c.last = (!shared).then_some((pid, holder));
         }
         Some(holder)
     }
@@ -2240,6 +2262,13 @@ impl<S: Storage> Manager<S> {
         if tied && fx.pid_has_ended(pid) {
             self.pid_exiting(pid, self.clock);
             return None;
+        }
+        if tied && !fx.speaks_for(conn, pid) {
+            // Another writer using the pid: its frames are the connection's.
+            return self
+                .holder_index
+                .get(&HolderKey { conn, pid: None })
+                .copied();
         }
         Some(holder)
     }

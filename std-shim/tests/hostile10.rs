@@ -315,35 +315,6 @@ fn a_reused_pids_journaled_frame_read_before_its_old_owners_end_is_not_charged_t
 
 // --- Finding 2: a fork in a pid namespace of its own on its family's connection
 
-/// Run by a process in a pid namespace of its own that inherited its
-/// family's connection as descriptor 3, as a `torch.multiprocessing` worker
-/// does: registers `argv[1]` under its own `getpid()`, creates and maps the
-/// segment (refcount 1), prints its pid; at a line on stdin puts it in a
-/// queue (refcount 2), drops its own reference (unmaps, refcount 1) and
-/// releases it, and prints `released`; waits for stdin to close.
-const NESTED_WORKER: &str = r#"
-import mmap, os, struct, sys
-name, pid = sys.argv[1], os.getpid()
-def frame(free):
-    b = name.encode()
-    return struct.pack("=iB", pid, free) + b + b"\0" * (60 - len(b)) + b"\0" * 3
-os.write(3, frame(0))
-assert os.read(3, 2) == b"OK"
-fd = os.open("/dev/shm" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-os.ftruncate(fd, 128)
-m = mmap.mmap(fd, 128)
-m[0:4] = struct.pack("=i", 1)
-print(pid, flush=True)
-sys.stdin.readline()
-m[0:4] = struct.pack("=i", 2)
-m[0:4] = struct.pack("=i", 1)
-m.close()
-os.close(fd)
-os.write(3, frame(1))
-print("released", flush=True)
-sys.stdin.read()
-"#;
-
 /// A family's connection is inherited by a worker forked in a pid namespace
 /// of its own (`unshare(CLONE_NEWUSER | CLONE_NEWPID)` needs no privilege;
 /// sandboxes and nested containers do it). Its frames carry its own
@@ -388,7 +359,7 @@ fn a_worker_in_a_pid_namespace_of_its_own_on_its_familys_connection_keeps_its_te
             "echo {} > /proc/sys/kernel/ns_last_pid && python3 -c \"$0\" \"$1\"",
             q - 1
         ))
-        .args([NESTED_WORKER, &name])
+        .args([common::NESTED_WORKER, &name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     // SAFETY: only `dup2`, async-signal-safe, between fork and exec.

@@ -206,6 +206,7 @@ pub fn serve_tuned<N: Namespace>(
         exited: Vec::new(),
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
+        speaks_this_read: HashMap::new(),
         writer: None,
         journals_behind: false,
         replied: false,
@@ -615,6 +616,9 @@ struct Driver {
     /// Watched pids found running since the last read: one look serves all
     /// the frames of a read, which were all sent before it.
     running_since_read: HashSet<i32>,
+    /// Whether this read's writer speaks for a pid not its own (its child's):
+    /// one look at `/proc` per pid per read.
+    speaks_this_read: HashMap<i32, bool>,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -647,20 +651,23 @@ impl Driver {
     }
 
     /// Reads what `id` sent, up to `budget` bytes, and hands it to the
-    /// manager.
+    /// manager. Stops early at a short read: the socket is drained, or the
+    /// bytes after it are another writer's (the kernel returns one writer's
+    /// at a time). Returns how many bytes it handed over.
     fn read_from(
         &mut self,
         id: ConnId,
         manager: &mut Manager<Growable>,
         buf: &mut [u8],
-        mut budget: usize,
+        budget: usize,
         now: Timestamp,
-    ) {
-        while budget > 0 {
+    ) -> usize {
+        let mut left = budget;
+        while left > 0 {
             let Some(client) = self.clients.get_mut(&id) else {
-                return;
+                break;
             };
-            let want = budget.min(buf.len());
+            let want = left.min(buf.len());
             match client.read(&mut buf[..want]) {
                 Ok((0, _)) => {
                     tracing::debug!(conn = %id, "client disconnected");
@@ -668,11 +675,12 @@ impl Driver {
                     self.drain_at_end(id, manager, now);
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
-                    return;
+                    break;
                 }
                 Ok((n, writer)) => {
-                    budget -= n;
+                    left -= n;
                     self.running_since_read.clear();
+                    self.speaks_this_read.clear();
                     self.writer = writer;
                     manager.receive(id, &buf[..n], now, self);
                     self.writer = None;
@@ -684,20 +692,21 @@ impl Driver {
                         self.journals_behind = true;
                     }
                     if n < want || self.closing.contains(&id) {
-                        return;
+                        break;
                     }
                 }
-                Err(Errno::AGAIN) => return,
+                Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
                     tracing::debug!(conn = %id, "client connection failed: {errno}");
                     self.drain_at_end(id, manager, now);
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
-                    return;
+                    break;
                 }
             }
         }
+        budget - left
     }
 
     /// Hands up to a round's worth of `id`'s unread journal frames to the
@@ -798,13 +807,16 @@ impl Driver {
             .get(&id)
             .and_then(|client| rustix::io::ioctl_fionread(&client.fd).ok())
             .unwrap_or(0);
-        self.read_from(
-            id,
-            manager,
-            buf,
-            usize::try_from(queued).unwrap_or(usize::MAX),
-            now,
-        );
+        // One read returns one writer's bytes: what an exited member wrote
+        // last may wait behind other members' runs, and must be read before
+        // its holders end, or its releases come too late.
+        let mut left = usize::try_from(queued).unwrap_or(usize::MAX);
+        while left > 0 && !self.closing.contains(&id) {
+            match self.read_from(id, manager, buf, left, now) {
+                0 => break,
+                read => left = left.saturating_sub(read),
+            }
+        }
         self.drain_at_end(id, manager, now);
     }
 
@@ -1038,6 +1050,18 @@ impl Effects for Driver {
 
     fn unwatch_pid(&mut self, pid: i32) {
         self.stop_watching(pid);
+    }
+
+    fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
+        if self.writer.is_none_or(|writer| writer == pid) {
+            return true;
+        }
+        if let Some(&speaks) = self.speaks_this_read.get(&pid) {
+            return speaks;
+        }
+        let speaks = self.writer_speaks_for(pid);
+        self.speaks_this_read.insert(pid, speaks);
+        speaks
     }
 
     fn pid_has_ended(&mut self, pid: i32) -> bool {

@@ -19,6 +19,8 @@ struct Recorder {
     ended: BTreeSet<i32>,
     watched: BTreeMap<i32, usize>,
     notes: Vec<Note>,
+    /// Pids the bytes being read do not speak for: another writer's.
+    foreign: BTreeSet<i32>,
 }
 
 impl Effects for Recorder {
@@ -32,7 +34,7 @@ impl Effects for Recorder {
         self.chores.push(chore);
     }
     fn watch_pid(&mut self, _conn: ConnId, pid: i32) -> bool {
-        let trusted = self.trusted.contains(&pid);
+        let trusted = self.trusted.contains(&pid) && !self.foreign.contains(&pid);
         if trusted {
             *self.watched.entry(pid).or_default() += 1;
         }
@@ -42,7 +44,10 @@ impl Effects for Recorder {
         self.watched.remove(&pid);
     }
     fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
-        self.gone.contains(&pid)
+        self.gone.contains(&pid) && !self.foreign.contains(&pid)
+    }
+    fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
+        !self.foreign.contains(&pid)
     }
     fn pid_has_ended(&mut self, pid: i32) -> bool {
         self.ended.contains(&pid)
@@ -1415,4 +1420,47 @@ fn orphans_of_a_closed_connection_are_reaped_without_asking_who_maps_them() {
         r.ns.asked_mapped.is_empty(),
         "nobody shares a closed connection, so nobody inherited the mapping"
     );
+}
+
+/// A writer that does not speak for a pid (a worker in a pid namespace of
+/// its own, whose pid there is a sibling's here) sends frames with the pid
+/// of a process already holding on the connection: they go to the
+/// connection's holder, not the process's, and do not end with it; the
+/// process's own frames, before and after, still join its holder.
+#[test]
+fn a_frame_whose_writer_does_not_speak_for_its_pid_does_not_join_that_pids_holder() {
+    let mut r = Rig::new();
+    let _bystander = r.bystander();
+    let c = r.connect();
+    r.fx.trusted.insert(7);
+    r.create_and_register(c, 7, "/sibling");
+    r.fx.foreign.insert(7);
+    r.create_and_register(c, 7, "/nested");
+    r.create_and_register(c, 7, "/nested2");
+    r.fx.foreign.remove(&7);
+    r.create_and_register(c, 7, "/sibling2");
+    r.exited(7);
+    r.run_to(10_000);
+    assert_eq!(
+        r.state("/nested"),
+        Some(NameState::Held { registrations: 1 })
+    );
+    assert_eq!(
+        r.state("/nested2"),
+        Some(NameState::Held { registrations: 1 })
+    );
+    assert!(r.exists("/nested") && r.exists("/nested2"));
+    assert!(
+        !r.exists("/sibling") && !r.exists("/sibling2"),
+        "the sibling's are reaped: {:?} {:?}",
+        r.state("/sibling"),
+        r.state("/sibling2")
+    );
+    // The nested writer's release reaches its registration.
+    r.fx.foreign.insert(7);
+    r.release(c, 7, "/nested");
+    assert_eq!(r.state("/nested"), Some(NameState::Released { dead: 0 }));
+    r.disconnect(c);
+    r.run_to(20_000);
+    assert!(!r.exists("/nested2"), "the connection's holds end with it");
 }

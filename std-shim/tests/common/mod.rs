@@ -764,3 +764,32 @@ pub fn bystander_under(daemon: &Daemon, prefix: &str) -> RawClient {
     client.register(&format!("{prefix}bystander"));
     client
 }
+
+/// Run by a process in a pid namespace of its own that inherited its
+/// family's connection as descriptor 3, as a `torch.multiprocessing` worker
+/// does: registers `argv[1]` under its own `getpid()`, creates and maps the
+/// segment (refcount 1), prints its pid; at a line on stdin puts it in a
+/// queue (refcount 2), drops its own reference (unmaps, refcount 1) and
+/// releases it, and prints `released`; waits for stdin to close.
+pub const NESTED_WORKER: &str = r#"
+import mmap, os, struct, sys
+name, pid = sys.argv[1], os.getpid()
+def frame(free):
+    b = name.encode()
+    return struct.pack("=iB", pid, free) + b + b"\0" * (60 - len(b)) + b"\0" * 3
+os.write(3, frame(0))
+assert os.read(3, 2) == b"OK"
+fd = os.open("/dev/shm" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.ftruncate(fd, 128)
+m = mmap.mmap(fd, 128)
+m[0:4] = struct.pack("=i", 1)
+print(pid, flush=True)
+sys.stdin.readline()
+m[0:4] = struct.pack("=i", 2)
+m[0:4] = struct.pack("=i", 1)
+m.close()
+os.close(fd)
+os.write(3, frame(1))
+print("released", flush=True)
+sys.stdin.read()
+"#;
