@@ -17,19 +17,9 @@ use std::time::Duration;
 
 use common::journal_client::JournalClient;
 use common::{
-    Cleanup, Daemon, create_segment, frame_from, in_private_pid_namespace, shm_exists,
-    sleeper_with_pid, story, unique_name, wait_until,
+    Cleanup, Daemon, create_segment, frame_from, in_private_pid_namespace, one_at_a_time,
+    shm_exists, sleeper_with_pid, story, unique_name, wait_until,
 };
-
-/// Taken by every test here: a manager held still by one test must not be
-/// taken for slowness in another's.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Holding a manager's event loop between two chosen system calls, with
 /// `ptrace`: the manager runs on at the next `resume` (or drop).

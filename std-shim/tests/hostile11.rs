@@ -22,18 +22,8 @@ use std::time::Duration;
 
 use common::{
     Cleanup, Daemon, Sleeper, create_segment, frame, frame_from, in_private_pid_namespace,
-    shm_exists, story, unique_name, wait_until,
+    one_at_a_time, shm_exists, story, unique_name, wait_until,
 };
-
-/// Taken by every test here: a manager held still by one test must not be
-/// taken for slowness in another's.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// A forked member of a family sharing one connection, as PyTorch's workers
 /// inherit their parent's: it writes `first` at once, and `then` when told

@@ -15,19 +15,12 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, PrefixCleanup, SHMCTL, run_id};
+use common::{Daemon, PrefixCleanup, SHMCTL, one_at_a_time, run_id};
 
-/// Taken by every test here: a stopped or half-answering manager of one
-/// test is a live manager of ours to another's gc (its pid unseen from a
-/// private pid namespace, so gc cannot tell which names it takes), and
-/// would hold that gc back.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+// Every test here takes `one_at_a_time`: a stopped or half-answering
+// manager of one test is a live manager of ours to another's gc (its pid
+// unseen from a private pid namespace, so gc cannot tell which names it
+// takes), and would hold that gc back.
 
 /// Sends `signal` to `pid`, if it names a process.
 fn signal(pid: u32, signal: rustix::process::Signal) {

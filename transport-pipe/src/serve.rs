@@ -646,7 +646,7 @@ impl Effects for Driver {
 mod tests {
     use super::*;
     use crate::PipeTransport;
-    use crate::transport::tests::register;
+    use crate::transport::tests::{register, register_as};
     use libshm_core::frame::Frame;
     use libshm_core::name::SegmentName;
     use libshm_core::namespace::{Observed, Unlinked};
@@ -817,20 +817,6 @@ mod tests {
         let transport =
             PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
         (thread, transport)
-    }
-
-    /// Registers `name` as `pid` and waits for the `OK`.
-    fn register_as(transport: &mut PipeTransport, pid: i32, name: SegmentName) {
-        transport
-            .send_all(&Frame::register(pid, name).encode())
-            .unwrap();
-        let (mut reply, mut got) = ([0u8; 2], 0);
-        while got < reply.len() {
-            let n = transport.receive(&mut reply[got..]).unwrap();
-            assert_ne!(n, 0, "the manager closed before answering");
-            got += n;
-        }
-        assert_eq!(reply, libshm_core::ack::ACK);
     }
 
     fn unlinked_within(names: &Names, name: SegmentName, wait: Duration) -> bool {

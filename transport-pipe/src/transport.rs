@@ -213,8 +213,13 @@ pub(crate) mod tests {
     /// Registers `name` as PyTorch's client does: writes the frame and waits
     /// for the `OK`, however the reply is split.
     pub(crate) fn register(transport: &mut PipeTransport, name: SegmentName) {
+        register_as(transport, 7, name);
+    }
+
+    /// Registers `name` as `pid` and waits for the `OK`.
+    pub(crate) fn register_as(transport: &mut PipeTransport, pid: i32, name: SegmentName) {
         transport
-            .send_all(&Frame::register(7, name).encode())
+            .send_all(&Frame::register(pid, name).encode())
             .unwrap();
         let (mut reply, mut got) = ([0u8; 2], 0);
         while got < reply.len() {

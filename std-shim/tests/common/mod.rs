@@ -4,6 +4,16 @@
 
 pub mod torch;
 
+/// Serializes the tests of one binary that must not overlap: a manager held
+/// still by one test must not be taken for slowness in another's, nor for a
+/// live manager by another's gc.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
