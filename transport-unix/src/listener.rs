@@ -45,6 +45,11 @@ impl Listener {
             None,
         )?;
         rustix::net::bind(&fd, &SocketAddrUnix::new(&path)?)?;
+        // Accepted connections inherit it (Linux 6.16 on), so the kernel names
+        // the writer of bytes sent before `accept` sets it on each.
+        if let Err(errno) = crate::sender::name_writers(fd.as_fd()) {
+            tracing::debug!("cannot learn who writes on connections: {errno}");
+        }
         rustix::net::listen(&fd, BACKLOG)?;
         Ok(Self { fd, handle, dir })
     }
@@ -114,5 +119,32 @@ fn peer_credentials(fd: BorrowedFd<'_>) -> Peer {
 impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux 6.16 and later copy the listener's options to each connection
+    /// as it is made: no bytes go unnamed between `accept` and our
+    /// `setsockopt`. Older kernels leave that window (the option is still
+    /// set on each accepted connection).
+    #[test]
+    fn connections_are_born_with_their_writers_named() {
+        let dir = RunDir::create(&std::env::temp_dir()).unwrap();
+        let listener = Listener::bind(dir).unwrap();
+        let path = listener.handle().as_str().to_owned();
+        let _client = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let accepted = rustix::net::accept(&listener.fd).unwrap();
+        let inherited = rustix::net::sockopt::socket_passcred(&accepted).unwrap();
+        let release = rustix::system::uname();
+        let release = release.release().to_string_lossy();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let minor: u32 = numbers.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        if (major, minor) >= (6, 16) {
+            assert!(inherited, "Linux {release} did not pass SO_PASSCRED on");
+        }
     }
 }
