@@ -322,9 +322,7 @@ fn a_reused_pids_journaled_frame_read_before_its_old_owners_end_is_not_charged_t
 /// the process it names; the worker's holds last as long as the connection.
 #[test]
 fn a_worker_in_a_pid_namespace_of_its_own_on_its_familys_connection_keeps_its_tensor() {
-    use std::io::{BufRead, BufReader, Write};
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
 
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(
@@ -341,45 +339,16 @@ fn a_worker_in_a_pid_namespace_of_its_own_on_its_familys_connection_keeps_its_te
     family.register(&parent_name);
     let mut x = common::Sleeper::spawn();
     let q = x.pid();
-    let conn = family.stream.as_raw_fd();
-    let mut command = std::process::Command::new("unshare");
-    command
-        .args(["--pid", "--fork", "sh", "-c"])
-        .arg(format!(
-            "echo {} > /proc/sys/kernel/ns_last_pid && python3 -c \"$0\" \"$1\"",
-            q - 1
-        ))
-        .args([common::NESTED_WORKER, &name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(conn, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut worker = command.spawn().expect("unshare");
-    let mut stdin = worker.stdin.take().unwrap();
-    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
-    let said: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
-    assert_eq!(
-        said, q,
-        "the worker's own pid is X's in the manager's namespace"
-    );
+    // Its own pid in its namespace is X's in the manager's.
+    let mut worker = common::NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
 
     x.kill();
     std::thread::sleep(Duration::from_millis(200));
-    writeln!(stdin).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "released");
+    worker.queue_and_release();
     // Grace (1 s), the map check, and slack.
     std::thread::sleep(Duration::from_secs(4));
     let kept = shm_exists(&name);
-    drop(stdin);
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     assert!(
         kept,
         "{name}, put in a queue by a live worker in a pid namespace of its own, was unlinked \

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Stdio;
 use std::time::Duration;
@@ -99,69 +98,6 @@ impl Drop for Member {
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
             self.reap();
         }
-    }
-}
-
-/// A worker in a pid namespace of its own whose own pid there is `pid`,
-/// sharing the family's connection `conn` as descriptor 3 and running
-/// [`common::NESTED_WORKER`] on `name`.
-struct NestedWorker {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl NestedWorker {
-    fn spawn(conn: RawFd, pid: i32, name: &str) -> Self {
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new("unshare");
-        command
-            .args(["--pid", "--fork", "sh", "-c"])
-            .arg(format!(
-                "echo {} > /proc/sys/kernel/ns_last_pid && python3 -c \"$0\" \"$1\"",
-                pid - 1
-            ))
-            .args([common::NESTED_WORKER, name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(conn, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("unshare");
-        let stdin = child.stdin.take();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut worker = Self {
-            child,
-            stdin,
-            lines,
-        };
-        let said: i32 = worker.line().trim().parse().unwrap();
-        assert_eq!(said, pid, "the worker's own pid in its namespace");
-        worker
-    }
-
-    fn line(&mut self) -> String {
-        self.lines.next().expect("a line").expect("a line")
-    }
-
-    /// Puts its segment in a queue and releases it.
-    fn queue_and_release(&mut self) {
-        writeln!(self.stdin.as_mut().unwrap()).unwrap();
-        assert_eq!(self.line(), "released");
-    }
-}
-
-impl Drop for NestedWorker {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -262,7 +198,7 @@ fn a_nested_workers_pid_equal_to_a_live_siblings_does_not_tie_its_tensor_to_the_
     let q = x.pid();
     family.register_as(q, &sibling_name);
     create_segment(&sibling_name, 1, 64);
-    let mut worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
+    let mut worker = common::NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
 
     x.kill();
     std::thread::sleep(Duration::from_millis(200));

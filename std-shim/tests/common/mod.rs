@@ -803,3 +803,66 @@ os.write(3, frame(1))
 print("released", flush=True)
 sys.stdin.read()
 "#;
+
+/// A worker in a pid namespace of its own whose own pid there is `pid`,
+/// sharing the family's connection `conn` as descriptor 3 and running
+/// [`NESTED_WORKER`] on `name`.
+pub struct NestedWorker {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl NestedWorker {
+    pub fn spawn(conn: std::os::fd::RawFd, pid: i32, name: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new("unshare");
+        command
+            .args(["--pid", "--fork", "sh", "-c"])
+            .arg(format!(
+                "echo {} > /proc/sys/kernel/ns_last_pid && python3 -c \"$0\" \"$1\"",
+                pid - 1
+            ))
+            .args([NESTED_WORKER, name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(conn, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("unshare");
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut worker = Self {
+            child,
+            stdin,
+            lines,
+        };
+        let said: i32 = worker.line().trim().parse().unwrap();
+        assert_eq!(said, pid, "the worker's own pid in its namespace");
+        worker
+    }
+
+    fn line(&mut self) -> String {
+        self.lines.next().expect("a line").expect("a line")
+    }
+
+    /// Puts its segment in a queue and releases it.
+    pub fn queue_and_release(&mut self) {
+        writeln!(self.stdin.as_mut().unwrap()).unwrap();
+        assert_eq!(self.line(), "released");
+    }
+}
+
+impl Drop for NestedWorker {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
