@@ -210,17 +210,25 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// The start time (field 22) of a running `pid` from `/proc/<pid>/stat`;
-/// `Ok(None)` for a zombie or a process being reaped.
+/// `Ok(None)` for a zombie or a process being reaped. A zombie whose other
+/// threads still run (its main thread called `pthread_exit`) runs: the
+/// process lives, and so must what it holds.
 fn proc_stat(pid: i32) -> std::io::Result<Option<u64>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may hold anything.
     let bad = || std::io::Error::from(std::io::ErrorKind::InvalidData);
     let after_name = &text[text.rfind(')').ok_or_else(bad)? + 1..];
     let mut fields = after_name.split_whitespace();
-    if matches!(fields.next(), Some("Z" | "X")) {
+    let exited = matches!(fields.next(), Some("Z" | "X"));
+    // Fields 20 (the thread count, the exited main thread included) and 22.
+    let threads: u64 = fields
+        .nth(16)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(bad)?;
+    if exited && threads <= 1 {
         return Ok(None);
     }
-    let start = fields.nth(18).and_then(|start| start.parse().ok());
+    let start = fields.nth(1).and_then(|start| start.parse().ok());
     start.map(Some).ok_or_else(bad)
 }
 
@@ -292,6 +300,87 @@ mod tests {
         assert!(watches.has_ended(pid));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// A child whose main thread has exited while another thread runs (a
+    /// zombie leader), until it is killed; reaped on drop.
+    struct ZombieLeader(i32);
+
+    impl ZombieLeader {
+        fn start() -> Self {
+            // SAFETY: the child only starts a thread and ends its own; it
+            // never returns into the test harness.
+            let child = unsafe { libc::fork() };
+            assert!(child >= 0, "fork failed");
+            if child == 0 {
+                std::thread::spawn(|| std::thread::sleep(Duration::from_secs(30)));
+                // SAFETY: ends this thread only (`exit`, not `exit_group`).
+                unsafe { libc::syscall(libc::SYS_exit, 0) };
+                unreachable!("the thread has exited");
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .unwrap()
+                    .trim_start()
+                    .starts_with('Z')
+            }) {
+                assert!(Instant::now() < deadline, "the main thread did not exit");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Self(child)
+        }
+
+        fn kill(&self) {
+            // SAFETY: our own child, not yet reaped.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // The remaining thread goes; the process is a zombie then.
+            while proc_stat(self.0).is_ok_and(|started| started.is_some()) {
+                assert!(Instant::now() < deadline, "the process did not end");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    impl Drop for ZombieLeader {
+        fn drop(&mut self) {
+            let mut status = 0;
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, &raw mut status, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_process_whose_main_thread_exited_runs_until_its_last_thread_ends() {
+        let uid = rustix::process::geteuid().as_raw();
+        let leader = ZombieLeader::start();
+        let pid = leader.0;
+        let mut polling = PidWatches::new(uid);
+        polling.pidfds_work = false;
+        assert!(
+            polling.watch(pid),
+            "a live process, though its leader is a zombie"
+        );
+        let mut with_pidfd = PidWatches::new(uid);
+        assert!(with_pidfd.watch(pid));
+        polling.polled_at -= POLLED_INTERVAL;
+        let mut exited = Vec::new();
+        polling.check_polled(&mut exited);
+        assert!(exited.is_empty(), "taken for ended: {exited:?}");
+        assert!(!polling.has_ended(pid) && !with_pidfd.has_ended(pid));
+        assert!(!is_gone(pid));
+
+        leader.kill();
+        polling.polled_at -= POLLED_INTERVAL;
+        polling.check_polled(&mut exited);
+        assert_eq!(exited, [pid]);
+        assert!(polling.has_ended(pid) && with_pidfd.has_ended(pid));
+        assert!(is_gone(pid));
     }
 
     #[test]
