@@ -794,6 +794,189 @@ fn a_pipe_clients_registrations_read_after_its_death_are_reaped_beside_its_child
     );
 }
 
+/// The window the test above left: a pipe manager held still right after
+/// its handshake, while its client registers names, forks a child that keeps
+/// the pipes open, and is killed. The manager looked for its client only
+/// after the handshake, so it resumed after its client's death; started
+/// without `--client-pid` (a launcher that does not name its client), it
+/// took its new parent (init) for its client, and the names lasted as long
+/// as the child. Failed every run before the manager held its client before
+/// its handshake (`ClientProcess::hold`).
+///
+/// The manager is held by a FIFO bound over `/dev/null` in a mount namespace
+/// of its own: after its handshake it opens `/dev/null` for its stdout and
+/// blocks there until the test opens the FIFO for reading, after the
+/// client's death. Needs root (a mount namespace).
+#[test]
+fn a_pipe_manager_held_after_its_handshake_watches_the_parent_that_launched_it() {
+    pipe_client_dies_while_its_manager_is_held_after_the_handshake(
+        "a_pipe_manager_held_after_its_handshake_watches_the_parent_that_launched_it",
+        false,
+    );
+}
+
+/// The same with `--client-pid`, as `ChildPipes` starts it: the pidfd taken
+/// before the handshake reports the client's exit. (This passed before that
+/// change too: a manager that looked late found no process with the
+/// client's pid.)
+#[test]
+fn a_pipe_manager_held_after_its_handshake_watches_the_launcher_it_was_named() {
+    pipe_client_dies_while_its_manager_is_held_after_the_handshake(
+        "a_pipe_manager_held_after_its_handshake_watches_the_launcher_it_was_named",
+        true,
+    );
+}
+
+/// The FIFO and the manager executable (a script) of
+/// [`pipe_client_dies_while_its_manager_is_held_after_the_handshake`], named
+/// for this run and whether the client is named; removed on drop.
+struct HeldAfterHandshake {
+    fifo: std::path::PathBuf,
+    script: std::path::PathBuf,
+}
+
+impl HeldAfterHandshake {
+    /// The script's path (the FIFO's is the same, ending `.fifo`).
+    fn script(named: bool) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "h7-held-after-handshake-{}-{}.sh",
+            id(),
+            u8::from(named)
+        ))
+    }
+
+    /// Creates the FIFO and a script that runs `shm-manager` with its
+    /// arguments (less `--client-pid <pid>` unless `named`) in a mount
+    /// namespace of its own where `/dev/null` is that FIFO. `unshare` and
+    /// `sh` exec in turn, so the manager keeps the pid the launcher spawned.
+    fn create(named: bool) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let script = Self::script(named);
+        let files = Self {
+            fifo: script.with_extension("fifo"),
+            script,
+        };
+        let _ = std::fs::remove_file(&files.fifo);
+        let fifo = std::ffi::CString::new(files.fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `fifo` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        let drop_client_pid = r#"skip=
+for arg do
+  shift
+  if [ -n "$skip" ]; then skip=; continue; fi
+  if [ "$arg" = --client-pid ]; then skip=1; continue; fi
+  set -- "$@" "$arg"
+done
+"#;
+        let script = format!(
+            "#!/bin/sh\n{}exec unshare --mount sh -c 'mount --bind \"$0\" /dev/null && exec \"$@\"' \
+             '{}' '{SHM_MANAGER}' \"$@\"\n",
+            if named { "" } else { drop_client_pid },
+            files.fifo.display(),
+        );
+        std::fs::write(&files.script, script).unwrap();
+        std::fs::set_permissions(&files.script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        files
+    }
+}
+
+impl Drop for HeldAfterHandshake {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.fifo);
+        let _ = std::fs::remove_file(&self.script);
+    }
+}
+
+/// Whether the process `pid` is blocked opening a FIFO (with no reader).
+fn blocked_opening_a_fifo(pid: u32) -> bool {
+    let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}"));
+    read("wchan").is_ok_and(|wchan| wchan.contains("wait_for_partner") || wchan.contains("fifo"))
+        || read("stack").is_ok_and(|stack| stack.contains("fifo_open"))
+}
+
+/// A pipe client whose manager is held just after its handshake (see
+/// [`HeldAfterHandshake`]) forks a child that sleeps 8 s, makes three
+/// segments, and is killed; then the manager goes on. The segments must go
+/// with the client, not with the child.
+fn pipe_client_dies_while_its_manager_is_held_after_the_handshake(test: &str, named: bool) {
+    if !common::is_root_or_skip("root, to give a pipe manager a mount namespace of its own") {
+        return;
+    }
+    let prefix = format!("/h7held{}_{}_", id(), u8::from(named));
+    if std::env::var_os(INNER).is_some() {
+        let config = Config::default()
+            .manager_executable(HeldAfterHandshake::script(named))
+            .name_prefix(NamePrefix::new(prefix.as_bytes()).unwrap())
+            .transport(libshm::TransportKind::Pipe)
+            .ack_mode(AckMode::Pipelined { max_in_flight: 32 })
+            .quiet_manager(true);
+        let link = ManagerLink::launch(&config).unwrap();
+        let manager = common::pipe_manager_pid(&link.handle().to_string());
+        // First, so the outer run can let it go however this run ends.
+        println!("manager={manager}");
+        // Past its handshake, held before what follows it.
+        assert!(
+            wait_until(Duration::from_secs(5), || blocked_opening_a_fifo(manager)),
+            "the manager {manager} did not block opening /dev/null after its handshake"
+        );
+        let pid = fork_sleeping_child();
+        let segments: Vec<_> = (0..3).map(|_| link.create(4096).unwrap()).collect();
+        println!("child={pid}");
+        std::mem::forget(segments);
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+            .unwrap();
+        unreachable!("killed");
+    }
+    let cleanup = PrefixCleanup(prefix.clone());
+    let files = HeldAfterHandshake::create(named);
+    let (status, stdout, stderr) = run_alone(test, Duration::from_secs(30));
+    let field = |key: &str| -> i32 {
+        stdout
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("no {key} from the inner run: {status:?}\n{stdout}\n{stderr}")
+            })
+    };
+    let manager = field("manager=");
+    let held = blocked_opening_a_fifo(manager as u32);
+    let made = cleanup.names().len();
+    // A reader lets the manager's open of /dev/null return.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&files.fifo)
+            .unwrap()
+    };
+    let child = field("child=");
+    let kill = |pid: i32| {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    };
+    assert_eq!(made, 3, "three segments made");
+    let reaped = wait_until(Duration::from_secs(5), || cleanup.names().is_empty());
+    let child_alive = !common::process_gone(child as u32);
+    kill(child);
+    drop(reader);
+    if !reaped {
+        kill(manager);
+    }
+    assert!(
+        held,
+        "the manager {manager} was not held until its client died"
+    );
+    assert!(
+        reaped,
+        "{:?} still in /dev/shm 5 s after their creator was killed (forked child alive: \
+         {child_alive})",
+        cleanup.names()
+    );
+}
+
 /// The names report that gc asks for (finding 4's fix) beside 262,144 held
 /// names must not stall another client, as the summary must not (hostile
 /// round 1): it lists every name, so it is written in pieces between rounds

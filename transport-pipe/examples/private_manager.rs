@@ -56,14 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut namespace = InMemory(names.into_iter().collect());
     // Its client is this process, not a parent; the pipes' end of file is
     // what ends it here.
-    let manager = std::thread::spawn(move || {
-        serve(
-            ends,
-            ClientProcess::Parent,
-            ManagerConfig::default(),
-            &mut namespace,
-        )
-    });
+    let client = ClientProcess::Parent.hold();
+    let manager =
+        std::thread::spawn(move || serve(ends, client, ManagerConfig::default(), &mut namespace));
 
     let mut pipes = PipeTransport::new(request_write, reply_read, None)?;
     // Pipelined: every registration written at once, the OKs read after.

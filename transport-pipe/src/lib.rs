@@ -8,7 +8,8 @@
 //! - [`serve`]: the manager's side, one client and one `poll` loop around the
 //!   core's [`Manager`](libshm_core::manager::Manager). When the client's pipe
 //!   reaches end of file (it exited, was killed, or closed it), everything it
-//!   registered is unlinked and `serve` returns.
+//!   registered is unlinked and `serve` returns. Its client process is held
+//!   ([`ClientProcess::hold`]) before the manager prints its handshake.
 //! - [`ChildPipes`]: both pipes, created close-on-exec, added to the command
 //!   that starts `shm-manager --transport pipe` at fds [`REQUEST_FD`] and
 //!   [`REPLY_FD`], with the client's pid ([`ClientProcess`]); the launcher
@@ -58,9 +59,11 @@
 //! let (request_read, request_write) = pipe_with(PipeFlags::CLOEXEC)?;
 //! let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC)?;
 //! let ends = ManagerEnds::new(request_read, reply_write)?;
-//! // In a thread, its client is our process: whoever is our parent stands in.
+//! // In a thread, its client is our process: whoever is our parent stands
+//! // in, held before the manager is handed to its client (the handshake).
+//! let client = ClientProcess::Parent.hold();
 //! let manager = std::thread::spawn(move || {
-//!     serve(ends, ClientProcess::Parent, ManagerConfig::default(), &mut EverythingExists)
+//!     serve(ends, client, ManagerConfig::default(), &mut EverythingExists)
 //! });
 //!
 //! let mut pipes = PipeTransport::new(request_write, reply_read, None)?;
@@ -92,5 +95,5 @@ pub use child_pipes::ChildPipes;
 pub use handle::{
     HANDLE_PREFIX, REPLY_FD, REQUEST_FD, is_pipe_handle, pipe_handle, pipe_handle_pid,
 };
-pub use serve::{ClientProcess, Ended, InheritError, ManagerEnds, Summary, serve};
+pub use serve::{ClientProcess, Ended, HeldClient, InheritError, ManagerEnds, Summary, serve};
 pub use transport::{PipeError, PipeTransport};

@@ -12,9 +12,13 @@
 //! watches the client process itself (a pidfd of the process that started
 //! it, [`ClientProcess`]): when it exits, its holds end, as a Unix manager
 //! ends a watched process's, and its segments are reaped unless a live
-//! process maps them. A client that ended before the manager looked (the
-//! manager was stopped or starved meanwhile) is known by the pid its
-//! launcher named: its frames, read late, end their holds as a dead client's.
+//! process maps them. The manager takes that pidfd before its handshake
+//! ([`ClientProcess::hold`]), while the launcher still waits for it, so a
+//! manager stopped or starved after the handshake still holds the right
+//! process. A client that ended before even that (a wrapper printed a
+//! handshake for the manager, which was stopped before it looked) is known
+//! by the pid its launcher named: its frames, read late, end their holds as
+//! a dead client's.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -157,9 +161,9 @@ fn prepare(fd: BorrowedFd<'_>) -> Result<(), InheritError> {
 pub enum ClientProcess {
     /// Whatever process is the manager's parent when it looks (`getppid`),
     /// for launchers that do not name their client. A manager that looks
-    /// only after its client died (stopped or starved since its start) takes
-    /// its new parent, init or a subreaper, for its client, and the dead
-    /// client's frames then last as long as the pipes.
+    /// only after its client died (stopped or starved since its start, before
+    /// its handshake) takes its new parent, init or a subreaper, for its
+    /// client; a launcher that died before the handshake never wrote a frame.
     Parent,
     /// The process with this pid (in the manager's pid namespace), which
     /// launched the manager: `shm-manager --client-pid`, which
@@ -173,6 +177,67 @@ pub enum ClientProcess {
     /// what it still uses.
     Launcher(Pid),
 }
+
+impl ClientProcess {
+    /// Looks for the client process now and holds it (a pidfd, or the
+    /// knowledge that it has ended) for [`serve`].
+    ///
+    /// Call it before the handshake goes out. The launcher waits for the
+    /// handshake before it writes a frame, forks or exits, so a client held
+    /// before it is the launcher itself, however long the manager is then
+    /// stopped or starved. Looked for after it, a client that died meanwhile
+    /// would have left only its pid (and, without `--client-pid`, a new
+    /// parent to mistake for it).
+    ///
+    /// It never fails the start. Where the client cannot be told apart from
+    /// another process (no pidfds on this kernel or under this seccomp
+    /// filter, a parent in another pid namespace, a parent that died before
+    /// it was held), nothing is held: its frames' holds last as long as the
+    /// pipes, as any other pid's. That costs only early cleanup, never a
+    /// segment in use, so the manager serves on (and logs why) rather than
+    /// print `ERROR:` and leave its client with no manager where pipe
+    /// managers otherwise work.
+    pub fn hold(self) -> HeldClient {
+        match Client::find(self) {
+            Ok(client) => HeldClient(Some(client)),
+            Err(why) => {
+                tracing::info!(
+                    "not watching the client process ({why}); \
+                     its names are held as long as its pipes are open"
+                );
+                HeldClient(None)
+            }
+        }
+    }
+}
+
+/// Why the client process cannot be held.
+#[derive(Clone, Copy, Debug)]
+enum Unheld {
+    /// `getppid` is 0: the parent is another pid namespace's, and pids named
+    /// there mean nothing here.
+    ParentElsewhere,
+    /// `pidfd_open` failed (before Linux 5.3, or refused by a sandbox).
+    NoPidfd(Errno),
+    /// The parent exited before its pidfd was taken; the parent now is not
+    /// the client.
+    Orphaned,
+}
+
+impl fmt::Display for Unheld {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ParentElsewhere => f.write_str("its parent is in another pid namespace"),
+            Self::NoPidfd(errno) => write!(f, "pidfd_open: {}", std::io::Error::from(*errno)),
+            Self::Orphaned => f.write_str("the parent exited before it could be watched"),
+        }
+    }
+}
+
+/// The manager's client process as [`ClientProcess::hold`] found it, for
+/// [`serve`].
+#[derive(Debug)]
+pub struct HeldClient(Option<Client>);
 
 /// How the client's session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,10 +293,10 @@ pub struct Summary {
 /// pipe is private) ends the session the same way. The client is the process
 /// that started this one: frames with its pid end their holds when it exits,
 /// even while the pipe stays open; any other pid's last as long as the pipe.
-/// `client` says which process that is.
+/// `client` is that process, held before the handshake went out.
 pub fn serve<N: Namespace>(
     ends: ManagerEnds,
-    client: ClientProcess,
+    client: HeldClient,
     config: ManagerConfig,
     namespace: &mut N,
 ) -> Summary {
@@ -252,7 +317,7 @@ pub fn serve<N: Namespace>(
         backlog: Vec::new(),
         replies_closed: false,
         cut: None,
-        client: Client::find(client),
+        client: client.0,
     };
     let ended = match manager.connect(Peer::default(), Timestamp::from_duration(clock.elapsed())) {
         Ok(conn) => {
@@ -424,6 +489,7 @@ fn read_all_queued(
 }
 
 /// The client process, as the manager found it at start.
+#[derive(Debug)]
 struct Client {
     pid: i32,
     process: Process,
@@ -435,6 +501,7 @@ struct Client {
 }
 
 /// What the manager holds of its client's process.
+#[derive(Debug)]
 enum Process {
     /// A pidfd, which reports its exit.
     Open(OwnedFd),
@@ -443,20 +510,19 @@ enum Process {
 }
 
 impl Client {
-    /// The client `which` names. `None` where it cannot be told apart from
-    /// another process (pidfds are unavailable, the parent is another pid
-    /// namespace's, or the parent named by `getppid` has already gone): its
-    /// holds then last as long as the pipes, as those of any other pid.
-    fn find(which: ClientProcess) -> Option<Self> {
+    /// The client `which` names, or why it cannot be told apart from another
+    /// process: its holds then last as long as the pipes, as those of any
+    /// other pid.
+    fn find(which: ClientProcess) -> Result<Self, Unheld> {
         let (pid, process) = match which {
             ClientProcess::Parent => {
-                let pid = rustix::process::getppid()?;
-                let pidfd =
-                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+                let pid = rustix::process::getppid().ok_or(Unheld::ParentElsewhere)?;
+                let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                    .map_err(Unheld::NoPidfd)?;
                 // Orphaned before the pidfd was taken: its pid is init's (or a
                 // subreaper's), never the client's.
                 if rustix::process::getppid() != Some(pid) {
-                    return None;
+                    return Err(Unheld::Orphaned);
                 }
                 (pid, Process::Open(pidfd))
             }
@@ -469,7 +535,7 @@ impl Client {
                  its frames end their holds as they are read"
             );
         }
-        Some(Self {
+        Ok(Self {
             pid: pid.as_raw_nonzero().get(),
             process,
             watched: false,
@@ -477,31 +543,31 @@ impl Client {
         })
     }
 
-    /// The process that launched this manager as `pid`, or `None` if that
-    /// cannot be judged.
-    fn launcher(pid: Pid) -> Option<Process> {
+    /// The process that launched this manager as `pid`, or why that cannot
+    /// be judged.
+    fn launcher(pid: Pid) -> Result<Process, Unheld> {
         // A parent in another pid namespace (`getppid` is 0): `pid` is
         // another namespace's, and means nothing here.
-        rustix::process::getppid()?;
+        rustix::process::getppid().ok_or(Unheld::ParentElsewhere)?;
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
             Ok(pidfd) => pidfd,
             // Nobody has the pid the client had: it ended.
-            Err(Errno::SRCH) => return Some(Process::EndedBeforeStart),
-            Err(_) => return None,
+            Err(Errno::SRCH) => return Ok(Process::EndedBeforeStart),
+            Err(errno) => return Err(Unheld::NoPidfd(errno)),
         };
         // Still our parent after the open: the pidfd names it, for a parent
         // stays ours until it exits, and its pid is free only after that.
         if rustix::process::getppid() == Some(pid) {
-            return Some(Process::Open(pidfd));
+            return Ok(Process::Open(pidfd));
         }
         // Not our parent: it exited since (we were reparented; if it is a
         // zombie still, its pidfd reports the exit at once), its pid went to
         // a process that started after us, or a wrapper came between us.
-        match started_after_this_process(pid) {
+        Ok(match started_after_this_process(pid) {
             // Read while the pidfd's process was alive, so of that process.
-            Some(true) if !has_exited(&pidfd) => Some(Process::EndedBeforeStart),
-            _ => Some(Process::Open(pidfd)),
-        }
+            Some(true) if !has_exited(&pidfd) => Process::EndedBeforeStart,
+            _ => Process::Open(pidfd),
+        })
     }
 
     /// The pidfd to poll for the client's exit, if it is still to come.
@@ -699,13 +765,9 @@ mod tests {
         let (reply_read, reply_write) = pipe_with(PipeFlags::CLOEXEC).unwrap();
         let ends = ManagerEnds::new(request_read, reply_write).unwrap();
         let mut namespace = names.clone();
+        let client = ClientProcess::Parent.hold();
         let thread = std::thread::spawn(move || {
-            serve(
-                ends,
-                ClientProcess::Parent,
-                ManagerConfig::default(),
-                &mut namespace,
-            )
+            serve(ends, client, ManagerConfig::default(), &mut namespace)
         });
         (thread, request_write, reply_read)
     }
@@ -783,8 +845,8 @@ mod tests {
             frame_timeout: Some(Duration::from_millis(50)),
             ..ManagerConfig::default()
         };
-        let thread =
-            std::thread::spawn(move || serve(ends, ClientProcess::Parent, config, &mut namespace));
+        let client = ClientProcess::Parent.hold();
+        let thread = std::thread::spawn(move || serve(ends, client, config, &mut namespace));
         let mut transport =
             PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();
         names.create(name(4));
@@ -813,6 +875,7 @@ mod tests {
             reap_grace: Some(Duration::from_millis(50)),
             ..ManagerConfig::default()
         };
+        let client = client.hold();
         let thread = std::thread::spawn(move || serve(ends, client, config, &mut namespace));
         let transport =
             PipeTransport::new(request_write, reply_read, Some(Duration::from_secs(5))).unwrap();

@@ -84,10 +84,12 @@ struct Args {
     pipe_fds: FdPair,
 
     /// With --transport pipe: the pid of the client, the process that starts
-    /// this manager. If that process has already ended when the manager
-    /// looks (it was stopped meanwhile), what the client registered ends at
-    /// once. Without it the manager takes its parent at that moment for its
-    /// client, which is init once the client has died.
+    /// this manager. The manager looks for its client before it prints its
+    /// handshake, which the client waits for. If that process has already
+    /// ended when the manager looks (it was stopped meanwhile), what the
+    /// client registered ends at once. Without it the manager takes its
+    /// parent at that moment for its client, which is init once the client
+    /// has died.
     #[arg(long, value_name = "PID", value_parser = parse_pid)]
     client_pid: Option<rustix::process::Pid>,
 
@@ -292,15 +294,20 @@ fn serve_pipe(
             });
         }
     };
+    // Held before the handshake: the launcher goes on (and may die) only
+    // once it has read it, so however long we are stopped after printing
+    // it, we watch the process that launched us, not its pid's next owner
+    // or, for want of `--client-pid`, our new parent.
+    let client = args
+        .client_pid
+        .map_or(ClientProcess::Parent, ClientProcess::Launcher)
+        .hold();
     let handle = libshm_pipe::pipe_handle(std::process::id());
     if let Err(err) = handshake(&format!("{handle}\n")) {
         tracing::error!("could not print the handle: {err}");
         return ExitCode::FAILURE;
     }
     tracing::info!(%handle, "serving one client over pipes");
-    let client = args
-        .client_pid
-        .map_or(ClientProcess::Parent, ClientProcess::Launcher);
     let summary = libshm_pipe::serve(ends, client, config, &mut namespace);
     tracing::debug!(?summary, "exiting");
     ExitCode::SUCCESS
