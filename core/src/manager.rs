@@ -537,12 +537,13 @@ pub trait Effects {
     }
     /// Whether the frame being handled may speak for `pid`, which a holder
     /// on `conn` is tied to: the bytes' writer is that process (or its
-    /// parent). Asked for every frame that would join such a holder, since
-    /// another writer on the connection may use the same pid (a worker in a
-    /// pid namespace of its own sends its pid there, which may be a
-    /// sibling's here): its frame goes to the connection's holder, or it
-    /// would end with the sibling. Drivers that cannot tell keep the
-    /// default.
+    /// parent). Asked for every frame that would join such a holder, or
+    /// take or move one of its registrations, since another writer on the
+    /// connection may use the same pid (a worker in a pid namespace of its
+    /// own sends its pid there, which may be a sibling's here): its frame
+    /// goes to the connection's holder, or it would end with the sibling,
+    /// and its release is another process's. Drivers that cannot tell keep
+    /// the default.
     fn speaks_for(&mut self, _conn: ConnId, _pid: i32) -> bool {
         true
     }
@@ -1918,8 +1919,11 @@ impl<S: Storage> Manager<S> {
         // The process registered it before its old connection was closed
         // for cause (a client re-registering what it holds after
         // reconnecting): that registration moves here, not counted twice.
+        // Not for a writer that only uses the pid (another namespace's):
+        // the process's registration would end up with the writer's.
         let moved = self
             .detached_holder_holding(pid, id)
+            .filter(|_| fx.speaks_for(conn, pid))
             .is_some_and(|stale| self.take_hold(stale, id));
         let by_creator = self.creator_of(&name) == u32::try_from(pid).ok();
         if let Some(record) = self.names.get_mut(id) {
@@ -2027,9 +2031,13 @@ impl<S: Storage> Manager<S> {
                 .filter(|&h| self.holds.contains(h, id));
             // Another process on the same connection (a forked child dropping
             // its parent's tensor): charged to the connection.
-            let charged = own.or_else(|| self.holder_on_conn_holding(conn, pid, id));
-            // Registered before its old connection was closed for cause.
-            let charged = charged.or_else(|| self.detached_holder_holding(pid, id));
+            let charged = own.or_else(|| self.holder_on_conn_holding(conn, pid, id, fx));
+            // Registered before its old connection was closed for cause (not
+            // by a writer that only uses the pid).
+            let charged = charged.or_else(|| {
+                self.detached_holder_holding(pid, id)
+                    .filter(|_| fx.speaks_for(conn, pid))
+            });
             charged.map(|h| (h, id))
         });
         let Some((holder, id)) = holder else {
@@ -2274,9 +2282,19 @@ impl<S: Storage> Manager<S> {
     }
 
     /// The live holder on `conn` that a release of name `id` by `pid` is
-    /// charged to: `pid`'s own (an exiting one's late release), else the one
-    /// with the lowest id.
-    fn holder_on_conn_holding(&self, conn: ConnId, pid: i32, id: u32) -> Option<u32> {
+    /// charged to: `pid`'s own (an exiting one's late release) if the writer
+    /// speaks for `pid`, else the one with the lowest id. A writer that only
+    /// uses the pid (a worker in a pid namespace of its own, dropping what
+    /// it inherited) is another process here: charged to the pid's process,
+    /// its release would take that process's registration, and the name
+    /// could be reaped while that process maps it.
+    fn holder_on_conn_holding(
+        &self,
+        conn: ConnId,
+        pid: i32,
+        id: u32,
+        fx: &mut impl Effects,
+    ) -> Option<u32> {
         let holding = self.holders_on(conn).filter(|&h| {
             self.holders.get(h).is_some_and(|holder| !holder.ending) && self.holds.contains(h, id)
         });
@@ -2295,7 +2313,7 @@ impl<S: Storage> Manager<S> {
                 )
             },
         );
-        own.or(any)
+        own.filter(|_| fx.speaks_for(conn, pid)).or(any)
     }
 
     /// Counts one more holder depending on `pid`'s watch. False (and the

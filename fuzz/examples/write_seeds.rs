@@ -305,6 +305,12 @@ impl Story {
         self.then(Event::Perform { pick, fail })
     }
 
+    /// The sockets' writer starts, or stops, using `pid` without speaking
+    /// for it (a worker in a pid namespace of its own).
+    fn foreign_writer(self, pid: u8) -> Self {
+        self.then(Event::ForeignWriter { pid })
+    }
+
     fn encode(self) -> Vec<u8> {
         ManagerScript {
             setup: self.setup,
@@ -462,6 +468,56 @@ fn manager_seeds() -> Seeds {
                 .waits(30)
                 .ns(a, NsChange::Decref)
                 .releases_as(0, CHILD + 1, &[a])
+                .wakes(1)
+                .waits(3)
+                .wakes(1),
+        ),
+        (
+            "a_nested_workers_frames_with_a_siblings_pid_are_the_connections",
+            Story::daemon(1)
+                .creates_then_registers(0, &[a])
+                .creates(&[b])
+                .registers_as(0, CHILD, &[b])
+                .foreign_writer(CHILD)
+                .creates(&[c])
+                .registers_as(0, CHILD, &[c])
+                .foreign_writer(CHILD)
+                .dies(CHILD)
+                .wakes(1)
+                .waits(3)
+                .foreign_writer(CHILD)
+                .releases_as(0, CHILD, &[c])
+                .wakes(1),
+        ),
+        (
+            "a_nested_workers_release_of_a_mapping_it_inherited_spares_its_pids_process",
+            Story::daemon(2)
+                .registers(1, &[c])
+                .creates_then_registers(0, &[a])
+                .registers_as(0, CHILD, &[a])
+                .ns(a, NsChange::Incref)
+                .foreign_writer(CHILD)
+                .releases_as(0, CHILD, &[a])
+                .ns(a, NsChange::Decref)
+                .foreign_writer(CHILD)
+                .dies(PARENT)
+                .wakes(1)
+                .waits(3)
+                .wakes(1),
+        ),
+        (
+            "a_foreign_writer_leaves_a_closed_connections_holds_to_their_process",
+            Story::daemon(3)
+                .registers(2, &[c])
+                .creates_then_registers(0, &[a])
+                .sends(0, bad_free_flag(b, 2))
+                .foreign_writer(PARENT)
+                .ns(a, NsChange::Incref)
+                .registers(1, &[a])
+                .releases(1, &[a])
+                .ns(a, NsChange::Decref)
+                .foreign_writer(PARENT)
+                .dies(PARENT)
                 .wakes(1)
                 .waits(3)
                 .wakes(1),

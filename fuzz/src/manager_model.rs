@@ -7,7 +7,8 @@
 //! entries) instead of keeping counters. A holder is a process on a
 //! connection; the model resolves frames to holders as the manager's rules
 //! say (a pid the driver can watch gets its own holder, others share the
-//! connection's), ends them on a disconnect, a pid's death or a close for
+//! connection's, and so do frames whose writer uses a pid without speaking
+//! for it), ends them on a disconnect, a pid's death or a close for
 //! cause, and knows which names the manager knows. It predicts every reply
 //! and close exactly, and checks the chores (looks and unlinks) the manager
 //! asks for against safety rules rather than predicting when they come: the
@@ -453,6 +454,12 @@ impl<S: Storage> Harness<S> {
             Event::Adopt { name } => self.adopt(*name),
             Event::Journaled { conn, piece } => self.journaled(*conn, piece),
             Event::Evict { conn } => self.evict(*conn),
+            Event::ForeignWriter { pid } => {
+                let pid = i32::from(*pid);
+                if !self.fx.foreign.remove(&pid) {
+                    self.fx.foreign.insert(pid);
+                }
+            }
         }
         // Senders found gone while frames were read: the driver reports
         // their end once the reading is over.
@@ -642,8 +649,16 @@ impl<S: Storage> Harness<S> {
         );
     }
 
-    /// The manager reads up to `max` unsent bytes of connection `index`.
+    /// The manager reads up to `max` unsent bytes of connection `index`,
+    /// written by the script's writer: the driver answers for it while the
+    /// model judges what the read did.
     fn deliver(&mut self, index: usize, max: usize) {
+        self.fx.reading = true;
+        self.read(index, max);
+        self.fx.reading = false;
+    }
+
+    fn read(&mut self, index: usize, max: usize) {
         let conn = &mut self.conns[index];
         let take = max.min(conn.unsent.len());
         let chunk: Vec<u8> = conn.unsent.drain(..take).collect();
@@ -825,7 +840,7 @@ impl<S: Storage> Harness<S> {
         let was_unheld = self.live_regs(&name) == 0;
         *self.regs.entry((name, holder)).or_insert(0) += 1;
         // The pid's registration from before its old connection was closed
-        // for cause moves here.
+        // for cause moves here, if the writer speaks for the pid.
         if let Some(stale) = self.detached_holder_holding(pid, name) {
             self.take_reg(name, stale);
         }
@@ -847,8 +862,12 @@ impl<S: Storage> Harness<S> {
     }
 
     /// The live holder with the lowest id that `pid` has on a connection
-    /// closed for cause and that holds `name`.
+    /// closed for cause and that holds `name`; none for a writer that does
+    /// not speak for `pid`.
     fn detached_holder_holding(&self, pid: i32, name: SegmentName) -> Option<usize> {
+        if !self.fx.speaks(pid) {
+            return None;
+        }
         self.regs_of(&name)
             .map(|(h, _)| h)
             .filter(|&h| {
@@ -885,8 +904,9 @@ impl<S: Storage> Harness<S> {
         let watching = self.watching();
         let countable = watching.contains(&pid) || !full(watching.len());
         // A pid found gone is watched as if it had just exited: the driver
-        // reports its end.
-        let ends_reported = self.fx.can_watch(pid) || self.fx.is_gone(pid);
+        // reports its end. Neither is asked of a pid the writer does not
+        // speak for.
+        let ends_reported = self.fx.would_watch(pid) || self.fx.would_report_gone(pid);
         let holder = if ends_reported && countable {
             let holder = self.new_holder(index, Some(pid), Some(pid))?;
             if full(self.index.len()) {
@@ -908,24 +928,38 @@ impl<S: Storage> Harness<S> {
                     holder
                 }
             };
-            if !full(self.index.len()) {
+            // Not over the holder of a process whose pid this writer uses.
+            let taken = self.index.contains_key(&(index, Some(pid)));
+            if !taken && !full(self.index.len()) {
                 self.index.insert((index, Some(pid)), holder);
             }
             holder
         };
-        self.conns[index].last = Some((pid, holder));
+        // Not remembered if the pid has a process's holder here: the
+        // shortcut would send that process's frames to this one.
+        let shared = self
+            .index
+            .get(&(index, Some(pid)))
+            .is_some_and(|&h| h != holder);
+        self.conns[index].last = (!shared).then_some((pid, holder));
         Some(holder)
     }
 
-    /// The live holder already resolved for `pid` on connection `index`.
+    /// The live holder already resolved for `pid` on connection `index`;
+    /// for a writer that does not speak for the process a holder is tied
+    /// to, the connection's holder (if there is one) instead.
     fn known_holder(&mut self, index: usize, pid: i32) -> Option<usize> {
-        if let Some((last, holder)) = self.conns[index].last
-            && last == pid
-        {
-            return Some(holder);
+        let holder = match self.conns[index].last {
+            Some((last, holder)) if last == pid => holder,
+            _ => {
+                let holder = *self.index.get(&(index, Some(pid)))?;
+                self.conns[index].last = Some((pid, holder));
+                holder
+            }
+        };
+        if self.holders[holder].watching == Some(pid) && !self.fx.speaks(pid) {
+            return self.index.get(&(index, None)).copied();
         }
-        let holder = *self.index.get(&(index, Some(pid)))?;
-        self.conns[index].last = Some((pid, holder));
         Some(holder)
     }
 
@@ -951,9 +985,11 @@ impl<S: Storage> Harness<S> {
         self.holders[holder].state = HolderState::Gone;
     }
 
-    /// A release is taken by the sender's own holder if that holds the name,
-    /// else by the live holder on the connection that holds it with the
-    /// lowest id; with neither, it is a stray.
+    /// A release is taken by the sender's own holder if that holds the name
+    /// (for a writer that does not speak for the pid, the connection's
+    /// holder is its own), else by the live holder on the connection that
+    /// holds it with the lowest id, else by one the pid has on a connection
+    /// closed for cause (not for such a writer); with none, it is a stray.
     fn expect_release(
         &mut self,
         index: usize,
@@ -1013,7 +1049,7 @@ impl<S: Storage> Harness<S> {
         if let Some(&holder) = self.index.get(&(index, None)) {
             let watching = self.watching();
             let peer = self.conns[index].peer_pid.filter(|&pid| {
-                self.fx.can_watch(pid)
+                self.fx.would_watch(pid)
                     && (watching.contains(&pid) || watching.len() < self.capacity.conns)
             });
             match peer {

@@ -17,7 +17,7 @@
 //!
 //! Each event starts with an opcode byte. Its high bit, on the four `Send`
 //! opcodes, holds the bytes back in the connection's unsent queue instead of
-//! delivering them at once; the rest of the byte, mod 18, picks the event:
+//! delivering them at once; the rest of the byte, mod 19, picks the event:
 //!
 //! | op | event | operand bytes |
 //! |---|---|---|
@@ -39,6 +39,7 @@
 //! | 15 | `Adopt` a name as an orphan (a recovery sweep) | name |
 //! | 16 | `Journaled`: a frame read from the connection's journal | connection, kind (mod 3: register, release, mangled), then as ops 1-3 |
 //! | 17 | `Evict`: the driver closes a client that does not read its replies | connection |
+//! | 18 | `ForeignWriter`: from now on the bytes read from sockets are (or no longer are) written by a process that uses this pid without speaking for it | pid |
 //!
 //! A connection byte picks, mod (accepted + 1), one of the connections accepted
 //! so far, dead ones included, or one the manager never issued. A name byte
@@ -263,11 +264,20 @@ pub enum Event {
         /// Connection choice.
         conn: u8,
     },
+    /// Toggles whether the bytes read from sockets from now on are written
+    /// by a process that puts `pid` in its frames without speaking for it
+    /// (a worker in a pid namespace of its own, whose pid there is another
+    /// process's here): the driver then answers `speaks_for` for `pid` with
+    /// false, and declines to watch it. A journal has no writer to ask about.
+    ForeignWriter {
+        /// The pid it uses.
+        pid: u8,
+    },
 }
 
 const HOLD_BACK: u8 = 0x80;
 const FAILS: u8 = 0x80;
-const EVENT_KINDS: u8 = 18;
+const EVENT_KINDS: u8 = 19;
 const DURATION_UNIT_MS: u64 = 50;
 const LINGER_UNIT_MS: u64 = 250;
 
@@ -560,9 +570,10 @@ impl Event {
                     piece: Piece::decode(kind, cursor),
                 }
             }
-            _ => Self::Evict {
+            17 => Self::Evict {
                 conn: cursor.byte(),
             },
+            _ => Self::ForeignWriter { pid: cursor.byte() },
         }
     }
 
@@ -608,6 +619,7 @@ impl Event {
                 out.extend(operands);
             }
             Self::Evict { conn } => out.extend([17, *conn]),
+            Self::ForeignWriter { pid } => out.extend([18, *pid]),
         }
     }
 }
@@ -687,6 +699,7 @@ mod tests {
                 piece: Piece::Release { name: a, pid: 4 },
             },
             Event::Evict { conn: 3 },
+            Event::ForeignWriter { pid: 7 },
             Event::TickAtWakeup,
             Event::Tick { advance: 200 },
             Event::Disconnect { conn: 0 },

@@ -1464,3 +1464,69 @@ fn a_frame_whose_writer_does_not_speak_for_its_pid_does_not_join_that_pids_holde
     r.run_to(20_000);
     assert!(!r.exists("/nested2"), "the connection's holds end with it");
 }
+
+/// A release whose writer does not speak for its pid (a worker in a pid
+/// namespace of its own, forked by one process on the connection, dropping
+/// a mapping it inherited) is another process's on the connection: charged
+/// to the connection's lowest holder holding the name, not to the process
+/// whose pid it happens to use. Charged to that process, its registration
+/// would be gone while it still maps the name, and the name reaped when the
+/// real registrant crashes.
+#[test]
+fn a_release_whose_writer_does_not_speak_for_its_pid_is_not_charged_to_that_pids_process() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([10, 7]);
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    r.create_and_register(c, 10, "/shared");
+    r.register(c, 7, "/shared");
+    r.refcount("/shared", 2);
+    // The nested worker (pid 7 in its own namespace) unmaps what it
+    // inherited from 10.
+    r.fx.foreign.insert(7);
+    r.release(c, 7, "/shared");
+    r.refcount("/shared", 1);
+    r.fx.foreign.remove(&7);
+    assert_eq!(r.m.stats().stray_releases, 0);
+    // 10 crashes; 7 still maps it.
+    r.now = 1_000;
+    r.exited(10);
+    r.run_to(20_000);
+    assert!(r.exists("/shared"), "reaped while 7 maps it");
+    assert_eq!(
+        r.state("/shared"),
+        Some(NameState::Held { registrations: 1 })
+    );
+}
+
+/// A registration whose writer does not speak for its pid does not take
+/// over what the process of that pid registered on a connection closed for
+/// cause (as the process itself, reconnecting, would): that registration
+/// stays the process's, and turns dead when it ends.
+#[test]
+fn a_registration_whose_writer_does_not_speak_for_its_pid_leaves_that_pids_detached_holds() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(7);
+    let _bystander = r.bystander();
+    let old = r.connect_as(7);
+    r.create_and_register(old, 7, "/detached");
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(old, &malformed);
+    assert!(matches!(r.fx.closed[..], [(c, CloseReason::Malformed(_))] if c == old));
+    // Another family's nested worker, pid 7 in its namespace, opens the
+    // segment (say, unpickled) and registers it, then is done with it.
+    let other = r.connect();
+    r.fx.foreign.insert(7);
+    r.refcount("/detached", 2);
+    r.register(other, 7, "/detached");
+    r.release(other, 7, "/detached");
+    r.refcount("/detached", 1);
+    r.fx.foreign.remove(&7);
+    // 7 crashes without releasing: its registration is dead, the refcount
+    // its alone, the name an orphan.
+    r.now = 1_000;
+    r.exited(7);
+    r.run_to(20_000);
+    assert!(!r.exists("/detached"), "leaked: {:?}", r.state("/detached"));
+}

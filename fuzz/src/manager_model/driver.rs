@@ -35,7 +35,7 @@ pub(super) enum Effect {
     StillMapped(SegmentName),
 }
 
-/// Records effects, holds chores, and answers `watch_pid`.
+/// Records effects, holds chores, and answers `watch_pid` and `speaks_for`.
 #[derive(Default)]
 pub(super) struct Driver {
     /// Effects since the harness last looked, in order.
@@ -56,6 +56,12 @@ pub(super) struct Driver {
     /// The memory of the journal an offer attaches (one, shared by every
     /// connection: the model reads only the manager's advertisement in it).
     pub(super) journal: Vec<AtomicU32>,
+    /// Pids the writer of the bytes read from sockets uses without speaking
+    /// for them.
+    pub(super) foreign: BTreeSet<i32>,
+    /// The manager is reading bytes from a socket (as opposed to a journal,
+    /// a tick or an eviction, which have no writer to ask about).
+    pub(super) reading: bool,
 }
 
 impl Driver {
@@ -69,6 +75,23 @@ impl Driver {
     /// namespace that died.
     pub(super) fn is_gone(&self, pid: i32) -> bool {
         self.watchable >> pid.rem_euclid(8) & 1 == 1 && self.dead.contains(&pid)
+    }
+
+    /// What `speaks_for` answers for `pid`: false while reading a socket
+    /// whose writer uses `pid` without speaking for it. As in the real
+    /// driver, `watch_pid` and `pid_is_gone` decline such a pid too.
+    pub(super) fn speaks(&self, pid: i32) -> bool {
+        !(self.reading && self.foreign.contains(&pid))
+    }
+
+    /// What `watch_pid` answers for `pid` now.
+    pub(super) fn would_watch(&self, pid: i32) -> bool {
+        self.can_watch(pid) && self.speaks(pid)
+    }
+
+    /// What `pid_is_gone` answers for `pid` now.
+    pub(super) fn would_report_gone(&self, pid: i32) -> bool {
+        self.is_gone(pid) && self.speaks(pid)
     }
 
     /// Memory for the journal offers take.
@@ -89,14 +112,17 @@ impl Effects for Driver {
         self.held.push(chore);
     }
     fn watch_pid(&mut self, _conn: ConnId, pid: i32) -> bool {
-        let watch = self.can_watch(pid);
+        let watch = self.would_watch(pid);
         if watch {
             self.watched.insert(pid);
         }
         watch
     }
+    fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
+        self.speaks(pid)
+    }
     fn pid_is_gone(&mut self, _conn: ConnId, pid: i32) -> bool {
-        let gone = self.is_gone(pid);
+        let gone = self.would_report_gone(pid);
         if gone {
             self.watched.insert(pid);
             if !self.gone_reported.contains(&pid) {
