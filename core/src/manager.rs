@@ -522,6 +522,14 @@ pub trait Effects {
     fn watch_pid(&mut self, _conn: ConnId, _pid: i32) -> bool {
         false
     }
+    /// As [`Effects::watch_pid`], for the process that opened `conn` (as
+    /// the kernel named it at connect time), when the connection is closed
+    /// for cause and its untrusted pids' holds are tied to that process.
+    /// Asked whoever wrote the bytes being read: the tie rests on the
+    /// kernel's word, not on a frame's.
+    fn watch_peer(&mut self, conn: ConnId, pid: i32) -> bool {
+        self.watch_pid(conn, pid)
+    }
     /// No holder depends on `pid` any more.
     fn unwatch_pid(&mut self, _pid: i32) {}
     /// Whether the process watched as `pid` has ended, though its end is not
@@ -2445,7 +2453,7 @@ impl<S: Storage> Manager<S> {
         // that one can be watched.
         if let Some(&holder) = self.holder_index.get(&HolderKey { conn, pid: None }) {
             let watched =
-                peer_pid.filter(|&pid| fx.watch_pid(conn, pid) && self.retain_pid(pid, fx));
+                peer_pid.filter(|&pid| fx.watch_peer(conn, pid) && self.retain_pid(pid, fx));
             match watched {
                 Some(pid) => {
                     if let Some(h) = self.holders.get_mut(holder) {

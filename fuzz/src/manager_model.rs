@@ -1049,7 +1049,8 @@ impl<S: Storage> Harness<S> {
         if let Some(&holder) = self.index.get(&(index, None)) {
             let watching = self.watching();
             let peer = self.conns[index].peer_pid.filter(|&pid| {
-                self.fx.would_watch(pid)
+                // The connecting process, whoever wrote the bytes being read.
+                self.fx.can_watch(pid)
                     && (watching.contains(&pid) || watching.len() < self.capacity.conns)
             });
             match peer {

@@ -971,6 +971,31 @@ impl Driver {
         }
     }
 
+    /// Watches `pid` for `conn`'s holds, if it is a process of `conn`'s pid
+    /// namespace that can be watched.
+    fn watch(&mut self, conn: ConnId, pid: i32) -> bool {
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return false;
+        };
+        let same_namespace = *client
+            .same_pid_namespace
+            .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace));
+        if !same_namespace || !self.pids.watch(pid) {
+            return false;
+        }
+        let Some(fd) = self.pids.pidfd(pid) else {
+            // Watched by polling instead.
+            return true;
+        };
+        if let Err(errno) = self.readiness.add(fd, Source::Pid(pid)) {
+            // Its end would go unnoticed: not watched, then.
+            tracing::warn!(pid, "cannot watch process: {errno}");
+            self.pids.unwatch(pid);
+            return false;
+        }
+        true
+    }
+
     /// Stops watching `pid`, its descriptor first out of epoll.
     fn stop_watching(&mut self, pid: i32) {
         if let Some(fd) = self.pids.pidfd(pid) {
@@ -1026,26 +1051,11 @@ impl Effects for Driver {
                 "a frame's pid names neither its writer nor the writer's child: its holds last as long as the connection");
             return false;
         }
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return false;
-        };
-        let same_namespace = *client
-            .same_pid_namespace
-            .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace));
-        if !same_namespace || !self.pids.watch(pid) {
-            return false;
-        }
-        let Some(fd) = self.pids.pidfd(pid) else {
-            // Watched by polling instead.
-            return true;
-        };
-        if let Err(errno) = self.readiness.add(fd, Source::Pid(pid)) {
-            // Its end would go unnoticed: not watched, then.
-            tracing::warn!(pid, "cannot watch process: {errno}");
-            self.pids.unwatch(pid);
-            return false;
-        }
-        true
+        self.watch(conn, pid)
+    }
+
+    fn watch_peer(&mut self, conn: ConnId, pid: i32) -> bool {
+        self.watch(conn, pid)
     }
 
     fn unwatch_pid(&mut self, pid: i32) {

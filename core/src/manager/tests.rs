@@ -40,6 +40,14 @@ impl Effects for Recorder {
         }
         trusted
     }
+    fn watch_peer(&mut self, _conn: ConnId, pid: i32) -> bool {
+        // The kernel's word for who connected, whoever writes now.
+        let trusted = self.trusted.contains(&pid);
+        if trusted {
+            *self.watched.entry(pid).or_default() += 1;
+        }
+        trusted
+    }
     fn unwatch_pid(&mut self, pid: i32) {
         self.watched.remove(&pid);
     }
@@ -1529,4 +1537,35 @@ fn a_registration_whose_writer_does_not_speak_for_its_pid_leaves_that_pids_detac
     r.exited(7);
     r.run_to(20_000);
     assert!(!r.exists("/detached"), "leaked: {:?}", r.state("/detached"));
+}
+
+/// A connection closed for cause ties the holds of its untrusted pids to the
+/// process that connected, whoever wrote the bytes that closed it (here a
+/// forked child of the peer, whose writes do not speak for the peer's pid):
+/// they do not end at once, while a nested worker still maps what it
+/// registered.
+#[test]
+fn a_close_for_cause_on_a_childs_bytes_still_ties_the_untrusted_holds_to_the_peer() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(10);
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    // A nested worker on the family's connection: its pid is not trusted.
+    r.create_and_register(c, 99, "/nested");
+    r.fx.foreign.insert(10);
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(c, &malformed);
+    r.fx.foreign.remove(&10);
+    assert!(matches!(r.fx.closed[..], [(closed, CloseReason::Malformed(_))] if closed == c));
+    r.run_to(20_000);
+    assert!(
+        r.exists("/nested"),
+        "reaped while its registrant maps it: {:?}",
+        r.state("/nested")
+    );
+    // The tie holds until the peer ends.
+    r.exited(10);
+    r.run_to(40_000);
+    assert!(!r.exists("/nested"), "leaked: {:?}", r.state("/nested"));
 }

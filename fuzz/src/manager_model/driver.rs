@@ -118,6 +118,14 @@ impl Effects for Driver {
         }
         watch
     }
+    fn watch_peer(&mut self, _conn: ConnId, pid: i32) -> bool {
+        // The kernel's word for who connected: whoever writes now.
+        let watch = self.can_watch(pid);
+        if watch {
+            self.watched.insert(pid);
+        }
+        watch
+    }
     fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
         self.speaks(pid)
     }
