@@ -309,9 +309,11 @@ fn a_client_that_execs_from_a_thread_keeps_its_holds_with_or_without_pidfds() {
 ///
 /// No PyTorch client sends a thread's id (it sends `getpid()`), so this
 /// needs a client that does; but a thread's id is no process's pid, and
-/// only the polling watch says otherwise.
+/// only the polling watch said otherwise.
+///
+/// Fixed: `is_ours` trusts only an id whose `/proc` entry's `Tgid` is the
+/// id itself (a process's leader), for both watches.
 #[test]
-#[ignore = "finding 1: polling trusts a thread's id as a pid and ties holds to the thread"]
 fn a_threads_id_is_not_taken_for_a_process_with_or_without_pidfds() {
     let _serial = one_at_a_time();
     for polling in [false, true] {
