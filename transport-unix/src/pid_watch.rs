@@ -136,12 +136,16 @@ impl PidWatches {
         );
     }
 
-    /// Whether `pid` runs as our user in our pid namespace.
+    /// Whether `pid` is a process (not one of its threads) that runs as our
+    /// user in our pid namespace. A thread's id has a `/proc` entry too
+    /// (hidden from listings, not from lookups): trusted by the watch by
+    /// polling, a frame's holds would end with that thread, its process
+    /// running on. `pidfd_open` refuses a thread's id the same way.
     fn is_ours(&self, pid: i32) -> bool {
         let Some(status) = ProcStatus::read(pid) else {
             return false;
         };
-        status.euid == Some(self.uid) && status.nspid_levels == 1
+        status.tgid == Some(pid) && status.euid == Some(self.uid) && status.nspid_levels == 1
     }
 }
 
@@ -178,6 +182,8 @@ fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
 
 /// What `/proc/<pid>/status` says that we need.
 struct ProcStatus {
+    /// The process the entry's thread belongs to.
+    tgid: Option<i32>,
     euid: Option<u32>,
     /// Entries on the `NSpid:` line: 1 when the process is in the namespace
     /// of the `/proc` we read (ours).
@@ -188,11 +194,14 @@ impl ProcStatus {
     fn read(pid: i32) -> Option<Self> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let mut status = Self {
+            tgid: None,
             euid: None,
             nspid_levels: 0,
         };
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("Uid:") {
+            if let Some(rest) = line.strip_prefix("Tgid:") {
+                status.tgid = rest.trim().parse().ok();
+            } else if let Some(rest) = line.strip_prefix("Uid:") {
                 status.euid = rest.split_whitespace().nth(1).and_then(|u| u.parse().ok());
             } else if let Some(rest) = line.strip_prefix("NSpid:") {
                 status.nspid_levels = rest.split_whitespace().count();
@@ -381,6 +390,29 @@ mod tests {
         assert_eq!(exited, [pid]);
         assert!(polling.has_ended(pid) && with_pidfd.has_ended(pid));
         assert!(is_gone(pid));
+    }
+
+    #[test]
+    fn a_threads_id_is_no_process_s_pid_with_or_without_pidfds() {
+        let uid = rustix::process::geteuid().as_raw();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
+            let _ = end_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert_ne!(tid, std::process::id() as i32);
+        let mut polling = PidWatches::new(uid);
+        polling.pidfds_work = false;
+        let mut with_pidfd = PidWatches::new(uid);
+        assert!(!polling.watch(tid), "a thread's id trusted by polling");
+        assert!(!with_pidfd.watch(tid), "a thread's id trusted with pidfds");
+        assert!(polling.watch(std::process::id() as i32));
+        drop(end_tx);
+        thread.join().unwrap();
     }
 
     #[test]

@@ -852,6 +852,13 @@ impl NestedWorker {
         self.lines.next().expect("a line").expect("a line")
     }
 
+    /// Puts its segment in a queue and drops its own reference (unmaps):
+    /// refcount 1, in transit. Its release follows, unanswered, and may
+    /// find the connection closed.
+    pub fn queue(&mut self) {
+        writeln!(self.stdin.as_mut().unwrap()).unwrap();
+    }
+
     /// Puts its segment in a queue and releases it.
     pub fn queue_and_release(&mut self) {
         writeln!(self.stdin.as_mut().unwrap()).unwrap();
