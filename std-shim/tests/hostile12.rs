@@ -8,8 +8,8 @@
 //! starts it under a seccomp filter that fails `pidfd_open` with `ENOSYS`,
 //! as an old kernel or a sandbox would.
 //!
-//! Each "Finding" test failed on e228187 and says what went wrong and why;
-//! an open one is ignored with its cause. The others are attacks the code
+//! Each "Finding" test failed on e228187 and says what went wrong and why
+//! (both are fixed now). The others are attacks the code
 //! withstands, kept because they fail if it stops withstanding them.
 //!
 //! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
@@ -390,11 +390,9 @@ fn malformed(name: &str) -> [u8; 68] {
 /// live worker's tensor is lost.
 ///
 /// The connecting process's pid is the kernel's (`SO_PEERCRED`), not a
-/// frame's: no writer need speak for it. The fix proposed: tie the
-/// connection's holder to the peer without the writer check (an `Effects`
-/// call of its own, e.g. `watch_peer(conn)`, for `close_for_cause`).
+/// frame's: no writer need speak for it. Fixed by 4179ad0: the connection's
+/// holder is tied to the peer without the writer check (`Effects::watch_peer`).
 #[test]
-#[ignore = "finding 2: close_for_cause ends a nested worker's hold when a forked member wrote the bad frame"]
 fn a_bad_frame_from_a_forked_member_does_not_cost_a_nested_worker_its_segment() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(
