@@ -389,3 +389,167 @@ fn a_contained_client_closed_for_cause_keeps_its_mapped_segment_while_it_lives()
          after the creator's connection was closed for cause. The manager's story:\n  {told}"
     );
 }
+
+// --- Withstood: a pipe manager told an odd client ---------------------------------
+
+/// A pipe manager started as `ChildPipes` starts one, but with
+/// `--client-pid client`: its request pipe's write end and its reply pipe's
+/// read end, and the manager itself.
+struct PipeManager {
+    child: std::process::Child,
+    requests: Option<std::fs::File>,
+    replies: std::fs::File,
+}
+
+impl PipeManager {
+    fn spawn(client: i32) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::os::unix::process::CommandExt;
+        let pipe = || {
+            let mut fds = [0; 2];
+            // SAFETY: `fds` has room for the two descriptors.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: both are fresh descriptors of ours.
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        // Above 4, so that `dup2` moves them (a `dup2` onto itself would
+        // leave them close-on-exec).
+        let above_4 = |fd: OwnedFd| {
+            // SAFETY: duplicates a descriptor of ours; the result is ours.
+            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+            assert!(high >= 10, "F_DUPFD_CLOEXEC");
+            // SAFETY: as above.
+            unsafe { OwnedFd::from_raw_fd(high) }
+        };
+        let (request_read, request_write) = pipe();
+        let (reply_read, reply_write) = pipe();
+        let (request_read, reply_write) = (above_4(request_read), above_4(reply_write));
+        let (into_3, into_4) = (request_read.as_raw_fd(), reply_write.as_raw_fd());
+        let mut command = Command::new(SHM_MANAGER);
+        command
+            .args([
+                "--transport",
+                "pipe",
+                "--pipe-fds",
+                "3,4",
+                "--reap-grace",
+                "1s",
+            ])
+            .args(["--client-pid", &client.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(into_3, 3) < 0 || libc::dup2(into_4, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("shm-manager");
+        drop((request_read, reply_write));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line,
+            format!("pipe:{}\n", child.id()),
+            "--client-pid {client}: the handshake"
+        );
+        Self {
+            child,
+            requests: Some(request_write.into()),
+            replies: reply_read.into(),
+        }
+    }
+
+    fn register_as(&mut self, pid: i32, name: &str) {
+        use std::io::{Read, Write};
+        self.requests
+            .as_mut()
+            .unwrap()
+            .write_all(&common::frame_from(pid, 0, name))
+            .unwrap();
+        let mut reply = [0u8; 2];
+        self.replies.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"OK", "registration of {name} for pid {pid}");
+    }
+}
+
+impl Drop for PipeManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pipe manager whose `--client-pid` names init, a thread of ours, a
+/// zombie child of ours, or nobody: it serves anyway; what its client (the
+/// test, whose pid is none of those) registers lasts as long as the pipe,
+/// what is registered for the odd pid neither outlives the pipe nor ends
+/// what the client holds; at end of file it unlinks everything and exits.
+#[test]
+fn a_pipe_manager_named_an_odd_client_serves_and_neither_loses_nor_leaks() {
+    let _serial = one_at_a_time();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: `gettid` has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        let _ = end_rx.recv();
+    });
+    let tid = tid_rx.recv().unwrap();
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let zombie_pid = zombie.id() as i32;
+    assert!(wait_until(Duration::from_secs(10), || {
+        common::process_gone(zombie_pid as u32)
+    }));
+    let nobody = (1..100)
+        .map(|i| 4_000_000 - i)
+        .find(|&pid| common::process_gone(pid as u32))
+        .unwrap();
+    for (what, client) in [
+        ("init", 1),
+        ("a thread", tid),
+        ("a zombie", zombie_pid),
+        ("nobody", nobody),
+    ] {
+        let mut manager = PipeManager::spawn(client);
+        let ours = unique_name("h13pipeours");
+        let odd = unique_name("h13pipeodd");
+        let _cleanup = Cleanup(vec![ours.clone(), odd.clone()]);
+        manager.register_as(std::process::id() as i32, &ours);
+        common::create_segment(&ours, 1, 64);
+        manager.register_as(client, &odd);
+        common::create_segment(&odd, 1, 64);
+        // Grace (1 s) and slack.
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            shm_exists(&ours),
+            "--client-pid {client} ({what}): {ours}, registered by the live client on an \
+             open pipe, was unlinked"
+        );
+        // End of file on its requests, as when the client exits.
+        manager.requests = None;
+        let exited = wait_until(Duration::from_secs(10), || {
+            manager.child.try_wait().unwrap().is_some()
+        });
+        drop(manager);
+        assert!(
+            exited,
+            "--client-pid {client} ({what}): the manager did not exit at end of file"
+        );
+        assert!(
+            !shm_exists(&ours) && !shm_exists(&odd),
+            "--client-pid {client} ({what}): left behind at exit: {ours}: {}, {odd}: {}",
+            shm_exists(&ours),
+            shm_exists(&odd)
+        );
+    }
+    zombie.wait().unwrap();
+    drop(end_tx);
+    thread.join().unwrap();
+}
