@@ -347,12 +347,15 @@ m.close()
 /// first asks `same_pid_namespace(peer)` (a question about the frames'
 /// pids, not the kernel's) and then `is_ours` (`NSpid` levels == 1): both
 /// say no for a process in a nested namespace, and the holder ends at once.
-/// The segment is unlinked after the grace while its creator maps it. A
-/// process in the manager's namespace, closed for the same frame, keeps its
-/// segment as long as it lives.
+/// The segment was unlinked after the grace while its creator mapped it,
+/// where a process in the manager's namespace, closed for the same frame,
+/// keeps its segment as long as it lives.
+///
+/// Fixed: `Driver::watch_peer` watches the kernel-given pid without the
+/// frames' namespace question, and `PidWatches::watch_peer` trusts a
+/// process of a nested namespace. Once the process is killed the segment
+/// goes (no leak).
 #[test]
-#[ignore = "finding 2: a connecting process in a nested pid namespace, closed for cause, \
-            loses what it maps at once: its kernel-given pid is not watched"]
 fn a_contained_client_closed_for_cause_keeps_its_mapped_segment_while_it_lives() {
     use std::io::{BufRead, BufReader, Write};
     let _serial = one_at_a_time();
@@ -387,6 +390,11 @@ fn a_contained_client_closed_for_cause_keeps_its_mapped_segment_while_it_lives()
         kept,
         "{name}, mapped by its live creator in a pid namespace of its own, was unlinked \
          after the creator's connection was closed for cause. The manager's story:\n  {told}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !shm_exists(&name)),
+        "{name} outlived its killed creator: {}",
+        story(&daemon.handle, &name)
     );
 }
 
