@@ -971,8 +971,8 @@ impl Driver {
         }
     }
 
-    /// Watches `pid` for `conn`'s holds, if it is a process of `conn`'s pid
-    /// namespace that can be watched.
+    /// Watches `pid`, a frame's, for `conn`'s holds, if it is a process of
+    /// `conn`'s pid namespace that can be watched.
     fn watch(&mut self, conn: ConnId, pid: i32) -> bool {
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;
@@ -980,9 +980,12 @@ impl Driver {
         let same_namespace = *client
             .same_pid_namespace
             .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace));
-        if !same_namespace || !self.pids.watch(pid) {
-            return false;
-        }
+        same_namespace && self.pids.watch(pid) && self.add_pidfd(pid)
+    }
+
+    /// Puts `pid`'s descriptor, if it is watched through one, in the epoll
+    /// set; false (and unwatched) if that fails.
+    fn add_pidfd(&mut self, pid: i32) -> bool {
         let Some(fd) = self.pids.pidfd(pid) else {
             // Watched by polling instead.
             return true;
@@ -1054,8 +1057,11 @@ impl Effects for Driver {
         self.watch(conn, pid)
     }
 
+    /// The kernel named the peer in our pid namespace (`SO_PEERCRED`),
+    /// wherever it runs: unlike a frame's pid, a peer in a nested pid
+    /// namespace is watched too.
     fn watch_peer(&mut self, conn: ConnId, pid: i32) -> bool {
-        self.watch(conn, pid)
+        self.clients.contains_key(&conn) && self.pids.watch_peer(pid) && self.add_pidfd(pid)
     }
 
     fn unwatch_pid(&mut self, pid: i32) {

@@ -46,6 +46,17 @@ impl PidWatches {
     /// Starts watching `pid` if it can be trusted; false if not (or if it
     /// cannot be watched). Watching an already watched pid is a no-op.
     pub(crate) fn watch(&mut self, pid: i32) -> bool {
+        self.watch_in(pid, Reach::OurNamespace)
+    }
+
+    /// As [`PidWatches::watch`], for a pid the kernel gave (a connection's
+    /// peer, named in our namespace): a process of a nested pid namespace is
+    /// trusted too.
+    pub(crate) fn watch_peer(&mut self, pid: i32) -> bool {
+        self.watch_in(pid, Reach::NestedToo)
+    }
+
+    fn watch_in(&mut self, pid: i32, reach: Reach) -> bool {
         if let Some(fd) = self.fds.get(&pid) {
             // The process watched under this pid may have exited since, and
             // the pid gone to a new one: not the process watched, and too
@@ -70,7 +81,7 @@ impl PidWatches {
                 Ok(fd) => {
                     // Read /proc only after holding the pidfd, and check the
                     // process has not exited since: then /proc/<pid> was it.
-                    let trusted = self.is_ours(pid) && !has_exited(fd.as_fd());
+                    let trusted = self.is_ours(pid, reach) && !has_exited(fd.as_fd());
                     if trusted {
                         self.fds.insert(pid, fd);
                     }
@@ -83,7 +94,7 @@ impl PidWatches {
         let Some(started) = start_time(pid) else {
             return false;
         };
-        let trusted = self.is_ours(pid) && start_time(pid) == Some(started);
+        let trusted = self.is_ours(pid, reach) && start_time(pid) == Some(started);
         if trusted {
             self.polled.insert(pid, started);
         }
@@ -137,16 +148,30 @@ impl PidWatches {
     }
 
     /// Whether `pid` is a process (not one of its threads) that runs as our
-    /// user in our pid namespace. A thread's id has a `/proc` entry too
-    /// (hidden from listings, not from lookups): trusted by the watch by
-    /// polling, a frame's holds would end with that thread, its process
-    /// running on. `pidfd_open` refuses a thread's id the same way.
-    fn is_ours(&self, pid: i32) -> bool {
+    /// user in our pid namespace (or, with [`Reach::NestedToo`], one nested
+    /// in it). A thread's id has a `/proc` entry too (hidden from listings,
+    /// not from lookups): trusted by the watch by polling, a frame's holds
+    /// would end with that thread, its process running on. `pidfd_open`
+    /// refuses a thread's id the same way.
+    fn is_ours(&self, pid: i32, reach: Reach) -> bool {
         let Some(status) = ProcStatus::read(pid) else {
             return false;
         };
-        status.tgid == Some(pid) && status.euid == Some(self.uid) && status.nspid_levels == 1
+        let in_reach = match reach {
+            Reach::OurNamespace => status.nspid_levels == 1,
+            Reach::NestedToo => status.nspid_levels >= 1,
+        };
+        status.tgid == Some(pid) && status.euid == Some(self.uid) && in_reach
     }
+}
+
+/// Which pid namespaces a watched process may run in.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// Ours: a frame's pid names a process only there.
+    OurNamespace,
+    /// Ours or one nested in it: a pid the kernel translated for us.
+    NestedToo,
 }
 
 /// Whether the pids in frames from `peer_pid`'s connection name processes in
