@@ -522,13 +522,14 @@ pub trait Effects {
     fn watch_pid(&mut self, _conn: ConnId, _pid: i32) -> bool {
         false
     }
-    /// As [`Effects::watch_pid`], for the process that opened `conn` (as
-    /// the kernel named it at connect time), when the connection is closed
-    /// for cause and its untrusted pids' holds are tied to that process.
-    /// Asked whoever wrote the bytes being read: the tie rests on the
-    /// kernel's word, not on a frame's.
-    fn watch_peer(&mut self, conn: ConnId, pid: i32) -> bool {
-        self.watch_pid(conn, pid)
+    /// `conn` is closed for cause: a live process of it to watch and tie
+    /// its untrusted pids' holds to. The process that opened it (`peer`, as
+    /// the kernel named it at connect time) if it still runs, else, where
+    /// the driver can tell, one that wrote on it (the kernel's word too);
+    /// `None` if none can be watched. Asked whoever wrote the bytes being
+    /// read: the tie rests on the kernel's word, not on a frame's.
+    fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
+        peer.filter(|&pid| self.watch_pid(conn, pid))
     }
     /// No holder depends on `pid` any more.
     fn unwatch_pid(&mut self, _pid: i32) {}
@@ -1270,7 +1271,10 @@ impl<S: Storage> Manager<S> {
                 continue;
             }
             let key = holder.key;
-            holder.outlived_by_conn = self.conns.get(&key.conn).is_some();
+            // A connection's holder for untrusted pids, tied to the process
+            // that connected once the connection was closed for cause, stands
+            // for processes nobody knows: they may live on and map its names.
+            holder.outlived_by_conn = self.conns.get(&key.conn).is_some() || key.pid.is_none();
             Self::begin_end(holder, HolderEnd::Exited, fx);
             self.ending += 1;
             self.stats.holders_exited += 1;
@@ -2452,8 +2456,9 @@ impl<S: Storage> Manager<S> {
         // for untrusted pids is tied to the connecting process instead, if
         // that one can be watched.
         if let Some(&holder) = self.holder_index.get(&HolderKey { conn, pid: None }) {
-            let watched =
-                peer_pid.filter(|&pid| fx.watch_peer(conn, pid) && self.retain_pid(pid, fx));
+            let watched = fx
+                .watch_peer(conn, peer_pid)
+                .filter(|&pid| self.retain_pid(pid, fx));
             match watched {
                 Some(pid) => {
                     if let Some(h) = self.holders.get_mut(holder) {
@@ -2461,7 +2466,14 @@ impl<S: Storage> Manager<S> {
                         self.link_to_pid(holder, pid);
                     }
                 }
-                _ => self.end_holder(holder, fx),
+                _ => {
+                    // Its processes are unknown and may live on: its names
+                    // are unlinked only once nobody maps them.
+                    if let Some(h) = self.holders.get_mut(holder) {
+                        h.outlived_by_conn = true;
+                    }
+                    self.end_holder(holder, fx);
+                }
             }
         }
         // What their processes registered again elsewhere moves there.

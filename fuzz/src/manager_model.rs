@@ -1055,7 +1055,21 @@ impl<S: Storage> Harness<S> {
             });
             match peer {
                 Some(pid) => self.holders[holder].watching = Some(pid),
-                None => ended.push(holder),
+                None => {
+                    // Its unknown processes may live on and map its names.
+                    let held: Vec<SegmentName> = self
+                        .regs
+                        .keys()
+                        .filter(|&&(_, h)| h == holder)
+                        .map(|&(name, _)| name)
+                        .collect();
+                    for name in held {
+                        if let Some(record) = self.names.get_mut(&name) {
+                            record.inherited = true;
+                        }
+                    }
+                    ended.push(holder);
+                }
             }
         }
         self.conn_gone(index);
@@ -1172,7 +1186,7 @@ impl<S: Storage> Harness<S> {
             if self.conns[conn].last.is_some_and(|(_, h)| h == holder) {
                 self.conns[conn].last = None;
             }
-            if self.conns[conn].live {
+            if self.conns[conn].live || key_pid.is_none() {
                 let held: Vec<SegmentName> = self
                     .regs
                     .keys()

@@ -3,8 +3,10 @@
 //! core/src/manager.rs `close_for_cause`), when that process is no longer
 //! the one that holds the connection.
 //!
-//! Each "Finding" test fails on 028bb66 and is ignored until fixed; its
-//! comment says what goes wrong and why. The others are attacks the code
+//! Each "Finding" test fails on 028bb66; its comment says what went wrong
+//! and why. Both findings are fixed: the peer is known by its start time and,
+//! once it has ended, the last writer the kernel named is tied instead
+//! (finding 1); a peer in a nested pid namespace is watched (finding 2). The others are attacks the code
 //! withstands, kept because they fail if it stops withstanding them.
 //!
 //! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
@@ -219,8 +221,6 @@ fn handed_connection_closed_for_cause(afterwards: Afterwards, cause: Cause) {
 // --- Finding 1: the peer is gone, or is a stranger ------------------------------
 
 #[test]
-#[ignore = "finding 1: a connection whose connecting process exited, closed for cause, \
-            ends its untrusted holds at once"]
 fn a_handed_connection_closed_for_cause_keeps_a_nested_workers_segment() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(
@@ -232,8 +232,6 @@ fn a_handed_connection_closed_for_cause_keeps_a_nested_workers_segment() {
 }
 
 #[test]
-#[ignore = "finding 1: a connection closed for cause ties its untrusted holds to whoever \
-            has the connecting process's pid now"]
 fn a_stranger_with_the_connecting_processes_pid_does_not_end_a_nested_workers_segment() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(
@@ -245,8 +243,6 @@ fn a_stranger_with_the_connecting_processes_pid_does_not_end_a_nested_workers_se
 }
 
 #[test]
-#[ignore = "finding 1: a connection whose connecting process exited, closed for a stalled \
-            frame, ends its untrusted holds at once"]
 fn a_handed_connection_closed_for_a_stalled_frame_keeps_a_nested_workers_segment() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(

@@ -523,6 +523,11 @@ struct Client {
     /// Whether pids in its frames name processes in our pid namespace
     /// (looked up on first need).
     same_pid_namespace: Option<bool>,
+    /// When the process that connected started, read at accept: its pid may
+    /// name another process by the time the connection is closed for cause.
+    peer_started: Option<u64>,
+    /// The last writer the kernel named for bytes read from it.
+    last_writer: Option<i32>,
     /// Its reply backlog overflowed; it is being cut off.
     evicted: bool,
     /// It asked for a status report: closed once the report is sent, or at
@@ -556,6 +561,8 @@ impl Client {
             waits_to_write: false,
             first_read: true,
             same_pid_namespace: None,
+            peer_started: peer.pid.and_then(pid_watch::started),
+            last_writer: None,
             evicted: false,
             status_until: None,
             names_cursor: None,
@@ -581,6 +588,9 @@ impl Client {
             }
             // Descriptors travel with the first byte of what they were sent with.
             self.first_read = received.bytes == 0;
+        }
+        if received.writer.is_some() {
+            self.last_writer = received.writer;
         }
         Ok((received.bytes, received.writer))
     }
@@ -999,6 +1009,34 @@ impl Driver {
         true
     }
 
+    /// Watches `pid`, the process that opened `conn`, if it still runs:
+    /// wherever it runs (unlike a frame's pid, a peer in a nested pid
+    /// namespace is watched too), and only if it is the process that
+    /// connected, not a later one given its pid.
+    fn watch_connecting(&mut self, conn: ConnId, pid: i32) -> bool {
+        let Some(started) = self.clients.get(&conn).and_then(|c| c.peer_started) else {
+            return false;
+        };
+        // The same start time, read again once the watch holds it (a pidfd
+        // pins the pid to its process).
+        let is_peer = || pid_watch::started(pid) == Some(started);
+        if !is_peer() {
+            tracing::debug!(conn = %conn, pid, "the process that connected has ended");
+            return false;
+        }
+        let was_watched = self.pids.pidfd(pid).is_some() || self.pids.has_polled_pid(pid);
+        if !(self.pids.watch_peer(pid) && self.add_pidfd(pid)) {
+            return false;
+        }
+        if !is_peer() {
+            if !was_watched {
+                self.stop_watching(pid);
+            }
+            return false;
+        }
+        true
+    }
+
     /// Stops watching `pid`, its descriptor first out of epoll.
     fn stop_watching(&mut self, pid: i32) {
         if let Some(fd) = self.pids.pidfd(pid) {
@@ -1057,11 +1095,20 @@ impl Effects for Driver {
         self.watch(conn, pid)
     }
 
-    /// The kernel named the peer in our pid namespace (`SO_PEERCRED`),
-    /// wherever it runs: unlike a frame's pid, a peer in a nested pid
-    /// namespace is watched too.
-    fn watch_peer(&mut self, conn: ConnId, pid: i32) -> bool {
-        self.clients.contains_key(&conn) && self.pids.watch_peer(pid) && self.add_pidfd(pid)
+    /// Pids the kernel named for us (`SO_PEERCRED`, `SCM_CREDENTIALS`),
+    /// wherever their processes run.
+    fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
+        if let Some(pid) = peer
+            && self.watch_connecting(conn, pid)
+        {
+            return Some(pid);
+        }
+        // The process that connected has ended (it may have handed the
+        // connection on): the last one the kernel named as writing on it
+        // still shares it, if it runs.
+        let writer = self.clients.get(&conn)?.last_writer?;
+        tracing::debug!(conn = %conn, writer, "the process that connected has ended: tying to the last writer");
+        (self.pids.watch_peer(writer) && self.add_pidfd(writer)).then_some(writer)
     }
 
     fn unwatch_pid(&mut self, pid: i32) {

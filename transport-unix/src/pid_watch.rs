@@ -101,6 +101,11 @@ impl PidWatches {
         trusted
     }
 
+    /// Whether `pid` is watched by polling.
+    pub(crate) fn has_polled_pid(&self, pid: i32) -> bool {
+        self.polled.contains_key(&pid)
+    }
+
     /// Stops watching `pid`.
     pub(crate) fn unwatch(&mut self, pid: i32) {
         self.fds.remove(&pid);
@@ -235,6 +240,15 @@ impl ProcStatus {
         // Kernels before 4.1 have no NSpid line: there, nothing tells.
         Some(status)
     }
+}
+
+/// When the running process `pid` started (clock ticks since boot), to
+/// tell it from a later process given the same pid.
+pub(crate) fn started(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    start_time(pid)
 }
 
 /// Field 22 of `/proc/<pid>/stat`: when the process started. A pid reused by

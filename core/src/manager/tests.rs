@@ -40,13 +40,11 @@ impl Effects for Recorder {
         }
         trusted
     }
-    fn watch_peer(&mut self, _conn: ConnId, pid: i32) -> bool {
+    fn watch_peer(&mut self, _conn: ConnId, peer: Option<i32>) -> Option<i32> {
         // The kernel's word for who connected, whoever writes now.
-        let trusted = self.trusted.contains(&pid);
-        if trusted {
-            *self.watched.entry(pid).or_default() += 1;
-        }
-        trusted
+        let pid = peer.filter(|pid| self.trusted.contains(pid))?;
+        *self.watched.entry(pid).or_default() += 1;
+        Some(pid)
     }
     fn unwatch_pid(&mut self, pid: i32) {
         self.watched.remove(&pid);
@@ -1567,5 +1565,27 @@ fn a_close_for_cause_on_a_childs_bytes_still_ties_the_untrusted_holds_to_the_pee
     // The tie holds until the peer ends.
     r.exited(10);
     r.run_to(40_000);
+    assert!(!r.exists("/nested"), "leaked: {:?}", r.state("/nested"));
+}
+
+/// A connection closed for cause with no live process to tie its untrusted
+/// pids' holds to ends them, but those unknown processes may live on: a name
+/// they still map is kept (asked, not unlinked), and goes once nobody does.
+#[test]
+fn an_untrusted_hold_ended_by_a_close_for_cause_is_unlinked_only_once_nobody_maps_it() {
+    let mut r = Rig::new();
+    let _bystander = r.bystander();
+    // The process that connected is gone: nothing to watch.
+    let c = r.connect_as(10);
+    r.create_and_register(c, 99, "/nested");
+    r.ns.mapped.insert(name("/nested"));
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(c, &malformed);
+    r.run_to(20_000);
+    assert!(r.exists("/nested"), "unlinked while mapped");
+    assert!(r.ns.asked_mapped.contains(&name("/nested")));
+    r.ns.mapped.clear();
+    r.run_to(60_000);
     assert!(!r.exists("/nested"), "leaked: {:?}", r.state("/nested"));
 }

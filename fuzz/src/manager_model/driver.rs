@@ -118,13 +118,11 @@ impl Effects for Driver {
         }
         watch
     }
-    fn watch_peer(&mut self, _conn: ConnId, pid: i32) -> bool {
+    fn watch_peer(&mut self, _conn: ConnId, peer: Option<i32>) -> Option<i32> {
         // The kernel's word for who connected: whoever writes now.
-        let watch = self.can_watch(pid);
-        if watch {
-            self.watched.insert(pid);
-        }
-        watch
+        let pid = peer.filter(|&pid| self.can_watch(pid))?;
+        self.watched.insert(pid);
+        Some(pid)
     }
     fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
         self.speaks(pid)
