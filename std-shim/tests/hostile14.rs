@@ -5,7 +5,7 @@
 //! (core/src/manager.rs `mapped`).
 //!
 //! Each "Finding" test is ignored while its finding is open; its comment says
-//! what goes wrong and why. The others are attacks the code withstands, kept
+//! what goes wrong and why. Finding 1 is fixed and its test runs. The others are attacks the code withstands, kept
 //! because they fail if it stops withstanding them.
 //!
 //! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
@@ -208,12 +208,11 @@ impl DeadWriterSetup {
 /// it, yet it is kept as long as the stranger, an unrelated process, lives
 /// (a leak bounded only by the stranger's life or the manager's).
 ///
-/// Expected: the tie rests on the writer only if it is the process that
-/// wrote (its start time read when its bytes were read, as `peer_started`
-/// is at accept); otherwise nobody is tied and the map check decides, which
-/// unlinks the name once the worker is gone.
+/// Fixed: the tie rests on the writer only if it is the process that
+/// wrote (its start time read when it became the last writer, as
+/// `peer_started` is at accept); otherwise nobody is tied and the map check
+/// decides, which unlinks the name once the worker is gone.
 #[test]
-#[ignore = "finding 1: the last writer's pid, reused by a stranger, gets the tie (a leak as long as the stranger lives)"]
 fn a_stranger_with_the_last_writers_pid_does_not_keep_a_connections_names() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(
