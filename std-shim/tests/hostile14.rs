@@ -323,3 +323,36 @@ fn a_connections_names_go_once_their_mapper_dies_after_its_last_writer() {
         setup.name
     );
 }
+
+/// As above, but once the connection is closed a process of the family (the
+/// test) opens the name and holds only a descriptor to it, no mapping, and
+/// the worker is killed: the map check, which looks at descriptors too,
+/// keeps the name while the descriptor is open, and it goes once closed.
+#[test]
+fn an_inherited_name_held_only_by_a_descriptor_is_kept_until_it_closes() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "an_inherited_name_held_only_by_a_descriptor_is_kept_until_it_closes",
+    ) {
+        return;
+    }
+    let mut setup = DeadWriterSetup::new("h14descriptor");
+    assert!(
+        setup.family.is_closed_by_peer(Duration::from_secs(10)),
+        "the stalled frame closes the connection for cause"
+    );
+    let descriptor = std::fs::File::open(format!("/dev/shm{}", setup.name)).unwrap();
+    setup.worker = None;
+    // Grace (1 s), the looks, and slack.
+    std::thread::sleep(Duration::from_secs(5));
+    let kept = shm_exists(&setup.name);
+    drop(descriptor);
+    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let told = setup.story();
+    assert!(
+        kept && gone,
+        "{}: kept while only a descriptor to it was open: {kept}; gone once it closed: \
+         {gone}. The manager's story:\n  {told}",
+        setup.name
+    );
+}
