@@ -356,3 +356,88 @@ fn an_inherited_name_held_only_by_a_descriptor_is_kept_until_it_closes() {
         setup.name
     );
 }
+
+// --- Withstood: accept's cost under a connection flood ----------------------------
+
+/// Each accept now reads the peer's `/proc/<pid>/stat` (its start time).
+/// Two threads connect and hang up as fast as they can for two seconds,
+/// and a process of ours connects and exits in a loop meanwhile (an
+/// accept whose peer may be gone before its start time is read): another
+/// client's round trips stay within the flood bound at p99, and the manager
+/// holds no more descriptors afterwards than before.
+#[test]
+fn a_flood_of_connections_does_not_stall_another_client() {
+    use common::measure::{FLOOD_P99_BOUND, Probe};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _serial = one_at_a_time();
+    let daemon = manager();
+    let _bystander = daemon.bystander();
+    let mut probe = Probe::connect(&daemon.handle);
+    let baseline = probe.sample(300, Duration::from_millis(1));
+    let descriptors = common::measure::open_descriptors(daemon.child.id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicU64::new(0));
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, connected, handle) = (
+                Arc::clone(&stop),
+                Arc::clone(&connected),
+                daemon.handle.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if UnixStream::connect(&handle).is_ok() {
+                        connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut exiting = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, socket, sys, time
+end = time.monotonic() + 2.5
+while time.monotonic() < end:
+    if os.fork() == 0:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sys.argv[1])
+        os._exit(0)
+    os.wait()
+"#,
+        )
+        .arg(&daemon.handle)
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(300));
+    let running = probe.spawn(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap();
+    }
+    let during = running.finish();
+    let _ = exiting.wait();
+    let connections = connected.load(Ordering::Relaxed);
+    let bound = FLOOD_P99_BOUND + baseline.max();
+    assert!(
+        during.percentile(0.99) < bound,
+        "beside {connections} connections made and dropped, another client's round trips \
+         reached {:.0?} at p99 (bound {bound:.0?}); during: {during}; idle: {baseline}",
+        during.percentile(0.99)
+    );
+    assert!(
+        connections > 100,
+        "the flood made {connections} connections"
+    );
+    let manager = daemon.child.id();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            common::measure::open_descriptors(manager) <= descriptors
+        }),
+        "the manager held {} descriptors after the flood, {descriptors} before",
+        common::measure::open_descriptors(manager)
+    );
+}
