@@ -526,8 +526,11 @@ struct Client {
     /// When the process that connected started, read at accept: its pid may
     /// name another process by the time the connection is closed for cause.
     peer_started: Option<u64>,
-    /// The last writer the kernel named for bytes read from it.
-    last_writer: Option<i32>,
+    /// The last writer the kernel named for bytes read from it, and when
+    /// that process started (read when it became the last writer): its pid
+    /// may name another process by the time the connection is closed for
+    /// cause.
+    last_writer: Option<(i32, Option<u64>)>,
     /// Its reply backlog overflowed; it is being cut off.
     evicted: bool,
     /// It asked for a status report: closed once the report is sent, or at
@@ -589,8 +592,16 @@ impl Client {
             // Descriptors travel with the first byte of what they were sent with.
             self.first_read = received.bytes == 0;
         }
-        if received.writer.is_some() {
-            self.last_writer = received.writer;
+        if let Some(writer) = received.writer
+            && self.last_writer.is_none_or(|(last, _)| last != writer)
+        {
+            // Read once per change of writer, not per read.
+            let started = if self.peer.pid == Some(writer) {
+                self.peer_started
+            } else {
+                pid_watch::started(writer)
+            };
+            self.last_writer = Some((writer, started));
         }
         Ok((received.bytes, received.writer))
     }
@@ -1017,11 +1028,17 @@ impl Driver {
         let Some(started) = self.clients.get(&conn).and_then(|c| c.peer_started) else {
             return false;
         };
+        self.watch_if_started(conn, pid, started)
+    }
+
+    /// Watches `pid` if the process it names started at `started`: the one
+    /// the kernel named for `conn`, not a later one given its pid.
+    fn watch_if_started(&mut self, conn: ConnId, pid: i32, started: u64) -> bool {
         // The same start time, read again once the watch holds it (a pidfd
         // pins the pid to its process).
         let is_peer = || pid_watch::started(pid) == Some(started);
         if !is_peer() {
-            tracing::debug!(conn = %conn, pid, "the process that connected has ended");
+            tracing::debug!(conn = %conn, pid, "the process the kernel named has ended");
             return false;
         }
         let was_watched = self.pids.pidfd(pid).is_some() || self.pids.has_polled_pid(pid);
@@ -1106,9 +1123,10 @@ impl Effects for Driver {
         // The process that connected has ended (it may have handed the
         // connection on): the last one the kernel named as writing on it
         // still shares it, if it runs.
-        let writer = self.clients.get(&conn)?.last_writer?;
+        let (writer, started) = self.clients.get(&conn)?.last_writer?;
         tracing::debug!(conn = %conn, writer, "the process that connected has ended: tying to the last writer");
-        (self.pids.watch_peer(writer) && self.add_pidfd(writer)).then_some(writer)
+        self.watch_if_started(conn, writer, started?)
+            .then_some(writer)
     }
 
     fn unwatch_pid(&mut self, pid: i32) {

@@ -1,0 +1,443 @@
+//! Hostile round 14, against b252476: the tie of a connection closed for
+//! cause to the last writer the kernel named on it (`Driver::watch_peer`,
+//! transport-unix/src/event_loop.rs), once the process that connected it has
+//! ended, and the map check that decides an inherited orphan's fate
+//! (core/src/manager.rs `mapped`).
+//!
+//! Each "Finding" test is ignored while its finding is open; its comment says
+//! what goes wrong and why. Finding 1 is fixed and its test runs. The others are attacks the code withstands, kept
+//! because they fail if it stops withstanding them.
+//!
+//! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
+//! Names carry this run's id, and everything a test puts in `/dev/shm` is
+//! removed however it ends.
+
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    Cleanup, Daemon, NestedWorker, RawClient, SHM_MANAGER, frame, in_private_pid_namespace,
+    one_at_a_time, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
+};
+
+/// A manager with `--reap-grace 1s` and `--frame-timeout 2s`, its log
+/// discarded.
+fn manager() -> Daemon {
+    let mut command = Command::new(SHM_MANAGER);
+    command
+        .args(["--reap-grace", "1s", "--frame-timeout", "2s"])
+        .stderr(Stdio::null());
+    Daemon::spawn(&mut command)
+}
+
+/// Connects a Python process to the manager at `handle`, has it register a
+/// name nobody creates (so the connection has spoken, under the process's
+/// own pid), hand the connection to us over `SCM_RIGHTS` and exit. Returns
+/// the connection and the pid of the process that connected it, reaped
+/// (free for reuse).
+fn connection_from_exited_process(handle: &str) -> (RawClient, i32) {
+    let (client, mut child) = handed_connection(handle);
+    let pid = child.id() as i32;
+    drop(child.stdin.take());
+    assert!(
+        child.wait().unwrap().success(),
+        "the handing process failed"
+    );
+    (client, pid)
+}
+
+/// As [`connection_from_exited_process`], the process that connected kept
+/// alive until its stdin closes.
+fn handed_connection(handle: &str) -> (RawClient, std::process::Child) {
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs_fd = theirs.as_raw_fd();
+    let spoken = unique_name("h14spoken");
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg(
+            r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+b = sys.argv[2].encode()
+s.sendall(struct.pack("=iB", os.getpid(), 0) + b + b"\0" * (63 - len(b)))
+assert s.recv(2) == b"OK"
+socket.send_fds(socket.socket(fileno=3), [b"x"], [s.fileno()])
+s.close()
+sys.stdin.read()
+"#,
+        )
+        .args([handle, &spoken]);
+    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(theirs_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.stdin(Stdio::piped()).spawn().expect("python3");
+    drop(theirs);
+    let fd = receive_fd(ours.as_raw_fd());
+    let stream = UnixStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    (RawClient { stream }, child)
+}
+
+/// The descriptor that came with the next message on `socket`.
+fn receive_fd(socket: RawFd) -> OwnedFd {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one descriptor's control message, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is a valid empty one.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &raw mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: every pointer in `message` points at live buffers of ours.
+    let n = unsafe { libc::recvmsg(socket, &raw mut message, libc::MSG_CMSG_CLOEXEC) };
+    assert_eq!(n, 1, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: `message` was filled by the kernel; the header, if any, lies
+    // in `control`.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&raw const message);
+        assert!(!header.is_null(), "no descriptor came");
+        assert_eq!((*header).cmsg_type, libc::SCM_RIGHTS);
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// Starts a process of ours (in our pid namespace) that shares `conn` as
+/// descriptor 3, writes the first 30 bytes of a frame on it and exits:
+/// a writer that died mid-frame. Returns its pid, reaped (free for reuse).
+fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let half = frame(0, &unique_name("h14half"));
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1]))")
+        .arg(
+            half[..30]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(conn, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("python3");
+    let pid = child.id() as i32;
+    assert!(child.wait().unwrap().success(), "the half writer failed");
+    pid
+}
+
+/// The family's connection, made by a process that handed it on and
+/// exited, shared by a worker in a pid namespace of its own that registered,
+/// created and maps `name` (held by the connection's holder for untrusted
+/// pids); then a process of ours writes half a frame on it and exits. Its
+/// pid is free; the connection is not closed yet (`--frame-timeout 2s`).
+struct DeadWriterSetup {
+    daemon: Daemon,
+    _bystander: RawClient,
+    family: RawClient,
+    worker: Option<NestedWorker>,
+    name: String,
+    writer: i32,
+    _cleanup: Cleanup,
+}
+
+impl DeadWriterSetup {
+    fn new(tag: &str) -> Self {
+        let daemon = manager();
+        let bystander = daemon.bystander();
+        let (family, peer) = connection_from_exited_process(&daemon.handle);
+        assert!(common::process_gone(peer as u32));
+        let name = unique_name(tag);
+        let cleanup = Cleanup(vec![name.clone()]);
+        let q = 30_000;
+        assert!(common::process_gone(q as u32));
+        let worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
+        let writer = half_frame_from_exited_writer(family.stream.as_raw_fd());
+        Self {
+            daemon,
+            _bystander: bystander,
+            family,
+            worker: Some(worker),
+            name,
+            writer,
+            _cleanup: cleanup,
+        }
+    }
+
+    fn story(&self) -> String {
+        story(&self.daemon.handle, &self.name)
+    }
+}
+
+// --- Finding 1: the last writer's pid reused by a stranger ----------------------
+
+/// The process that connected is gone, and so is the last writer the kernel
+/// named on the connection (it died mid-frame); a stranger of ours gets the
+/// writer's pid before the stalled frame closes the connection for cause.
+/// `Driver::watch_peer` checks the connecting process by its start time
+/// (`peer_started`) but takes `last_writer` on the kernel's word alone, with
+/// no start time: the connection's holder is tied to the stranger. Once the
+/// nested worker that registered and mapped the name is killed, nobody uses
+/// it, yet it is kept as long as the stranger, an unrelated process, lives
+/// (a leak bounded only by the stranger's life or the manager's).
+///
+/// Fixed: the tie rests on the writer only if it is the process that
+/// wrote (its start time read when it became the last writer, as
+/// `peer_started` is at accept); otherwise nobody is tied and the map check
+/// decides, which unlinks the name once the worker is gone.
+#[test]
+fn a_stranger_with_the_last_writers_pid_does_not_keep_a_connections_names() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "a_stranger_with_the_last_writers_pid_does_not_keep_a_connections_names",
+    ) {
+        return;
+    }
+    let mut setup = DeadWriterSetup::new("h14stranger");
+    assert!(common::process_gone(setup.writer as u32));
+    let mut stranger = sleeper_with_pid(setup.writer);
+    assert!(
+        setup.family.is_closed_by_peer(Duration::from_secs(10)),
+        "the stalled frame closes the connection for cause"
+    );
+    // The worker dies: nobody maps the name, nobody will.
+    setup.worker = None;
+    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let alive = stranger.is_alive();
+    let told = setup.story();
+    stranger.kill();
+    assert!(
+        gone,
+        "{}, registered by a killed worker on a connection closed for cause after its \
+         last writer (pid {}) died mid-frame, was kept while a stranger that later got that \
+         pid lives (alive: {alive}). The manager's story:\n  {told}",
+        setup.name, setup.writer
+    );
+}
+
+// --- Finding 2: an inherited name in transit ---------------------------------------
+
+/// As above, the writer's pid left free: the connection's holder is tied to
+/// nobody and ends at once, its name `inherited`. The worker still maps it,
+/// and the map check keeps it. Then the worker puts it in a queue and drops
+/// its own reference (refcount 1, in transit to a receiver of the family,
+/// which is alive and still holds the connection); its release never
+/// arrives (the connection is closed). The name is an orphan by the
+/// refcount rule (refcount 1, one dead registration), and the map check,
+/// which sees mappings and descriptors but not a reference in a queue,
+/// finds nobody: it is unlinked after the grace, before any receiver opens
+/// it.
+///
+/// The same happens, by design, when a live tie ends (hostile13 asserts the
+/// name goes once the connecting process is killed); but here nothing of
+/// the family has ended: only a writer that died mid-frame. Proposed: an
+/// inherited orphan gets the linger (`grace.max(linger)`, as an orphan by
+/// the sweep's guess does) before its map check, so a receiver has as long
+/// as a lingering manager would give it.
+#[test]
+#[ignore = "finding 2: an inherited name in transit is unlinked once nobody maps it, though its family lives"]
+fn an_inherited_name_in_transit_outlives_the_grace() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace("an_inherited_name_in_transit_outlives_the_grace") {
+        return;
+    }
+    let mut setup = DeadWriterSetup::new("h14transit");
+    assert!(
+        setup.family.is_closed_by_peer(Duration::from_secs(10)),
+        "the stalled frame closes the connection for cause"
+    );
+    // Grace (1 s), the look, and slack.
+    std::thread::sleep(Duration::from_secs(3));
+    let while_mapped = shm_exists(&setup.name);
+    setup.worker.as_mut().unwrap().queue();
+    std::thread::sleep(Duration::from_secs(4));
+    let in_transit = shm_exists(&setup.name);
+    let told = setup.story();
+    assert!(
+        while_mapped && in_transit,
+        "{}, registered by a live nested worker on its family's connection, was unlinked \
+         (while mapped: {}, in transit: {}) after the connection was closed for a stalled \
+         frame from a writer that died (pid {}). The manager's story:\n  {told}",
+        setup.name,
+        !while_mapped,
+        !in_transit,
+        setup.writer
+    );
+}
+
+// --- Withstood: a writer that died, its pid free -----------------------------------
+
+/// As above, the worker killed while it maps the name: nobody is tied (the
+/// writer's pid is free), the map check keeps the name while the worker
+/// lives and unlinks it once the worker is gone (no leak).
+#[test]
+fn a_connections_names_go_once_their_mapper_dies_after_its_last_writer() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "a_connections_names_go_once_their_mapper_dies_after_its_last_writer",
+    ) {
+        return;
+    }
+    let mut setup = DeadWriterSetup::new("h14mapper");
+    assert!(
+        setup.family.is_closed_by_peer(Duration::from_secs(10)),
+        "the stalled frame closes the connection for cause"
+    );
+    // Grace (1 s), the look, and slack.
+    std::thread::sleep(Duration::from_secs(4));
+    let kept = shm_exists(&setup.name);
+    setup.worker = None;
+    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let told = setup.story();
+    assert!(
+        kept && gone,
+        "{}: kept while its nested worker mapped it: {kept}; gone once the worker died: \
+         {gone}. The manager's story:\n  {told}",
+        setup.name
+    );
+}
+
+/// As above, but once the connection is closed a process of the family (the
+/// test) opens the name and holds only a descriptor to it, no mapping, and
+/// the worker is killed: the map check, which looks at descriptors too,
+/// keeps the name while the descriptor is open, and it goes once closed.
+#[test]
+fn an_inherited_name_held_only_by_a_descriptor_is_kept_until_it_closes() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "an_inherited_name_held_only_by_a_descriptor_is_kept_until_it_closes",
+    ) {
+        return;
+    }
+    let mut setup = DeadWriterSetup::new("h14descriptor");
+    assert!(
+        setup.family.is_closed_by_peer(Duration::from_secs(10)),
+        "the stalled frame closes the connection for cause"
+    );
+    let descriptor = std::fs::File::open(format!("/dev/shm{}", setup.name)).unwrap();
+    setup.worker = None;
+    // Grace (1 s), the looks, and slack.
+    std::thread::sleep(Duration::from_secs(5));
+    let kept = shm_exists(&setup.name);
+    drop(descriptor);
+    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let told = setup.story();
+    assert!(
+        kept && gone,
+        "{}: kept while only a descriptor to it was open: {kept}; gone once it closed: \
+         {gone}. The manager's story:\n  {told}",
+        setup.name
+    );
+}
+
+// --- Withstood: accept's cost under a connection flood ----------------------------
+
+/// Each accept now reads the peer's `/proc/<pid>/stat` (its start time).
+/// Two threads connect and hang up as fast as they can for two seconds,
+/// and a process of ours connects and exits in a loop meanwhile (an
+/// accept whose peer may be gone before its start time is read): another
+/// client's round trips stay within the flood bound at p99, and the manager
+/// holds no more descriptors afterwards than before.
+#[test]
+fn a_flood_of_connections_does_not_stall_another_client() {
+    use common::measure::{FLOOD_P99_BOUND, Probe};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _serial = one_at_a_time();
+    let daemon = manager();
+    let _bystander = daemon.bystander();
+    let mut probe = Probe::connect(&daemon.handle);
+    let baseline = probe.sample(300, Duration::from_millis(1));
+    let descriptors = common::measure::open_descriptors(daemon.child.id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(AtomicU64::new(0));
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, connected, handle) = (
+                Arc::clone(&stop),
+                Arc::clone(&connected),
+                daemon.handle.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if UnixStream::connect(&handle).is_ok() {
+                        connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut exiting = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, socket, sys, time
+end = time.monotonic() + 2.5
+while time.monotonic() < end:
+    if os.fork() == 0:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sys.argv[1])
+        os._exit(0)
+    os.wait()
+"#,
+        )
+        .arg(&daemon.handle)
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(300));
+    let running = probe.spawn(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap();
+    }
+    let during = running.finish();
+    let _ = exiting.wait();
+    let connections = connected.load(Ordering::Relaxed);
+    let bound = FLOOD_P99_BOUND + baseline.max();
+    assert!(
+        during.percentile(0.99) < bound,
+        "beside {connections} connections made and dropped, another client's round trips \
+         reached {:.0?} at p99 (bound {bound:.0?}); during: {during}; idle: {baseline}",
+        during.percentile(0.99)
+    );
+    assert!(
+        connections > 100,
+        "the flood made {connections} connections"
+    );
+    let manager = daemon.child.id();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            common::measure::open_descriptors(manager) <= descriptors
+        }),
+        "the manager held {} descriptors after the flood, {descriptors} before",
+        common::measure::open_descriptors(manager)
+    );
+}
