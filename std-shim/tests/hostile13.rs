@@ -15,11 +15,11 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::handed::{connection_from_exited_process, handed_connection};
 use common::{
     Cleanup, Daemon, NestedWorker, RawClient, SHM_MANAGER, frame, in_private_pid_namespace,
     one_at_a_time, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
@@ -33,94 +33,6 @@ fn manager() -> Daemon {
         .args(["--reap-grace", "1s", "--frame-timeout", "2s"])
         .stderr(Stdio::null());
     Daemon::spawn(&mut command)
-}
-
-/// Connects a Python process to the manager at `handle`, has it register a
-/// name nobody creates (so the connection has spoken, under the process's
-/// own pid), hand the connection to us over `SCM_RIGHTS` and exit. Returns
-/// the connection and the pid of the process that connected it, reaped
-/// (free for reuse).
-fn connection_from_exited_process(handle: &str) -> (RawClient, i32) {
-    let (client, mut child) = handed_connection(handle);
-    let pid = child.id() as i32;
-    drop(child.stdin.take());
-    assert!(
-        child.wait().unwrap().success(),
-        "the handing process failed"
-    );
-    (client, pid)
-}
-
-/// As [`connection_from_exited_process`], the process that connected kept
-/// alive until its stdin closes.
-fn handed_connection(handle: &str) -> (RawClient, std::process::Child) {
-    use std::os::unix::process::CommandExt;
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let theirs_fd = theirs.as_raw_fd();
-    let spoken = unique_name("h13spoken");
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg(
-            r#"
-import os, socket, struct, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-b = sys.argv[2].encode()
-s.sendall(struct.pack("=iB", os.getpid(), 0) + b + b"\0" * (63 - len(b)))
-assert s.recv(2) == b"OK"
-socket.send_fds(socket.socket(fileno=3), [b"x"], [s.fileno()])
-s.close()
-sys.stdin.read()
-"#,
-        )
-        .args([handle, &spoken]);
-    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(theirs_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.stdin(Stdio::piped()).spawn().expect("python3");
-    drop(theirs);
-    let fd = receive_fd(ours.as_raw_fd());
-    let stream = UnixStream::from(fd);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    (RawClient { stream }, child)
-}
-
-/// The descriptor that came with the next message on `socket`.
-fn receive_fd(socket: RawFd) -> OwnedFd {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for one descriptor's control message, aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: a zeroed msghdr is a valid empty one.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &raw mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: every pointer in `message` points at live buffers of ours.
-    let n = unsafe { libc::recvmsg(socket, &raw mut message, libc::MSG_CMSG_CLOEXEC) };
-    assert_eq!(n, 1, "recvmsg: {}", std::io::Error::last_os_error());
-    // SAFETY: `message` was filled by the kernel; the header, if any, lies
-    // in `control`.
-    unsafe {
-        let header = libc::CMSG_FIRSTHDR(&raw const message);
-        assert!(!header.is_null(), "no descriptor came");
-        assert_eq!((*header).cmsg_type, libc::SCM_RIGHTS);
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
-        OwnedFd::from_raw_fd(fd)
-    }
 }
 
 /// A frame whose free flag is neither 0 nor 1: malformed, the connection is

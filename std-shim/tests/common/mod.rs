@@ -21,6 +21,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
+pub mod handed;
 pub mod journal_client;
 pub mod measure;
 
