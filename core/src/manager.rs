@@ -761,6 +761,10 @@ pub struct NameRecord {
     /// guess withdrawn once someone registers the name: a user shows the
     /// creator may have let go cleanly, its one reference a pickle's.
     creator_counted: bool,
+    /// Some of its dead registrations were held for processes nobody knew
+    /// (a connection's untrusted pids), whose releases may have been lost
+    /// with their connection: a pickled copy may still be on its way.
+    unknown_ended: bool,
     /// A walk just found nobody mapping it: the next look may unlink it.
     nobody_maps: bool,
     /// Its creator (the pid its name starts with) registered it with this
@@ -1454,11 +1458,13 @@ impl<S: Storage> Manager<S> {
                     refcount,
                     dead: record.dead,
                 });
-                // An orphan only by the sweep's guess about its creator may
-                // be a tensor its producer pickled into a queue and let go
-                // of cleanly: its receiver gets as long as a lingering
-                // manager would give it.
-                let grace = if record.creator_counted {
+                // An orphan only by the sweep's guess about its creator, or
+                // by registrations of processes nobody knew (whose releases
+                // may have been lost with their connection), may be a tensor
+                // its producer pickled into a queue and let go of cleanly:
+                // its receiver gets as long as a lingering manager would
+                // give it.
+                let grace = if record.creator_counted || record.unknown_ended {
                     grace.max(linger)
                 } else {
                     grace
@@ -2405,6 +2411,12 @@ impl<S: Storage> Manager<S> {
             }
             let mut unheld: heapless::Vec<u32, 64> = heapless::Vec::new();
             let inherited = self.holders.get(holder).is_some_and(|h| h.outlived_by_conn);
+            // A connection's holder for untrusted pids, ended after the
+            // manager closed that connection.
+            let unknown = self
+                .holders
+                .get(holder)
+                .is_some_and(|h| h.key.pid.is_none() && h.outlived_by_conn);
             loop {
                 let room = budget.min(unheld.capacity() - unheld.len());
                 if room == 0 {
@@ -2416,6 +2428,7 @@ impl<S: Storage> Manager<S> {
                         record.live = record.live.saturating_sub(count);
                         record.dead = record.dead.saturating_add(count);
                         record.inherited |= inherited;
+                        record.unknown_ended |= unknown;
                         if record.live == 0 {
                             let _ = unheld.push(name);
                         }
@@ -2546,6 +2559,7 @@ impl<S: Storage> Manager<S> {
             adopted: false,
             nobody_maps: false,
             creator_counted: false,
+            unknown_ended: false,
             creator_seen: false,
         };
         let id = self.names.insert(record).ok()?;

@@ -25,12 +25,24 @@ use common::{
     one_at_a_time, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
 };
 
-/// A manager with `--reap-grace 1s` and `--frame-timeout 2s`, its log
-/// discarded.
+/// A manager with `--reap-grace 1s`, `--frame-timeout 2s` and `--linger 3s`
+/// (what a connection closed for cause held for unknown processes gets as
+/// long as a lingering manager would give it), its log discarded.
 fn manager() -> Daemon {
+    manager_lingering("3s")
+}
+
+fn manager_lingering(linger: &str) -> Daemon {
     let mut command = Command::new(SHM_MANAGER);
     command
-        .args(["--reap-grace", "1s", "--frame-timeout", "2s"])
+        .args([
+            "--reap-grace",
+            "1s",
+            "--frame-timeout",
+            "2s",
+            "--linger",
+            linger,
+        ])
         .stderr(Stdio::null());
     Daemon::spawn(&mut command)
 }

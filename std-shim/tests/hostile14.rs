@@ -25,12 +25,24 @@ use common::{
     one_at_a_time, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
 };
 
-/// A manager with `--reap-grace 1s` and `--frame-timeout 2s`, its log
-/// discarded.
+/// A manager with `--reap-grace 1s`, `--frame-timeout 2s` and `--linger 3s`
+/// (what a connection closed for cause held for unknown processes gets as
+/// long as a lingering manager would give it), its log discarded.
 fn manager() -> Daemon {
+    manager_lingering("3s")
+}
+
+fn manager_lingering(linger: &str) -> Daemon {
     let mut command = Command::new(SHM_MANAGER);
     command
-        .args(["--reap-grace", "1s", "--frame-timeout", "2s"])
+        .args([
+            "--reap-grace",
+            "1s",
+            "--frame-timeout",
+            "2s",
+            "--linger",
+            linger,
+        ])
         .stderr(Stdio::null());
     Daemon::spawn(&mut command)
 }
@@ -83,7 +95,11 @@ struct DeadWriterSetup {
 
 impl DeadWriterSetup {
     fn new(tag: &str) -> Self {
-        let daemon = manager();
+        Self::lingering(tag, "3s")
+    }
+
+    fn lingering(tag: &str, linger: &str) -> Self {
+        let daemon = manager_lingering(linger);
         let bystander = daemon.bystander();
         let (family, peer) = connection_from_exited_process(&daemon.handle);
         assert!(common::process_gone(peer as u32));
@@ -168,20 +184,19 @@ fn a_stranger_with_the_last_writers_pid_does_not_keep_a_connections_names() {
 /// finds nobody: it is unlinked after the grace, before any receiver opens
 /// it.
 ///
-/// The same happens, by design, when a live tie ends (hostile13 asserts the
-/// name goes once the connecting process is killed); but here nothing of
-/// the family has ended: only a writer that died mid-frame. Proposed: an
-/// inherited orphan gets the linger (`grace.max(linger)`, as an orphan by
-/// the sweep's guess does) before its map check, so a receiver has as long
-/// as a lingering manager would give it.
+/// Here nothing of the family has ended: only a writer that died mid-frame.
+/// Fixed: names held for unknown processes on a connection the manager
+/// closed get the linger (`grace.max(linger)`, as an orphan by the sweep's
+/// guess does) before their map check, so a receiver has as long as a
+/// lingering manager would give it.
 #[test]
-#[ignore = "finding 2: an inherited name in transit is unlinked once nobody maps it, though its family lives"]
 fn an_inherited_name_in_transit_outlives_the_grace() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace("an_inherited_name_in_transit_outlives_the_grace") {
         return;
     }
-    let mut setup = DeadWriterSetup::new("h14transit");
+    // The default linger: a receiver has a minute.
+    let mut setup = DeadWriterSetup::lingering("h14transit", "60s");
     assert!(
         setup.family.is_closed_by_peer(Duration::from_secs(10)),
         "the stalled frame closes the connection for cause"
