@@ -1057,17 +1057,7 @@ impl<S: Storage> Harness<S> {
                 Some(pid) => self.holders[holder].watching = Some(pid),
                 None => {
                     // Its unknown processes may live on and map its names.
-                    let held: Vec<SegmentName> = self
-                        .regs
-                        .keys()
-                        .filter(|&&(_, h)| h == holder)
-                        .map(|&(name, _)| name)
-                        .collect();
-                    for name in held {
-                        if let Some(record) = self.names.get_mut(&name) {
-                            record.inherited = true;
-                        }
-                    }
+                    self.mark_inherited(holder);
                     ended.push(holder);
                 }
             }
@@ -1076,6 +1066,22 @@ impl<S: Storage> Harness<S> {
         self.end_holders(&ended);
         if self.live_conns() == 0 {
             self.idle_since = Some(self.now);
+        }
+    }
+
+    /// `holder`'s names may be mapped by processes it stood for that live
+    /// on: an orphan among them is unlinked only once nobody maps it.
+    fn mark_inherited(&mut self, holder: usize) {
+        let held: Vec<SegmentName> = self
+            .regs
+            .keys()
+            .filter(|&&(_, h)| h == holder)
+            .map(|&(name, _)| name)
+            .collect();
+        for name in held {
+            if let Some(record) = self.names.get_mut(&name) {
+                record.inherited = true;
+            }
         }
     }
 
@@ -1187,17 +1193,7 @@ impl<S: Storage> Harness<S> {
                 self.conns[conn].last = None;
             }
             if self.conns[conn].live || key_pid.is_none() {
-                let held: Vec<SegmentName> = self
-                    .regs
-                    .keys()
-                    .filter(|&&(_, h)| h == holder)
-                    .map(|&(name, _)| name)
-                    .collect();
-                for name in held {
-                    if let Some(record) = self.names.get_mut(&name) {
-                        record.inherited = true;
-                    }
-                }
+                self.mark_inherited(holder);
             }
         }
         self.end_holders(&ended);

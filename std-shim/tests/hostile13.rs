@@ -19,32 +19,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::handed::{connection_from_exited_process, handed_connection};
+use common::handed::{connection_from_exited_process, handed_connection, manager_lingering};
 use common::{
     Cleanup, Daemon, NestedWorker, RawClient, SHM_MANAGER, frame, in_private_pid_namespace,
     one_at_a_time, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
 };
 
-/// A manager with `--reap-grace 1s`, `--frame-timeout 2s` and `--linger 3s`
-/// (what a connection closed for cause held for unknown processes gets as
-/// long as a lingering manager would give it), its log discarded.
+/// A manager that lingers 3 s, where a test expects prompt reaping.
 fn manager() -> Daemon {
     manager_lingering("3s")
-}
-
-fn manager_lingering(linger: &str) -> Daemon {
-    let mut command = Command::new(SHM_MANAGER);
-    command
-        .args([
-            "--reap-grace",
-            "1s",
-            "--frame-timeout",
-            "2s",
-            "--linger",
-            linger,
-        ])
-        .stderr(Stdio::null());
-    Daemon::spawn(&mut command)
 }
 
 /// A frame whose free flag is neither 0 nor 1: malformed, the connection is

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{RawClient, unique_name};
+use super::{Daemon, RawClient, SHM_MANAGER, unique_name};
 
 /// Connects a Python process to the manager at `handle`, has it register a
 /// name nobody creates (so the connection has spoken, under the process's
@@ -95,4 +95,22 @@ pub fn receive_fd(socket: RawFd) -> OwnedFd {
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>());
         OwnedFd::from_raw_fd(fd)
     }
+}
+
+/// A manager with `--reap-grace 1s`, `--frame-timeout 2s` and `--linger`
+/// (what a connection closed for cause held for unknown processes gets as
+/// long as a lingering manager would give it), its log discarded.
+pub fn manager_lingering(linger: &str) -> Daemon {
+    let mut command = Command::new(SHM_MANAGER);
+    command
+        .args([
+            "--reap-grace",
+            "1s",
+            "--frame-timeout",
+            "2s",
+            "--linger",
+            linger,
+        ])
+        .stderr(Stdio::null());
+    Daemon::spawn(&mut command)
 }
