@@ -67,6 +67,8 @@ const RECOVERY_SWEEPS: u64 = 10;
 const MAX_STATUS_IN_FLIGHT: usize = 4;
 /// A status report not read within this long is dropped with its asker.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+/// Writers per connection whose start times are remembered.
+const WRITERS_REMEMBERED: usize = 16;
 /// The longest spin after an answer, by default: PyTorch's Python client sends
 /// its next frame 50 to 70 us after an `OK` here (it maps, copies and unmaps
 /// in between), so a shorter window (50 us was tried) never catches it.
@@ -526,11 +528,16 @@ struct Client {
     /// When the process that connected started, read at accept: its pid may
     /// name another process by the time the connection is closed for cause.
     peer_started: Option<u64>,
-    /// The last writer the kernel named for bytes read from it, and when
-    /// that process started (read when it became the last writer): its pid
-    /// may name another process by the time the connection is closed for
-    /// cause.
-    last_writer: Option<(i32, Option<u64>)>,
+    /// The last writer the kernel named for bytes read from it: a process
+    /// sharing the connection, to tie its untrusted holds to once the one
+    /// that connected has ended.
+    last_writer: Option<i32>,
+    /// When its writers started, read when each first wrote (a few, the
+    /// oldest dropped first): a pid may name another process by the time
+    /// the connection is closed for cause. Read once per writer, not per
+    /// change of writer, since forked workers take turns on a family's
+    /// connection.
+    writers_started: Vec<(i32, Option<u64>)>,
     /// Its reply backlog overflowed; it is being cut off.
     evicted: bool,
     /// It asked for a status report: closed once the report is sent, or at
@@ -564,8 +571,9 @@ impl Client {
             waits_to_write: false,
             first_read: true,
             same_pid_namespace: None,
-            peer_started: peer.pid.and_then(pid_watch::started),
+            peer_started: peer.pid.and_then(pid_watch::start_time),
             last_writer: None,
+            writers_started: Vec::new(),
             evicted: false,
             status_until: None,
             names_cursor: None,
@@ -578,6 +586,22 @@ impl Client {
     fn sendable(&self) -> usize {
         self.held_doorbell
             .map_or(self.backlog.len(), |held| held.at)
+    }
+
+    /// Remembers when `writer` started, unless already known.
+    fn note_writer_started(&mut self, writer: i32) {
+        if self.writers_started.iter().any(|&(pid, _)| pid == writer) {
+            return;
+        }
+        let started = if self.peer.pid == Some(writer) {
+            self.peer_started
+        } else {
+            pid_watch::start_time(writer)
+        };
+        if self.writers_started.len() == WRITERS_REMEMBERED {
+            self.writers_started.remove(0);
+        }
+        self.writers_started.push((writer, started));
     }
 
     /// Reads what is there, and who wrote it. On the first read, descriptors
@@ -593,15 +617,10 @@ impl Client {
             self.first_read = received.bytes == 0;
         }
         if let Some(writer) = received.writer
-            && self.last_writer.is_none_or(|(last, _)| last != writer)
+            && self.last_writer != Some(writer)
         {
-            // Read once per change of writer, not per read.
-            let started = if self.peer.pid == Some(writer) {
-                self.peer_started
-            } else {
-                pid_watch::started(writer)
-            };
-            self.last_writer = Some((writer, started));
+            self.last_writer = Some(writer);
+            self.note_writer_started(writer);
         }
         Ok((received.bytes, received.writer))
     }
@@ -1036,7 +1055,7 @@ impl Driver {
     fn watch_if_started(&mut self, conn: ConnId, pid: i32, started: u64) -> bool {
         // The same start time, read again once the watch holds it (a pidfd
         // pins the pid to its process).
-        let is_peer = || pid_watch::started(pid) == Some(started);
+        let is_peer = || pid_watch::start_time(pid) == Some(started);
         if !is_peer() {
             tracing::debug!(conn = %conn, pid, "the process the kernel named has ended");
             return false;
@@ -1123,7 +1142,13 @@ impl Effects for Driver {
         // The process that connected has ended (it may have handed the
         // connection on): the last one the kernel named as writing on it
         // still shares it, if it runs.
-        let (writer, started) = self.clients.get(&conn)?.last_writer?;
+        let client = self.clients.get(&conn)?;
+        let writer = client.last_writer?;
+        let started = client
+            .writers_started
+            .iter()
+            .find_map(|&(pid, started)| (pid == writer).then_some(started))
+            .flatten();
         tracing::debug!(conn = %conn, writer, "the process that connected has ended: tying to the last writer");
         self.watch_if_started(conn, writer, started?)
             .then_some(writer)

@@ -242,18 +242,9 @@ impl ProcStatus {
     }
 }
 
-/// When the running process `pid` started (clock ticks since boot), to
-/// tell it from a later process given the same pid.
-pub(crate) fn started(pid: i32) -> Option<u64> {
-    if pid <= 0 {
-        return None;
-    }
-    start_time(pid)
-}
-
-/// Field 22 of `/proc/<pid>/stat`: when the process started. A pid reused by
-/// another process has another start time.
-fn start_time(pid: i32) -> Option<u64> {
+/// Field 22 of `/proc/<pid>/stat`: when the running process `pid` started.
+/// A pid reused by another process has another start time.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
     proc_stat(pid).ok().flatten()
 }
 
