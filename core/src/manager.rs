@@ -694,9 +694,11 @@ pub struct Holder {
     exiting: bool,
     /// Why it ended (meaningful while `ending`).
     end: HolderEnd,
-    /// Its process ended while its connection lived on: the connection's
-    /// other processes may be its forks, mapping its names unannounced.
-    outlived_by_conn: bool,
+    /// Processes it did not stand for may map its names unannounced: its
+    /// process ended while its connection lived on (the connection's other
+    /// processes may be its forks), or it stood for a connection's untrusted
+    /// pids, processes nobody knows, which may live on after it ends.
+    others_may_map: bool,
     /// The next newer and the next older holder on its connection
     /// ([`NO_HOLDER`] at either end), so that finding a connection's holders
     /// costs what it has, however many it has, and unlinking one is
@@ -1278,7 +1280,7 @@ impl<S: Storage> Manager<S> {
             // A connection's holder for untrusted pids, tied to the process
             // that connected once the connection was closed for cause, stands
             // for processes nobody knows: they may live on and map its names.
-            holder.outlived_by_conn = self.conns.get(&key.conn).is_some() || key.pid.is_none();
+            holder.others_may_map = self.conns.get(&key.conn).is_some() || key.pid.is_none();
             Self::begin_end(holder, HolderEnd::Exited, fx);
             self.ending += 1;
             self.stats.holders_exited += 1;
@@ -2178,7 +2180,7 @@ impl<S: Storage> Manager<S> {
                 ending: false,
                 exiting: false,
                 end: HolderEnd::Disconnected,
-                outlived_by_conn: false,
+                others_may_map: false,
                 newer_on_conn: NO_HOLDER,
                 older_on_conn: NO_HOLDER,
                 newer_same_pid: NO_HOLDER,
@@ -2410,13 +2412,13 @@ impl<S: Storage> Manager<S> {
                 continue;
             }
             let mut unheld: heapless::Vec<u32, 64> = heapless::Vec::new();
-            let inherited = self.holders.get(holder).is_some_and(|h| h.outlived_by_conn);
+            let inherited = self.holders.get(holder).is_some_and(|h| h.others_may_map);
             // A connection's holder for untrusted pids, ended after the
             // manager closed that connection.
             let unknown = self
                 .holders
                 .get(holder)
-                .is_some_and(|h| h.key.pid.is_none() && h.outlived_by_conn);
+                .is_some_and(|h| h.key.pid.is_none() && h.others_may_map);
             loop {
                 let room = budget.min(unheld.capacity() - unheld.len());
                 if room == 0 {
@@ -2483,7 +2485,7 @@ impl<S: Storage> Manager<S> {
                     // Its processes are unknown and may live on: its names
                     // are unlinked only once nobody maps them.
                     if let Some(h) = self.holders.get_mut(holder) {
-                        h.outlived_by_conn = true;
+                        h.others_may_map = true;
                     }
                     self.end_holder(holder, fx);
                 }
