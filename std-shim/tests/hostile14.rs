@@ -4,9 +4,11 @@
 //! ended, and the map check that decides an inherited orphan's fate
 //! (core/src/manager.rs `mapped`).
 //!
-//! Each "Finding" test is ignored while its finding is open; its comment says
-//! what goes wrong and why. Finding 1 is fixed and its test runs. The others are attacks the code withstands, kept
-//! because they fail if it stops withstanding them.
+//! Each "Finding" test's comment says what went wrong and why; both
+//! findings are fixed and their tests run. So is a third, found later: the
+//! tie took the last writer alone, and a family whose last writer had died
+//! lost a live member's name in transit. The others are attacks the code
+//! withstands, kept because they fail if it stops withstanding them.
 //!
 //! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
 //! Names carry this run's id, and everything a test puts in `/dev/shm` is
@@ -188,6 +190,9 @@ fn an_inherited_name_in_transit_outlives_the_grace() {
     std::thread::sleep(Duration::from_secs(3));
     let while_mapped = shm_exists(&setup.name);
     setup.worker.as_mut().unwrap().queue();
+    // Nobody that wrote on the connection is left to tie the holds to: the
+    // name is in transit to the family (the test) alone.
+    setup.worker = None;
     std::thread::sleep(Duration::from_secs(4));
     let in_transit = shm_exists(&setup.name);
     let told = setup.story();
@@ -199,6 +204,45 @@ fn an_inherited_name_in_transit_outlives_the_grace() {
         setup.name,
         !while_mapped,
         !in_transit,
+        setup.writer
+    );
+}
+
+// --- A writer that lives on: the holds are tied to it --------------------------------
+
+/// As above, with the short linger: the last writer died mid-frame, but the
+/// nested worker, which wrote on the connection before it, lives and puts
+/// its segment in a queue. The connection's untrusted holds were tied to
+/// the last writer alone, nobody once it had died: the name was an orphan
+/// after the linger (3 s) and unlinked while the worker, a member of the
+/// family that may still hand it on, lived. They are tied to a writer that
+/// still runs now, and go once it has ended.
+#[test]
+fn a_connection_closed_for_cause_keeps_its_names_while_an_earlier_writer_lives() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "a_connection_closed_for_cause_keeps_its_names_while_an_earlier_writer_lives",
+    ) {
+        return;
+    }
+    let mut setup = DeadWriterSetup::new("h14earlier");
+    assert!(
+        setup.family.is_closed_by_peer(Duration::from_secs(10)),
+        "the stalled frame closes the connection for cause"
+    );
+    setup.worker.as_mut().unwrap().queue();
+    // The linger (3 s), the grace, the look, and slack.
+    std::thread::sleep(Duration::from_secs(8));
+    let kept = shm_exists(&setup.name);
+    setup.worker = None;
+    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let told = setup.story();
+    assert!(
+        kept && gone,
+        "{}, in transit from a live nested worker that wrote on a connection closed for a \
+         stalled frame from a writer that died (pid {}): kept while the worker lived: {kept}; \
+         gone once it ended: {gone}. The manager's story:\n  {told}",
+        setup.name,
         setup.writer
     );
 }

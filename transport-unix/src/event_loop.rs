@@ -533,8 +533,9 @@ struct Client {
     /// that connected has ended.
     last_writer: Option<i32>,
     /// When its writers started, read when each first wrote (a few, the
-    /// oldest dropped first): a pid may name another process by the time
-    /// the connection is closed for cause. Read once per writer, not per
+    /// oldest dropped first): the processes to tie its untrusted holds to
+    /// after the last writer, and a pid may name another process by the
+    /// time the connection is closed for cause. Read once per writer, not per
     /// change of writer, since forked workers take turns on a family's
     /// connection.
     writers_started: Vec<(i32, Option<u64>)>,
@@ -1140,18 +1141,24 @@ impl Effects for Driver {
             return Some(pid);
         }
         // The process that connected has ended (it may have handed the
-        // connection on): the last one the kernel named as writing on it
-        // still shares it, if it runs.
+        // connection on): one the kernel named as writing on it still
+        // shares it, if it runs. The last writer first, then the others,
+        // the latest to start writing first: a family whose last writer died
+        // goes on in its other members.
         let client = self.clients.get(&conn)?;
-        let writer = client.last_writer?;
-        let started = client
+        let last = client.last_writer;
+        let mut writers: Vec<(i32, u64)> = client
             .writers_started
             .iter()
-            .find_map(|&(pid, started)| (pid == writer).then_some(started))
-            .flatten();
-        tracing::debug!(conn = %conn, writer, "the process that connected has ended: tying to the last writer");
-        self.watch_if_started(conn, writer, started?)
-            .then_some(writer)
+            .rev()
+            .filter_map(|&(pid, started)| Some((pid, started?)))
+            .collect();
+        writers.sort_by_key(|&(pid, _)| Some(pid) != last);
+        writers.into_iter().find_map(|(writer, started)| {
+            tracing::debug!(conn = %conn, writer, "the process that connected has ended: tying to a writer");
+            self.watch_if_started(conn, writer, started)
+                .then_some(writer)
+        })
     }
 
     fn unwatch_pid(&mut self, pid: i32) {
