@@ -130,7 +130,7 @@ fn hold_after_stat_of(pid: i32, fd: i32, ready: impl FnOnce(), at_stop: impl FnO
 /// two-CPU machine did not hit it. Here `ptrace` holds the manager at the
 /// return of that `fstat`, standing in for the scheduler.
 ///
-/// The fix is to read the seals first: once sealed against shrinking, the
+/// Fixed: `adopt` reads the seals first; once sealed against shrinking, the
 /// size cannot change, so the size read after is the size for good.
 #[test]
 fn finding_a_journal_shrunk_between_the_size_and_seal_checks_does_not_kill_the_manager() {
