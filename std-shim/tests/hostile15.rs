@@ -1,7 +1,36 @@
-//! Hostile round 15, against 806f556: the shared journal's memory, status
-//! requests, the map check and recovery sweep, and `shmctl gc`.
+//! Hostile round 15, against 806f556: the shared journal's memory, and a
+//! look at status requests and the map check.
 //!
-//! Each "Finding" test fails on 806f556; its comment says what went wrong
+//! Tried, and what came of it:
+//! - A journal memory file shrunk to nothing and sealed between the
+//!   manager's `fstat` and its seal check: the manager mapped the stale size
+//!   and died of `SIGBUS` (finding 1, fixed; the test holds the manager at
+//!   that `fstat` with `ptrace`, standing in for a preempting scheduler:
+//!   8,700 unassisted tries on an idle machine never landed in the window).
+//! - The ring's read counter (word 3, client-writable) wound back without
+//!   end: the manager re-reads the same frames at every look, within its
+//!   per-round budget; others are answered, memory stays flat, replayed
+//!   releases do not reach another connection's hold (kept as a guard).
+//! - Not run, by reading the code: a hole punched in the ring (reads zeros:
+//!   malformed frames close that connection, no `SIGBUS`); write-sealed
+//!   memory (the manager's writable shared map fails, the offer is refused);
+//!   hugetlb memory (none configured here; hugetlb reserves at `mmap`, so a
+//!   fault cannot fail later). Torn frames, counters out of range and a ring
+//!   offered twice are rounds 3 and 10's.
+//! - Status requests: at most four reports in flight, a 5 s deadline,
+//!   names in pieces of 2,048 per round; unread reports were round 1's. Not
+//!   attacked further this round.
+//! - The map check matches mappings by device and inode (hard links, bind
+//!   mounts and renames are found); descriptors only under one of our names,
+//!   so a descriptor (not a mapping) held through a hard link under another
+//!   name is not counted. PyTorch closes the descriptor once mapped.
+//! - Journal frames have no kernel-named writer, so their pids are all
+//!   believed (`writer_speaks_for` with no writer): a journal can tie holds
+//!   to any live process of the user. That gives no more than a process
+//!   that registers a name and dies, which the refcount rule cannot tell
+//!   from a crash.
+//!
+//! Each "Finding" test failed on 806f556; its comment says what went wrong
 //! and why. The others are attacks the code withstands, kept because they
 //! fail if it stops withstanding them.
 //!
@@ -15,8 +44,13 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::journal_client::JournalClient;
+use common::measure::{FLOOD_P99_BOUND, Probe, status_kib};
 use common::{
     Cleanup, Daemon, create_segment, is_root_or_skip, one_at_a_time, shm_exists, unique_name,
     wait_until,
@@ -202,4 +236,110 @@ fn finding_a_journal_shrunk_between_the_size_and_seal_checks_does_not_kill_the_m
         "a journal unsealed at the look at its seals is refused"
     );
     assert!(bystander.answers_registration(&unique_name("h15after")));
+}
+
+/// The `registrations` counter of the manager's status report.
+fn registrations_counted(handle: &str) -> u64 {
+    let mut stream = UnixStream::connect(handle).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(&common::frame(0, "/libshm_status_v1"))
+        .unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.lines()
+        .find(|line| line.starts_with("stats "))
+        .and_then(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("registrations="))
+        })
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no registrations counter in the status report: {text}"))
+}
+
+/// The manager reads where the ring says it stopped reading (word 3, in
+/// memory the client can write). A client that winds that word back, over
+/// and over, makes the manager read the same 1,024 frames again at every
+/// look: registrations of names it already holds, releases of them, again
+/// and again. It is the client's own connection's business, and the per
+/// round budget (1,024 journal frames) bounds what one look costs; another
+/// client's round trips stay within the flood bound, the manager's memory
+/// does not grow with the replays, and the replayed release leaves the
+/// victim's name (held by another connection) alone.
+#[test]
+fn a_ring_wound_back_without_end_neither_stalls_another_client_nor_frees_a_name() {
+    let _one = one_at_a_time();
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let victim = unique_name("h15victim");
+    let _cleanup = Cleanup(vec![victim.clone()]);
+    let mut owner = daemon.connect();
+    owner.register(&victim);
+    create_segment(&victim, 1, 64);
+
+    let mut attacker = JournalClient::attach(&daemon.handle, 1024);
+    let me = std::process::id() as i32;
+    let replayed: Vec<String> = (0..511)
+        .map(|i| unique_name(&format!("h15replay{i}")))
+        .collect();
+    for name in &replayed {
+        attacker.register(me, name);
+    }
+    for _ in 0..513 {
+        attacker.release(me, &victim);
+    }
+    assert_eq!(attacker.ring(), Some(*b"OK"));
+    let rss_before = status_kib(daemon.child.id(), "VmRSS");
+
+    let mut probe = Probe::connect(&daemon.handle);
+    let baseline = probe.sample(300, Duration::from_millis(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewinder = {
+        let stop = Arc::clone(&stop);
+        let file = std::fs::File::from(attacker.memory.fd().try_clone_to_owned().unwrap());
+        std::thread::spawn(move || {
+            let mut rewinds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Consumed = committed - capacity: every frame unread again.
+                let mut committed = [0u8; 4];
+                file.read_exact_at(&mut committed, 8).unwrap();
+                let back = u32::from_ne_bytes(committed).wrapping_sub(1024);
+                file.write_all_at(&back.to_ne_bytes(), 12).unwrap();
+                rewinds += 1;
+            }
+            rewinds
+        })
+    };
+    let running = probe.spawn(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(2));
+    let during = running.finish();
+    stop.store(true, Ordering::Relaxed);
+    let rewinds = rewinder.join().unwrap();
+    let rss_after = status_kib(daemon.child.id(), "VmRSS");
+    let registrations = registrations_counted(&daemon.handle);
+    assert!(
+        registrations > 10 * 511,
+        "the manager read the wound-back ring again ({registrations} registrations counted, \
+         {rewinds} rewinds): the attack did not take place"
+    );
+
+    let bound = FLOOD_P99_BOUND + baseline.percentile(99.0);
+    assert!(
+        during.percentile(99.0) < bound,
+        "beside a ring wound back {rewinds} times, another client's p99 round trip was \
+         {:.3?} (bound {bound:.3?}); during: {during}; idle: {baseline}",
+        during.percentile(99.0)
+    );
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "the manager grew from {rss_before} KiB to {rss_after} KiB replaying one ring"
+    );
+    // The grace (1 s) and its look, had the replayed releases reached it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        shm_exists(&victim),
+        "{victim}, held by another connection, was unlinked"
+    );
+    assert!(owner.answers_registration(&unique_name("h15after")));
 }
