@@ -92,13 +92,23 @@ impl SharedJournal {
 
     /// Manager: checks and maps the memory a client sent with its offer.
     pub fn adopt(fd: OwnedFd) -> Result<Self, AdoptError> {
+        // Seals first, size after: the client still holds the file, and an
+        // unsealed file may shrink between the two looks. Seals are never
+        // removed, so a size read once they are on is the size for good.
+        // (A size read before could be stale: mapping it would end in
+        // SIGBUS.)
+        let seals = match rustix::fs::fcntl_get_seals(&fd) {
+            Ok(seals) => seals,
+            // Files that cannot be sealed (pipes, sockets, most files).
+            Err(Errno::INVAL) => return Err(AdoptError::NotAFile),
+            Err(errno) => return Err(AdoptError::Os(errno)),
+        };
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(AdoptError::Unsealed);
+        }
         let stat = rustix::fs::fstat(&fd)?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(AdoptError::NotAFile);
-        }
-        let seals = rustix::fs::fcntl_get_seals(&fd)?;
-        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
-            return Err(AdoptError::Unsealed);
         }
         let len = usize::try_from(stat.st_size)
             .map_err(|_| AdoptError::Journal(JournalError::BadLength { len: usize::MAX }))?;
