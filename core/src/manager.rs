@@ -535,7 +535,9 @@ pub trait Effects {
     fn unwatch_pid(&mut self, _pid: i32) {}
     /// Whether the process watched as `pid` has ended, though its end is not
     /// reported yet ([`Manager::pid_exited`]), as of a moment after the
-    /// frame being handled was read. Asked before a frame carrying `pid`
+    /// frame being handled was read (or so shortly before the read that no
+    /// new process could have been given the pid and written the frame in
+    /// between). Asked before a frame carrying `pid`
     /// joins the holder tied to that process: once it has ended, the pid may
     /// name a new process (a fork sharing the connection), and the frame may
     /// be that one's. True promises the report, as for any watched pid.

@@ -38,7 +38,7 @@ use crate::background::{self, Background, Job};
 use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
-use crate::readiness::{Readiness, Source};
+use crate::readiness::{EVENTS_PER_WAIT, Readiness, Source};
 use crate::report::{self, History, Identity};
 use crate::sender;
 use crate::shared_journal::SharedJournal;
@@ -368,6 +368,7 @@ pub fn serve_tuned<N: Namespace>(
             })
         });
         ready.clear();
+        driver.pids.wait_begins();
         match driver.readiness.wait(timespec.as_ref()) {
             Ok(events) => ready.extend(events),
             Err(errno) => {
@@ -375,6 +376,13 @@ pub fn serve_tuned<N: Namespace>(
                 break;
             }
         }
+        driver.pids.wait_returned(
+            ready.iter().filter_map(|event| match event.source {
+                Source::Pid(pid) => Some(pid),
+                _ => None,
+            }),
+            ready.len() < EVENTS_PER_WAIT,
+        );
         let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
 

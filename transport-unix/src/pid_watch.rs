@@ -20,10 +20,23 @@ use rustix::process::{Pid, PidfdFlags};
 /// How often processes without a pidfd are checked.
 pub(crate) const POLLED_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long after a wait that reported no end for a process it still
+/// counts as running without a look at its pidfd. Shorter than the path
+/// from a process's end to a new process given its pid writing a frame (the
+/// end, its reaping by the parent, a clone and a write); the manager's own
+/// clock measures it, so a manager preempted or stopped meanwhile looks.
+const FRESH_WAIT: Duration = Duration::from_micros(10);
+
 /// The processes being watched.
 pub(crate) struct PidWatches {
     uid: u32,
-    fds: HashMap<i32, OwnedFd>,
+    /// Pid to its pidfd and the number of waits begun before it was made.
+    fds: HashMap<i32, (OwnedFd, u64)>,
+    /// Waits begun on the epoll set the pidfds are in.
+    waits: u64,
+    /// The last wait, if it returned every ready event: when it returned
+    /// and the pids whose ends it reported.
+    last_wait: Option<(Instant, Vec<i32>)>,
     /// Pid to start time (clock ticks since boot), for the fallback.
     polled: HashMap<i32, u64>,
     /// Cleared once `pidfd_open` said it does not exist here.
@@ -37,6 +50,8 @@ impl PidWatches {
         Self {
             uid,
             fds: HashMap::new(),
+            waits: 0,
+            last_wait: None,
             polled: HashMap::new(),
             pidfds_work: true,
             polled_at: Instant::now(),
@@ -57,7 +72,7 @@ impl PidWatches {
     }
 
     fn watch_in(&mut self, pid: i32, reach: Reach) -> bool {
-        if let Some(fd) = self.fds.get(&pid) {
+        if let Some((fd, _)) = self.fds.get(&pid) {
             // The process watched under this pid may have exited since, and
             // the pid gone to a new one: not the process watched, and too
             // soon to tell who it is.
@@ -83,7 +98,7 @@ impl PidWatches {
                     // process has not exited since: then /proc/<pid> was it.
                     let trusted = self.is_ours(pid, reach) && !has_exited(fd.as_fd());
                     if trusted {
-                        self.fds.insert(pid, fd);
+                        self.fds.insert(pid, (fd, self.waits));
                     }
                     return trusted;
                 }
@@ -115,8 +130,13 @@ impl PidWatches {
     /// Whether the process watched as `pid` has ended (and not been
     /// reported yet); false for a pid not watched.
     pub(crate) fn has_ended(&self, pid: i32) -> bool {
-        if let Some(fd) = self.fds.get(&pid) {
-            return has_exited(fd.as_fd());
+        if let Some((fd, made_after)) = self.fds.get(&pid) {
+            // A wait that has just returned would have reported its end.
+            let running_at_last_wait = *made_after < self.waits
+                && self.last_wait.as_ref().is_some_and(|(returned, ended)| {
+                    returned.elapsed() < FRESH_WAIT && !ended.contains(&pid)
+                });
+            return !running_at_last_wait && has_exited(fd.as_fd());
         }
         self.polled
             .get(&pid)
@@ -126,7 +146,19 @@ impl PidWatches {
     /// The descriptor `pid` is watched through, if it is: readable once the
     /// process has ended.
     pub(crate) fn pidfd(&self, pid: i32) -> Option<BorrowedFd<'_>> {
-        self.fds.get(&pid).map(AsFd::as_fd)
+        self.fds.get(&pid).map(|(fd, _)| fd.as_fd())
+    }
+
+    /// A wait on the epoll set the pidfds are in begins.
+    pub(crate) fn wait_begins(&mut self) {
+        self.waits += 1;
+        self.last_wait = None;
+    }
+
+    /// The wait returned, reporting the ends of `ended`; `complete` if it
+    /// returned every ready event (the others' ends are not known otherwise).
+    pub(crate) fn wait_returned(&mut self, ended: impl Iterator<Item = i32>, complete: bool) {
+        self.last_wait = complete.then(|| (Instant::now(), ended.collect()));
     }
 
     /// Whether some pids are watched without a descriptor (the loop must
@@ -313,6 +345,50 @@ mod tests {
         watches.unwatch(pid);
         assert!(!watches.watch(pid), "a reaped pid is not trusted");
         assert!(!watches.watch(0) && !watches.watch(-1));
+    }
+
+    #[test]
+    fn a_fresh_wait_stands_for_a_look_only_at_the_pidfds_it_covered_and_did_not_report() {
+        let uid = rustix::process::geteuid().as_raw();
+        let mut watches = PidWatches::new(uid);
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap()
+        };
+        let mut covered = spawn();
+        let a = covered.id() as i32;
+        assert!(watches.watch(a));
+        covered.kill().unwrap();
+        covered.wait().unwrap();
+        // Ended, unreported: a wait that has just returned says otherwise
+        // for a pidfd it covered (the end came after it), and no new process
+        // can have the pid yet.
+        assert!(
+            (0..1_000).any(|_| {
+                watches.wait_begins();
+                watches.wait_returned(std::iter::empty(), true);
+                !watches.has_ended(a)
+            }),
+            "a fresh wait never stood for a look"
+        );
+        watches.wait_returned(std::iter::once(a), true);
+        assert!(watches.has_ended(a), "its end reported by the wait");
+        watches.wait_returned(std::iter::empty(), false);
+        assert!(watches.has_ended(a), "a wait that left events unreported");
+        watches.wait_returned(std::iter::empty(), true);
+        std::thread::sleep(FRESH_WAIT * 10);
+        assert!(watches.has_ended(a), "a stale wait");
+
+        watches.wait_begins();
+        let mut made_later = spawn();
+        let b = made_later.id() as i32;
+        assert!(watches.watch(b));
+        made_later.kill().unwrap();
+        made_later.wait().unwrap();
+        watches.wait_returned(std::iter::empty(), true);
+        assert!(watches.has_ended(b), "made after the wait began");
     }
 
     #[test]

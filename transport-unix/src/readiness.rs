@@ -16,7 +16,7 @@ use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::io::Errno;
 
 /// Events taken per wait; level triggering reports the rest next time.
-const EVENTS_PER_WAIT: usize = 1024;
+pub(crate) const EVENTS_PER_WAIT: usize = 1024;
 
 const LISTENER_TAG: u64 = 1 << 63;
 const PID_TAG: u64 = 1 << 62;
