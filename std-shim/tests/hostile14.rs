@@ -108,6 +108,27 @@ impl DeadWriterSetup {
     fn story(&self) -> String {
         story(&self.daemon.handle, &self.name)
     }
+
+    /// Waits for the stalled frame to close the connection for cause, has
+    /// the worker do `meanwhile`, lets `settle` pass while it lives, then
+    /// kills it: whether the name was there after `settle`, and whether it
+    /// went once the worker had.
+    fn kept_until_the_worker_dies(
+        &mut self,
+        meanwhile: impl FnOnce(&mut NestedWorker),
+        settle: Duration,
+    ) -> (bool, bool) {
+        assert!(
+            self.family.is_closed_by_peer(Duration::from_secs(10)),
+            "the stalled frame closes the connection for cause"
+        );
+        meanwhile(self.worker.as_mut().unwrap());
+        std::thread::sleep(settle);
+        let kept = shm_exists(&self.name);
+        self.worker = None;
+        let gone = wait_until(Duration::from_secs(15), || !shm_exists(&self.name));
+        (kept, gone)
+    }
 }
 
 // --- Finding 1: the last writer's pid reused by a stranger ----------------------
@@ -125,7 +146,9 @@ impl DeadWriterSetup {
 /// Fixed: the tie rests on the writer only if it is the process that
 /// wrote (its start time read when it became the last writer, as
 /// `peer_started` is at accept); otherwise nobody is tied and the map check
-/// decides, which unlinks the name once the worker is gone.
+/// decides, which unlinks the name once the worker is gone. (Since e9914d5
+/// the worker, an earlier writer that still runs, takes the tie, and the
+/// name goes once it dies.)
 #[test]
 fn a_stranger_with_the_last_writers_pid_does_not_keep_a_connections_names() {
     let _serial = one_at_a_time();
@@ -174,6 +197,10 @@ fn a_stranger_with_the_last_writers_pid_does_not_keep_a_connections_names() {
 /// closed get the linger (`grace.max(linger)`, as an orphan by the sweep's
 /// guess does) before their map check, so a receiver has as long as a
 /// lingering manager would give it.
+///
+/// Since e9914d5 the holds are tied to the worker, an earlier writer, while
+/// it lives: the test kills it once the name is in transit, so that nobody
+/// is left to tie them to.
 #[test]
 fn an_inherited_name_in_transit_outlives_the_grace() {
     let _serial = one_at_a_time();
@@ -226,16 +253,9 @@ fn a_connection_closed_for_cause_keeps_its_names_while_an_earlier_writer_lives()
         return;
     }
     let mut setup = DeadWriterSetup::new("h14earlier");
-    assert!(
-        setup.family.is_closed_by_peer(Duration::from_secs(10)),
-        "the stalled frame closes the connection for cause"
-    );
-    setup.worker.as_mut().unwrap().queue();
     // The linger (3 s), the grace, the look, and slack.
-    std::thread::sleep(Duration::from_secs(8));
-    let kept = shm_exists(&setup.name);
-    setup.worker = None;
-    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let (kept, gone) =
+        setup.kept_until_the_worker_dies(NestedWorker::queue, Duration::from_secs(8));
     let told = setup.story();
     assert!(
         kept && gone,
@@ -249,9 +269,10 @@ fn a_connection_closed_for_cause_keeps_its_names_while_an_earlier_writer_lives()
 
 // --- Withstood: a writer that died, its pid free -----------------------------------
 
-/// As above, the worker killed while it maps the name: nobody is tied (the
-/// writer's pid is free), the map check keeps the name while the worker
-/// lives and unlinks it once the worker is gone (no leak).
+/// As above, the worker killed while it maps the name: the holds are tied to
+/// the worker, an earlier writer that still runs (before e9914d5, to nobody,
+/// and the map check kept the name), so the name is kept while it lives and
+/// unlinked once it is gone (no leak).
 #[test]
 fn a_connections_names_go_once_their_mapper_dies_after_its_last_writer() {
     let _serial = one_at_a_time();
@@ -261,15 +282,8 @@ fn a_connections_names_go_once_their_mapper_dies_after_its_last_writer() {
         return;
     }
     let mut setup = DeadWriterSetup::new("h14mapper");
-    assert!(
-        setup.family.is_closed_by_peer(Duration::from_secs(10)),
-        "the stalled frame closes the connection for cause"
-    );
     // Grace (1 s), the look, and slack.
-    std::thread::sleep(Duration::from_secs(4));
-    let kept = shm_exists(&setup.name);
-    setup.worker = None;
-    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&setup.name));
+    let (kept, gone) = setup.kept_until_the_worker_dies(|_| {}, Duration::from_secs(4));
     let told = setup.story();
     assert!(
         kept && gone,
