@@ -392,6 +392,37 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_that_began_long_ago_stands_for_no_look() {
+        let uid = rustix::process::geteuid().as_raw();
+        let mut watches = PidWatches::new(uid);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(watches.watch(pid));
+        // Waits that began, had the kernel look at the ready list at once
+        // (nothing), and were stopped or preempted on their way back for
+        // longer than `FRESH_WAIT`: the process ended meanwhile, and its pid
+        // may be a new process's by the time the waits return.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stood = (0..100)
+            .filter(|_| {
+                watches.wait_begins();
+                std::thread::sleep(FRESH_WAIT * 10);
+                watches.wait_returned(std::iter::empty(), true);
+                !watches.has_ended(pid)
+            })
+            .count();
+        assert_eq!(
+            stood, 0,
+            "waits timed from their return stood for a look at a pidfd that turned \
+             readable after the kernel's look"
+        );
+    }
+
+    #[test]
     fn processes_of_another_user_are_not_trusted() {
         let mut watches = PidWatches::new(rustix::process::geteuid().as_raw() + 1);
         assert!(!watches.watch(std::process::id() as i32));
