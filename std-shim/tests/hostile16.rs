@@ -58,7 +58,7 @@
 //!   million names (scale.rs).
 //!
 //! Each "Finding" test failed on 028424b (finding 1 with an optimized
-//! manager); its comment says what went wrong and why. Open findings are
+//! manager; fixed); its comment says what went wrong and why. Open findings are
 //! ignored (a private pid namespace's inner run includes them). The others
 //! are attacks the code withstands, kept because they fail if it stops
 //! withstanding them.
@@ -109,7 +109,9 @@ fn waits_for_events(pid: u32) -> bool {
 /// round's `work`, the loop's top, the ring) takes about 17 us with an
 /// optimized manager on this machine, so this test passed on 028424b too;
 /// on a faster one B's registration would have joined A's holder and B's
-/// segment been unlinked after the grace while B lived. Kept as a guard.
+/// segment been unlinked after the grace while B lived. Kept as a guard:
+/// the wait is timed from before the call now, and a stop anywhere after
+/// that is measured.
 #[test]
 fn a_reused_pids_journaled_frame_read_after_a_stopped_wait_is_not_charged_to_its_old_owner() {
     let _serial = one_at_a_time();
@@ -215,7 +217,8 @@ fn a_reused_pids_journaled_frame_read_after_a_stopped_wait_is_not_charged_to_its
 /// look). Built without optimizations, the manager takes 15 to 45 us on that
 /// way here and looks at the pidfd anyway: they pass there.
 /// `PidWatches`'s unit test `a_wait_that_began_long_ago_stands_for_no_look`
-/// shows the flaw in any build.
+/// shows the flaw in any build. Fixed: the wait is timed from before the
+/// call (`wait_begins`), so a stop or a preemption anywhere after it counts.
 #[test]
 fn finding_a_reused_pids_frame_read_after_a_held_wait_is_not_charged_to_its_old_owner() {
     let _serial = one_at_a_time();
