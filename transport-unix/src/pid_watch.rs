@@ -20,11 +20,14 @@ use rustix::process::{Pid, PidfdFlags};
 /// How often processes without a pidfd are checked.
 pub(crate) const POLLED_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How long after a wait that reported no end for a process it still
-/// counts as running without a look at its pidfd. Shorter than the path
-/// from a process's end to a new process given its pid writing a frame (the
-/// end, its reaping by the parent, a clone and a write); the manager's own
-/// clock measures it, so a manager preempted or stopped meanwhile looks.
+/// How long after the start of a wait that reported no end for a process it
+/// still counts as running without a look at its pidfd. Shorter than the
+/// path from a process's end to a new process given its pid writing a frame
+/// (the end, its reaping by the parent, a clone and a write). The manager's
+/// own clock measures it from before the call, since the kernel looks at
+/// the ready list at some unknown moment inside it: a manager preempted or
+/// stopped after that look (on its way back from the call, which a stop
+/// ends with `EINTR` and no events) or later looks.
 const FRESH_WAIT: Duration = Duration::from_micros(10);
 
 /// The processes being watched.
@@ -34,8 +37,10 @@ pub(crate) struct PidWatches {
     fds: HashMap<i32, (OwnedFd, u64)>,
     /// Waits begun on the epoll set the pidfds are in.
     waits: u64,
-    /// The last wait, if it returned every ready event: when it returned
-    /// and the pids whose ends it reported.
+    /// When the last wait began.
+    wait_began: Instant,
+    /// The last wait, if it returned every ready event: when it began and
+    /// the pids whose ends it reported.
     last_wait: Option<(Instant, Vec<i32>)>,
     /// Pid to start time (clock ticks since boot), for the fallback.
     polled: HashMap<i32, u64>,
@@ -51,6 +56,7 @@ impl PidWatches {
             uid,
             fds: HashMap::new(),
             waits: 0,
+            wait_began: Instant::now(),
             last_wait: None,
             polled: HashMap::new(),
             pidfds_work: true,
@@ -131,10 +137,10 @@ impl PidWatches {
     /// reported yet); false for a pid not watched.
     pub(crate) fn has_ended(&self, pid: i32) -> bool {
         if let Some((fd, made_after)) = self.fds.get(&pid) {
-            // A wait that has just returned would have reported its end.
+            // A wait that has just begun would have reported its end.
             let running_at_last_wait = *made_after < self.waits
-                && self.last_wait.as_ref().is_some_and(|(returned, ended)| {
-                    returned.elapsed() < FRESH_WAIT && !ended.contains(&pid)
+                && self.last_wait.as_ref().is_some_and(|(began, ended)| {
+                    began.elapsed() < FRESH_WAIT && !ended.contains(&pid)
                 });
             return !running_at_last_wait && has_exited(fd.as_fd());
         }
@@ -153,12 +159,13 @@ impl PidWatches {
     pub(crate) fn wait_begins(&mut self) {
         self.waits += 1;
         self.last_wait = None;
+        self.wait_began = Instant::now();
     }
 
     /// The wait returned, reporting the ends of `ended`; `complete` if it
     /// returned every ready event (the others' ends are not known otherwise).
     pub(crate) fn wait_returned(&mut self, ended: impl Iterator<Item = i32>, complete: bool) {
-        self.last_wait = complete.then(|| (Instant::now(), ended.collect()));
+        self.last_wait = complete.then(|| (self.wait_began, ended.collect()));
     }
 
     /// Whether some pids are watched without a descriptor (the loop must
@@ -389,6 +396,37 @@ mod tests {
         made_later.wait().unwrap();
         watches.wait_returned(std::iter::empty(), true);
         assert!(watches.has_ended(b), "made after the wait began");
+    }
+
+    #[test]
+    fn a_wait_that_began_long_ago_stands_for_no_look() {
+        let uid = rustix::process::geteuid().as_raw();
+        let mut watches = PidWatches::new(uid);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(watches.watch(pid));
+        // Waits that began, had the kernel look at the ready list at once
+        // (nothing), and were stopped or preempted on their way back for
+        // longer than `FRESH_WAIT`: the process ended meanwhile, and its pid
+        // may be a new process's by the time the waits return.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let stood = (0..100)
+            .filter(|_| {
+                watches.wait_begins();
+                std::thread::sleep(FRESH_WAIT * 10);
+                watches.wait_returned(std::iter::empty(), true);
+                !watches.has_ended(pid)
+            })
+            .count();
+        assert_eq!(
+            stood, 0,
+            "waits timed from their return stood for a look at a pidfd that turned \
+             readable after the kernel's look"
+        );
     }
 
     #[test]

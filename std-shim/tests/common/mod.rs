@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
 pub mod handed;
+pub mod hold;
 pub mod journal_client;
 pub mod measure;
 
