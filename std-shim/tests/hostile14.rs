@@ -16,51 +16,22 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::handed::{connection_from_exited_process, manager_lingering};
+use common::handed::{
+    connection_from_exited_process, half_frame_from_exited_writer, manager_lingering,
+};
 use common::{
-    Cleanup, Daemon, NestedWorker, RawClient, frame, in_private_pid_namespace, one_at_a_time,
-    shm_exists, sleeper_with_pid, story, unique_name, wait_until,
+    Cleanup, Daemon, NestedWorker, RawClient, in_private_pid_namespace, one_at_a_time, shm_exists,
+    sleeper_with_pid, story, unique_name, wait_until,
 };
 
 /// A manager that lingers 3 s, where a test expects prompt reaping.
 fn manager() -> Daemon {
     manager_lingering("3s")
-}
-
-/// Starts a process of ours (in our pid namespace) that shares `conn` as
-/// descriptor 3, writes the first 30 bytes of a frame on it and exits:
-/// a writer that died mid-frame. Returns its pid, reaped (free for reuse).
-fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
-    use std::os::unix::process::CommandExt;
-    let half = frame(0, &unique_name("h14half"));
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1]))")
-        .arg(
-            half[..30]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
-    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(conn, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("python3");
-    let pid = child.id() as i32;
-    assert!(child.wait().unwrap().success(), "the half writer failed");
-    pid
 }
 
 /// The family's connection, made by a process that handed it on and

@@ -75,7 +75,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::handed::{connection_from_exited_process, manager_lingering};
+use common::handed::{
+    connection_from_exited_process, half_frame_from_exited_writer, manager_lingering,
+};
 use common::hold::{self, EPOLL_WAITS};
 use common::journal_client::JournalClient;
 use common::measure::{FLOOD_P99_BOUND, Probe};
@@ -92,6 +94,25 @@ fn waits_for_events(pid: u32) -> bool {
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<i64>().ok())
         .is_some_and(|nr| EPOLL_WAITS.contains(&nr))
+}
+
+/// After the grace, the map check and slack: the segments of `news`, each
+/// registered by a live process B that got a dead A's pid, that were
+/// unlinked, with the manager's story of each.
+fn lost_after_the_grace(daemon: &Daemon, news: &mut [(Sleeper, String)]) -> Vec<String> {
+    std::thread::sleep(Duration::from_secs(4));
+    let mut lost = Vec::new();
+    for (b, name) in news {
+        assert!(b.is_alive());
+        if !shm_exists(name) {
+            lost.push(format!(
+                "{name} (B, pid {}): {}",
+                b.pid(),
+                story(&daemon.handle, name)
+            ));
+        }
+    }
+    lost
 }
 
 // --- Finding 1: a held wait taken for a fresh one --------------------------------
@@ -167,19 +188,7 @@ fn a_reused_pids_journaled_frame_read_after_a_stopped_wait_is_not_charged_to_its
         news.push((b.unwrap(), b_name));
     }
 
-    // Grace (1 s), the map check, and slack.
-    std::thread::sleep(Duration::from_secs(4));
-    let mut lost = Vec::new();
-    for (b, name) in &mut news {
-        assert!(b.is_alive());
-        if !shm_exists(name) {
-            lost.push(format!(
-                "{name} (B, pid {}): {}",
-                b.pid(),
-                story(&daemon.handle, name)
-            ));
-        }
-    }
+    let lost = lost_after_the_grace(&daemon, &mut news);
     assert!(
         lost.is_empty(),
         "{} of {TRIES} segments registered by a live process B on the family's journal were \
@@ -262,19 +271,7 @@ fn finding_a_reused_pids_frame_read_after_a_held_wait_is_not_charged_to_its_old_
         news.push((b, b_name));
     }
 
-    // Grace (1 s), the map check, and slack.
-    std::thread::sleep(Duration::from_secs(4));
-    let mut lost = Vec::new();
-    for (b, name) in &mut news {
-        assert!(b.is_alive());
-        if !shm_exists(name) {
-            lost.push(format!(
-                "{name} (B, pid {}): {}",
-                b.pid(),
-                story(&daemon.handle, name)
-            ));
-        }
-    }
+    let lost = lost_after_the_grace(&daemon, &mut news);
     assert!(
         lost.is_empty(),
         "{} of {TRIES} segments registered for a live process B on the family's connection \
@@ -369,37 +366,6 @@ fn finding_a_connection_closed_for_cause_keeps_its_names_after_its_tied_writer_e
 }
 
 // --- Finding 3: a stranger given a writer's pid before its bytes are read ------
-
-/// Starts a process of ours that shares `conn` as descriptor 3, writes the
-/// first 30 bytes of a frame on it and exits: a writer that died mid-frame.
-/// Returns its pid, reaped (free for reuse).
-fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
-    use std::os::unix::process::CommandExt;
-    let half = frame(0, &unique_name("h16half"));
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1]))")
-        .arg(
-            half[..30]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
-    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(conn, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("python3");
-    let pid = child.id() as i32;
-    assert!(child.wait().unwrap().success(), "the half writer failed");
-    pid
-}
 
 /// hostile14's finding 1 one step earlier. The family's connection (its
 /// connecting process gone, a nested worker that registered and maps a

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{Daemon, RawClient, SHM_MANAGER, unique_name};
+use super::{Daemon, RawClient, SHM_MANAGER, frame, unique_name};
 
 /// Connects a Python process to the manager at `handle`, has it register a
 /// name nobody creates (so the connection has spoken, under the process's
@@ -113,4 +113,35 @@ pub fn manager_lingering(linger: &str) -> Daemon {
         ])
         .stderr(Stdio::null());
     Daemon::spawn(&mut command)
+}
+
+/// Starts a process of ours that shares `conn` as descriptor 3, writes the
+/// first 30 bytes of a frame on it and exits: a writer that died mid-frame.
+/// Returns its pid, reaped (free for reuse).
+pub fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let half = frame(0, &unique_name("half"));
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1]))")
+        .arg(
+            half[..30]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        );
+    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(conn, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("python3");
+    let pid = child.id() as i32;
+    assert!(child.wait().unwrap().success(), "the half writer failed");
+    pid
 }
