@@ -288,7 +288,6 @@ fn finding_a_reused_pids_frame_read_after_a_held_wait_is_not_charged_to_its_old_
 /// malformed frame on it (free flag 7: the connection is closed for cause
 /// at once) and lives on until its stdin closes.
 fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
     let mut bad = frame(0, &unique_name("h16bad"));
     bad[4] = 7;
     let mut command = Command::new("python3");
@@ -297,15 +296,7 @@ fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
         .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); sys.stdin.read()")
         .arg(bad.iter().map(|b| format!("{b:02x}")).collect::<String>())
         .stdin(Stdio::piped());
-    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(conn, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::share_as_fd3(&mut command, conn);
     command.spawn().expect("python3")
 }
 

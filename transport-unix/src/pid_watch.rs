@@ -332,14 +332,19 @@ fn has_no_proc_entry(pid: i32) -> bool {
 mod tests {
     use super::*;
 
+    /// A child that runs until killed.
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap()
+    }
+
     #[test]
     fn a_child_is_watched_until_it_exits_and_the_dead_are_not_trusted() {
         let uid = rustix::process::geteuid().as_raw();
         let mut watches = PidWatches::new(uid);
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         let pid = child.id() as i32;
         assert!(same_pid_namespace(std::process::id() as i32));
         assert!(watches.watch(pid));
@@ -358,13 +363,7 @@ mod tests {
     fn a_fresh_wait_stands_for_a_look_only_at_the_pidfds_it_covered_and_did_not_report() {
         let uid = rustix::process::geteuid().as_raw();
         let mut watches = PidWatches::new(uid);
-        let spawn = || {
-            std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .unwrap()
-        };
-        let mut covered = spawn();
+        let mut covered = sleeper();
         let a = covered.id() as i32;
         assert!(watches.watch(a));
         covered.kill().unwrap();
@@ -389,7 +388,7 @@ mod tests {
         assert!(watches.has_ended(a), "a stale wait");
 
         watches.wait_begins();
-        let mut made_later = spawn();
+        let mut made_later = sleeper();
         let b = made_later.id() as i32;
         assert!(watches.watch(b));
         made_later.kill().unwrap();
@@ -402,10 +401,7 @@ mod tests {
     fn a_wait_that_began_long_ago_stands_for_no_look() {
         let uid = rustix::process::geteuid().as_raw();
         let mut watches = PidWatches::new(uid);
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         let pid = child.id() as i32;
         assert!(watches.watch(pid));
         // Waits that began, had the kernel look at the ready list at once
@@ -440,10 +436,7 @@ mod tests {
         let uid = rustix::process::geteuid().as_raw();
         let mut watches = PidWatches::new(uid);
         watches.pidfds_work = false;
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         let pid = child.id() as i32;
         assert!(watches.watch(pid) && watches.watch(pid));
         // As if the process watched had ended and this one got its pid:
@@ -564,10 +557,7 @@ mod tests {
         let uid = rustix::process::geteuid().as_raw();
         let mut watches = PidWatches::new(uid);
         watches.pidfds_work = false;
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         let pid = child.id() as i32;
         assert!(watches.watch(pid));
         assert!(watches.has_polled());

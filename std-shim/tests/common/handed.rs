@@ -119,7 +119,6 @@ pub fn manager_lingering(linger: &str) -> Daemon {
 /// first 30 bytes of a frame on it and exits: a writer that died mid-frame.
 /// Returns its pid, reaped (free for reuse).
 pub fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
-    use std::os::unix::process::CommandExt;
     let half = frame(0, &unique_name("half"));
     let mut command = Command::new("python3");
     command
@@ -131,15 +130,7 @@ pub fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>(),
         );
-    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(conn, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    super::share_as_fd3(&mut command, conn);
     let mut child = command.spawn().expect("python3");
     let pid = child.id() as i32;
     assert!(child.wait().unwrap().success(), "the half writer failed");

@@ -809,6 +809,20 @@ print("released", flush=True)
 sys.stdin.read()
 "#;
 
+/// Has the process `command` starts share `conn` as its descriptor 3.
+pub fn share_as_fd3(command: &mut std::process::Command, conn: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(conn, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A worker in a pid namespace of its own whose own pid there is `pid`,
 /// sharing the family's connection `conn` as descriptor 3 and running
 /// [`NESTED_WORKER`] on `name`.
@@ -820,7 +834,6 @@ pub struct NestedWorker {
 
 impl NestedWorker {
     pub fn spawn(conn: std::os::fd::RawFd, pid: i32, name: &str) -> Self {
-        use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new("unshare");
         command
             .args(["--pid", "--fork", "sh", "-c"])
@@ -831,15 +844,7 @@ impl NestedWorker {
             .args([NESTED_WORKER, name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(conn, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        share_as_fd3(&mut command, conn);
         let mut child = command.spawn().expect("unshare");
         let stdin = child.stdin.take();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
