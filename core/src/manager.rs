@@ -527,7 +527,9 @@ pub trait Effects {
     /// the kernel named it at connect time) if it still runs, else, where
     /// the driver can tell, one that wrote on it (the kernel's word too);
     /// `None` if none can be watched. Asked whoever wrote the bytes being
-    /// read: the tie rests on the kernel's word, not on a frame's.
+    /// read: the tie rests on the kernel's word, not on a frame's. Asked
+    /// again, with no peer, each time the process tied to ends: another
+    /// live writer to pass the tie on to.
     fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
         peer.filter(|&pid| self.watch_pid(conn, pid))
     }
@@ -1279,6 +1281,12 @@ impl<S: Storage> Manager<S> {
                 continue;
             }
             let key = holder.key;
+            if key.pid.is_none() && self.tie_to_next_writer(id, pid, fx) {
+                continue;
+            }
+            let Some(holder) = self.holders.get_mut(id) else {
+                continue;
+            };
             // A connection's holder for untrusted pids, tied to the process
             // that connected once the connection was closed for cause, stands
             // for processes nobody knows: they may live on and map its names.
@@ -2224,6 +2232,12 @@ impl<S: Storage> Manager<S> {
                 }
             }
         }
+        self.unlink_from_pid(id, &holder);
+    }
+
+    /// Takes `holder` (holder `id`, or what it was) out of its pid's list,
+    /// joining its neighbours.
+    fn unlink_from_pid(&mut self, id: u32, holder: &Holder) {
         let (newer, older) = (holder.newer_same_pid, holder.older_same_pid);
         if let Some(h) = self.holders.get_mut(older) {
             h.newer_same_pid = newer;
@@ -2255,6 +2269,7 @@ impl<S: Storage> Manager<S> {
         }
         if let Some(h) = self.holders.get_mut(id) {
             h.older_same_pid = older;
+            h.newer_same_pid = NO_HOLDER;
         }
     }
 
@@ -2456,6 +2471,30 @@ impl<S: Storage> Manager<S> {
             }
         }
         budget
+    }
+
+    /// `ended`, the process that holder `id` (a closed connection's holder
+    /// for untrusted pids) was tied to, has ended: the connection's other
+    /// processes may live on and still hand its names on, so the holder is
+    /// tied to another live one the driver knows wrote on it, if any (see
+    /// [`Effects::watch_peer`]). Otherwise which of two writers the holds
+    /// outlive would hang on which one ended first.
+    fn tie_to_next_writer(&mut self, id: u32, ended: i32, fx: &mut impl Effects) -> bool {
+        let Some(&holder) = self.holders.get(id) else {
+            return false;
+        };
+        let Some(next) = fx
+            .watch_peer(holder.key.conn, None)
+            .filter(|&pid| pid != ended && self.retain_pid(pid, fx))
+        else {
+            return false;
+        };
+        self.unlink_from_pid(id, &holder);
+        if let Some(h) = self.holders.get_mut(id) {
+            h.lifeline = Lifeline::Pid(next);
+        }
+        self.link_to_pid(id, next);
+        true
     }
 
     fn close_for_cause(

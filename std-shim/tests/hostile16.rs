@@ -30,8 +30,9 @@
 //!   only the family that owns the ring can do that, to itself.
 //! - The tie to another live writer (e9914d5): it goes to one writer, the
 //!   last first. A last writer alive at the close that ends a moment later
-//!   takes the connection's untrusted holds with it, and a live member's
-//!   name in transit goes after the linger (finding 2, open). A stranger
+//!   took the connection's untrusted holds with it, and a live member's
+//!   name in transit went after the linger (finding 2, fixed: the tie
+//!   passes on to the next live writer). A stranger
 //!   given a dead writer's pid before the manager reads the writer's bytes
 //!   has its start time remembered for the writer's, and keeps the
 //!   connection's names as long as it lives (finding 3, open: the start time
@@ -304,17 +305,18 @@ fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
 /// registered, created and maps a name on it), but the writer whose frame
 /// closes the connection for cause is alive at the close and ends a moment
 /// later, as a worker that finished its task does. `Driver::watch_peer`
-/// ties the connection's untrusted holds to that last writer (it runs), and
-/// to it alone: once it ends, the holds end (`pid_exited`, others may map),
-/// and after the linger (3 s) and the map check the worker's name, in
-/// transit now (queued, unmapped), is unlinked while the worker, a live
-/// writer of the connection that may still hand it on, lives. Had the
+/// ties the connection's untrusted holds to that last writer (it runs).
+/// Finding 2 was that it tied them to it alone: once it ended, the holds
+/// ended, and after the linger (3 s) and the map check the worker's name,
+/// in transit then (queued, unmapped), was unlinked while the worker, a
+/// live writer of the connection that may still hand it on, lived. Had the
 /// writer died a moment before the close, the tie would have gone to the
 /// worker and the name kept (hostile14's
 /// `a_connection_closed_for_cause_keeps_its_names_while_an_earlier_writer_lives`):
-/// the outcome hangs on which of two writers dies first, by a moment.
+/// the outcome hung on which of two writers died first, by a moment.
+/// Fixed: the tie passes on to the next live writer the driver remembers
+/// (`Manager::tie_to_next_writer`, `Driver::next_ties`).
 #[test]
-#[ignore = "open finding: the tie goes to one writer, and is not passed on when it ends"]
 fn finding_a_connection_closed_for_cause_keeps_its_names_after_its_tied_writer_ends() {
     let _serial = one_at_a_time();
     if !in_private_pid_namespace(

@@ -69,6 +69,11 @@ const MAX_STATUS_IN_FLIGHT: usize = 4;
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// Writers per connection whose start times are remembered.
 const WRITERS_REMEMBERED: usize = 16;
+/// Connections closed for cause whose writers are remembered past the close
+/// (see `Driver::next_ties`); one beyond them forgets another's, whose holds
+/// then end with the process they are tied to, and the map check guards
+/// what they held.
+const CLOSED_TIES_REMEMBERED: usize = 4_096;
 /// The longest spin after an answer, by default: PyTorch's Python client sends
 /// its next frame 50 to 70 us after an `OK` here (it maps, copies and unmaps
 /// in between), so a shorter window (50 us was tried) never catches it.
@@ -209,6 +214,7 @@ pub fn serve_tuned<N: Namespace>(
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
         speaks_this_read: HashMap::new(),
+        next_ties: HashMap::new(),
         writer: None,
         journals_behind: false,
         replied: false,
@@ -613,6 +619,24 @@ impl Client {
         self.writers_started.push((writer, started));
     }
 
+    /// The processes to tie its untrusted holds to once it is closed for
+    /// cause, each with its start time: the one that connected (`peer`) if
+    /// known, then the last writer, then the others, the latest to start
+    /// writing first (a family whose last writer died goes on in its other
+    /// members).
+    fn ties_in_order(&self, peer: Option<i32>) -> Vec<(i32, u64)> {
+        let connecting = peer.zip(self.peer_started);
+        let mut writers: Vec<(i32, u64)> = self
+            .writers_started
+            .iter()
+            .rev()
+            .filter_map(|&(pid, started)| Some((pid, started?)))
+            .filter(|&(pid, _)| Some(pid) != peer)
+            .collect();
+        writers.sort_by_key(|&(pid, _)| Some(pid) != self.last_writer);
+        connecting.into_iter().chain(writers).collect()
+    }
+
     /// Reads what is there, and who wrote it. On the first read, descriptors
     /// sent along are collected too (the last one is kept as the offer); any
     /// others, and any sent later, are closed.
@@ -668,6 +692,11 @@ struct Driver {
     /// Whether this read's writer speaks for a pid not its own (its child's):
     /// one look at `/proc` per pid per read.
     speaks_this_read: HashMap<i32, bool>,
+    /// For connections closed for cause whose untrusted holds are tied to
+    /// a process: the other processes the kernel named for them (pid and
+    /// start time), to pass the tie on to when that one ends, the next
+    /// first. At most [`CLOSED_TIES_REMEMBERED`] connections.
+    next_ties: HashMap<ConnId, Vec<(i32, u64)>>,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -1048,19 +1077,10 @@ impl Driver {
         true
     }
 
-    /// Watches `pid`, the process that opened `conn`, if it still runs:
-    /// wherever it runs (unlike a frame's pid, a peer in a nested pid
-    /// namespace is watched too), and only if it is the process that
-    /// connected, not a later one given its pid.
-    fn watch_connecting(&mut self, conn: ConnId, pid: i32) -> bool {
-        let Some(started) = self.clients.get(&conn).and_then(|c| c.peer_started) else {
-            return false;
-        };
-        self.watch_if_started(conn, pid, started)
-    }
-
     /// Watches `pid` if the process it names started at `started`: the one
-    /// the kernel named for `conn`, not a later one given its pid.
+    /// the kernel named for `conn`, not a later one given its pid. Wherever
+    /// it runs: unlike a frame's pid, a process the kernel named is watched
+    /// in a nested pid namespace too.
     fn watch_if_started(&mut self, conn: ConnId, pid: i32, started: u64) -> bool {
         // The same start time, read again once the watch holds it (a pidfd
         // pins the pid to its process).
@@ -1143,30 +1163,27 @@ impl Effects for Driver {
     /// Pids the kernel named for us (`SO_PEERCRED`, `SCM_CREDENTIALS`),
     /// wherever their processes run.
     fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
-        if let Some(pid) = peer
-            && self.watch_connecting(conn, pid)
-        {
-            return Some(pid);
+        if let Some(client) = self.clients.get(&conn) {
+            let ties = client.ties_in_order(peer);
+            if self.next_ties.len() >= CLOSED_TIES_REMEMBERED
+                && let Some(&forgotten) = self.next_ties.keys().next()
+            {
+                self.next_ties.remove(&forgotten);
+            }
+            self.next_ties.insert(conn, ties);
         }
-        // The process that connected has ended (it may have handed the
-        // connection on): one the kernel named as writing on it still
-        // shares it, if it runs. The last writer first, then the others,
-        // the latest to start writing first: a family whose last writer died
-        // goes on in its other members.
-        let client = self.clients.get(&conn)?;
-        let last = client.last_writer;
-        let mut writers: Vec<(i32, u64)> = client
-            .writers_started
-            .iter()
-            .rev()
-            .filter_map(|&(pid, started)| Some((pid, started?)))
-            .collect();
-        writers.sort_by_key(|&(pid, _)| Some(pid) != last);
-        writers.into_iter().find_map(|(writer, started)| {
-            tracing::debug!(conn = %conn, writer, "the process that connected has ended: tying to a writer");
-            self.watch_if_started(conn, writer, started)
-                .then_some(writer)
-        })
+        // The first of them that still runs, the rest kept for its end.
+        let mut ties = self.next_ties.remove(&conn)?;
+        let mut rest = ties.drain(..);
+        let tied = rest.by_ref().find(|&(pid, started)| {
+            tracing::debug!(conn = %conn, pid, "tying a closed connection's untrusted holds");
+            self.watch_if_started(conn, pid, started)
+        });
+        let rest: Vec<_> = rest.collect();
+        if tied.is_some() && !rest.is_empty() {
+            self.next_ties.insert(conn, rest);
+        }
+        tied.map(|(pid, _)| pid)
     }
 
     fn unwatch_pid(&mut self, pid: i32) {

@@ -21,6 +21,9 @@ struct Recorder {
     notes: Vec<Note>,
     /// Pids the bytes being read do not speak for: another writer's.
     foreign: BTreeSet<i32>,
+    /// Other processes the kernel named as writing on a connection, the
+    /// next to tie its untrusted holds to first.
+    writers: BTreeMap<ConnId, Vec<i32>>,
 }
 
 impl Effects for Recorder {
@@ -40,9 +43,18 @@ impl Effects for Recorder {
         }
         trusted
     }
-    fn watch_peer(&mut self, _conn: ConnId, peer: Option<i32>) -> Option<i32> {
-        // The kernel's word for who connected, whoever writes now.
-        let pid = peer.filter(|pid| self.trusted.contains(pid))?;
+    fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
+        // The kernel's word for who connected, whoever writes now, else for
+        // who wrote on it.
+        let trusted = |pid: &i32| self.trusted.contains(pid) && !self.gone.contains(pid);
+        let pid = match peer.filter(trusted) {
+            Some(pid) => pid,
+            None => {
+                let writers = self.writers.get_mut(&conn)?;
+                writers.retain(trusted);
+                (!writers.is_empty()).then(|| writers.remove(0))?
+            }
+        };
         *self.watched.entry(pid).or_default() += 1;
         Some(pid)
     }
@@ -1596,4 +1608,45 @@ fn an_untrusted_hold_ended_by_a_close_for_cause_is_unlinked_only_once_nobody_map
     r.ns.mapped.clear();
     r.run_to(200_000);
     assert!(!r.exists("/nested"), "leaked: {:?}", r.state("/nested"));
+}
+
+/// The tie of a connection's untrusted holds passes on: the process the
+/// close tied them to ends while another that wrote on the connection lives
+/// on (a nested worker that still hands the name on), so they are tied to
+/// that one, and end with the last. The processes' own holders (on another
+/// connection, in the same pid lists) end with them, neither sooner nor
+/// later.
+#[test]
+fn a_closed_connections_untrusted_holds_pass_to_the_next_writer_when_theirs_ends() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([10, 11, 12]);
+    let _bystander = r.bystander();
+    let other = r.connect_as(12);
+    r.create_and_register(other, 12, "/twelve");
+    let c = r.connect_as(10);
+    r.create_and_register(other, 10, "/ten");
+    r.create_and_register(c, 99, "/nested");
+    r.fx.writers.insert(c, Vec::from([11, 12]));
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(c, &malformed);
+    assert!(matches!(r.fx.closed[..], [(closed, CloseReason::Malformed(_))] if closed == c));
+    for writer in [10, 11] {
+        r.fx.gone.insert(writer);
+        r.exited(writer);
+        r.run_to(r.now + 100_000);
+        assert!(
+            r.exists("/nested") && r.exists("/twelve"),
+            "reaped after writer {writer} ended while 12 lives: {:?}",
+            r.state("/nested")
+        );
+    }
+    assert!(!r.exists("/ten"), "leaked: {:?}", r.state("/ten"));
+    assert_eq!(r.fx.watched.keys().copied().collect::<Vec<_>>(), [12]);
+    r.fx.gone.insert(12);
+    r.exited(12);
+    r.run_to(r.now + 100_000);
+    for gone in ["/nested", "/twelve"] {
+        assert!(!r.exists(gone), "leaked: {:?}", r.state(gone));
+    }
 }
