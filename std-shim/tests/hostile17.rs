@@ -1,0 +1,351 @@
+//! Hostile round 17, against 73ff095: the tie of a closed connection's
+//! untrusted holds passed on to the next live writer once the process it
+//! is tied to ends (`Manager::tie_to_next_writer`, core/src/manager.rs;
+//! `Driver::next_ties` and `Client::ties_in_order`,
+//! transport-unix/src/event_loop.rs).
+//!
+//! Tried, and what came of it:
+//! - Writers that came and went (finding 1, open): a client remembers 16
+//!   writers, the oldest dropped first whether or not it still runs. 15
+//!   members that wrote once and ended after a nested worker W (the process
+//!   that connected counts too) push W out; the closed connection's holds
+//!   are not passed to W when the last writer ends, and W's name in transit
+//!   is unlinked while W lives. With 14, W is kept (withstood, kept).
+//! - Flooding `next_ties` past 4,096 (finding 2, open): another process of
+//!   the same user closes 20,000 connections of its own for cause (about
+//!   7 s), each remembering a child of its own; each close past the bound
+//!   forgets the first entry in hash order. Of eight families whose ties
+//!   were pending, some lose theirs (3 of 8 in each of 3 runs of 12,000
+//!   closes), and their names in transit are unlinked while their workers
+//!   live.
+//! - Read, not run: a close for cause and the end of its tied process in
+//!   one round (the client is still in `clients`, so `watch_peer` starts
+//!   the ties over from the writers, the ended one among them): a zombie's
+//!   start time reads as none (`proc_stat`), so the ended process is never
+//!   picked again and the tie passes to the next live one. Relinking
+//!   between pid lists (`unlink_from_pid`, `link_to_pid`): `pid_exited`
+//!   takes the pid's entry out and saves the next holder before a re-tie,
+//!   and the re-tied holder leaves its old list's neighbours joined; no
+//!   other holder was seen to end early or never. A re-tied holder keeps
+//!   `exiting` set, which nothing reads. A tie refused after the driver
+//!   watched its pid (`retain_pid` full, or the pid that ended) leaves a
+//!   watch until that process ends, which then ends it. Start times are in
+//!   clock ticks (10 ms): a pid reused within one tick passes for its old
+//!   process, which keeps names longer (hostile16's finding 3 covers the
+//!   stranger). Writers of other users are remembered like any other;
+//!   being one takes a copy of the connection (hostile16).
+//! - Not run this round: status and history reports (being reworked), and
+//!   shutdown with ties pending (the linger's end ends every holder and
+//!   the driver's `next_ties` goes with the process).
+//!
+//! Each "Finding" test failed on 73ff095; its comment says what went wrong
+//! and why. The others are attacks the code withstands, kept because they
+//! fail if it stops withstanding them.
+//!
+//! Tests that need root fail without it under `LIBSHM_REQUIRE_ROOT=1`.
+//! Names carry this run's id, and everything a test puts in `/dev/shm` is
+//! removed however it ends.
+
+mod common;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::handed::{connection_from_exited_process, manager_lingering};
+use common::{
+    Cleanup, NestedWorker, RawClient, frame, in_private_pid_namespace, one_at_a_time, shm_exists,
+    story, unique_name, wait_until,
+};
+
+/// A frame whose free flag (7) no client sends: the connection it arrives
+/// on is closed for cause at once.
+fn malformed_frame() -> [u8; 68] {
+    let mut bad = frame(0, &unique_name("h17bad"));
+    bad[4] = 7;
+    bad
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts a process of ours sharing `conn` as descriptor 3 that registers
+/// `name` (nobody creates it) under its own pid and exits: a member of the
+/// family that wrote once and is gone. The test reads the answer, so the
+/// manager has read the frame, and its writer, before this returns.
+fn registration_from_a_writer_that_exits(family: &mut RawClient, name: &str) {
+    let mut command = Command::new("python3");
+    command.arg("-c").arg(
+        r#"
+import os, struct, sys
+b = sys.argv[1].encode()
+os.write(3, struct.pack("=iB", os.getpid(), 0) + b + b"\0" * (63 - len(b)))
+"#,
+    );
+    command.arg(name);
+    common::share_as_fd3(&mut command, family.stream.as_raw_fd());
+    let mut child = command.spawn().expect("python3");
+    assert_eq!(family.reply(), Some(*b"OK"), "registration of {name}");
+    assert!(child.wait().unwrap().success(), "the writer failed");
+}
+
+/// Starts a process of ours sharing `conn` as descriptor 3 that writes a
+/// malformed frame on it and lives on until its stdin closes.
+fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); sys.stdin.read()")
+        .arg(hex(&malformed_frame()))
+        .stdin(Stdio::piped());
+    common::share_as_fd3(&mut command, conn);
+    command.spawn().expect("python3")
+}
+
+/// Whether `name`, in transit from a live nested worker, is kept while the
+/// worker lives (past the linger, the grace and a look) and unlinked once
+/// it has ended; with the manager's story for a failure message.
+fn kept_while_the_worker_lives(
+    daemon: &common::Daemon,
+    worker: NestedWorker,
+    name: &str,
+) -> (bool, bool, String) {
+    // The linger (3 s), the grace, the look, and slack.
+    std::thread::sleep(Duration::from_secs(8));
+    let kept = shm_exists(name);
+    drop(worker);
+    let gone = wait_until(Duration::from_secs(15), || !shm_exists(name));
+    (kept, gone, story(&daemon.handle, name))
+}
+
+// --- Finding 1: sixteen writers that came and went push a live one out -------
+
+/// hostile14's family (its connecting process gone, a nested worker W that
+/// registered, created and maps a name on it), where 16 other members came
+/// and went after W, each writing once (a registration under its own pid;
+/// 15 are enough, the process that connected counts as a writer too),
+/// as a pool that replaces its workers does. A later member writes a
+/// malformed frame and lives on, then ends. The connection is closed for
+/// cause; its untrusted holds are tied to that last writer, and when it ends
+/// they should pass to W, a live writer. But a client remembers at most 16
+/// writers (`WRITERS_REMEMBERED`), the oldest dropped first
+/// (`Client::note_writer_started`), whether or not the others still run:
+/// the 16 that ended pushed W out, and W, the one that still runs, is not
+/// among the ties (`Client::ties_in_order`). The holds end with the last
+/// writer, and after the linger and the map check W's name, in transit
+/// (queued, unmapped), is unlinked while W lives and may still hand it on.
+/// Suggested fix: when the list is full, drop a writer that has ended
+/// (its start time no longer matches) before the oldest, or keep the
+/// writers that still run at the close (a pidfd each, or a look then).
+#[test]
+fn finding_a_live_writer_pushed_out_by_sixteen_that_ended_keeps_the_connections_names() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "finding_a_live_writer_pushed_out_by_sixteen_that_ended_keeps_the_connections_names",
+    ) {
+        return;
+    }
+    names_kept_after_writers_came_and_went(16);
+}
+
+/// The same with 14 writers that came and went: with the process that
+/// connected (it wrote first), W and the last writer, 17 writers, and the
+/// first pushed out is the one that connected: W is still remembered, and
+/// the tie passes to it (withstood; fails if the tie stops passing on, or
+/// the writers remembered drop below 16). With 15, W goes too.
+#[test]
+fn a_live_writer_behind_fourteen_that_ended_keeps_the_connections_names() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "a_live_writer_behind_fourteen_that_ended_keeps_the_connections_names",
+    ) {
+        return;
+    }
+    names_kept_after_writers_came_and_went(14);
+}
+
+/// Finding 1's family with `came_and_went` writers between W and the last.
+fn names_kept_after_writers_came_and_went(came_and_went: usize) {
+    let daemon = manager_lingering("3s");
+    let _bystander = daemon.bystander();
+    let (mut family, peer) = connection_from_exited_process(&daemon.handle);
+    assert!(common::process_gone(peer as u32));
+    let name = unique_name("h17pushed");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let q = 30_000;
+    assert!(common::process_gone(q as u32));
+    let mut worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
+    for _ in 0..came_and_went {
+        registration_from_a_writer_that_exits(&mut family, &unique_name("h17came"));
+    }
+    let mut writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
+    assert!(
+        family.is_closed_by_peer(Duration::from_secs(10)),
+        "the malformed frame closes the connection for cause"
+    );
+    drop(writer.stdin.take());
+    assert!(writer.wait().unwrap().success());
+    worker.queue();
+    let (kept, gone, told) = kept_while_the_worker_lives(&daemon, worker, &name);
+    assert!(
+        kept && gone,
+        "{name}, in transit from a live nested worker that wrote on a connection closed for \
+         cause, before {came_and_went} other writers that came and went: kept while the worker \
+         lived: {kept}; gone once it ended: {gone}. The manager's story:\n  {told}"
+    );
+}
+
+// --- Finding 2: a flood of closes forgets another family's next ties ---------
+
+/// Run by a process of ours, A: `argv[2]` times, connects to the manager at
+/// `argv[1]`, registers and releases a name under a pid nobody runs (held
+/// by the connection's holder for untrusted pids), and has a child B, alive
+/// until the manager has read it, write a malformed frame on it: each close
+/// for cause ties an untrusted holder to A and remembers B as the next tie
+/// (`Driver::next_ties`). Prints how many it closed.
+const TIES_FLOOD: &str = r#"
+import os, socket, struct, sys
+handle, total, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def frame(pid, free, name):
+    b = name.encode()
+    return struct.pack("=iB", pid, free) + b + b"\0" * (63 - len(b))
+bad = bytearray(frame(os.getpid(), 0, "/torch_bad")); bad[4] = 7
+closed, batch = 0, 400
+while closed < total:
+    conns = []
+    for i in range(min(batch, total - closed)):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(handle)
+        name = "%s_%d" % (tag, closed + i)
+        s.sendall(frame(4000000, 0, name))
+        assert s.recv(2) == b"OK"
+        s.sendall(frame(4000000, 1, name))
+        conns.append(s)
+    wrote_r, wrote_w = os.pipe()
+    go_r, go_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        for s in conns:
+            os.write(s.fileno(), bytes(bad))
+        os.write(wrote_w, b"x")
+        os.read(go_r, 1)
+        os._exit(0)
+    assert os.read(wrote_r, 1) == b"x"
+    for s in conns:
+        while s.recv(64):
+            pass
+        s.close()
+    os.write(go_w, b"x")
+    os.waitpid(child, 0)
+    for fd in (wrote_r, wrote_w, go_r, go_w):
+        os.close(fd)
+    closed += len(conns)
+print(closed, flush=True)
+sys.stdin.read()
+"#;
+
+/// Finding 1's family (a nested worker W that registered, created and maps
+/// a name), its connection closed for cause by a malformed frame from a
+/// live writer X: its untrusted holds are tied to X, and W remembered as
+/// the next (`Driver::next_ties`); eight such families. Then another
+/// process of the same user, A, closes `closes` (20,000) connections of its
+/// own for cause (a name registered and released under a pid nobody runs,
+/// a malformed frame from a child that lives until it is read): each
+/// remembers its child for A's tie. Past 4,096 (`CLOSED_TIES_REMEMBERED`)
+/// each close forgets one connection's next ties, `next_ties.keys().next()`:
+/// the first in the hash table's order, not the oldest, not one whose ties
+/// have all ended. Which entries go hangs on hash positions: with 12,000
+/// closes 3 of the 8 families lost theirs in each of 3 runs (3.8 s of
+/// closes); alone, one family kept its entry in 1 of 4 runs of 20,000. At
+/// 20,000 all eight keep theirs rarely (a remove-the-first simulation puts
+/// it near 0.2^8; measured odds, not proved).
+/// A forgotten family's X ends, its holds end with it (nothing to pass the
+/// tie to) and, after the linger and the map check, W's name in transit
+/// (queued, unmapped) is unlinked while W lives. A keeps its own entries as
+/// long as it lives; its children may all be gone. With 3,000 closes all
+/// are kept (run with `H17_CLOSES=3000`). Suggested fix: forget first the
+/// entries whose remembered processes have all ended (they can never take
+/// a tie), or bound the entries per connecting process (or uid), so that
+/// one process cannot push out another family's; at the least, the oldest.
+#[test]
+fn finding_a_flood_of_closes_for_cause_does_not_forget_other_families_next_ties() {
+    let _serial = one_at_a_time();
+    if !in_private_pid_namespace(
+        "finding_a_flood_of_closes_for_cause_does_not_forget_other_families_next_ties",
+    ) {
+        return;
+    }
+    let closes: usize = std::env::var("H17_CLOSES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let daemon = manager_lingering("3s");
+    let _bystander = daemon.bystander();
+    let mut cleanup = Cleanup::default();
+    let mut families = Vec::new();
+    for i in 0..8 {
+        let (mut family, peer) = connection_from_exited_process(&daemon.handle);
+        assert!(common::process_gone(peer as u32));
+        let name = unique_name("h17flooded");
+        cleanup.0.push(name.clone());
+        let q = 30_000 + i;
+        assert!(common::process_gone(q as u32));
+        let worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
+        let writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
+        assert!(
+            family.is_closed_by_peer(Duration::from_secs(10)),
+            "the malformed frame closes the connection for cause"
+        );
+        families.push((worker, writer, name));
+    }
+    let started = std::time::Instant::now();
+    let mut flood = Command::new("python3")
+        .arg("-c")
+        .arg(TIES_FLOOD)
+        .args([
+            &daemon.handle,
+            &closes.to_string(),
+            &unique_name("h17flood"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), closes.to_string(), "the flood's closes");
+    eprintln!("{closes} closes for cause in {:?}", started.elapsed());
+    for (worker, writer, _) in &mut families {
+        drop(writer.stdin.take());
+        assert!(writer.wait().unwrap().success());
+        worker.queue();
+    }
+    // The linger (3 s), the grace, the look, and slack.
+    std::thread::sleep(Duration::from_secs(8));
+    let lost: Vec<String> = families
+        .iter()
+        .filter(|(_, _, name)| !shm_exists(name))
+        .map(|(_, _, name)| format!("{name}: {}", story(&daemon.handle, name)))
+        .collect();
+    let names: Vec<String> = families.iter().map(|(_, _, name)| name.clone()).collect();
+    drop(families);
+    let gone = wait_until(Duration::from_secs(15), || {
+        names.iter().all(|name| !shm_exists(name))
+    });
+    drop(flood.stdin.take());
+    let _ = flood.wait();
+    assert!(
+        lost.is_empty() && gone,
+        "{} of 8 names in transit from live nested workers, on connections closed for cause \
+         whose tied writers ended after another process closed {closes} connections of its \
+         own for cause, were unlinked while their workers lived (all gone once they ended: \
+         {gone}). Their stories:\n  {}",
+        lost.len(),
+        lost.join("\n  ")
+    );
+}
