@@ -67,12 +67,14 @@ const RECOVERY_SWEEPS: u64 = 10;
 const MAX_STATUS_IN_FLIGHT: usize = 4;
 /// A status report not read within this long is dropped with its asker.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
-/// Writers per connection whose start times are remembered.
-const WRITERS_REMEMBERED: usize = 16;
+/// Writers per connection whose start times are remembered: those that
+/// ended are forgotten first, so a live one goes only behind this many live
+/// ones (a DataLoader's workers share their parent's connection).
+const WRITERS_REMEMBERED: usize = 64;
 /// Connections closed for cause whose writers are remembered past the close
-/// (see `Driver::next_ties`); one beyond them forgets another's, whose holds
-/// then end with the process they are tied to, and the map check guards
-/// what they held.
+/// (see `Driver::next_ties`); one beyond them forgets one of the process
+/// with the most, whose holds then end with the process they are tied to,
+/// and the map check guards what they held.
 const CLOSED_TIES_REMEMBERED: usize = 4_096;
 /// The longest spin after an answer, by default: PyTorch's Python client sends
 /// its next frame 50 to 70 us after an `OK` here (it maps, copies and unmaps
@@ -215,6 +217,7 @@ pub fn serve_tuned<N: Namespace>(
         running_since_read: HashSet::new(),
         speaks_this_read: HashMap::new(),
         next_ties: HashMap::new(),
+        ties_made: 0,
         writer: None,
         journals_behind: false,
         replied: false,
@@ -546,8 +549,8 @@ struct Client {
     /// sharing the connection, to tie its untrusted holds to once the one
     /// that connected has ended.
     last_writer: Option<i32>,
-    /// When its writers started, read when each first wrote (a few, the
-    /// oldest dropped first): the processes to tie its untrusted holds to
+    /// When its writers started, read when each first wrote (at most
+    /// [`WRITERS_REMEMBERED`], those that ended dropped first): the processes to tie its untrusted holds to
     /// after the last writer, and a pid may name another process by the
     /// time the connection is closed for cause. Read once per writer, not per
     /// change of writer, since forked workers take turns on a family's
@@ -614,7 +617,13 @@ impl Client {
             pid_watch::start_time(writer)
         };
         if self.writers_started.len() == WRITERS_REMEMBERED {
-            self.writers_started.remove(0);
+            // Those that ended first: a live writer may hold names in
+            // transit however many came and went after it.
+            self.writers_started
+                .retain(|&(pid, started)| still_runs(pid, started));
+            if self.writers_started.len() == WRITERS_REMEMBERED {
+                self.writers_started.remove(0);
+            }
         }
         self.writers_started.push((writer, started));
     }
@@ -659,6 +668,24 @@ impl Client {
     }
 }
 
+/// Whether the process `pid` names is still the one that started at
+/// `started` (a pid may name a later process by now).
+fn still_runs(pid: i32, started: Option<u64>) -> bool {
+    started.is_some() && pid_watch::start_time(pid) == started
+}
+
+/// A connection closed for cause, its untrusted holds tied to a process:
+/// the other processes the kernel named for it, to pass the tie on to.
+struct NextTies {
+    /// The process the holds were tied to at the close: a flood of closes
+    /// from one process makes room by forgetting its own.
+    tied_at_close: i32,
+    /// Closes counted, so that the oldest goes first.
+    closed: u64,
+    /// Pid and start time, the next first.
+    writers: Vec<(i32, u64)>,
+}
+
 /// Carries out the manager's effects on real sockets, processes and the
 /// real namespace.
 struct Driver {
@@ -693,10 +720,11 @@ struct Driver {
     /// one look at `/proc` per pid per read.
     speaks_this_read: HashMap<i32, bool>,
     /// For connections closed for cause whose untrusted holds are tied to
-    /// a process: the other processes the kernel named for them (pid and
-    /// start time), to pass the tie on to when that one ends, the next
-    /// first. At most [`CLOSED_TIES_REMEMBERED`] connections.
-    next_ties: HashMap<ConnId, Vec<(i32, u64)>>,
+    /// a process: who to pass the tie on to when that one ends. At most
+    /// [`CLOSED_TIES_REMEMBERED`] connections.
+    next_ties: HashMap<ConnId, NextTies>,
+    /// Closes for cause that tied holds so far.
+    ties_made: u64,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -1102,6 +1130,40 @@ impl Driver {
         true
     }
 
+    /// Keeps `writers` to pass `conn`'s tie on to. Past the bound, the
+    /// oldest close of the process with the most of them is forgotten: one
+    /// process's flood of closes for cause costs its own connections their
+    /// next ties, not others'.
+    fn remember_next_ties(&mut self, conn: ConnId, tied_at_close: i32, writers: Vec<(i32, u64)>) {
+        if self.next_ties.len() >= CLOSED_TIES_REMEMBERED && !self.next_ties.contains_key(&conn) {
+            let mut per_process: HashMap<i32, usize> = HashMap::new();
+            for next in self.next_ties.values() {
+                *per_process.entry(next.tied_at_close).or_default() += 1;
+            }
+            let most = per_process
+                .into_iter()
+                .max_by_key(|&(_, closes)| closes)
+                .map(|(pid, _)| pid);
+            let forgotten = self
+                .next_ties
+                .iter()
+                .filter(|(_, next)| Some(next.tied_at_close) == most)
+                .min_by_key(|(_, next)| next.closed)
+                .map(|(&conn, _)| conn);
+            if let Some(forgotten) = forgotten {
+                tracing::debug!(conn = %forgotten, "forgetting who to pass a closed connection's tie on to");
+                self.next_ties.remove(&forgotten);
+            }
+        }
+        self.ties_made += 1;
+        let next = NextTies {
+            tied_at_close,
+            closed: self.ties_made,
+            writers,
+        };
+        self.next_ties.insert(conn, next);
+    }
+
     /// Stops watching `pid`, its descriptor first out of epoll.
     fn stop_watching(&mut self, pid: i32) {
         if let Some(fd) = self.pids.pidfd(pid) {
@@ -1163,27 +1225,27 @@ impl Effects for Driver {
     /// Pids the kernel named for us (`SO_PEERCRED`, `SCM_CREDENTIALS`),
     /// wherever their processes run.
     fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
-        if let Some(client) = self.clients.get(&conn) {
-            let ties = client.ties_in_order(peer);
-            if self.next_ties.len() >= CLOSED_TIES_REMEMBERED
-                && let Some(&forgotten) = self.next_ties.keys().next()
-            {
-                self.next_ties.remove(&forgotten);
+        let (ties, tied_at_close) = match self.clients.get(&conn) {
+            Some(client) => (client.ties_in_order(peer), None),
+            None => {
+                let next = self.next_ties.remove(&conn)?;
+                (next.writers, Some(next.tied_at_close))
             }
-            self.next_ties.insert(conn, ties);
-        }
-        // The first of them that still runs, the rest kept for its end.
-        let mut ties = self.next_ties.remove(&conn)?;
-        let mut rest = ties.drain(..);
-        let tied = rest.by_ref().find(|&(pid, started)| {
+        };
+        // The first of them that still runs; those after it that still run
+        // are kept for its end.
+        let mut ties = ties.into_iter();
+        let (tied, _) = ties.by_ref().find(|&(pid, started)| {
             tracing::debug!(conn = %conn, pid, "tying a closed connection's untrusted holds");
             self.watch_if_started(conn, pid, started)
-        });
-        let rest: Vec<_> = rest.collect();
-        if tied.is_some() && !rest.is_empty() {
-            self.next_ties.insert(conn, rest);
+        })?;
+        let writers: Vec<_> = ties
+            .filter(|&(pid, started)| still_runs(pid, Some(started)))
+            .collect();
+        if !writers.is_empty() {
+            self.remember_next_ties(conn, tied_at_close.unwrap_or(tied), writers);
         }
-        tied.map(|(pid, _)| pid)
+        Some(tied)
     }
 
     fn unwatch_pid(&mut self, pid: i32) {
