@@ -666,6 +666,14 @@ pub struct HolderView {
     pub names: u32,
 }
 
+impl HolderView {
+    /// Where [`Manager::holders_from`] finds this holder again (if it is
+    /// still live); the one after it is at this plus one.
+    pub fn cursor(&self) -> u32 {
+        self.id
+    }
+}
+
 /// One process on one connection; the pid is `None` for the holder that
 /// stands for a connection's untrusted pids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1004,7 +1012,14 @@ impl<S: Storage> Manager<S> {
 
     /// Every live holder, for a status report.
     pub fn holders(&self) -> impl Iterator<Item = HolderView> + '_ {
-        (0..self.holders.id_bound()).filter_map(|id| {
+        self.holders_from(0)
+    }
+
+    /// The live holders from `cursor` on ([`HolderView::cursor`]), for a
+    /// status report written a piece at a time. A holder that ends between
+    /// pieces is not given again; one made meanwhile may be missed.
+    pub fn holders_from(&self, cursor: u32) -> impl Iterator<Item = HolderView> + '_ {
+        (cursor..self.holders.id_bound()).filter_map(|id| {
             let holder = self.holders.get(id).filter(|h| !h.ending)?;
             Some(HolderView {
                 id,

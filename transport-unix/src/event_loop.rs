@@ -5,8 +5,9 @@
 //! manager) and reply backlog (here), so a client that sends half a frame or
 //! stops reading its replies delays nobody else. Work per round is bounded:
 //! a few reads per client, a fixed number of journal frames per client, the
-//! manager's batch of names per tick; whatever is left waits for the next
-//! round, after every other client has been served.
+//! manager's batch of names per tick, a budget of status report lines shared
+//! by every report in flight (`report::Report`); whatever is left waits for
+//! the next round, after every other client has been served.
 //!
 //! The processes that send frames are watched (pidfds, see `pid_watch`), so
 //! that a process's end ends its holds even when its connection lives on in
@@ -39,7 +40,7 @@ use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
 use crate::readiness::{EVENTS_PER_WAIT, Readiness, Source};
-use crate::report::{self, History, Identity};
+use crate::report::{self, Budget, History, Identity, Report};
 use crate::sender;
 use crate::shared_journal::SharedJournal;
 use crate::spin::Spinner;
@@ -229,6 +230,7 @@ pub fn serve_tuned<N: Namespace>(
         },
         status_requests: Vec::new(),
         status_clients: Vec::new(),
+        report_work: Budget::per_round(),
         clock: Timestamp::ZERO,
     };
     let mut ready = Vec::new();
@@ -394,6 +396,7 @@ pub fn serve_tuned<N: Namespace>(
         );
         let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
+        driver.report_work = Budget::per_round();
 
         let mut accepting = false;
         for event in &ready {
@@ -561,8 +564,9 @@ struct Client {
     /// It asked for a status report: closed once the report is sent, or at
     /// this deadline if it does not read it.
     status_until: Option<Instant>,
-    /// Its names report goes on from here once the backlog is sent.
-    names_cursor: Option<u32>,
+    /// The status report it asked for, while it is being written: the next
+    /// piece goes once the backlog is sent.
+    report: Option<Report>,
     /// It rang the doorbell and waits for the `OK`: the reply stays queued
     /// until what it had committed by then is read, and is dropped if the
     /// connection is closed first.
@@ -594,7 +598,7 @@ impl Client {
             writers_started: Vec::new(),
             evicted: false,
             status_until: None,
-            names_cursor: None,
+            report: None,
             held_doorbell: None,
         }
     }
@@ -604,6 +608,28 @@ impl Client {
     fn sendable(&self) -> usize {
         self.held_doorbell
             .map_or(self.backlog.len(), |held| held.at)
+    }
+
+    /// Sends what it can of the sendable backlog, until the socket is full.
+    fn send_backlog(&mut self) -> Result<(), Errno> {
+        loop {
+            let sendable = self.sendable();
+            if sendable == 0 {
+                return Ok(());
+            }
+            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+            match rustix::net::send(&self.fd, &self.backlog[..sendable], flags) {
+                Ok(n) => {
+                    self.backlog.drain(..n);
+                    if let Some(held) = &mut self.held_doorbell {
+                        held.at -= n;
+                    }
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(errno) => return Err(errno),
+            }
+        }
     }
 
     /// Remembers when `writer` started, unless already known.
@@ -738,6 +764,8 @@ struct Driver {
     status_requests: Vec<(ConnId, Detail)>,
     /// Connections a status report is being sent to.
     status_clients: Vec<ConnId>,
+    /// What is left of this round's work for status reports.
+    report_work: Budget,
     /// The time of the manager call in progress, for the history.
     clock: Timestamp,
 }
@@ -973,64 +1001,79 @@ impl Driver {
                     self.closing.push(id);
                     continue;
                 }
-                let document =
-                    report::document(detail, manager, namespace, &self.identity, &self.history);
                 if let Some(client) = self.clients.get_mut(&id) {
                     // Not a reply: the backlog's cap does not apply; the
-                    // report's deadline does.
+                    // report's deadline does. Its head now, the rest in
+                    // pieces (see `settle`).
                     if client.backlog.is_empty() {
                         self.dirty.push(id);
                     }
-                    client.backlog.extend_from_slice(document.as_bytes());
-                    client.names_cursor = (detail == Detail::Names).then_some(0);
+                    client.report = Some(Report::begin(
+                        detail,
+                        manager,
+                        &self.identity,
+                        &self.history,
+                        &mut client.backlog,
+                    ));
                     client.status_until = Some(Instant::now() + STATUS_DEADLINE);
                     self.status_clients.push(id);
                 }
             }
-            self.settle(manager, now);
+            self.settle(manager, namespace, now);
             if self.chores.is_empty() && self.evict.is_empty() {
                 return;
             }
         }
     }
 
-    /// Writes queued replies and closes what the manager (or an error) closed.
-    fn settle(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
+    /// Writes queued replies and the next pieces of status reports, and
+    /// closes what the manager (or an error) closed.
+    fn settle<N: Namespace>(
+        &mut self,
+        manager: &mut Manager<Growable>,
+        namespace: &mut N,
+        now: Timestamp,
+    ) {
         let mut failed = Vec::new();
         let mut sent = Vec::new();
-        for id in std::mem::take(&mut self.dirty) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // Replies before reports: an answer waits for no piece of a report.
+        dirty.sort_by_key(|id| self.clients.get(id).is_some_and(|c| c.report.is_some()));
+        for id in dirty {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
             };
             loop {
-                let sendable = client.sendable();
-                if sendable == 0 {
+                if let Err(errno) = client.send_backlog() {
+                    tracing::debug!(conn = %id, "reply failed: {errno}");
+                    failed.push(id);
                     break;
                 }
-                let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-                match rustix::net::send(&client.fd, &client.backlog[..sendable], flags) {
-                    Ok(n) => {
-                        client.backlog.drain(..n);
-                        if let Some(held) = &mut client.held_doorbell {
-                            held.at -= n;
-                        }
-                    }
-                    Err(Errno::INTR) => continue,
-                    Err(Errno::AGAIN) => break,
-                    Err(errno) => {
-                        tracing::debug!(conn = %id, "reply failed: {errno}");
-                        failed.push(id);
-                        break;
-                    }
+                // A report's next piece once the last is sent, as far as
+                // this round's work for reports goes; the rest when the
+                // socket has room again, a round later at the soonest.
+                let Some(report) = client.report.as_mut() else {
+                    break;
+                };
+                if !client.backlog.is_empty() || self.report_work.is_spent() {
+                    break;
+                }
+                if report.piece(
+                    &mut self.report_work,
+                    manager,
+                    namespace,
+                    &self.history,
+                    &mut client.backlog,
+                ) {
+                    client.report = None;
+                }
+                if client.backlog.is_empty() {
+                    break;
                 }
             }
-            if client.backlog.is_empty()
-                && let Some(cursor) = client.names_cursor
-            {
-                // The next piece goes when the socket has room: a round later.
-                client.names_cursor = report::names_piece(manager, cursor, &mut client.backlog);
-            }
-            let waits_to_write = client.sendable() > 0;
+            // Room to write is waited for while a report is unfinished too:
+            // epoll says so at once, and the next round writes more.
+            let waits_to_write = client.sendable() > 0 || client.report.is_some();
             if waits_to_write != client.waits_to_write {
                 client.waits_to_write = waits_to_write;
                 let source = Source::Client(id);
@@ -1039,7 +1082,7 @@ impl Driver {
                     failed.push(id);
                 }
             }
-            let sent_whole = client.backlog.is_empty() && client.names_cursor.is_none();
+            let sent_whole = client.backlog.is_empty() && client.report.is_none();
             if client
                 .status_until
                 .is_some_and(|until| sent_whole || Instant::now() >= until)
