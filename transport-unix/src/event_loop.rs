@@ -1038,7 +1038,9 @@ impl Driver {
         let mut sent = Vec::new();
         let mut dirty = std::mem::take(&mut self.dirty);
         // Replies before reports: an answer waits for no piece of a report.
-        dirty.sort_by_key(|id| self.clients.get(id).is_some_and(|c| c.report.is_some()));
+        if !self.status_clients.is_empty() {
+            dirty.sort_by_key(|id| self.clients.get(id).is_some_and(|c| c.report.is_some()));
+        }
         for id in dirty {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
