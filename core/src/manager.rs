@@ -2509,6 +2509,13 @@ impl<S: Storage> Manager<S> {
             h.lifeline = Lifeline::Pid(next);
         }
         self.link_to_pid(id, next);
+        // Its connection is closed: what `next` registers again elsewhere
+        // moves there, as it would have for the process it was tied to.
+        if let Some(entry) = self.pids.get_mut(&next)
+            && !core::mem::replace(&mut entry.detached, true)
+        {
+            self.detached_pids += 1;
+        }
         true
     }
 

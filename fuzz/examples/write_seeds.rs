@@ -622,6 +622,49 @@ fn manager_seeds() -> Seeds {
             .waits(3),
         ),
         (
+            "a_closed_connections_untrusted_holds_pass_to_the_next_writer_when_theirs_ends",
+            Story::new(
+                Setup {
+                    watchable: 1 << (PARENT % 8) | 1 << (CHILD % 8),
+                    ..daemon_setup()
+                },
+                2,
+            )
+            .registers(1, &[c])
+            .creates(&[a, b])
+            .registers_as(0, CHILD, &[a])
+            .registers_as(0, CHILD + 1, &[b])
+            .sends(0, bad_free_flag(a, 9))
+            .dies(PARENT)
+            .wakes(1)
+            .waits(10)
+            .dies(CHILD)
+            .wakes(1)
+            .waits(3)
+            .wakes(1),
+        ),
+        (
+            "untrusted_holds_passed_on_move_with_their_new_process",
+            Story::new(
+                Setup {
+                    watchable: 1 << (PARENT % 8) | 1 << (CHILD % 8),
+                    ..daemon_setup()
+                },
+                3,
+            )
+            .registers(1, &[c])
+            .creates(&[b])
+            .registers_as(0, CHILD + 1, &[b])
+            .releases_as(0, CHILD, &[a])
+            .sends(0, bad_free_flag(a, 9))
+            .dies(PARENT)
+            .registers_as(2, CHILD, &[b])
+            .releases_as(2, CHILD, &[b])
+            .wakes(1)
+            .waits(3)
+            .wakes(1),
+        ),
+        (
             "a_silent_connection_is_closed_and_a_half_frame_stalls",
             Story::daemon(3)
                 .registers(1, &[a])

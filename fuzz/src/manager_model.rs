@@ -14,6 +14,20 @@
 //! asks for against safety rules rather than predicting when they come: the
 //! manager's schedule is its own business, the rules are not.
 //!
+//! A connection closed for cause keeps its holders for pids the driver
+//! watches; its holder for the others is tied to a live process the driver
+//! names (`watch_peer`: the one that connected, else one that wrote on it),
+//! and each time that process ends, to the next one the driver names, as
+//! `transport-unix`'s driver does: the fake driver takes the pids of the
+//! registrations and releases the script sent on the connection as its
+//! writers, the last writer first, then the latest to start writing. The
+//! holder ends once nobody is left, or when the manager cannot count the
+//! named pid (its pid table is full; the ended pid has left it by then).
+//! The model reads whom the driver named from the driver, and checks that
+//! the manager asked exactly when it should, about the connection it
+//! should. A re-registration by the pid such a holder is tied to, on
+//! another connection, takes over that holder's registration.
+//!
 //! The spec leaves a few choices to the manager that decide later outcomes:
 //! which holder a release from another process on the same connection is
 //! charged to, and whose holds are turned into dead registrations first when
@@ -21,7 +35,9 @@
 //! the model mirrors the ids its holder table hands out (`SlabIds`). It also
 //! remembers the last pid resolved on each connection, as the manager does: a
 //! pid whose entry did not fit a full holder index resolves through that
-//! alone. Which of one holder's names a partial batch converts first it does
+//! alone. When a pid ends, the manager passes its holders' ties on the
+//! last tied first, which decides who gets the pid table's last room; the
+//! model keeps that order (`HolderModel::tied_at`). Which of one holder's names a partial batch converts first it does
 //! not mirror; it accepts any split in between.
 //!
 //! # The invariants, each checked where it can first be seen
@@ -248,6 +264,9 @@ struct HolderModel {
     key_pid: Option<i32>,
     /// The watched pid whose end ends it; `None`: its connection's end.
     watching: Option<i32>,
+    /// When it was tied to `watching`, counted by `Harness::next_tie`: the manager
+    /// goes through a pid's holders the last tied first.
+    tied_at: u64,
     state: HolderState,
     /// Its id in the manager's holder slab.
     id: u32,
@@ -322,6 +341,8 @@ struct Harness<S: Storage> {
     closing_since: Option<u64>,
     /// The driver holds chores until told to carry them out.
     defer: bool,
+    /// Times a holder was tied to a pid so far.
+    tied_so_far: u64,
 }
 
 fn millis(ms: u64) -> Duration {
@@ -381,6 +402,7 @@ impl<S: Storage> Harness<S> {
             idle_since: Some(0),
             closing_since: None,
             defer: false,
+            tied_so_far: 0,
         }
     }
 
@@ -411,6 +433,7 @@ impl<S: Storage> Harness<S> {
                 match self.target(*conn) {
                     None => self.receive_on_never_issued(&bytes),
                     Some(index) => {
+                        self.wrote(index, piece);
                         self.conns[index].unsent.extend_from_slice(&bytes);
                         if !hold_back {
                             self.deliver(index, usize::MAX);
@@ -440,9 +463,7 @@ impl<S: Storage> Harness<S> {
             }
             Event::Namespace { name, change } => self.ns.apply(*name, *change),
             Event::PidExited { pid } => self.pid_exited(i32::from(*pid)),
-            Event::PidReused { pid } => {
-                self.fx.dead.remove(&i32::from(*pid));
-            }
+            Event::PidReused { pid } => self.fx.pid_reused(i32::from(*pid)),
             Event::Perform { pick, fail } => {
                 if !self.fx.held.is_empty() {
                     let index = usize::from(*pick) % self.fx.held.len();
@@ -620,6 +641,7 @@ impl<S: Storage> Harness<S> {
             "connection id {id} reused or out of order"
         );
         assert_eq!(self.manager.peer(id), Some(peer));
+        self.fx.connected(id, peer.pid);
         self.conns.push(ConnModel {
             id,
             peer_pid: peer.pid,
@@ -637,6 +659,20 @@ impl<S: Storage> Harness<S> {
         self.idle_since = None;
         self.closing_since = None;
         Some(self.conns.len() - 1)
+    }
+
+    /// The client writes `piece` on connection `index`: a frame's pid is its
+    /// writer's, as the kernel names it, unless the writer uses the pid
+    /// without speaking for it (its own is not modelled). What a mangled
+    /// frame or raw bytes say is no pid.
+    fn wrote(&mut self, index: usize, piece: &Piece) {
+        let (Piece::Register { pid, .. } | Piece::Release { pid, .. }) = piece else {
+            return;
+        };
+        let pid = i32::from(*pid);
+        if self.conns[index].live && !self.fx.foreign.contains(&pid) {
+            self.fx.wrote(self.conns[index].id, pid);
+        }
     }
 
     fn receive_on_never_issued(&mut self, bytes: &[u8]) {
@@ -970,14 +1006,22 @@ impl<S: Storage> Harness<S> {
         watching: Option<i32>,
     ) -> Option<usize> {
         let id = self.slab.insert()?;
+        let tied_at = self.next_tie();
         self.holders.push(HolderModel {
             conn,
             key_pid,
             watching,
+            tied_at,
             state: HolderState::Live,
             id,
         });
         Some(self.holders.len() - 1)
+    }
+
+    /// The place of a holder tied to a pid now among those tied before.
+    fn next_tie(&mut self) -> u64 {
+        self.tied_so_far += 1;
+        self.tied_so_far
     }
 
     fn discard_holder(&mut self, holder: usize) {
@@ -1042,19 +1086,23 @@ impl<S: Storage> Harness<S> {
     }
 
     /// The manager closed connection `index`. Its holders live on while their
-    /// processes do; the one standing for its unwatchable pids is tied to the
-    /// connecting process instead, if that can be watched, or ends.
+    /// processes do; the one standing for its unwatchable pids is tied to a
+    /// process the driver names instead (the connecting one, else one that
+    /// wrote on it), if there is one and the manager can count its pid, or
+    /// ends.
     fn close_for_cause(&mut self, index: usize) {
         let mut ended = Vec::new();
         if let Some(&holder) = self.index.get(&(index, None)) {
             let watching = self.watching();
-            let peer = self.conns[index].peer_pid.filter(|&pid| {
-                // The connecting process, whoever wrote the bytes being read.
-                self.fx.can_watch(pid)
-                    && (watching.contains(&pid) || watching.len() < self.capacity.conns)
-            });
-            match peer {
-                Some(pid) => self.holders[holder].watching = Some(pid),
+            let (id, peer) = (self.conns[index].id, self.conns[index].peer_pid);
+            let tied = self
+                .driver_tie(id, peer)
+                .filter(|pid| watching.contains(pid) || watching.len() < self.capacity.conns);
+            match tied {
+                Some(pid) => {
+                    self.holders[holder].watching = Some(pid);
+                    self.holders[holder].tied_at = self.next_tie();
+                }
                 None => {
                     // Its unknown processes may live on and map its names.
                     self.mark_inherited(holder);
@@ -1083,6 +1131,23 @@ impl<S: Storage> Harness<S> {
                 record.inherited = true;
             }
         }
+    }
+
+    /// The process the driver named when the manager asked it whom to tie
+    /// `conn`'s untrusted holds to, which it must have asked next, and with
+    /// `peer` (the connecting pid at a close, none when passing the tie on).
+    fn driver_tie(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
+        assert!(
+            !self.fx.ties.is_empty(),
+            "the manager did not ask whom to tie {conn}'s untrusted holds to"
+        );
+        let tie = self.fx.ties.remove(0);
+        assert_eq!(
+            (tie.conn, tie.peer),
+            (conn, peer),
+            "whom to tie untrusted holds to: asked about {tie:?}"
+        );
+        tie.tied
     }
 
     fn conn_gone(&mut self, index: usize) {
@@ -1123,6 +1188,7 @@ impl<S: Storage> Harness<S> {
 
     /// The client closed connection `index`: every holder on it ends.
     fn client_gone(&mut self, index: usize) {
+        self.fx.disconnected(self.conns[index].id);
         let ended: Vec<usize> = (0..self.holders.len())
             .filter(|&h| {
                 let holder = &self.holders[h];
@@ -1175,17 +1241,42 @@ impl<S: Storage> Harness<S> {
         assert!(rest.is_empty(), "journaled frame on {id} also did {rest:?}");
     }
 
+    /// A watched process ended: its holders end, except a closed
+    /// connection's holder for untrusted pids, which the manager ties to
+    /// the next process the driver names for its connection, if there is
+    /// one and the manager can count its pid (it has forgotten `pid`
+    /// already). The manager goes through them the last tied first.
     fn pid_exited(&mut self, pid: i32) {
         self.fx.dead.insert(pid);
         self.manager.pid_exited(pid, self.timestamp(), &mut self.fx);
         let log = self.take_log();
         assert!(log.is_empty(), "pid {pid} exiting did {log:?}");
-        let ended: Vec<usize> = (0..self.holders.len())
+        let mut tied: Vec<usize> = (0..self.holders.len())
             .filter(|&h| {
                 let holder = &self.holders[h];
                 holder.state == HolderState::Live && holder.watching == Some(pid)
             })
             .collect();
+        tied.sort_by_key(|&h| std::cmp::Reverse(self.holders[h].tied_at));
+        let mut watching = self.watching();
+        watching.remove(&pid);
+        let mut ended = Vec::new();
+        for holder in tied {
+            let HolderModel { conn, key_pid, .. } = self.holders[holder];
+            if key_pid.is_none() {
+                let next = self.driver_tie(self.conns[conn].id, None).filter(|&next| {
+                    next != pid
+                        && (watching.contains(&next) || watching.len() < self.capacity.conns)
+                });
+                if let Some(next) = next {
+                    watching.insert(next);
+                    self.holders[holder].watching = Some(next);
+                    self.holders[holder].tied_at = self.next_tie();
+                    continue;
+                }
+            }
+            ended.push(holder);
+        }
         for &holder in &ended {
             let HolderModel { conn, key_pid, .. } = self.holders[holder];
             self.index.remove(&(conn, key_pid));
@@ -1709,6 +1800,11 @@ impl<S: Storage> Harness<S> {
         );
         assert_eq!(self.manager.is_closing(), self.closing(), "closing");
         assert_eq!(self.fx.watched, self.watching(), "watched pids");
+        assert!(
+            self.fx.ties.is_empty(),
+            "the manager asked whom to tie untrusted holds to unasked for: {:?}",
+            self.fx.ties
+        );
         assert_eq!(
             self.manager.name_count(),
             self.names.len(),

@@ -43,7 +43,10 @@
 //!
 //! A connection byte picks, mod (accepted + 1), one of the connections accepted
 //! so far, dead ones included, or one the manager never issued. A name byte
-//! picks from [`crate::name_pool`]. Pids are the byte's value.
+//! picks from [`crate::name_pool`]. Pids are the byte's value. The pid of a
+//! registration or release sent on a connection names a process that wrote
+//! on it (unless a `ForeignWriter` uses that pid): the driver ties a closed
+//! connection's untrusted holds to those (see [`crate::manager_model`]).
 
 use arbitrary::{Arbitrary, Unstructured};
 use libshm_core::frame::{FRAME_LEN, Frame};

@@ -1650,3 +1650,44 @@ fn a_closed_connections_untrusted_holds_pass_to_the_next_writer_when_theirs_ends
         assert!(!r.exists(gone), "leaked: {:?}", r.state(gone));
     }
 }
+
+/// Untrusted holds passed on to the next writer are that process's as they
+/// were the peer's: when it registers the name again on a connection of its
+/// own (reconnected after the close), the registration moves there, not
+/// counted twice. Counted twice, both turn dead when it ends, and a segment
+/// a receiver has in transit reads as an orphan.
+#[test]
+fn untrusted_holds_passed_on_to_the_next_writer_move_when_it_registers_again() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([10, 11]);
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    r.create_and_register(c, 99, "/nested");
+    r.fx.writers.insert(c, Vec::from([11]));
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(c, &malformed);
+    assert!(matches!(r.fx.closed[..], [(closed, CloseReason::Malformed(_))] if closed == c));
+    r.fx.gone.insert(10);
+    r.exited(10);
+    assert_eq!(r.fx.watched.keys().copied().collect::<Vec<_>>(), [11]);
+    let again = r.connect_as(11);
+    r.refcount("/nested", 2);
+    r.register(again, 11, "/nested");
+    assert_eq!(
+        r.state("/nested"),
+        Some(NameState::Held { registrations: 1 }),
+        "the passed-on registration counted again"
+    );
+    // The nested worker has let go of it, and 11 hands it on (a receiver
+    // has it in transit, one reference more than 11's) and crashes.
+    r.refcount("/nested", 2);
+    r.fx.gone.insert(11);
+    r.exited(11);
+    r.run_to(r.now + 100_000);
+    assert!(
+        r.exists("/nested"),
+        "unlinked while in transit: {:?}",
+        r.state("/nested")
+    );
+}

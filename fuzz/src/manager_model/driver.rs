@@ -1,7 +1,8 @@
 //! The manager's driver as the fuzz harness plays it: it records what the
 //! manager asks for, holds the chores until the script says to carry them
-//! out, watches the pids it can, and keeps a simulated shared-memory
-//! namespace with header refcounts.
+//! out, watches the pids it can, remembers who wrote on each connection (to
+//! tie a closed one's untrusted holds to, as `transport-unix`'s driver does),
+//! and keeps a simulated shared-memory namespace with header refcounts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU32;
@@ -35,7 +36,55 @@ pub(super) enum Effect {
     StillMapped(SegmentName),
 }
 
-/// Records effects, holds chores, and answers `watch_pid` and `speaks_for`.
+/// A process: a pid, and how many processes had it before (the real driver
+/// tells them apart by start time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Process {
+    pid: i32,
+    generation: u32,
+}
+
+/// What the kernel named for a live connection: who connected, and who wrote
+/// on it.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Client {
+    peer: Option<Process>,
+    /// The process that wrote last.
+    last_writer: Option<Process>,
+    /// Every process that wrote, in the order each first wrote.
+    writers: Vec<Process>,
+}
+
+impl Client {
+    /// The processes to tie the connection's untrusted holds to, the next
+    /// first: the one that connected, then the last writer, then the
+    /// others, the latest to start writing first (`Client::ties_in_order`
+    /// in `transport-unix`).
+    fn ties_in_order(&self, peer: Option<i32>) -> Vec<Process> {
+        let connecting = self.peer.filter(|p| Some(p.pid) == peer);
+        let mut writers: Vec<Process> = self
+            .writers
+            .iter()
+            .rev()
+            .copied()
+            .filter(|p| Some(p.pid) != peer)
+            .collect();
+        writers.sort_by_key(|&p| Some(p) != self.last_writer);
+        connecting.into_iter().chain(writers).collect()
+    }
+}
+
+/// One `watch_peer` question and the driver's answer, for the model to
+/// judge the manager by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Tie {
+    pub(super) conn: ConnId,
+    pub(super) peer: Option<i32>,
+    pub(super) tied: Option<i32>,
+}
+
+/// Records effects, holds chores, and answers `watch_pid`, `watch_peer` and
+/// `speaks_for`.
 #[derive(Default)]
 pub(super) struct Driver {
     /// Effects since the harness last looked, in order.
@@ -62,6 +111,16 @@ pub(super) struct Driver {
     /// The manager is reading bytes from a socket (as opposed to a journal,
     /// a tick or an eviction, which have no writer to ask about).
     pub(super) reading: bool,
+    /// Per pid, how many processes had it before the one that has it now.
+    pub(super) generations: BTreeMap<i32, u32>,
+    /// Live connections' processes, as the kernel named them.
+    pub(super) clients: BTreeMap<ConnId, Client>,
+    /// For connections closed for cause whose untrusted holds are tied to a
+    /// process: the processes to pass the tie on to when it ends, the next
+    /// first.
+    pub(super) next_ties: BTreeMap<ConnId, Vec<Process>>,
+    /// `watch_peer` questions since the model last looked, in order.
+    pub(super) ties: Vec<Tie>,
 }
 
 impl Driver {
@@ -94,6 +153,51 @@ impl Driver {
         self.is_gone(pid) && self.speaks(pid)
     }
 
+    /// The process that has `pid` now.
+    fn process(&self, pid: i32) -> Process {
+        let generation = self.generations.get(&pid).copied().unwrap_or(0);
+        Process { pid, generation }
+    }
+
+    /// Whether `process` still runs and can be watched: not a later process
+    /// given its pid.
+    fn runs(&self, process: Process) -> bool {
+        self.process(process.pid) == process && self.can_watch(process.pid)
+    }
+
+    /// A new process has `pid`, which a dead one had.
+    pub(super) fn pid_reused(&mut self, pid: i32) {
+        if self.dead.remove(&pid) {
+            *self.generations.entry(pid).or_default() += 1;
+        }
+    }
+
+    /// `conn` was accepted from `peer` (the kernel's word).
+    pub(super) fn connected(&mut self, conn: ConnId, peer: Option<i32>) {
+        let peer = peer.map(|pid| self.process(pid));
+        let client = Client {
+            peer,
+            ..Client::default()
+        };
+        self.clients.insert(conn, client);
+    }
+
+    /// The kernel names `pid`'s process as the writer of bytes on `conn`.
+    pub(super) fn wrote(&mut self, conn: ConnId, pid: i32) {
+        let writer = self.process(pid);
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.last_writer = Some(writer);
+            if !client.writers.contains(&writer) {
+                client.writers.push(writer);
+            }
+        }
+    }
+
+    /// The client hung up: nothing to tie to it any more.
+    pub(super) fn disconnected(&mut self, conn: ConnId) {
+        self.clients.remove(&conn);
+    }
+
     /// Memory for the journal offers take.
     pub(super) fn journal_memory() -> Vec<AtomicU32> {
         (0..journal_len(1) / 4).map(|_| AtomicU32::new(0)).collect()
@@ -106,6 +210,7 @@ impl Effects for Driver {
     }
     fn close(&mut self, conn: ConnId, reason: CloseReason) {
         self.log.push(Effect::Close(conn, reason));
+        self.clients.remove(&conn);
     }
     fn chore(&mut self, chore: Chore) {
         self.log.push(Effect::Chore(chore));
@@ -118,11 +223,26 @@ impl Effects for Driver {
         }
         watch
     }
-    fn watch_peer(&mut self, _conn: ConnId, peer: Option<i32>) -> Option<i32> {
-        // The kernel's word for who connected: whoever writes now.
-        let pid = peer.filter(|&pid| self.can_watch(pid))?;
-        self.watched.insert(pid);
-        Some(pid)
+    /// The kernel's word for who connected, whoever writes now, else for
+    /// who wrote on it: the first of them that still runs, the rest kept
+    /// for its end (asked again then, with no peer).
+    fn watch_peer(&mut self, conn: ConnId, peer: Option<i32>) -> Option<i32> {
+        if let Some(client) = self.clients.get(&conn) {
+            let ties = client.ties_in_order(peer);
+            self.next_ties.insert(conn, ties);
+        }
+        let mut rest = self.next_ties.remove(&conn).unwrap_or_default().into_iter();
+        let tied = rest.by_ref().find(|&process| self.runs(process));
+        let rest: Vec<Process> = rest.collect();
+        if tied.is_some() && !rest.is_empty() {
+            self.next_ties.insert(conn, rest);
+        }
+        let tied = tied.map(|process| process.pid);
+        if let Some(pid) = tied {
+            self.watched.insert(pid);
+        }
+        self.ties.push(Tie { conn, peer, tied });
+        tied
     }
     fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {
         self.speaks(pid)
