@@ -78,12 +78,13 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::process::{Command, Stdio};
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::handed::{
-    connection_from_exited_process, half_frame_from_exited_writer, manager_lingering,
+    assert_names_outlive_the_tied_writer, connection_from_exited_process,
+    half_frame_from_exited_writer, manager_lingering,
 };
 use common::hold::{self, EPOLL_WAITS};
 use common::journal_client::JournalClient;
@@ -291,22 +292,6 @@ fn finding_a_reused_pids_frame_read_after_a_held_wait_is_not_charged_to_its_old_
 
 // --- Finding 2: the tie goes to a writer that ends next --------------------------
 
-/// Starts a process of ours sharing `conn` as descriptor 3 that writes a
-/// malformed frame on it (free flag 7: the connection is closed for cause
-/// at once) and lives on until its stdin closes.
-fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
-    let mut bad = frame(0, &unique_name("h16bad"));
-    bad[4] = 7;
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); sys.stdin.read()")
-        .arg(bad.iter().map(|b| format!("{b:02x}")).collect::<String>())
-        .stdin(Stdio::piped());
-    common::share_as_fd3(&mut command, conn);
-    command.spawn().expect("python3")
-}
-
 /// hostile14's family (its connecting process gone, a nested worker that
 /// registered, created and maps a name on it), but the writer whose frame
 /// closes the connection for cause is alive at the close and ends a moment
@@ -330,38 +315,7 @@ fn finding_a_connection_closed_for_cause_keeps_its_names_after_its_tied_writer_e
     ) {
         return;
     }
-    let daemon = manager_lingering("3s");
-    let _bystander = daemon.bystander();
-    let (mut family, peer) = connection_from_exited_process(&daemon.handle);
-    assert!(common::process_gone(peer as u32));
-    let name = unique_name("h16tied");
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let q = 30_000;
-    assert!(common::process_gone(q as u32));
-    let mut worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
-    let mut writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
-    let writer_pid = writer.id();
-    assert!(
-        family.is_closed_by_peer(Duration::from_secs(10)),
-        "the malformed frame closes the connection for cause"
-    );
-    // The writer that was tied finishes.
-    drop(writer.stdin.take());
-    assert!(writer.wait().unwrap().success());
-    worker.queue();
-    // The linger (3 s), the grace, the look, and slack.
-    std::thread::sleep(Duration::from_secs(8));
-    let kept = shm_exists(&name);
-    drop(worker);
-    let gone = wait_until(Duration::from_secs(15), || !shm_exists(&name));
-    let told = story(&daemon.handle, &name);
-    assert!(
-        kept && gone,
-        "{name}, in transit from a live nested worker that wrote on a connection closed for \
-         a malformed frame from a writer (pid {writer_pid}) that ended right after the close: \
-         kept while the worker lived: {kept}; gone once it ended: {gone}. The manager's \
-         story:\n  {told}"
-    );
+    assert_names_outlive_the_tied_writer(0);
 }
 
 // --- Finding 3: a stranger given a writer's pid before its bytes are read ------

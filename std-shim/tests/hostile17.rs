@@ -49,76 +49,18 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::handed::{connection_from_exited_process, manager_lingering};
-use common::{
-    Cleanup, NestedWorker, RawClient, frame, in_private_pid_namespace, one_at_a_time, shm_exists,
-    story, unique_name, wait_until,
+use common::handed::{
+    assert_names_outlive_the_tied_writer, connection_from_exited_process,
+    malformed_frame_from_a_live_writer, manager_lingering,
 };
-
-/// A frame whose free flag (7) no client sends: the connection it arrives
-/// on is closed for cause at once.
-fn malformed_frame() -> [u8; 68] {
-    let mut bad = frame(0, &unique_name("h17bad"));
-    bad[4] = 7;
-    bad
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Starts a process of ours sharing `conn` as descriptor 3 that registers
-/// `name` (nobody creates it) under its own pid and exits: a member of the
-/// family that wrote once and is gone. The test reads the answer, so the
-/// manager has read the frame, and its writer, before this returns.
-fn registration_from_a_writer_that_exits(family: &mut RawClient, name: &str) {
-    let mut command = Command::new("python3");
-    command.arg("-c").arg(
-        r#"
-import os, struct, sys
-b = sys.argv[1].encode()
-os.write(3, struct.pack("=iB", os.getpid(), 0) + b + b"\0" * (63 - len(b)))
-"#,
-    );
-    command.arg(name);
-    common::share_as_fd3(&mut command, family.stream.as_raw_fd());
-    let mut child = command.spawn().expect("python3");
-    assert_eq!(family.reply(), Some(*b"OK"), "registration of {name}");
-    assert!(child.wait().unwrap().success(), "the writer failed");
-}
-
-/// Starts a process of ours sharing `conn` as descriptor 3 that writes a
-/// malformed frame on it and lives on until its stdin closes.
-fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); sys.stdin.read()")
-        .arg(hex(&malformed_frame()))
-        .stdin(Stdio::piped());
-    common::share_as_fd3(&mut command, conn);
-    command.spawn().expect("python3")
-}
-
-/// Whether `name`, in transit from a live nested worker, is kept while the
-/// worker lives (past the linger, the grace and a look) and unlinked once
-/// it has ended; with the manager's story for a failure message.
-fn kept_while_the_worker_lives(
-    daemon: &common::Daemon,
-    worker: NestedWorker,
-    name: &str,
-) -> (bool, bool, String) {
-    // The linger (3 s), the grace, the look, and slack.
-    std::thread::sleep(Duration::from_secs(8));
-    let kept = shm_exists(name);
-    drop(worker);
-    let gone = wait_until(Duration::from_secs(15), || !shm_exists(name));
-    (kept, gone, story(&daemon.handle, name))
-}
+use common::{
+    Cleanup, NestedWorker, in_private_pid_namespace, one_at_a_time, shm_exists, story, unique_name,
+    wait_until,
+};
 
 // --- Finding 1: writers that came and went push a live one out -------------
 
@@ -145,38 +87,7 @@ fn finding_a_live_writer_pushed_out_by_writers_that_ended_keeps_the_connections_
     ) {
         return;
     }
-    names_kept_after_writers_came_and_went(70);
-}
-
-/// Finding 1's family with `came_and_went` writers between W and the last.
-fn names_kept_after_writers_came_and_went(came_and_went: usize) {
-    let daemon = manager_lingering("3s");
-    let _bystander = daemon.bystander();
-    let (mut family, peer) = connection_from_exited_process(&daemon.handle);
-    assert!(common::process_gone(peer as u32));
-    let name = unique_name("h17pushed");
-    let _cleanup = Cleanup(vec![name.clone()]);
-    let q = 30_000;
-    assert!(common::process_gone(q as u32));
-    let mut worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
-    for _ in 0..came_and_went {
-        registration_from_a_writer_that_exits(&mut family, &unique_name("h17came"));
-    }
-    let mut writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
-    assert!(
-        family.is_closed_by_peer(Duration::from_secs(10)),
-        "the malformed frame closes the connection for cause"
-    );
-    drop(writer.stdin.take());
-    assert!(writer.wait().unwrap().success());
-    worker.queue();
-    let (kept, gone, told) = kept_while_the_worker_lives(&daemon, worker, &name);
-    assert!(
-        kept && gone,
-        "{name}, in transit from a live nested worker that wrote on a connection closed for \
-         cause, before {came_and_went} other writers that came and went: kept while the worker \
-         lived: {kept}; gone once it ended: {gone}. The manager's story:\n  {told}"
-    );
+    assert_names_outlive_the_tied_writer(70);
 }
 
 // --- Finding 2: a flood of closes forgets another family's next ties ---------

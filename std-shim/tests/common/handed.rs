@@ -115,6 +115,10 @@ pub fn manager_lingering(linger: &str) -> Daemon {
     Daemon::spawn(&mut command)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Starts a process of ours that shares `conn` as descriptor 3, writes the
 /// first 30 bytes of a frame on it and exits: a writer that died mid-frame.
 /// Returns its pid, reaped (free for reuse).
@@ -124,15 +128,92 @@ pub fn half_frame_from_exited_writer(conn: RawFd) -> i32 {
     command
         .arg("-c")
         .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1]))")
-        .arg(
-            half[..30]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>(),
-        );
+        .arg(hex(&half[..30]));
     super::share_as_fd3(&mut command, conn);
     let mut child = command.spawn().expect("python3");
     let pid = child.id() as i32;
     assert!(child.wait().unwrap().success(), "the half writer failed");
     pid
+}
+
+/// Starts a process of ours sharing `conn` as descriptor 3 that writes a
+/// malformed frame on it (free flag 7: the connection is closed for cause
+/// at once) and lives on until its stdin closes.
+pub fn malformed_frame_from_a_live_writer(conn: RawFd) -> std::process::Child {
+    let mut bad = frame(0, &unique_name("bad"));
+    bad[4] = 7;
+    let mut command = Command::new("python3");
+    command
+        .arg("-c")
+        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); sys.stdin.read()")
+        .arg(hex(&bad))
+        .stdin(Stdio::piped());
+    super::share_as_fd3(&mut command, conn);
+    command.spawn().expect("python3")
+}
+
+/// Starts a process of ours sharing the family's connection as descriptor
+/// 3 that registers `name` (nobody creates it) under its own pid and exits:
+/// a member of the family that wrote once and is gone. The answer is read,
+/// so the manager has read the frame, and its writer, before this returns.
+fn registration_from_a_writer_that_exits(family: &mut RawClient, name: &str) {
+    let mut command = Command::new("python3");
+    command.arg("-c").arg(
+        r#"
+import os, struct, sys
+b = sys.argv[1].encode()
+os.write(3, struct.pack("=iB", os.getpid(), 0) + b + b"\0" * (63 - len(b)))
+"#,
+    );
+    command.arg(name);
+    super::share_as_fd3(&mut command, family.stream.as_raw_fd());
+    let mut child = command.spawn().expect("python3");
+    assert_eq!(family.reply(), Some(*b"OK"), "registration of {name}");
+    assert!(child.wait().unwrap().success(), "the writer failed");
+}
+
+/// hostile14's family (its connecting process gone, a nested worker W that
+/// registered, created and maps a name on it), `came_and_went` other
+/// members that wrote once after W and ended, and a last one that writes a
+/// malformed frame, lives past the close and then ends: the connection's
+/// untrusted holds are tied to that last writer at the close and must pass
+/// to W when it ends. Asserts W's name, in transit (queued, unmapped), is
+/// kept while W lives (past the linger, the grace and a look) and unlinked
+/// once it has ended. Needs a private pid namespace (W's pid is fixed).
+pub fn assert_names_outlive_the_tied_writer(came_and_went: usize) {
+    let daemon = manager_lingering("3s");
+    let _bystander = daemon.bystander();
+    let (mut family, peer) = connection_from_exited_process(&daemon.handle);
+    assert!(super::process_gone(peer as u32));
+    let name = unique_name("tied");
+    let _cleanup = super::Cleanup(vec![name.clone()]);
+    let q = 30_000;
+    assert!(super::process_gone(q as u32));
+    let mut worker = super::NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
+    for _ in 0..came_and_went {
+        registration_from_a_writer_that_exits(&mut family, &unique_name("came"));
+    }
+    let mut writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
+    let writer_pid = writer.id();
+    assert!(
+        family.is_closed_by_peer(Duration::from_secs(10)),
+        "the malformed frame closes the connection for cause"
+    );
+    // The writer that was tied finishes.
+    drop(writer.stdin.take());
+    assert!(writer.wait().unwrap().success());
+    worker.queue();
+    // The linger (3 s), the grace, the look, and slack.
+    std::thread::sleep(Duration::from_secs(8));
+    let kept = super::shm_exists(&name);
+    drop(worker);
+    let gone = super::wait_until(Duration::from_secs(15), || !super::shm_exists(&name));
+    let told = super::story(&daemon.handle, &name);
+    assert!(
+        kept && gone,
+        "{name}, in transit from a live nested worker that wrote on a connection closed for \
+         a malformed frame from a writer (pid {writer_pid}) that ended right after the close, \
+         {came_and_went} other writers having come and gone: kept while the worker lived: \
+         {kept}; gone once it ended: {gone}. The manager's story:\n  {told}"
+    );
 }
