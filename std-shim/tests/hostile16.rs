@@ -306,7 +306,7 @@ fn finding_a_reused_pids_frame_read_after_a_held_wait_is_not_charged_to_its_old_
 /// `a_connection_closed_for_cause_keeps_its_names_while_an_earlier_writer_lives`):
 /// the outcome hung on which of two writers died first, by a moment.
 /// Fixed: the tie passes on to the next live writer the driver remembers
-/// (`Manager::tie_to_next_writer`, `Driver::next_ties`).
+/// (`Manager::tie_to_next_writer`, transport-unix's `closed_ties`).
 #[test]
 fn finding_a_connection_closed_for_cause_keeps_its_names_after_its_tied_writer_ends() {
     let _serial = one_at_a_time();

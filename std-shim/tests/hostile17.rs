@@ -18,7 +18,8 @@
 //!   forgot the first entry in hash order. Of eight families whose ties
 //!   were pending, some lost theirs (3 of 8 in each of 3 runs of 12,000
 //!   closes), and their names in transit were unlinked while their workers
-//!   lived. Now the process tied to the most closes loses its own oldest.
+//!   lived. Now one process's closes keep at most 256, its own oldest
+//!   forgotten first (transport-unix's `closed_ties`).
 //! - Read, not run: a close for cause and the end of its tied process in
 //!   one round (the client is still in `clients`, so `watch_peer` starts
 //!   the ties over from the writers, the ended one among them): a zombie's
@@ -77,8 +78,9 @@ use common::{
 /// the ties (`Client::ties_in_order`). The holds ended with the last
 /// writer, and after the linger and the map check W's name, in transit
 /// (queued, unmapped), was unlinked while W lived and might still hand it
-/// on. Fixed: a full list drops the writers that ended first, and holds 64;
-/// 70 is past it, so the test fails if the ended ones stop going first.
+/// on. Fixed: a full list (64) drops the writers that are gone first, then
+/// the oldest down to 48; 70 is past it, so the test fails if the ended
+/// ones stop going first.
 #[test]
 fn finding_a_live_writer_pushed_out_by_writers_that_ended_keeps_the_connections_names() {
     let _serial = one_at_a_time();
@@ -155,8 +157,8 @@ sys.stdin.read()
 /// holds ended with it (nothing to pass the tie to) and, after the linger
 /// and the map check, W's name in transit (queued, unmapped) was unlinked
 /// while W lived. With 3,000 closes all were kept (`H17_CLOSES=3000`).
-/// Fixed: past the bound, the oldest close of the process tied to the most
-/// is forgotten (A's own), and writers that ended are not remembered.
+/// Fixed: one process's closes keep at most 256, its own oldest forgotten
+/// first (transport-unix's `closed_ties`), so A's flood costs only A's.
 #[test]
 fn finding_a_flood_of_closes_for_cause_does_not_forget_other_families_next_ties() {
     let _serial = one_at_a_time();

@@ -36,6 +36,7 @@ use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 use crate::background::{self, Background, Job};
+use crate::closed_ties::ClosedTies;
 use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
@@ -69,14 +70,9 @@ const MAX_STATUS_IN_FLIGHT: usize = 4;
 /// A status report not read within this long is dropped with its asker.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// Writers per connection whose start times are remembered: those that
-/// ended are forgotten first, so a live one goes only behind this many live
-/// ones (a DataLoader's workers share their parent's connection).
+/// ended are forgotten first, so a live one goes only behind 48 live ones
+/// (a DataLoader's workers share their parent's connection).
 const WRITERS_REMEMBERED: usize = 64;
-/// Connections closed for cause whose writers are remembered past the close
-/// (see `Driver::next_ties`); one beyond them forgets one of the process
-/// with the most, whose holds then end with the process they are tied to,
-/// and the map check guards what they held.
-const CLOSED_TIES_REMEMBERED: usize = 4_096;
 /// The longest spin after an answer, by default: PyTorch's Python client sends
 /// its next frame 50 to 70 us after an `OK` here (it maps, copies and unmaps
 /// in between), so a shorter window (50 us was tried) never catches it.
@@ -217,8 +213,7 @@ pub fn serve_tuned<N: Namespace>(
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
         speaks_this_read: HashMap::new(),
-        next_ties: HashMap::new(),
-        ties_made: 0,
+        closed_ties: ClosedTies::default(),
         writer: None,
         journals_behind: false,
         replied: false,
@@ -643,13 +638,15 @@ impl Client {
             pid_watch::start_time(writer)
         };
         if self.writers_started.len() == WRITERS_REMEMBERED {
-            // Those that ended first: a live writer may hold names in
-            // transit however many came and went after it.
+            // Those surely gone first: a live writer may hold names in
+            // transit however many came and went after it. Then the oldest,
+            // down to a quarter free, so that writers taking turns past the
+            // bound cost a few looks each, not a look at every one.
             self.writers_started
-                .retain(|&(pid, started)| still_runs(pid, started));
-            if self.writers_started.len() == WRITERS_REMEMBERED {
-                self.writers_started.remove(0);
-            }
+                .retain(|&(pid, started)| started.is_some() && pid_watch::pid_exists(pid));
+            let keep = WRITERS_REMEMBERED - WRITERS_REMEMBERED / 4;
+            let excess = self.writers_started.len().saturating_sub(keep);
+            self.writers_started.drain(..excess);
         }
         self.writers_started.push((writer, started));
     }
@@ -694,24 +691,6 @@ impl Client {
     }
 }
 
-/// Whether the process `pid` names is still the one that started at
-/// `started` (a pid may name a later process by now).
-fn still_runs(pid: i32, started: Option<u64>) -> bool {
-    started.is_some() && pid_watch::start_time(pid) == started
-}
-
-/// A connection closed for cause, its untrusted holds tied to a process:
-/// the other processes the kernel named for it, to pass the tie on to.
-struct NextTies {
-    /// The process the holds were tied to at the close: a flood of closes
-    /// from one process makes room by forgetting its own.
-    tied_at_close: i32,
-    /// Closes counted, so that the oldest goes first.
-    closed: u64,
-    /// Pid and start time, the next first.
-    writers: Vec<(i32, u64)>,
-}
-
 /// Carries out the manager's effects on real sockets, processes and the
 /// real namespace.
 struct Driver {
@@ -746,11 +725,8 @@ struct Driver {
     /// one look at `/proc` per pid per read.
     speaks_this_read: HashMap<i32, bool>,
     /// For connections closed for cause whose untrusted holds are tied to
-    /// a process: who to pass the tie on to when that one ends. At most
-    /// [`CLOSED_TIES_REMEMBERED`] connections.
-    next_ties: HashMap<ConnId, NextTies>,
-    /// Closes for cause that tied holds so far.
-    ties_made: u64,
+    /// a process: who to pass the tie on to when that one ends.
+    closed_ties: ClosedTies,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -1175,40 +1151,6 @@ impl Driver {
         true
     }
 
-    /// Keeps `writers` to pass `conn`'s tie on to. Past the bound, the
-    /// oldest close of the process with the most of them is forgotten: one
-    /// process's flood of closes for cause costs its own connections their
-    /// next ties, not others'.
-    fn remember_next_ties(&mut self, conn: ConnId, tied_at_close: i32, writers: Vec<(i32, u64)>) {
-        if self.next_ties.len() >= CLOSED_TIES_REMEMBERED && !self.next_ties.contains_key(&conn) {
-            let mut per_process: HashMap<i32, usize> = HashMap::new();
-            for next in self.next_ties.values() {
-                *per_process.entry(next.tied_at_close).or_default() += 1;
-            }
-            let most = per_process
-                .into_iter()
-                .max_by_key(|&(_, closes)| closes)
-                .map(|(pid, _)| pid);
-            let forgotten = self
-                .next_ties
-                .iter()
-                .filter(|(_, next)| Some(next.tied_at_close) == most)
-                .min_by_key(|(_, next)| next.closed)
-                .map(|(&conn, _)| conn);
-            if let Some(forgotten) = forgotten {
-                tracing::debug!(conn = %forgotten, "forgetting who to pass a closed connection's tie on to");
-                self.next_ties.remove(&forgotten);
-            }
-        }
-        self.ties_made += 1;
-        let next = NextTies {
-            tied_at_close,
-            closed: self.ties_made,
-            writers,
-        };
-        self.next_ties.insert(conn, next);
-    }
-
     /// Stops watching `pid`, its descriptor first out of epoll.
     fn stop_watching(&mut self, pid: i32) {
         if let Some(fd) = self.pids.pidfd(pid) {
@@ -1273,22 +1215,22 @@ impl Effects for Driver {
         let (ties, tied_at_close) = match self.clients.get(&conn) {
             Some(client) => (client.ties_in_order(peer), None),
             None => {
-                let next = self.next_ties.remove(&conn)?;
-                (next.writers, Some(next.tied_at_close))
+                let (tied_at_close, writers) = self.closed_ties.take(conn)?;
+                (writers, Some(tied_at_close))
             }
         };
-        // The first of them that still runs; those after it that still run
-        // are kept for its end.
+        // The first of them that still runs; those after it are kept for
+        // its end, and looked at then (a look at each now would make a
+        // burst of closes cost a look at every writer of each).
         let mut ties = ties.into_iter();
         let (tied, _) = ties.by_ref().find(|&(pid, started)| {
             tracing::debug!(conn = %conn, pid, "tying a closed connection's untrusted holds");
             self.watch_if_started(conn, pid, started)
         })?;
-        let writers: Vec<_> = ties
-            .filter(|&(pid, started)| still_runs(pid, Some(started)))
-            .collect();
+        let writers: Vec<_> = ties.collect();
         if !writers.is_empty() {
-            self.remember_next_ties(conn, tied_at_close.unwrap_or(tied), writers);
+            self.closed_ties
+                .remember(conn, tied_at_close.unwrap_or(tied), writers);
         }
         Some(tied)
     }

@@ -54,6 +54,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod background;
+mod closed_ties;
 mod crowding;
 mod event_loop;
 mod heap;

@@ -281,6 +281,18 @@ impl ProcStatus {
     }
 }
 
+/// Whether some process (or zombie) has `pid`: one signal-free system call,
+/// for weeding out pids that are surely gone where a start time read for
+/// each would cost too much. A pid given to a later process passes.
+pub(crate) fn pid_exists(pid: i32) -> bool {
+    // Zero and negative pids name groups.
+    if pid <= 0 {
+        return false;
+    }
+    Pid::from_raw(pid)
+        .is_some_and(|raw| rustix::process::test_kill_process(raw) != Err(Errno::SRCH))
+}
+
 /// Field 22 of `/proc/<pid>/stat`: when the running process `pid` started.
 /// A pid reused by another process has another start time.
 pub(crate) fn start_time(pid: i32) -> Option<u64> {
