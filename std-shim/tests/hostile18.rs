@@ -28,17 +28,19 @@
 //!   the four reports in flight for their 5 s deadlines and ask again at
 //!   each hang-up; 27 of 28 `status::query` calls over 7 s were refused
 //!   (every run). A slow reader does not make the loop spin: a report waits
-//!   for room only while the socket has some, and then writes.
+//!   for room only while the socket has some, and then writes (kept: 40 to
+//!   50 ms of CPU in 3 s beside one reading 4 KB every 20 ms).
 //! - A burst of closes for cause (finding 4): each close reads `/proc` for
 //!   every remembered writer, twice over (the frame's new writer, then the
 //!   ties). 500 connections with 64 live writers each, closed at once, held
-//!   another client 0.85 to 0.9 s (debug), 1,000 of them 1.3 s (release);
-//!   without the writers the same burst took 20 to 30 ms.
+//!   another client 0.85 to 0.9 s (debug), 0.67 s (release); without the
+//!   writers the same burst held it 12 to 30 ms. The frame timeout's
+//!   one-tick close of stalled connections does it too (0.45 s, debug).
 //! - A report behind a doorbell never answered (finding 5): with the
 //!   client's doorbell `OK` held, the report's asker is waited on for room
 //!   to write on an empty socket, so every wait returns at once: 100 % of a
-//!   CPU until the report's deadline (2.94 to 3.01 s of CPU in 3 s, 4 of 4
-//!   runs, the window hit within 1 to 13 tries).
+//!   CPU until the report's deadline (2.94 to 3.01 s of CPU in 3 s, in
+//!   every run, debug and release, the window hit within 1 to 13 tries).
 //! - A status poller (finding 6): an asker is a connection like any other,
 //!   so polling every 250 ms keeps the manager from ever reaching its
 //!   linger; a name in transit with no client left stayed 8 s (of a 1.3 s
@@ -595,7 +597,8 @@ fn finding_askers_that_never_read_their_reports_leave_others_a_report() {
 /// 800 KB) slowly, 4 KB every 20 ms, keeps a report unfinished for seconds.
 /// While the socket is too full to be writable the loop does not wait for
 /// room, and once the asker makes room a piece goes: the manager stays
-/// idle between. Measured: 40 to 50 ms of CPU in 3 s (debug).
+/// idle between. Measured: 40 to 50 ms of CPU in 3 s (debug), 10 ms
+/// (release).
 #[test]
 fn a_slow_reader_of_a_report_does_not_keep_the_manager_busy() {
     let _serial = one_at_a_time();
@@ -756,10 +759,12 @@ fn assert_answered_beside_a_burst_of_closes(writers: usize) {
 /// `still_runs` over the other 63): some 130 reads of `/proc` per close,
 /// 1.8 ms, all in the round that reads the frames (up to 1,024 of them),
 /// while nobody else is answered. Measured: another client waited 0.85 to
-/// 0.9 s (debug; 1,000 connections, 1.3 s with a release manager); 20 to
-/// 30 ms without the writers (the control below). The frame timeout's
-/// `close_stalled`, which closes every stalled connection in one tick,
-/// would do the same (read, not run).
+/// 0.9 s (debug), 0.67 s (release; 1,000 connections, 1.3 s); 12 to 30 ms
+/// without the writers (the control below). The frame timeout's
+/// `close_stalled`, which closes every stalled connection due in one tick,
+/// does the same with no burst to time: half a frame on each of the 500
+/// instead, closed by a 1 s frame timeout, held another client 0.45 s
+/// (debug; 16 to 18 ms without the writers).
 ///
 /// Fix: no liveness look at the close; remember the writers as they are
 /// and let `tie_to_next_writer` skip those that ended when it passes the
