@@ -11,7 +11,7 @@
 //!   that connected counts too) pushed W out; the closed connection's holds
 //!   were not passed to W when the last writer ended, and W's name in
 //!   transit was unlinked while W lived. Now those that ended go first, and
-//!   64 are kept.
+//!   256 are kept.
 //! - Flooding `next_ties` past 4,096 (finding 2, fixed): another process of
 //!   the same user closes 20,000 connections of its own for cause (about
 //!   7 s), each remembering a child of its own; each close past the bound
@@ -66,7 +66,7 @@ use common::{
 // --- Finding 1: writers that came and went push a live one out -------------
 
 /// hostile14's family (its connecting process gone, a nested worker W that
-/// registered, created and maps a name on it), where 70 other members came
+/// registered, created and maps a name on it), where 270 other members came
 /// and went after W, each writing once (a registration under its own pid),
 /// as a pool that replaces its workers does. A later member writes a
 /// malformed frame and lives on, then ends. The connection is closed for
@@ -78,9 +78,9 @@ use common::{
 /// the ties (`Client::ties_in_order`). The holds ended with the last
 /// writer, and after the linger and the map check W's name, in transit
 /// (queued, unmapped), was unlinked while W lived and might still hand it
-/// on. Fixed: a full list (64) drops the writers that are gone first, then
-/// the oldest down to 48; 70 is past it, so the test fails if the ended
-/// ones stop going first.
+/// on. Fixed: a full list (now 256) drops the writers that are gone first,
+/// then the oldest down to 192; 270 is past it, so the test fails if the
+/// ended ones stop going first.
 #[test]
 fn finding_a_live_writer_pushed_out_by_writers_that_ended_keeps_the_connections_names() {
     let _serial = one_at_a_time();
@@ -89,7 +89,7 @@ fn finding_a_live_writer_pushed_out_by_writers_that_ended_keeps_the_connections_
     ) {
         return;
     }
-    assert_names_outlive_the_tied_writer(70);
+    assert_names_outlive_the_tied_writer(270);
 }
 
 // --- Finding 2: a flood of closes forgets another family's next ties ---------

@@ -6,9 +6,11 @@
 //!
 //! Bounded, and by cost to whoever causes it: one process's closes keep at
 //! most [`PER_PROCESS`] of them, its own oldest forgotten first, so a flood
-//! of closes from one process costs only its own; past [`IN_ALL`] the
-//! oldest of all goes, which takes that many live processes to reach.
-//! Every step is a map operation, never a walk over what is remembered.
+//! of closes from one process costs only its own; past [`IN_ALL`] (which
+//! takes 64 live processes flooding) a new close is not remembered, rather
+//! than one that closed before it forgotten: forks are free, so no count
+//! of processes tells a flood from a family. Every step is a map
+//! operation, never a walk over what is remembered.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,7 +36,6 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct ClosedTies {
     entries: HashMap<ConnId, Entry>,
-    by_age: BTreeMap<u64, ConnId>,
     by_process: BTreeMap<(i32, u64), ConnId>,
     per_process: HashMap<i32, usize>,
     remembered: u64,
@@ -42,13 +43,16 @@ pub(crate) struct ClosedTies {
 
 impl ClosedTies {
     /// Remembers `writers` for `conn`, whose holds were tied to
-    /// `tied_at_close` when it closed, forgetting another's if that makes
-    /// too many.
+    /// `tied_at_close` when it closed, forgetting that process's oldest if
+    /// it has too many, or nothing if all have too many.
     pub(crate) fn remember(&mut self, conn: ConnId, tied_at_close: i32, writers: Vec<Writer>) {
         self.take(conn);
+        if self.entries.len() >= IN_ALL && !self.per_process.contains_key(&tied_at_close) {
+            tracing::debug!(conn = %conn, "too many closed connections remembered: not passing its tie on");
+            return;
+        }
         self.remembered += 1;
         let remembered = self.remembered;
-        self.by_age.insert(remembered, conn);
         self.by_process.insert((tied_at_close, remembered), conn);
         let count = self.per_process.entry(tied_at_close).or_default();
         *count += 1;
@@ -61,16 +65,11 @@ impl ClosedTies {
                 writers,
             },
         );
-        let forgotten = if over_its_share {
-            self.by_process
-                .range((tied_at_close, 0)..)
-                .next()
-                .map(|(_, &conn)| conn)
-        } else if self.entries.len() > IN_ALL {
-            self.by_age.values().next().copied()
-        } else {
-            None
-        };
+        // Its own oldest, also when all are remembered: then it has some.
+        let forgotten = (over_its_share || self.entries.len() > IN_ALL)
+            .then(|| self.by_process.range((tied_at_close, 0)..).next())
+            .flatten()
+            .map(|(_, &conn)| conn);
         if let Some(forgotten) = forgotten {
             tracing::debug!(conn = %forgotten, "forgetting who to pass a closed connection's tie on to");
             self.take(forgotten);
@@ -81,7 +80,6 @@ impl ClosedTies {
     /// tied to at the close, and the writers.
     pub(crate) fn take(&mut self, conn: ConnId) -> Option<(i32, Vec<Writer>)> {
         let entry = self.entries.remove(&conn)?;
-        self.by_age.remove(&entry.remembered);
         self.by_process
             .remove(&(entry.tied_at_close, entry.remembered));
         if let Some(count) = self.per_process.get_mut(&entry.tied_at_close) {
@@ -125,15 +123,23 @@ mod tests {
     }
 
     #[test]
-    fn past_the_bound_the_oldest_of_all_goes() {
+    fn past_the_bound_new_closes_are_not_remembered_but_a_known_process_trades_its_own() {
         let mut ties = ClosedTies::default();
         for conn in 0..=(IN_ALL as u64) {
             ties.remember(ConnId(conn), conn as i32, writers(1));
         }
         assert_eq!(ties.len(), IN_ALL);
-        assert!(ties.take(ConnId(0)).is_none());
-        assert!(ties.take(ConnId(1)).is_some());
-        assert!(ties.per_process.len() == IN_ALL - 1 && ties.by_process.len() == IN_ALL - 1);
+        assert!(
+            ties.take(ConnId(IN_ALL as u64)).is_none(),
+            "a new one remembered"
+        );
+        assert!(ties.take(ConnId(0)).is_some());
+        ties.remember(ConnId(0), 0, writers(1));
+        ties.remember(ConnId(1_000_000), 1, writers(2));
+        assert_eq!(ties.len(), IN_ALL);
+        assert!(ties.take(ConnId(1)).is_none(), "its own oldest kept");
+        assert_eq!(ties.take(ConnId(1_000_000)), Some((1, writers(2))));
+        assert_eq!(ties.per_process.len(), ties.by_process.len());
     }
 
     #[test]
@@ -144,6 +150,6 @@ mod tests {
         assert_eq!(ties.len(), 1);
         assert_eq!(ties.per_process[&5], 1);
         assert_eq!(ties.take(ConnId(3)), Some((5, writers(2))));
-        assert!(ties.by_age.is_empty() && ties.per_process.is_empty());
+        assert!(ties.by_process.is_empty() && ties.per_process.is_empty());
     }
 }

@@ -70,9 +70,11 @@ const MAX_STATUS_IN_FLIGHT: usize = 4;
 /// A status report not read within this long is dropped with its asker.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// Writers per connection whose start times are remembered: those that
-/// ended are forgotten first, so a live one goes only behind 48 live ones
-/// (a DataLoader's workers share their parent's connection).
-const WRITERS_REMEMBERED: usize = 64;
+/// ended are forgotten first, so a live one goes only behind 192 live ones
+/// (a DataLoader's or a Pool's workers share their parent's connection).
+/// Past that many taking turns, each read from a writer not remembered
+/// costs a read of its `/proc` entry.
+const WRITERS_REMEMBERED: usize = 256;
 /// The longest spin after an answer, by default: PyTorch's Python client sends
 /// its next frame 50 to 70 us after an `OK` here (it maps, copies and unmaps
 /// in between), so a shorter window (50 us was tried) never catches it.
