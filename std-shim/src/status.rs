@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libshm_core::frame::Frame;
 use libshm_core::handshake::ManagerHandle;
@@ -34,6 +34,10 @@ pub use libshm_core::status::Detail;
 /// How long a manager has to answer. Ours answers at once; PyTorch's never
 /// sends more than `OK`, which this bounds.
 const ANSWER_WITHIN: Duration = Duration::from_millis(500);
+/// How long ours has to send the rest of a report once its head has come:
+/// a report may wait in line for others to end, and the manager drops it
+/// at its own deadline (5 s from the ask).
+const REPORT_WITHIN: Duration = Duration::from_secs(6);
 
 /// What a manager reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -180,10 +184,24 @@ pub fn query(handle: &str, detail: Detail) -> Result<Report, StatusError> {
         .map_err(connect_error)?;
     let mut answer = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut report_until = None;
     loop {
         match socket.receive(&mut buf) {
             Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                // More than the `OK`: a manager of ours, reporting; the rest
+                // may come after reports asked for before this one.
+                if report_until.is_none() && answer.len() > 2 {
+                    report_until = Some(Instant::now() + REPORT_WITHIN);
+                    socket
+                        .set_reply_timeout(Some(REPORT_WITHIN))
+                        .map_err(connect_error)?;
+                }
+                if report_until.is_some_and(|until| Instant::now() >= until) {
+                    break;
+                }
+            }
             // Still open with nothing more: a manager that took the request
             // for a registration.
             Err(_) if answer.len() <= 2 => {

@@ -65,10 +65,18 @@ const JOURNAL_READ_INTERVAL: Duration = Duration::from_millis(100);
 /// A manager that took over from a dead one sweeps once a second for this
 /// many seconds.
 const RECOVERY_SWEEPS: u64 = 10;
-/// Status reports being sent at once; more askers are closed.
+/// Status reports being sent at once; more askers wait in line.
 const MAX_STATUS_IN_FLIGHT: usize = 4;
-/// A status report not read within this long is dropped with its asker.
+/// Askers waiting in line for a report in flight to end; more are closed.
+const MAX_STATUS_WAITING: usize = 64;
+/// A status report not read within this long is dropped with its asker,
+/// whether it waited in line or not.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+/// A report in flight that has not moved for this long (nothing of it sent:
+/// its asker read nothing) while others wait in line is dropped with its
+/// asker: one that never reads gives its place to the next in line long
+/// before its deadline.
+const REPORT_STALL: Duration = Duration::from_secs(1);
 /// Writers per connection whose start times are remembered: those that
 /// ended are forgotten first, so a live one goes only behind 192 live ones
 /// (a DataLoader's or a Pool's workers share their parent's connection).
@@ -227,6 +235,7 @@ pub fn serve_tuned<N: Namespace>(
         },
         status_requests: Vec::new(),
         status_clients: Vec::new(),
+        status_waiting: VecDeque::new(),
         report_work: Budget::per_round(),
         clock: Timestamp::ZERO,
     };
@@ -348,8 +357,8 @@ pub fn serve_tuned<N: Namespace>(
         if driver.pids.has_polled() {
             wake_within(POLLED_INTERVAL);
         }
-        if !driver.status_clients.is_empty() {
-            wake_within(STATUS_DEADLINE / 5);
+        if let Some(due) = driver.next_status_due() {
+            wake_within(due.saturating_duration_since(Instant::now()));
         }
         if let Some(until) = accept_paused_until {
             wake_within(until.saturating_duration_since(Instant::now()));
@@ -559,15 +568,40 @@ struct Client {
     /// Its reply backlog overflowed; it is being cut off.
     evicted: bool,
     /// It asked for a status report: closed once the report is sent, or at
-    /// this deadline if it does not read it.
-    status_until: Option<Instant>,
-    /// The status report it asked for, while it is being written: the next
-    /// piece goes once the backlog is sent.
+    /// its deadline.
+    asker: Option<Asker>,
+    /// The status report it asked for, while it is being written (in
+    /// flight): the next piece goes once the backlog is sent.
     report: Option<Report>,
     /// It rang the doorbell and waits for the `OK`: the reply stays queued
     /// until what it had committed by then is read, and is dropped if the
     /// connection is closed first.
     held_doorbell: Option<HeldDoorbell>,
+}
+
+/// What the loop keeps about a status report's asker.
+#[derive(Clone, Copy, Debug)]
+struct Asker {
+    /// It is closed at this deadline, its report sent or not.
+    until: Instant,
+    /// Its report waits in line (`Driver::status_waiting`), its head sent,
+    /// for one in flight to end.
+    waiting: bool,
+    /// When its report last moved: a piece sent (its asker had read the
+    /// last), or the report let in.
+    moved: Instant,
+}
+
+impl Asker {
+    /// Whether its report, in flight, has stopped: nothing of it has gone
+    /// for [`REPORT_STALL`]. The socket takes a few pieces (a piece is at
+    /// most a round's work, about 10 KB) and has room again once its asker
+    /// has read one, so an asker that reads moves its report many times a
+    /// second; one that reads nothing, or holds its report back behind its
+    /// own doorbell, stops it.
+    fn stalled(&self, at: Instant) -> bool {
+        !self.waiting && at >= self.moved + REPORT_STALL
+    }
 }
 
 /// A doorbell's `OK`, held back.
@@ -594,7 +628,7 @@ impl Client {
             last_writer: None,
             writers_started: Vec::new(),
             evicted: false,
-            status_until: None,
+            asker: None,
             report: None,
             held_doorbell: None,
         }
@@ -608,22 +642,25 @@ impl Client {
     }
 
     /// Sends what it can of the sendable backlog, until the socket is full.
-    fn send_backlog(&mut self) -> Result<(), Errno> {
+    /// Returns how many bytes went.
+    fn send_backlog(&mut self) -> Result<usize, Errno> {
+        let mut sent = 0;
         loop {
             let sendable = self.sendable();
             if sendable == 0 {
-                return Ok(());
+                return Ok(sent);
             }
             let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
             match rustix::net::send(&self.fd, &self.backlog[..sendable], flags) {
                 Ok(n) => {
+                    sent += n;
                     self.backlog.drain(..n);
                     if let Some(held) = &mut self.held_doorbell {
                         held.at -= n;
                     }
                 }
                 Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::AGAIN) => return Ok(sent),
                 Err(errno) => return Err(errno),
             }
         }
@@ -740,8 +777,13 @@ struct Driver {
     identity: Identity,
     /// Connections that asked for a status report during a manager call.
     status_requests: Vec<(ConnId, Detail)>,
-    /// Connections a status report is being sent to.
+    /// Connections a status report is being sent to (in flight), at most
+    /// [`MAX_STATUS_IN_FLIGHT`].
     status_clients: Vec<ConnId>,
+    /// Askers waiting in line for a report in flight to end, first come
+    /// first served, with their reports (heads sent); at most
+    /// [`MAX_STATUS_WAITING`].
+    status_waiting: VecDeque<(ConnId, Report)>,
     /// What is left of this round's work for status reports.
     report_work: Budget,
     /// The time of the manager call in progress, for the history.
@@ -970,31 +1012,50 @@ impl Driver {
             for (id, detail) in std::mem::take(&mut self.status_requests) {
                 self.status_clients
                     .retain(|id| self.clients.contains_key(id));
-                if self.status_clients.len() >= MAX_STATUS_IN_FLIGHT {
+                self.status_waiting
+                    .retain(|(id, _)| self.clients.contains_key(id));
+                let in_flight = self.status_clients.len() < MAX_STATUS_IN_FLIGHT;
+                if !in_flight && self.status_waiting.len() >= MAX_STATUS_WAITING {
                     // Reports nobody reads would pin memory: the asker gets
                     // OK alone, which it takes for a manager that does not
                     // report.
-                    tracing::debug!(conn = %id, "too many status reports in flight; closing the asker");
+                    tracing::debug!(conn = %id, "too many status reports asked for; closing the asker");
                     manager.disconnect(id, now, self);
                     self.closing.push(id);
                     continue;
                 }
-                if let Some(client) = self.clients.get_mut(&id) {
-                    // Not a reply: the backlog's cap does not apply; the
-                    // report's deadline does. Its head now, the rest in
-                    // pieces (see `settle`).
-                    if client.backlog.is_empty() {
-                        self.dirty.push(id);
-                    }
-                    client.report = Some(Report::begin(
-                        detail,
-                        manager,
-                        &self.identity,
-                        &self.history,
-                        &mut client.backlog,
-                    ));
-                    client.status_until = Some(Instant::now() + STATUS_DEADLINE);
+                // A connection's report ends it: a second ask on it is
+                // answered by the first's.
+                let Some(client) = self.clients.get_mut(&id).filter(|c| c.asker.is_none()) else {
+                    continue;
+                };
+                // Not a reply: the backlog's cap does not apply; the
+                // report's deadline does. Its head now, even in line (the
+                // asker knows at once that the manager reports, and waits
+                // for the rest), the rest in pieces once in flight (see
+                // `settle`).
+                if client.backlog.is_empty() {
+                    self.dirty.push(id);
+                }
+                let report = Report::begin(
+                    detail,
+                    manager,
+                    &self.identity,
+                    &self.history,
+                    &mut client.backlog,
+                );
+                let asked = Instant::now();
+                client.asker = Some(Asker {
+                    until: asked + STATUS_DEADLINE,
+                    waiting: !in_flight,
+                    moved: asked,
+                });
+                if in_flight {
+                    client.report = Some(report);
                     self.status_clients.push(id);
+                } else {
+                    tracing::debug!(conn = %id, "status reports in flight; the asker waits in line");
+                    self.status_waiting.push_back((id, report));
                 }
             }
             self.settle(manager, namespace, now);
@@ -1005,8 +1066,70 @@ impl Driver {
     }
 
     /// Writes queued replies and the next pieces of status reports, and
-    /// closes what the manager (or an error) closed.
+    /// closes what the manager (or an error) closed; a report that ended
+    /// lets the next in line in, and its first piece goes at once.
     fn settle<N: Namespace>(
+        &mut self,
+        manager: &mut Manager<Growable>,
+        namespace: &mut N,
+        now: Timestamp,
+    ) {
+        loop {
+            self.settle_dirty(manager, namespace, now);
+            if !self.let_waiting_reports_in() {
+                return;
+            }
+        }
+    }
+
+    /// Lets askers waiting in line into the places of reports that ended,
+    /// first come first; marks them dirty. Returns whether any came in.
+    fn let_waiting_reports_in(&mut self) -> bool {
+        self.status_clients
+            .retain(|id| self.clients.contains_key(id));
+        let mut let_in = false;
+        while self.status_clients.len() < MAX_STATUS_IN_FLIGHT {
+            let Some((id, report)) = self.status_waiting.pop_front() else {
+                break;
+            };
+            let Some(client) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            let Some(asker) = &mut client.asker else {
+                continue;
+            };
+            asker.waiting = false;
+            asker.moved = Instant::now();
+            client.report = Some(report);
+            self.status_clients.push(id);
+            self.dirty.push(id);
+            let_in = true;
+        }
+        let_in
+    }
+
+    /// When the loop must look at status askers next: the nearest deadline,
+    /// or the moment a report in flight has not moved for [`REPORT_STALL`].
+    fn next_status_due(&self) -> Option<Instant> {
+        let others_wait = !self.status_waiting.is_empty();
+        let in_flight = self.status_clients.iter().filter_map(|id| {
+            let asker = self.clients.get(id)?.asker?;
+            let stalls = asker.moved + REPORT_STALL;
+            Some(if others_wait {
+                asker.until.min(stalls)
+            } else {
+                asker.until
+            })
+        });
+        let waiting = self
+            .status_waiting
+            .iter()
+            .filter_map(|(id, _)| Some(self.clients.get(id)?.asker?.until));
+        in_flight.chain(waiting).min()
+    }
+
+    /// [`Self::settle`]'s one pass over the dirty clients and the askers.
+    fn settle_dirty<N: Namespace>(
         &mut self,
         manager: &mut Manager<Growable>,
         namespace: &mut N,
@@ -1023,11 +1146,15 @@ impl Driver {
             let Some(client) = self.clients.get_mut(&id) else {
                 continue;
             };
+            let mut moved = false;
             loop {
-                if let Err(errno) = client.send_backlog() {
-                    tracing::debug!(conn = %id, "reply failed: {errno}");
-                    failed.push(id);
-                    break;
+                match client.send_backlog() {
+                    Ok(sent) => moved |= sent > 0,
+                    Err(errno) => {
+                        tracing::debug!(conn = %id, "reply failed: {errno}");
+                        failed.push(id);
+                        break;
+                    }
                 }
                 // A report's next piece once the last is sent, as far as
                 // this round's work for reports goes; the rest when the
@@ -1051,9 +1178,21 @@ impl Driver {
                     break;
                 }
             }
-            // Room to write is waited for while a report is unfinished too:
-            // epoll says so at once, and the next round writes more.
-            let waits_to_write = client.sendable() > 0 || client.report.is_some();
+            // Its tail too, once the last piece is written.
+            if (moved || client.backlog.is_empty())
+                && let Some(asker) = &mut client.asker
+            {
+                asker.moved = Instant::now();
+            }
+            // Room to write is waited for while something can be sent: the
+            // backlog before a held doorbell's `OK`, or once the backlog is
+            // out, a report's next piece (epoll says so at once, and the
+            // next round writes it). Not for a report behind a held `OK`:
+            // the socket has room, so every wait would return at once with
+            // nothing to send; the doorbell's release (`drain`) marks the
+            // client dirty.
+            let next_piece_due = client.report.is_some() && client.backlog.is_empty();
+            let waits_to_write = client.sendable() > 0 || next_piece_due;
             if waits_to_write != client.waits_to_write {
                 client.waits_to_write = waits_to_write;
                 let source = Source::Client(id);
@@ -1063,22 +1202,24 @@ impl Driver {
                 }
             }
             let sent_whole = client.backlog.is_empty() && client.report.is_none();
-            if client
-                .status_until
-                .is_some_and(|until| sent_whole || Instant::now() >= until)
-            {
+            if client.asker.is_some_and(|asker| {
+                (sent_whole && !asker.waiting) || Instant::now() >= asker.until
+            }) {
                 sent.push(id);
             }
         }
-        // Reports not read by their deadline go with their askers.
-        for &id in &self.status_clients {
-            if self
-                .clients
-                .get(&id)
-                .and_then(|c| c.status_until)
-                .is_some_and(|until| Instant::now() >= until)
-                && !sent.contains(&id)
-            {
+        // Reports not read by their deadline go with their askers, in line
+        // or not, and so do those in flight that stopped moving while
+        // others wait (alone, a slow or descheduled reader keeps its own).
+        let at = Instant::now();
+        let others_wait = !self.status_waiting.is_empty();
+        let waiting = self.status_waiting.iter().map(|&(id, _)| id);
+        for id in self.status_clients.iter().copied().chain(waiting) {
+            let Some(asker) = self.clients.get(&id).and_then(|c| c.asker) else {
+                continue;
+            };
+            if (at >= asker.until || (others_wait && asker.stalled(at))) && !sent.contains(&id) {
+                tracing::debug!(conn = %id, "status report not read in time; closing the asker");
                 sent.push(id);
             }
         }

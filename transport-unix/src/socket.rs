@@ -83,6 +83,13 @@ impl UnixTransport {
         Ok(Self { fd })
     }
 
+    /// Changes how long a blocking receive waits for the manager (see
+    /// [`UnixTransport::connect`]).
+    pub fn set_reply_timeout(&self, reply_timeout: Option<Duration>) -> Result<(), SocketError> {
+        sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, reply_timeout)
+            .map_err(SocketError::new("setsockopt"))
+    }
+
     /// Writes `bytes` with `fd` attached (`SCM_RIGHTS`): how a client hands
     /// its journal memory to the manager along with the offer frame.
     pub fn send_with_fd(&mut self, bytes: &[u8], fd: BorrowedFd<'_>) -> Result<(), SocketError> {

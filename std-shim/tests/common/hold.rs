@@ -145,17 +145,6 @@ impl Held {
         panic!("the manager's waits never returned");
     }
 
-    /// Runs it until it is about to make system call `nr`.
-    pub fn until_entering(&mut self, nr: i64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.next_syscall() == (true, nr) {
-                return;
-            }
-        }
-        panic!("the manager never made system call {nr}");
-    }
-
     /// Lets it run on, untraced.
     pub fn resume(mut self) {
         self.detach();
