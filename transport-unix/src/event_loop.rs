@@ -44,6 +44,7 @@ use crate::readiness::{EVENTS_PER_WAIT, Readiness, Source};
 use crate::report::{self, Budget, History, Identity, Report};
 use crate::sender;
 use crate::shared_journal::SharedJournal;
+use crate::socket;
 use crate::spin::Spinner;
 
 /// Reply bytes queued for a client that does not read them, before it is
@@ -77,6 +78,9 @@ const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 /// asker: one that never reads gives its place to the next in line long
 /// before its deadline.
 const REPORT_STALL: Duration = Duration::from_secs(1);
+/// An asker in line that has not read its report's head this long after it
+/// asked is closed when its turn comes: a reader takes the head at once.
+const HEAD_READ_WITHIN: Duration = Duration::from_millis(200);
 /// Writers per connection whose start times are remembered: those that
 /// ended are forgotten first, so a live one goes only behind 192 live ones
 /// (a DataLoader's or a Pool's workers share their parent's connection).
@@ -1016,6 +1020,9 @@ impl Driver {
                     .retain(|(id, _)| self.clients.contains_key(id));
                 let in_flight = self.status_clients.len() < MAX_STATUS_IN_FLIGHT;
                 if !in_flight && self.status_waiting.len() >= MAX_STATUS_WAITING {
+                    self.close_a_waiting_asker_that_does_not_read();
+                }
+                if !in_flight && self.status_waiting.len() >= MAX_STATUS_WAITING {
                     // Reports nobody reads would pin memory: the asker gets
                     // OK alone, which it takes for a manager that does not
                     // report.
@@ -1084,6 +1091,32 @@ impl Driver {
 
     /// Lets askers waiting in line into the places of reports that ended,
     /// first come first; marks them dirty. Returns whether any came in.
+    /// Makes room in a full line: the first asker in it that has not read
+    /// its report's head within [`HEAD_READ_WITHIN`] of asking is closed
+    /// (swept with the deadlines), so askers that never read, asking again
+    /// at each hang-up, cannot keep a reader out of the line.
+    fn close_a_waiting_asker_that_does_not_read(&mut self) {
+        let now = Instant::now();
+        let idle = self.status_waiting.iter().position(|(id, _)| {
+            self.clients.get(id).is_some_and(|client| {
+                client.asker.is_some_and(|asker| {
+                    now >= asker.until - STATUS_DEADLINE + HEAD_READ_WITHIN
+                        && socket::unread_by_peer(client.fd.as_fd()) > 0
+                })
+            })
+        });
+        let Some((id, _)) = idle.and_then(|at| self.status_waiting.remove(at)) else {
+            return;
+        };
+        tracing::debug!(conn = %id, "status asker in line never read its report's head; closing it");
+        if let Some(asker) = self.clients.get_mut(&id).and_then(|c| c.asker.as_mut()) {
+            asker.until = now;
+            // Swept with the reports in flight.
+            asker.waiting = false;
+        }
+        self.status_clients.push(id);
+    }
+
     fn let_waiting_reports_in(&mut self) -> bool {
         self.status_clients
             .retain(|id| self.clients.contains_key(id));
@@ -1098,11 +1131,21 @@ impl Driver {
             let Some(asker) = &mut client.asker else {
                 continue;
             };
+            let now = Instant::now();
             asker.waiting = false;
-            asker.moved = Instant::now();
-            client.report = Some(report);
+            asker.moved = now;
+            // One that has not read its report's head, sent when it asked,
+            // would not read the rest: it is closed now (its deadline
+            // swept next), not after holding a place for a second.
+            let asked = asker.until - STATUS_DEADLINE;
+            if now >= asked + HEAD_READ_WITHIN && socket::unread_by_peer(client.fd.as_fd()) > 0 {
+                tracing::debug!(conn = %id, "status asker never read its report's head; closing it");
+                asker.until = now;
+            } else {
+                client.report = Some(report);
+                self.dirty.push(id);
+            }
             self.status_clients.push(id);
-            self.dirty.push(id);
             let_in = true;
         }
         let_in

@@ -178,3 +178,15 @@ impl Transport for UnixTransport {
         }
     }
 }
+
+/// Bytes sent on `fd` that its peer has not read yet (`SIOCOUTQ`); zero if
+/// the kernel does not say.
+pub(crate) fn unread_by_peer(fd: BorrowedFd<'_>) -> usize {
+    // SAFETY: `TIOCOUTQ` (`SIOCOUTQ`) writes one `c_int` and reads nothing.
+    let getter = unsafe {
+        rustix::ioctl::Getter::<{ libc::TIOCOUTQ as rustix::ioctl::Opcode }, libc::c_int>::new()
+    };
+    // SAFETY: the getter's opcode and output type match, as above.
+    let queued = unsafe { rustix::ioctl::ioctl(fd, getter) };
+    queued.map_or(0, |queued| usize::try_from(queued).unwrap_or(0))
+}
