@@ -19,23 +19,18 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::handed::{connection_from_exited_process, handed_connection, manager_lingering};
+use common::handed::{
+    connection_from_exited_process, half_frame_from_exited_writer, handed_connection,
+    malformed_frame_from_a_live_writer, manager_lingering,
+};
 use common::{
-    Cleanup, Daemon, NestedWorker, RawClient, SHM_MANAGER, frame, in_private_pid_namespace,
-    one_at_a_time, shm_exists, sleeper_with_pid, story, unique_name, wait_until,
+    Cleanup, Daemon, NestedWorker, RawClient, SHM_MANAGER, in_private_pid_namespace, one_at_a_time,
+    shm_exists, sleeper_with_pid, story, unique_name, wait_until,
 };
 
 /// A manager that lingers 3 s, where a test expects prompt reaping.
 fn manager() -> Daemon {
     manager_lingering("3s")
-}
-
-/// A frame whose free flag is neither 0 nor 1: malformed, the connection is
-/// closed for cause.
-fn malformed(name: &str) -> [u8; 68] {
-    let mut bytes = frame(0, name);
-    bytes[4] = 7;
-    bytes
 }
 
 /// What closes a connection for cause.
@@ -48,16 +43,30 @@ enum Cause {
 }
 
 impl Cause {
+    /// The bad bytes come from a process that ends right after, not from
+    /// the test: a live process that wrote on the connection keeps its
+    /// names once it is closed (the tie passes to it), and the test lives
+    /// on.
     fn close(self, conn: &mut RawClient) {
-        let bad = malformed(&unique_name("h13bad"));
+        let fd = conn.stream.as_raw_fd();
         match self {
-            Self::Malformed => conn.send(&bad),
-            Self::Stalled => conn.send(&frame(0, &unique_name("h13half"))[..30]),
+            Self::Malformed => {
+                let mut writer = malformed_frame_from_a_live_writer(fd);
+                assert!(
+                    conn.is_closed_by_peer(Duration::from_secs(10)),
+                    "{self:?}: the connection is closed for cause"
+                );
+                drop(writer.stdin.take());
+                assert!(writer.wait().unwrap().success());
+            }
+            Self::Stalled => {
+                half_frame_from_exited_writer(fd);
+                assert!(
+                    conn.is_closed_by_peer(Duration::from_secs(10)),
+                    "{self:?}: the connection is closed for cause"
+                );
+            }
         }
-        assert!(
-            conn.is_closed_by_peer(Duration::from_secs(10)),
-            "{self:?}: the connection is closed for cause"
-        );
     }
 }
 
