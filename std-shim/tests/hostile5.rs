@@ -113,8 +113,18 @@ fn free_pids(count: usize) -> Vec<i32> {
         .trim()
         .parse()
         .unwrap();
+    // Not the pids the kernel hands out next (after the last one it gave,
+    // wrapping at pid_max): the manager and the test's own processes would
+    // get them, and a "gone" pid would be a live one.
+    let last: i32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let handed_out_next = |pid: i32| (pid - last).rem_euclid(max) <= 4_096;
     (300..max)
         .rev()
+        .filter(|&pid| !handed_out_next(pid))
         .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
         .take(count)
         .collect()
