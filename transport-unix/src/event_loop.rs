@@ -7,7 +7,10 @@
 //! a few reads per client, a fixed number of journal frames per client, the
 //! manager's batch of names per tick, a budget of status report lines shared
 //! by every report in flight (`report::Report`); whatever is left waits for
-//! the next round, after every other client has been served.
+//! the next round, after every other client has been served. That holds for
+//! ends too: a process's end waits for its connections to be read as far as
+//! they were queued (`ends`), and a client that hangs up on a full journal
+//! has it read over rounds before its connection ends.
 //!
 //! The processes that send frames are watched (pidfds, see `pid_watch`), so
 //! that a process's end ends its holds even when its connection lives on in
@@ -37,6 +40,7 @@ use rustix::net::SendFlags;
 
 use crate::background::{self, Background, Job};
 use crate::closed_ties::ClosedTies;
+use crate::ends::{PendingEnds, ReadPosition};
 use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
@@ -57,6 +61,9 @@ const MAX_REPLY_BACKLOG: usize = 1 << 20;
 const READS_PER_ROUND: usize = 1;
 /// Journal frames read per client per round, for the same reason.
 const JOURNAL_FRAMES_PER_ROUND: u32 = 1_024;
+/// Process ends acted on per round: a journal's worth of gone senders can
+/// come due together, each end a walk over its holders.
+const ENDS_PER_ROUND: usize = 256;
 /// Accepts per round.
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How often journals are read when nothing else makes the manager look: a
@@ -224,6 +231,7 @@ pub fn serve_tuned<N: Namespace>(
         chores: VecDeque::new(),
         evict: Vec::new(),
         exited: Vec::new(),
+        ends: PendingEnds::default(),
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
         speaks_this_read: HashMap::new(),
@@ -355,7 +363,7 @@ pub fn serve_tuned<N: Namespace>(
         if !driver.journaled.is_empty() {
             wake_within(JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed()));
         }
-        if driver.journals_behind || !driver.exited.is_empty() {
+        if driver.journals_behind || !driver.exited.is_empty() || driver.ends.is_waiting() {
             wake_within(Duration::ZERO);
         }
         if driver.pids.has_polled() {
@@ -422,9 +430,7 @@ pub fn serve_tuned<N: Namespace>(
         driver.pids.check_polled(&mut driver.exited);
         // Before reading: frames from an exited pid, read below, are either
         // its last ones or a new process's that got the pid.
-        for &pid in &driver.exited {
-            manager.pid_exiting(pid, now);
-        }
+        driver.notice_exits(&mut manager, now);
         for event in &ready {
             let Source::Client(id) = event.source else {
                 continue;
@@ -439,6 +445,8 @@ pub fn serve_tuned<N: Namespace>(
         }
         if !driver.exited.is_empty() {
             driver.drain_all(&mut manager, now);
+        }
+        if !driver.exited.is_empty() || driver.ends.is_waiting() {
             driver.end_exited(&mut manager, &mut buf, now);
         }
         driver.work(&mut manager, namespace, now);
@@ -581,6 +589,12 @@ struct Client {
     /// until what it had committed by then is read, and is dropped if the
     /// connection is closed first.
     held_doorbell: Option<HeldDoorbell>,
+    /// How far it has been read: what ends wait for (`PendingEnds`).
+    read: ReadPosition,
+    /// It hung up with more committed to its journal than a round reads:
+    /// disconnected once its journal is read to here, a round's worth per
+    /// round; neither read nor written meanwhile.
+    hung_up_at: Option<u64>,
 }
 
 /// What the loop keeps about a status report's asker.
@@ -635,6 +649,8 @@ impl Client {
             asker: None,
             report: None,
             held_doorbell: None,
+            read: ReadPosition::default(),
+            hung_up_at: None,
         }
     }
 
@@ -667,6 +683,20 @@ impl Client {
                 Err(Errno::AGAIN) => return Ok(sent),
                 Err(errno) => return Err(errno),
             }
+        }
+    }
+
+    /// Where its queue ends now: what has been read, plus what waits on its
+    /// socket and in its journal.
+    fn queue_end(&self) -> ReadPosition {
+        let queued = rustix::io::ioctl_fionread(&self.fd).unwrap_or(0);
+        let unread = self
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.journal().unread().unwrap_or(0));
+        ReadPosition {
+            socket: self.read.socket + queued,
+            journal: self.read.journal + u64::from(unread),
         }
     }
 
@@ -717,6 +747,7 @@ impl Client {
     /// others, and any sent later, are closed.
     fn read(&mut self, buf: &mut [u8]) -> Result<(usize, Option<i32>), Errno> {
         let received = sender::receive(self.fd.as_fd(), buf)?;
+        self.read.socket += received.bytes as u64;
         if self.first_read {
             if let Some(fd) = received.fds.into_iter().last() {
                 self.offered = Some(fd);
@@ -754,9 +785,11 @@ struct Driver {
     chores: VecDeque<Chore>,
     /// Connections to cut off for not reading their replies.
     evict: Vec<ConnId>,
-    /// Watched processes that ended.
+    /// Processes found ended, their ends not yet begun.
     exited: Vec<i32>,
-    /// Senders found gone since their ends were last acted on.
+    /// Ends begun, waiting for their connections to be read.
+    ends: PendingEnds,
+    /// Senders found gone whose ends are not yet acted on.
     gone: HashSet<i32>,
     /// Who wrote the bytes the manager is reading now, if a socket's and the
     /// kernel said (see `sender`); `None` for a journal's.
@@ -829,10 +862,7 @@ impl Driver {
             match client.read(&mut buf[..want]) {
                 Ok((0, _)) => {
                     tracing::debug!(conn = %id, "client disconnected");
-                    // What it committed before it went is still its word.
-                    self.drain_at_end(id, manager, now);
-                    manager.disconnect(id, now, self);
-                    self.closing.push(id);
+                    self.hang_up(id, manager, now);
                     break;
                 }
                 Ok((n, writer)) => {
@@ -857,9 +887,7 @@ impl Driver {
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
                     tracing::debug!(conn = %id, "client connection failed: {errno}");
-                    self.drain_at_end(id, manager, now);
-                    manager.disconnect(id, now, self);
-                    self.closing.push(id);
+                    self.hang_up(id, manager, now);
                     break;
                 }
             }
@@ -892,6 +920,15 @@ impl Driver {
             return (read, false);
         };
         client.journal = Some(journal);
+        client.read.journal += u64::from(read);
+        if client
+            .hung_up_at
+            .is_some_and(|at| read == 0 || client.read.journal >= at)
+        {
+            manager.disconnect(id, now, self);
+            self.closing.push(id);
+            return (read, false);
+        }
         if let Some(held) = &mut client.held_doorbell {
             held.owed = held.owed.saturating_sub(read);
             if held.owed == 0 {
@@ -906,76 +943,166 @@ impl Driver {
         (read, read == JOURNAL_FRAMES_PER_ROUND)
     }
 
-    /// Reads what `id` committed before its end of file, and no more: the
-    /// memory may still be written by a forked copy of it.
-    fn drain_at_end(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
-        let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
+    /// `id` hung up (or its socket failed). What it committed to its
+    /// journal before is still its word, and no more is read (the memory may
+    /// still be written by a forked copy of it): up to a round's worth now,
+    /// and if more, the rest a round's worth per round before the
+    /// connection ends, so a client hanging up on a full ring (65,536
+    /// frames) does not hold everyone else up while it is read.
+    fn hang_up(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+        let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
-        let mut owed = journal.journal().unread().unwrap_or(0);
-        while owed > 0 {
-            let (read, _) = self.drain(id, manager, now);
-            if read == 0 {
+        if client.hung_up_at.is_some() {
+            return;
+        }
+        let owed = client
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.journal().unread().unwrap_or(0));
+        if owed == 0 {
+            manager.disconnect(id, now, self);
+            self.closing.push(id);
+            return;
+        }
+        client.hung_up_at = Some(client.read.journal + u64::from(owed));
+        client.backlog.clear();
+        client.held_doorbell = None;
+        self.readiness.remove(&client.fd);
+        self.drain(id, manager, now);
+        if self
+            .clients
+            .get(&id)
+            .is_some_and(|c| c.hung_up_at.is_some())
+            && !self.closing.contains(&id)
+        {
+            self.journals_behind = true;
+        }
+    }
+
+    /// Makes the processes in `exited` stop taking frames (a new process
+    /// given one of their pids is not taken for it), each once.
+    fn notice_exits(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
+        self.exited.sort_unstable();
+        self.exited.dedup();
+        let ends = &self.ends;
+        self.exited.retain(|&pid| !ends.is_pending(pid));
+        for &pid in &self.exited {
+            manager.pid_exiting(pid, now);
+            // Its descriptor stays watched, so a new process given the pid
+            // is refused a watch until the end is acted on; it no longer
+            // wakes the loop.
+            if let Some(fd) = self.pids.pidfd(pid) {
+                self.readiness.remove(fd);
+            }
+        }
+    }
+
+    /// Begins the ends of the processes in `exited` and acts on those whose
+    /// connections have been read as far as their queues reached when the
+    /// end began: a socket's bytes and a journal's commits at that moment,
+    /// however much, so that their last releases count. Each connection an
+    /// end waits on is read a round's worth per call. Senders found gone
+    /// during those reads are begun the same way in the same call.
+    fn end_exited(&mut self, manager: &mut Manager<Growable>, buf: &mut [u8], now: Timestamp) {
+        let mut caught_up = HashSet::new();
+        let mut acted = 0;
+        loop {
+            self.notice_exits(manager, now);
+            for pid in std::mem::take(&mut self.exited) {
+                let conns: Vec<ConnId> = manager.connections_of(pid).collect();
+                let mut marks = Vec::with_capacity(conns.len());
+                for id in conns {
+                    if marks.iter().any(|&(marked, _)| marked == id) || self.closing.contains(&id) {
+                        continue;
+                    }
+                    if let Some(client) = self.clients.get(&id) {
+                        marks.push((id, client.queue_end()));
+                    }
+                }
+                if !self.ends.begin(pid, marks) && !self.ends.is_pending(pid) {
+                    self.act_on_end(pid, manager, now);
+                }
+            }
+            for id in self.ends.connections() {
+                if caught_up.insert(id) {
+                    self.catch_up(id, manager, buf, now);
+                }
+            }
+            for id in self.ends.connections() {
+                let read = self
+                    .clients
+                    .get(&id)
+                    .filter(|_| !self.closing.contains(&id))
+                    .map(|client| client.read);
+                self.ends.read_to(id, read);
+            }
+            while acted < ENDS_PER_ROUND
+                && let Some(pid) = self.ends.next_due()
+            {
+                self.act_on_end(pid, manager, now);
+                acted += 1;
+            }
+            if self.exited.is_empty() {
                 return;
             }
-            owed = owed.saturating_sub(read);
         }
     }
 
-    /// Acts on the ends of the processes in `exited`, each once, after
-    /// reading what is queued on their connections (each connection once:
-    /// its socket's bytes and its journal's commits at that moment, however
-    /// much; their last releases count). Senders found gone during those
-    /// reads are handled the same way in the same call, before a new process
-    /// could be given their pid and taken for them.
-    fn end_exited(&mut self, manager: &mut Manager<Growable>, buf: &mut [u8], now: Timestamp) {
-        let mut read = HashSet::new();
-        while !self.exited.is_empty() {
-            let pids = std::mem::take(&mut self.exited);
-            for &pid in &pids {
-                manager.pid_exiting(pid, now);
-            }
-            let conns: Vec<ConnId> = pids
-                .iter()
-                .flat_map(|&pid| manager.connections_of(pid))
-                .filter(|&id| read.insert(id))
-                .collect();
-            for id in conns {
-                self.read_queued(id, manager, buf, now);
-            }
-            for pid in pids {
-                tracing::debug!(pid, "watched process exited");
-                self.stop_watching(pid);
-                manager.pid_exited(pid, now, self);
-            }
-        }
-        self.gone.clear();
+    fn act_on_end(&mut self, pid: i32, manager: &mut Manager<Growable>, now: Timestamp) {
+        tracing::debug!(pid, "watched process exited");
+        self.gone.remove(&pid);
+        self.stop_watching(pid);
+        manager.pid_exited(pid, now, self);
     }
 
-    /// Reads everything queued on `id` now, on its socket and in its journal.
-    fn read_queued(
+    /// Reads up to a round's worth of what ends wait for on `id`, on its
+    /// socket and in its journal. One read returns one writer's bytes: what
+    /// an exited member wrote last may wait behind other members' runs.
+    /// What cannot be read is taken as read (nothing more will come).
+    fn catch_up(
         &mut self,
         id: ConnId,
         manager: &mut Manager<Growable>,
         buf: &mut [u8],
         now: Timestamp,
     ) {
-        let queued = self
-            .clients
-            .get(&id)
-            .and_then(|client| rustix::io::ioctl_fionread(&client.fd).ok())
-            .unwrap_or(0);
-        // One read returns one writer's bytes: what an exited member wrote
-        // last may wait behind other members' runs, and must be read before
-        // its holders end, or its releases come too late.
-        let mut left = usize::try_from(queued).unwrap_or(usize::MAX);
-        while left > 0 && !self.closing.contains(&id) {
+        let (Some(target), Some(client)) = (self.ends.target(id), self.clients.get(&id)) else {
+            return;
+        };
+        let read = client.read;
+        let mut left = usize::try_from(target.socket.saturating_sub(read.socket))
+            .unwrap_or(usize::MAX)
+            .min(READS_PER_ROUND * buf.len());
+        let mut moved = false;
+        while left > 0 && self.is_read(id) {
             match self.read_from(id, manager, buf, left, now) {
                 0 => break,
-                read => left = left.saturating_sub(read),
+                n => {
+                    left = left.saturating_sub(n);
+                    moved = true;
+                }
             }
         }
-        self.drain_at_end(id, manager, now);
+        // A client that hung up still has its journal read.
+        if target.journal > read.journal && !self.closing.contains(&id) {
+            moved |= self.drain(id, manager, now).0 > 0;
+        }
+        if !moved && let Some(client) = self.clients.get_mut(&id) {
+            // Short of the mark with nothing to read: the queue held less
+            // than it said, or the socket failed with bytes in it.
+            client.read.socket = client.read.socket.max(target.socket);
+            client.read.journal = client.read.journal.max(target.journal);
+        }
+    }
+
+    /// Whether `id`'s socket is still read: not closing, not hung up.
+    fn is_read(&self, id: ConnId) -> bool {
+        !self.closing.contains(&id)
+            && self
+                .clients
+                .get(&id)
+                .is_some_and(|client| client.hung_up_at.is_none())
     }
 
     /// Reads a round's worth of every journal, so the manager's view is
@@ -1186,7 +1313,7 @@ impl Driver {
             dirty.sort_by_key(|id| self.clients.get(id).is_some_and(|c| c.report.is_some()));
         }
         for id in dirty {
-            let Some(client) = self.clients.get_mut(&id) else {
+            let Some(client) = self.clients.get_mut(&id).filter(|c| c.hung_up_at.is_none()) else {
                 continue;
             };
             let mut moved = false;
@@ -1271,9 +1398,7 @@ impl Driver {
             self.closing.push(id);
         }
         for id in failed {
-            self.drain_at_end(id, manager, now);
-            manager.disconnect(id, now, self);
-            self.closing.push(id);
+            self.hang_up(id, manager, now);
         }
         for id in self.closing.drain(..) {
             if let Some(client) = self.clients.remove(&id) {
@@ -1287,6 +1412,12 @@ impl Driver {
     /// Watches `pid`, a frame's, for `conn`'s holds, if it is a process of
     /// `conn`'s pid namespace that can be watched.
     fn watch(&mut self, conn: ConnId, pid: i32) -> bool {
+        // Until its end is acted on, the pid names the ended process (a new
+        // process given it is another, and its holds stay with its
+        // connection): its late frames are the ended one's.
+        if self.ends.is_pending(pid) || self.gone.contains(&pid) {
+            return false;
+        }
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;
         };

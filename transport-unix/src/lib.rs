@@ -56,6 +56,7 @@
 mod background;
 mod closed_ties;
 mod crowding;
+mod ends;
 mod event_loop;
 mod heap;
 mod launcher;
