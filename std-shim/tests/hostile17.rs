@@ -50,18 +50,9 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::handed::{
-    assert_names_outlive_the_tied_writer, connection_from_exited_process,
-    malformed_frame_from_a_live_writer, manager_lingering,
-};
-use common::{
-    Cleanup, NestedWorker, in_private_pid_namespace, one_at_a_time, shm_exists, story, unique_name,
-    wait_until,
-};
+use common::attack::{Attack, FamiliesTiedToLiveWriters};
+use common::handed::{assert_names_outlive_the_tied_writer, manager_lingering};
+use common::{in_private_pid_namespace, one_at_a_time, unique_name};
 
 // --- Finding 1: writers that came and went push a live one out -------------
 
@@ -173,63 +164,20 @@ fn finding_a_flood_of_closes_for_cause_does_not_forget_other_families_next_ties(
         .unwrap_or(20_000);
     let daemon = manager_lingering("3s");
     let _bystander = daemon.bystander();
-    let mut cleanup = Cleanup::default();
-    let mut families = Vec::new();
-    for i in 0..8 {
-        let (mut family, peer) = connection_from_exited_process(&daemon.handle);
-        assert!(common::process_gone(peer as u32));
-        let name = unique_name("h17flooded");
-        cleanup.0.push(name.clone());
-        let q = 30_000 + i;
-        assert!(common::process_gone(q as u32));
-        let worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
-        let writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
-        assert!(
-            family.is_closed_by_peer(Duration::from_secs(10)),
-            "the malformed frame closes the connection for cause"
-        );
-        families.push((worker, writer, name));
-    }
+    let mut families = FamiliesTiedToLiveWriters::close_for_cause(&daemon, 8, "h17flooded");
     let started = std::time::Instant::now();
-    let mut flood = Command::new("python3")
-        .arg("-c")
-        .arg(TIES_FLOOD)
-        .args([
-            &daemon.handle,
-            &closes.to_string(),
-            &unique_name("h17flood"),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), closes.to_string(), "the flood's closes");
+    let mut flood = Attack::start(
+        TIES_FLOOD,
+        &[
+            daemon.handle.clone(),
+            closes.to_string(),
+            unique_name("h17flood"),
+        ],
+    );
+    assert_eq!(flood.line(), closes.to_string(), "the flood's closes");
     eprintln!("{closes} closes for cause in {:?}", started.elapsed());
-    for (worker, writer, _) in &mut families {
-        drop(writer.stdin.take());
-        assert!(writer.wait().unwrap().success());
-        worker.queue();
-    }
-    // The linger (3 s), the grace, the look, and slack.
-    std::thread::sleep(Duration::from_secs(8));
-    let lost: Vec<String> = families
-        .iter()
-        .filter(|(_, _, name)| !shm_exists(name))
-        .map(|(_, _, name)| format!("{name}: {}", story(&daemon.handle, name)))
-        .collect();
-    let names: Vec<String> = families.iter().map(|(_, _, name)| name.clone()).collect();
-    drop(families);
-    let gone = wait_until(Duration::from_secs(15), || {
-        names.iter().all(|name| !shm_exists(name))
-    });
-    drop(flood.stdin.take());
-    let _ = flood.wait();
+    let (lost, gone) = families.after_the_tied_writers_end(&daemon);
+    flood.stop();
     assert!(
         lost.is_empty() && gone,
         "{} of 8 names in transit from live nested workers, on connections closed for cause \

@@ -105,186 +105,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::handed::{connection_from_exited_process, manager_lingering};
-use common::measure::{FLOOD_P99_BOUND, Probe, RoundTrips, cpu_time};
-use common::{
-    Cleanup, Daemon, NestedWorker, frame, in_private_pid_namespace, one_at_a_time, shm_exists,
-    story, unique_name, wait_until,
+use common::attack::{
+    Attack, FamiliesTiedToLiveWriters, asker_that_never_reads, assert_answered_beside_writers,
+    fill_history, hung_up,
 };
-
-/// A process of ours running a Python attack script, killed (with what it
-/// forked, once its stdin closes) however the test ends.
-struct Attack {
-    child: Child,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Attack {
-    /// Runs `script` with `args`; its stdin stays open until this drops.
-    fn start(script: &str, args: &[String]) -> Self {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { child, lines }
-    }
-
-    /// The next line it prints.
-    fn line(&mut self) -> String {
-        self.lines
-            .next()
-            .expect("the attack printed nothing")
-            .expect("a line")
-    }
-
-    /// Closes its stdin (it ends what it forked) and waits for it.
-    fn stop(mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Attack {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let exited = wait_until(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten().is_some()
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The probe's round trips on the quiet manager, then while `attack` runs
-/// (once it has run `settle`), for `measure`.
-fn probe_beside(
-    daemon: &Daemon,
-    attack: impl FnOnce() -> Attack,
-    settle: Duration,
-    measure: Duration,
-) -> (RoundTrips, RoundTrips, Duration) {
-    let manager = daemon.child.id();
-    let mut probe = Probe::connect(&daemon.handle);
-    let idle = probe.sample(300, Duration::from_millis(1));
-    let attack = attack();
-    std::thread::sleep(settle);
-    let cpu_before = cpu_time(manager);
-    let running = probe.spawn(Duration::from_millis(1));
-    std::thread::sleep(measure);
-    let cpu = cpu_time(manager).saturating_sub(cpu_before);
-    attack.stop();
-    (idle, running.finish(), cpu)
-}
+use common::handed::manager_lingering;
+use common::measure::{Probe, RoundTrips, cpu_time};
+use common::{Daemon, frame, in_private_pid_namespace, one_at_a_time, unique_name};
 
 // --- Finding 1: writers taking turns on many connections ---------------------
-
-/// Run by a process of ours: connects `argv[2]` times to the manager at
-/// `argv[1]`, then forks `argv[3]` writers that share those connections, as
-/// a pool's workers share their parent's. Each writer writes a stray
-/// release (a name nobody holds, under its own pid: a frame PyTorch's
-/// client sends) on every connection, then sleeps `argv[4]` seconds, over
-/// and over; their starts are spread over one such sleep. Prints `ready`
-/// once they run, and ends them when its stdin closes.
-const WRITERS_TAKING_TURNS: &str = r#"
-import os, socket, struct, sys, time
-handle, conns, writers, pause, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-socks = []
-for i in range(conns):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(handle)
-    socks.append(s)
-fds = [s.fileno() for s in socks]
-kids = []
-for w in range(writers):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            b = ("%s_%d" % (tag, w)).encode()
-            f = struct.pack("=iB", os.getpid(), 1) + b + b"\0" * (63 - len(b))
-            time.sleep(pause * w / writers)
-            while True:
-                for fd in fds:
-                    os.write(fd, f)
-                time.sleep(pause)
-        finally:
-            os._exit(0)
-    kids.append(pid)
-print("ready", flush=True)
-sys.stdin.read()
-for pid in kids:
-    os.kill(pid, 9)
-for pid in kids:
-    os.waitpid(pid, 0)
-"#;
-
-/// Another client's round trips beside `writers` writers taking turns on
-/// `conns` connections, `frames_per_second` stray releases in all.
-fn probe_beside_writers_taking_turns(
-    writers: usize,
-    conns: usize,
-    frames_per_second: f64,
-) -> (RoundTrips, RoundTrips, Duration) {
-    let daemon = Daemon::start_with_stderr(&[], Stdio::null());
-    let pause = (writers * conns) as f64 / frames_per_second;
-    probe_beside(
-        &daemon,
-        || {
-            let mut attack = Attack::start(
-                WRITERS_TAKING_TURNS,
-                &[
-                    daemon.handle.clone(),
-                    conns.to_string(),
-                    writers.to_string(),
-                    pause.to_string(),
-                    unique_name("h18turns"),
-                ],
-            );
-            assert_eq!(attack.line(), "ready");
-            attack
-        },
-        Duration::from_millis(1500),
-        Duration::from_secs(3),
-    )
-}
-
-fn assert_answered_beside_writers(writers: usize) {
-    let env = |key: &str, default: f64| {
-        std::env::var(key)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let conns = env("H18_TURNS_CONNS", 300.0) as usize;
-    let rate = env("H18_TURNS_RATE", 30_000.0);
-    let (idle, during, cpu) = probe_beside_writers_taking_turns(writers, conns, rate);
-    eprintln!(
-        "{writers} writers taking turns on {conns} connections, ~{rate} frames/s: manager CPU \
-         {cpu:.2?} in 3 s\n  probe idle:   {idle}\n  probe during: {during}"
-    );
-    assert!(
-        during.percentile(99.0) < FLOOD_P99_BOUND,
-        "beside {writers} processes taking turns writing stray releases on {conns} shared \
-         connections (~{rate} frames/s in all), another client's registration took {:.1?} at \
-         p99 (bound {FLOOD_P99_BOUND:?}, as beside a flood of frames); the manager used \
-         {cpu:.2?} of CPU in 3 s; during: {during}; idle: {idle}",
-        during.percentile(99.0)
-    );
-}
 
 /// 200 processes take turns writing on 300 connections they share (a pool
 /// whose workers write on their parent's connection, or any process that
@@ -313,7 +150,7 @@ fn assert_answered_beside_writers(writers: usize) {
 #[test]
 fn finding_writers_taking_turns_on_shared_connections_keep_another_client_answered() {
     let _serial = one_at_a_time();
-    assert_answered_beside_writers(200);
+    assert_answered_beside_writers("h18", 200);
 }
 
 /// The same frames from 64 writers, fewer than a connection remembers: no
@@ -322,35 +159,10 @@ fn finding_writers_taking_turns_on_shared_connections_keep_another_client_answer
 #[test]
 fn sixty_four_writers_taking_turns_on_shared_connections_keep_another_client_answered() {
     let _serial = one_at_a_time();
-    assert_answered_beside_writers(64);
+    assert_answered_beside_writers("h18", 64);
 }
 
 // --- Finding 2: closes spread over many tied processes ----------------------
-
-/// A frame whose free flag (7) no client sends: the connection it arrives
-/// on is closed for cause at once.
-fn malformed_frame() -> [u8; 68] {
-    let mut bad = frame(0, &unique_name("h18bad"));
-    bad[4] = 7;
-    bad
-}
-
-/// Starts a process of ours sharing `conn` as descriptor 3 that writes a
-/// malformed frame on it and lives on until its stdin closes.
-fn malformed_frame_from_a_live_writer(conn: RawFd) -> Child {
-    let hex: String = malformed_frame()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let mut command = Command::new("python3");
-    command
-        .arg("-c")
-        .arg("import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); sys.stdin.read()")
-        .arg(hex)
-        .stdin(Stdio::piped());
-    common::share_as_fd3(&mut command, conn);
-    command.spawn().expect("python3")
-}
 
 /// Run by a process of ours, A: closes `argv[2]` connections of its own for
 /// cause, `argv[3]` at a time, each tied to a process of its own that
@@ -460,23 +272,7 @@ fn finding_closes_spread_over_many_tied_processes_do_not_forget_other_families_n
         .unwrap_or(6_000);
     let daemon = manager_lingering("3s");
     let _bystander = daemon.bystander();
-    let mut cleanup = Cleanup::default();
-    let mut families = Vec::new();
-    for i in 0..FAMILIES {
-        let (mut family, peer) = connection_from_exited_process(&daemon.handle);
-        assert!(common::process_gone(peer as u32));
-        let name = unique_name("h18spread");
-        cleanup.0.push(name.clone());
-        let q = 30_000 + i;
-        assert!(common::process_gone(q as u32));
-        let worker = NestedWorker::spawn(family.stream.as_raw_fd(), q, &name);
-        let writer = malformed_frame_from_a_live_writer(family.stream.as_raw_fd());
-        assert!(
-            family.is_closed_by_peer(Duration::from_secs(10)),
-            "the malformed frame closes the connection for cause"
-        );
-        families.push((worker, writer, name));
-    }
+    let mut families = FamiliesTiedToLiveWriters::close_for_cause(&daemon, FAMILIES, "h18spread");
     let started = Instant::now();
     let mut flood = Attack::start(
         SPREAD_TIES_FLOOD,
@@ -492,23 +288,7 @@ fn finding_closes_spread_over_many_tied_processes_do_not_forget_other_families_n
         "{closes} closes for cause, each tied to a process of its own, in {:?}",
         started.elapsed()
     );
-    for (worker, writer, _) in &mut families {
-        drop(writer.stdin.take());
-        assert!(writer.wait().unwrap().success());
-        worker.queue();
-    }
-    // The linger (3 s), the grace, the look, and slack.
-    std::thread::sleep(Duration::from_secs(8));
-    let lost: Vec<String> = families
-        .iter()
-        .filter(|(_, _, name)| !shm_exists(name))
-        .map(|(_, _, name)| format!("{name}: {}", story(&daemon.handle, name)))
-        .collect();
-    let names: Vec<String> = families.iter().map(|(_, _, name)| name.clone()).collect();
-    drop(families);
-    let gone = wait_until(Duration::from_secs(15), || {
-        names.iter().all(|name| !shm_exists(name))
-    });
+    let (lost, gone) = families.after_the_tied_writers_end(&daemon);
     flood.stop();
     assert!(
         lost.is_empty() && gone,
@@ -522,58 +302,6 @@ fn finding_closes_spread_over_many_tied_processes_do_not_forget_other_families_n
 }
 
 // --- Finding 3: askers that never read hold every report slot ---------------
-
-/// Fills the manager's history (8,192 events, its bound) with registrations
-/// and releases of names nobody creates: a history report is then about
-/// 800 KB, more than an asker's socket holds unread.
-fn fill_history(daemon: &Daemon) {
-    let mut client = daemon.connect();
-    let bytes: Vec<u8> = (0..4_096)
-        .map(|i| format!("/torch_h18hist_{}_{i}", common::run_id()))
-        .flat_map(|name| frame(0, &name).into_iter().chain(frame(1, &name)))
-        .collect();
-    let mut reader = client.stream.try_clone().unwrap();
-    // Read while writing: the answers would fill the socket.
-    let replies = std::thread::spawn(move || {
-        let mut replies = vec![0u8; 2 * 4_096];
-        reader.read_exact(&mut replies).map(|()| replies)
-    });
-    client.send(&bytes);
-    replies.join().unwrap().expect("replies");
-}
-
-/// Whether the manager hung up on `stream` within `within`, without
-/// reading what it sent.
-fn hung_up(stream: &UnixStream, within: Duration) -> bool {
-    let mut fds = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    let timeout = i32::try_from(within.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one pollfd of ours, for the length given.
-    let ready = unsafe { libc::poll(&raw mut fds, 1, timeout) };
-    ready > 0 && fds.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
-}
-
-/// An asker that asks for a history report, never reads it, and asks again
-/// as soon as the manager hangs up (its report's deadline), until `stop`.
-fn asker_that_never_reads(handle: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
-    std::thread::spawn(move || {
-        let mut asked = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(mut asker) = UnixStream::connect(&handle) else {
-                continue;
-            };
-            if asker.write_all(&frame(0, "/libshm_history_v1")).is_err() {
-                continue;
-            }
-            asked += 1;
-            while !stop.load(Ordering::Relaxed) && !hung_up(&asker, Duration::from_millis(50)) {}
-        }
-        asked
-    })
-}
 
 /// Four askers of history reports that never read them (the manager's
 /// history is full, so each report is about 800 KB, more than a socket
@@ -606,7 +334,7 @@ fn finding_askers_that_never_read_their_reports_leave_others_a_report() {
     let _serial = one_at_a_time();
     let daemon = Daemon::start_with_stderr(&[], Stdio::null());
     let _bystander = daemon.bystander();
-    fill_history(&daemon);
+    fill_history(&daemon, "h18");
     let stop = Arc::new(AtomicBool::new(false));
     let askers: Vec<_> = (0..4)
         .map(|_| asker_that_never_reads(daemon.handle.clone(), Arc::clone(&stop)))
@@ -657,7 +385,7 @@ fn a_slow_reader_of_a_report_does_not_keep_the_manager_busy() {
     let daemon = Daemon::start_with_stderr(&[], Stdio::null());
     let manager = daemon.child.id();
     let _bystander = daemon.bystander();
-    fill_history(&daemon);
+    fill_history(&daemon, "h18");
     let mut asker = UnixStream::connect(&daemon.handle).unwrap();
     asker
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -767,7 +495,7 @@ fn longest_wait_beside_a_burst_of_closes(conns: usize, writers: usize) -> (Durat
     let probe = Probe::connect(&daemon.handle).spawn(Duration::from_millis(1));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    writeln!(attack.child.stdin.as_mut().unwrap()).unwrap();
+    attack.cue();
     assert_eq!(attack.line(), "closed");
     let took = started.elapsed();
     std::thread::sleep(Duration::from_millis(300));

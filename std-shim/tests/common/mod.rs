@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod attack;
 #[allow(dead_code)]
 pub mod handed;
 pub mod hold;
