@@ -92,8 +92,17 @@ const HEAD_READ_WITHIN: Duration = Duration::from_millis(200);
 /// ended are forgotten first, so a live one goes only behind 192 live ones
 /// (a DataLoader's or a Pool's workers share their parent's connection).
 /// Past that many taking turns, each read from a writer not remembered
-/// costs a read of its `/proc` entry.
+/// would cost a read of its `/proc` entry: see [`CROWDED_WRITER_LOOKS_PER_ROUND`].
 const WRITERS_REMEMBERED: usize = 256;
+/// Writers remembered past which a connection is crowded: what it keeps
+/// when it forgets its oldest.
+const WRITERS_KEPT: usize = WRITERS_REMEMBERED - WRITERS_REMEMBERED / 4;
+/// Looks at new writers' start times per round, across all connections,
+/// for crowded connections (a live writer may be forgotten there anyway):
+/// hundreds of writers taking turns on hundreds of connections would
+/// otherwise cost a `/proc` read per read (hostile19 finding 2). Families
+/// below the crowd are looked at whole.
+const CROWDED_WRITER_LOOKS_PER_ROUND: u32 = 16;
 /// The longest spin after an answer, by default: PyTorch's Python client sends
 /// its next frame 50 to 70 us after an `OK` here (it maps, copies and unmaps
 /// in between), so a shorter window (50 us was tried) never catches it.
@@ -237,6 +246,7 @@ pub fn serve_tuned<N: Namespace>(
         speaks_this_read: HashMap::new(),
         closed_ties: ClosedTies::default(),
         writer: None,
+        crowded_writer_looks: CROWDED_WRITER_LOOKS_PER_ROUND,
         journals_behind: false,
         replied: false,
         freed_descriptor: false,
@@ -415,6 +425,7 @@ pub fn serve_tuned<N: Namespace>(
         let now = Timestamp::from_duration(clock.elapsed());
         driver.clock = now;
         driver.report_work = Budget::per_round();
+        driver.crowded_writer_looks = CROWDED_WRITER_LOOKS_PER_ROUND;
 
         let mut accepting = false;
         for event in &ready {
@@ -700,10 +711,17 @@ impl Client {
         }
     }
 
-    /// Remembers when `writer` started, unless already known.
-    fn note_writer_started(&mut self, writer: i32) {
+    /// Remembers when `writer` started, unless already known, or unless
+    /// the connection is crowded and this round's `crowded_looks` are spent.
+    fn note_writer_started(&mut self, writer: i32, crowded_looks: &mut u32) {
         if self.writers_started.iter().any(|&(pid, _)| pid == writer) {
             return;
+        }
+        if self.writers_started.len() >= WRITERS_KEPT {
+            if *crowded_looks == 0 {
+                return;
+            }
+            *crowded_looks -= 1;
         }
         let started = if self.peer.pid == Some(writer) {
             self.peer_started
@@ -717,8 +735,7 @@ impl Client {
             // bound cost a few looks each, not a look at every one.
             self.writers_started
                 .retain(|&(pid, started)| started.is_some() && pid_watch::pid_exists(pid));
-            let keep = WRITERS_REMEMBERED - WRITERS_REMEMBERED / 4;
-            let excess = self.writers_started.len().saturating_sub(keep);
+            let excess = self.writers_started.len().saturating_sub(WRITERS_KEPT);
             self.writers_started.drain(..excess);
         }
         self.writers_started.push((writer, started));
@@ -745,7 +762,11 @@ impl Client {
     /// Reads what is there, and who wrote it. On the first read, descriptors
     /// sent along are collected too (the last one is kept as the offer); any
     /// others, and any sent later, are closed.
-    fn read(&mut self, buf: &mut [u8]) -> Result<(usize, Option<i32>), Errno> {
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        crowded_looks: &mut u32,
+    ) -> Result<(usize, Option<i32>), Errno> {
         let received = sender::receive(self.fd.as_fd(), buf)?;
         self.read.socket += received.bytes as u64;
         if self.first_read {
@@ -759,7 +780,7 @@ impl Client {
             && self.last_writer != Some(writer)
         {
             self.last_writer = Some(writer);
-            self.note_writer_started(writer);
+            self.note_writer_started(writer, crowded_looks);
         }
         Ok((received.bytes, received.writer))
     }
@@ -803,6 +824,9 @@ struct Driver {
     /// For connections closed for cause whose untrusted holds are tied to
     /// a process: who to pass the tie on to when that one ends.
     closed_ties: ClosedTies,
+    /// What is left of this round's looks at crowded connections' new
+    /// writers.
+    crowded_writer_looks: u32,
     /// Some journal had more frames than one round reads.
     journals_behind: bool,
     /// A reply was queued this round.
@@ -859,7 +883,7 @@ impl Driver {
                 break;
             };
             let want = left.min(buf.len());
-            match client.read(&mut buf[..want]) {
+            match client.read(&mut buf[..want], &mut self.crowded_writer_looks) {
                 Ok((0, _)) => {
                     tracing::debug!(conn = %id, "client disconnected");
                     self.hang_up(id, manager, now);
