@@ -22,9 +22,13 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::handed::manager_lingering;
+use common::journal_client::JournalClient;
 use common::{
     Cleanup, Daemon, RawClient, Sleeper, frame, run_id, shm_exists, story, unique_name, wait_until,
 };
+use libshm::SegmentName;
+use libshm::protocol::frame::Frame;
+use libshm::protocol::journal::JournalMemory;
 
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
@@ -543,4 +547,131 @@ fn a_worker_given_a_pending_pid_is_watched_and_its_names_reaped_when_it_dies() {
          after it died (once the connection closed: reaped {reaped_once_closed}); the same \
          from a worker with a pid of its own was:\n  {told}"
     );
+}
+
+// --- Withstood -----------------------------------------------------------------
+
+/// A process given a gone sender's pid while that sender's end is pending
+/// (its frame read ahead of a 42 MB queue), registering a name on a
+/// connection of its own and leaving it in transit, keeps it after the gone
+/// sender's end is acted on: it is refused a watch while the end is
+/// pending (`Driver::watch`, transport-unix/src/event_loop.rs:1418), so its
+/// holds stand for its connection, not for the pid. Without that refusal
+/// the gone sender has no pidfd to stand in the way: the new process would
+/// be watched under the pid, its holder linked into the gone sender's list,
+/// and the gone sender's end (`Manager::pid_exited`) would end it, its name
+/// reaped while it lives (as hostile5's first attack did with an end
+/// reported a round late). Checked by hand: with that refusal taken out
+/// the name was an orphan at t=786 ms, the moment the queue was read, and
+/// unlinked at 1.85 s while its process lived.
+#[test]
+fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_in_transit() {
+    if !common::in_private_pid_namespace(
+        "a_process_given_a_gone_senders_pending_pid_keeps_its_names_in_transit",
+    ) {
+        return;
+    }
+    const QUEUED_FRAMES: usize = 600_000;
+    let daemon = manager_lingering("3s");
+    let _bystander = daemon.bystander();
+    let reused_name = name_of("intransit");
+    let _cleanup = Cleanup(vec![reused_name.clone()]);
+    let mut shared = daemon.connect();
+    force_send_buffer(&shared.stream, 1 << 28);
+    let mut pid = 0;
+    daemon.while_stopped(|| {
+        pid = shared.register_from_exited_child(&[&unique_name("h20gone")]);
+        queue_strays(&mut shared, QUEUED_FRAMES);
+    });
+    let began = Instant::now();
+    assert_eq!(
+        shared.reply(),
+        Some(*b"OK"),
+        "the gone sender's registration"
+    );
+    // It registers, creates, and leaves its name in transit; never closed.
+    let mut reuser = Script::closed_for_cause(&daemon.handle, &reused_name, Some(pid));
+    let pending_after = unread_by_manager(&shared.stream);
+    let registered_after = began.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(30), || unread_by_manager(
+            &shared.stream
+        ) == 0),
+        "the queue is read"
+    );
+    let read_in = began.elapsed();
+    eprintln!(
+        "queue read in {read_in:.2?}; the process given pid {pid} registered {registered_after:.2?} \
+         in, {pending_after} bytes still unread"
+    );
+    assert!(
+        pending_after > 0,
+        "the gone sender's end was no longer pending when the new process registered"
+    );
+    // The linger, the grace, a look, and slack.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(reuser.is_alive());
+    assert!(
+        shm_exists(&reused_name),
+        "{reused_name}, in transit from live pid {pid} (given the pid of a gone sender whose \
+         end was pending), was unlinked while it lives:\n  {}",
+        story(&daemon.handle, &reused_name)
+    );
+}
+
+fn segment_name(name: &str) -> SegmentName {
+    SegmentName::new(name.as_bytes()).unwrap()
+}
+
+/// A journal client hangs up on a full ring whose last committed frames
+/// are a watched process's release of a name in transit and, in one case,
+/// corrupt frames after it, and that process ends at the same moment: both
+/// the hang-up and the end wait for the ring to be read over rounds. The
+/// release still counts (the end is acted on only once the ring is read
+/// past it): the name, refcount 1 and unmapped, is kept. Had the end been
+/// acted on before the ring was read to its mark, the process's hold would
+/// have turned dead (1) against the refcount (1): an orphan, unlinked after
+/// the 1 s grace, as it was before round 4 fixed the exit reads. The
+/// corrupt tail closes the connection for cause once reached (what is
+/// before it still counts), and the manager answers a registration on
+/// another connection at the end. Checked by hand: with ends acted on as
+/// soon as they are noticed (`PendingEnds::begin` bypassed), the release
+/// came as a stray at t=202 ms and the name was unlinked at 1.15 s.
+#[test]
+fn a_hang_up_on_a_full_ring_with_the_last_release_of_an_ended_process_keeps_its_name() {
+    for corrupt_tail in [false, true] {
+        let daemon = manager_lingering("3s");
+        let mut bystander = daemon.bystander();
+        let name = unique_name("h20lastrelease");
+        let _cleanup = Cleanup(vec![name.clone()]);
+        let mut owner = Sleeper::spawn();
+        let mut client = JournalClient::attach(&daemon.handle, 1 << 16);
+        client.register(owner.pid(), &name);
+        assert_eq!(client.ring(), Some(*b"OK"), "the registration is read");
+        common::create_segment(&name, 1, 64);
+        let junk = unique_name("h20ringjunk");
+        let tail = if corrupt_tail { 20_000 } else { 0 };
+        daemon.while_stopped(|| {
+            for _ in 0..(65_535 - tail) {
+                client.append(Frame::release(owner.pid(), segment_name(&junk)));
+            }
+            client.append(Frame::release(owner.pid(), segment_name(&name)));
+            for _ in 0..tail {
+                let mut bad = Frame::release(owner.pid(), segment_name(&junk)).to_raw();
+                bad.free = 7;
+                client.memory.journal().append(&bad).expect("room");
+            }
+            owner.kill();
+            drop(client);
+        });
+        // The grace, a look, and slack.
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(
+            shm_exists(&name),
+            "{name}, released by its owner at the end of a full ring (corrupt tail: \
+             {corrupt_tail}) left by a hang-up as the owner ended, was unlinked:\n  {}",
+            story(&daemon.handle, &name)
+        );
+        assert!(bystander.answers_registration(&unique_name("h20after")));
+    }
 }
