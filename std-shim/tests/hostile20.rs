@@ -657,6 +657,96 @@ fn a_client_that_exits_with_answers_owed_and_a_long_queue_has_its_last_release_r
     );
 }
 
+/// Finding 6 (older than fb3163f, which kept it). Frames committed to a
+/// ring after its connection hung up are read, up to 1,023 of them, though
+/// `Driver::hang_up` says no more is read ("the memory may still be written
+/// by a forked copy of it"); the holds they make end with the connection
+/// at once, and a live process's mapped segment is unlinked.
+///
+/// What happened: a journal client committed 64,513 frames (63 rounds'
+/// worth and one) and hung up while the manager was stopped; 30 ms after
+/// it was continued, a process that kept the ring's memory (a fork of the
+/// client, here the test) committed registrations of a segment a live
+/// process maps (refcount 1). The manager read 1,023 of them in the batch
+/// that read the last frame owed, charged them to the live process on the
+/// connection, and ended them when it disconnected it a moment later: an
+/// orphan (refcount 1, dead 1,023) at ~0.4 s, unlinked at 1.4-1.5 s while
+/// its process maps it. Frames left unread would have left the name
+/// unknown to the manager, never unlinked by it. The manager before fb3163f
+/// did the same (its `drain_at_end` overshot the same way), but read the
+/// ring in one round, so a fork had less time to commit behind the mark.
+///
+/// Root cause: `Driver::drain` (transport-unix/src/event_loop.rs:914) reads
+/// `JOURNAL_FRAMES_PER_ROUND` frames whatever `hung_up_at` says, and only
+/// then compares (:924-926): the batch that reaches the mark reads up to
+/// 1,023 frames past it.
+///
+/// Suggested fix: for a hung-up client, read at most `hung_up_at -
+/// read.journal` frames (`min` with the round's worth) in `drain`.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
+/// --include-ignored frames_committed_to_a_ring_after`
+#[test]
+#[ignore = "finding 6: up to 1,023 frames committed after a hang-up are read and ended at once"]
+fn frames_committed_to_a_ring_after_its_connection_hung_up_are_not_taken() {
+    let daemon = manager_lingering("3s");
+    let _bystander = daemon.bystander();
+    // A live process of ours mapping its segment (refcount 1), whose frames
+    // a fork that kept the ring's memory commits after the hang-up.
+    let writer = Sleeper::spawn();
+    let name = unique_name("h20afterhangup");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    common::create_segment(&name, 1, 64);
+    let JournalClient { stream, memory } = JournalClient::attach(&daemon.handle, 1 << 16);
+    let journal = memory.journal();
+    let junk = segment_name(&unique_name("h20hjunk"));
+    // Committed before the hang-up: the round's worth the manager reads
+    // before it sees the end of file (its journals are due: it was stopped
+    // past their interval), then 62 rounds' worth and one frame.
+    const BEFORE: u32 = 63 * 1_024 + 1;
+    daemon.while_stopped(|| {
+        for _ in 0..BEFORE {
+            journal
+                .append(&Frame::release(writer.pid(), junk).to_raw())
+                .expect("room");
+        }
+        drop(stream);
+        std::thread::sleep(Duration::from_millis(150));
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    let frame = Frame::register(writer.pid(), segment_name(&name)).to_raw();
+    let start = Instant::now();
+    let mut after: u32 = 0;
+    while after < 4_096 && start.elapsed() < Duration::from_secs(3) {
+        if journal.append(&frame).is_ok() {
+            after += 1;
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    let appended_in = start.elapsed();
+    // The grace, a look, and slack.
+    std::thread::sleep(Duration::from_secs(4));
+    // Consumed, not all taken: a batch read after the disconnect is skipped.
+    let taken = after.saturating_sub(journal.unread().unwrap_or(0));
+    eprintln!(
+        "{after} registrations committed after the hang-up (in {appended_in:.2?}), {taken} of \
+         them consumed"
+    );
+    assert!(
+        shm_exists(&name),
+        "{name}, mapped by live pid {} (refcount 1), was unlinked: registrations of it \
+         committed to the ring after its connection hung up ({after}, {taken} consumed) were \
+         read and ended with the connection:\n  {}",
+        writer.pid(),
+        story(&daemon.handle, &name)
+            .lines()
+            .filter(|l| !l.contains("registered"))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
 // --- Withstood -----------------------------------------------------------------
 
 /// A process given a gone sender's pid while that sender's end is pending
