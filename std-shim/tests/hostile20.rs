@@ -832,13 +832,15 @@ fn segment_name(name: &str) -> SegmentName {
 /// the 1 s grace, as it was before round 4 fixed the exit reads. The
 /// corrupt tail closes the connection for cause once reached (what is
 /// before it still counts), and the manager answers a registration on
-/// another connection at the end. Checked by hand: with ends acted on as
+/// another connection at the end, then idles (an end that never came due
+/// would keep it polling without sleeping, a CPU's worth) and exits once
+/// its last client leaves. Checked by hand: with ends acted on as
 /// soon as they are noticed (`PendingEnds::begin` bypassed), the release
 /// came as a stray at t=202 ms and the name was unlinked at 1.15 s.
 #[test]
 fn a_hang_up_on_a_full_ring_with_the_last_release_of_an_ended_process_keeps_its_name() {
     for corrupt_tail in [false, true] {
-        let daemon = manager_lingering("3s");
+        let mut daemon = manager_lingering("3s");
         let mut bystander = daemon.bystander();
         let name = unique_name("h20lastrelease");
         let _cleanup = Cleanup(vec![name.clone()]);
@@ -863,7 +865,7 @@ fn a_hang_up_on_a_full_ring_with_the_last_release_of_an_ended_process_keeps_its_
             drop(client);
         });
         // The grace, a look, and slack.
-        std::thread::sleep(Duration::from_secs(4));
+        std::thread::sleep(Duration::from_secs(3));
         assert!(
             shm_exists(&name),
             "{name}, released by its owner at the end of a full ring (corrupt tail: \
@@ -871,6 +873,22 @@ fn a_hang_up_on_a_full_ring_with_the_last_release_of_an_ended_process_keeps_its_
             story(&daemon.handle, &name)
         );
         assert!(bystander.answers_registration(&unique_name("h20after")));
+        // Nothing left waiting: the manager idles, and once its last client
+        // leaves it exits (after the 2 s shutdown timeout and, the name being
+        // in transit, the 3 s linger).
+        let manager = daemon.child.id();
+        let cpu_before = cpu_time(manager);
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_cpu = cpu_time(manager).saturating_sub(cpu_before);
+        assert!(
+            idle_cpu < Duration::from_millis(200),
+            "the manager used {idle_cpu:.2?} of CPU in 1 s once the ring was read"
+        );
+        drop(bystander);
+        assert!(
+            daemon.wait_exit(Duration::from_secs(10)).is_some(),
+            "the manager did not exit within 10 s of its last client leaving"
+        );
     }
 }
 
