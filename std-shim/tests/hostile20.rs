@@ -1100,3 +1100,102 @@ fn ends_on_connections_shared_by_writers_taking_turns_do_not_stall_other_clients
         ends.percentile(50.0),
     );
 }
+
+/// Finding 7 (older than fb3163f, which does not bound it). A watched
+/// process that ends with frames in its ring costs the manager time
+/// quadratic in them: every frame read makes a new holder and walks all the
+/// ones made before it, and everyone else waits.
+///
+/// What happened: a journal client committed registrations by a watched
+/// process (one name, never created), and the process was killed, while
+/// the manager was stopped. Reading the ring took 3.4 s for 4,000 frames,
+/// 4.9 s for 8,000, 22.4 s for 16,000 (quadratic; the manager at a CPU
+/// meanwhile), another client's registration waiting up to 2.6 s, 2.6 s
+/// and 7.6 s; 60,000 frames (a ring nearly full, as a worker killed while
+/// it registers leaves it) were not read in 120 s and the other client got
+/// no answer in 10 s. The same rings by the process alive: read in 65-160
+/// ms, the other client waiting at most 8-51 ms. Before fb3163f: the same
+/// (2.59 s for 4,000 frames, in one round).
+///
+/// Root cause: `Manager::known_holder` (core/src/manager.rs:2322-2324)
+/// finds the frame's pid ended (`pid_has_ended`, the pidfd says so) and
+/// calls `pid_exiting`, which walks every holder tied to the pid
+/// (core/src/manager.rs:1260-1277) and takes the last one out of the index;
+/// `holder_for` (:2137) then makes a new holder for the frame (the watch is
+/// refused, the pid is gone) and remembers it as the connection's last
+/// (:2179). The next frame finds that holder, the pid ended, and walks
+/// again: k holders after k frames, k steps for the next. `PendingEnds`
+/// spreads the frames over rounds, 1,024 a round, but a round late in the
+/// ring still costs 1,024 walks of up to 65,536 holders. (The pid's end,
+/// acted on once, then ends 4,000 to 65,536 holders, a note and a log line
+/// each.)
+///
+/// Suggested fix: while a pid's end is pending, keep one holder for its
+/// late frames per connection (made once, outside the index, found by
+/// `holder_for` through the pid's entry), and make `pid_exiting` run once
+/// per end (a flag on `PidEntry`), marking holders tied to the pid later
+/// as they are linked.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
+/// --include-ignored a_ring_of_an_ended_watched_process` (`H20_FRAMES` sets
+/// the frames, 8,000 by default).
+#[test]
+#[ignore = "finding 7: frames of an ended watched process cost quadratic time: 8,000 stall others 2.6 s"]
+fn a_ring_of_an_ended_watched_process_is_read_without_stalling_others() {
+    let frames: usize = std::env::var("H20_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8_000);
+    let mut measured = Vec::new();
+    for ends in [false, true] {
+        let daemon = Daemon::start_with_stderr(&[], Stdio::null());
+        let manager = daemon.child.id();
+        let mut owner = Sleeper::spawn();
+        let mut client = JournalClient::attach(&daemon.handle, 1 << 16);
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let name = unique_name("h20ended");
+        client.register(owner.pid(), &name);
+        assert_eq!(client.ring(), Some(*b"OK"), "the owner is watched");
+        let mut probe = Probe::connect(&daemon.handle);
+        probe.round_trip();
+        daemon.while_stopped(|| {
+            for _ in 0..frames {
+                client.register(owner.pid(), &name);
+            }
+            if ends {
+                owner.kill();
+            }
+        });
+        let cpu_before = cpu_time(manager);
+        let running = probe.spawn(Duration::from_millis(5));
+        let start = Instant::now();
+        assert_eq!(client.ring(), Some(*b"OK"), "the ring is read");
+        let took = start.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
+        let cpu = cpu_time(manager).saturating_sub(cpu_before);
+        measured.push((took, cpu, running.finish()));
+    }
+    let [
+        (alive_took, alive_cpu, alive),
+        (ended_took, ended_cpu, ended),
+    ] = &measured[..]
+    else {
+        unreachable!()
+    };
+    let report = format!(
+        "{frames} frames by the process alive: read in {alive_took:.2?} (manager cpu \
+         {alive_cpu:.2?}), probe {alive}\n{frames} frames by the process ended: read in \
+         {ended_took:.2?} (manager cpu {ended_cpu:.2?}), probe {ended}"
+    );
+    eprintln!("{report}");
+    let limit = Duration::from_millis(500).max(alive.max() * 8);
+    assert!(
+        ended.max() <= limit,
+        "another client waited {:.2?} (limit {limit:.2?}) while a ring of {frames} frames by a \
+         watched process that ended was read\n{report}",
+        ended.max()
+    );
+}
