@@ -702,7 +702,9 @@ pub struct Holder {
     ending: bool,
     /// Its process has exited and the driver is reading what it sent before
     /// that: it takes no new frames (a new process with the same pid would
-    /// otherwise be taken for it), only its own late releases.
+    /// otherwise be taken for it), only its own late releases. A holder
+    /// made for a sender already gone is exiting from the start, and takes
+    /// that sender's late frames on its connection until the end.
     exiting: bool,
     /// Why it ended (meaningful while `ending`).
     end: HolderEnd,
@@ -1263,7 +1265,9 @@ impl<S: Storage> Manager<S> {
         while let Some(holder) = self.holders.get_mut(next) {
             let id = next;
             next = holder.older_same_pid;
-            if holder.lifeline != Lifeline::Pid(pid) || holder.ending {
+            // A gone sender's holder is exiting from the start, and keeps
+            // taking its pid's late frames on its connection.
+            if holder.lifeline != Lifeline::Pid(pid) || holder.ending || holder.exiting {
                 continue;
             }
             holder.exiting = true;
@@ -2134,8 +2138,9 @@ impl<S: Storage> Manager<S> {
             return Some(holder);
         }
         self.conns.get(&conn)?;
-        let ends_reported = fx.watch_pid(conn, pid) || fx.pid_is_gone(conn, pid);
-        let holder = if ends_reported && self.retain_pid(pid, fx) {
+        let watched = fx.watch_pid(conn, pid);
+        let gone = !watched && fx.pid_is_gone(conn, pid);
+        let holder = if (watched || gone) && self.retain_pid(pid, fx) {
             let key = HolderKey {
                 conn,
                 pid: Some(pid),
@@ -2144,6 +2149,9 @@ impl<S: Storage> Manager<S> {
                 self.release_pid(pid, fx);
                 return None;
             };
+            if let Some(h) = self.holders.get_mut(holder) {
+                h.exiting = gone;
+            }
             if self.holder_index.insert(key, holder).is_err() {
                 self.remove_holder(holder);
                 self.release_pid(pid, fx);
@@ -2315,11 +2323,12 @@ impl<S: Storage> Manager<S> {
                 holder
             }
         };
-        let tied = self
-            .holders
-            .get(holder)
-            .is_some_and(|h| h.lifeline == Lifeline::Pid(pid));
-        if tied && fx.pid_has_ended(pid) {
+        let (tied, exiting) = self.holders.get(holder).map_or((false, false), |h| {
+            (h.lifeline == Lifeline::Pid(pid), h.exiting)
+        });
+        // A gone sender's holder: its end is known, and a look per frame
+        // with a new holder each time made its late frames quadratic.
+        if tied && !exiting && fx.pid_has_ended(pid) {
             self.pid_exiting(pid, self.clock);
             return None;
         }

@@ -13,6 +13,11 @@
 //! is stopped (`SIGSTOP`), and everything is real: processes, sockets,
 //! `/dev/shm`.
 //!
+//! Outcome (2026-11-27): the deferral of ends was reverted (findings 1 to
+//! 3 need a pid whose end waits, and a wait that long needs ends watched
+//! by process rather than pid), findings 5 to 7 were fixed, and finding 4
+//! stays open as the one-round stall it was before fb3163f.
+//!
 //! Findings (ignored tests, each doc says how to run it): a new process
 //! given a pid whose end is pending loses its names in transit when its
 //! connection is closed for cause (1, 2) or is never watched (3); ends on
@@ -302,8 +307,10 @@ fn end_pending_behind_a_long_queue(daemon: &Daemon, frames: usize) -> (RawClient
 ///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored a_process_given_a_pending_pid_keeps`
+///
+/// Fixed by reverting the deferral: ends are acted on in the round they are
+/// noticed, before a new process given the pid is served.
 #[test]
-#[ignore = "finding 1: a process given a pending pid loses its names in transit when closed for cause"]
 fn a_process_given_a_pending_pid_keeps_its_names_when_its_connection_is_closed_for_cause() {
     if !common::in_private_pid_namespace(
         "a_process_given_a_pending_pid_keeps_its_names_when_its_connection_is_closed_for_cause",
@@ -346,10 +353,10 @@ fn a_process_given_a_pending_pid_keeps_its_names_when_its_connection_is_closed_f
          (pid {pid}) was closed for cause {closed_after:.2?} in, {pending_before} then \
          {pending_after} bytes still unread"
     );
-    assert!(
-        pending_after > 0,
-        "the old end was no longer pending when the reuser was closed: nothing was tried"
-    );
+    // Ends are acted on in the round they are noticed since the deferral
+    // was reverted: the new process is served after the old end (nothing
+    // left unread then), and what follows must hold either way.
+    let _ = pending_after;
     // The linger (3 s), the grace (1 s), a look, and slack.
     std::thread::sleep(Duration::from_secs(7));
     assert!(control.is_alive() && reuser.is_alive());
@@ -402,8 +409,9 @@ fn a_process_given_a_pending_pid_keeps_its_names_when_its_connection_is_closed_f
 ///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored a_process_given_a_gone_senders_pending_pid`
+///
+/// Fixed the same way as finding 1.
 #[test]
-#[ignore = "finding 2: a process given a gone sender's pending pid loses its names when closed for cause"]
 fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_when_closed_for_cause() {
     if !common::in_private_pid_namespace(
         "a_process_given_a_gone_senders_pending_pid_keeps_its_names_when_closed_for_cause",
@@ -451,10 +459,10 @@ fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_when_closed_for_ca
          {read_in:.2?}; the reuser (pid {pid}) was closed for cause {closed_after:.2?} in, \
          {pending_before} then {pending_after} bytes still unread"
     );
-    assert!(
-        pending_after > 0,
-        "the gone sender's end was no longer pending when the reuser was closed: nothing was tried"
-    );
+    // Ends are acted on in the round they are noticed since the deferral
+    // was reverted: the new process is served after the old end (nothing
+    // left unread then), and what follows must hold either way.
+    let _ = pending_after;
     std::thread::sleep(Duration::from_secs(7));
     assert!(reuser.is_alive());
     assert!(
@@ -497,8 +505,9 @@ fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_when_closed_for_ca
 ///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored a_worker_given_a_pending_pid`
+///
+/// Fixed the same way as finding 1.
 #[test]
-#[ignore = "finding 3: a worker given a pending pid is never watched; its names leak while its family lives"]
 fn a_worker_given_a_pending_pid_is_watched_and_its_names_reaped_when_it_dies() {
     if !common::in_private_pid_namespace(
         "a_worker_given_a_pending_pid_is_watched_and_its_names_reaped_when_it_dies",
@@ -536,10 +545,10 @@ fn a_worker_given_a_pending_pid_is_watched_and_its_names_reaped_when_it_dies() {
         "queue read in {read_in:.2?}; the worker given pid {pid} was answered \
          {registered_after:.2?} in, {pending_after} bytes still unread, and killed"
     );
-    assert!(
-        pending_after > 0,
-        "the old end was no longer pending when the worker registered: nothing was tried"
-    );
+    // Ends are acted on in the round they are noticed since the deferral
+    // was reverted: the new process is served after the old end (nothing
+    // left unread then), and what follows must hold either way.
+    let _ = pending_after;
     let control_reaped = wait_until(Duration::from_secs(8), || !shm_exists(&control_name));
     assert!(
         control_reaped,
@@ -625,8 +634,10 @@ os._exit(0)
 ///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored a_client_that_exits_with_answers_owed`
+///
+/// Fixed: a reply that fails because the peer closed stops the writing only
+/// (`Driver::stop_writing`); the socket is read to its end of file.
 #[test]
-#[ignore = "finding 5: a failed send closes a connection with its queue unread; its last releases are lost"]
 fn a_client_that_exits_with_answers_owed_and_a_long_queue_has_its_last_release_read() {
     let daemon = manager_lingering("3s");
     let _bystander = daemon.bystander();
@@ -697,8 +708,10 @@ fn a_client_that_exits_with_answers_owed_and_a_long_queue_has_its_last_release_r
 ///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored frames_committed_to_a_ring_after`
+///
+/// Fixed: `Driver::drain` reads a hung-up client's ring no further than
+/// `hung_up_at`.
 #[test]
-#[ignore = "finding 6: up to 1,023 frames committed after a hang-up are read and ended at once"]
 fn frames_committed_to_a_ring_after_its_connection_hung_up_are_not_taken() {
     let daemon = manager_lingering("3s");
     let _bystander = daemon.bystander();
@@ -813,10 +826,10 @@ fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_in_transit() {
         "queue read in {read_in:.2?}; the process given pid {pid} registered {registered_after:.2?} \
          in, {pending_after} bytes still unread"
     );
-    assert!(
-        pending_after > 0,
-        "the gone sender's end was no longer pending when the new process registered"
-    );
+    // Ends are acted on in the round they are noticed since the deferral
+    // was reverted: the new process is served after the old end (nothing
+    // left unread then), and what follows must hold either way.
+    let _ = pending_after;
     // The linger, the grace, a look, and slack.
     std::thread::sleep(Duration::from_secs(6));
     assert!(reuser.is_alive());
@@ -1013,6 +1026,11 @@ fn probe_for(probe: &mut Probe, how_long: Duration) -> RoundTrips {
 /// start time read once per writer per round). Note that a longer wait
 /// widens the window of findings 1 to 3 until they are fixed.
 ///
+/// Still open after the deferral was reverted (ends are read in the round
+/// they are noticed again, for findings 1 to 3): the stall is one round
+/// again, 1.9 and 3.3 s for two ends here, which the median missed, so the
+/// test bounds the longest wait too.
+///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored ends_on_connections_shared` (`H20_TURNS_CONNS`,
 /// `H20_TURNS_WRITERS` set other figures).
@@ -1101,14 +1119,18 @@ fn ends_on_connections_shared_by_writers_taking_turns_do_not_stall_other_clients
          {report}quiet: {quiet}\nends:  {ends}"
     );
     // A round per answer at most a few times what the same frames from
-    // one live writer cost at worst (p99).
+    // one live writer cost at worst (p99): the median for ends read over
+    // rounds, the longest wait for ends read in one round.
     let limit = Duration::from_millis(25).max(control.percentile(99.0) * 4);
     assert!(
-        ends.percentile(50.0) <= limit,
-        "a client waited a median of {:.2?} (limit {limit:.2?}) while ends waited on {conns} \
-         connections shared by {writers} writers taking turns; beside the same frames from one \
-         live writer per connection: {control}; beside the writers alone: {quiet}\n{report}",
+        ends.percentile(50.0) <= limit && ends.max() <= limit * 8,
+        "a client waited a median of {:.2?}, at most {:.2?} (limits {limit:.2?}, {:.2?}) while \
+         ends waited on {conns} connections shared by {writers} writers taking turns; beside \
+         the same frames from one live writer per connection: {control}; beside the writers \
+         alone: {quiet}\n{report}",
         ends.percentile(50.0),
+        ends.max(),
+        limit * 8,
     );
 }
 
@@ -1150,8 +1172,11 @@ fn ends_on_connections_shared_by_writers_taking_turns_do_not_stall_other_clients
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile20 --
 /// --include-ignored a_ring_of_an_ended_watched_process` (`H20_FRAMES` sets
 /// the frames, 8,000 by default).
+///
+/// Fixed: a holder made for a sender already gone is exiting from the start
+/// and takes its later frames (`Manager::holder_for`, `known_holder`):
+/// 8,000 frames read in 18 ms, another client's longest wait 19 ms.
 #[test]
-#[ignore = "finding 7: frames of an ended watched process cost quadratic time: 8,000 stall others 2.6 s"]
 fn a_ring_of_an_ended_watched_process_is_read_without_stalling_others() {
     let frames: usize = std::env::var("H20_FRAMES")
         .ok()

@@ -7,10 +7,9 @@
 //! a few reads per client, a fixed number of journal frames per client, the
 //! manager's batch of names per tick, a budget of status report lines shared
 //! by every report in flight (`report::Report`); whatever is left waits for
-//! the next round, after every other client has been served. That holds for
-//! ends too: a process's end waits for its connections to be read as far as
-//! they were queued (`ends`), and a client that hangs up on a full journal
-//! has it read over rounds before its connection ends.
+//! the next round, after every other client has been served. A client
+//! that hangs up on a full journal has it read over rounds before its
+//! connection ends.
 //!
 //! The processes that send frames are watched (pidfds, see `pid_watch`), so
 //! that a process's end ends its holds even when its connection lives on in
@@ -40,7 +39,6 @@ use rustix::net::SendFlags;
 
 use crate::background::{self, Background, Job};
 use crate::closed_ties::ClosedTies;
-use crate::ends::{PendingEnds, ReadPosition};
 use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
 use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
@@ -61,9 +59,6 @@ const MAX_REPLY_BACKLOG: usize = 1 << 20;
 const READS_PER_ROUND: usize = 1;
 /// Journal frames read per client per round, for the same reason.
 const JOURNAL_FRAMES_PER_ROUND: u32 = 1_024;
-/// Process ends acted on per round: a journal's worth of gone senders can
-/// come due together, each end a walk over its holders.
-const ENDS_PER_ROUND: usize = 256;
 /// Accepts per round.
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How often journals are read when nothing else makes the manager look: a
@@ -240,7 +235,6 @@ pub fn serve_tuned<N: Namespace>(
         chores: VecDeque::new(),
         evict: Vec::new(),
         exited: Vec::new(),
-        ends: PendingEnds::default(),
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
         speaks_this_read: HashMap::new(),
@@ -373,7 +367,7 @@ pub fn serve_tuned<N: Namespace>(
         if !driver.journaled.is_empty() {
             wake_within(JOURNAL_READ_INTERVAL.saturating_sub(journals_read_at.elapsed()));
         }
-        if driver.journals_behind || !driver.exited.is_empty() || driver.ends.is_waiting() {
+        if driver.journals_behind || !driver.exited.is_empty() {
             wake_within(Duration::ZERO);
         }
         if driver.pids.has_polled() {
@@ -441,7 +435,9 @@ pub fn serve_tuned<N: Namespace>(
         driver.pids.check_polled(&mut driver.exited);
         // Before reading: frames from an exited pid, read below, are either
         // its last ones or a new process's that got the pid.
-        driver.notice_exits(&mut manager, now);
+        for &pid in &driver.exited {
+            manager.pid_exiting(pid, now);
+        }
         for event in &ready {
             let Source::Client(id) = event.source else {
                 continue;
@@ -456,8 +452,6 @@ pub fn serve_tuned<N: Namespace>(
         }
         if !driver.exited.is_empty() {
             driver.drain_all(&mut manager, now);
-        }
-        if !driver.exited.is_empty() || driver.ends.is_waiting() {
             driver.end_exited(&mut manager, &mut buf, now);
         }
         driver.work(&mut manager, namespace, now);
@@ -600,8 +594,11 @@ struct Client {
     /// until what it had committed by then is read, and is dropped if the
     /// connection is closed first.
     held_doorbell: Option<HeldDoorbell>,
-    /// How far it has been read: what ends wait for (`PendingEnds`).
-    read: ReadPosition,
+    /// Frames read from its journal since it connected.
+    journal_read: u64,
+    /// Its peer closed while replies were owed: read to its end of file,
+    /// never written again.
+    peer_gone: bool,
     /// It hung up with more committed to its journal than a round reads:
     /// disconnected once its journal is read to here, a round's worth per
     /// round; neither read nor written meanwhile.
@@ -660,7 +657,8 @@ impl Client {
             asker: None,
             report: None,
             held_doorbell: None,
-            read: ReadPosition::default(),
+            journal_read: 0,
+            peer_gone: false,
             hung_up_at: None,
         }
     }
@@ -694,20 +692,6 @@ impl Client {
                 Err(Errno::AGAIN) => return Ok(sent),
                 Err(errno) => return Err(errno),
             }
-        }
-    }
-
-    /// Where its queue ends now: what has been read, plus what waits on its
-    /// socket and in its journal.
-    fn queue_end(&self) -> ReadPosition {
-        let queued = rustix::io::ioctl_fionread(&self.fd).unwrap_or(0);
-        let unread = self
-            .journal
-            .as_ref()
-            .map_or(0, |journal| journal.journal().unread().unwrap_or(0));
-        ReadPosition {
-            socket: self.read.socket + queued,
-            journal: self.read.journal + u64::from(unread),
         }
     }
 
@@ -768,7 +752,6 @@ impl Client {
         crowded_looks: &mut u32,
     ) -> Result<(usize, Option<i32>), Errno> {
         let received = sender::receive(self.fd.as_fd(), buf)?;
-        self.read.socket += received.bytes as u64;
         if self.first_read {
             if let Some(fd) = received.fds.into_iter().last() {
                 self.offered = Some(fd);
@@ -806,11 +789,9 @@ struct Driver {
     chores: VecDeque<Chore>,
     /// Connections to cut off for not reading their replies.
     evict: Vec<ConnId>,
-    /// Processes found ended, their ends not yet begun.
+    /// Watched processes that ended.
     exited: Vec<i32>,
-    /// Ends begun, waiting for their connections to be read.
-    ends: PendingEnds,
-    /// Senders found gone whose ends are not yet acted on.
+    /// Senders found gone since their ends were last acted on.
     gone: HashSet<i32>,
     /// Who wrote the bytes the manager is reading now, if a socket's and the
     /// kernel said (see `sender`); `None` for a journal's.
@@ -928,14 +909,26 @@ impl Driver {
         manager: &mut Manager<Growable>,
         now: Timestamp,
     ) -> (u32, bool) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return (0, false);
+        };
+        // Not past what was committed when it hung up: a fork of it may
+        // still write the memory, and its frames would end with the
+        // connection the moment they are read.
+        let most = client.hung_up_at.map_or(JOURNAL_FRAMES_PER_ROUND, |at| {
+            let owed = at.saturating_sub(client.journal_read);
+            u32::try_from(owed).map_or(JOURNAL_FRAMES_PER_ROUND, |owed| {
+                owed.min(JOURNAL_FRAMES_PER_ROUND)
+            })
+        });
         // Out of its client while the manager reads it, as the manager's
         // effects come back to this driver.
-        let Some(journal) = self.clients.get_mut(&id).and_then(|c| c.journal.take()) else {
+        let Some(journal) = client.journal.take() else {
             return (0, false);
         };
         // The frames are read (committed) before any look at their senders.
         self.running_since_read.clear();
-        let read = manager.read_journal(id, journal.journal(), JOURNAL_FRAMES_PER_ROUND, now, self);
+        let read = manager.read_journal(id, journal.journal(), most, now, self);
         let read = read.unwrap_or_else(|err| {
             tracing::warn!(conn = %id, "closed the connection: {err}");
             0
@@ -944,10 +937,10 @@ impl Driver {
             return (read, false);
         };
         client.journal = Some(journal);
-        client.read.journal += u64::from(read);
+        client.journal_read += u64::from(read);
         if client
             .hung_up_at
-            .is_some_and(|at| read == 0 || client.read.journal >= at)
+            .is_some_and(|at| read == 0 || client.journal_read >= at)
         {
             manager.disconnect(id, now, self);
             self.closing.push(id);
@@ -965,6 +958,26 @@ impl Driver {
             }
         }
         (read, read == JOURNAL_FRAMES_PER_ROUND)
+    }
+
+    /// `id`'s peer closed its end while replies were owed: nothing more is
+    /// written, and what it sent before is still read, to its end of file
+    /// (its last releases may wait behind what has been read so far).
+    fn stop_writing(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        client.peer_gone = true;
+        client.backlog.clear();
+        client.held_doorbell = None;
+        client.waits_to_write = false;
+        if let Err(errno) = self
+            .readiness
+            .set(&client.fd, Source::Client(id), true, false)
+        {
+            tracing::debug!(conn = %id, "could not stop waiting to reply: {errno}");
+            self.hang_up(id, manager, now);
+        }
     }
 
     /// `id` hung up (or its socket failed). What it committed to its
@@ -989,7 +1002,7 @@ impl Driver {
             self.closing.push(id);
             return;
         }
-        client.hung_up_at = Some(client.read.journal + u64::from(owed));
+        client.hung_up_at = Some(client.journal_read + u64::from(owed));
         client.backlog.clear();
         client.held_doorbell = None;
         self.readiness.remove(&client.fd);
@@ -1004,129 +1017,76 @@ impl Driver {
         }
     }
 
-    /// Makes the processes in `exited` stop taking frames (a new process
-    /// given one of their pids is not taken for it), each once.
-    fn notice_exits(&mut self, manager: &mut Manager<Growable>, now: Timestamp) {
-        self.exited.sort_unstable();
-        self.exited.dedup();
-        let ends = &self.ends;
-        self.exited.retain(|&pid| !ends.is_pending(pid));
-        for &pid in &self.exited {
-            manager.pid_exiting(pid, now);
-            // Its descriptor stays watched, so a new process given the pid
-            // is refused a watch until the end is acted on; it no longer
-            // wakes the loop.
-            if let Some(fd) = self.pids.pidfd(pid) {
-                self.readiness.remove(fd);
-            }
-        }
-    }
-
-    /// Begins the ends of the processes in `exited` and acts on those whose
-    /// connections have been read as far as their queues reached when the
-    /// end began: a socket's bytes and a journal's commits at that moment,
-    /// however much, so that their last releases count. Each connection an
-    /// end waits on is read a round's worth per call. Senders found gone
-    /// during those reads are begun the same way in the same call.
-    fn end_exited(&mut self, manager: &mut Manager<Growable>, buf: &mut [u8], now: Timestamp) {
-        let mut caught_up = HashSet::new();
-        let mut acted = 0;
-        loop {
-            self.notice_exits(manager, now);
-            for pid in std::mem::take(&mut self.exited) {
-                let conns: Vec<ConnId> = manager.connections_of(pid).collect();
-                let mut marks = Vec::with_capacity(conns.len());
-                for id in conns {
-                    if marks.iter().any(|&(marked, _)| marked == id) || self.closing.contains(&id) {
-                        continue;
-                    }
-                    if let Some(client) = self.clients.get(&id) {
-                        marks.push((id, client.queue_end()));
-                    }
-                }
-                if !self.ends.begin(pid, marks) && !self.ends.is_pending(pid) {
-                    self.act_on_end(pid, manager, now);
-                }
-            }
-            for id in self.ends.connections() {
-                if caught_up.insert(id) {
-                    self.catch_up(id, manager, buf, now);
-                }
-            }
-            for id in self.ends.connections() {
-                let read = self
-                    .clients
-                    .get(&id)
-                    .filter(|_| !self.closing.contains(&id))
-                    .map(|client| client.read);
-                self.ends.read_to(id, read);
-            }
-            while acted < ENDS_PER_ROUND
-                && let Some(pid) = self.ends.next_due()
-            {
-                self.act_on_end(pid, manager, now);
-                acted += 1;
-            }
-            if self.exited.is_empty() {
+    /// Reads what `id` committed before its end of file, and no more: the
+    /// memory may still be written by a forked copy of it.
+    fn drain_at_end(&mut self, id: ConnId, manager: &mut Manager<Growable>, now: Timestamp) {
+        let Some(journal) = self.clients.get(&id).and_then(|c| c.journal.as_ref()) else {
+            return;
+        };
+        let mut owed = journal.journal().unread().unwrap_or(0);
+        while owed > 0 {
+            let (read, _) = self.drain(id, manager, now);
+            if read == 0 {
                 return;
             }
+            owed = owed.saturating_sub(read);
         }
     }
 
-    fn act_on_end(&mut self, pid: i32, manager: &mut Manager<Growable>, now: Timestamp) {
-        tracing::debug!(pid, "watched process exited");
-        self.gone.remove(&pid);
-        self.stop_watching(pid);
-        manager.pid_exited(pid, now, self);
+    /// Acts on the ends of the processes in `exited`, each once, after
+    /// reading what is queued on their connections (each connection once:
+    /// its socket's bytes and its journal's commits at that moment, however
+    /// much; their last releases count). Senders found gone during those
+    /// reads are handled the same way in the same call, before a new process
+    /// could be given their pid and taken for them.
+    fn end_exited(&mut self, manager: &mut Manager<Growable>, buf: &mut [u8], now: Timestamp) {
+        let mut read = HashSet::new();
+        while !self.exited.is_empty() {
+            let pids = std::mem::take(&mut self.exited);
+            for &pid in &pids {
+                manager.pid_exiting(pid, now);
+            }
+            let conns: Vec<ConnId> = pids
+                .iter()
+                .flat_map(|&pid| manager.connections_of(pid))
+                .filter(|&id| read.insert(id))
+                .collect();
+            for id in conns {
+                self.read_queued(id, manager, buf, now);
+            }
+            for pid in pids {
+                tracing::debug!(pid, "watched process exited");
+                self.stop_watching(pid);
+                manager.pid_exited(pid, now, self);
+            }
+        }
+        self.gone.clear();
     }
 
-    /// Reads up to a round's worth of what ends wait for on `id`, on its
-    /// socket and in its journal. One read returns one writer's bytes: what
-    /// an exited member wrote last may wait behind other members' runs.
-    /// What cannot be read is taken as read (nothing more will come).
-    fn catch_up(
+    /// Reads everything queued on `id` now, on its socket and in its journal.
+    fn read_queued(
         &mut self,
         id: ConnId,
         manager: &mut Manager<Growable>,
         buf: &mut [u8],
         now: Timestamp,
     ) {
-        let (Some(target), Some(client)) = (self.ends.target(id), self.clients.get(&id)) else {
-            return;
-        };
-        let read = client.read;
-        let mut left = usize::try_from(target.socket.saturating_sub(read.socket))
-            .unwrap_or(usize::MAX)
-            .min(READS_PER_ROUND * buf.len());
-        let mut moved = false;
-        while left > 0 && self.is_read(id) {
+        let queued = self
+            .clients
+            .get(&id)
+            .and_then(|client| rustix::io::ioctl_fionread(&client.fd).ok())
+            .unwrap_or(0);
+        // One read returns one writer's bytes: what an exited member wrote
+        // last may wait behind other members' runs, and must be read before
+        // its holders end, or its releases come too late.
+        let mut left = usize::try_from(queued).unwrap_or(usize::MAX);
+        while left > 0 && !self.closing.contains(&id) {
             match self.read_from(id, manager, buf, left, now) {
                 0 => break,
-                n => {
-                    left = left.saturating_sub(n);
-                    moved = true;
-                }
+                read => left = left.saturating_sub(read),
             }
         }
-        // A client that hung up still has its journal read.
-        if target.journal > read.journal && !self.closing.contains(&id) {
-            moved |= self.drain(id, manager, now).0 > 0;
-        }
-        if !moved && let Some(client) = self.clients.get_mut(&id) {
-            // Short of the mark with nothing to read: the queue held less
-            // than it said, or the socket failed with bytes in it.
-            client.read.socket = client.read.socket.max(target.socket);
-            client.read.journal = client.read.journal.max(target.journal);
-        }
-    }
-
-    /// Whether `id`'s socket is still read: not closing, not hung up.
-    fn is_read(&self, id: ConnId) -> bool {
-        !self.closing.contains(&id)
-            && self
-                .clients
-                .get(&id)
-                .is_some_and(|client| client.hung_up_at.is_none())
+        self.drain_at_end(id, manager, now);
     }
 
     /// Reads a round's worth of every journal, so the manager's view is
@@ -1330,6 +1290,7 @@ impl Driver {
         now: Timestamp,
     ) {
         let mut failed = Vec::new();
+        let mut peer_gone = Vec::new();
         let mut sent = Vec::new();
         let mut dirty = std::mem::take(&mut self.dirty);
         // Replies before reports: an answer waits for no piece of a report.
@@ -1337,13 +1298,22 @@ impl Driver {
             dirty.sort_by_key(|id| self.clients.get(id).is_some_and(|c| c.report.is_some()));
         }
         for id in dirty {
-            let Some(client) = self.clients.get_mut(&id).filter(|c| c.hung_up_at.is_none()) else {
+            let Some(client) = self
+                .clients
+                .get_mut(&id)
+                .filter(|c| c.hung_up_at.is_none() && !c.peer_gone)
+            else {
                 continue;
             };
             let mut moved = false;
             loop {
                 match client.send_backlog() {
                     Ok(sent) => moved |= sent > 0,
+                    Err(errno @ (Errno::PIPE | Errno::CONNRESET)) => {
+                        tracing::debug!(conn = %id, "reply failed: {errno}");
+                        peer_gone.push(id);
+                        break;
+                    }
                     Err(errno) => {
                         tracing::debug!(conn = %id, "reply failed: {errno}");
                         failed.push(id);
@@ -1421,6 +1391,9 @@ impl Driver {
             manager.disconnect(id, now, self);
             self.closing.push(id);
         }
+        for id in peer_gone {
+            self.stop_writing(id, manager, now);
+        }
         for id in failed {
             self.hang_up(id, manager, now);
         }
@@ -1436,12 +1409,6 @@ impl Driver {
     /// Watches `pid`, a frame's, for `conn`'s holds, if it is a process of
     /// `conn`'s pid namespace that can be watched.
     fn watch(&mut self, conn: ConnId, pid: i32) -> bool {
-        // Until its end is acted on, the pid names the ended process (a new
-        // process given it is another, and its holds stay with its
-        // connection): its late frames are the ended one's.
-        if self.ends.is_pending(pid) || self.gone.contains(&pid) {
-            return false;
-        }
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;
         };
@@ -1507,7 +1474,7 @@ impl Effects for Driver {
         let Some(client) = self.clients.get_mut(&conn) else {
             return;
         };
-        if client.evicted {
+        if client.evicted || client.peer_gone || client.hung_up_at.is_some() {
             return;
         }
         if client.backlog.len() + reply.len() > MAX_REPLY_BACKLOG {

@@ -56,7 +56,6 @@
 mod background;
 mod closed_ties;
 mod crowding;
-mod ends;
 mod event_loop;
 mod heap;
 mod launcher;

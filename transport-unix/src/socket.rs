@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::transport::{ErrorKind, Transport, TransportError};
-use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
@@ -166,23 +165,9 @@ impl Transport for UnixTransport {
     }
 
     fn receive(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
-        // Waits in `poll`, not in `recv`: a task asleep in `recv` on a Unix
-        // socket is woken each time the manager reads what it sent (the
-        // kernel wakes the sender's sleepers for room to write, whatever
-        // they wait for), a second wake-up per round trip, on both sides,
-        // that `poll` filters out.
-        let mut ready = [PollFd::new(&self.fd, PollFlags::IN)];
-        loop {
-            match rustix::event::poll(&mut ready, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(errno) => return Err(SocketError { op: "poll", errno }),
-            }
-            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => return Ok(n),
-                Err(Errno::AGAIN | Errno::INTR) => continue,
-                Err(errno) => return Err(SocketError { op: "recv", errno }),
-            }
-        }
+        rustix::net::recv(&self.fd, buf, RecvFlags::empty())
+            .map(|(n, _)| n)
+            .map_err(SocketError::new("recv"))
     }
 
     fn try_receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>, SocketError> {
