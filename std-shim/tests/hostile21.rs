@@ -1,0 +1,620 @@
+//! A twenty-first hostile round, aimed at b715f7b's three fixes: a peer
+//! whose reply fails with `EPIPE` is read on to its end of file
+//! (`Driver::stop_writing`); a hung-up ring is read a round's worth per
+//! round, never past what was committed at the hang-up (`hung_up_at`); and
+//! a gone sender's holder is exiting from its creation and takes its pid's
+//! late frames on its connection until `pid_exited` (`Manager::holder_for`,
+//! `Manager::known_holder`).
+//!
+//! Pids are reused on purpose (`ns_last_pid`, root, in a private pid
+//! namespace where nobody else forks), queues are built while the manager
+//! is stopped (`SIGSTOP`), and everything is real: processes, sockets,
+//! `/dev/shm`.
+//!
+//! Outcome: see each test's doc; findings are ignored tests, each doc says
+//! how to run it.
+
+mod common;
+
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::handed::manager_lingering;
+use common::journal_client::JournalClient;
+use common::measure::cpu_time;
+use common::{Cleanup, Daemon, Sleeper, frame, frame_from, run_id, shm_exists, story, unique_name};
+use libshm::SegmentName;
+use libshm::protocol::frame::Frame;
+use libshm::protocol::journal::JournalMemory;
+
+/// A name of ours, short enough for a frame.
+fn name_of(tag: &str) -> String {
+    format!("/torch_h21{tag}_{}", run_id())
+}
+
+/// A manager as `manager_lingering` starts it, its debug log kept in a
+/// file (returned) for failure messages.
+fn manager_logged(linger: &str, tag: &str) -> (Daemon, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("h21_{tag}_{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut command = Command::new(common::SHM_MANAGER);
+    command
+        .args([
+            "--reap-grace",
+            "1s",
+            "--frame-timeout",
+            "2s",
+            "--linger",
+            linger,
+        ])
+        .env("SHM_MANAGER_LOG", "debug")
+        .stderr(file);
+    (Daemon::spawn(&mut command), log)
+}
+
+/// The last `lines` lines of the log at `path`.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n  ")
+}
+
+fn segment_name(name: &str) -> SegmentName {
+    SegmentName::new(name.as_bytes()).unwrap()
+}
+
+// --- Findings -------------------------------------------------------------------
+
+/// Finding 1. A process given a gone sender's pid, on the same journal
+/// (a forked family shares its ring), while the manager reads that ring at
+/// the gone sender's end, has its registration taken by the gone sender's
+/// holder and ended with it: its name in transit (refcount 1, mapped by
+/// nobody) is reaped while it lives.
+///
+/// How: a ring holds a registration by pid G (a process already reaped)
+/// then 63 × 1,024 stray releases, committed while the manager is stopped.
+/// The manager reads G's frame in a round's batch, finds G gone and makes
+/// it a holder that is exiting from the start (`holder_for`), and in the
+/// next round's `end_exited` reads the whole ring (`drain_at_end`). While
+/// it does, a new process is given pid G and commits its registration of
+/// a name it leaves in transit. `drain_at_end` reads in batches of 1,024
+/// and stops only once it has read as many as were unread when it began:
+/// its last batch reads up to 1,023 frames committed after that, the new
+/// process's among them. `known_holder` hands them to the gone sender's
+/// holder (still in the index, exiting, its end check skipped), and
+/// `pid_exited` ends that holder: the new process's hold is dead, the name
+/// an orphan, unlinked after the 1 s grace.
+///
+/// Figures (4 of 4 runs, debug): the manager read the first batch about
+/// 61 ms after it was continued; the new process (pid 6) committed with
+/// 60,418 to 63,490 frames unread; its name was registered at t=103 ms,
+/// an orphan at 216-231 ms (refcount 1, one dead registration) and
+/// unlinked at 1.32-1.34 s, the process alive.
+///
+/// Root cause: `Manager::known_holder` (core/src/manager.rs:2331) skips the
+/// end check for an exiting holder and returns it for any frame of its pid
+/// on its connection, and `Driver::drain_at_end`
+/// (transport-unix/src/event_loop.rs:1022-1034) reads past what was
+/// committed at the end (its `drain` calls are not capped at `owed`), so a
+/// frame committed after the end was noticed is taken for the ended
+/// process. Before b715f7b the gone holder was not in
+/// the index by then (`pid_exiting` took it out) and `Driver::watch`
+/// refused the pid while the end waited.
+///
+/// Suggested fix: cap each `drain` in `drain_at_end` at what is still
+/// owed (as `hung_up_at` caps a hung-up ring), so no frame committed after
+/// the end was noticed is read before `pid_exited`; frames read later find
+/// no exiting holder and get a live one. (That alone does not close
+/// finding 2, the same on a socket.)
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile21 --
+/// --include-ignored on_its_ring`
+#[ignore = "finding 1: a process given a gone sender's pid, committing to the same ring while it is read at the end, loses its name in transit"]
+#[test]
+fn a_process_given_a_gone_senders_pid_on_its_ring_keeps_its_name_in_transit() {
+    if !common::in_private_pid_namespace(
+        "a_process_given_a_gone_senders_pid_on_its_ring_keeps_its_name_in_transit",
+    ) {
+        return;
+    }
+    let daemon = manager_lingering("3s");
+    let mut bystander = daemon.bystander();
+    let filler = Sleeper::spawn();
+    let client = JournalClient::attach(&daemon.handle, 1 << 16);
+    let journal = client.memory.journal();
+    let mut gone = Sleeper::spawn();
+    let gone_pid = gone.pid();
+    gone.kill();
+    let name = name_of("ringreuse");
+    let gone_name = name_of("ringgone");
+    let _cleanup = Cleanup(vec![name.clone(), gone_name.clone()]);
+    let junk = segment_name(&unique_name("h21junk"));
+    // One more than a whole number of batches: whatever the manager reads
+    // before the end, the last batch of `drain_at_end` has 1,023 frames of
+    // room past what it owes.
+    const BEFORE: u32 = 63 * 1_024 + 1;
+    daemon.while_stopped(|| {
+        client.register(gone_pid, &gone_name);
+        for _ in 1..BEFORE {
+            client.append(Frame::release(filler.pid(), junk));
+        }
+    });
+    let began = Instant::now();
+    while journal.unread().unwrap() >= BEFORE {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the manager never read the ring"
+        );
+        std::hint::spin_loop();
+    }
+    let seen_after = began.elapsed();
+    let mut reuser = common::sleeper_with_pid(gone_pid);
+    client.register(gone_pid, &name);
+    let unread_then = journal.unread().unwrap();
+    common::create_segment(&name, 1, 64);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || journal.unread() == Ok(0)),
+        "the ring is read"
+    );
+    eprintln!(
+        "first batch read {seen_after:.2?} in; the process given pid {gone_pid} committed its \
+         registration with {unread_then} frames unread"
+    );
+    // The grace, a look, and slack.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(reuser.is_alive());
+    assert!(
+        shm_exists(&name),
+        "{name}, in transit from live pid {gone_pid} (given the pid of a gone sender whose \
+         ring was read at its end; {unread_then} frames unread when it committed), was \
+         unlinked while it lives:\n  {}",
+        story(&daemon.handle, &name)
+    );
+    assert!(bystander.answers_registration(&unique_name("h21after")));
+}
+
+// --- Withstood -----------------------------------------------------------------
+
+/// A peer that shuts down only its read side (`shutdown(SHUT_RD)`) and
+/// writes on: the manager's replies fail with `EPIPE` (`stop_writing`), and
+/// it goes on reading. A registration sent after that counts (its name is
+/// reaped once its owner dies, which it could not be had the manager not
+/// read it), the manager does not spin on the half-shut socket (CPU over a
+/// second, against the same manager's idle second before), other clients
+/// are answered, and once the peer closes, its connection ends: the
+/// manager exits after its last client leaves. Can fail: a manager that
+/// stopped reading at the failed send (as before b715f7b's fix 5) would
+/// never learn of the later name and leave it in `/dev/shm`; one that kept
+/// the connection waiting to write would spin at a CPU's worth (a level
+/// `EPOLLOUT` on a socket whose peer cannot read).
+#[test]
+fn a_peer_that_shuts_its_read_side_and_writes_on_is_read_and_then_closed() {
+    let (mut daemon, log) = manager_logged("1s", "shutrd");
+    let mut bystander = daemon.bystander();
+    let mut owner = Sleeper::spawn();
+    let before = name_of("shutrdbefore");
+    let after = name_of("shutrdafter");
+    let _cleanup = Cleanup(vec![before.clone(), after.clone()]);
+    let mut conn = daemon.connect();
+    conn.register_as(owner.pid(), &before);
+    common::create_segment(&before, 1, 64);
+    let manager = daemon.child.id();
+    let idle_before = {
+        let at = cpu_time(manager);
+        std::thread::sleep(Duration::from_secs(1));
+        cpu_time(manager).saturating_sub(at)
+    };
+    conn.stream.shutdown(Shutdown::Read).unwrap();
+    // Replies the manager cannot deliver: the first send fails with EPIPE.
+    for _ in 0..64 {
+        conn.send(&frame(0, &unique_name("h21unanswered")));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Written after the failed send, as a worker's last frames would be.
+    conn.send(&frame_from(owner.pid(), 0, &after));
+    common::create_segment(&after, 1, 64);
+    let at = cpu_time(manager);
+    std::thread::sleep(Duration::from_secs(1));
+    let half_shut = cpu_time(manager).saturating_sub(at);
+    eprintln!("manager CPU: {idle_before:.2?} idle, {half_shut:.2?} with the half-shut peer");
+    assert!(
+        half_shut < Duration::from_millis(300) + idle_before * 2,
+        "the manager used {half_shut:.2?} of CPU in 1 s with a half-shut peer ({idle_before:.2?} \
+         idle before)"
+    );
+    assert!(bystander.answers_registration(&unique_name("h21halfshut")));
+    assert!(
+        shm_exists(&before) && shm_exists(&after),
+        "kept while their owner lives"
+    );
+    drop(conn);
+    owner.kill();
+    // The owner's end: both names are orphans (refcount 1, no live holder),
+    // unlinked after the grace. `after` only if its frame was read.
+    assert!(
+        common::wait_until(Duration::from_secs(8), || !shm_exists(&before)
+            && !shm_exists(&after)),
+        "names of a dead owner left behind (before: {}, after: {}):\n  {}\n  {}",
+        shm_exists(&before),
+        shm_exists(&after),
+        story(&daemon.handle, &before),
+        story(&daemon.handle, &after)
+    );
+    drop(bystander);
+    assert!(
+        daemon.wait_exit(Duration::from_secs(10)).is_some(),
+        "the manager did not exit within 10 s of its last client leaving:\n  {}",
+        log_tail(&log, 60)
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Bytes `stream`'s peer (the manager) has not read yet.
+fn unread_by_manager(stream: &UnixStream) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `TIOCOUTQ` writes one c_int to the pointer given, ours.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
+    assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
+    usize::try_from(queued).unwrap_or(0)
+}
+
+/// Forks a process given `pid` (root, `ns_last_pid`, in a private pid
+/// namespace) that writes a registration of `name` under its own pid on
+/// `conn` and then waits for a signal. Returns it, unreaped, or `None` if
+/// the fork got another pid.
+fn fork_writer_with_pid(pid: i32, conn: &UnixStream, name: &str) -> Option<ForkedWriter> {
+    let template = frame_from(0, 0, name);
+    let fd = conn.as_raw_fd();
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+        .expect("write ns_last_pid (root, in our own pid namespace)");
+    // SAFETY: the child only calls `getpid`, writes into its own copy of
+    // `template` (no allocation), `write`s and `pause`s: all
+    // async-signal-safe, as a fork of a threaded process requires.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        // SAFETY: as above; `bytes` is this process's own copy.
+        unsafe {
+            let mut bytes = template;
+            let own = libc::getpid().to_ne_bytes();
+            bytes[..4].copy_from_slice(&own);
+            libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    let writer = ForkedWriter(child);
+    (child == pid).then_some(writer)
+}
+
+/// A forked process of ours, killed and reaped when dropped.
+struct ForkedWriter(i32);
+
+impl ForkedWriter {
+    fn is_alive(&self) -> bool {
+        let mut status = 0;
+        // SAFETY: polls our own child without blocking.
+        unsafe { libc::waitpid(self.0, &raw mut status, libc::WNOHANG) == 0 }
+    }
+}
+
+impl Drop for ForkedWriter {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Finding 2. The same as finding 1 on a socket: a process given a gone
+/// sender's pid, forked onto the gone sender's connection (a family
+/// shares it), writes its registration there between the round's read of
+/// the gone sender's frame and that round's `end_exited`, which reads
+/// everything then queued on the connection (`read_queued`) and hands it
+/// to the gone sender's exiting holder; `pid_exited` ends it, and the new
+/// process's name in transit is reaped while it lives.
+///
+/// How: while the manager is stopped, a forked child (G) writes a
+/// registration on a shared connection and exits (reaped), and 24 journal
+/// clients each commit 2,048 stray releases (so `drain_all`, between the
+/// reads and `end_exited`, has 24 rings to read: tens of ms in debug). Once
+/// the manager has read G's bytes (`TIOCOUTQ` is 0), the test forks a
+/// process given pid G that writes its registration on the same connection
+/// and waits; its name is created with refcount 1 and mapped by nobody.
+///
+/// Figures (3 of 3 runs, debug): the manager read G's bytes 233-298 µs
+/// after it was continued, the new process (pid 6) wrote 393-541 µs in;
+/// its name was an orphan at t=123-206 ms (refcount 1, one dead
+/// registration) and unlinked at 1.23-1.31 s, the process alive.
+///
+/// Root cause: `Driver::read_queued` (transport-unix/src/event_loop.rs
+/// :1067-1090, called from `end_exited` at :1055) reads what is queued when `end_exited` runs, not what was
+/// queued when the end was noticed, and `Manager::known_holder`
+/// (core/src/manager.rs:2331) hands any frame of the pid on the connection
+/// to the exiting holder. Before b715f7b the gone holder had been taken out
+/// of the index by `pid_exiting` by then, and `Driver::watch` refused the
+/// pid while its end was pending.
+///
+/// Suggested fix: a gone sender's holder should take only frames from the
+/// writer it was made for: keep the writer's identity (its start time, or
+/// the kernel's `SCM_CREDENTIALS` pid reference via `SO_PEERPIDFD`/
+/// `SCM_PIDFD` where the kernel has it) with the holder and refuse frames
+/// whose writer started after the holder was made; failing that, stop an
+/// exiting holder from taking new registrations (only releases), since a
+/// late registration of an ended process cannot be told from a new one's.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile21 --
+/// --include-ignored on_its_connection`
+#[ignore = "finding 2: a process given a gone sender's pid, writing on the same connection before the round's end_exited, loses its name in transit"]
+#[test]
+fn a_process_given_a_gone_senders_pid_on_its_connection_keeps_its_name_in_transit() {
+    if !common::in_private_pid_namespace(
+        "a_process_given_a_gone_senders_pid_on_its_connection_keeps_its_name_in_transit",
+    ) {
+        return;
+    }
+    const RINGS: usize = 24;
+    let daemon = manager_lingering("3s");
+    let mut bystander = daemon.bystander();
+    let filler = Sleeper::spawn();
+    let rings: Vec<JournalClient> = (0..RINGS)
+        .map(|_| JournalClient::attach(&daemon.handle, 1 << 12))
+        .collect();
+    let name = name_of("connreuse");
+    let gone_name = name_of("conngone");
+    let _cleanup = Cleanup(vec![name.clone(), gone_name.clone()]);
+    let junk = segment_name(&unique_name("h21cjunk"));
+    let mut shared = daemon.connect();
+    let mut gone_pid = 0;
+    daemon.while_stopped(|| {
+        for ring in &rings {
+            for _ in 0..2_048 {
+                ring.append(Frame::release(filler.pid(), junk));
+            }
+        }
+        gone_pid = shared.register_from_exited_child(&[&gone_name]);
+    });
+    let began = Instant::now();
+    while unread_by_manager(&shared.stream) > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the manager never read the connection"
+        );
+        std::hint::spin_loop();
+    }
+    let seen_after = began.elapsed();
+    let writer = fork_writer_with_pid(gone_pid, &shared.stream, &name)
+        .expect("a private pid namespace where nobody else forks");
+    let written_after = began.elapsed();
+    common::create_segment(&name, 1, 64);
+    assert_eq!(
+        shared.reply(),
+        Some(*b"OK"),
+        "the gone sender's registration"
+    );
+    assert_eq!(
+        shared.reply(),
+        Some(*b"OK"),
+        "the new process's registration"
+    );
+    eprintln!(
+        "G's bytes read {seen_after:.2?} in; the process given pid {gone_pid} wrote its \
+         registration {written_after:.2?} in"
+    );
+    // The grace, a look, and slack.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(writer.is_alive());
+    assert!(
+        shm_exists(&name),
+        "{name}, in transit from live pid {gone_pid} (given the pid of a gone sender on the \
+         same connection), was unlinked while it lives:\n  {}",
+        story(&daemon.handle, &name)
+    );
+    assert!(bystander.answers_registration(&unique_name("h21after")));
+}
+
+/// A journal client hangs up on a full ring (65,535 strays, then the
+/// registration of a name left in transit, for a live process of ours it
+/// speaks for) with no other client connected: the connection is
+/// half-alive while the ring is read over rounds, then closed, its holds
+/// ended (a connection's close ends what it held, as PyTorch's manager
+/// has it), and the manager idle. The registration counts: the name, an
+/// orphan, is reaped after the grace, and the manager then exits. Can
+/// fail: a manager that ended the half-alive connection before reading
+/// that far, or exited at its idle timeout with the ring unread, would
+/// never learn of the name and leave it in `/dev/shm` (nothing else here
+/// removes it: no other client, no sweep).
+#[test]
+fn a_name_registered_last_in_a_hung_up_ring_is_reaped_with_no_client_left() {
+    let (mut daemon, log) = manager_logged("1s", "halfidle");
+    let owner = Sleeper::spawn();
+    let name = name_of("halfidle");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let JournalClient { stream, memory } = JournalClient::attach(&daemon.handle, 1 << 16);
+    let journal = memory.journal();
+    let junk = segment_name(&unique_name("h21hjunk"));
+    common::create_segment(&name, 1, 64);
+    daemon.while_stopped(|| {
+        for _ in 0..65_535 {
+            journal
+                .append(&Frame::release(owner.pid(), junk).to_raw())
+                .expect("room");
+        }
+        journal
+            .append(&Frame::register(owner.pid(), segment_name(&name)).to_raw())
+            .expect("room");
+        drop(stream);
+    });
+    let continued = Instant::now();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || journal.unread() == Ok(0)),
+        "the hung-up ring is read"
+    );
+    let read_in = continued.elapsed();
+    assert!(
+        common::wait_until(Duration::from_secs(8), || !shm_exists(&name)),
+        "{name}, registered last in a ring whose connection hung up, was left behind \
+         (manager running: {}):\n  {}",
+        daemon.is_running(),
+        log_tail(&log, 20)
+    );
+    let reaped_in = continued.elapsed();
+    assert!(
+        daemon.wait_exit(Duration::from_secs(10)).is_some(),
+        "the manager did not exit once it held nothing:\n  {}",
+        log_tail(&log, 20)
+    );
+    eprintln!("ring read in {read_in:.2?}, the name reaped {reaped_in:.2?} in");
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Status queries (`shmctl status`'s), one every 250 ms for 5 s, while
+/// four askers ask for history reports (about 800 KB each: more than a
+/// socket holds) and, as soon as the manager hangs up or (`shut_read`)
+/// they have shut down their own read side, ask again on a new connection.
+/// Returns how many were answered, the refusals, and how often the askers
+/// asked.
+fn status_queries_beside_churning_askers(asker_does: AskerDoes) -> (usize, Vec<String>, u32) {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (daemon, log) = manager_logged("1s", &format!("{asker_does:?}"));
+    let mut bystander = daemon.bystander();
+    common::attack::fill_history(&daemon, "h21");
+    let stop = Arc::new(AtomicBool::new(false));
+    let askers: Vec<_> = (0..4)
+        .map(|_| {
+            let handle = daemon.handle.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut asked = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut asker) = UnixStream::connect(&handle) else {
+                        continue;
+                    };
+                    if asker.write_all(&frame(0, "/libshm_history_v1")).is_err() {
+                        continue;
+                    }
+                    asked += 1;
+                    match asker_does {
+                        AskerDoes::Wait => {}
+                        AskerDoes::ShutRead => {
+                            let _ = asker.shutdown(Shutdown::Read);
+                        }
+                        AskerDoes::Close => continue,
+                    }
+                    // With its read side shut, the asker's own socket
+                    // reports a hang-up at once: it asks again at once.
+                    while !stop.load(Ordering::Relaxed)
+                        && !common::attack::hung_up(&asker, Duration::from_millis(50))
+                    {
+                    }
+                }
+                asked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (mut reported, mut refused) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(5) {
+        match libshm::status::query(&daemon.handle, libshm::status::Detail::Summary) {
+            Ok(_) => reported += 1,
+            Err(err) => refused.push(err.to_string()),
+        }
+        assert!(bystander.answers_registration(&unique_name("h21between")));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let asked: u32 = askers.into_iter().map(|a| a.join().unwrap()).sum();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "{asker_does:?}: {} askers closed for a full line, {} waiting askers closed for an \
+         unread head, {} stalled reports dropped, {} connections closed by their peers",
+        count("too many status reports asked for"),
+        count("never read its report's head"),
+        count("status report not read in time"),
+        count("client disconnected")
+    );
+    let _ = std::fs::remove_file(&log);
+    (reported, refused, asked)
+}
+
+/// What a churning asker does once it has asked.
+#[derive(Clone, Copy, Debug)]
+enum AskerDoes {
+    /// Waits for the manager to hang up, reading nothing.
+    Wait,
+    /// Shuts down its read side, then waits for a hang-up, which its own
+    /// socket reports at once.
+    ShutRead,
+    /// Closes at once.
+    Close,
+}
+
+/// Finding 3 (older than b715f7b, which it does not touch). Four askers
+/// that ask for a report and close at once (or shut down their read side,
+/// which their own socket reports as a hang-up at once: the same), asking
+/// again on a new connection each time, keep the line of waiting askers
+/// (`MAX_STATUS_WAITING`, 64) full of connections whose peers have already
+/// gone: the manager reads an ask in one round and its end of file in the
+/// next, and 64 accepts a round bring in 64 more. A status query that
+/// finds four reports in flight and the line full gets `OK` alone, which
+/// `status::query` takes for a manager that does not report: `shmctl
+/// status`, `why`, `doctor` and `gc` are refused. Figures, one run (5 s of
+/// queries every 250 ms beside each kind of asker): askers that wait for
+/// the hang-up (control) 15 answered, 0 refused; askers closing at once 9
+/// answered, 7 refused (60,826 asks, 28,320 refused "too many status
+/// reports asked for" in the manager's log); askers shutting their read
+/// side 4 answered, 12 refused (64,565 asks, 30,118 refused for a full
+/// line). Other runs: 5/12 and 3/14, 7/10, 9/8. Registrations on another
+/// connection are answered throughout.
+///
+/// Root cause: transport-unix/src/event_loop.rs:1133-1145: a full line is
+/// made room in only for an asker that has not read its head within
+/// `HEAD_READ_WITHIN` (`close_a_waiting_asker_that_does_not_read`), never
+/// for one whose peer has gone (its end of file not read yet, or its head's
+/// send failed: `peer_gone`), so the newcomer is refused.
+///
+/// Suggested fix: before refusing, drop waiting askers whose peer is gone
+/// (`peer_gone`, or a `POLLRDHUP`/`POLLHUP` poll of their socket, one
+/// syscall for the line), and accept fewer askers per round than the line
+/// holds; or refuse the newest asker only while the line holds askers that
+/// still read.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile21 --
+/// --include-ignored askers_that_ask_and_close_at_once`
+#[ignore = "finding 3: askers that ask and close at once fill the status line with gone peers; most status queries are refused"]
+#[test]
+fn askers_that_ask_and_close_at_once_leave_others_a_report() {
+    let (control, control_refused, control_asked) =
+        status_queries_beside_churning_askers(AskerDoes::Wait);
+    eprintln!(
+        "control: {control} reported, {} refused (askers asked {control_asked} times)",
+        control_refused.len()
+    );
+    for asker_does in [AskerDoes::Close, AskerDoes::ShutRead] {
+        let (reported, refused, asked) = status_queries_beside_churning_askers(asker_does);
+        eprintln!(
+            "{asker_does:?}: {reported} reported, {} refused (askers asked {asked} times)",
+            refused.len()
+        );
+        assert!(
+            refused.len() <= control_refused.len() + 1 && reported > 0,
+            "{} of {} status queries refused beside askers that {asker_does:?} ({} of {} in the \
+             control): {:?}",
+            refused.len(),
+            reported + refused.len(),
+            control_refused.len(),
+            control + control_refused.len(),
+            refused.first()
+        );
+    }
+}
