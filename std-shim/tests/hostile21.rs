@@ -189,7 +189,10 @@ fn a_process_given_a_gone_senders_pid_on_its_ring_keeps_its_name_in_transit() {
 /// stopped reading at the failed send (as before b715f7b's fix 5) would
 /// never learn of the later name and leave it in `/dev/shm`; one that kept
 /// the connection waiting to write would spin at a CPU's worth (a level
-/// `EPOLLOUT` on a socket whose peer cannot read).
+/// `EPOLLOUT` on a socket whose peer cannot read). Checked by hand: with
+/// the later registration left out (the manager never learns of `after`),
+/// `after` stays and the test fails at the wait. The manager's log must
+/// show a failed reply (the attack landed).
 #[test]
 fn a_peer_that_shuts_its_read_side_and_writes_on_is_read_and_then_closed() {
     let (mut daemon, log) = manager_logged("1s", "shutrd");
@@ -248,6 +251,11 @@ fn a_peer_that_shuts_its_read_side_and_writes_on_is_read_and_then_closed() {
         daemon.wait_exit(Duration::from_secs(10)).is_some(),
         "the manager did not exit within 10 s of its last client leaving:\n  {}",
         log_tail(&log, 60)
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines().any(|l| l.contains("reply failed")),
+        "no reply failed: the attack did not land"
     );
     let _ = std::fs::remove_file(&log);
 }
@@ -331,7 +339,10 @@ impl Drop for ForkedWriter {
 /// Figures (3 of 3 runs, debug): the manager read G's bytes 233-298 µs
 /// after it was continued, the new process (pid 6) wrote 393-541 µs in;
 /// its name was an orphan at t=123-206 ms (refcount 1, one dead
-/// registration) and unlinked at 1.23-1.31 s, the process alive.
+/// registration) and unlinked at 1.23-1.31 s, the process alive. Control:
+/// with no rings to read (`RINGS` 0, the window a few µs), the name was
+/// kept in 4 of 4 runs: the new process's frame came a round later and
+/// found no exiting holder.
 ///
 /// Root cause: `Driver::read_queued` (transport-unix/src/event_loop.rs
 /// :1067-1090, called from `end_exited` at :1055) reads what is queued when `end_exited` runs, not what was
@@ -342,6 +353,8 @@ impl Drop for ForkedWriter {
 /// pid while its end was pending.
 ///
 /// Suggested fix: a gone sender's holder should take only frames from the
+/// writer it was made for (acting on gone ends right after the read that
+/// found them, before `drain_all`, only narrows the window):
 /// writer it was made for: keep the writer's identity (its start time, or
 /// the kernel's `SCM_CREDENTIALS` pid reference via `SO_PEERPIDFD`/
 /// `SCM_PIDFD` where the kernel has it) with the holder and refuse frames
@@ -419,6 +432,57 @@ fn a_process_given_a_gone_senders_pid_on_its_connection_keeps_its_name_in_transi
     assert!(bystander.answers_registration(&unique_name("h21after")));
 }
 
+/// A journal client shuts down its read side and rings its doorbell: the
+/// `OK`'s send fails with `EPIPE` (`stop_writing`), and its ring is still
+/// read every round. A release it commits after that, of a name it had
+/// registered for a live process of ours and handed on (refcount 1,
+/// mapped by nobody: in transit), counts: when it then closes, the name is
+/// not held by an ended holder and is kept. Can fail: had the ring stopped
+/// being read at the failed send, the release would never be read, the
+/// close would end the registration (dead, against refcount 1: an orphan)
+/// and the name would be unlinked after the 1 s grace, in transit (as
+/// hostile20's finding 5 did on a socket).
+#[test]
+fn a_journal_client_whose_doorbell_reply_fails_has_its_later_release_read() {
+    let (daemon, log) = manager_logged("1s", "bellpipe");
+    let _bystander = daemon.bystander();
+    let owner = Sleeper::spawn();
+    let name = name_of("bellpipe");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let mut client = JournalClient::attach(&daemon.handle, 1 << 12);
+    client.register(owner.pid(), &name);
+    assert_eq!(client.ring(), Some(*b"OK"), "the registration is read");
+    common::create_segment(&name, 1, 64);
+    client.stream.shutdown(Shutdown::Read).unwrap();
+    // Its OK cannot be delivered.
+    let _ = client.ring();
+    std::thread::sleep(Duration::from_millis(300));
+    client.release(owner.pid(), &name);
+    let journal = client.memory.journal();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || journal.unread() == Ok(0)),
+        "the ring is read after the failed reply"
+    );
+    drop(client);
+    // The grace, a look, and slack.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let failed = text.lines().filter(|l| l.contains("reply failed")).count();
+    eprintln!("{failed} failed replies in the manager's log");
+    assert!(
+        failed > 0,
+        "the doorbell's reply did not fail: the attack did not land"
+    );
+    assert!(
+        shm_exists(&name),
+        "{name}, released (in transit) in a ring after its client's reply failed, was \
+         unlinked:\n  {}\n  {}",
+        story(&daemon.handle, &name),
+        log_tail(&log, 20)
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
 /// A journal client hangs up on a full ring (65,535 strays, then the
 /// registration of a name left in transit, for a live process of ours it
 /// speaks for) with no other client connected: the connection is
@@ -429,7 +493,9 @@ fn a_process_given_a_gone_senders_pid_on_its_connection_keeps_its_name_in_transi
 /// fail: a manager that ended the half-alive connection before reading
 /// that far, or exited at its idle timeout with the ring unread, would
 /// never learn of the name and leave it in `/dev/shm` (nothing else here
-/// removes it: no other client, no sweep).
+/// removes it: no other client, no sweep). Checked by hand: with the
+/// registration replaced by one more stray, the name was left behind and
+/// the test failed at the wait (the manager exited meanwhile).
 #[test]
 fn a_name_registered_last_in_a_hung_up_ring_is_reaped_with_no_client_left() {
     let (mut daemon, log) = manager_logged("1s", "halfidle");
