@@ -1208,12 +1208,16 @@ impl Driver {
     /// at each hang-up, cannot keep a reader out of the line.
     fn close_a_waiting_asker_that_does_not_read(&mut self) {
         let now = Instant::now();
+        // Or one that has hung up already (asking and closing at once, it
+        // would hold its place until its end of file is read, a round later,
+        // and a flood of such askers keeps the line full).
         let idle = self.status_waiting.iter().position(|(id, _)| {
             self.clients.get(id).is_some_and(|client| {
                 client.asker.is_some_and(|asker| {
                     now >= asker.until - STATUS_DEADLINE + HEAD_READ_WITHIN
                         && socket::unread_by_peer(client.fd.as_fd()) > 0
-                })
+                }) || client.peer_gone
+                    || socket::peer_hung_up(client.fd.as_fd())
             })
         });
         let Some((id, _)) = idle.and_then(|at| self.status_waiting.remove(at)) else {

@@ -179,6 +179,17 @@ impl Transport for UnixTransport {
     }
 }
 
+/// Whether `fd`'s peer has closed it: nothing sent will be read. (Not a
+/// peer that only stopped writing: it may still read.)
+pub(crate) fn peer_hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut ready = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::HUP,
+    )];
+    let now = rustix::event::Timespec::default();
+    matches!(rustix::event::poll(&mut ready, Some(&now)), Ok(n) if n > 0)
+}
+
 /// Bytes sent on `fd` that its peer has not read yet (`SIOCOUTQ`); zero if
 /// the kernel does not say.
 pub(crate) fn unread_by_peer(fd: BorrowedFd<'_>) -> usize {
