@@ -565,7 +565,9 @@ pub trait Effects {
     /// frame read after its sender died). True promises to report its end
     /// as for a watched pid ([`Manager::pid_exited`]), once what else it
     /// sent has been read: its holds then turn dead, and its releases among
-    /// those frames still reach them. Drivers that cannot tell keep the
+    /// those frames still reach them. Asked again before a registration
+    /// joins such a gone sender's holder: false then means a process runs
+    /// under the pid now, another one. Drivers that cannot tell keep the
     /// default (its frames then count for the connection).
     fn pid_is_gone(&mut self, _conn: ConnId, _pid: i32) -> bool {
         false
@@ -733,6 +735,11 @@ pub struct PidEntry {
     newest_holder: u32,
     /// Some of its holders are on connections closed for cause.
     detached: bool,
+    /// Its process has ended (its holders are exiting) and the end is not
+    /// reported yet: a process running under the pid now is another one,
+    /// whose frames must not join this pid's holders, old or new, or they
+    /// would end with the old process.
+    exiting: bool,
 }
 
 /// Where a name without live holders stands.
@@ -1261,7 +1268,11 @@ impl<S: Storage> Manager<S> {
     /// may skip this call.
     pub fn pid_exiting(&mut self, pid: i32, now: Timestamp) {
         self.clock = now;
-        let mut next = self.pids.get(&pid).map_or(NO_HOLDER, |e| e.newest_holder);
+        let Some(entry) = self.pids.get_mut(&pid) else {
+            return;
+        };
+        entry.exiting = true;
+        let mut next = entry.newest_holder;
         while let Some(holder) = self.holders.get_mut(next) {
             let id = next;
             next = holder.older_same_pid;
@@ -1271,14 +1282,33 @@ impl<S: Storage> Manager<S> {
                 continue;
             }
             holder.exiting = true;
-            let key = holder.key;
-            self.holder_index.remove(&key);
-            if let Some(c) = self.conns.get_mut(&key.conn)
-                && c.last.is_some_and(|(_, h)| h == id)
-            {
-                c.last = None;
-            }
+            self.unindex(id);
         }
+    }
+
+    /// Takes holder `id` out of the index (and its connection's shortcut):
+    /// it takes no new frames, only releases of what it holds.
+    fn unindex(&mut self, id: u32) {
+        let Some(key) = self.holders.get(id).map(|h| h.key) else {
+            return;
+        };
+        if self.holder_index.get(&key) == Some(&id) {
+            self.holder_index.remove(&key);
+        }
+        if let Some(c) = self.conns.get_mut(&key.conn)
+            && c.last.is_some_and(|(_, h)| h == id)
+        {
+            c.last = None;
+        }
+    }
+
+    /// Whether `holder`, found for `pid`'s frame, was made for a sender
+    /// already gone (exiting from the start, and still taking its pid's
+    /// frames, which a watched process's exiting holders do not).
+    fn is_gone_senders(&self, holder: u32, pid: i32) -> bool {
+        self.holders
+            .get(holder)
+            .is_some_and(|h| h.lifeline == Lifeline::Pid(pid) && h.exiting && !h.ending)
     }
 
     /// A watched process ended: its holders end, on every connection, while
@@ -2135,10 +2165,20 @@ impl<S: Storage> Manager<S> {
     /// the exit, after reading what else it sent.
     fn holder_for(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
         if let Some(holder) = self.known_holder(conn, pid, fx) {
-            return Some(holder);
+            if !self.is_gone_senders(holder, pid) || fx.pid_is_gone(conn, pid) {
+                return Some(holder);
+            }
+            // A gone sender's holder, and a process runs under its pid now:
+            // the frame is that process's (or the gone one's last, which the
+            // connection then keeps). Taken for the gone one, a name the new
+            // process has in transit would be reaped while it lives.
+            self.unindex(holder);
         }
         self.conns.get(&conn)?;
-        let watched = fx.watch_pid(conn, pid);
+        let exiting = self.pids.get(&pid).is_some_and(|entry| entry.exiting);
+        // Not watched while the pid's old process's end is pending: its
+        // report would end the new process's holder too.
+        let watched = !exiting && fx.watch_pid(conn, pid);
         let gone = !watched && fx.pid_is_gone(conn, pid);
         let holder = if (watched || gone) && self.retain_pid(pid, fx) {
             let key = HolderKey {
@@ -2151,6 +2191,9 @@ impl<S: Storage> Manager<S> {
             };
             if let Some(h) = self.holders.get_mut(holder) {
                 h.exiting = gone;
+            }
+            if gone && let Some(entry) = self.pids.get_mut(&pid) {
+                entry.exiting = true;
             }
             if self.holder_index.insert(key, holder).is_err() {
                 self.remove_holder(holder);
@@ -2389,6 +2432,7 @@ impl<S: Storage> Manager<S> {
             holders: 1,
             newest_holder: NO_HOLDER,
             detached: false,
+            exiting: false,
         };
         if self.pids.insert(pid, entry).is_ok() {
             return true;

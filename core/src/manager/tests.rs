@@ -468,6 +468,44 @@ fn a_sender_that_exited_before_its_frames_were_read_holds_them_until_its_end_is_
     assert_eq!(r.state("/pickled"), Some(NameState::Released { dead: 0 }));
 }
 
+/// A gone sender's holder takes its pid's late frames until its end is
+/// reported. A process given that pid meanwhile (a fork on the same
+/// connection) is another process: its registration must not join the
+/// gone one's holder, or the report ends it and its name in transit
+/// (refcount 1, its own) is reaped while it lives. It is the connection's
+/// until then; the gone sender's late release still reaches its own holder.
+#[test]
+fn a_process_given_a_gone_senders_pid_keeps_what_it_registers_before_the_end_is_reported() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(10);
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    r.create("/late", 1);
+    r.create("/pickled", 2);
+    r.fx.gone.insert(20);
+    r.register(c, 20, "/late");
+    r.register(c, 20, "/pickled");
+    // Pid 20 is given to a new process, which registers a name it hands on.
+    r.fx.gone.remove(&20);
+    r.fx.trusted.insert(20);
+    r.create("/transit", 1);
+    r.register(c, 20, "/transit");
+    assert!(
+        !r.fx.watched.contains_key(&20),
+        "watched while the old process's end is pending"
+    );
+    r.release_last(c, 20, "/pickled");
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/late"), "{:?}", r.state("/late"));
+    assert_eq!(r.state("/pickled"), Some(NameState::Released { dead: 0 }));
+    assert_eq!(
+        r.state("/transit"),
+        Some(NameState::Held { registrations: 1 }),
+        "the new process's registration ended with the gone one's"
+    );
+}
+
 /// A frame whose pid names no live process (its sender lives on the
 /// connection) ends its holder at once; the name is looked at before its
 /// sender creates it. One absence is not believed: the segment created right
