@@ -53,6 +53,8 @@ impl TransportError for SocketError {
 #[derive(Debug)]
 pub struct UnixTransport {
     fd: OwnedFd,
+    /// How long [`Transport::receive`] waits; `None` waits for ever.
+    reply_timeout: Option<Duration>,
 }
 
 impl UnixTransport {
@@ -78,16 +80,26 @@ impl UnixTransport {
                 other => break other.map_err(SocketError::new("connect"))?,
             }
         }
-        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, reply_timeout)
-            .map_err(SocketError::new("setsockopt"))?;
-        Ok(Self { fd })
+        let mut transport = Self {
+            fd,
+            reply_timeout: None,
+        };
+        transport.set_reply_timeout(reply_timeout)?;
+        Ok(transport)
     }
 
     /// Changes how long a blocking receive waits for the manager (see
     /// [`UnixTransport::connect`]).
-    pub fn set_reply_timeout(&self, reply_timeout: Option<Duration>) -> Result<(), SocketError> {
+    pub fn set_reply_timeout(
+        &mut self,
+        reply_timeout: Option<Duration>,
+    ) -> Result<(), SocketError> {
+        // Set on the socket too, for whoever reads it with a plain `recv`
+        // (a clone of it, say).
         sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, reply_timeout)
-            .map_err(SocketError::new("setsockopt"))
+            .map_err(SocketError::new("setsockopt"))?;
+        self.reply_timeout = reply_timeout;
+        Ok(())
     }
 
     /// Writes `bytes` with `fd` attached (`SCM_RIGHTS`): how a client hands
@@ -137,9 +149,11 @@ impl UnixTransport {
         }
     }
 
-    /// Wraps a connected stream socket (one end of a `socketpair`, say).
+    /// Wraps a connected stream socket (one end of a `socketpair`, say),
+    /// keeping the receive timeout it has (`SO_RCVTIMEO`).
     pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
+        let reply_timeout = sockopt::socket_timeout(&fd, sockopt::Timeout::Recv).unwrap_or(None);
+        Self { fd, reply_timeout }
     }
 }
 
@@ -164,10 +178,37 @@ impl Transport for UnixTransport {
         Ok(())
     }
 
+    /// Waits in `poll`, not in `recv`: the manager's read of our frame frees
+    /// room in our socket, and the kernel wakes a socket's sleepers in
+    /// `recv` for that too, whatever they wait for; a `poll` for input is
+    /// woken only by the answer. A wait past the reply timeout fails as a
+    /// timed-out `recv` would (`EAGAIN`).
     fn receive(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
-        rustix::net::recv(&self.fd, buf, RecvFlags::empty())
-            .map(|(n, _)| n)
-            .map_err(SocketError::new("recv"))
+        let timeout = self
+            .reply_timeout
+            .map(|t| rustix::event::Timespec::try_from(t).unwrap_or(MAX_WAIT));
+        loop {
+            let mut ready = [rustix::event::PollFd::new(
+                &self.fd,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut ready, timeout.as_ref()) {
+                Ok(0) => {
+                    return Err(SocketError {
+                        op: "recv",
+                        errno: Errno::AGAIN,
+                    });
+                }
+                Ok(_) => {}
+                Err(errno) => return Err(SocketError { op: "poll", errno }),
+            }
+            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((n, _)) => return Ok(n),
+                // Taken by another reader of the socket (a fork): wait again.
+                Err(Errno::AGAIN) => continue,
+                Err(errno) => return Err(SocketError { op: "recv", errno }),
+            }
+        }
     }
 
     fn try_receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>, SocketError> {
@@ -178,6 +219,12 @@ impl Transport for UnixTransport {
         }
     }
 }
+
+/// The longest `poll` a reply timeout too large for a `Timespec` becomes.
+const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: i64::MAX,
+    tv_nsec: 0,
+};
 
 /// Whether `fd`'s peer has closed it: nothing sent will be read. (Not a
 /// peer that only stopped writing: it may still read.)
@@ -200,4 +247,70 @@ pub(crate) fn unread_by_peer(fd: BorrowedFd<'_>) -> usize {
     // SAFETY: the getter's opcode and output type match, as above.
     let queued = unsafe { rustix::ioctl::ioctl(fd, getter) };
     queued.map_or(0, |queued| usize::try_from(queued).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    fn timed_receive(transport: &mut UnixTransport) -> (Result<usize, SocketError>, Duration) {
+        let began = Instant::now();
+        let mut buf = [0u8; 2];
+        (transport.receive(&mut buf), began.elapsed())
+    }
+
+    /// The wait is `poll`'s now, not `recv`'s: a timeout set on the socket
+    /// before it was wrapped must still bound it, or a client of a manager
+    /// that never answers waits for ever.
+    #[test]
+    fn a_receive_times_out_as_the_wrapped_socket_said() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut transport = UnixTransport::from_fd(ours.into());
+        let (result, waited) = timed_receive(&mut transport);
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::TimedOut);
+        assert!(
+            waited >= Duration::from_millis(90) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_changed_reply_timeout_bounds_the_next_receive() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let mut transport = UnixTransport::from_fd(ours.into());
+        transport
+            .set_reply_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let (result, waited) = timed_receive(&mut transport);
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::TimedOut);
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+
+    /// An answer that comes while the receive waits is returned, and the
+    /// peer's close reads as the end (0), not as a timeout.
+    #[test]
+    fn a_receive_returns_a_late_answer_and_then_the_end() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut transport = UnixTransport::from_fd(ours.into());
+        transport
+            .set_reply_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let answerer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            theirs.write_all(b"OK").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        });
+        let mut buf = [0u8; 2];
+        assert_eq!(transport.receive(&mut buf).unwrap(), 2);
+        assert_eq!(&buf, b"OK");
+        answerer.join().unwrap();
+        let (result, waited) = timed_receive(&mut transport);
+        assert_eq!(result.unwrap(), 0);
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
 }
