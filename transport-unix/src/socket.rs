@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libshm_core::handshake::ManagerHandle;
 use libshm_core::transport::{ErrorKind, Transport, TransportError};
@@ -53,8 +53,6 @@ impl TransportError for SocketError {
 #[derive(Debug)]
 pub struct UnixTransport {
     fd: OwnedFd,
-    /// How long [`Transport::receive`] waits; `None` waits for ever.
-    reply_timeout: Option<Duration>,
 }
 
 impl UnixTransport {
@@ -80,26 +78,16 @@ impl UnixTransport {
                 other => break other.map_err(SocketError::new("connect"))?,
             }
         }
-        let mut transport = Self {
-            fd,
-            reply_timeout: None,
-        };
-        transport.set_reply_timeout(reply_timeout)?;
-        Ok(transport)
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, reply_timeout)
+            .map_err(SocketError::new("setsockopt"))?;
+        Ok(Self { fd })
     }
 
     /// Changes how long a blocking receive waits for the manager (see
     /// [`UnixTransport::connect`]).
-    pub fn set_reply_timeout(
-        &mut self,
-        reply_timeout: Option<Duration>,
-    ) -> Result<(), SocketError> {
-        // Set on the socket too, for whoever reads it with a plain `recv`
-        // (a clone of it, say).
+    pub fn set_reply_timeout(&self, reply_timeout: Option<Duration>) -> Result<(), SocketError> {
         sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, reply_timeout)
-            .map_err(SocketError::new("setsockopt"))?;
-        self.reply_timeout = reply_timeout;
-        Ok(())
+            .map_err(SocketError::new("setsockopt"))
     }
 
     /// Writes `bytes` with `fd` attached (`SCM_RIGHTS`): how a client hands
@@ -149,11 +137,9 @@ impl UnixTransport {
         }
     }
 
-    /// Wraps a connected stream socket (one end of a `socketpair`, say),
-    /// keeping the receive timeout it has (`SO_RCVTIMEO`).
+    /// Wraps a connected stream socket (one end of a `socketpair`, say).
     pub fn from_fd(fd: OwnedFd) -> Self {
-        let reply_timeout = sockopt::socket_timeout(&fd, sockopt::Timeout::Recv).unwrap_or(None);
-        Self { fd, reply_timeout }
+        Self { fd }
     }
 }
 
@@ -178,37 +164,41 @@ impl Transport for UnixTransport {
         Ok(())
     }
 
-    /// Waits in `poll`, not in `recv`: the manager's read of our frame frees
-    /// room in our socket, and the kernel wakes a socket's sleepers in
-    /// `recv` for that too, whatever they wait for; a `poll` for input is
-    /// woken only by the answer. A wait past the reply timeout fails as a
-    /// timed-out `recv` would (`EAGAIN`).
+    /// A signal ends the wait with `EINTR` whatever `SA_RESTART` says (the
+    /// socket has a timeout); the wait goes on here for what is left of the
+    /// timeout, so that signals coming faster than it (a profiler's) cannot
+    /// keep it from ever expiring, as retrying with the whole timeout did.
     fn receive(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
-        let timeout = self
-            .reply_timeout
-            .map(|t| rustix::event::Timespec::try_from(t).unwrap_or(MAX_WAIT));
-        loop {
-            let mut ready = [rustix::event::PollFd::new(
-                &self.fd,
-                rustix::event::PollFlags::IN,
-            )];
-            match rustix::event::poll(&mut ready, timeout.as_ref()) {
-                Ok(0) => {
-                    return Err(SocketError {
-                        op: "recv",
-                        errno: Errno::AGAIN,
-                    });
+        let began = Instant::now();
+        let mut interrupted = None;
+        let result = loop {
+            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::empty()) {
+                Err(Errno::INTR) => {
+                    let timeout = match interrupted {
+                        Some(timeout) => timeout,
+                        None => *interrupted.insert(
+                            sockopt::socket_timeout(&self.fd, sockopt::Timeout::Recv)
+                                .map_err(SocketError::new("getsockopt"))?,
+                        ),
+                    };
+                    let Some(timeout) = timeout else {
+                        continue;
+                    };
+                    let left = timeout.saturating_sub(began.elapsed());
+                    if left.is_zero() {
+                        break Err(Errno::AGAIN);
+                    }
+                    sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, Some(left))
+                        .map_err(SocketError::new("setsockopt"))?;
                 }
-                Ok(_) => {}
-                Err(errno) => return Err(SocketError { op: "poll", errno }),
+                other => break other.map(|(n, _)| n),
             }
-            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => return Ok(n),
-                // Taken by another reader of the socket (a fork): wait again.
-                Err(Errno::AGAIN) => continue,
-                Err(errno) => return Err(SocketError { op: "recv", errno }),
-            }
+        };
+        if let Some(timeout) = interrupted.flatten() {
+            sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, Some(timeout))
+                .map_err(SocketError::new("setsockopt"))?;
         }
+        result.map_err(SocketError::new("recv"))
     }
 
     fn try_receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>, SocketError> {
@@ -219,12 +209,6 @@ impl Transport for UnixTransport {
         }
     }
 }
-
-/// The longest `poll` a reply timeout too large for a `Timespec` becomes.
-const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
-    tv_sec: i64::MAX,
-    tv_nsec: 0,
-};
 
 /// Whether `fd`'s peer has closed it: nothing sent will be read. (Not a
 /// peer that only stopped writing: it may still read.)
@@ -262,9 +246,9 @@ mod tests {
         (transport.receive(&mut buf), began.elapsed())
     }
 
-    /// The wait is `poll`'s now, not `recv`'s: a timeout set on the socket
-    /// before it was wrapped must still bound it, or a client of a manager
-    /// that never answers waits for ever.
+    /// A timeout set on the socket before it was wrapped bounds the wait,
+    /// or a client of a manager that never answers waits for ever. (A wait
+    /// in `poll`, tried, would have to be given it.)
     #[test]
     fn a_receive_times_out_as_the_wrapped_socket_said() {
         let (ours, _theirs) = UnixStream::pair().unwrap();
