@@ -238,6 +238,7 @@ pub fn serve_tuned<N: Namespace>(
         gone: HashSet::new(),
         running_since_read: HashSet::new(),
         speaks_this_read: HashMap::new(),
+        gone_this_read: HashMap::new(),
         closed_ties: ClosedTies::default(),
         writer: None,
         crowded_writer_looks: CROWDED_WRITER_LOOKS_PER_ROUND,
@@ -802,6 +803,10 @@ struct Driver {
     /// Whether this read's writer speaks for a pid not its own (its child's):
     /// one look at `/proc` per pid per read.
     speaks_this_read: HashMap<i32, bool>,
+    /// Whether a pid was gone, as looked at after this read: it answers for
+    /// every frame of the read (all sent before it), so a flood of frames
+    /// under a gone pid costs one look per read, not one per frame.
+    gone_this_read: HashMap<i32, bool>,
     /// For connections closed for cause whose untrusted holds are tied to
     /// a process: who to pass the tie on to when that one ends.
     closed_ties: ClosedTies,
@@ -874,6 +879,7 @@ impl Driver {
                     left -= n;
                     self.running_since_read.clear();
                     self.speaks_this_read.clear();
+                    self.gone_this_read.clear();
                     self.writer = writer;
                     manager.receive(id, &buf[..n], now, self);
                     self.writer = None;
@@ -928,6 +934,7 @@ impl Driver {
         };
         // The frames are read (committed) before any look at their senders.
         self.running_since_read.clear();
+        self.gone_this_read.clear();
         let read = manager.read_journal(id, journal.journal(), most, now, self);
         let read = read.unwrap_or_else(|err| {
             tracing::warn!(conn = %id, "closed the connection: {err}");
@@ -1575,13 +1582,17 @@ impl Effects for Driver {
     }
 
     fn pid_is_gone(&mut self, conn: ConnId, pid: i32) -> bool {
+        if let Some(&gone) = self.gone_this_read.get(&pid) {
+            return gone;
+        }
         // `watch_pid` has just looked the namespace up, and the writer.
-        let gone = self.writer_speaks_for(pid)
+        let gone = self.speaks_for(conn, pid)
             && self
                 .clients
                 .get(&conn)
                 .is_some_and(|client| client.same_pid_namespace == Some(true))
             && pid_watch::is_gone(pid);
+        self.gone_this_read.insert(pid, gone);
         // Its end is reported this round, after the reads.
         if gone && self.gone.insert(pid) {
             self.exited.push(pid);
