@@ -1343,11 +1343,18 @@ impl<S: Storage> Manager<S> {
             Self::begin_end(holder, HolderEnd::Exited, fx);
             self.ending += 1;
             self.stats.holders_exited += 1;
-            self.holder_index.remove(&key);
-            if let Some(c) = self.conns.get_mut(&key.conn)
-                && c.last.is_some_and(|(_, h)| h == id)
-            {
-                c.last = None;
+            let indexed = self.holder_index.remove(&key);
+            if let Some(c) = self.conns.get_mut(&key.conn) {
+                // The pid names another process from now on: a shortcut or
+                // an alias to the connection's holder, taken for it while
+                // this end was pending, would keep that process's frames
+                // from a holder of its own, and its names from its end.
+                if c.last.is_some_and(|(p, h)| h == id || p == pid) {
+                    c.last = None;
+                }
+                if key.pid.is_some() && indexed.is_some_and(|h| h != id) {
+                    c.aliases = c.aliases.saturating_sub(1);
+                }
             }
             self.drop_if_finished(id);
         }

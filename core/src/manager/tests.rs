@@ -504,6 +504,18 @@ fn a_process_given_a_gone_senders_pid_keeps_what_it_registers_before_the_end_is_
         Some(NameState::Held { registrations: 1 }),
         "the new process's registration ended with the gone one's"
     );
+    // Once the old end is reported, the new process is watched as any
+    // other: what it registers now is reaped when it ends.
+    r.create("/after", 1);
+    r.register(c, 20, "/after");
+    assert!(
+        r.fx.watched.contains_key(&20),
+        "the new process not watched"
+    );
+    r.fx.gone.insert(20);
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/after"), "leaked: {:?}", r.state("/after"));
 }
 
 /// A frame whose pid names no live process (its sender lives on the
