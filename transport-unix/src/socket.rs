@@ -165,40 +165,44 @@ impl Transport for UnixTransport {
     }
 
     /// A signal ends the wait with `EINTR` whatever `SA_RESTART` says (the
-    /// socket has a timeout); the wait goes on here for what is left of the
+    /// socket has a timeout); the wait goes on for what is left of the
     /// timeout, so that signals coming faster than it (a profiler's) cannot
     /// keep it from ever expiring, as retrying with the whole timeout did.
+    /// What is left is waited for in `poll`, not set on the socket: the
+    /// timeout is every handle's on it (a `dup`, a fork's copy).
     fn receive(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
         let began = Instant::now();
-        let mut interrupted = None;
-        let result = loop {
-            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::empty()) {
-                Err(Errno::INTR) => {
-                    let timeout = match interrupted {
-                        Some(timeout) => timeout,
-                        None => *interrupted.insert(
-                            sockopt::socket_timeout(&self.fd, sockopt::Timeout::Recv)
-                                .map_err(SocketError::new("getsockopt"))?,
-                        ),
-                    };
-                    let Some(timeout) = timeout else {
-                        continue;
-                    };
-                    let left = timeout.saturating_sub(began.elapsed());
-                    if left.is_zero() {
-                        break Err(Errno::AGAIN);
-                    }
-                    sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, Some(left))
-                        .map_err(SocketError::new("setsockopt"))?;
-                }
-                other => break other.map(|(n, _)| n),
-            }
-        };
-        if let Some(timeout) = interrupted.flatten() {
-            sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, Some(timeout))
-                .map_err(SocketError::new("setsockopt"))?;
+        match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::empty()) {
+            Err(Errno::INTR) => {}
+            other => return other.map(|(n, _)| n).map_err(SocketError::new("recv")),
         }
-        result.map_err(SocketError::new("recv"))
+        let timeout = sockopt::socket_timeout(&self.fd, sockopt::Timeout::Recv)
+            .map_err(SocketError::new("getsockopt"))?;
+        loop {
+            let left = timeout.map(|t| t.saturating_sub(began.elapsed()));
+            if left.is_some_and(|left| left.is_zero()) {
+                return Err(SocketError {
+                    op: "recv",
+                    errno: Errno::AGAIN,
+                });
+            }
+            // Too long for a `Timespec`: as good as for ever.
+            let wait = left.and_then(|left| rustix::event::Timespec::try_from(left).ok());
+            let mut ready = [rustix::event::PollFd::new(
+                &self.fd,
+                rustix::event::PollFlags::IN,
+            )];
+            match rustix::event::poll(&mut ready, wait.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(errno) => return Err(SocketError { op: "poll", errno }),
+            }
+            match rustix::net::recv(&self.fd, &mut *buf, RecvFlags::DONTWAIT) {
+                // Nothing yet, interrupted again, or taken by another reader
+                // of the socket: wait for what is left.
+                Err(Errno::AGAIN | Errno::INTR) => continue,
+                other => return other.map(|(n, _)| n).map_err(SocketError::new("recv")),
+            }
+        }
     }
 
     fn try_receive(&mut self, buf: &mut [u8]) -> Result<Option<usize>, SocketError> {
