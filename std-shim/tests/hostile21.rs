@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use common::handed::manager_lingering;
 use common::journal_client::JournalClient;
 use common::measure::cpu_time;
+use common::pid_reuse::{ForkedWriter, gone_registration_behind_rings, unread_by_manager};
 use common::{Cleanup, Daemon, Sleeper, frame, frame_from, run_id, shm_exists, story, unique_name};
 use libshm::SegmentName;
 use libshm::protocol::frame::Frame;
@@ -269,66 +270,6 @@ fn a_peer_that_shuts_its_read_side_and_writes_on_is_read_and_then_closed() {
     let _ = std::fs::remove_file(&log);
 }
 
-/// Bytes `stream`'s peer (the manager) has not read yet.
-fn unread_by_manager(stream: &UnixStream) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: `TIOCOUTQ` writes one c_int to the pointer given, ours.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
-    assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
-    usize::try_from(queued).unwrap_or(0)
-}
-
-/// Forks a process given `pid` (root, `ns_last_pid`, in a private pid
-/// namespace) that writes a registration of `name` under its own pid on
-/// `conn` and then waits for a signal. Returns it, unreaped, or `None` if
-/// the fork got another pid.
-fn fork_writer_with_pid(pid: i32, conn: &UnixStream, name: &str) -> Option<ForkedWriter> {
-    let template = frame_from(0, 0, name);
-    let fd = conn.as_raw_fd();
-    std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-        .expect("write ns_last_pid (root, in our own pid namespace)");
-    // SAFETY: the child only calls `getpid`, writes into its own copy of
-    // `template` (no allocation), `write`s and `pause`s: all
-    // async-signal-safe, as a fork of a threaded process requires.
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork failed");
-    if child == 0 {
-        // SAFETY: as above; `bytes` is this process's own copy.
-        unsafe {
-            let mut bytes = template;
-            let own = libc::getpid().to_ne_bytes();
-            bytes[..4].copy_from_slice(&own);
-            libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    let writer = ForkedWriter(child);
-    (child == pid).then_some(writer)
-}
-
-/// A forked process of ours, killed and reaped when dropped.
-struct ForkedWriter(i32);
-
-impl ForkedWriter {
-    fn is_alive(&self) -> bool {
-        let mut status = 0;
-        // SAFETY: polls our own child without blocking.
-        unsafe { libc::waitpid(self.0, &raw mut status, libc::WNOHANG) == 0 }
-    }
-}
-
-impl Drop for ForkedWriter {
-    fn drop(&mut self) {
-        // SAFETY: our own child.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-            libc::waitpid(self.0, std::ptr::null_mut(), 0);
-        }
-    }
-}
-
 /// Finding 2. The same as finding 1 on a socket: a process given a gone
 /// sender's pid, forked onto the gone sender's connection (a family
 /// shares it), writes its registration there between the round's read of
@@ -384,26 +325,23 @@ fn a_process_given_a_gone_senders_pid_on_its_connection_keeps_its_name_in_transi
     let _cleanup = Cleanup(vec![name.clone(), gone_name.clone()]);
     let junk = segment_name(&unique_name("h21cjunk"));
     let mut shared = daemon.connect();
-    let mut gone_pid = 0;
-    daemon.while_stopped(|| {
-        for ring in &rings {
-            for _ in 0..2_048 {
-                ring.append(Frame::release(filler.pid(), junk));
-            }
-        }
-        gone_pid = shared.register_from_exited_child(&[&gone_name]);
-    });
-    let began = Instant::now();
-    while unread_by_manager(&shared.stream) > 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the manager never read the connection"
-        );
-        std::hint::spin_loop();
-    }
+    let (gone_pid, began) = gone_registration_behind_rings(
+        &daemon,
+        &rings,
+        2_048,
+        filler.pid(),
+        junk,
+        &mut shared,
+        &gone_name,
+    );
     let seen_after = began.elapsed();
-    let writer = fork_writer_with_pid(gone_pid, &shared.stream, &name)
-        .expect("a private pid namespace where nobody else forks");
+    let writer = ForkedWriter::fork(
+        Some(gone_pid),
+        &shared.stream,
+        &[frame_from(0, 0, &name)],
+        &[],
+    )
+    .expect("a private pid namespace where nobody else forks");
     let written_after = began.elapsed();
     common::create_segment(&name, 1, 64);
     assert_eq!(

@@ -50,15 +50,15 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::handed::{connection_from_exited_process, manager_lingering};
 use common::journal_client::JournalClient;
+use common::pid_reuse::{ForkedWriter, gone_registration_behind_rings};
+use common::signals::install_idle_handler;
 use common::{Cleanup, Sleeper, frame_from, run_id, shm_exists, story, unique_name};
 use libshm::SegmentName;
-use libshm::protocol::frame::Frame;
 
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
@@ -67,111 +67,6 @@ fn name_of(tag: &str) -> String {
 
 fn segment_name(name: &str) -> SegmentName {
     SegmentName::new(name.as_bytes()).unwrap()
-}
-
-/// Bytes `stream`'s peer (the manager) has not read yet.
-fn unread_by_manager(stream: &UnixStream) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: `TIOCOUTQ` writes one c_int to the pointer given, ours.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
-    assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
-    usize::try_from(queued).unwrap_or(0)
-}
-
-/// A forked process of ours, killed and reaped when dropped.
-struct ForkedWriter {
-    pid: i32,
-    /// Killed and reaped already.
-    dead: bool,
-    /// Written to, it writes its later frames.
-    cue: std::fs::File,
-}
-
-impl ForkedWriter {
-    /// Forks a process (given `pid` if asked: root, `ns_last_pid`, in a
-    /// private pid namespace) that writes `frames` on `conn`, then, once
-    /// cued ([`ForkedWriter::cue`]), `later`, each frame with its own pid in
-    /// the first four bytes, and then waits for a signal. `None` if the
-    /// fork got another pid than asked.
-    fn fork(
-        pid: Option<i32>,
-        conn: &UnixStream,
-        frames: &[[u8; 68]],
-        later: &[[u8; 68]],
-    ) -> Option<Self> {
-        let first: Vec<u8> = frames.iter().flatten().copied().collect();
-        let second: Vec<u8> = later.iter().flatten().copied().collect();
-        let fd = conn.as_raw_fd();
-        let (cue_read, cue_write) = std::io::pipe().unwrap();
-        let cue_fd = cue_read.as_raw_fd();
-        if let Some(pid) = pid {
-            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-                .expect("write ns_last_pid (root, in our own pid namespace)");
-        }
-        // SAFETY: the child only calls `getpid`, writes into its own copies
-        // of `first` and `second` (allocated before the fork), `read`s,
-        // `write`s and `pause`s: all async-signal-safe, as a fork of a
-        // threaded process requires.
-        let child = unsafe { libc::fork() };
-        assert!(child >= 0, "fork failed");
-        if child == 0 {
-            // SAFETY: as above; the buffers are this process's own copies.
-            unsafe {
-                let own = libc::getpid().to_ne_bytes();
-                for bytes in [&first, &second] {
-                    let base = bytes.as_ptr().cast_mut();
-                    for at in (0..bytes.len()).step_by(68) {
-                        std::ptr::copy_nonoverlapping(own.as_ptr(), base.add(at), own.len());
-                    }
-                }
-                libc::write(fd, first.as_ptr().cast(), first.len());
-                if !second.is_empty() {
-                    let mut byte = 0u8;
-                    if libc::read(cue_fd, (&raw mut byte).cast(), 1) == 1 {
-                        libc::write(fd, second.as_ptr().cast(), second.len());
-                    }
-                }
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        let writer = Self {
-            pid: child,
-            dead: false,
-            cue: std::os::fd::OwnedFd::from(cue_write).into(),
-        };
-        pid.is_none_or(|pid| child == pid).then_some(writer)
-    }
-
-    /// Has it write its later frames.
-    fn cue(&mut self) {
-        use std::io::Write;
-        self.cue.write_all(&[1]).unwrap();
-    }
-
-    fn is_alive(&self) -> bool {
-        let mut status = 0;
-        // SAFETY: polls our own child, not reaped yet, without blocking.
-        !self.dead && unsafe { libc::waitpid(self.pid, &raw mut status, libc::WNOHANG) == 0 }
-    }
-
-    /// Kills and reaps it: its pid is free again.
-    fn kill(&mut self) {
-        if !std::mem::replace(&mut self.dead, true) {
-            // SAFETY: our own child, not reaped yet.
-            unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
-                libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-            }
-        }
-    }
-}
-
-impl Drop for ForkedWriter {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A frame the manager refuses at once (free flag 7): its connection is
@@ -409,23 +304,15 @@ fn attempt_under_a_gone_pid(fresh_pid: bool, then: Then) -> Option<Outcome> {
     let _cleanup = Cleanup(vec![name.clone(), later.clone(), gone_name.clone()]);
     let junk = segment_name(&unique_name("h22junk"));
     let (mut shared, connector) = connection_from_exited_process(&daemon.handle);
-    let mut gone_pid = 0;
-    daemon.while_stopped(|| {
-        for ring in &rings {
-            for _ in 0..2_048 {
-                ring.append(Frame::release(filler.pid(), junk));
-            }
-        }
-        gone_pid = shared.register_from_exited_child(&[&gone_name]);
-    });
-    let began = Instant::now();
-    while unread_by_manager(&shared.stream) > 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the manager never read the connection"
-        );
-        std::hint::spin_loop();
-    }
+    let (gone_pid, began) = gone_registration_behind_rings(
+        &daemon,
+        &rings,
+        2_048,
+        filler.pid(),
+        junk,
+        &mut shared,
+        &gone_name,
+    );
     let seen_after = began.elapsed();
     if seen_after > Duration::from_millis(5) {
         eprintln!("G's bytes read {seen_after:.2?} in: too late, trying again");
@@ -498,25 +385,6 @@ fn attempt_under_a_gone_pid(fresh_pid: bool, then: Then) -> Option<Outcome> {
         writer_alive: writer.is_alive(),
         gone_pid,
     })
-}
-
-/// Installs a handler for `SIGUSR2` that does nothing, with `SA_RESTART`
-/// (the flag every runtime sets): a signal a profiler or a timer would
-/// send, which interrupts what it may.
-fn install_idle_handler() {
-    extern "C" fn idle(_: libc::c_int) {}
-    // SAFETY: a zeroed `sigaction` is valid; the handler is async-signal-
-    // safe (it does nothing) and lives for the whole program.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = idle as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&raw mut action.sa_mask);
-        assert_eq!(
-            libc::sigaction(libc::SIGUSR2, &raw const action, std::ptr::null_mut()),
-            0
-        );
-    }
 }
 
 /// Finding 3. A client whose thread is interrupted by a signal more often

@@ -26,6 +26,8 @@ pub mod handed;
 pub mod hold;
 pub mod journal_client;
 pub mod measure;
+pub mod pid_reuse;
+pub mod signals;
 
 pub const SHM_MANAGER: &str = env!("CARGO_BIN_EXE_shm-manager");
 pub const SHMCTL: &str = env!("CARGO_BIN_EXE_shmctl");
