@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use common::handed::manager_lingering;
 use common::journal_client::JournalClient;
 use common::measure::{Probe, RoundTrips, cpu_time};
+use common::pid_reuse::unread_by_manager;
 use common::{
     Cleanup, Daemon, RawClient, Sleeper, frame, run_id, shm_exists, story, unique_name, wait_until,
 };
@@ -50,15 +51,6 @@ use libshm::protocol::journal::JournalMemory;
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
     format!("/torch_h20{tag}_{}", run_id())
-}
-
-/// Bytes `stream`'s peer (the manager) has not read yet.
-fn unread_by_manager(stream: &UnixStream) -> usize {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: `TIOCOUTQ` writes one c_int to the pointer given, ours.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
-    assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
-    usize::try_from(queued).unwrap_or(0)
 }
 
 /// Lets `stream` queue up to `bytes` unread by its peer (root's
@@ -262,6 +254,43 @@ fn end_pending_behind_a_long_queue(daemon: &Daemon, frames: usize) -> (RawClient
     (shared, pid)
 }
 
+/// A new process given `pid` (whose end is pending behind `shared`'s long
+/// queue) registers `name`, leaves it in transit and is closed for cause
+/// while the queue is read. Returns it, alive, once the queue is read and
+/// the linger (3 s), the grace (1 s), a look and slack have passed, and
+/// the bytes that were queued.
+fn reuser_closed_for_cause_behind_the_queue(
+    daemon: &Daemon,
+    shared: &RawClient,
+    pid: i32,
+    name: &str,
+) -> (Script, usize) {
+    let queued = unread_by_manager(&shared.stream);
+    let began = Instant::now();
+    let mut reuser = Script::closed_for_cause(&daemon.handle, name, Some(pid));
+    let pending_before = unread_by_manager(&shared.stream);
+    assert!(reuser.close_for_cause(), "the malformed frame closes it");
+    let pending_after = unread_by_manager(&shared.stream);
+    let closed_after = began.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(30), || unread_by_manager(
+            &shared.stream
+        ) == 0),
+        "the queue is read"
+    );
+    let read_in = began.elapsed();
+    // Ends are acted on in the round they are noticed since the deferral
+    // was reverted: the new process is served after the old end (nothing
+    // left unread then), and what follows must hold either way.
+    eprintln!(
+        "queue of {queued} bytes read in {read_in:.2?}; the reuser (pid {pid}) was closed for \
+         cause {closed_after:.2?} in, {pending_before} then {pending_after} bytes still unread"
+    );
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(reuser.is_alive());
+    (reuser, queued)
+}
+
 // --- Findings ----------------------------------------------------------------
 
 /// Finding 1. A process given the pid of one whose end is pending loses
@@ -332,34 +361,11 @@ fn a_process_given_a_pending_pid_keeps_its_names_when_its_connection_is_closed_f
     // A process with a holder on a connection whose queue is long when it
     // ends: its end waits for the whole queue to be read.
     let (shared, pid) = end_pending_behind_a_long_queue(&daemon, QUEUED_FRAMES);
-    let queued = unread_by_manager(&shared.stream);
-    let began = Instant::now();
 
     // A new process given the pid while that end is pending.
-    let mut reuser = Script::closed_for_cause(&daemon.handle, &reused_name, Some(pid));
-    let pending_before = unread_by_manager(&shared.stream);
-    assert!(reuser.close_for_cause(), "the malformed frame closes it");
-    let pending_after = unread_by_manager(&shared.stream);
-    let closed_after = began.elapsed();
-    assert!(
-        wait_until(Duration::from_secs(30), || unread_by_manager(
-            &shared.stream
-        ) == 0),
-        "the queue is read"
-    );
-    let read_in = began.elapsed();
-    eprintln!(
-        "queue of {queued} bytes ({QUEUED_FRAMES} frames) read in {read_in:.2?}; the reuser \
-         (pid {pid}) was closed for cause {closed_after:.2?} in, {pending_before} then \
-         {pending_after} bytes still unread"
-    );
-    // Ends are acted on in the round they are noticed since the deferral
-    // was reverted: the new process is served after the old end (nothing
-    // left unread then), and what follows must hold either way.
-    let _ = pending_after;
-    // The linger (3 s), the grace (1 s), a look, and slack.
-    std::thread::sleep(Duration::from_secs(7));
-    assert!(control.is_alive() && reuser.is_alive());
+    let (_reuser, queued) =
+        reuser_closed_for_cause_behind_the_queue(&daemon, &shared, pid, &reused_name);
+    assert!(control.is_alive());
     let control_kept = shm_exists(&control_name);
     let reused_kept = shm_exists(&reused_name);
     assert!(
@@ -434,37 +440,13 @@ fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_when_closed_for_ca
         pid = shared.register_from_exited_child(&[&unique_name("h20gone")]);
         queue_strays(&mut shared, QUEUED_FRAMES);
     });
-    let queued = unread_by_manager(&shared.stream);
-    let began = Instant::now();
     assert_eq!(
         shared.reply(),
         Some(*b"OK"),
         "the gone sender's registration"
     );
-
-    let mut reuser = Script::closed_for_cause(&daemon.handle, &reused_name, Some(pid));
-    let pending_before = unread_by_manager(&shared.stream);
-    assert!(reuser.close_for_cause(), "the malformed frame closes it");
-    let pending_after = unread_by_manager(&shared.stream);
-    let closed_after = began.elapsed();
-    assert!(
-        wait_until(Duration::from_secs(30), || unread_by_manager(
-            &shared.stream
-        ) == 0),
-        "the queue is read"
-    );
-    let read_in = began.elapsed();
-    eprintln!(
-        "queue of {queued} bytes ({QUEUED_FRAMES} frames) behind a gone sender read in \
-         {read_in:.2?}; the reuser (pid {pid}) was closed for cause {closed_after:.2?} in, \
-         {pending_before} then {pending_after} bytes still unread"
-    );
-    // Ends are acted on in the round they are noticed since the deferral
-    // was reverted: the new process is served after the old end (nothing
-    // left unread then), and what follows must hold either way.
-    let _ = pending_after;
-    std::thread::sleep(Duration::from_secs(7));
-    assert!(reuser.is_alive());
+    let (_reuser, queued) =
+        reuser_closed_for_cause_behind_the_queue(&daemon, &shared, pid, &reused_name);
     assert!(
         shm_exists(&reused_name),
         "{reused_name}, in transit from live pid {pid} (given the pid of a gone sender whose \
