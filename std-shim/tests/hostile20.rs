@@ -33,14 +33,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::handed::manager_lingering;
 use common::journal_client::JournalClient;
 use common::measure::{Probe, RoundTrips, cpu_time};
-use common::pid_reuse::unread_by_manager;
+use common::pid_reuse::{force_send_buffer, unread_by_manager};
 use common::{
     Cleanup, Daemon, RawClient, Sleeper, frame, run_id, shm_exists, story, unique_name, wait_until,
 };
@@ -51,24 +50,6 @@ use libshm::protocol::journal::JournalMemory;
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
     format!("/torch_h20{tag}_{}", run_id())
-}
-
-/// Lets `stream` queue up to `bytes` unread by its peer (root's
-/// `SO_SNDBUFFORCE`, past `wmem_max`): a long queue for an end to wait on.
-fn force_send_buffer(stream: &UnixStream, bytes: usize) {
-    let size = libc::c_int::try_from(bytes).unwrap();
-    // SAFETY: a valid socket of ours, and `size` outlives the call, which
-    // reads `size_of::<c_int>()` bytes from it.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_SNDBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 /// Writes `frames` stray releases (a name nobody holds, by the test's own

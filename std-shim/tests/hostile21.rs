@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 use common::handed::manager_lingering;
 use common::journal_client::JournalClient;
 use common::measure::cpu_time;
-use common::pid_reuse::{ForkedWriter, gone_registration_behind_rings, unread_by_manager};
+use common::pid_reuse::{
+    ForkedWriter, force_send_buffer, gone_registration_behind_rings, unread_by_manager,
+};
 use common::{Cleanup, Daemon, Sleeper, frame, frame_from, run_id, shm_exists, story, unique_name};
 use libshm::SegmentName;
 use libshm::protocol::frame::Frame;
@@ -620,24 +622,6 @@ fn askers_that_ask_and_close_at_once_leave_others_a_report() {
             refused.first()
         );
     }
-}
-
-/// Lets `stream` queue up to `bytes` unread by its peer (root's
-/// `SO_SNDBUFFORCE`, past `wmem_max`).
-fn force_send_buffer(stream: &UnixStream, bytes: usize) {
-    let size = libc::c_int::try_from(bytes).unwrap();
-    // SAFETY: a valid socket of ours, and `size` outlives the call, which
-    // reads `size_of::<c_int>()` bytes from it.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_SNDBUFFORCE: {}", std::io::Error::last_os_error());
 }
 
 /// Forks a process that writes `frames` (free flag, name) under its own

@@ -22,6 +22,24 @@ pub fn unread_by_manager(stream: &UnixStream) -> usize {
     usize::try_from(queued).unwrap_or(0)
 }
 
+/// Lets `stream` queue up to `bytes` unread by its peer (root's
+/// `SO_SNDBUFFORCE`, past `wmem_max`): a long queue for an end to wait on.
+pub fn force_send_buffer(stream: &UnixStream, bytes: usize) {
+    let size = libc::c_int::try_from(bytes).unwrap();
+    // SAFETY: a valid socket of ours, and `size` outlives the call, which
+    // reads `size_of::<c_int>()` bytes from it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_SNDBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
 /// A forked process of ours, killed and reaped when dropped.
 pub struct ForkedWriter {
     pub pid: i32,
