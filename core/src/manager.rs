@@ -572,6 +572,27 @@ pub trait Effects {
     fn pid_is_gone(&mut self, _conn: ConnId, _pid: i32) -> bool {
         false
     }
+    /// `pid`'s watched process has ended, its end not reported yet, and a
+    /// process runs under the pid now, whose frame on `conn` is being read:
+    /// start watching that process apart, for [`Effects::promote_successor`].
+    /// False if it cannot be trusted (as for [`Effects::watch_pid`]) or
+    /// watched, or if the one watched so is not it (it ended too): its frame
+    /// then counts for the connection. Drivers that cannot tell keep the
+    /// default.
+    fn watch_successor(&mut self, _conn: ConnId, _pid: i32) -> bool {
+        false
+    }
+    /// As [`Effects::pid_has_ended`], for the successor watched under `pid`.
+    fn successor_has_ended(&mut self, _pid: i32) -> bool {
+        false
+    }
+    /// The end of `pid`'s old process has been reported: watch its successor
+    /// as `pid` from now on, and report its end as any watched pid's (at
+    /// once if it has ended already). With `keep` false, or if it cannot be
+    /// watched so (false), stop watching it.
+    fn promote_successor(&mut self, _pid: i32, _keep: bool) -> bool {
+        false
+    }
     /// `conn` offers a registration journal (the memory travelled with the
     /// offer). Return a view of it if it is now attached (the manager writes
     /// its advertisement there before answering); drivers without journal
@@ -689,8 +710,24 @@ pub struct HolderKey {
 enum Lifeline {
     /// Its (watched) process's end.
     Pid(i32),
+    /// The end of a process found running under a pid whose old process's
+    /// end was pending then: watched apart until that end is reported, then
+    /// as the pid ([`Manager::pid_exited`]). Tied to the old process's
+    /// watch, its names would be reaped while it lives; left to the
+    /// connection, they would leak, or be lost to a close for cause.
+    Successor(i32),
     /// Its connection's end.
     Connection,
+}
+
+impl Lifeline {
+    /// The pid whose process it ends with, if a process's.
+    fn pid(self) -> Option<i32> {
+        match self {
+            Lifeline::Pid(pid) | Lifeline::Successor(pid) => Some(pid),
+            Lifeline::Connection => None,
+        }
+    }
 }
 
 /// A holder's bookkeeping.
@@ -740,6 +777,14 @@ pub struct PidEntry {
     /// whose frames must not join this pid's holders, old or new, or they
     /// would end with the old process.
     exiting: bool,
+    /// While `exiting`: the holders of the process running under the pid
+    /// now ([`Lifeline::Successor`]), how many and the newest (linked as a
+    /// pid's list is), and whether any is on a connection closed for cause.
+    successors: u32,
+    newest_successor: u32,
+    successors_detached: bool,
+    /// The driver watches a successor (see [`Effects::watch_successor`]).
+    successor_watched: bool,
 }
 
 /// Where a name without live holders stands.
@@ -1033,10 +1078,7 @@ impl<S: Storage> Manager<S> {
             Some(HolderView {
                 id,
                 conn: holder.key.conn,
-                pid: match holder.lifeline {
-                    Lifeline::Pid(pid) => Some(pid),
-                    Lifeline::Connection => None,
-                },
+                pid: holder.lifeline.pid(),
                 connected: self.conns.get(&holder.key.conn).is_some(),
                 names: holder.holds,
             })
@@ -1343,7 +1385,17 @@ impl<S: Storage> Manager<S> {
             Self::begin_end(holder, HolderEnd::Exited, fx);
             self.ending += 1;
             self.stats.holders_exited += 1;
-            let indexed = self.holder_index.remove(&key);
+            // Not the successor's holder, which has the same key.
+            let successors = self.holder_index.get(&key).is_some_and(|&h| {
+                self.holders
+                    .get(h)
+                    .is_some_and(|h| h.lifeline == Lifeline::Successor(pid))
+            });
+            let indexed = if successors {
+                None
+            } else {
+                self.holder_index.remove(&key)
+            };
             if let Some(c) = self.conns.get_mut(&key.conn) {
                 // The pid names another process from now on: a shortcut or
                 // an alias to the connection's holder, taken for it while
@@ -1357,6 +1409,45 @@ impl<S: Storage> Manager<S> {
                 }
             }
             self.drop_if_finished(id);
+        }
+        if entry.successor_watched {
+            self.promote_successors(pid, entry, fx);
+        }
+    }
+
+    /// The end of `pid`'s old process (`old`'s) is reported: the holders of
+    /// the process found running under the pid meanwhile are tied to the
+    /// pid from now on, as any watched process's.
+    fn promote_successors(&mut self, pid: i32, old: PidEntry, fx: &mut impl Effects) {
+        let keep = old.successors > 0;
+        if fx.promote_successor(pid, keep) && keep {
+            let entry = PidEntry {
+                holders: old.successors,
+                newest_holder: old.newest_successor,
+                detached: old.successors_detached,
+                exiting: false,
+                successors: 0,
+                newest_successor: NO_HOLDER,
+                successors_detached: false,
+                successor_watched: false,
+            };
+            if self.pids.insert(pid, entry).is_ok() {
+                self.detached_pids += usize::from(old.successors_detached);
+                self.retie_successors(old.newest_successor, Lifeline::Pid(pid));
+                return;
+            }
+            fx.unwatch_pid(pid);
+        }
+        // Its end cannot be told: its holds last as long as its
+        // connections (a leak, never an unlink while it lives).
+        self.retie_successors(old.newest_successor, Lifeline::Connection);
+    }
+
+    fn retie_successors(&mut self, newest: u32, lifeline: Lifeline) {
+        let mut next = newest;
+        while let Some(holder) = self.holders.get_mut(next) {
+            next = holder.older_same_pid;
+            holder.lifeline = lifeline;
         }
     }
 
@@ -1883,8 +1974,14 @@ impl<S: Storage> Manager<S> {
         let lifeline = holder.lifeline;
         Self::begin_end(holder, HolderEnd::Disconnected, fx);
         self.ending += 1;
-        if let Lifeline::Pid(pid) = lifeline {
-            self.release_pid(pid, fx);
+        match lifeline {
+            Lifeline::Pid(pid) => self.release_pid(pid, fx),
+            Lifeline::Successor(pid) => {
+                if let Some(entry) = self.pids.get_mut(&pid) {
+                    entry.successors = entry.successors.saturating_sub(1);
+                }
+            }
+            Lifeline::Connection => {}
         }
         self.drop_if_finished(id);
     }
@@ -2187,7 +2284,14 @@ impl<S: Storage> Manager<S> {
         // report would end the new process's holder too.
         let watched = !exiting && fx.watch_pid(conn, pid);
         let gone = !watched && fx.pid_is_gone(conn, pid);
-        let holder = if (watched || gone) && self.retain_pid(pid, fx) {
+        let successor = if exiting && !gone {
+            self.successor_holder(conn, pid, fx)
+        } else {
+            None
+        };
+        let holder = if let Some(holder) = successor {
+            holder
+        } else if (watched || gone) && self.retain_pid(pid, fx) {
             let key = HolderKey {
                 conn,
                 pid: Some(pid),
@@ -2236,6 +2340,32 @@ impl<S: Storage> Manager<S> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.last = (!shared).then_some((pid, holder));
         }
+        Some(holder)
+    }
+
+    /// A holder of its own for the process running under `pid`, whose old
+    /// process's end is pending ([`Lifeline::Successor`]), if the driver can
+    /// watch it.
+    fn successor_holder(&mut self, conn: ConnId, pid: i32, fx: &mut impl Effects) -> Option<u32> {
+        let key = HolderKey {
+            conn,
+            pid: Some(pid),
+        };
+        // Taken: an alias to the connection's holder, or an ended
+        // successor's holder (a third process would be watched as that one).
+        if self.holder_index.get(&key).is_some() || !fx.watch_successor(conn, pid) {
+            return None;
+        }
+        self.pids.get_mut(&pid)?.successor_watched = true;
+        let holder = self.new_holder(key, Lifeline::Successor(pid))?;
+        if self.holder_index.insert(key, holder).is_err() {
+            self.remove_holder(holder);
+            return None;
+        }
+        let entry = self.pids.get_mut(&pid)?;
+        entry.successors += 1;
+        let older = core::mem::replace(&mut entry.newest_successor, holder);
+        self.link_after(holder, older);
         Some(holder)
     }
 
@@ -2320,11 +2450,18 @@ impl<S: Storage> Manager<S> {
             None => {
                 // A pid watched again after its end starts a list of its
                 // own: only its head is ours to move.
-                if let Lifeline::Pid(pid) = holder.lifeline
-                    && let Some(entry) = self.pids.get_mut(&pid)
-                    && entry.newest_holder == id
-                {
-                    entry.newest_holder = older;
+                let entry = holder
+                    .lifeline
+                    .pid()
+                    .and_then(|pid| self.pids.get_mut(&pid));
+                match (holder.lifeline, entry) {
+                    (Lifeline::Pid(_), Some(entry)) if entry.newest_holder == id => {
+                        entry.newest_holder = older;
+                    }
+                    (Lifeline::Successor(_), Some(entry)) if entry.newest_successor == id => {
+                        entry.newest_successor = older;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -2337,6 +2474,11 @@ impl<S: Storage> Manager<S> {
             return;
         };
         let older = core::mem::replace(&mut entry.newest_holder, id);
+        self.link_after(id, older);
+    }
+
+    /// Makes holder `id` the newest of a pid's list whose newest was `older`.
+    fn link_after(&mut self, id: u32, older: u32) {
         if let Some(h) = self.holders.get_mut(older) {
             h.newer_same_pid = id;
         }
@@ -2373,16 +2515,26 @@ impl<S: Storage> Manager<S> {
                 holder
             }
         };
-        let (tied, exiting) = self.holders.get(holder).map_or((false, false), |h| {
-            (h.lifeline == Lifeline::Pid(pid), h.exiting)
-        });
+        let (lifeline, exiting) = self
+            .holders
+            .get(holder)
+            .map_or((Lifeline::Connection, false), |h| (h.lifeline, h.exiting));
+        let tied = lifeline == Lifeline::Pid(pid);
         // A gone sender's holder: its end is known, and a look per frame
         // with a new holder each time made its late frames quadratic.
         if tied && !exiting && fx.pid_has_ended(pid) {
             self.pid_exiting(pid, self.clock);
             return None;
         }
-        if tied && !fx.speaks_for(conn, pid) {
+        let successor = lifeline == Lifeline::Successor(pid);
+        if successor && fx.successor_has_ended(pid) {
+            // The pid may name a third process by now: the holder takes
+            // only its own late releases, and ends once it is watched as
+            // the pid (its end is reported then).
+            self.unindex(holder);
+            return None;
+        }
+        if (tied || successor) && !fx.speaks_for(conn, pid) {
             // Another writer using the pid: its frames are the connection's.
             return self
                 .holder_index
@@ -2440,6 +2592,10 @@ impl<S: Storage> Manager<S> {
             newest_holder: NO_HOLDER,
             detached: false,
             exiting: false,
+            successors: 0,
+            newest_successor: NO_HOLDER,
+            successors_detached: false,
+            successor_watched: false,
         };
         if self.pids.insert(pid, entry).is_ok() {
             return true;
@@ -2468,10 +2624,7 @@ impl<S: Storage> Manager<S> {
         if holder.holds > 0 {
             fx.note(Note::HolderEnded {
                 conn: holder.key.conn,
-                pid: match holder.lifeline {
-                    Lifeline::Pid(pid) => Some(pid),
-                    Lifeline::Connection => None,
-                },
+                pid: holder.lifeline.pid(),
                 why,
                 holds: holder.holds,
             });
@@ -2618,11 +2771,20 @@ impl<S: Storage> Manager<S> {
         let mut next = self.conns.get(&conn).map_or(NO_HOLDER, |c| c.newest_holder);
         while let Some(holder) = self.holders.get(next) {
             next = holder.older_on_conn;
-            if let (Lifeline::Pid(pid), false) = (holder.lifeline, holder.ending)
-                && let Some(entry) = self.pids.get_mut(&pid)
-                && !core::mem::replace(&mut entry.detached, true)
-            {
-                self.detached_pids += 1;
+            match (holder.lifeline, holder.ending) {
+                (Lifeline::Pid(pid), false) => {
+                    if let Some(entry) = self.pids.get_mut(&pid)
+                        && !core::mem::replace(&mut entry.detached, true)
+                    {
+                        self.detached_pids += 1;
+                    }
+                }
+                (Lifeline::Successor(pid), false) => {
+                    if let Some(entry) = self.pids.get_mut(&pid) {
+                        entry.successors_detached = true;
+                    }
+                }
+                _ => {}
             }
         }
         fx.close(conn, reason);

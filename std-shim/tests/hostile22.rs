@@ -14,15 +14,16 @@
 //!
 //! Outcome (each test's doc has the figures and says how to run it):
 //!
-//! - Finding 1 (worst: unlinked in use): the new process's registration,
-//!   counted for the connection, is lost when the connection is then
-//!   closed for cause while the process lives, its name in transit
+//! - Finding 1 (worst: unlinked in use; fixed): the new process's
+//!   registration, counted for the connection, is lost when the connection
+//!   is then closed for cause while the process lives, its name in transit
 //!   unlinked after the linger; with a fresh pid it is kept.
-//! - Finding 2 (leak): the same process's names, the one sent in the
+//! - Finding 2 (leak; fixed): the same process's names, the one sent in the
 //!   window and one sent after the old end was reported, outlive it for
 //!   as long as the connection lives; with a fresh pid both are reaped.
-//!   Partly fixed: the one sent after the report is its own now (reaped);
-//!   the one sent in the window is open.
+//! - Fix for both: the process found under the pid gets a holder of its own,
+//!   watched apart by a pidfd of its own (`Lifeline::Successor`), and tied
+//!   to the pid once the old end is reported.
 //! - Finding 3 (older than 1a1fc12, kept by it; fixed): a client whose
 //!   thread is signalled more often than its reply timeout never timed
 //!   out; the wait started over at every `EINTR`. 1a1fc12's `poll` wait
@@ -150,9 +151,13 @@ fn replies_until_closed(stream: &mut UnixStream, within: Duration) -> Option<Str
 /// replace a `(pid, None)` entry with the start time of a live writer
 /// under that pid, so that a close for cause ties the holds to it.
 ///
-/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile22 closed_for_cause -- --include-ignored`
+/// Fixed by the successor entry: the new process's frame gets a holder of
+/// its own (`Lifeline::Successor`, its own pidfd), which a close for cause
+/// leaves to its process, and which is tied to the pid once the old end is
+/// reported. Fails with `Effects::watch_successor` declining.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile22 closed_for_cause`
 #[test]
-#[ignore = "finding 1: a process given a gone sender's pid loses its names in transit when the connection is closed for cause"]
 fn a_process_given_a_gone_senders_pid_keeps_its_name_when_the_connection_is_closed_for_cause() {
     if !common::in_private_pid_namespace(
         "a_process_given_a_gone_senders_pid_keeps_its_name_when_the_connection_is_closed_for_cause",
@@ -216,12 +221,13 @@ fn a_process_given_a_gone_senders_pid_keeps_its_name_when_the_connection_is_clos
 /// for the pid whatever holder it names (and counts the alias it drops),
 /// so the name registered after the old end was reported is the new
 /// process's own and is reaped at its death (unlinked 1.55 s into the
-/// run, 1 of 1). The name registered in the window stays the
-/// connection's: open.
+/// run, 1 of 1). The name registered in the window is fixed by finding
+/// 1's successor entry: it is the new process's own from the frame on,
+/// and reaped at its death. Fails with `Effects::watch_successor`
+/// declining.
 ///
-/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile22 then_dies -- --include-ignored`
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile22 then_dies`
 #[test]
-#[ignore = "finding 2 (partly fixed): a process given a gone sender's pid leaves the name it registered while the old end was pending behind when it dies, as long as the connection lives"]
 fn a_process_given_a_gone_senders_pid_that_then_dies_leaves_no_name_behind() {
     if !common::in_private_pid_namespace(
         "a_process_given_a_gone_senders_pid_that_then_dies_leaves_no_name_behind",

@@ -1420,13 +1420,18 @@ impl Driver {
     /// Watches `pid`, a frame's, for `conn`'s holds, if it is a process of
     /// `conn`'s pid namespace that can be watched.
     fn watch(&mut self, conn: ConnId, pid: i32) -> bool {
+        self.frames_name_our_pids(conn) && self.pids.watch(pid) && self.add_pidfd(pid)
+    }
+
+    /// Whether the pids in `conn`'s frames name processes of our pid
+    /// namespace (looked up once per connection).
+    fn frames_name_our_pids(&mut self, conn: ConnId) -> bool {
         let Some(client) = self.clients.get_mut(&conn) else {
             return false;
         };
-        let same_namespace = *client
+        *client
             .same_pid_namespace
-            .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace));
-        same_namespace && self.pids.watch(pid) && self.add_pidfd(pid)
+            .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace))
     }
 
     /// Puts `pid`'s descriptor, if it is watched through one, in the epoll
@@ -1556,6 +1561,20 @@ impl Effects for Driver {
 
     fn unwatch_pid(&mut self, pid: i32) {
         self.stop_watching(pid);
+    }
+
+    fn watch_successor(&mut self, conn: ConnId, pid: i32) -> bool {
+        self.writer_speaks_for(pid)
+            && self.frames_name_our_pids(conn)
+            && self.pids.watch_successor(pid)
+    }
+
+    fn successor_has_ended(&mut self, pid: i32) -> bool {
+        self.pids.successor_has_ended(pid)
+    }
+
+    fn promote_successor(&mut self, pid: i32, keep: bool) -> bool {
+        self.pids.promote_successor(pid, keep) && self.add_pidfd(pid)
     }
 
     fn speaks_for(&mut self, _conn: ConnId, pid: i32) -> bool {

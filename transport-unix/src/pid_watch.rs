@@ -44,6 +44,10 @@ pub(crate) struct PidWatches {
     last_wait: Option<(Instant, Vec<i32>)>,
     /// Pid to start time (clock ticks since boot), for the fallback.
     polled: HashMap<i32, u64>,
+    /// Pid to a pidfd of the process found running under it while the end
+    /// of the one watched as the pid was pending (see
+    /// `Effects::watch_successor`); out of the epoll set until promoted.
+    successors: HashMap<i32, OwnedFd>,
     /// Cleared once `pidfd_open` said it does not exist here.
     pidfds_work: bool,
     polled_at: Instant,
@@ -59,6 +63,7 @@ impl PidWatches {
             wait_began: Instant::now(),
             last_wait: None,
             polled: HashMap::new(),
+            successors: HashMap::new(),
             pidfds_work: true,
             polled_at: Instant::now(),
         }
@@ -120,6 +125,50 @@ impl PidWatches {
             self.polled.insert(pid, started);
         }
         trusted
+    }
+
+    /// Starts watching, apart, the process running under `pid` now (the one
+    /// watched as `pid` has ended, its end not reported yet), if it can be
+    /// trusted; if one is watched so already, whether it still runs (else
+    /// this one is a third process, not to be taken for it). Only through a
+    /// pidfd: no start time tells a successor from the process it follows
+    /// as cheaply.
+    pub(crate) fn watch_successor(&mut self, pid: i32) -> bool {
+        if let Some(fd) = self.successors.get(&pid) {
+            return !has_exited(fd.as_fd());
+        }
+        let Some(raw) = Pid::from_raw(pid).filter(|_| pid > 0 && self.pidfds_work) else {
+            return false;
+        };
+        let Ok(fd) = rustix::process::pidfd_open(raw, PidfdFlags::empty()) else {
+            return false;
+        };
+        // As in `watch_in`: /proc read once the pidfd pins the process.
+        let trusted = self.is_ours(pid, Reach::OurNamespace) && !has_exited(fd.as_fd());
+        if trusted {
+            self.successors.insert(pid, fd);
+        }
+        trusted
+    }
+
+    /// Whether the successor watched under `pid` has ended (or none is).
+    pub(crate) fn successor_has_ended(&self, pid: i32) -> bool {
+        self.successors
+            .get(&pid)
+            .is_none_or(|fd| has_exited(fd.as_fd()))
+    }
+
+    /// Watches the successor under `pid` as `pid` from now on (`keep`), or
+    /// forgets it. False if there is none, or the pid is watched already.
+    pub(crate) fn promote_successor(&mut self, pid: i32, keep: bool) -> bool {
+        let Some(fd) = self.successors.remove(&pid) else {
+            return false;
+        };
+        if !keep || self.fds.contains_key(&pid) || self.polled.contains_key(&pid) {
+            return false;
+        }
+        self.fds.insert(pid, (fd, self.waits));
+        true
     }
 
     /// Whether `pid` is watched by polling.

@@ -24,6 +24,9 @@ struct Recorder {
     /// Other processes the kernel named as writing on a connection, the
     /// next to tie its untrusted holds to first.
     writers: BTreeMap<ConnId, Vec<i32>>,
+    /// Processes found under a pid whose old end was pending, watched apart
+    /// until it is reported: whether each still runs.
+    successors: BTreeMap<i32, bool>,
 }
 
 impl Effects for Recorder {
@@ -69,6 +72,20 @@ impl Effects for Recorder {
     }
     fn pid_has_ended(&mut self, pid: i32) -> bool {
         self.ended.contains(&pid)
+    }
+    fn watch_successor(&mut self, _conn: ConnId, pid: i32) -> bool {
+        let trusted = self.trusted.contains(&pid) && !self.foreign.contains(&pid);
+        trusted && *self.successors.entry(pid).or_insert(true)
+    }
+    fn successor_has_ended(&mut self, pid: i32) -> bool {
+        self.successors.get(&pid) == Some(&false)
+    }
+    fn promote_successor(&mut self, pid: i32, keep: bool) -> bool {
+        self.successors.remove(&pid);
+        if keep {
+            *self.watched.entry(pid).or_default() += 1;
+        }
+        keep
     }
     fn note(&mut self, note: Note) {
         self.notes.push(note);
@@ -494,6 +511,10 @@ fn a_process_given_a_gone_senders_pid_keeps_what_it_registers_before_the_end_is_
         !r.fx.watched.contains_key(&20),
         "watched while the old process's end is pending"
     );
+    assert!(
+        r.fx.successors.contains_key(&20),
+        "the new process not watched apart"
+    );
     r.release_last(c, 20, "/pickled");
     r.exited(20);
     r.run_to(r.now + 100_000);
@@ -516,6 +537,43 @@ fn a_process_given_a_gone_senders_pid_keeps_what_it_registers_before_the_end_is_
     r.exited(20);
     r.run_to(r.now + 100_000);
     assert!(!r.exists("/after"), "leaked: {:?}", r.state("/after"));
+    // What it registered while the old end was pending ends with it too.
+    assert!(!r.exists("/transit"), "leaked: {:?}", r.state("/transit"));
+}
+
+/// The same for a watched process that exits, and a connection then
+/// closed for cause, the process that opened it gone: the new process's
+/// name in transit is kept while it lives, and reaped once it ends.
+#[test]
+fn a_process_given_an_exiting_pid_keeps_its_names_when_its_connection_is_closed_for_cause() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([10, 20]);
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    r.create("/old", 1);
+    r.register(c, 20, "/old");
+    assert!(r.fx.watched.contains_key(&20));
+    r.m.pid_exiting(20, at(r.now));
+    r.create("/transit", 1);
+    r.register(c, 20, "/transit");
+    r.fx.gone.insert(10);
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(c, &malformed);
+    assert!(!r.fx.closed.is_empty(), "not closed for cause");
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/old"), "{:?}", r.state("/old"));
+    assert_eq!(
+        r.state("/transit"),
+        Some(NameState::Held { registrations: 1 }),
+        "the new process's name ended with the old process or the connection"
+    );
+    r.fx.gone.insert(20);
+    r.m.pid_exiting(20, at(r.now));
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/transit"), "leaked: {:?}", r.state("/transit"));
 }
 
 /// A frame whose pid names no live process (its sender lives on the
