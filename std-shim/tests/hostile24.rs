@@ -1,0 +1,381 @@
+//! A twenty-fourth hostile round, aimed at 749ecbc only: a process found
+//! running under a pid whose old process's end is pending
+//! (`PidEntry::exiting`) gets a holder of its own (`Lifeline::Successor`),
+//! watched apart by a pidfd (`PidWatches::successors`), and tied to the pid
+//! once the old end is reported (`Manager::promote_successors`).
+//!
+//! Pids are reused on purpose (`ns_last_pid`, root, in a private pid
+//! namespace where nobody else forks), queues are built while the manager
+//! is stopped (`SIGSTOP`), and everything is real: processes, sockets,
+//! `/dev/shm`.
+//!
+//! The window is opened as a watched process's end is: a process G
+//! registers on connection A (watched by its pidfd), and while the manager
+//! is stopped G dies (reaped), 24 journal rings fill with 2,048 stray
+//! releases each, and a process S given G's pid registers on connection B.
+//! Continued, the manager reports G's end as exiting, reads S's frame in
+//! the same round (a successor holder, S's pidfd kept apart), then spends
+//! tens of ms draining the rings before `end_exited` reads what waits on
+//! G's connections and reports G's end (promotion).
+//!
+//! Outcome (each test's doc has the figures and says how to run it):
+//!
+//! - Finding 1 (worst: unlinked in use): a third process T, given the pid
+//!   once S has died within the window, registers a name in transit on G's
+//!   connection and that connection is then closed for cause: the name is
+//!   unlinked after the linger while T lives. `watch_successor` declines T
+//!   (S's pidfd says the successor ended), so T's frame falls back to the
+//!   connection's holder: hostile22 finding 1 again, one process later.
+//!   With a fresh pid, T keeps its name.
+//! - Withstood: S dying inside the window (before promotion) has its name
+//!   reaped; the promoted pidfd reports its end at once.
+//!
+//! Looked at without a test of their own (by reading 749ecbc):
+//! - `release_pid` dropping the exiting `PidEntry` when the old process's
+//!   last holder ends by a disconnect inside the window loses `successors`,
+//!   `newest_successor` and `successor_watched` with it: `pid_exited` finds
+//!   no entry and never promotes, the successor's holders keep
+//!   `Lifeline::Successor` with no entry (their names end only with their
+//!   connections: a leak if closed for cause), and S's pidfd stays in
+//!   `PidWatches::successors` for good, so every later window on that pid
+//!   declines its successor (finding 1's fallback). Not reached with real
+//!   processes here: inside the window the driver reads only journals and
+//!   `FIONREAD` bytes (`read_queued`), never an end of file, so the old
+//!   holder's connection does not end there.
+//! - `Driver::promote_successor`: `PidWatches::promote_successor` moves the
+//!   pidfd into `fds` before `add_pidfd`; if the epoll add then fails
+//!   (`max_user_watches`) the holders fall back to their connections but
+//!   the pidfd stays in `fds` with no `PidEntry`: the pid reads as watched
+//!   (`watch_in` answers from it) and its end is never reported. Not
+//!   driven (needs the epoll watch limit reached in the window).
+//! - pidfd exhaustion (`RLIMIT_NOFILE`) in `watch_successor`: declines, the
+//!   frame counts for the connection (as finding 1: a leak, or a loss on a
+//!   close for cause). Same fallback, not tested apart.
+//! - Seen once, not made a test: S killed within microseconds of its frame
+//!   being read (before the 2 ms pause was added) was declined by
+//!   `watch_successor` yet not found gone (looked at mid-exit, by the
+//!   timing), so its frame counted for B's connection holder and its name
+//!   stayed until B closed: a leak for the connection's life, the
+//!   pre-749ecbc behaviour, through a narrow race.
+//! - After promotion and before the next wait reports the promoted
+//!   (already ended) successor, a process under the pid is declined by
+//!   `watch_in` (the promoted pidfd has ended) and counts for its
+//!   connection: finding 1's fallback again, by reading.
+//!
+//! Not attacked (time): the successor on two connections (one closed for
+//! cause, one disconnected), status reports while successors exist, a
+//! flood of window frames (one `ppoll` each in `successor_has_ended`).
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::handed::{connection_from_exited_process, manager_lingering};
+use common::journal_client::JournalClient;
+use common::pid_reuse::{ForkedWriter, unread_by_manager};
+use common::{Cleanup, Sleeper, frame_from, run_id, shm_exists, story, unique_name};
+use libshm::SegmentName;
+use libshm::protocol::frame::Frame;
+
+/// A name of ours, short enough for a frame.
+fn name_of(tag: &str) -> String {
+    format!("/torch_h24{tag}_{}", run_id())
+}
+
+fn segment_name(name: &str) -> SegmentName {
+    SegmentName::new(name.as_bytes()).unwrap()
+}
+
+/// A frame the manager refuses at once (free flag 7): its connection is
+/// closed for cause.
+fn malformed_frame() -> [u8; 68] {
+    let mut bad = frame_from(0, 0, &unique_name("h24bad"));
+    bad[4] = 7;
+    bad
+}
+
+/// What the manager sent on `stream` until it closed it, or `None` if it
+/// did not within `within`.
+fn replies_until_closed(stream: &mut UnixStream, within: Duration) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut replies = Vec::new();
+    match stream.read_to_end(&mut replies) {
+        Ok(_) => Some(String::from_utf8_lossy(&replies).into_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+            Some(String::from_utf8_lossy(&replies).into_owned())
+        }
+        Err(_) => None,
+    }
+}
+
+// --- Findings -------------------------------------------------------------------
+
+/// Finding 1. A third process given the pid inside the window (the old
+/// process G's end pending, its successor S already dead) has its name in
+/// transit unlinked while it lives once its connection is closed for cause.
+/// With a fresh pid the same process keeps its name.
+///
+/// How: G (a forked child) registers on connection A (connected by a
+/// process that then exited, so A's own holder has no live tie) and is
+/// watched. While the manager is stopped, G is killed and reaped, 24
+/// journal rings each get 2,048 stray releases, and S, forked under G's
+/// pid, writes a registration on connection B. Continued, the manager takes
+/// G's end as exiting and reads S's frame in the same round (S gets a
+/// successor holder, its pidfd in `PidWatches::successors`); the test sees
+/// B read (`TIOCOUTQ` 0), kills and reaps S, and forks T under G's pid,
+/// which writes, in one `write` on A, a registration of a name under its
+/// own pid and a malformed frame, then waits; the name is created with
+/// refcount 1, mapped by nobody (in transit). `end_exited` reads A
+/// (`connections_of(G)`): the registration finds no indexed holder, the pid
+/// is exiting, `successor_holder` asks `watch_successor`, which answers
+/// from S's pidfd (ended: "a third process") and declines; the process is
+/// not gone, so the frame counts for A's connection holder. The malformed
+/// frame closes A for cause; that holder's tie (the connecting process) is
+/// gone, so it ends, the name an orphan, unlinked after the linger (1 s)
+/// once nobody maps it, while T lives.
+///
+/// Figures (debug, 2 cores, another test run going): T's name unlinked in
+/// 4 of 4 runs, gone 1.24-1.28 s after the manager was continued, T alive
+/// (S's frame read 0.11-4.8 ms in, T's write 3.2-8.1 ms in; one try of
+/// five read B 78 ms in, too late, and was retried). The manager's log
+/// (`H24_LOG=path`, `-vvv`) shows T's registration on A, then "tying a
+/// closed connection's untrusted holds ... the process the kernel named
+/// has ended" for A's connecting process and for G's pid (G's start), and
+/// "reaped orphaned segment" 1.3 s later. Control (`H24_FRESH_PID=1`, T
+/// given a fresh pid): the name kept 4 s in 2 of 2 runs. The test retries
+/// up to 12 times when the manager read B too late (over 5 ms in).
+///
+/// Root cause: `PidWatches::watch_successor`
+/// (transport-unix/src/pid_watch.rs, the early return on an existing
+/// `successors` entry) and `Manager::successor_holder`
+/// (core/src/manager.rs, the `!fx.watch_successor(..)` fallback): one
+/// successor per window is all 749ecbc tracks; a later one goes to
+/// `holder_for`'s connection branch, whose holder a close for cause ends
+/// when the connecting process is gone (`close_for_cause`).
+///
+/// Suggested fix: when the watched successor has ended, replace it (close
+/// its pidfd after the per-frame `successor_has_ended` has unindexed its
+/// holders, and open one for the process running now), keeping a list of
+/// ended successors' holders to end at promotion; or, simpler, let
+/// `successors` hold several pidfds per pid (one per successor generation)
+/// and promote them all, reporting the ended ones at once.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile24 third -- --ignored`
+#[test]
+#[ignore = "finding 1: a third process under the pid in the window loses its name on a close for cause"]
+fn a_third_process_under_the_pid_in_the_window_keeps_its_name_when_closed_for_cause() {
+    if !common::in_private_pid_namespace(
+        "a_third_process_under_the_pid_in_the_window_keeps_its_name_when_closed_for_cause",
+    ) {
+        return;
+    }
+    let fresh_pid = std::env::var_os("H24_FRESH_PID").is_some();
+    let outcome = in_the_window(Attack::ThirdClosedForCause { fresh_pid });
+    assert!(outcome.third_alive, "T died: the test proves nothing");
+    assert!(
+        outcome.kept,
+        "{}, in transit from live pid {} (third process under G = {}'s pid, S = successor \
+         dead in the window), was unlinked while it lives once its connection was closed \
+         for cause:\n  {}",
+        outcome.name, outcome.third, outcome.gone_pid, outcome.history
+    );
+}
+
+// --- Withstood ------------------------------------------------------------------
+
+/// Withstood: the successor S dies inside the window, before G's end is
+/// reported; its name (in transit, refcount 1) is reaped. Promotion moves
+/// S's pidfd (already readable) into the epoll set, whose next wait reports
+/// S's end as the pid's, ending the promoted holder.
+///
+/// How it can fail: if `promote_successors` dropped successors whose pidfd
+/// has ended (`keep` false), or tied them to their connection (B lives on,
+/// held by the test), the name would stay; if `end_holder` bookkeeping
+/// (`successors`) went wrong the promoted entry would be missing. The test
+/// waits 4 s for the name to go. Checked by hand: with
+/// `Driver::promote_successor` passing `keep` false, the name was still
+/// there after 4 s (fails). Figures (debug): reaped 1.19-1.25 s after the
+/// manager was continued, 3 of 3 runs, S killed 2.6-6.1 ms in; the log
+/// shows the promotion, then S's end reported as pid G's on B.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile24 dies_in_the_window`
+#[test]
+fn a_successor_that_dies_in_the_window_has_its_name_reaped() {
+    if !common::in_private_pid_namespace("a_successor_that_dies_in_the_window_has_its_name_reaped")
+    {
+        return;
+    }
+    let outcome = in_the_window(Attack::SuccessorDies);
+    assert!(
+        !outcome.kept,
+        "{}, registered by successor {} (dead in the window), is still there 4 s later:\n  {}",
+        outcome.name, outcome.gone_pid, outcome.history
+    );
+}
+
+// --- Harness --------------------------------------------------------------------
+
+/// `manager_lingering("1s")`; with `H24_LOG` set to a path, its debug log
+/// goes there (for reading what became of each frame).
+fn manager() -> common::Daemon {
+    let Some(path) = std::env::var_os("H24_LOG") else {
+        return manager_lingering("1s");
+    };
+    let log = std::fs::File::create(path).unwrap();
+    let mut command = std::process::Command::new(common::SHM_MANAGER);
+    command
+        .args([
+            "--reap-grace",
+            "1s",
+            "--frame-timeout",
+            "2s",
+            "--linger",
+            "1s",
+            "-vvv",
+        ])
+        .stderr(log);
+    common::Daemon::spawn(&mut command)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// S dies in the window; T (under G's pid, or a fresh one) registers a
+    /// name on A and has A closed for cause.
+    ThirdClosedForCause { fresh_pid: bool },
+    /// S's name is in transit; S dies in the window.
+    SuccessorDies,
+}
+
+struct Outcome {
+    /// The name watched: T's, or S's.
+    name: String,
+    kept: bool,
+    history: String,
+    gone_pid: i32,
+    third: i32,
+    third_alive: bool,
+}
+
+fn in_the_window(attack: Attack) -> Outcome {
+    for _ in 0..12 {
+        if let Some(outcome) = attempt(attack) {
+            return outcome;
+        }
+    }
+    panic!("the manager never read S's frame in the rings' round");
+}
+
+/// One try; `None` if the manager read S's frame too late for the window.
+fn attempt(attack: Attack) -> Option<Outcome> {
+    const RINGS: usize = 24;
+    let daemon = manager();
+    let mut bystander = daemon.bystander();
+    let filler = Sleeper::spawn();
+    let rings: Vec<JournalClient> = (0..RINGS)
+        .map(|_| JournalClient::attach(&daemon.handle, 1 << 12))
+        .collect();
+    let g_name = name_of("g");
+    let s_name = name_of("s");
+    let t_name = name_of("t");
+    let _cleanup = Cleanup(vec![g_name.clone(), s_name.clone(), t_name.clone()]);
+    let junk = segment_name(&unique_name("h24junk"));
+    let (mut conn_a, _connector) = connection_from_exited_process(&daemon.handle);
+    let conn_b = daemon.connect();
+
+    // G: a live writer on A, watched by its pidfd.
+    let mut g = ForkedWriter::fork(None, &conn_a.stream, &[frame_from(0, 0, &g_name)], &[])
+        .expect("a fork");
+    assert_eq!(conn_a.reply(), Some(*b"OK"), "G's registration");
+    let gone_pid = g.pid;
+    let mut s = None;
+    daemon.while_stopped(|| {
+        for ring in &rings {
+            for _ in 0..2_048 {
+                ring.append(Frame::release(filler.pid(), junk));
+            }
+        }
+        g.kill();
+        s = ForkedWriter::fork(
+            Some(gone_pid),
+            &conn_b.stream,
+            &[frame_from(0, 0, &s_name)],
+            &[],
+        );
+        // S's frame queued before the manager runs again.
+        let wrote = Instant::now();
+        while s.is_some() && unread_by_manager(&conn_b.stream) < 68 {
+            assert!(wrote.elapsed() < Duration::from_secs(5), "S never wrote");
+            std::thread::yield_now();
+        }
+    });
+    let mut s = s.expect("S given G's pid (a private pid namespace where nobody else forks)");
+    let began = Instant::now();
+    while unread_by_manager(&conn_b.stream) > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the manager never read B"
+        );
+        std::hint::spin_loop();
+    }
+    let seen_after = began.elapsed();
+    if seen_after > Duration::from_millis(5) {
+        eprintln!("S's frame read {seen_after:.2?} in: too late, trying again");
+        return None;
+    }
+    // Read is not yet handled (a `/proc` read, a pidfd): S must be looked
+    // at alive. The rings' round lasts tens of ms more.
+    std::thread::sleep(Duration::from_millis(2));
+    let (watched, third) = match attack {
+        Attack::SuccessorDies => {
+            common::create_segment(&s_name, 1, 64);
+            s.kill();
+            (s_name.clone(), None)
+        }
+        Attack::ThirdClosedForCause { fresh_pid } => {
+            s.kill();
+            let t = ForkedWriter::fork(
+                (!fresh_pid).then_some(gone_pid),
+                &conn_a.stream,
+                &[frame_from(0, 0, &t_name), malformed_frame()],
+                &[],
+            )
+            .expect("T given G's pid");
+            common::create_segment(&t_name, 1, 64);
+            (t_name.clone(), Some(t))
+        }
+    };
+    let acted_after = began.elapsed();
+    if let Some(t) = &third {
+        let replies = replies_until_closed(&mut conn_a.stream, Duration::from_secs(5))
+            .expect("the malformed frame closes A");
+        eprintln!(
+            "T = {} wrote {acted_after:.2?} in; A's replies {replies:?}",
+            t.pid
+        );
+    }
+    eprintln!(
+        "G = {gone_pid}; S's frame read {seen_after:.2?} in; {attack:?} acted {acted_after:.2?} in"
+    );
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline && shm_exists(&watched) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let history = story(&daemon.handle, &watched);
+    let kept = shm_exists(&watched);
+    eprintln!(
+        "{watched} exists: {kept} at {:.2?}:\n  {history}",
+        began.elapsed()
+    );
+    assert!(bystander.answers_registration(&unique_name("h24after")));
+    let (third_pid, third_alive) = third.as_ref().map_or((0, false), |t| (t.pid, t.is_alive()));
+    Some(Outcome {
+        name: watched,
+        kept,
+        history,
+        gone_pid,
+        third: third_pid,
+        third_alive,
+    })
+}
