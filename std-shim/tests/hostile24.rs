@@ -293,16 +293,19 @@ fn a_successor_on_two_connections_keeps_the_closed_for_cause_ones_name_while_it_
 /// successor path of 749ecbc is never reached: the entry that would carry
 /// it is gone before S's frame is read.
 ///
-/// Figures (debug): the name unlinked while S lived in 3 of 3 runs with
-/// the test's 3 s wait (and in 2 of 2 earlier runs with a 1.5 s one):
-/// S's frame read 0.22-0.35 ms after the manager was continued, S's holder
+/// Figures (debug): the name unlinked while S lived in 5 of 5 runs as
+/// committed (A shut down before S writes, so A is ready first and read
+/// first), and in 5 of 5 earlier runs with A shut down after S's write:
+/// S's frame read 0.21-0.35 ms after the manager was continued, S's holder
 /// ended 175-320 ms later (after the rings), "reaped orphaned segment"
-/// 1.3-1.5 s after the frame. In all five runs A's end of file was read
-/// before B in the round (epoll's order); B first would take 749ecbc's
-/// successor path, whose entry `release_pid` would then drop (see the
-/// module doc). Not run against the parent commit: by reading,
-/// `release_pid` and `end_exited` behave the same there, so this predates
-/// 749ecbc.
+/// 1.2-1.5 s after the frame, S alive throughout. Against the parent of
+/// 749ecbc (its core/src and transport-unix/src checked out in this
+/// worktree for the run, then restored): 1 of 2 runs the same; the other
+/// read B before A (S's frame then counted for B's connection holder, and
+/// the name was kept). So this predates 749ecbc. With B read first at
+/// 749ecbc, S takes the successor path, and A's end then drops the entry
+/// holding it (see the module doc on `release_pid`): kept while S lives,
+/// leaked after; this test then passes, which it did not in 10 runs.
 ///
 /// Root cause: `Manager::release_pid` (core/src/manager.rs) removes a
 /// `PidEntry` whose `exiting` is set, and with it the manager's memory
@@ -487,6 +490,11 @@ fn attempt(attack: Attack) -> Option<Outcome> {
             }
         }
         g.kill();
+        if let Attack::OldConnectionEnds = attack {
+            // A ends (G's copy died with G), before S writes: ready first,
+            // so read before B in the same round.
+            conn_a.stream.shutdown(std::net::Shutdown::Both).unwrap();
+        }
         if let Attack::TwoConnections = attack {
             two = TwoWriter::fork(
                 gone_pid,
@@ -515,10 +523,6 @@ fn attempt(attack: Attack) -> Option<Outcome> {
         while s.is_some() && unread_by_manager(&conn_b.stream) < 68 {
             assert!(wrote.elapsed() < Duration::from_secs(5), "S never wrote");
             std::thread::yield_now();
-        }
-        if let Attack::OldConnectionEnds = attack {
-            // A ends (G's copy died with G): read after B in the same round.
-            conn_a.stream.shutdown(std::net::Shutdown::Both).unwrap();
         }
     });
     if let Attack::TwoConnections = attack {
