@@ -300,7 +300,8 @@ fn a_successor_on_two_connections_keeps_the_closed_for_cause_ones_name_while_it_
 /// ended 175-320 ms later (after the rings), "reaped orphaned segment"
 /// 1.2-1.5 s after the frame, S alive throughout. Against the parent of
 /// 749ecbc (its core/src and transport-unix/src checked out in this
-/// worktree for the run, then restored): 1 of 2 runs the same; the other
+/// worktree for the run, then restored; A shut down after S's write, as
+/// in the earlier runs): 1 of 2 runs the same; the other
 /// read B before A (S's frame then counted for B's connection holder, and
 /// the name was kept). So this predates 749ecbc. With B read first at
 /// 749ecbc, S takes the successor path, and A's end then drops the entry
