@@ -588,7 +588,8 @@ pub trait Effects {
     }
     /// The end of `pid`'s old process has been reported: watch its successor
     /// as `pid` from now on, and report its end as any watched pid's (at
-    /// once if it has ended already). With `keep` false, or if it cannot be
+    /// once if it has ended already). With `keep` false (also asked when
+    /// the successor has ended inside the window), or if it cannot be
     /// watched so (false), stop watching it.
     fn promote_successor(&mut self, _pid: i32, _keep: bool) -> bool {
         false
@@ -2351,8 +2352,15 @@ impl<S: Storage> Manager<S> {
             conn,
             pid: Some(pid),
         };
-        // Taken: an alias to the connection's holder, or an ended
-        // successor's holder (a third process would be watched as that one).
+        if self
+            .pids
+            .get(&pid)
+            .is_some_and(|entry| entry.successor_watched)
+            && fx.successor_has_ended(pid)
+        {
+            self.retire_successors(pid, fx);
+        }
+        // Taken by an alias to the connection's holder.
         if self.holder_index.get(&key).is_some() || !fx.watch_successor(conn, pid) {
             return None;
         }
@@ -2367,6 +2375,35 @@ impl<S: Storage> Manager<S> {
         let older = core::mem::replace(&mut entry.newest_successor, holder);
         self.link_after(holder, older);
         Some(holder)
+    }
+
+    /// `pid`'s successor has ended too: its holders join the old process's,
+    /// exiting as a gone sender's do (they take only its late frames and
+    /// end with the pending report), and a process running under the pid
+    /// now may be watched as the next successor.
+    fn retire_successors(&mut self, pid: i32, fx: &mut impl Effects) {
+        let Some(entry) = self.pids.get_mut(&pid) else {
+            return;
+        };
+        let mut next = core::mem::replace(&mut entry.newest_successor, NO_HOLDER);
+        entry.successors = 0;
+        entry.successor_watched = false;
+        fx.promote_successor(pid, false);
+        while let Some(holder) = self.holders.get_mut(next) {
+            let id = next;
+            next = holder.older_same_pid;
+            if holder.lifeline != Lifeline::Successor(pid) {
+                continue;
+            }
+            holder.lifeline = Lifeline::Pid(pid);
+            holder.exiting = true;
+            let live = !holder.ending;
+            self.unindex(id);
+            self.link_to_pid(id, pid);
+            if live && let Some(entry) = self.pids.get_mut(&pid) {
+                entry.holders += 1;
+            }
+        }
     }
 
     /// The holder standing for `conn`'s untrusted pids, created on first need.
@@ -2528,10 +2565,8 @@ impl<S: Storage> Manager<S> {
         }
         let successor = lifeline == Lifeline::Successor(pid);
         if successor && fx.successor_has_ended(pid) {
-            // The pid may name a third process by now: the holder takes
-            // only its own late releases, and ends once it is watched as
-            // the pid (its end is reported then).
-            self.unindex(holder);
+            // The pid may name a third process by now.
+            self.retire_successors(pid, fx);
             return None;
         }
         if (tied || successor) && !fx.speaks_for(conn, pid) {
@@ -2609,7 +2644,10 @@ impl<S: Storage> Manager<S> {
             return;
         };
         entry.holders = entry.holders.saturating_sub(1);
-        if entry.holders == 0 {
+        // An exiting pid's entry stays until its end is reported: dropped
+        // now, a process given the pid meanwhile would be watched afresh
+        // and then ended by that report.
+        if entry.holders == 0 && !entry.exiting {
             self.detached_pids = self
                 .detached_pids
                 .saturating_sub(usize::from(entry.detached));

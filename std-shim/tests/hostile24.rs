@@ -25,14 +25,18 @@
 //!   frame; `release_pid` drops G's exiting entry, S is watched afresh,
 //!   and `end_exited`'s `pid_exited` for G's pid ends S's holder: S's name
 //!   reaped while S lives. 749ecbc's successor path is bypassed; by
-//!   reading this predates it.
+//!   reading this predates it. Fixed: `release_pid` keeps an exiting
+//!   pid's entry, holderless, until `pid_exited` reports the end.
 //! - Finding 2 (unlinked in use): a third process T, given the pid
 //!   once S has died within the window, registers a name in transit on G's
 //!   connection and that connection is then closed for cause: the name is
 //!   unlinked after the linger while T lives. `watch_successor` declines T
 //!   (S's pidfd says the successor ended), so T's frame falls back to the
 //!   connection's holder: hostile22 finding 1 again, one process later.
-//!   With a fresh pid, T keeps its name.
+//!   With a fresh pid, T keeps its name. Fixed: an ended successor is
+//!   retired (`Manager::retire_successors`: its holders join the old
+//!   process's as a gone sender's, ending with the pending report, and its
+//!   pidfd is dropped), and T is watched as the next successor.
 //! - Withstood: S dying inside the window (before promotion) has its name
 //!   reaped; the promoted pidfd reports its end at once.
 //! - Withstood: S registering on two connections in the window, one then
@@ -52,13 +56,14 @@
 //!   after the successor's frame (finding 1's setup with epoll's order the
 //!   other way round: not seen in 5 runs, A always came first); inside
 //!   `end_exited` the driver reads only journals and `FIONREAD` bytes
-//!   (`read_queued`), never an end of file. Same fix as finding 1.
+//!   (`read_queued`), never an end of file. Fixed with finding 1 (the
+//!   entry stays until the report).
 //! - `Driver::promote_successor`: `PidWatches::promote_successor` moves the
 //!   pidfd into `fds` before `add_pidfd`; if the epoll add then fails
-//!   (`max_user_watches`) the holders fall back to their connections but
-//!   the pidfd stays in `fds` with no `PidEntry`: the pid reads as watched
-//!   (`watch_in` answers from it) and its end is never reported. Not
-//!   driven (needs the epoll watch limit reached in the window).
+//!   (`max_user_watches`) the holders fall back to their connections.
+//!   Reported as leaving the pidfd in `fds`; not so on reading again:
+//!   `add_pidfd` unwatches the pid when the add fails. Not driven (needs
+//!   the epoll watch limit reached in the window).
 //! - pidfd exhaustion (`RLIMIT_NOFILE`) in `watch_successor`: declines, the
 //!   frame counts for the connection (as finding 2: a leak, or a loss on a
 //!   close for cause). Same fallback, not tested apart.
@@ -173,9 +178,14 @@ fn replies_until_closed(stream: &mut UnixStream, within: Duration) -> Option<Str
 /// `successors` hold several pidfds per pid (one per successor generation)
 /// and promote them all, reporting the ended ones at once.
 ///
-/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile24 third -- --ignored`
+/// Fixed the first way: `Manager::retire_successors` moves the ended
+/// successor's holders into the old process's list (exiting, as a gone
+/// sender's: they end with the pending report) and drops its pidfd, and
+/// the process running now is watched as the next successor. Fails with
+/// the retirement skipped.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile24 third`
 #[test]
-#[ignore = "finding 2: a third process under the pid in the window loses its name on a close for cause"]
 fn a_third_process_under_the_pid_in_the_window_keeps_its_name_when_closed_for_cause() {
     if !common::in_private_pid_namespace(
         "a_third_process_under_the_pid_in_the_window_keeps_its_name_when_closed_for_cause",
@@ -321,9 +331,10 @@ fn a_successor_on_two_connections_keeps_the_closed_for_cause_ones_name_while_it_
 /// holders of the process whose end was reported (a generation per
 /// `PidEntry`, checked against the one `pid_exiting` marked).
 ///
-/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile24 old_connection -- --ignored`
+/// Fixed the first way. Fails with `release_pid` dropping an exiting entry.
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile24 old_connection`
 #[test]
-#[ignore = "finding 1: a new process under a just-ended pid, its frame read after the old connection's end in the same round, has its name reaped while it lives"]
 fn a_process_under_the_pid_keeps_its_name_when_the_old_connection_ends_in_the_round() {
     if !common::in_private_pid_namespace(
         "a_process_under_the_pid_keeps_its_name_when_the_old_connection_ends_in_the_round",

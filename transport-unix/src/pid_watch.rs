@@ -129,10 +129,10 @@ impl PidWatches {
 
     /// Starts watching, apart, the process running under `pid` now (the one
     /// watched as `pid` has ended, its end not reported yet), if it can be
-    /// trusted; if one is watched so already, whether it still runs (else
-    /// this one is a third process, not to be taken for it). Only through a
-    /// pidfd: no start time tells a successor from the process it follows
-    /// as cheaply.
+    /// trusted; if one is watched so already, whether it still runs (once
+    /// it has ended, the manager retires it before it watches the next).
+    /// Only through a pidfd: no start time tells a successor from the
+    /// process it follows as cheaply.
     pub(crate) fn watch_successor(&mut self, pid: i32) -> bool {
         if let Some(fd) = self.successors.get(&pid) {
             return !has_exited(fd.as_fd());

@@ -576,6 +576,74 @@ fn a_process_given_an_exiting_pid_keeps_its_names_when_its_connection_is_closed_
     assert!(!r.exists("/transit"), "leaked: {:?}", r.state("/transit"));
 }
 
+/// A watched process ends and its connection reaches its end in the same
+/// round, read first: its pid's entry outlives its last holder until the
+/// end is reported, so a new process given the pid and registering on
+/// another connection meanwhile is not watched afresh and then ended by
+/// that report (hostile24's finding 1).
+#[test]
+fn a_new_process_under_a_pid_whose_last_holder_ended_before_its_report_keeps_its_names() {
+    let mut r = Rig::new();
+    r.fx.trusted.insert(20);
+    let a = r.connect_as(10);
+    let b = r.connect_as(11);
+    r.create("/old", 1);
+    r.register(a, 20, "/old");
+    r.m.pid_exiting(20, at(r.now));
+    r.disconnect(a);
+    r.create("/new", 1);
+    r.register(b, 20, "/new");
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert_eq!(
+        r.state("/new"),
+        Some(NameState::Held { registrations: 1 }),
+        "the new process's name ended with the old process's report"
+    );
+    r.fx.gone.insert(20);
+    r.m.pid_exiting(20, at(r.now));
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/new"), "leaked: {:?}", r.state("/new"));
+}
+
+/// A successor that ends inside the window, and a third process given the
+/// pid then: the successor's names end with the pending report, the third
+/// one's are its own, kept through a close for cause while it lives
+/// (hostile24's finding 2).
+#[test]
+fn a_third_process_under_a_pid_in_the_window_keeps_its_names_and_the_second_ones_end() {
+    let mut r = Rig::new();
+    r.fx.trusted.extend([10, 20]);
+    let _bystander = r.bystander();
+    let c = r.connect_as(10);
+    r.create("/old", 1);
+    r.register(c, 20, "/old");
+    r.m.pid_exiting(20, at(r.now));
+    r.create("/second", 1);
+    r.register(c, 20, "/second");
+    r.fx.successors.insert(20, false);
+    r.create("/third", 1);
+    r.register(c, 20, "/third");
+    r.fx.gone.insert(10);
+    let mut malformed = reg("/x");
+    malformed[4] = 2;
+    r.send(c, &malformed);
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/second"), "leaked: {:?}", r.state("/second"));
+    assert_eq!(
+        r.state("/third"),
+        Some(NameState::Held { registrations: 1 }),
+        "the third process's name was not its own"
+    );
+    r.fx.gone.insert(20);
+    r.m.pid_exiting(20, at(r.now));
+    r.exited(20);
+    r.run_to(r.now + 100_000);
+    assert!(!r.exists("/third"), "leaked: {:?}", r.state("/third"));
+}
+
 /// A frame whose pid names no live process (its sender lives on the
 /// connection) ends its holder at once; the name is looked at before its
 /// sender creates it. One absence is not believed: the segment created right
