@@ -54,6 +54,19 @@ pub trait Namespace {
     /// What is under `name` now, with its header's refcount if it is ours.
     fn observe(&mut self, name: &SegmentName) -> Result<Observed, Self::Error>;
 
+    /// Which of `names` have no entry (`absent[i]` for `names[i]`), told by
+    /// one listing where that costs less than a look at each; false, and
+    /// `absent` untouched, where it does not (the caller then looks at
+    /// each). A name found absent had no entry at some moment of the
+    /// listing, as [`Namespace::observe`]'s answer holds at its moment.
+    fn absent_among(
+        &mut self,
+        _names: &[SegmentName],
+        _absent: &mut [bool],
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
     /// Removes `name` if it is a regular file belonging to the caller's user.
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error>;
 

@@ -9,6 +9,7 @@
 //! the entry was seen to be a regular file, and `unlinkat`, which needs no new
 //! descriptor at all (so it still works when descriptors run out).
 
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -113,7 +114,42 @@ impl ShmDir {
     pub(crate) fn entries(&self) -> io::Result<rustix::fs::Dir> {
         Ok(rustix::fs::Dir::read_from(&self.fd)?)
     }
+
+    /// Which of `names` have no entry, by one listing (`absent[i]` for
+    /// `names[i]`), if the directory holds few enough entries for a listing
+    /// to cost less than a look at each; false, `absent` untouched, if not.
+    /// Here a failed look costs about 1.7 us and a listing about 0.15-0.2 us
+    /// an entry (tmpfs, 10 to 20,000 entries) plus 4 us.
+    pub(crate) fn absent_among(
+        &self,
+        names: &[SegmentName],
+        absent: &mut [bool],
+    ) -> Result<bool, Errno> {
+        // tmpfs counts 20 bytes (BOGO_DIRENT_SIZE) an entry; elsewhere the
+        // size only overstates the count.
+        let size = u64::try_from(rustix::fs::fstat(&self.fd)?.st_size).unwrap_or(u64::MAX);
+        let asked = u64::try_from(names.len()).unwrap_or(u64::MAX);
+        if names.len() != absent.len() || size / 20 > asked.saturating_mul(LISTED_PER_LOOK) {
+            return Ok(false);
+        }
+        let wanted: HashSet<&[u8]> = names.iter().map(|name| entry(name).as_bytes()).collect();
+        let mut present: HashSet<&[u8]> = HashSet::new();
+        for listed in rustix::fs::Dir::read_from(&self.fd)? {
+            let listed = listed?;
+            if let Some(&name) = wanted.get(listed.file_name().to_bytes()) {
+                present.insert(name);
+            }
+        }
+        for (name, absent) in names.iter().zip(absent.iter_mut()) {
+            *absent = !present.contains(entry(name).as_bytes());
+        }
+        Ok(true)
+    }
 }
+
+/// Entries a listing may read for each name asked about, for it to cost
+/// less than the looks it replaces (about 9 here; kept well below).
+const LISTED_PER_LOOK: u64 = 4;
 
 /// Whether `stat` describes a regular file.
 pub(crate) fn is_regular(stat: &Stat) -> bool {
@@ -136,5 +172,61 @@ mod tests {
     fn a_name_maps_to_its_entry() {
         let name = SegmentName::new(b"/torch_1_2_3").unwrap();
         assert_eq!(entry(&name), "torch_1_2_3");
+    }
+
+    /// A listing tells the names with an entry, whatever it is, from those
+    /// without, and is declined for a few names in a crowded directory.
+    #[test]
+    fn a_listing_finds_absent_names_and_is_declined_where_looks_cost_less() {
+        let dir = ShmDir::open().unwrap();
+        let tag = format!("dirtest{}", std::process::id());
+        let name = |i: usize| SegmentName::new(format!("/{tag}_{i}").as_bytes()).unwrap();
+        // Many names, so that the listing is not declined for entries other
+        // tests make meanwhile.
+        let names: Vec<SegmentName> = (0..512).map(name).collect();
+        let present = [3, 7];
+        for &i in &present {
+            let path = format!("{SHM_DIR}/{}", entry(&names[i]));
+            if i == 7 {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    path.as_str(),
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap();
+            } else {
+                std::fs::write(&path, [0u8; 8]).unwrap();
+            }
+        }
+        let mut absent = vec![false; names.len()];
+        let listed = dir.absent_among(&names, &mut absent);
+        for &i in &present {
+            let _ = dir.unlink(&names[i]);
+        }
+        assert!(
+            listed.unwrap(),
+            "a listing of /dev/shm for 512 names was declined"
+        );
+        for (i, absent) in absent.iter().enumerate() {
+            assert_eq!(*absent, !present.contains(&i), "name {i}");
+        }
+        // One name in a directory of more entries than a listing is worth.
+        let crowd: Vec<SegmentName> = (1000..1000 + 2 * LISTED_PER_LOOK as usize)
+            .map(name)
+            .collect();
+        for name in &crowd {
+            std::fs::write(format!("{SHM_DIR}/{}", entry(name)), []).unwrap();
+        }
+        let mut one = [false];
+        let listed = dir.absent_among(&names[..1], &mut one);
+        for name in &crowd {
+            let _ = dir.unlink(name);
+        }
+        assert!(
+            !listed.unwrap() && !one[0],
+            "a listing for one name among many"
+        );
     }
 }

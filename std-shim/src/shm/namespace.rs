@@ -149,6 +149,16 @@ impl Namespace for ShmNamespace {
         Err(ShmError::KeptChanging)
     }
 
+    fn absent_among(
+        &mut self,
+        names: &[SegmentName],
+        absent: &mut [bool],
+    ) -> Result<bool, Self::Error> {
+        self.dir
+            .absent_among(names, absent)
+            .map_err(call("getdents"))
+    }
+
     fn unlink(&mut self, name: &SegmentName) -> Result<Unlinked, Self::Error> {
         let Some(stat) = self.dir.stat(name).map_err(call("statat"))? else {
             return Ok(Unlinked::Absent);
