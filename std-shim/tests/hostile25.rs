@@ -19,8 +19,8 @@
 //!   exiting entries) it outlives its holders too: the frame's name stays
 //!   as long as its connection, every later process under the pid is a
 //!   successor never promoted (its names stay after its death, as long as
-//!   its connection), and the pid-table slot is never freed. One-line
-//!   driver fix checked by hand.
+//!   its connection), and the pid-table slot is never freed. Fixed: the
+//!   pid leaves `gone` once its `pid_exited` is done.
 //! - Withstood: a status report asked inside the window (S's successor
 //!   holder apart) is answered once the round ends, listing S's holder
 //!   under the pid (promoted); S's name kept while S lives, reaped after.
@@ -120,9 +120,9 @@ fn segment_name(name: &str) -> SegmentName {
 /// `manager.pid_exited`), so a later find pushes it again. Checked by
 /// hand: with that one line the test passes (both names reaped).
 ///
-/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile25 gone_senders -- --ignored`
-#[ignore = "finding 1: a gone sender found again after its end was reported in end_exited gets an exiting entry never reported (leak, pid stuck)"]
-/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile25 found_gone_again -- --ignored`
+/// Fixed so. Fails with the line removed (checked: the name stays).
+///
+/// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile25 gone_senders`
 #[test]
 fn a_gone_senders_frame_read_after_its_end_was_reported_in_the_round_is_reaped() {
     if !common::in_private_pid_namespace(

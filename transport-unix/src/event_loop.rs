@@ -1068,6 +1068,9 @@ impl Driver {
                 tracing::debug!(pid, "watched process exited");
                 self.stop_watching(pid);
                 manager.pid_exited(pid, now, self);
+                // Found gone again in a later pass (a frame of it read since,
+                // which made it an exiting entry anew): reported again.
+                self.gone.remove(&pid);
             }
         }
         self.gone.clear();
