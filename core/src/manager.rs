@@ -788,6 +788,22 @@ pub struct PidEntry {
     successor_watched: bool,
 }
 
+impl PidEntry {
+    /// A pid just watched for `holders` holders, linked to none yet.
+    fn watched(holders: u32) -> Self {
+        Self {
+            holders,
+            newest_holder: NO_HOLDER,
+            detached: false,
+            exiting: false,
+            successors: 0,
+            newest_successor: NO_HOLDER,
+            successors_detached: false,
+            successor_watched: false,
+        }
+    }
+}
+
 /// Where a name without live holders stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -1423,14 +1439,9 @@ impl<S: Storage> Manager<S> {
         let keep = old.successors > 0;
         if fx.promote_successor(pid, keep) && keep {
             let entry = PidEntry {
-                holders: old.successors,
                 newest_holder: old.newest_successor,
                 detached: old.successors_detached,
-                exiting: false,
-                successors: 0,
-                newest_successor: NO_HOLDER,
-                successors_detached: false,
-                successor_watched: false,
+                ..PidEntry::watched(old.successors)
             };
             if self.pids.insert(pid, entry).is_ok() {
                 self.detached_pids += usize::from(old.successors_detached);
@@ -2622,16 +2633,7 @@ impl<S: Storage> Manager<S> {
             entry.holders += 1;
             return true;
         }
-        let entry = PidEntry {
-            holders: 1,
-            newest_holder: NO_HOLDER,
-            detached: false,
-            exiting: false,
-            successors: 0,
-            newest_successor: NO_HOLDER,
-            successors_detached: false,
-            successor_watched: false,
-        };
+        let entry = PidEntry::watched(1);
         if self.pids.insert(pid, entry).is_ok() {
             return true;
         }
