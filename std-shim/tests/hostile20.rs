@@ -41,9 +41,9 @@ use common::journal_client::JournalClient;
 use common::measure::{Probe, RoundTrips, cpu_time};
 use common::pid_reuse::{force_send_buffer, unread_by_manager};
 use common::{
-    Cleanup, Daemon, RawClient, Sleeper, frame, run_id, shm_exists, story, unique_name, wait_until,
+    Cleanup, Daemon, RawClient, Sleeper, frame, run_id, segment_name, shm_exists, story,
+    unique_name, wait_until,
 };
-use libshm::SegmentName;
 use libshm::protocol::frame::Frame;
 use libshm::protocol::journal::JournalMemory;
 
@@ -802,10 +802,6 @@ fn a_process_given_a_gone_senders_pending_pid_keeps_its_names_in_transit() {
          end was pending), was unlinked while it lives:\n  {}",
         story(&daemon.handle, &reused_name)
     );
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
 }
 
 /// A journal client hangs up on a full ring whose last committed frames

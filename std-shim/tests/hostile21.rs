@@ -28,7 +28,6 @@ mod common;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::handed::manager_lingering;
@@ -37,8 +36,10 @@ use common::measure::cpu_time;
 use common::pid_reuse::{
     ForkedWriter, force_send_buffer, gone_registration_behind_rings, unread_by_manager,
 };
-use common::{Cleanup, Daemon, Sleeper, frame, frame_from, run_id, shm_exists, story, unique_name};
-use libshm::SegmentName;
+use common::{
+    Cleanup, Daemon, Sleeper, frame, frame_from, run_id, segment_name, shm_exists, story,
+    unique_name,
+};
 use libshm::protocol::frame::Frame;
 use libshm::protocol::journal::JournalMemory;
 
@@ -52,19 +53,10 @@ fn name_of(tag: &str) -> String {
 fn manager_logged(linger: &str, tag: &str) -> (Daemon, std::path::PathBuf) {
     let log = std::env::temp_dir().join(format!("h21_{tag}_{}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
-    let mut command = Command::new(common::SHM_MANAGER);
-    command
-        .args([
-            "--reap-grace",
-            "1s",
-            "--frame-timeout",
-            "2s",
-            "--linger",
-            linger,
-        ])
-        .env("SHM_MANAGER_LOG", "debug")
-        .stderr(file);
-    (Daemon::spawn(&mut command), log)
+    (
+        common::handed::manager_lingering_logging_to(linger, file),
+        log,
+    )
 }
 
 /// The last `lines` lines of the log at `path`.
@@ -72,10 +64,6 @@ fn log_tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n  ")
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
 }
 
 // --- Findings -------------------------------------------------------------------

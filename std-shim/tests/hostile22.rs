@@ -54,43 +54,17 @@ mod common;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::handed::{connection_from_exited_process, manager_lingering};
+use common::handed::{
+    connection_from_exited_process, malformed_frame, manager_lingering, replies_until_closed,
+};
 use common::journal_client::JournalClient;
 use common::pid_reuse::{ForkedWriter, gone_registration_behind_rings};
 use common::signals::install_idle_handler;
-use common::{Cleanup, Sleeper, frame_from, run_id, shm_exists, story, unique_name};
-use libshm::SegmentName;
+use common::{Cleanup, Sleeper, frame_from, run_id, segment_name, shm_exists, story, unique_name};
 
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
     format!("/torch_h22{tag}_{}", run_id())
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
-}
-
-/// A frame the manager refuses at once (free flag 7): its connection is
-/// closed for cause.
-fn malformed_frame() -> [u8; 68] {
-    let mut bad = frame_from(0, 0, &unique_name("h22bad"));
-    bad[4] = 7;
-    bad
-}
-
-/// What the manager sent on `stream` until it closed it, or `None` if it
-/// did not within `within`.
-fn replies_until_closed(stream: &mut UnixStream, within: Duration) -> Option<String> {
-    use std::io::Read;
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut replies = Vec::new();
-    match stream.read_to_end(&mut replies) {
-        Ok(_) => Some(String::from_utf8_lossy(&replies).into_owned()),
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-            Some(String::from_utf8_lossy(&replies).into_owned())
-        }
-        Err(_) => None,
-    }
 }
 
 // --- Findings -------------------------------------------------------------------
@@ -325,7 +299,10 @@ fn attempt_under_a_gone_pid(fresh_pid: bool, then: Then) -> Option<Outcome> {
         return None;
     }
     let (frames, later_frames) = match then {
-        Then::ClosedForCause => (vec![frame_from(0, 0, &name), malformed_frame()], vec![]),
+        Then::ClosedForCause => (
+            vec![frame_from(0, 0, &name), malformed_frame("h22bad")],
+            vec![],
+        ),
         Then::Dies => (
             vec![frame_from(0, 0, &name)],
             vec![frame_from(0, 0, &later)],

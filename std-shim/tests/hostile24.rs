@@ -87,43 +87,15 @@ mod common;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::handed::{connection_from_exited_process, manager_lingering};
+use common::handed::{connection_from_exited_process, malformed_frame, replies_until_closed};
 use common::journal_client::JournalClient;
 use common::pid_reuse::{ForkedWriter, unread_by_manager};
-use common::{Cleanup, Sleeper, frame_from, run_id, shm_exists, story, unique_name};
-use libshm::SegmentName;
+use common::{Cleanup, Sleeper, frame_from, run_id, segment_name, shm_exists, story, unique_name};
 use libshm::protocol::frame::Frame;
 
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
     format!("/torch_h24{tag}_{}", run_id())
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
-}
-
-/// A frame the manager refuses at once (free flag 7): its connection is
-/// closed for cause.
-fn malformed_frame() -> [u8; 68] {
-    let mut bad = frame_from(0, 0, &unique_name("h24bad"));
-    bad[4] = 7;
-    bad
-}
-
-/// What the manager sent on `stream` until it closed it, or `None` if it
-/// did not within `within`.
-fn replies_until_closed(stream: &mut UnixStream, within: Duration) -> Option<String> {
-    use std::io::Read;
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut replies = Vec::new();
-    match stream.read_to_end(&mut replies) {
-        Ok(_) => Some(String::from_utf8_lossy(&replies).into_owned()),
-        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-            Some(String::from_utf8_lossy(&replies).into_owned())
-        }
-        Err(_) => None,
-    }
 }
 
 // --- Findings -------------------------------------------------------------------
@@ -355,23 +327,7 @@ fn a_process_under_the_pid_keeps_its_name_when_the_old_connection_ends_in_the_ro
 /// `manager_lingering("1s")`; with `H24_LOG` set to a path, its debug log
 /// goes there (for reading what became of each frame).
 fn manager() -> common::Daemon {
-    let Some(path) = std::env::var_os("H24_LOG") else {
-        return manager_lingering("1s");
-    };
-    let log = std::fs::File::create(path).unwrap();
-    let mut command = std::process::Command::new(common::SHM_MANAGER);
-    command
-        .args([
-            "--reap-grace",
-            "1s",
-            "--frame-timeout",
-            "2s",
-            "--linger",
-            "1s",
-            "-vvv",
-        ])
-        .stderr(log);
-    common::Daemon::spawn(&mut command)
+    common::handed::manager_lingering_logged_if("1s", "H24_LOG")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -513,7 +469,7 @@ fn attempt(attack: Attack) -> Option<Outcome> {
                 &conn_b.stream,
                 &[frame_from(0, 0, &b_name)],
                 &conn_c.stream,
-                &[frame_from(0, 0, &c_name), malformed_frame()],
+                &[frame_from(0, 0, &c_name), malformed_frame("h24bad")],
             );
             let wrote = Instant::now();
             while two.is_some() && unread_by_manager(&conn_c.stream) < 2 * 68 {
@@ -622,7 +578,7 @@ fn attempt(attack: Attack) -> Option<Outcome> {
             let t = ForkedWriter::fork(
                 (!fresh_pid).then_some(gone_pid),
                 &conn_a.stream,
-                &[frame_from(0, 0, &t_name), malformed_frame()],
+                &[frame_from(0, 0, &t_name), malformed_frame("h24bad")],
                 &[],
             )
             .expect("T given G's pid");

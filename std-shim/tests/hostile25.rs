@@ -51,20 +51,15 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::handed::{connection_from_exited_process, manager_lingering};
+use common::handed::connection_from_exited_process;
 use common::journal_client::JournalClient;
 use common::pid_reuse::{ForkedWriter, unread_by_manager};
-use common::{Cleanup, Sleeper, frame_from, run_id, shm_exists, story, unique_name};
-use libshm::SegmentName;
+use common::{Cleanup, Sleeper, frame_from, run_id, segment_name, shm_exists, story, unique_name};
 use libshm::protocol::frame::Frame;
 
 /// A name of ours, short enough for a frame.
 fn name_of(tag: &str) -> String {
     format!("/torch_h25{tag}_{}", run_id())
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
 }
 
 // --- Findings -------------------------------------------------------------------
@@ -352,23 +347,7 @@ fn a_status_report_while_a_successor_exists_is_answered_and_changes_nothing() {
 /// `manager_lingering("1s")`; with `H25_LOG` set to a path, its debug log
 /// goes there (for reading what became of each frame).
 fn manager() -> common::Daemon {
-    let Some(path) = std::env::var_os("H25_LOG") else {
-        return manager_lingering("1s");
-    };
-    let log = std::fs::File::create(path).unwrap();
-    let mut command = std::process::Command::new(common::SHM_MANAGER);
-    command
-        .args([
-            "--reap-grace",
-            "1s",
-            "--frame-timeout",
-            "2s",
-            "--linger",
-            "1s",
-            "-vvv",
-        ])
-        .stderr(log);
-    common::Daemon::spawn(&mut command)
+    common::handed::manager_lingering_logged_if("1s", "H25_LOG")
 }
 
 struct Outcome {

@@ -20,16 +20,11 @@ use std::time::{Duration, Instant};
 
 use common::journal_client::JournalClient;
 use common::{
-    Cleanup, Daemon, Holder, RawClient, Sleeper, create_segment, run_id, shm_exists, story,
-    unique_name, wait_until,
+    Cleanup, Daemon, Holder, RawClient, Sleeper, create_segment, run_id, segment_name, shm_exists,
+    story, unique_name, wait_until,
 };
-use libshm::SegmentName;
 use libshm::protocol::frame::Frame;
 use libshm::protocol::journal::JournalMemory;
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
-}
 
 /// The descriptors a process has open.
 fn open_descriptors(pid: u32) -> usize {

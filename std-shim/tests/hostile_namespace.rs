@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Daemon, Holder, SHM_MANAGER, SHMCTL, create_object, frame, is_root_or_skip,
-    remove_if_abandoned, run_id, shm_exists, unique_name, wait_until,
+    remove_if_abandoned, run_id, segment_name, shm_exists, unique_name, wait_until,
 };
 use libshm::inspect;
 use libshm::protocol::namespace::{Namespace, Observed, Unlinked};
@@ -31,10 +31,6 @@ const NOBODY: u32 = 65534;
 
 fn path_of(name: &str) -> PathBuf {
     Path::new("/dev/shm").join(name.trim_start_matches('/'))
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
 }
 
 /// Removes what a test put in `/dev/shm`, however the test ends.

@@ -101,18 +101,64 @@ pub fn receive_fd(socket: RawFd) -> OwnedFd {
 /// (what a connection closed for cause held for unknown processes gets as
 /// long as a lingering manager would give it), its log discarded.
 pub fn manager_lingering(linger: &str) -> Daemon {
+    lingering(linger, None)
+}
+
+/// [`manager_lingering`], its debug log written to `log`.
+pub fn manager_lingering_logging_to(linger: &str, log: std::fs::File) -> Daemon {
+    lingering(linger, Some(log))
+}
+
+/// [`manager_lingering`], its debug log written to the file the environment
+/// variable `var` names, if set (for reading what became of each frame).
+pub fn manager_lingering_logged_if(linger: &str, var: &str) -> Daemon {
+    lingering(
+        linger,
+        std::env::var_os(var).map(|path| std::fs::File::create(path).unwrap()),
+    )
+}
+
+fn lingering(linger: &str, log: Option<std::fs::File>) -> Daemon {
     let mut command = Command::new(SHM_MANAGER);
-    command
-        .args([
-            "--reap-grace",
-            "1s",
-            "--frame-timeout",
-            "2s",
-            "--linger",
-            linger,
-        ])
-        .stderr(Stdio::null());
+    command.args([
+        "--reap-grace",
+        "1s",
+        "--frame-timeout",
+        "2s",
+        "--linger",
+        linger,
+    ]);
+    match log {
+        Some(log) => command.arg("-vv").stderr(log),
+        None => command.stderr(Stdio::null()),
+    };
     Daemon::spawn(&mut command)
+}
+
+/// A frame the manager refuses at once (free flag 7): its connection is
+/// closed for cause.
+pub fn malformed_frame(tag: &str) -> [u8; 68] {
+    let mut bad = crate::common::frame_from(0, 0, &crate::common::unique_name(tag));
+    bad[4] = 7;
+    bad
+}
+
+/// What the manager sent on `stream` until it closed it, or `None` if it
+/// did not within `within`.
+pub fn replies_until_closed(
+    stream: &mut std::os::unix::net::UnixStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut replies = Vec::new();
+    match stream.read_to_end(&mut replies) {
+        Ok(_) => Some(String::from_utf8_lossy(&replies).into_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+            Some(String::from_utf8_lossy(&replies).into_owned())
+        }
+        Err(_) => None,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -2,12 +2,12 @@
 //! memory offered with the socket's `SETUP` frame, frames committed to it by
 //! hand, the doorbell rung by hand.
 
+use super::segment_name;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use libshm::SegmentName;
 use libshm::protocol::frame::Frame;
 use libshm::protocol::journal::{self, JournalMemory};
 use libshm_unix::{SharedJournal, UnixTransport};
@@ -87,8 +87,4 @@ impl JournalClient {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0))
     }
-}
-
-fn segment_name(name: &str) -> SegmentName {
-    SegmentName::new(name.as_bytes()).unwrap()
 }

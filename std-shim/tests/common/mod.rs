@@ -4,6 +4,11 @@
 
 pub mod torch;
 
+/// `name` as a segment name; test names are valid.
+pub fn segment_name(name: &str) -> libshm::SegmentName {
+    libshm::SegmentName::new(name.as_bytes()).unwrap()
+}
+
 /// Serializes the tests of one binary that must not overlap: a manager held
 /// still by one test must not be taken for slowness in another's, nor for a
 /// live manager by another's gc.
