@@ -204,15 +204,20 @@ fn probe_beside_journal_flood(
 /// found a new process given it losing its names in transit (findings 1 to
 /// 3 there); the wait comes back with ends watched by process, not pid.
 ///
-/// Open again since 749ecbc (successor holders): the longest wait grew from
-/// 1.85 s to 2.1-2.7 s (7 runs, CI and here; f59173c passed 3 of 3 just
-/// before), for a reason not found in the time. Ignored rather than given a
-/// looser bound; the successor fix it rides on closes hostile22's findings 1
-/// and 2 (a live process's name unlinked), which ranks above a stall.
+/// Why it looked like a regression at 749ecbc (2.1-2.7 s there, 0.6-0.8 s
+/// at f59173c): before it, a gone sender's frame read first on a ring, with
+/// its end pending, was charged to the connection (the test below), and so
+/// was every later one of those pids there, so an end read one ring per
+/// round. 749ecbc looked the ring's namespace up as a side effect, so the
+/// rest took the gone senders' path and one end read every ring. Measured
+/// now: 1.85-1.90 s here (debug, 2 runs, against 2 s: too close to run in
+/// the suite), 179 ms in a release build (3 runs), against 34-40 ms for the
+/// same rings by one live pid. The cost grows with the rings a pid is
+/// spread over, one round for all.
 ///
 /// Run: `LIBSHM_REQUIRE_ROOT=1 cargo test -p libshm --test hostile5 registrations_by_thousands -- --ignored`
 #[test]
-#[ignore = "open since 749ecbc: a flood of 28,000 gone senders' ends stalls another client 2.1-2.7 s against a 2 s bound"]
+#[ignore = "open: the first gone sender's end reads every ring in one round, 1.85-1.90 s (debug) against a 2 s bound; 179 ms in release"]
 fn registrations_by_thousands_of_gone_pids_do_not_stall_other_clients() {
     const JOURNALS: usize = 4;
     const FRAMES: usize = 60_000;
@@ -242,6 +247,53 @@ fn registrations_by_thousands_of_gone_pids_do_not_stall_other_clients() {
         gone.len(),
         control.max()
     );
+}
+
+/// A gone sender's frame read first on a connection, its end pending (found
+/// gone on another connection in the same round), is the gone sender's
+/// like any other of its late frames: its hold ends with that end.
+///
+/// It did not: the driver asked whether the sender was gone only where the
+/// connection's pid namespace had been looked up, which only a watch did,
+/// and a pid whose end is pending is not watched. The frame was charged to
+/// the connection, and its name (in transit, refcount 1, its only holder
+/// dead) was kept for as long as the connection lived. Found while
+/// bisecting the flood above: since 749ecbc the successor path looked the
+/// namespace up as a side effect, for every frame after the first, and the
+/// flood's later frames took the gone senders' path, which reads every
+/// ring in the round of their end: the longer stall there.
+#[test]
+fn a_gone_senders_first_frame_on_a_connection_ends_with_its_pending_end() {
+    let daemon = Daemon::start_with_stderr(&["--reap-grace", "1s"], Stdio::null());
+    let gone = free_pids(1)[0];
+    let found_gone = name_of("firstgone_a", gone);
+    let first_frame = name_of("firstgone_b", gone);
+    let _cleanup = Cleanup(vec![found_gone.clone(), first_frame.clone()]);
+    create_segment(&found_gone, 1, 64);
+    create_segment(&first_frame, 1, 64);
+    let mut rung = JournalClient::attach(&daemon.handle, 64);
+    // Read only because the end makes the driver read every ring a round's
+    // worth: after `rung`, with `gone`'s end pending.
+    let unrung = JournalClient::attach(&daemon.handle, 64);
+    daemon.while_stopped(|| {
+        rung.register(gone, &found_gone);
+        unrung.register(gone, &first_frame);
+    });
+    assert_eq!(rung.ring(), Some(*b"OK"));
+
+    let reaped = |name: &str| common::wait_until(Duration::from_secs(10), || !shm_exists(name));
+    assert!(
+        reaped(&found_gone),
+        "{found_gone}, held only by gone pid {gone}, was reaped:\n  {}",
+        story(&daemon.handle, &found_gone)
+    );
+    assert!(
+        reaped(&first_frame),
+        "{first_frame}, held only by gone pid {gone} (its frame the first on a ring, read \
+         with {gone}'s end pending), was kept while the ring's connection lives:\n  {}",
+        story(&daemon.handle, &first_frame)
+    );
+    drop(unrung);
 }
 
 /// Journal clients that fill their rings and hang up together (a crash,

@@ -1659,12 +1659,10 @@ impl Effects for Driver {
         if let Some(&gone) = self.gone_this_read.get(&pid) {
             return gone;
         }
-        // `watch_pid` has just looked the namespace up, and the writer.
+        // Looked up here too: `watch_pid` is not asked for a pid whose end
+        // is pending, and a connection's first frame may be such a pid's.
         let gone = self.speaks_for(conn, pid)
-            && self
-                .clients
-                .get(&conn)
-                .is_some_and(|client| client.same_pid_namespace == Some(true))
+            && self.frames_name_our_pids(conn)
             && pid_watch::is_gone(pid);
         self.gone_this_read.insert(pid, gone);
         // Its end is reported this round, after the reads.
