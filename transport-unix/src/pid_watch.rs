@@ -103,12 +103,10 @@ impl PidWatches {
             return false;
         };
         if self.pidfds_work {
-            match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
+            match self.open_trusted_pidfd(raw, reach) {
                 Ok(fd) => {
-                    // Read /proc only after holding the pidfd, and check the
-                    // process has not exited since: then /proc/<pid> was it.
-                    let trusted = self.is_ours(pid, reach) && !has_exited(fd.as_fd());
-                    if trusted {
+                    let trusted = fd.is_some();
+                    if let Some(fd) = fd {
                         self.fds.insert(pid, (fd, self.waits));
                     }
                     return trusted;
@@ -140,15 +138,20 @@ impl PidWatches {
         let Some(raw) = Pid::from_raw(pid).filter(|_| pid > 0 && self.pidfds_work) else {
             return false;
         };
-        let Ok(fd) = rustix::process::pidfd_open(raw, PidfdFlags::empty()) else {
+        let Ok(Some(fd)) = self.open_trusted_pidfd(raw, Reach::OurNamespace) else {
             return false;
         };
-        // As in `watch_in`: /proc read once the pidfd pins the process.
-        let trusted = self.is_ours(pid, Reach::OurNamespace) && !has_exited(fd.as_fd());
-        if trusted {
-            self.successors.insert(pid, fd);
-        }
-        trusted
+        self.successors.insert(pid, fd);
+        true
+    }
+
+    /// A pidfd for the process running under `pid`, if it can be trusted
+    /// (`None` if not). /proc is read only once the pidfd pins the process,
+    /// and the process must not have exited since: then /proc/<pid> was it.
+    fn open_trusted_pidfd(&self, pid: Pid, reach: Reach) -> Result<Option<OwnedFd>, Errno> {
+        let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+        let trusted = self.is_ours(pid.as_raw_nonzero().get(), reach) && !has_exited(fd.as_fd());
+        Ok(trusted.then_some(fd))
     }
 
     /// Whether the successor watched under `pid` has ended (or none is).
