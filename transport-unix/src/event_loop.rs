@@ -1207,6 +1207,10 @@ impl Driver {
         namespace: &mut N,
         now: Timestamp,
     ) {
+        // Called every pass of the work loop: most have few chores.
+        if self.chores.len() < LOOKS_WORTH_A_LISTING {
+            return;
+        }
         let looks: Vec<SegmentName> = self
             .chores
             .iter()
