@@ -89,7 +89,7 @@ use std::time::{Duration, Instant};
 
 use common::handed::{connection_from_exited_process, malformed_frame, replies_until_closed};
 use common::journal_client::JournalClient;
-use common::pid_reuse::{ForkedWriter, unread_by_manager};
+use common::pid_reuse::{ForkedWriter, spin_until_read, unread_by_manager};
 use common::{Cleanup, Sleeper, frame_from, run_id, segment_name, shm_exists, story, unique_name};
 use libshm::protocol::frame::Frame;
 
@@ -495,14 +495,7 @@ fn attempt(attack: Attack) -> Option<Outcome> {
     });
     if let Attack::TwoConnections = attack {
         let two = two.expect("S given G's pid (a private pid namespace where nobody else forks)");
-        let began = Instant::now();
-        while unread_by_manager(&conn_c.stream) > 0 {
-            assert!(
-                began.elapsed() < Duration::from_secs(10),
-                "the manager never read C"
-            );
-            std::hint::spin_loop();
-        }
+        let began = spin_until_read(&conn_c.stream, "C");
         let seen_after = began.elapsed();
         if seen_after > Duration::from_millis(5) {
             eprintln!("C read {seen_after:.2?} in: too late, trying again");
@@ -540,14 +533,7 @@ fn attempt(attack: Attack) -> Option<Outcome> {
         });
     }
     let mut s = s.expect("S given G's pid (a private pid namespace where nobody else forks)");
-    let began = Instant::now();
-    while unread_by_manager(&conn_b.stream) > 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the manager never read B"
-        );
-        std::hint::spin_loop();
-    }
+    let began = spin_until_read(&conn_b.stream, "B");
     let seen_after = began.elapsed();
     if seen_after > Duration::from_millis(5) {
         eprintln!("S's frame read {seen_after:.2?} in: too late, trying again");

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use common::handed::connection_from_exited_process;
 use common::journal_client::JournalClient;
-use common::pid_reuse::{ForkedWriter, unread_by_manager};
+use common::pid_reuse::{ForkedWriter, spin_until_read, unread_by_manager};
 use common::{Cleanup, Sleeper, frame_from, run_id, segment_name, shm_exists, story, unique_name};
 use libshm::protocol::frame::Frame;
 
@@ -231,14 +231,7 @@ fn gone_again_attempt(control: bool) -> Option<GoneAgain> {
         }
         z.send(&frame_from(0, 0, &unique_name("h25z")));
     });
-    let began = Instant::now();
-    while unread_by_manager(&z.stream) > 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the manager never read Z"
-        );
-        std::hint::spin_loop();
-    }
+    let began = spin_until_read(&z.stream, "Z");
     let seen_after = began.elapsed();
     p2.kill();
     let killed_after = began.elapsed();
@@ -425,14 +418,7 @@ fn attempt() -> Option<Outcome> {
         }
     });
     let mut s = s.expect("S given G's pid (a private pid namespace where nobody else forks)");
-    let began = Instant::now();
-    while unread_by_manager(&conn_b.stream) > 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the manager never read B"
-        );
-        std::hint::spin_loop();
-    }
+    let began = spin_until_read(&conn_b.stream, "B");
     let seen_after = began.elapsed();
     if seen_after > Duration::from_millis(5) {
         eprintln!("S's frame read {seen_after:.2?} in: too late, trying again");

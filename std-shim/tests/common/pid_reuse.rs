@@ -22,6 +22,21 @@ pub fn unread_by_manager(stream: &UnixStream) -> usize {
     usize::try_from(queued).unwrap_or(0)
 }
 
+/// Spins until the manager has read everything queued on `stream` (`what`
+/// names it in the failure); returns when the spinning began, so the
+/// caller can tell how soon it was read.
+pub fn spin_until_read(stream: &UnixStream, what: &str) -> Instant {
+    let began = Instant::now();
+    while unread_by_manager(stream) > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the manager never read {what}"
+        );
+        std::hint::spin_loop();
+    }
+    began
+}
+
 /// Lets `stream` queue up to `bytes` unread by its peer (root's
 /// `SO_SNDBUFFORCE`, past `wmem_max`): a long queue for an end to wait on.
 pub fn force_send_buffer(stream: &UnixStream, bytes: usize) {
@@ -161,13 +176,6 @@ pub fn gone_registration_behind_rings(
         }
         gone_pid = shared.register_from_exited_child(&[gone_name]);
     });
-    let began = Instant::now();
-    while unread_by_manager(&shared.stream) > 0 {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the manager never read the connection"
-        );
-        std::hint::spin_loop();
-    }
+    let began = spin_until_read(&shared.stream, "the connection");
     (gone_pid, began)
 }
