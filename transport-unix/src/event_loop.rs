@@ -41,7 +41,7 @@ use crate::background::{self, Background, Job};
 use crate::closed_ties::ClosedTies;
 use crate::heap::HeapTrimmer;
 use crate::listener::Listener;
-use crate::pid_watch::{self, POLLED_INTERVAL, PidWatches};
+use crate::pid_watch::{self, POLLED_INTERVAL, PeerFacts, PidWatches};
 use crate::readiness::{EVENTS_PER_WAIT, Readiness, Source};
 use crate::report::{self, Budget, History, Identity, Report};
 use crate::sender;
@@ -497,9 +497,10 @@ fn accept(
                         manager.disconnect(id, now, driver);
                         continue;
                     }
+                    let facts = PeerFacts::read(accepted.peer.pid, accepted.peer_pidfd.as_ref());
                     driver
                         .clients
-                        .insert(id, Client::new(accepted.fd, accepted.peer));
+                        .insert(id, Client::new(accepted.fd, accepted.peer, facts));
                 }
                 Err(err) => {
                     tracing::warn!(pid = ?accepted.peer.pid, "refused a connection: {err}");
@@ -569,9 +570,10 @@ struct Client {
     /// journal with its very first frame, so only the first read needs the
     /// costlier `recvmsg`.
     first_read: bool,
-    /// Whether pids in its frames name processes in our pid namespace
-    /// (looked up on first need).
-    same_pid_namespace: Option<bool>,
+    /// Whether pids in its frames name processes in our pid namespace: the
+    /// connecting process's, read at accept while its pidfd pinned it (read
+    /// later, the pid could name a process of ours given it since).
+    frames_name_our_pids: bool,
     /// When the process that connected started, read at accept: its pid may
     /// name another process by the time the connection is closed for cause.
     peer_started: Option<u64>,
@@ -644,7 +646,7 @@ struct HeldDoorbell {
 }
 
 impl Client {
-    fn new(fd: OwnedFd, peer: Peer) -> Self {
+    fn new(fd: OwnedFd, peer: Peer, facts: PeerFacts) -> Self {
         Self {
             fd,
             peer,
@@ -653,8 +655,8 @@ impl Client {
             journal: None,
             waits_to_write: false,
             first_read: true,
-            same_pid_namespace: None,
-            peer_started: peer.pid.and_then(pid_watch::start_time),
+            frames_name_our_pids: facts.in_our_namespace,
+            peer_started: facts.started,
             last_writer: None,
             writers_started: Vec::new(),
             evicted: false,
@@ -1483,14 +1485,11 @@ impl Driver {
     }
 
     /// Whether the pids in `conn`'s frames name processes of our pid
-    /// namespace (looked up once per connection).
-    fn frames_name_our_pids(&mut self, conn: ConnId) -> bool {
-        let Some(client) = self.clients.get_mut(&conn) else {
-            return false;
-        };
-        *client
-            .same_pid_namespace
-            .get_or_insert_with(|| client.peer.pid.is_some_and(pid_watch::same_pid_namespace))
+    /// namespace (as read at accept).
+    fn frames_name_our_pids(&self, conn: ConnId) -> bool {
+        self.clients
+            .get(&conn)
+            .is_some_and(|client| client.frames_name_our_pids)
     }
 
     /// Puts `pid`'s descriptor, if it is watched through one, in the epoll
@@ -1663,8 +1662,6 @@ impl Effects for Driver {
         if let Some(&gone) = self.gone_this_read.get(&pid) {
             return gone;
         }
-        // Looked up here too: `watch_pid` is not asked for a pid whose end
-        // is pending, and a connection's first frame may be such a pid's.
         let gone = self.speaks_for(conn, pid)
             && self.frames_name_our_pids(conn)
             && pid_watch::is_gone(pid);

@@ -30,6 +30,10 @@ pub struct Accepted {
     pub fd: OwnedFd,
     /// Who connected, from `SO_PEERCRED`.
     pub peer: Peer,
+    /// A pidfd of the process that connected (`SO_PEERPIDFD`, Linux 6.5+):
+    /// what the manager reads of it under its pid is its own only while
+    /// this says it runs.
+    pub peer_pidfd: Option<OwnedFd>,
 }
 
 impl Listener {
@@ -79,7 +83,12 @@ impl Listener {
         if let Err(errno) = crate::sender::name_writers(fd.as_fd()) {
             tracing::debug!("cannot learn who writes on a connection: {errno}");
         }
-        Ok(Some(Accepted { fd, peer }))
+        let peer_pidfd = peer_pidfd(fd.as_fd());
+        Ok(Some(Accepted {
+            fd,
+            peer,
+            peer_pidfd,
+        }))
     }
 }
 
@@ -114,6 +123,31 @@ fn peer_credentials(fd: BorrowedFd<'_>) -> Peer {
         pid: (cred.pid > 0).then_some(cred.pid),
         uid: Some(cred.uid),
     }
+}
+
+/// A pidfd of the process on the other end of `fd`, the one that connected
+/// (`SO_PEERPIDFD`); `None` where the kernel has none to give.
+fn peer_pidfd(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    let mut pidfd: libc::c_int = -1;
+    let size = std::mem::size_of::<libc::c_int>();
+    let mut len = size as libc::socklen_t;
+    // SAFETY: `pidfd` and `len` are ours to write, `len` is `pidfd`'s size,
+    // and `fd` stays open for the call.
+    let got = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&raw mut pidfd).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 || len as usize != size || pidfd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel has just installed `pidfd` in our table for us,
+    // and nothing else owns it.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) })
 }
 
 impl AsFd for Listener {

@@ -273,8 +273,39 @@ enum Reach {
 /// Whether the pids in frames from `peer_pid`'s connection name processes in
 /// our pid namespace: the peer (as the kernel reports it to us) sees only one
 /// level of pids, ours.
-pub(crate) fn same_pid_namespace(peer_pid: i32) -> bool {
+fn same_pid_namespace(peer_pid: i32) -> bool {
     ProcStatus::read(peer_pid).is_some_and(|status| status.nspid_levels == 1)
+}
+
+/// What the manager needs of the process that connected, read at accept:
+/// whether it runs in our pid namespace (so pids in its connection's
+/// frames name our processes), and when it started.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PeerFacts {
+    pub(crate) in_our_namespace: bool,
+    pub(crate) started: Option<u64>,
+}
+
+impl PeerFacts {
+    /// Read under `pid` from /proc, and kept only if `pidfd` (the peer's
+    /// own, from the socket) says the peer still ran after the reads: else
+    /// the pid may have named another process by then, and nothing is
+    /// known (its frames' pids are not trusted: a leak at worst, where a
+    /// process of ours taken for it would have its pids' ends reaped).
+    /// Without a pidfd (kernels before 6.5), what /proc says at accept.
+    pub(crate) fn read(pid: Option<i32>, pidfd: Option<&OwnedFd>) -> Self {
+        let Some(pid) = pid else {
+            return Self::default();
+        };
+        let facts = Self {
+            in_our_namespace: same_pid_namespace(pid),
+            started: start_time(pid),
+        };
+        match pidfd {
+            Some(fd) if has_exited(fd.as_fd()) => Self::default(),
+            _ => facts,
+        }
+    }
 }
 
 /// Whether `pid` names no running process of our pid namespace: none at
