@@ -25,11 +25,12 @@ use libshm_fuzz::name_pool;
 
 fn main() -> std::io::Result<()> {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    let targets: [(&str, Seeds); 4] = [
+    let targets: [(&str, Seeds); 5] = [
         ("frame", frame_seeds()),
         ("handshake", handshake_seeds()),
         ("manager", manager_seeds()),
         ("client", client_seeds()),
+        ("window", window_seeds()),
     ];
     for (target, seeds) in targets {
         let dir = corpus.join(target);
@@ -954,3 +955,113 @@ fn client_seeds() -> Seeds {
         ),
     ]
 }
+
+/// Scripts for `window_check` (its module doc has the format): pid 1's
+/// process ends with its end not yet reported while a new process under
+/// pid 1 registers, in the ways the successor holders are for.
+fn window_seeds() -> Seeds {
+    // Event kinds, as `check_window` decodes them.
+    const SPAWN: u8 = 0;
+    const DIE: u8 = 1;
+    const CONNECT: u8 = 2;
+    const REGISTER: u8 = 3;
+    const RELEASE: u8 = 5;
+    const PICKLE: u8 = 6;
+    const UNPICKLE: u8 = 7;
+    const GARBAGE: u8 = 8;
+    const ROUND: u8 = 10;
+    const TICK: u8 = 11;
+    // Pid 1 is picked by 0, pid 2 by 1; a round noticing every end and
+    // reading every connection, up to 8 frames each.
+    const ALL: u8 = 0xff;
+    let script = |events: &[&[u8]]| -> Vec<u8> {
+        let mut bytes = vec![10]; // a grace of 1 s
+        for event in events {
+            bytes.extend_from_slice(event);
+        }
+        // Two seconds and a half of ticks: the grace passes, looks are made.
+        for _ in 0..10 {
+            bytes.extend_from_slice(&[TICK, 25]);
+        }
+        bytes
+    };
+    // Pid 1's first process registers name 0 and is watched; it dies, and a
+    // second process under pid 1 connects.
+    let first_dies_and_pid_is_reused: &[&[u8]] = &[
+        &[SPAWN, 0, 0],
+        &[CONNECT, 0],
+        &[REGISTER, 0, 0],
+        &[ROUND, 0, ALL, 7],
+        &[DIE, 0],
+        &[SPAWN, 0, 0],
+        &[CONNECT, 0],
+    ];
+    let with = |tail: &[&[u8]]| {
+        let mut events = first_dies_and_pid_is_reused.to_vec();
+        events.extend_from_slice(tail);
+        script(&events)
+    };
+    vec![
+        (
+            "successor_keeps_its_name_in_transit_past_the_old_end",
+            with(&[
+                &[REGISTER, 0, 1],
+                &[PICKLE, 0, 1],
+                &[RELEASE, 0, 1],
+                &[ROUND, ALL, ALL, 7],
+                &[TICK, 50],
+                &[UNPICKLE, 1],
+            ]),
+        ),
+        (
+            "successor_dies_in_the_window_and_a_third_registers_there",
+            with(&[
+                &[REGISTER, 0, 1],
+                &[DIE, 0],
+                &[SPAWN, 0, 0],
+                &[CONNECT, 0],
+                &[REGISTER, 0, 2],
+                &[PICKLE, 0, 2],
+                &[ROUND, ALL, ALL, 7],
+            ]),
+        ),
+        (
+            "successor_closed_for_cause_keeps_what_it_holds",
+            with(&[
+                &[REGISTER, 0, 1],
+                &[PICKLE, 0, 1],
+                &[GARBAGE, 0],
+                &[ROUND, ALL, ALL, 7],
+            ]),
+        ),
+        (
+            "a_worker_on_its_familys_connection_gets_the_pid_in_the_window",
+            script(&[
+                &[SPAWN, 1, 0],
+                &[CONNECT, 1],
+                &[SPAWN, 0, 1],
+                &[REGISTER, 0, 0],
+                &[ROUND, 0, ALL, 7],
+                &[DIE, 0],
+                &[SPAWN, 0, 1],
+                &[REGISTER, 0, 1],
+                &[PICKLE, 0, 1],
+                &[ROUND, ALL, ALL, 7],
+                &[DIE, 1],
+            ]),
+        ),
+        (
+            "the_old_end_noticed_a_round_late",
+            with(&[
+                &[REGISTER, 0, 1],
+                &[ROUND, 0, 0, 0],
+                &[PICKLE, 0, 1],
+                &[RELEASE, 0, 1],
+                &[ROUND, ALL, ALL, 7],
+                &[DIE, 0],
+                &[ROUND, ALL, ALL, 7],
+            ]),
+        ),
+    ]
+}
+

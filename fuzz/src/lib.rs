@@ -12,6 +12,10 @@
 //!   with a driver that carries out chores late or fails them, checked
 //!   against a reference model.
 //! - [`client_script`]: the client session fed arbitrary replies.
+//! - [`window_check`]: the manager under pid reuse while ends are pending
+//!   (successor holders), with a simulated driver that keeps the real one's
+//!   order within a round, checked against the truth: no name unlinked
+//!   while a live process holds it or a reference is in transit.
 //!
 //! Inputs are decoded with [`cursor::Cursor`] in formats documented beside each
 //! script, so that the seeds in `corpus/` (written by `examples/write_seeds.rs`)
@@ -28,3 +32,4 @@ pub mod handshake_check;
 pub mod manager_model;
 pub mod manager_script;
 pub mod name_pool;
+pub mod window_check;

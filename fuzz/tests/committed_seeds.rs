@@ -10,6 +10,7 @@ use libshm_fuzz::frame_check::check_frame;
 use libshm_fuzz::handshake_check::{HandshakeInput, check_handshake};
 use libshm_fuzz::manager_model::run_manager_script;
 use libshm_fuzz::manager_script::ManagerScript;
+use libshm_fuzz::window_check::check_window_counting;
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,3 +71,18 @@ fn client_seeds_pass_and_round_trip() {
         run_client_script(&script);
     }
 }
+
+#[test]
+fn window_seeds_pass_and_open_the_window() {
+    for (path, bytes) in seeds("window") {
+        let seen = check_window_counting(&bytes);
+        // Each is written to put a new process under a pid whose end is
+        // pending, and to see the old end reported.
+        assert!(
+            seen.successors > 0 && seen.promoted + seen.dropped > 0,
+            "{}: {seen:?}",
+            path.display()
+        );
+    }
+}
+
