@@ -1064,4 +1064,3 @@ fn window_seeds() -> Seeds {
         ),
     ]
 }
-

@@ -23,9 +23,15 @@
 //! writer sharing its connection sent garbage), so every loss the check
 //! finds is the manager's.
 //!
+//! Not simulated: journals (a ring has no kernel-named writer, so it speaks
+//! for any pid), writers using another process's pid, other pid namespaces,
+//! a driver without pidfds. The real-process tests (hostile22 to hostile26)
+//! cover those.
+//!
 //! # Input format
-//! A byte picks the reap grace (0 to 255 ms, in 100 ms ticks), then events:
-//! a byte for the kind, then one byte per argument, until the input ends.
+//! A byte picks the reap grace (that many tenths of a second), then events:
+//! a byte for the kind (see [`check_window`]'s match), then one byte per
+//! argument, until the input ends or 400 events have run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -338,7 +344,7 @@ impl Sim {
         Timestamp::from_duration(Duration::from_millis(self.now))
     }
 
-    fn conn(&mut self, choice: u8) -> Option<usize> {
+    fn conn(&self, choice: u8) -> Option<usize> {
         let count = self.conns.len();
         (count > 0).then(|| usize::from(choice) % count)
     }

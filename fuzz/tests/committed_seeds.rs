@@ -85,4 +85,3 @@ fn window_seeds_pass_and_open_the_window() {
         );
     }
 }
-
