@@ -497,7 +497,7 @@ fn accept(
                         manager.disconnect(id, now, driver);
                         continue;
                     }
-                    let facts = PeerFacts::read(accepted.peer.pid, accepted.peer_pidfd.as_ref());
+                    let facts = PeerFacts::read(accepted.peer.pid, &accepted.peer_pidfd);
                     driver
                         .clients
                         .insert(id, Client::new(accepted.fd, accepted.peer, facts));

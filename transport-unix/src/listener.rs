@@ -33,7 +33,21 @@ pub struct Accepted {
     /// A pidfd of the process that connected (`SO_PEERPIDFD`, Linux 6.5+):
     /// what the manager reads of it under its pid is its own only while
     /// this says it runs.
-    pub peer_pidfd: Option<OwnedFd>,
+    pub peer_pidfd: PeerPidfd,
+}
+
+/// What `SO_PEERPIDFD` gave.
+#[derive(Debug)]
+pub enum PeerPidfd {
+    /// The connecting process's pidfd.
+    Given(OwnedFd),
+    /// The kernel has no such option (before 6.5): /proc at accept is all
+    /// there is.
+    Unsupported,
+    /// The kernel has it and gave none: the peer is gone (before 6.16 a
+    /// reaped peer gets `EINVAL`), or descriptors ran out. Nothing read
+    /// under its pid now is known to be its.
+    Refused,
 }
 
 impl Listener {
@@ -126,8 +140,8 @@ fn peer_credentials(fd: BorrowedFd<'_>) -> Peer {
 }
 
 /// A pidfd of the process on the other end of `fd`, the one that connected
-/// (`SO_PEERPIDFD`); `None` where the kernel has none to give.
-fn peer_pidfd(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+/// (`SO_PEERPIDFD`).
+fn peer_pidfd(fd: BorrowedFd<'_>) -> PeerPidfd {
     let mut pidfd: libc::c_int = -1;
     let size = std::mem::size_of::<libc::c_int>();
     let mut len = size as libc::socklen_t;
@@ -142,12 +156,20 @@ fn peer_pidfd(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
             &mut len,
         )
     };
-    if got != 0 || len as usize != size || pidfd < 0 {
-        return None;
+    if got != 0 {
+        return match Errno::from_raw_os_error(
+            io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ) {
+            Errno::NOPROTOOPT => PeerPidfd::Unsupported,
+            _ => PeerPidfd::Refused,
+        };
+    }
+    if len as usize != size || pidfd < 0 {
+        return PeerPidfd::Refused;
     }
     // SAFETY: the kernel has just installed `pidfd` in our table for us,
     // and nothing else owns it.
-    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) })
+    PeerPidfd::Given(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) })
 }
 
 impl AsFd for Listener {

@@ -17,6 +17,8 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags};
 
+use crate::listener::PeerPidfd;
+
 /// How often processes without a pidfd are checked.
 pub(crate) const POLLED_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -292,17 +294,21 @@ impl PeerFacts {
     /// the pid may have named another process by then, and nothing is
     /// known (its frames' pids are not trusted: a leak at worst, where a
     /// process of ours taken for it would have its pids' ends reaped).
-    /// Without a pidfd (kernels before 6.5), what /proc says at accept.
-    pub(crate) fn read(pid: Option<i32>, pidfd: Option<&OwnedFd>) -> Self {
+    /// Where the kernel has no peer pidfds (before 6.5), what /proc says at
+    /// accept.
+    pub(crate) fn read(pid: Option<i32>, pidfd: &PeerPidfd) -> Self {
         let Some(pid) = pid else {
             return Self::default();
         };
+        if matches!(pidfd, PeerPidfd::Refused) {
+            return Self::default();
+        }
         let facts = Self {
             in_our_namespace: same_pid_namespace(pid),
             started: start_time(pid),
         };
         match pidfd {
-            Some(fd) if has_exited(fd.as_fd()) => Self::default(),
+            PeerPidfd::Given(fd) if has_exited(fd.as_fd()) => Self::default(),
             _ => facts,
         }
     }
