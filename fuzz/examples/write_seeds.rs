@@ -971,6 +971,10 @@ fn window_seeds() -> Seeds {
     const GARBAGE: u8 = 8;
     const ROUND: u8 = 10;
     const TICK: u8 = 11;
+    const BEGIN_ROUND: u8 = 12;
+    const READ: u8 = 13;
+    const END_ROUND: u8 = 14;
+    const UNMAP: u8 = 15;
     // Pid 1 is picked by 0, pid 2 by 1; a round noticing every end and
     // reading every connection, up to 8 frames each.
     const ALL: u8 = 0xff;
@@ -979,8 +983,9 @@ fn window_seeds() -> Seeds {
         for event in events {
             bytes.extend_from_slice(event);
         }
-        // Two seconds and a half of ticks: the grace passes, looks are made.
-        for _ in 0..10 {
+        // Seven seconds and a half of ticks: the grace and a closed
+        // connection's linger pass, looks are made.
+        for _ in 0..30 {
             bytes.extend_from_slice(&[TICK, 25]);
         }
         bytes
@@ -1048,6 +1053,33 @@ fn window_seeds() -> Seeds {
                 &[PICKLE, 0, 1],
                 &[ROUND, ALL, ALL, 7],
                 &[DIE, 1],
+            ]),
+        ),
+        (
+            // hostile24's finding 2: the successor dies inside the round
+            // that took it, and a third process under the pid, on a
+            // connection whose other processes are gone, is closed for
+            // cause there.
+            "third_process_in_the_window_closed_for_cause_keeps_its_name",
+            script(&[
+                &[SPAWN, 1, 0],
+                &[CONNECT, 1],
+                &[SPAWN, 0, 1],
+                &[REGISTER, 0, 0],
+                &[DIE, 1],
+                &[ROUND, 0, ALL, 7],
+                &[DIE, 0],
+                &[SPAWN, 0, 0],
+                &[CONNECT, 0],
+                &[REGISTER, 0, 1],
+                &[BEGIN_ROUND, ALL],
+                &[READ, 1, 7],
+                &[DIE, 0],
+                &[SPAWN, 0, 1],
+                &[REGISTER, 0, 2],
+                &[UNMAP, 0, 2],
+                &[GARBAGE, 0],
+                &[END_ROUND],
             ]),
         ),
         (

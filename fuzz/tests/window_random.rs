@@ -24,8 +24,12 @@ fn random_scripts_never_unlink_a_name_in_use() {
         .ok()
         .and_then(|runs| runs.parse().ok())
         .unwrap_or(20_000);
+    let seed = std::env::var("WINDOW_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd_0001);
     let mut total = Coverage::default();
-    for (i, input) in inputs(runs, 0x5eed_1234_abcd_0001).enumerate() {
+    for (i, input) in inputs(runs, seed).enumerate() {
         match std::panic::catch_unwind(|| check_window_counting(&input)) {
             Ok(seen) => {
                 total.successors += seen.successors;
