@@ -1083,6 +1083,20 @@ fn window_seeds() -> Seeds {
             ]),
         ),
         (
+            // Found by CI's fuzzing: the old process's pidfd and a frame of
+            // the successor, gone by then, both report pid 1 in one round;
+            // reported twice, the second report ended the third process
+            // the first had promoted.
+            "pid_found_ended_twice_in_a_round_is_reported_once",
+            vec![
+                10, 0, 1, 11, 2, 1, 0, 0, 1, 3, 0, 0, 1, 1, 10, 0, 255, 7, 1, 0, 0, 0, 0, 2, 0, 3,
+                0, 1, 244, 0, 242, 254, 248, 254, 165, 0, 0, 1, 3, 0, 2, 15, 0, 2, 255, 255, 255,
+                255, 255, 255, 255, 0, 10, 0, 255, 7, 1, 4, 0, 0, 0, 2, 0, 3, 0, 1, 12, 255, 13, 1,
+                7, 1, 91, 0, 0, 1, 3, 0, 2, 15, 0, 2, 8, 0, 14, 11, 25, 11, 25, 11, 1, 7, 1, 91, 0,
+                0, 1, 3, 0, 2, 15, 0, 2, 8, 11, 236, 25,
+            ],
+        ),
+        (
             "the_old_end_noticed_a_round_late",
             with(&[
                 &[REGISTER, 0, 1],

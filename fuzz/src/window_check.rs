@@ -742,7 +742,12 @@ impl Sim {
         let now = self.timestamp();
         let mut read = BTreeSet::new();
         while !self.fx.exited.is_empty() {
-            let pids = std::mem::take(&mut self.fx.exited);
+            // Each once, as the driver does (`each_once`): found ended
+            // twice in a round, a pid reported twice would end the holders
+            // of the process promoted to it by the first report.
+            let mut seen = BTreeSet::new();
+            let mut pids = std::mem::take(&mut self.fx.exited);
+            pids.retain(|&pid| seen.insert(pid));
             for &pid in &pids {
                 self.manager.pid_exiting(pid, now);
                 self.exiting.insert(pid);

@@ -477,6 +477,16 @@ pub fn serve_tuned<N: Namespace>(
     Summary { stats }
 }
 
+/// `pids` with each pid once, in the order first seen. A pid can be found
+/// ended twice in a round (its pidfd, and a late frame of it on another
+/// connection found gone); reported twice, the second report would end the
+/// holders of the process promoted to the pid by the first.
+fn each_once(mut pids: Vec<i32>) -> Vec<i32> {
+    let mut seen = HashSet::new();
+    pids.retain(|&pid| seen.insert(pid));
+    pids
+}
+
 /// Accepts up to a round's worth of connections. Returns until when
 /// accepting pauses, if the descriptors ran out.
 fn accept(
@@ -1054,7 +1064,7 @@ impl Driver {
     fn end_exited(&mut self, manager: &mut Manager<Growable>, buf: &mut [u8], now: Timestamp) {
         let mut read = HashSet::new();
         while !self.exited.is_empty() {
-            let pids = std::mem::take(&mut self.exited);
+            let pids = each_once(std::mem::take(&mut self.exited));
             for &pid in &pids {
                 manager.pid_exiting(pid, now);
             }
@@ -1731,5 +1741,16 @@ impl Effects for Driver {
     fn note(&mut self, note: Note) {
         report::log_note(&note);
         self.history.record(self.clock, note);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::each_once;
+
+    #[test]
+    fn a_pid_found_ended_twice_is_reported_once_in_the_order_first_seen() {
+        assert_eq!(each_once(vec![7, 3, 7, 9, 3]), vec![7, 3, 9]);
+        assert_eq!(each_once(Vec::new()), Vec::<i32>::new());
     }
 }
