@@ -112,64 +112,60 @@ impl Listener {
 /// rustix's `UCred` holds the pid as a `NonZeroI32`: a zero there is an
 /// invalid value, which came out as an error, and the client was refused.
 fn peer_credentials(fd: BorrowedFd<'_>) -> Peer {
-    let mut cred = libc::ucred {
+    let empty = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
-    let size = std::mem::size_of::<libc::ucred>();
-    let mut len = size as libc::socklen_t;
-    // SAFETY: `cred` and `len` are ours to write, `len` is `cred`'s size,
-    // and `fd` stays open for the call.
-    let got = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if got != 0 || len as usize != size {
-        return Peer::default();
-    }
-    Peer {
-        pid: (cred.pid > 0).then_some(cred.pid),
-        uid: Some(cred.uid),
+    match socket_option(fd, libc::SO_PEERCRED, empty) {
+        Ok(cred) => Peer {
+            pid: (cred.pid > 0).then_some(cred.pid),
+            uid: Some(cred.uid),
+        },
+        Err(_) => Peer::default(),
     }
 }
 
 /// A pidfd of the process on the other end of `fd`, the one that connected
 /// (`SO_PEERPIDFD`).
 fn peer_pidfd(fd: BorrowedFd<'_>) -> PeerPidfd {
-    let mut pidfd: libc::c_int = -1;
-    let size = std::mem::size_of::<libc::c_int>();
+    match socket_option::<libc::c_int>(fd, libc::SO_PEERPIDFD, -1) {
+        Ok(pidfd) if pidfd >= 0 => {
+            // SAFETY: the kernel has just installed `pidfd` in our table for
+            // us, and nothing else owns it.
+            PeerPidfd::Given(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) })
+        }
+        Err(Errno::NOPROTOOPT) => PeerPidfd::Unsupported,
+        _ => PeerPidfd::Refused,
+    }
+}
+
+/// A `SOL_SOCKET` option of `fd` that the kernel fills whole, as plain
+/// data (`T` is a C integer or struct, valid for any bytes the kernel
+/// writes); `initial` is what it holds before the call.
+fn socket_option<T: Copy>(fd: BorrowedFd<'_>, option: libc::c_int, initial: T) -> Result<T, Errno> {
+    let mut value = initial;
+    let size = std::mem::size_of::<T>();
     let mut len = size as libc::socklen_t;
-    // SAFETY: `pidfd` and `len` are ours to write, `len` is `pidfd`'s size,
+    // SAFETY: `value` and `len` are ours to write, `len` is `value`'s size,
     // and `fd` stays open for the call.
     let got = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_PEERPIDFD,
-            (&raw mut pidfd).cast(),
+            option,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if got != 0 {
-        return match Errno::from_raw_os_error(
-            io::Error::last_os_error().raw_os_error().unwrap_or(0),
-        ) {
-            Errno::NOPROTOOPT => PeerPidfd::Unsupported,
-            _ => PeerPidfd::Refused,
-        };
+        let raw = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        return Err(Errno::from_raw_os_error(raw));
     }
-    if len as usize != size || pidfd < 0 {
-        return PeerPidfd::Refused;
+    if len as usize != size {
+        return Err(Errno::INVAL);
     }
-    // SAFETY: the kernel has just installed `pidfd` in our table for us,
-    // and nothing else owns it.
-    PeerPidfd::Given(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) })
+    Ok(value)
 }
 
 impl AsFd for Listener {
