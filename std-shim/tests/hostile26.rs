@@ -60,11 +60,12 @@ mod common;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::foreign_ns::{Launcher, NestedSleeper, offer_journal};
 use common::journal_client::JournalClient;
 use common::{Cleanup, Daemon, create_segment, frame_from, run_id, shm_exists, story};
 use libshm::protocol::frame::Frame;
@@ -191,172 +192,6 @@ fn handed_from_another_namespace(handle: &str) -> (UnixStream, i32) {
     let mut launcher = Launcher::hand_over(handle, true);
     launcher.exit();
     (launcher.connection.take().unwrap(), launcher.pid)
-}
-
-/// A Python process that connects to the manager (from a new pid namespace
-/// if asked, pid 1 there), says nothing on the connection, hands it to us
-/// over `SCM_RIGHTS`, and exits once its stdin closes.
-struct Launcher {
-    child: std::process::Child,
-    /// Its pid in ours.
-    pid: i32,
-    connection: Option<UnixStream>,
-}
-
-impl Launcher {
-    fn hand_over(handle: &str, new_namespace: bool) -> Self {
-        use std::os::unix::process::CommandExt;
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let theirs_fd = theirs.as_raw_fd();
-        let mut command = if new_namespace {
-            let mut command = Command::new("unshare");
-            command.args(["--pid", "--fork", "--kill-child", "python3"]);
-            command
-        } else {
-            Command::new("python3")
-        };
-        command
-            .arg("-c")
-            .arg(
-                r#"
-import os, socket, struct, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-# Our /proc is the outer namespace's: "self" is our pid there.
-outer = int(os.readlink("/proc/self"))
-socket.send_fds(socket.socket(fileno=3), [struct.pack("=i", outer)], [s.fileno()])
-s.close()
-sys.stdin.read()
-"#,
-            )
-            .arg(handle)
-            .stdin(Stdio::piped());
-        // SAFETY: only `dup2`, async-signal-safe, between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(theirs_fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("python3");
-        drop(theirs);
-        let (fd, pid) = receive_fd_and_word(ours.as_raw_fd());
-        Self {
-            child,
-            pid,
-            connection: Some(UnixStream::from(fd)),
-        }
-    }
-
-    /// Has it exit, and reaps it: its pid is free.
-    fn exit(&mut self) {
-        drop(self.child.stdin.take());
-        assert!(self.child.wait().unwrap().success(), "the launcher failed");
-    }
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The descriptor and the 4-byte word of the next message on `socket`.
-fn receive_fd_and_word(socket: i32) -> (OwnedFd, i32) {
-    let mut word = [0u8; 4];
-    let mut iov = libc::iovec {
-        iov_base: word.as_mut_ptr().cast(),
-        iov_len: 4,
-    };
-    let mut control = [0u64; 8];
-    // SAFETY: a zeroed msghdr is a valid empty one.
-    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
-    message.msg_iov = &raw mut iov;
-    message.msg_iovlen = 1;
-    message.msg_control = control.as_mut_ptr().cast();
-    message.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: every pointer in `message` points at live buffers of ours.
-    let n = unsafe { libc::recvmsg(socket, &raw mut message, libc::MSG_CMSG_CLOEXEC) };
-    assert_eq!(n, 4, "recvmsg: {}", std::io::Error::last_os_error());
-    // SAFETY: filled by the kernel; the header, if any, lies in `control`.
-    let fd = unsafe {
-        let header = libc::CMSG_FIRSTHDR(&raw const message);
-        assert!(!header.is_null(), "no descriptor came");
-        assert_eq!((*header).cmsg_type, libc::SCM_RIGHTS);
-        OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(header).cast()))
-    };
-    (fd, i32::from_ne_bytes(word))
-}
-
-/// Offers a journal on `stream`, as a client's first frame does.
-fn offer_journal(stream: UnixStream) -> JournalClient {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let memory = libshm_unix::SharedJournal::create(64).unwrap();
-    let pid = std::process::id() as i32;
-    let mut offer = libshm_unix::UnixTransport::from_fd(stream.try_clone().unwrap().into());
-    offer
-        .send_with_fd(&Frame::register(pid, journal::SETUP).encode(), memory.fd())
-        .unwrap();
-    drop(offer);
-    let mut ring = JournalClient { stream, memory };
-    assert_eq!(
-        reply(&mut ring),
-        Some(*b"JR"),
-        "the manager took the journal"
-    );
-    ring
-}
-
-/// A `sleep` in a pid namespace of its own, given `pid` there (`sh`, pid 1
-/// there, writes that namespace's `ns_last_pid`); killed with it.
-struct NestedSleeper(std::process::Child);
-
-impl NestedSleeper {
-    fn start(pid: i32) -> Self {
-        let script = format!(
-            "echo {} > /proc/sys/kernel/ns_last_pid; sleep 600 & echo $!; wait",
-            pid - 1
-        );
-        let mut child = Command::new("unshare")
-            .args(["--pid", "--fork", "--kill-child", "sh", "-c", &script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("unshare sh");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(
-            line.trim(),
-            pid.to_string(),
-            "sleep got pid {pid} in its namespace"
-        );
-        Self(child)
-    }
-
-    fn is_alive(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_none()
-    }
-
-    /// Kills `unshare`, and so (`--kill-child`) its child, pid 1 of the
-    /// namespace, and with it the namespace.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for NestedSleeper {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// Finding 2 (leak). The names a launcher's family registers through a

@@ -26,6 +26,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod attack;
+pub mod foreign_ns;
 #[allow(dead_code)]
 pub mod handed;
 pub mod hold;
